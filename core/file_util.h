@@ -1,0 +1,21 @@
+// Whole-file reads and atomic writes (temp file + fsync + rename + directory
+// fsync), so that a reader never sees a half-written file.
+#pragma once
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace fulcrum {
+
+absl::StatusOr<std::string> ReadFileToString(const std::string& path);
+
+// Writes `contents` to `path` atomically; the parent directory must exist.
+absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents);
+
+// fsyncs a directory so that a rename inside it is durable.
+absl::Status SyncDirectory(const std::string& dir);
+
+}  // namespace fulcrum

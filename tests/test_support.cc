@@ -1,0 +1,64 @@
+#include "tests/test_support.h"
+
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "parallel/runtime/mpirun.h"
+
+namespace fulcrum::testing {
+
+std::string FixturesDir() { return FULCRUM_FIXTURES_DIR; }
+std::string SourceDir() { return FULCRUM_SOURCE_DIR; }
+std::string FulcrumBinary() { return FULCRUM_BINARY; }
+
+std::string ScratchDir() {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::string name = info ? std::string(info->test_suite_name()) + "." + info->name() : "global";
+  for (char& c : name) {
+    if (c == '/') c = '_';
+  }
+  std::filesystem::path dir = std::filesystem::path(FULCRUM_TEST_TMP) / name;
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir.string();
+}
+
+CommandResult RunCommand(const std::string& command) {
+  CommandResult result;
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  if (pipe == nullptr) return result;
+  std::array<char, 4096> buffer;
+  size_t n;
+  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) {
+    result.output.append(buffer.data(), n);
+  }
+  const int status = pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return result;
+}
+
+CommandResult RunFulcrum(const std::string& args, int ranks) {
+  std::string command = FulcrumBinary() + " " + args;
+  if (ranks > 1) command = parallel::MpirunCommand(ranks) + " " + command;
+  return RunCommand("OMP_NUM_THREADS=1 " + command);
+}
+
+void WriteFile(const std::string& path, const std::string& text) {
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace fulcrum::testing
