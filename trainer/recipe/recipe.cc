@@ -1,0 +1,207 @@
+// ParseRecipe / LoadRecipe / RecipeToYaml. One reader function per section;
+// the field lists here and in RecipeToYaml must stay in step (the round-trip
+// test sets every field).
+#include "trainer/recipe/recipe.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "core/file_util.h"
+#include "core/status.h"
+#include "trainer/recipe/recipe_internal.h"
+#include "trainer/recipe/yaml_fields.h"
+
+namespace fulcrum::recipe {
+namespace {
+
+absl::Status ReadModel(MapReader& top, ModelSection* model) {
+  FULCRUM_ASSIGN_OR_RETURN(MapReader r, top.Section("model"));
+  FULCRUM_RETURN_IF_ERROR(r.Read("path", &model->path));
+  FULCRUM_RETURN_IF_ERROR(r.Read("config", &model->config));
+  return r.Finish();
+}
+
+absl::Status ReadData(MapReader& top, DataSection* data) {
+  FULCRUM_ASSIGN_OR_RETURN(MapReader r, top.Section("data"));
+  FULCRUM_RETURN_IF_ERROR(r.Read("path", &data->path));
+  FULCRUM_RETURN_IF_ERROR(r.ReadEnum("format", KnownDataFormats(), &data->format));
+  FULCRUM_RETURN_IF_ERROR(r.Read("shuffle", &data->shuffle));
+  FULCRUM_RETURN_IF_ERROR(r.Read("pack", &data->pack));
+  return r.Finish();
+}
+
+absl::Status ReadFinetune(MapReader& top, FinetuneSection* finetune) {
+  FULCRUM_ASSIGN_OR_RETURN(MapReader r, top.Section("finetune"));
+  FULCRUM_RETURN_IF_ERROR(r.ReadEnum("method", KnownMethods(), &finetune->method));
+  FULCRUM_ASSIGN_OR_RETURN(MapReader lora, r.Section("lora"));
+  LoraSection& l = finetune->lora;
+  FULCRUM_RETURN_IF_ERROR(lora.Read("rank", &l.rank));
+  FULCRUM_RETURN_IF_ERROR(lora.Read("alpha", &l.alpha));
+  FULCRUM_RETURN_IF_ERROR(lora.Read("dropout", &l.dropout));
+  FULCRUM_RETURN_IF_ERROR(lora.Read("targets", &l.targets));
+  FULCRUM_RETURN_IF_ERROR(lora.Read("rslora", &l.rslora));
+  FULCRUM_RETURN_IF_ERROR(lora.Finish());
+  return r.Finish();
+}
+
+absl::Status ReadOptim(MapReader& top, OptimSection* optim) {
+  FULCRUM_ASSIGN_OR_RETURN(MapReader r, top.Section("optim"));
+  FULCRUM_RETURN_IF_ERROR(r.Read("lr", &optim->lr));
+  std::vector<double> betas = {optim->beta1, optim->beta2};
+  FULCRUM_RETURN_IF_ERROR(r.ReadNumbers("betas", 2, &betas));
+  optim->beta1 = betas[0];
+  optim->beta2 = betas[1];
+  FULCRUM_RETURN_IF_ERROR(r.Read("eps", &optim->eps));
+  FULCRUM_RETURN_IF_ERROR(r.Read("weight_decay", &optim->weight_decay));
+  FULCRUM_RETURN_IF_ERROR(r.Read("decay_norms_and_biases", &optim->decay_norms_and_biases));
+  FULCRUM_RETURN_IF_ERROR(r.Read("grad_clip", &optim->grad_clip));
+  return r.Finish();
+}
+
+absl::Status ReadScheduleBatchTrain(MapReader& top, Recipe* recipe) {
+  FULCRUM_ASSIGN_OR_RETURN(MapReader schedule, top.Section("schedule"));
+  ScheduleSection& s = recipe->schedule;
+  FULCRUM_RETURN_IF_ERROR(schedule.ReadEnum("type", KnownScheduleTypes(), &s.type));
+  FULCRUM_RETURN_IF_ERROR(schedule.Read("warmup_steps", &s.warmup_steps));
+  FULCRUM_RETURN_IF_ERROR(schedule.Read("min_lr_ratio", &s.min_lr_ratio));
+  FULCRUM_RETURN_IF_ERROR(schedule.Finish());
+
+  FULCRUM_ASSIGN_OR_RETURN(MapReader batch, top.Section("batch"));
+  BatchSection& b = recipe->batch;
+  FULCRUM_RETURN_IF_ERROR(batch.Read("global_batch", &b.global_batch));
+  FULCRUM_RETURN_IF_ERROR(batch.Read("micro_batch", &b.micro_batch));
+  FULCRUM_RETURN_IF_ERROR(batch.Read("seq_len", &b.seq_len));
+  FULCRUM_RETURN_IF_ERROR(batch.Finish());
+
+  FULCRUM_ASSIGN_OR_RETURN(MapReader train, top.Section("train"));
+  FULCRUM_RETURN_IF_ERROR(train.Read("steps", &recipe->train.steps));
+  return train.Finish();
+}
+
+absl::Status ReadPrecisionParallel(MapReader& top, Recipe* recipe) {
+  FULCRUM_ASSIGN_OR_RETURN(MapReader precision, top.Section("precision"));
+  FULCRUM_RETURN_IF_ERROR(precision.ReadEnum("dtype", KnownDtypes(), &recipe->precision.dtype));
+  FULCRUM_RETURN_IF_ERROR(precision.Finish());
+
+  FULCRUM_ASSIGN_OR_RETURN(MapReader parallel, top.Section("parallel"));
+  ParallelSection& p = recipe->parallel;
+  FULCRUM_RETURN_IF_ERROR(parallel.Read("dp", &p.dp));
+  FULCRUM_RETURN_IF_ERROR(parallel.Read("tp", &p.tp));
+  FULCRUM_RETURN_IF_ERROR(parallel.Read("pp", &p.pp));
+  FULCRUM_RETURN_IF_ERROR(parallel.Read("ep", &p.ep));
+  return parallel.Finish();
+}
+
+absl::Status ReadCheckpointLogging(MapReader& top, Recipe* recipe) {
+  FULCRUM_ASSIGN_OR_RETURN(MapReader checkpoint, top.Section("checkpoint"));
+  CheckpointSection& c = recipe->checkpoint;
+  FULCRUM_RETURN_IF_ERROR(checkpoint.Read("dir", &c.dir));
+  FULCRUM_RETURN_IF_ERROR(checkpoint.Read("every", &c.every));
+  FULCRUM_RETURN_IF_ERROR(checkpoint.Read("resume", &c.resume));
+  FULCRUM_RETURN_IF_ERROR(checkpoint.Read("keep_last", &c.keep_last));
+  FULCRUM_RETURN_IF_ERROR(checkpoint.Finish());
+
+  FULCRUM_ASSIGN_OR_RETURN(MapReader logging, top.Section("logging"));
+  LoggingSection& l = recipe->logging;
+  FULCRUM_RETURN_IF_ERROR(logging.Read("every", &l.every));
+  FULCRUM_RETURN_IF_ERROR(logging.Read("metrics_file", &l.metrics_file));
+  FULCRUM_RETURN_IF_ERROR(logging.Read("all_ranks", &l.all_ranks));
+  FULCRUM_RETURN_IF_ERROR(logging.Read("peak_flops", &l.peak_flops));
+  return logging.Finish();
+}
+
+// Parses `root` (already a map, overrides applied) into a Recipe.
+absl::StatusOr<Recipe> ConvertTree(const YAML::Node& root, const YamlOrigin& origin) {
+  Recipe recipe;
+  recipe.source = origin.source();
+  FULCRUM_ASSIGN_OR_RETURN(MapReader top, MapReader::Open(&origin, root, ""));
+  FULCRUM_RETURN_IF_ERROR(ReadModel(top, &recipe.model));
+  FULCRUM_RETURN_IF_ERROR(ReadData(top, &recipe.data));
+  FULCRUM_RETURN_IF_ERROR(ReadFinetune(top, &recipe.finetune));
+  FULCRUM_RETURN_IF_ERROR(ReadOptim(top, &recipe.optim));
+  FULCRUM_RETURN_IF_ERROR(ReadScheduleBatchTrain(top, &recipe));
+  FULCRUM_RETURN_IF_ERROR(ReadPrecisionParallel(top, &recipe));
+  FULCRUM_RETURN_IF_ERROR(ReadCheckpointLogging(top, &recipe));
+  FULCRUM_RETURN_IF_ERROR(top.Read("seed", &recipe.seed));
+  FULCRUM_RETURN_IF_ERROR(top.ReadEnum("device", KnownDevices(), &recipe.device));
+  FULCRUM_RETURN_IF_ERROR(top.Finish());
+  return recipe;
+}
+
+struct ParsedRecipe {
+  Recipe recipe;
+  YamlOrigin origin;  // tells which key paths overrides set
+};
+
+absl::StatusOr<ParsedRecipe> ParseWithOrigin(const std::string& yaml_text,
+                                             const std::string& source,
+                                             const std::vector<std::string>& overrides) {
+  YamlOrigin origin(source);
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(origin.Where("", e.mark),
+                                                   ": malformed YAML: ", e.msg));
+  }
+  if (!root.IsDefined() || root.IsNull()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": the recipe is empty (expected sections such as model:, data:)"));
+  }
+  if (!root.IsMap()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        origin.Where("", root.Mark()),
+        ": the recipe must be a map of sections (model:, data:, ...), got ", DescribeNode(root)));
+  }
+  for (const std::string& text : overrides) {
+    FULCRUM_RETURN_IF_ERROR(ApplyOverride(text, root, origin));
+  }
+  FULCRUM_ASSIGN_OR_RETURN(Recipe recipe, ConvertTree(root, origin));
+  return ParsedRecipe{std::move(recipe), std::move(origin)};
+}
+
+// `value` relative to `dir` unless it is empty, absolute or `dir` is empty.
+void ResolveAgainst(const std::filesystem::path& dir, std::string* value) {
+  if (value->empty() || dir.empty() || std::filesystem::path(*value).is_absolute()) return;
+  *value = (dir / *value).lexically_normal().string();
+}
+
+}  // namespace
+
+absl::StatusOr<Recipe> ParseRecipe(const std::string& yaml_text, const std::string& source,
+                                   const std::vector<std::string>& overrides) {
+  try {
+    FULCRUM_ASSIGN_OR_RETURN(ParsedRecipe parsed, ParseWithOrigin(yaml_text, source, overrides));
+    return std::move(parsed.recipe);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat(source, ": unexpected error reading the recipe: ",
+                                            e.what()));
+  }
+}
+
+absl::StatusOr<Recipe> LoadRecipe(const std::string& path,
+                                  const std::vector<std::string>& overrides) {
+  FULCRUM_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
+  try {
+    FULCRUM_ASSIGN_OR_RETURN(ParsedRecipe parsed, ParseWithOrigin(text, path, overrides));
+    const std::filesystem::path dir = std::filesystem::path(path).parent_path();
+    auto resolve = [&](const std::string& key_path, std::string* value) {
+      if (parsed.origin.OverrideFor(key_path) == nullptr) ResolveAgainst(dir, value);
+    };
+    Recipe& recipe = parsed.recipe;
+    resolve("model.path", &recipe.model.path);
+    resolve("model.config", &recipe.model.config);
+    resolve("data.path", &recipe.data.path);
+    resolve("checkpoint.dir", &recipe.checkpoint.dir);
+    return std::move(recipe);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat(path, ": unexpected error reading the recipe: ",
+                                            e.what()));
+  }
+}
+
+}  // namespace fulcrum::recipe

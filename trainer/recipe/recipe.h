@@ -1,0 +1,142 @@
+// The recipe: one complete YAML file, parsed into typed sections with
+// defaults, then `key=value` overrides, then validation.
+//
+//   Recipe              all sections + seed + device
+//   ParseRecipe         YAML text (+ overrides) -> Recipe, strict typing,
+//                       unknown keys rejected with a "did you mean"
+//   LoadRecipe          ParseRecipe on a file; resolves relative paths
+//   ValidateRecipe      checks that need no model and no files
+//   RecipeToYaml        the complete recipe back as YAML
+//
+// NOTE: plain data only; no torch headers here (keeps dependents' compiles fast).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace fulcrum::recipe {
+
+struct ModelSection {
+  std::string path;    // HF model dir (config.json + safetensors) to fine-tune; or
+  std::string config;  // a config.json to initialise randomly (training from scratch)
+};
+
+struct DataSection {
+  std::string path;                     // JSONL file
+  std::string format = "pretokenized";  // only "pretokenized" for now (others: "not supported yet")
+  bool shuffle = true;                  // deterministic shuffle per epoch from seed
+  bool pack = true;                     // pack samples into seq_len rows
+};
+
+struct LoraSection {
+  int64_t rank = 8;       // r: inner dimension of the adapter
+  double alpha = 16.0;    // scale = alpha / rank (alpha / sqrt(rank) with rslora)
+  double dropout = 0.0;   // dropout on the adapter's input, in [0, 1)
+  std::vector<std::string> targets = {"q_proj", "v_proj"};  // module names or "all-linear"
+  bool rslora = false;    // rank-stabilised scaling alpha / sqrt(rank)
+};
+
+struct FinetuneSection {
+  std::string method = "lora";  // lora | full
+  LoraSection lora;             // used when method is lora
+};
+
+struct OptimSection {
+  double lr = 2e-4;     // peak learning rate
+  double beta1 = 0.9;   // YAML: betas: [0.9, 0.95]
+  double beta2 = 0.95;
+  double eps = 1e-8;    // AdamW denominator epsilon
+  double weight_decay = 0.0;            // decoupled (AdamW) weight decay
+  bool decay_norms_and_biases = false;  // false: no weight decay on 1-D params (norms, biases)
+  double grad_clip = 1.0;               // global grad-norm clip; 0 disables
+};
+
+struct ScheduleSection {
+  std::string type = "cosine";  // constant | linear | cosine
+  int64_t warmup_steps = 0;     // linear warmup from 0 to lr
+  double min_lr_ratio = 0.0;    // floor as a fraction of lr (linear/cosine)
+};
+
+struct BatchSection {
+  int64_t global_batch = 8;  // sequences per optimizer step, over all dp ranks
+  int64_t micro_batch = 1;   // sequences per forward/backward per rank
+  int64_t seq_len = 512;     // tokens per sequence (row)
+};
+
+struct TrainSection {
+  int64_t steps = 100;  // optimizer steps
+};
+
+struct PrecisionSection {
+  std::string dtype = "fp32";  // fp32 | bf16 (bf16 params/activations, fp32 master weights)
+};
+
+struct ParallelSection {
+  int64_t dp = 1;  // data parallel degree (must equal the world size for now)
+  int64_t tp = 1;  // tensor parallel degree (not supported yet above 1)
+  int64_t pp = 1;  // pipeline parallel degree (not supported yet above 1)
+  int64_t ep = 1;  // expert parallel degree (not supported yet above 1)
+};
+
+struct CheckpointSection {
+  std::string dir;        // where training checkpoints go ("" = no checkpoints)
+  int64_t every = 0;      // steps between checkpoints (0 = only at the end when dir is set)
+  std::string resume;     // "" | "latest" | a checkpoint path
+  int64_t keep_last = 0;  // 0 keeps all
+};
+
+struct LoggingSection {
+  int64_t every = 1;         // steps between console lines
+  std::string metrics_file;  // JSONL metrics ("" = none)
+  bool all_ranks = false;    // every rank logs
+  double peak_flops = 0.0;   // FLOP/s per rank for MFU; 0 = measure a GEMM at start
+};
+
+struct Recipe {
+  std::string source;  // file the recipe came from (for messages)
+  ModelSection model;
+  DataSection data;
+  FinetuneSection finetune;
+  OptimSection optim;
+  ScheduleSection schedule;
+  BatchSection batch;
+  TrainSection train;
+  PrecisionSection precision;
+  ParallelSection parallel;
+  CheckpointSection checkpoint;
+  LoggingSection logging;
+  int64_t seed = 1234;         // seeds init, dropout and data shuffling
+  std::string device = "cpu";  // cpu | cuda
+};
+
+// Parses YAML text; `source` names the file in messages. Overrides are "a.b=value" strings
+// applied to the YAML tree before conversion (value parsed as YAML, so `optim.betas=[0.9,0.99]`
+// and `finetune.lora.targets=[q_proj,k_proj]` work) and type-checked the same way.
+// Errors read "recipe.yaml:4:7: optim.lr: expected a number, got \"fast\"" or
+// "override optim.lrr=1: unknown key optim.lrr (did you mean optim.lr?)".
+absl::StatusOr<Recipe> ParseRecipe(const std::string& yaml_text, const std::string& source,
+                                   const std::vector<std::string>& overrides = {});
+
+// Reads and parses `path`. Relative model.path, model.config, data.path and checkpoint.dir
+// written in the file are resolved against the file's directory; values set by overrides
+// are taken as given (relative to the current directory).
+absl::StatusOr<Recipe> LoadRecipe(const std::string& path,
+                                  const std::vector<std::string>& overrides = {});
+
+// Checks that need no model and no files: batch arithmetic, enum values, ranges, parallel
+// degrees (tp/pp/ep > 1 are not supported yet; dp x tp x pp must equal `world_size`),
+// exactly one of model.path / model.config, data.path set. Reports every problem found,
+// one per line, each naming the source file and the key path.
+absl::Status ValidateRecipe(const Recipe& recipe, int world_size);
+
+// global_batch / (micro_batch * dp), validated to divide exactly by ValidateRecipe.
+int64_t GradAccumulationSteps(const BatchSection& batch, int64_t dp);
+
+// The recipe back as YAML (complete, every field), parseable by ParseRecipe to an equal Recipe.
+std::string RecipeToYaml(const Recipe& recipe);
+
+}  // namespace fulcrum::recipe

@@ -1,0 +1,32 @@
+// Allowed values of the recipe's enum fields, shared by the parser (which
+// reports them with file:line:col) and ValidateRecipe (for recipes built in code).
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace fulcrum::recipe {
+
+// data.format: all known; only "pretokenized" is supported yet (ValidateRecipe).
+inline const std::vector<std::string>& KnownDataFormats() {
+  static const std::vector<std::string> kValues = {"pretokenized", "text", "instruction", "chat"};
+  return kValues;
+}
+inline const std::vector<std::string>& KnownMethods() {
+  static const std::vector<std::string> kValues = {"lora", "full"};
+  return kValues;
+}
+inline const std::vector<std::string>& KnownScheduleTypes() {
+  static const std::vector<std::string> kValues = {"constant", "linear", "cosine"};
+  return kValues;
+}
+inline const std::vector<std::string>& KnownDtypes() {
+  static const std::vector<std::string> kValues = {"fp32", "bf16"};
+  return kValues;
+}
+inline const std::vector<std::string>& KnownDevices() {
+  static const std::vector<std::string> kValues = {"cpu", "cuda"};
+  return kValues;
+}
+
+}  // namespace fulcrum::recipe

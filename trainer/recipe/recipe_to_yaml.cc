@@ -1,0 +1,134 @@
+// RecipeToYaml: every field, in the order of recipe.h, so that a run's
+// effective recipe can be saved next to its checkpoints and re-run.
+#include <yaml-cpp/yaml.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+#include "core/check.h"
+#include "trainer/recipe/recipe.h"
+
+namespace fulcrum::recipe {
+namespace {
+
+// The shortest decimal that reads back as exactly `value`.
+std::string FormatDouble(double value) {
+  char buffer[64];
+  for (int precision = 1; precision <= 17; ++precision) {
+    std::snprintf(buffer, sizeof(buffer), "%.*g", precision, value);
+    if (std::strtod(buffer, nullptr) == value) break;
+  }
+  return buffer;
+}
+
+void Field(YAML::Emitter& out, const char* key, const std::string& value) {
+  out << YAML::Key << key << YAML::Value << YAML::DoubleQuoted << value;
+}
+void Field(YAML::Emitter& out, const char* key, int64_t value) {
+  out << YAML::Key << key << YAML::Value << value;
+}
+void Field(YAML::Emitter& out, const char* key, double value) {
+  out << YAML::Key << key << YAML::Value << FormatDouble(value);
+}
+void Field(YAML::Emitter& out, const char* key, bool value) {
+  out << YAML::Key << key << YAML::Value << YAML::TrueFalseBool << value;
+}
+void BeginSection(YAML::Emitter& out, const char* key) {
+  out << YAML::Key << key << YAML::Value << YAML::BeginMap;
+}
+
+void EmitFinetune(YAML::Emitter& out, const FinetuneSection& finetune) {
+  BeginSection(out, "finetune");
+  Field(out, "method", finetune.method);
+  BeginSection(out, "lora");
+  Field(out, "rank", finetune.lora.rank);
+  Field(out, "alpha", finetune.lora.alpha);
+  Field(out, "dropout", finetune.lora.dropout);
+  out << YAML::Key << "targets" << YAML::Value << YAML::Flow << YAML::BeginSeq;
+  for (const std::string& target : finetune.lora.targets) out << YAML::DoubleQuoted << target;
+  out << YAML::EndSeq;
+  Field(out, "rslora", finetune.lora.rslora);
+  out << YAML::EndMap << YAML::EndMap;
+}
+
+void EmitOptimSchedule(YAML::Emitter& out, const Recipe& r) {
+  BeginSection(out, "optim");
+  Field(out, "lr", r.optim.lr);
+  out << YAML::Key << "betas" << YAML::Value << YAML::Flow << YAML::BeginSeq
+      << FormatDouble(r.optim.beta1) << FormatDouble(r.optim.beta2) << YAML::EndSeq;
+  Field(out, "eps", r.optim.eps);
+  Field(out, "weight_decay", r.optim.weight_decay);
+  Field(out, "decay_norms_and_biases", r.optim.decay_norms_and_biases);
+  Field(out, "grad_clip", r.optim.grad_clip);
+  out << YAML::EndMap;
+
+  BeginSection(out, "schedule");
+  Field(out, "type", r.schedule.type);
+  Field(out, "warmup_steps", r.schedule.warmup_steps);
+  Field(out, "min_lr_ratio", r.schedule.min_lr_ratio);
+  out << YAML::EndMap;
+}
+
+void EmitRunShape(YAML::Emitter& out, const Recipe& r) {
+  BeginSection(out, "batch");
+  Field(out, "global_batch", r.batch.global_batch);
+  Field(out, "micro_batch", r.batch.micro_batch);
+  Field(out, "seq_len", r.batch.seq_len);
+  out << YAML::EndMap;
+  BeginSection(out, "train");
+  Field(out, "steps", r.train.steps);
+  out << YAML::EndMap;
+  BeginSection(out, "precision");
+  Field(out, "dtype", r.precision.dtype);
+  out << YAML::EndMap;
+  BeginSection(out, "parallel");
+  Field(out, "dp", r.parallel.dp);
+  Field(out, "tp", r.parallel.tp);
+  Field(out, "pp", r.parallel.pp);
+  Field(out, "ep", r.parallel.ep);
+  out << YAML::EndMap;
+}
+
+void EmitCheckpointLogging(YAML::Emitter& out, const Recipe& r) {
+  BeginSection(out, "checkpoint");
+  Field(out, "dir", r.checkpoint.dir);
+  Field(out, "every", r.checkpoint.every);
+  Field(out, "resume", r.checkpoint.resume);
+  Field(out, "keep_last", r.checkpoint.keep_last);
+  out << YAML::EndMap;
+  BeginSection(out, "logging");
+  Field(out, "every", r.logging.every);
+  Field(out, "metrics_file", r.logging.metrics_file);
+  Field(out, "all_ranks", r.logging.all_ranks);
+  Field(out, "peak_flops", r.logging.peak_flops);
+  out << YAML::EndMap;
+}
+
+}  // namespace
+
+std::string RecipeToYaml(const Recipe& recipe) {
+  YAML::Emitter out;
+  if (!recipe.source.empty()) out << YAML::Comment("effective recipe from " + recipe.source);
+  out << YAML::BeginMap;
+  BeginSection(out, "model");
+  Field(out, "path", recipe.model.path);
+  Field(out, "config", recipe.model.config);
+  out << YAML::EndMap;
+  BeginSection(out, "data");
+  Field(out, "path", recipe.data.path);
+  Field(out, "format", recipe.data.format);
+  Field(out, "shuffle", recipe.data.shuffle);
+  Field(out, "pack", recipe.data.pack);
+  out << YAML::EndMap;
+  EmitFinetune(out, recipe.finetune);
+  EmitOptimSchedule(out, recipe);
+  EmitRunShape(out, recipe);
+  EmitCheckpointLogging(out, recipe);
+  Field(out, "seed", recipe.seed);
+  Field(out, "device", recipe.device);
+  out << YAML::EndMap;
+  FULCRUM_CHECK(out.good(), "YAML emitter failed: ", out.GetLastError());
+  return std::string(out.c_str()) + "\n";
+}
+
+}  // namespace fulcrum::recipe

@@ -1,0 +1,175 @@
+// ValidateRecipe: everything that can be checked before any rank touches a
+// model or a file. Collects every problem so that a user fixes them in one go.
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/check.h"
+#include "trainer/recipe/recipe.h"
+#include "trainer/recipe/recipe_internal.h"
+
+namespace fulcrum::recipe {
+namespace {
+
+// Accumulates "<source>: <key path>: <problem>" lines.
+class Problems {
+ public:
+  explicit Problems(const std::string& source) : source_(source.empty() ? "recipe" : source) {}
+
+  void Add(const std::string& key_path, const std::string& problem) {
+    lines_.push_back(absl::StrCat(source_, ": ", key_path, ": ", problem));
+  }
+  template <typename T>
+  void Positive(const std::string& key_path, T value) {
+    if (!(value > 0)) Add(key_path, absl::StrCat("must be > 0, got ", value));
+  }
+  template <typename T>
+  void NonNegative(const std::string& key_path, T value) {
+    if (!(value >= 0)) Add(key_path, absl::StrCat("must be >= 0, got ", value));
+  }
+  // lo <= value < hi (or <= hi when `hi_inclusive`).
+  void InRange(const std::string& key_path, double value, double lo, double hi,
+               bool hi_inclusive) {
+    const bool ok = value >= lo && (hi_inclusive ? value <= hi : value < hi);
+    if (!ok) {
+      Add(key_path, absl::StrCat("must be in [", lo, ", ", hi, hi_inclusive ? "]" : ")",
+                                 ", got ", value));
+    }
+  }
+  void OneOf(const std::string& key_path, const std::string& value,
+             const std::vector<std::string>& allowed) {
+    if (std::find(allowed.begin(), allowed.end(), value) == allowed.end()) {
+      Add(key_path, absl::StrCat("expected one of ", absl::StrJoin(allowed, " | "), ", got \"",
+                                 value, "\""));
+    }
+  }
+  absl::Status ToStatus() const {
+    if (lines_.empty()) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrJoin(lines_, "\n"));
+  }
+
+ private:
+  std::string source_;
+  std::vector<std::string> lines_;
+};
+
+void CheckModelAndData(const Recipe& r, Problems& p) {
+  if (r.model.path.empty() == r.model.config.empty()) {
+    p.Add("model", r.model.path.empty()
+                       ? "set one of model.path (a HF model dir) or model.config (a config.json "
+                         "to initialise randomly)"
+                       : "set only one of model.path and model.config, not both");
+  }
+  if (r.data.path.empty()) p.Add("data.path", "must be set (a JSONL file)");
+  p.OneOf("data.format", r.data.format, KnownDataFormats());
+  if (r.data.format != "pretokenized" &&
+      std::find(KnownDataFormats().begin(), KnownDataFormats().end(), r.data.format) !=
+          KnownDataFormats().end()) {
+    p.Add("data.format", absl::StrCat("not supported yet: ", r.data.format,
+                                      " (supported: pretokenized)"));
+  }
+}
+
+void CheckFinetuneAndOptim(const Recipe& r, Problems& p) {
+  p.OneOf("finetune.method", r.finetune.method, KnownMethods());
+  const LoraSection& lora = r.finetune.lora;
+  p.Positive("finetune.lora.rank", lora.rank);
+  p.Positive("finetune.lora.alpha", lora.alpha);
+  p.InRange("finetune.lora.dropout", lora.dropout, 0.0, 1.0, /*hi_inclusive=*/false);
+  if (lora.targets.empty()) p.Add("finetune.lora.targets", "must name at least one module");
+  const bool all_linear = std::find(lora.targets.begin(), lora.targets.end(), "all-linear") !=
+                          lora.targets.end();
+  if (all_linear && lora.targets.size() > 1) {
+    p.Add("finetune.lora.targets", "all-linear must be the only target");
+  }
+  for (const std::string& target : lora.targets) {
+    if (target.empty()) p.Add("finetune.lora.targets", "contains an empty name");
+  }
+  p.Positive("optim.lr", r.optim.lr);
+  p.InRange("optim.betas[0]", r.optim.beta1, 0.0, 1.0, /*hi_inclusive=*/false);
+  p.InRange("optim.betas[1]", r.optim.beta2, 0.0, 1.0, /*hi_inclusive=*/false);
+  p.Positive("optim.eps", r.optim.eps);
+  p.NonNegative("optim.weight_decay", r.optim.weight_decay);
+  p.NonNegative("optim.grad_clip", r.optim.grad_clip);
+  p.OneOf("schedule.type", r.schedule.type, KnownScheduleTypes());
+  p.NonNegative("schedule.warmup_steps", r.schedule.warmup_steps);
+  if (r.schedule.warmup_steps > r.train.steps) {
+    p.Add("schedule.warmup_steps", absl::StrCat("warmup_steps(", r.schedule.warmup_steps,
+                                                ") > train.steps(", r.train.steps, ")"));
+  }
+  p.InRange("schedule.min_lr_ratio", r.schedule.min_lr_ratio, 0.0, 1.0, /*hi_inclusive=*/true);
+}
+
+void CheckBatchAndParallel(const Recipe& r, int world_size, Problems& p) {
+  const BatchSection& b = r.batch;
+  const ParallelSection& par = r.parallel;
+  p.Positive("batch.global_batch", b.global_batch);
+  p.Positive("batch.micro_batch", b.micro_batch);
+  p.Positive("batch.seq_len", b.seq_len);
+  p.Positive("train.steps", r.train.steps);
+  p.Positive("parallel.dp", par.dp);
+  p.Positive("parallel.tp", par.tp);
+  p.Positive("parallel.pp", par.pp);
+  p.Positive("parallel.ep", par.ep);
+  if (b.global_batch > 0 && b.micro_batch > 0 && par.dp > 0 &&
+      b.global_batch % (b.micro_batch * par.dp) != 0) {
+    p.Add("batch.global_batch",
+          absl::StrCat("global_batch(", b.global_batch, ") is not a multiple of micro_batch(",
+                       b.micro_batch, ") x dp(", par.dp, ") = ", b.micro_batch * par.dp));
+  }
+  // NOTE: dp > 1 is allowed here: data parallelism is landing; the others are not.
+  const struct {
+    const char* key;
+    int64_t degree;
+    const char* what;
+  } unsupported[] = {{"tp", par.tp, "tensor parallelism"},
+                     {"pp", par.pp, "pipeline parallelism"},
+                     {"ep", par.ep, "expert parallelism"}};
+  for (const auto& axis : unsupported) {
+    if (axis.degree > 1) {
+      p.Add(absl::StrCat("parallel.", axis.key),
+            absl::StrCat("not supported yet: parallel.", axis.key, "=", axis.degree, " (",
+                         axis.what, ")"));
+    }
+  }
+  const int64_t product = par.dp * par.tp * par.pp;
+  if (product != world_size) {
+    p.Add("parallel", absl::StrCat("dp(", par.dp, ") x tp(", par.tp, ") x pp(", par.pp, ") = ",
+                                   product, " != world size ", world_size));
+  }
+}
+
+void CheckRest(const Recipe& r, Problems& p) {
+  p.OneOf("precision.dtype", r.precision.dtype, KnownDtypes());
+  p.OneOf("device", r.device, KnownDevices());
+  p.NonNegative("seed", r.seed);
+  p.NonNegative("checkpoint.every", r.checkpoint.every);
+  p.NonNegative("checkpoint.keep_last", r.checkpoint.keep_last);
+  if (r.checkpoint.resume == "latest" && r.checkpoint.dir.empty()) {
+    p.Add("checkpoint.resume", "\"latest\" needs checkpoint.dir to be set");
+  }
+  p.Positive("logging.every", r.logging.every);
+  p.NonNegative("logging.peak_flops", r.logging.peak_flops);
+}
+
+}  // namespace
+
+absl::Status ValidateRecipe(const Recipe& recipe, int world_size) {
+  FULCRUM_CHECK(world_size >= 1, "world_size=", world_size);
+  Problems problems(recipe.source);
+  CheckModelAndData(recipe, problems);
+  CheckFinetuneAndOptim(recipe, problems);
+  CheckBatchAndParallel(recipe, world_size, problems);
+  CheckRest(recipe, problems);
+  return problems.ToStatus();
+}
+
+int64_t GradAccumulationSteps(const BatchSection& batch, int64_t dp) {
+  const int64_t per_step = batch.micro_batch * dp;
+  FULCRUM_CHECK(per_step > 0 && batch.global_batch % per_step == 0,
+                "global_batch=", batch.global_batch, " micro_batch=", batch.micro_batch,
+                " dp=", dp, " (ValidateRecipe rejects this)");
+  return batch.global_batch / per_step;
+}
+
+}  // namespace fulcrum::recipe
