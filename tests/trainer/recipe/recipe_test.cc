@@ -332,7 +332,11 @@ Recipe EveryFieldChanged() {
   r.model = {"models/m: with colon", "cfg.json"};
   r.data = {"d.jsonl", "chat", false, false};
   r.finetune.method = "full";
-  r.finetune.lora = {3, 5.5, 0.125, {"q_proj", "true", "123", ""}, true};
+  r.finetune.lora = {3,
+                     5.5,
+                     0.125,
+                     {"q_proj", "true", "123", "", "null", "~", " spaced ", "a, b", "[x]", "#c"},
+                     true};
   r.optim = {1.0 / 3.0, 0.85, 0.975, 1e-7, 0.05, true, 0.0};
   r.schedule = {"linear", 17, 0.3};
   r.batch = {24, 3, 96};
@@ -340,7 +344,7 @@ Recipe EveryFieldChanged() {
   r.precision.dtype = "bf16";
   r.parallel = {2, 3, 4, 5};
   r.checkpoint = {"", 9, "latest", 4};
-  r.logging = {7, "metrics.jsonl", true, 3.125e14};
+  r.logging = {7, "null", true, 3.125e14};
   r.seed = 99;
   r.device = "cuda";
   return r;
