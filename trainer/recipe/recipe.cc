@@ -145,8 +145,8 @@ absl::StatusOr<ParsedRecipe> ParseWithOrigin(const std::string& yaml_text,
   try {
     root = YAML::Load(yaml_text);
   } catch (const YAML::Exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(origin.Where("", e.mark),
-                                                   ": malformed YAML: ", e.msg));
+    return absl::InvalidArgumentError(
+        absl::StrCat(origin.Where("", e.mark), ": malformed YAML: ", e.msg));
   }
   if (!root.IsDefined() || root.IsNull()) {
     return absl::InvalidArgumentError(
@@ -178,8 +178,8 @@ absl::StatusOr<Recipe> ParseRecipe(const std::string& yaml_text, const std::stri
     FULCRUM_ASSIGN_OR_RETURN(ParsedRecipe parsed, ParseWithOrigin(yaml_text, source, overrides));
     return std::move(parsed.recipe);
   } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat(source, ": unexpected error reading the recipe: ",
-                                            e.what()));
+    return absl::InternalError(
+        absl::StrCat(source, ": unexpected error reading the recipe: ", e.what()));
   }
 }
 
@@ -199,8 +199,8 @@ absl::StatusOr<Recipe> LoadRecipe(const std::string& path,
     resolve("checkpoint.dir", &recipe.checkpoint.dir);
     return std::move(recipe);
   } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat(path, ": unexpected error reading the recipe: ",
-                                            e.what()));
+    return absl::InternalError(
+        absl::StrCat(path, ": unexpected error reading the recipe: ", e.what()));
   }
 }
 

@@ -33,11 +33,11 @@ struct DataSection {
 };
 
 struct LoraSection {
-  int64_t rank = 8;       // r: inner dimension of the adapter
-  double alpha = 16.0;    // scale = alpha / rank (alpha / sqrt(rank) with rslora)
-  double dropout = 0.0;   // dropout on the adapter's input, in [0, 1)
+  int64_t rank = 8;      // r: inner dimension of the adapter
+  double alpha = 16.0;   // scale = alpha / rank (alpha / sqrt(rank) with rslora)
+  double dropout = 0.0;  // dropout on the adapter's input, in [0, 1)
   std::vector<std::string> targets = {"q_proj", "v_proj"};  // module names or "all-linear"
-  bool rslora = false;    // rank-stabilised scaling alpha / sqrt(rank)
+  bool rslora = false;  // rank-stabilised scaling alpha / sqrt(rank)
 };
 
 struct FinetuneSection {
@@ -46,10 +46,10 @@ struct FinetuneSection {
 };
 
 struct OptimSection {
-  double lr = 2e-4;     // peak learning rate
-  double beta1 = 0.9;   // YAML: betas: [0.9, 0.95]
+  double lr = 2e-4;    // peak learning rate
+  double beta1 = 0.9;  // YAML: betas: [0.9, 0.95]
   double beta2 = 0.95;
-  double eps = 1e-8;    // AdamW denominator epsilon
+  double eps = 1e-8;                    // AdamW denominator epsilon
   double weight_decay = 0.0;            // decoupled (AdamW) weight decay
   bool decay_norms_and_biases = false;  // false: no weight decay on 1-D params (norms, biases)
   double grad_clip = 1.0;               // global grad-norm clip; 0 disables

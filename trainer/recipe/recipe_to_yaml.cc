@@ -21,8 +21,11 @@ std::string FormatDouble(double value) {
   return buffer;
 }
 
+// NOTE: strings go out plain where YAML allows (the emitter quotes "", "null",
+// "a: b", ...): the parser takes any scalar's text for a string field, so
+// `path: 123` reads back as "123".
 void Field(YAML::Emitter& out, const char* key, const std::string& value) {
-  out << YAML::Key << key << YAML::Value << YAML::DoubleQuoted << value;
+  out << YAML::Key << key << YAML::Value << value;
 }
 void Field(YAML::Emitter& out, const char* key, int64_t value) {
   out << YAML::Key << key << YAML::Value << value;
@@ -45,7 +48,7 @@ void EmitFinetune(YAML::Emitter& out, const FinetuneSection& finetune) {
   Field(out, "alpha", finetune.lora.alpha);
   Field(out, "dropout", finetune.lora.dropout);
   out << YAML::Key << "targets" << YAML::Value << YAML::Flow << YAML::BeginSeq;
-  for (const std::string& target : finetune.lora.targets) out << YAML::DoubleQuoted << target;
+  for (const std::string& target : finetune.lora.targets) out << target;
   out << YAML::EndSeq;
   Field(out, "rslora", finetune.lora.rslora);
   out << YAML::EndMap << YAML::EndMap;

@@ -28,19 +28,18 @@ class Problems {
     if (!(value >= 0)) Add(key_path, absl::StrCat("must be >= 0, got ", value));
   }
   // lo <= value < hi (or <= hi when `hi_inclusive`).
-  void InRange(const std::string& key_path, double value, double lo, double hi,
-               bool hi_inclusive) {
+  void InRange(const std::string& key_path, double value, double lo, double hi, bool hi_inclusive) {
     const bool ok = value >= lo && (hi_inclusive ? value <= hi : value < hi);
     if (!ok) {
-      Add(key_path, absl::StrCat("must be in [", lo, ", ", hi, hi_inclusive ? "]" : ")",
-                                 ", got ", value));
+      Add(key_path,
+          absl::StrCat("must be in [", lo, ", ", hi, hi_inclusive ? "]" : ")", ", got ", value));
     }
   }
   void OneOf(const std::string& key_path, const std::string& value,
              const std::vector<std::string>& allowed) {
     if (std::find(allowed.begin(), allowed.end(), value) == allowed.end()) {
-      Add(key_path, absl::StrCat("expected one of ", absl::StrJoin(allowed, " | "), ", got \"",
-                                 value, "\""));
+      Add(key_path,
+          absl::StrCat("expected one of ", absl::StrJoin(allowed, " | "), ", got \"", value, "\""));
     }
   }
   absl::Status ToStatus() const {
@@ -65,8 +64,8 @@ void CheckModelAndData(const Recipe& r, Problems& p) {
   if (r.data.format != "pretokenized" &&
       std::find(KnownDataFormats().begin(), KnownDataFormats().end(), r.data.format) !=
           KnownDataFormats().end()) {
-    p.Add("data.format", absl::StrCat("not supported yet: ", r.data.format,
-                                      " (supported: pretokenized)"));
+    p.Add("data.format",
+          absl::StrCat("not supported yet: ", r.data.format, " (supported: pretokenized)"));
   }
 }
 
@@ -77,8 +76,8 @@ void CheckFinetuneAndOptim(const Recipe& r, Problems& p) {
   p.Positive("finetune.lora.alpha", lora.alpha);
   p.InRange("finetune.lora.dropout", lora.dropout, 0.0, 1.0, /*hi_inclusive=*/false);
   if (lora.targets.empty()) p.Add("finetune.lora.targets", "must name at least one module");
-  const bool all_linear = std::find(lora.targets.begin(), lora.targets.end(), "all-linear") !=
-                          lora.targets.end();
+  const bool all_linear =
+      std::find(lora.targets.begin(), lora.targets.end(), "all-linear") != lora.targets.end();
   if (all_linear && lora.targets.size() > 1) {
     p.Add("finetune.lora.targets", "all-linear must be the only target");
   }
@@ -134,8 +133,8 @@ void CheckBatchAndParallel(const Recipe& r, int world_size, Problems& p) {
   }
   const int64_t product = par.dp * par.tp * par.pp;
   if (product != world_size) {
-    p.Add("parallel", absl::StrCat("dp(", par.dp, ") x tp(", par.tp, ") x pp(", par.pp, ") = ",
-                                   product, " != world size ", world_size));
+    p.Add("parallel", absl::StrCat("dp(", par.dp, ") x tp(", par.tp, ") x pp(", par.pp,
+                                   ") = ", product, " != world size ", world_size));
   }
 }
 
@@ -167,8 +166,8 @@ absl::Status ValidateRecipe(const Recipe& recipe, int world_size) {
 int64_t GradAccumulationSteps(const BatchSection& batch, int64_t dp) {
   const int64_t per_step = batch.micro_batch * dp;
   FULCRUM_CHECK(per_step > 0 && batch.global_batch % per_step == 0,
-                "global_batch=", batch.global_batch, " micro_batch=", batch.micro_batch,
-                " dp=", dp, " (ValidateRecipe rejects this)");
+                "global_batch=", batch.global_batch, " micro_batch=", batch.micro_batch, " dp=", dp,
+                " (ValidateRecipe rejects this)");
   return batch.global_batch / per_step;
 }
 

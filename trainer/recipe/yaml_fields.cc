@@ -17,8 +17,9 @@ namespace fulcrum::recipe {
 namespace {
 
 bool IsPrefixPath(const std::string& prefix, const std::string& path) {
-  return path == prefix || (path.size() > prefix.size() && path.compare(0, prefix.size(), prefix) == 0 &&
-                            path[prefix.size()] == '.');
+  return path == prefix ||
+         (path.size() > prefix.size() && path.compare(0, prefix.size(), prefix) == 0 &&
+          path[prefix.size()] == '.');
 }
 
 // A quoted scalar ("3e-4", 'true') is a string in YAML, whatever it spells.
@@ -55,8 +56,7 @@ std::string YamlOrigin::Where(const std::string& key_path, const YAML::Mark& mar
   return absl::StrCat(source_, ":", mark.line + 1, ":", mark.column + 1);
 }
 
-absl::Status ApplyOverride(const std::string& override_text, YAML::Node& root,
-                           YamlOrigin& origin) {
+absl::Status ApplyOverride(const std::string& override_text, YAML::Node& root, YamlOrigin& origin) {
   const std::string where = absl::StrCat("override ", override_text);
   const size_t eq = override_text.find('=');
   if (eq == std::string::npos) {
@@ -67,8 +67,8 @@ absl::Status ApplyOverride(const std::string& override_text, YAML::Node& root,
   const std::vector<std::string> keys = absl::StrSplit(key_path, '.');
   for (const std::string& key : keys) {
     if (key.empty() || absl::StrContains(key, ' ')) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          where, ": bad key path \"", key_path, "\" (expected section.key, e.g. optim.lr)"));
+      return absl::InvalidArgumentError(absl::StrCat(where, ": bad key path \"", key_path,
+                                                     "\" (expected section.key, e.g. optim.lr)"));
     }
   }
   YAML::Node value;
@@ -83,12 +83,13 @@ absl::Status ApplyOverride(const std::string& override_text, YAML::Node& root,
     path = path.empty() ? keys[i] : absl::StrCat(path, ".", keys[i]);
     YAML::Node next = section[keys[i]];
     if (!next.IsDefined() || next.IsNull()) {
+      // A key this override created: its errors (unknown key, wrong type) are the override's.
+      if (!next.IsDefined()) origin.RecordOverride(path, override_text);
       section[keys[i]] = YAML::Node(YAML::NodeType::Map);
       next.reset(section[keys[i]]);
     } else if (!next.IsMap()) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": ", path,
-                                                     " is not a section (it is ",
-                                                     DescribeNode(next), ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": ", path, " is not a section (it is ", DescribeNode(next), ")"));
     }
     section.reset(next);
   }
@@ -103,7 +104,8 @@ std::string DescribeNode(const YAML::Node& node) {
   if (node.IsMap()) return "a map";
   const std::string& text = node.Scalar();
   double unused;
-  if (IsPlainScalar(node) && (ParseFiniteDouble(text, &unused) || text == "true" || text == "false")) {
+  if (IsPlainScalar(node) &&
+      (ParseFiniteDouble(text, &unused) || text == "true" || text == "false")) {
     return text;
   }
   return absl::StrCat("\"", text, "\"");
@@ -114,17 +116,16 @@ absl::StatusOr<MapReader> MapReader::Open(const YamlOrigin* origin, const YAML::
   MapReader reader(origin, path);
   if (!node.IsDefined() || node.IsNull()) return reader;
   if (!node.IsMap()) {
-    return absl::InvalidArgumentError(absl::StrCat(origin->Where(path, node.Mark()), ": ", path,
-                                                   ": expected a section (a map of key: value), got ",
-                                                   DescribeNode(node)));
+    return absl::InvalidArgumentError(
+        absl::StrCat(origin->Where(path, node.Mark()), ": ", path,
+                     ": expected a section (a map of key: value), got ", DescribeNode(node)));
   }
   for (auto it = node.begin(); it != node.end(); ++it) {
     const YAML::Node key_node = it->first;
     if (!key_node.IsScalar()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(origin->Where(path, key_node.Mark()), ": ",
-                       path.empty() ? "top level" : path, ": keys must be names, got ",
-                       DescribeNode(key_node)));
+      return absl::InvalidArgumentError(absl::StrCat(
+          origin->Where(path, key_node.Mark()), ": ", path.empty() ? "top level" : path,
+          ": keys must be names, got ", DescribeNode(key_node)));
     }
     for (const Entry& entry : reader.entries_) {
       if (entry.key == key_node.Scalar()) {
@@ -152,8 +153,8 @@ std::string MapReader::KeyPath(const std::string& key) const {
 
 absl::Status MapReader::TypeError(const Entry& entry, const std::string& what) const {
   const std::string key_path = KeyPath(entry.key);
-  return absl::InvalidArgumentError(absl::StrCat(origin_->Where(key_path, entry.value.Mark()),
-                                                 ": ", key_path, ": expected ", what, ", got ",
+  return absl::InvalidArgumentError(absl::StrCat(origin_->Where(key_path, entry.value.Mark()), ": ",
+                                                 key_path, ": expected ", what, ", got ",
                                                  DescribeNode(entry.value)));
 }
 
@@ -257,8 +258,8 @@ absl::Status MapReader::Finish() const {
     const std::string key_path = KeyPath(entry.key);
     const std::string suggestion = DidYouMean(entry.key, known_);
     const std::string hint = suggestion.empty()
-                                 ? absl::StrCat(" (known keys", path_.empty() ? "" : " of ",
-                                                path_, ": ", absl::StrJoin(known_, ", "), ")")
+                                 ? absl::StrCat(" (known keys", path_.empty() ? "" : " of ", path_,
+                                                ": ", absl::StrJoin(known_, ", "), ")")
                                  : absl::StrCat(" (did you mean ", KeyPath(suggestion), "?)");
     return absl::InvalidArgumentError(absl::StrCat(origin_->Where(key_path, entry.key_node.Mark()),
                                                    ": unknown key ", key_path, hint));

@@ -46,8 +46,7 @@ class YamlOrigin {
 
 // Applies one "a.b=value" override to `root` (a map): the value is parsed as
 // YAML, missing sections on the way are created. Records it in `origin`.
-absl::Status ApplyOverride(const std::string& override_text, YAML::Node& root,
-                           YamlOrigin& origin);
+absl::Status ApplyOverride(const std::string& override_text, YAML::Node& root, YamlOrigin& origin);
 
 // A value as messages show it: "fast" (quoted), 8.5, true, a list, a map, nothing.
 std::string DescribeNode(const YAML::Node& node);
