@@ -2,7 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
+#include <nlohmann/json.hpp>
+
 #include "data/dataset/sampler.h"
+#include "tests/test_support.h"
 
 namespace fulcrum::data {
 namespace {
@@ -219,6 +223,56 @@ TEST(DataLoaderTest, GlobalBatchLargerThanAnEpoch) {
   EXPECT_EQ(s1.epoch, 2);  // first row 16 = epoch 2, row 2
   EXPECT_EQ(s0.micro_batches.size(), 4u);
   EXPECT_GT(s1.global_num_targets, 0);
+}
+
+// Reads an I64 tensor from a safetensors file: u64 header length, JSON header,
+// then the raw little-endian data (enough for the fixture; the real reader is
+// trainer/checkpoint's).
+torch::Tensor ReadI64(const std::string& file, const std::string& name) {
+  const std::string bytes = testing::ReadFile(file);
+  uint64_t header_size = 0;
+  std::memcpy(&header_size, bytes.data(), sizeof(header_size));
+  const nlohmann::json header = nlohmann::json::parse(bytes.substr(8, header_size));
+  const nlohmann::json& entry = header.at(name);
+  EXPECT_EQ(entry.at("dtype"), "I64");
+  const auto shape = entry.at("shape").get<std::vector<int64_t>>();
+  const auto offsets = entry.at("data_offsets").get<std::vector<size_t>>();
+  torch::Tensor tensor = torch::empty(shape, torch::kInt64);
+  EXPECT_EQ(offsets[1] - offsets[0], static_cast<size_t>(tensor.numel()) * sizeof(int64_t));
+  std::memcpy(tensor.data_ptr<int64_t>(), bytes.data() + 8 + header_size + offsets[0],
+              offsets[1] - offsets[0]);
+  return tensor;
+}
+
+// The HF parity fixture's batch follows the same conventions as the loader:
+// pad id 0 with attention_mask 0, labels = input_ids (unshifted) with -100 on
+// padding, 15 + 10 = 25 shifted targets.
+TEST(DataLoaderTest, NoPackBatchMatchesTheHfFixtureBatch) {
+  const std::string file = testing::FixturesDir() + "/batch.safetensors";
+  const torch::Tensor input_ids = ReadI64(file, "input_ids");     // [2, 16]
+  const torch::Tensor attention_mask = ReadI64(file, "attention_mask");
+  const torch::Tensor labels = ReadI64(file, "labels");
+  ASSERT_EQ(input_ids.sizes(), (std::vector<int64_t>{2, 16}));
+  std::vector<Sample> samples;
+  for (int64_t r = 0; r < 2; ++r) {
+    const int64_t length = attention_mask[r].sum().item<int64_t>();
+    const int64_t* ids = input_ids[r].contiguous().data_ptr<int64_t>();
+    samples.push_back(Sample{Ids(ids, ids + length), Ids(ids, ids + length), r + 1});
+  }
+  ASSERT_EQ(samples[1].input_ids.size(), 11u);
+  LoaderOptions options = Options(2, 2, 0, 1);
+  options.seq_len = 16;
+  options.pack = false;
+  options.shuffle = false;
+  auto loader = DataLoader::Create(samples, options);
+  ASSERT_TRUE(loader.ok()) << loader.status();
+  const StepBatch batch = loader->Next();
+  const MicroBatch& mb = batch.micro_batches.at(0);
+  EXPECT_TRUE(torch::equal(mb.input_ids, input_ids));
+  EXPECT_TRUE(torch::equal(mb.attention_mask, attention_mask));
+  EXPECT_TRUE(torch::equal(mb.labels, labels));
+  EXPECT_EQ(mb.num_targets, 25);
+  EXPECT_EQ(batch.global_num_targets, 25);
 }
 
 }  // namespace
