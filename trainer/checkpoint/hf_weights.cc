@@ -29,8 +29,7 @@ absl::StatusOr<std::map<std::string, std::string>> ReadWeightMap(const std::stri
     return absl::InvalidArgumentError(absl::StrCat(index_path, ": not valid JSON: ", e.what()));
   }
   if (!json.is_object() || !json.contains("weight_map") || !json["weight_map"].is_object()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(index_path, ": missing object \"weight_map\""));
+    return absl::InvalidArgumentError(absl::StrCat(index_path, ": missing object \"weight_map\""));
   }
   std::map<std::string, std::string> weight_map;
   for (auto it = json["weight_map"].begin(); it != json["weight_map"].end(); ++it) {
@@ -76,8 +75,9 @@ absl::Status RemoveStaleFiles(const std::string& dir, const std::string& prefix,
                       std::regex_match(file, shard_pattern);
     if (ours && keep.count(file) == 0) {
       fs::remove(e.path(), ec);
-      if (ec) return absl::InternalError(absl::StrCat(e.path().string(), ": remove stale file: ",
-                                                      ec.message()));
+      if (ec)
+        return absl::InternalError(
+            absl::StrCat(e.path().string(), ": remove stale file: ", ec.message()));
     }
   }
   if (ec) return absl::InternalError(absl::StrCat(dir, ": list: ", ec.message()));
@@ -117,8 +117,8 @@ absl::StatusOr<HfWeights> HfWeights::Open(const std::string& dir, const std::str
       reader = *std::move(opened);
     }
     if (!reader->Contains(name)) {
-      return absl::NotFoundError(absl::StrCat(index, ": tensor \"", name, "\" is mapped to ",
-                                              file, " but that shard does not contain it"));
+      return absl::NotFoundError(absl::StrCat(index, ": tensor \"", name, "\" is mapped to ", file,
+                                              " but that shard does not contain it"));
     }
     weights.readers_[name] = reader;
   }
@@ -196,8 +196,7 @@ absl::Status WriteHfWeights(const std::string& dir, const std::vector<NamedTenso
   const nlohmann::json index = {{"metadata", {{"total_size", total_size}}},
                                 {"weight_map", weight_map}};
   const std::string index_file = prefix + ".safetensors.index.json";
-  FULCRUM_RETURN_IF_ERROR(
-      WriteFileAtomically(JoinPath(dir, index_file), index.dump(2) + "\n"));
+  FULCRUM_RETURN_IF_ERROR(WriteFileAtomically(JoinPath(dir, index_file), index.dump(2) + "\n"));
   written.insert(index_file);
   return RemoveStaleFiles(dir, prefix, written);
 }

@@ -145,8 +145,7 @@ TEST(HfWeightsTest, IndexNamingMissingShard) {
   fs::remove(dir + "/model-00003-of-00004.safetensors");
   absl::StatusOr<HfWeights> weights = HfWeights::Open(dir);
   ASSERT_FALSE(weights.ok());
-  EXPECT_NE(weights.status().message().find("model-00003-of-00004.safetensors"),
-            std::string::npos)
+  EXPECT_NE(weights.status().message().find("model-00003-of-00004.safetensors"), std::string::npos)
       << weights.status();
 }
 
@@ -158,8 +157,7 @@ TEST(HfWeightsTest, IndexNamingTensorMissingFromShard) {
   WriteFile(dir + "/model.safetensors.index.json", index.dump());
   absl::StatusOr<HfWeights> weights = HfWeights::Open(dir);
   ASSERT_FALSE(weights.ok());
-  EXPECT_NE(weights.status().message().find("model.ghost"), std::string::npos)
-      << weights.status();
+  EXPECT_NE(weights.status().message().find("model.ghost"), std::string::npos) << weights.status();
 }
 
 TEST(HfWeightsTest, MalformedIndex) {
