@@ -58,6 +58,19 @@ TEST(HfWeightsTest, OpensFixtureModelDir) {
   EXPECT_NE(missing.status().message().find("\"nope\""), std::string::npos);
 }
 
+TEST(HfWeightsTest, FixtureRoundTripsExactlyThroughShards) {
+  absl::StatusOr<HfWeights> source = HfWeights::Open(FixturesDir() + "/llama/model");
+  ASSERT_TRUE(source.ok()) << source.status();
+  std::vector<NamedTensor> tensors;
+  for (const std::string& name : source->Names()) tensors.push_back({name, *source->View(name)});
+  const std::string dir = ScratchDir();
+  ASSERT_TRUE(WriteHfWeights(dir, tensors, 200 * 1024).ok());  // the file is ~560 KB
+  EXPECT_TRUE(fs::exists(dir + "/model.safetensors.index.json"));
+  absl::StatusOr<HfWeights> copy = HfWeights::Open(dir);
+  ASSERT_TRUE(copy.ok()) << copy.status();
+  ExpectSameWeights(*copy, tensors);
+}
+
 TEST(HfWeightsTest, SingleFileWhenItFits) {
   const std::string dir = ScratchDir();
   const std::vector<NamedTensor> tensors = Tensors();
