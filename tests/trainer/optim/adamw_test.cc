@@ -1,0 +1,207 @@
+#include "trainer/optim/adamw.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <map>
+#include <string>
+
+namespace fulcrum::optim {
+namespace {
+
+// Deterministic grad for (step, parameter index), any shape.
+torch::Tensor GradFor(int step, int index, torch::IntArrayRef shape) {
+  torch::manual_seed(1000 * step + index);
+  return torch::randn(shape);
+}
+
+std::map<std::string, torch::Tensor> CloneState(const AdamW& opt) {
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& nt : opt.StateDict()) out[nt.name] = nt.tensor.clone();
+  return out;
+}
+
+TEST(AdamWTest, MatchesTorchAdamWInFp32) {
+  torch::manual_seed(0);
+  std::vector<torch::Tensor> mine = {torch::randn({4, 3}), torch::randn({5})};
+  std::vector<torch::Tensor> ref;
+  for (auto& t : mine) {
+    ref.push_back(t.clone().requires_grad_(true));
+    t.requires_grad_(true);
+  }
+  AdamW opt({{"w", mine[0], true}, {"b", mine[1], true}},
+            AdamWOptions{0.9, 0.95, 1e-8, 0.1});
+  torch::optim::AdamW torch_opt(
+      ref, torch::optim::AdamWOptions(1e-3).betas({0.9, 0.95}).eps(1e-8).weight_decay(0.1));
+  for (int step = 0; step < 6; ++step) {
+    for (int i = 0; i < 2; ++i) {
+      torch::Tensor g = GradFor(step, i, mine[i].sizes());
+      mine[i].mutable_grad() = g.clone();
+      ref[i].mutable_grad() = g.clone();
+    }
+    opt.Step(1e-3);
+    torch_opt.step();
+  }
+  EXPECT_EQ(opt.step_count(), 6);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_TRUE(torch::allclose(mine[i], ref[i], /*rtol=*/0, /*atol=*/1e-7)) << i;
+  }
+}
+
+TEST(AdamWTest, DecayFlagFalseSkipsWeightDecay) {
+  torch::Tensor a = torch::ones({3}).requires_grad_(true);
+  torch::Tensor b = torch::ones({3}).requires_grad_(true);
+  AdamW opt({{"a", a, true}, {"b", b, false}}, AdamWOptions{0.9, 0.95, 1e-8, 0.5});
+  a.mutable_grad() = torch::zeros({3});
+  b.mutable_grad() = torch::zeros({3});
+  opt.Step(0.1);
+  EXPECT_TRUE(torch::allclose(a, torch::full({3}, 0.95f)));
+  EXPECT_TRUE(torch::equal(b, torch::ones({3})));
+}
+
+TEST(AdamWTest, UndefinedGradStepsWithZeroGrad) {
+  torch::manual_seed(1);
+  torch::Tensor init = torch::randn({6});
+  torch::Tensor x = init.clone().requires_grad_(true);
+  torch::Tensor y = init.clone().requires_grad_(true);
+  AdamW ox({{"p", x, true}}, AdamWOptions{0.9, 0.95, 1e-8, 0.1});
+  AdamW oy({{"p", y, true}}, AdamWOptions{0.9, 0.95, 1e-8, 0.1});
+  torch::Tensor g = torch::randn({6});
+  x.mutable_grad() = g.clone();
+  y.mutable_grad() = g.clone();
+  ox.Step(1e-2);
+  oy.Step(1e-2);
+  torch::Tensor after_first = x.detach().clone();
+  ox.ZeroGrad();
+  EXPECT_FALSE(x.grad().defined());
+  y.mutable_grad() = torch::zeros({6});
+  ox.Step(1e-2);
+  oy.Step(1e-2);
+  EXPECT_TRUE(torch::equal(x, y));
+  // The first moment keeps moving the parameter.
+  EXPECT_GT((x - after_first).abs().max().item<float>(), 1e-4);
+}
+
+TEST(AdamWTest, Bf16ParamsKeepFp32Master) {
+  torch::manual_seed(2);
+  torch::Tensor bf = torch::randn({8, 4}).to(torch::kBFloat16).requires_grad_(true);
+  torch::Tensor fp = bf.detach().to(torch::kFloat).requires_grad_(true);
+  AdamW obf({{"w", bf, true}}, AdamWOptions{0.9, 0.95, 1e-8, 0.1});
+  AdamW ofp({{"w", fp, true}}, AdamWOptions{0.9, 0.95, 1e-8, 0.1});
+  for (int step = 0; step < 4; ++step) {
+    torch::Tensor g = GradFor(step, 0, {8, 4}).to(torch::kBFloat16);
+    bf.mutable_grad() = g;
+    fp.mutable_grad() = g.to(torch::kFloat);
+    obf.Step(1e-3);
+    ofp.Step(1e-3);
+  }
+  torch::Tensor master;
+  for (const auto& nt : obf.StateDict()) {
+    if (nt.name == "master.w") master = nt.tensor;
+  }
+  ASSERT_TRUE(master.defined());
+  EXPECT_EQ(master.scalar_type(), torch::kFloat);
+  EXPECT_TRUE(torch::equal(master, fp));  // same values, same fp32 arithmetic
+  EXPECT_TRUE(torch::equal(bf, master.to(torch::kBFloat16)));
+  EXPECT_EQ(bf.scalar_type(), torch::kBFloat16);
+  // 4 steps of ~1e-3 are below bf16 resolution for many elements: the master
+  // is what carries them.
+  EXPECT_FALSE(torch::equal(master, bf.to(torch::kFloat)));
+  // No master for fp32 params.
+  for (const auto& nt : ofp.StateDict()) EXPECT_NE(nt.name.rfind("master.", 0), 0u) << nt.name;
+}
+
+TEST(AdamWTest, StateDictRoundTripResumesBitExactly) {
+  torch::manual_seed(3);
+  torch::Tensor w = torch::randn({3, 5}).requires_grad_(true);
+  torch::Tensor h = torch::randn({7}).to(torch::kBFloat16).requires_grad_(true);
+  const AdamWOptions options{0.9, 0.95, 1e-8, 0.1};
+  AdamW a({{"w", w, true}, {"h", h, false}}, options);
+  auto run = [](AdamW& opt, torch::Tensor& w, torch::Tensor& h, int from, int to) {
+    for (int step = from; step < to; ++step) {
+      w.mutable_grad() = GradFor(step, 0, w.sizes());
+      h.mutable_grad() = GradFor(step, 1, h.sizes()).to(torch::kBFloat16);
+      opt.Step(1e-3 * (step + 1));
+    }
+  };
+  run(a, w, h, 0, 3);
+  auto state = CloneState(a);
+  EXPECT_EQ(state.size(), 6u);  // step, 2 x (exp_avg, exp_avg_sq), master.h
+  EXPECT_EQ(state.at("step").item<int64_t>(), 3);
+  torch::Tensor w2 = w.detach().clone().requires_grad_(true);
+  // A bf16 param rebuilt from a (lossy) source: the master restores it.
+  torch::Tensor h2 = torch::zeros({7}, torch::kBFloat16).requires_grad_(true);
+  run(a, w, h, 3, 6);
+
+  AdamW b({{"w", w2, true}, {"h", h2, false}}, options);
+  ASSERT_TRUE(b.LoadStateDict(state).ok());
+  EXPECT_EQ(b.step_count(), 3);
+  run(b, w2, h2, 3, 6);
+  EXPECT_TRUE(torch::equal(w, w2));
+  EXPECT_TRUE(torch::equal(h, h2));
+  auto sa = CloneState(a);
+  auto sb = CloneState(b);
+  for (const auto& [key, value] : sa) EXPECT_TRUE(torch::equal(value, sb.at(key))) << key;
+}
+
+TEST(AdamWTest, LoadStateDictRejectsBadStateAndChangesNothing) {
+  torch::Tensor w = torch::ones({2, 2}).requires_grad_(true);
+  AdamW opt({{"w", w, true}}, AdamWOptions{});
+  w.mutable_grad() = torch::ones({2, 2});
+  opt.Step(1e-3);
+  const auto good = CloneState(opt);
+
+  auto expect_error = [&](std::map<std::string, torch::Tensor> state, const std::string& needle) {
+    absl::Status status = opt.LoadStateDict(state);
+    EXPECT_FALSE(status.ok());
+    EXPECT_NE(std::string(status.message()).find(needle), std::string::npos) << status;
+  };
+  auto missing = good;
+  missing.erase("exp_avg_sq.w");
+  expect_error(missing, "exp_avg_sq.w");
+  auto unknown = good;
+  unknown["exp_avg.v"] = torch::zeros({2, 2});
+  expect_error(unknown, "exp_avg.v");
+  auto wrong_shape = good;
+  wrong_shape["exp_avg.w"] = torch::zeros({4});
+  expect_error(wrong_shape, "exp_avg.w");
+  auto wrong_dtype = good;
+  wrong_dtype["exp_avg.w"] = torch::zeros({2, 2}, torch::kDouble);
+  expect_error(wrong_dtype, "exp_avg.w");
+  auto bad_step = good;
+  bad_step["step"] = torch::ones({1});
+  expect_error(bad_step, "step");
+  auto no_step = good;
+  no_step.erase("step");
+  expect_error(no_step, "step");
+
+  EXPECT_EQ(opt.step_count(), 1);
+  const auto after = CloneState(opt);
+  for (const auto& [key, value] : good) EXPECT_TRUE(torch::equal(value, after.at(key))) << key;
+}
+
+struct TinyNet : torch::nn::Module {
+  TinyNet() {
+    linear = register_module("linear", torch::nn::Linear(3, 2));
+    norm = register_parameter("norm", torch::ones({3}));
+    frozen = register_parameter("frozen", torch::ones({2, 2}), /*requires_grad=*/false);
+  }
+  torch::nn::Linear linear{nullptr};
+  torch::Tensor norm;
+  torch::Tensor frozen;
+};
+
+TEST(TrainableParametersTest, SplitsDecayAndSkipsFrozen) {
+  TinyNet net;
+  auto params = TrainableParameters(net, /*decay_norms_and_biases=*/false);
+  std::map<std::string, bool> decay;
+  for (const auto& p : params) decay[p.name] = p.decay;
+  EXPECT_EQ(decay, (std::map<std::string, bool>{
+                       {"linear.weight", true}, {"linear.bias", false}, {"norm", false}}));
+  for (const auto& p : TrainableParameters(net, /*decay_norms_and_biases=*/true)) {
+    EXPECT_TRUE(p.decay) << p.name;
+  }
+}
+
+}  // namespace
+}  // namespace fulcrum::optim

@@ -1,0 +1,62 @@
+// Attaching LoRA adapters to a model's LoraLinear layers, freezing the base,
+// and folding adapters back into the base weights.
+//
+// Defines: LoraOptions, LoraLayer, LoraLayers, ApplyLora, MergeLora.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "trainer/lora/lora_linear.h"
+
+namespace fulcrum::lora {
+
+struct LoraOptions {
+  LoraSpec spec;                     // rank, alpha, dropout, rslora
+  std::vector<std::string> targets;  // last component of the module path ("q_proj"), or "all-linear"
+};
+
+// One LoraLinear of a model and its module path ("model.layers.0.self_attn.q_proj").
+struct LoraLayer {
+  std::string path;
+  LoraLinearImpl* layer = nullptr;  // owned by the model
+};
+
+// Every LoraLinear under `model` (the model itself included), in
+// registration order.
+std::vector<LoraLayer> LoraLayers(torch::nn::Module& model);
+
+// The last component of a module path ("model.layers.0.mlp.up_proj" -> "up_proj").
+std::string LastComponent(const std::string& path);
+
+// Checks rank > 0, alpha > 0 and dropout in [0, 1); errors name
+// finetune.lora.<key>.
+absl::Status ValidateLoraSpec(const LoraSpec& spec);
+
+// Attaches adapters to every LoraLinear whose name's last component is in
+// targets ("all-linear": every LoraLinear except lm_head), then freezes every
+// non-adapter parameter (requires_grad false). A target matching no module ->
+// InvalidArgument "finetune.lora.targets: 'qproj' matches no linear layer
+// (available: down_proj, gate_proj, ...)". A layer that already has an
+// adapter -> FailedPrecondition. Returns the number of adapted layers.
+absl::StatusOr<int64_t> ApplyLora(torch::nn::Module& model, const LoraOptions& options);
+
+// Attaches `spec` adapters to the layers for which `select(path)` is true and
+// freezes the rest, as ApplyLora. Returns the number of adapted layers.
+absl::StatusOr<int64_t> ApplyLoraWhere(torch::nn::Module& model, const LoraSpec& spec,
+                                       const std::function<bool(const std::string&)>& select);
+
+// Sets requires_grad = true on adapter matrices and false on everything else.
+void FreezeAllButAdapters(torch::nn::Module& model);
+
+// Folds every adapter into its base weight (W += scaling * B A) and removes
+// the adapters. Base parameters keep their requires_grad.
+void MergeLora(torch::nn::Module& model);
+
+}  // namespace fulcrum::lora

@@ -1,0 +1,42 @@
+// PEFT (Hugging Face `peft`) LoRA adapter directories: adapter_config.json +
+// adapter_model.safetensors, keys "base_model.model.<module path>.lora_A.weight".
+//
+// Defines: AdapterStateDict, WritePeftAdapter, LoadPeftAdapter.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "trainer/checkpoint/safetensors_writer.h"
+#include "trainer/lora/apply_lora.h"
+
+namespace fulcrum::lora {
+
+// The PEFT key of an adapter matrix: "base_model.model." + path + ".lora_A.weight".
+std::string PeftKey(const std::string& module_path, bool lora_b);
+
+// Adapter tensors (live, detached: lora_A [r, in], lora_B [out, r]) under PEFT keys.
+std::vector<checkpoint::NamedTensor> AdapterStateDict(torch::nn::Module& model);
+
+// Writes dir/adapter_config.json (peft_type LORA, task_type CAUSAL_LM, r,
+// lora_alpha, lora_dropout, target_modules = sorted adapted names, use_rslora,
+// bias "none", fan_in_fan_out false, inference_mode true,
+// base_model_name_or_path, modules_to_save null, ...) and
+// dir/adapter_model.safetensors (AdapterStateDict). Creates dir. A model
+// without adapters -> FailedPrecondition.
+absl::Status WritePeftAdapter(torch::nn::Module& model, const LoraOptions& options,
+                              const std::string& base_model_path, const std::string& dir);
+
+// Reads a PEFT adapter dir: adapter_config.json (r, lora_alpha, lora_dropout,
+// use_rslora, target_modules as a list of names or a regex string fully
+// matched against module paths), attaches adapters, loads lora_A/lora_B (keys
+// with or without ".default"), checking shapes, and freezes base params.
+// Everything is validated before the model is touched. Errors name the file
+// and the key or tensor. Returns the options (targets = sorted adapted names).
+absl::StatusOr<LoraOptions> LoadPeftAdapter(torch::nn::Module& model, const std::string& dir);
+
+}  // namespace fulcrum::lora
