@@ -45,7 +45,8 @@ absl::Status CheckUnsupported(const nlohmann::json& j, const std::string& path) 
   };
   for (const char* key : {"use_dora", "fan_in_fan_out", "rank_pattern", "alpha_pattern",
                           "layers_to_transform", "modules_to_save", "exclude_modules",
-                          "lora_bias", "use_qalora"}) {
+                          "lora_bias", "use_qalora", "layer_replication", "target_parameters",
+                          "trainable_token_indices"}) {
     if (is_set(key)) {
       return absl::UnimplementedError(
           absl::StrCat(path, ": ", key, ": ", j.at(key).dump(), " is not supported"));
