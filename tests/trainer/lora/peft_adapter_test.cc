@@ -12,10 +12,10 @@
 namespace fulcrum::lora {
 namespace {
 
-using testing::TinyModel;
 using fulcrum::testing::ReadFile;
 using fulcrum::testing::ScratchDir;
 using fulcrum::testing::WriteFile;
+using testing::TinyModel;
 
 LoraOptions Options(std::vector<std::string> targets) {
   LoraOptions o;
@@ -153,19 +153,21 @@ TEST(PeftAdapterTest, BadAdaptersNameFileAndKey) {
               "target_modules: 'qproj' matches no linear layer");
   ExpectError(LoadWithConfig(R"({"r": 2, "lora_alpha": 3, "target_modules": 7})"),
               "target_modules");
-  ExpectError(
-      LoadWithConfig(R"({"r": 2, "lora_alpha": 3, "use_dora": true, "target_modules": ["q_proj"]})"),
-      "use_dora");
+  ExpectError(LoadWithConfig(
+                  R"({"r": 2, "lora_alpha": 3, "use_dora": true, "target_modules": ["q_proj"]})"),
+              "use_dora");
   // r 3 in the config, tensors of rank 2.
-  ExpectError(LoadWithConfig(R"({"r": 3, "lora_alpha": 3, "target_modules": ["q_proj", "v_proj"]})"),
-              "layers.0.q_proj.lora_A.weight' has shape [2,4]");
+  ExpectError(
+      LoadWithConfig(R"({"r": 3, "lora_alpha": 3, "target_modules": ["q_proj", "v_proj"]})"),
+      "layers.0.q_proj.lora_A.weight' has shape [2,4]");
   // A file tensor the config does not adapt.
   ExpectError(LoadWithConfig(R"({"r": 2, "lora_alpha": 3, "target_modules": ["q_proj"]})"),
               "v_proj.lora_A.weight' matches no adapted layer");
   // A config target without tensors in the file.
-  ExpectError(LoadWithConfig(
-                  R"({"r": 2, "lora_alpha": 3, "target_modules": ["q_proj", "v_proj", "up_proj"]})"),
-              "missing adapter tensor 'base_model.model.layers.0.up_proj.lora_A.weight'");
+  ExpectError(
+      LoadWithConfig(
+          R"({"r": 2, "lora_alpha": 3, "target_modules": ["q_proj", "v_proj", "up_proj"]})"),
+      "missing adapter tensor 'base_model.model.layers.0.up_proj.lora_A.weight'");
   ExpectError(LoadPeftAdapter(*std::make_shared<TinyModel>(), ScratchDir() + "/none").status(),
               "adapter_config.json");
 }
@@ -203,8 +205,8 @@ struct FixtureShapedModel : torch::nn::Module {
   };
   struct Stack : torch::nn::Module {
     Stack() {
-      layers = register_module("layers", torch::nn::ModuleList(std::make_shared<Layer>(),
-                                                              std::make_shared<Layer>()));
+      layers = register_module(
+          "layers", torch::nn::ModuleList(std::make_shared<Layer>(), std::make_shared<Layer>()));
     }
     torch::nn::ModuleList layers{nullptr};
   };
