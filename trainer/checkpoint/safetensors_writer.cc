@@ -1,0 +1,132 @@
+#include "trainer/checkpoint/safetensors_writer.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "core/file_util.h"
+#include "core/status.h"
+#include "trainer/checkpoint/dtype.h"
+
+namespace fulcrum::checkpoint {
+namespace {
+
+absl::Status ErrnoError(const std::string& what, const std::string& path) {
+  return absl::InternalError(absl::StrCat(path, ": ", what, ": ", std::strerror(errno)));
+}
+
+// The order tensors are laid out in: sorted by name (the header order).
+std::vector<const NamedTensor*> SortedByName(const std::vector<NamedTensor>& tensors) {
+  std::vector<const NamedTensor*> sorted;
+  sorted.reserve(tensors.size());
+  for (const NamedTensor& t : tensors) sorted.push_back(&t);
+  std::sort(sorted.begin(), sorted.end(),
+            [](const NamedTensor* a, const NamedTensor* b) { return a->name < b->name; });
+  return sorted;
+}
+
+absl::Status ValidateTensors(const std::vector<NamedTensor>& tensors) {
+  std::set<std::string> seen;
+  for (const NamedTensor& t : tensors) {
+    if (t.name.empty()) return absl::InvalidArgumentError("a tensor has an empty name");
+    if (t.name == "__metadata__") {
+      return absl::InvalidArgumentError("\"__metadata__\" is reserved, not a tensor name");
+    }
+    if (!seen.insert(t.name).second) {
+      return absl::InvalidArgumentError(absl::StrCat("duplicate tensor name \"", t.name, "\""));
+    }
+    if (!t.tensor.defined()) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor \"", t.name, "\" is undefined"));
+    }
+    if (!HasSafetensorsName(t.tensor.scalar_type())) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor \"", t.name, "\": dtype ",
+                                                     c10::toString(t.tensor.scalar_type()),
+                                                     " has no safetensors name"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Writes all of `data` to `fd`, retrying short writes.
+absl::Status WriteAll(int fd, const void* data, size_t size, const std::string& path) {
+  const auto* bytes = static_cast<const uint8_t*>(data);
+  while (size > 0) {
+    const ssize_t n = ::write(fd, bytes, size);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError("write", path);
+    }
+    bytes += n;
+    size -= static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+// Streams header and tensor bytes into the open temp file `fd`.
+absl::Status WriteContents(int fd, const std::string& tmp, const std::string& header,
+                           const std::vector<NamedTensor>& tensors) {
+  uint8_t length[8];
+  uint64_t n = header.size();
+  for (int i = 0; i < 8; ++i, n >>= 8) length[i] = static_cast<uint8_t>(n & 0xff);
+  FULCRUM_RETURN_IF_ERROR(WriteAll(fd, length, sizeof(length), tmp));
+  FULCRUM_RETURN_IF_ERROR(WriteAll(fd, header.data(), header.size(), tmp));
+  for (const NamedTensor* t : SortedByName(tensors)) {
+    try {
+      const torch::Tensor cpu = t->tensor.to(torch::kCPU).contiguous();
+      FULCRUM_RETURN_IF_ERROR(WriteAll(fd, cpu.data_ptr(), cpu.numel() * cpu.element_size(), tmp));
+    } catch (const c10::Error& e) {
+      return absl::InternalError(absl::StrCat(
+          tmp, ": tensor \"", t->name, "\": cannot copy to CPU: ", e.what_without_backtrace()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> SafetensorsHeader(const std::vector<NamedTensor>& tensors,
+                                              const std::map<std::string, std::string>& metadata) {
+  FULCRUM_RETURN_IF_ERROR(ValidateTensors(tensors));
+  nlohmann::json header = nlohmann::json::object();  // std::map-backed: keys sorted
+  uint64_t offset = 0;
+  for (const NamedTensor* t : SortedByName(tensors)) {
+    const uint64_t size = static_cast<uint64_t>(t->tensor.numel() * t->tensor.element_size());
+    header[t->name] = {{"dtype", SafetensorsDtypeName(t->tensor.scalar_type())},
+                       {"shape", t->tensor.sizes().vec()},
+                       {"data_offsets", {offset, offset + size}}};
+    offset += size;
+  }
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::string text = header.dump();
+  // Pad so that the data section starts 8-byte aligned (8 + text.size()).
+  text.append((8 - text.size() % 8) % 8, ' ');
+  return text;
+}
+
+absl::Status WriteSafetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
+                              const std::map<std::string, std::string>& metadata) {
+  absl::StatusOr<std::string> header = SafetensorsHeader(tensors, metadata);
+  if (!header.ok()) return Annotate(header.status(), path);
+  const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoError("create", tmp);
+  absl::Status status = WriteContents(fd, tmp, *header, tensors);
+  if (status.ok() && ::fsync(fd) != 0) status = ErrnoError("fsync", tmp);
+  if (::close(fd) != 0 && status.ok()) status = ErrnoError("close", tmp);
+  if (status.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) status = ErrnoError("rename", tmp);
+  if (!status.ok()) {
+    ::unlink(tmp.c_str());
+    return status;
+  }
+  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  return SyncDirectory(parent.empty() ? std::string(".") : parent.string());
+}
+
+}  // namespace fulcrum::checkpoint
