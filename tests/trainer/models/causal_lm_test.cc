@@ -134,7 +134,10 @@ TEST(CausalLMTest, RightPaddingDoesNotChangeValidLogits) {
   const torch::Tensor valid = logits.index({torch::indexing::Slice(1, 2), torch::indexing::Slice(0, 7)});
   EXPECT_TRUE(torch::allclose(valid, alone, 1e-5, 1e-5)) << (valid - alone).abs().max();
   // The other row equals itself run alone too.
-  EXPECT_TRUE(torch::allclose(logits.narrow(0, 0, 1), model->forward(In(other)), 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(logits.narrow(0, 0, 1), model->forward({other}), 1e-5, 1e-5));
+  // Brace forms with a mask: an all-ones mask changes nothing.
+  EXPECT_TRUE(torch::equal(model->forward({other, torch::ones({1, 10}, torch::kLong)}),
+                           model->forward({other})));
 }
 
 TEST(CausalLMTest, DocumentMaskIsolatesPackedDocuments) {
