@@ -52,7 +52,8 @@ absl::StatusOr<TensorEntry> ParseEntry(const std::string& name, const nlohmann::
   if (!shape.is_array()) return EntryError(name, "\"shape\" is not an array");
   uint64_t numel = 1;
   for (const nlohmann::json& d : shape) {
-    if (!d.is_number_unsigned()) return EntryError(name, "\"shape\" has a non-integer or negative dim");
+    if (!d.is_number_unsigned())
+      return EntryError(name, "\"shape\" has a non-integer or negative dim");
     const uint64_t dim = d.get<uint64_t>();
     if (dim > (1ull << 40) || (dim != 0 && numel > (1ull << 48) / dim)) {
       return EntryError(name, "\"shape\" is absurdly large");
@@ -68,9 +69,9 @@ absl::StatusOr<TensorEntry> ParseEntry(const std::string& name, const nlohmann::
   entry.begin = offsets[0].get<uint64_t>();
   entry.end = offsets[1].get<uint64_t>();
   if (entry.begin > entry.end || entry.end > data_size) {
-    return EntryError(name, absl::StrCat("data_offsets [", entry.begin, ", ", entry.end,
-                                         ") out of range of the data section (", data_size,
-                                         " bytes)"));
+    return EntryError(name,
+                      absl::StrCat("data_offsets [", entry.begin, ", ", entry.end,
+                                   ") out of range of the data section (", data_size, " bytes)"));
   }
   const uint64_t expected = numel * static_cast<uint64_t>(element_size);
   if (entry.end - entry.begin != expected) {
@@ -104,10 +105,10 @@ absl::Status CheckNoOverlap(const std::map<std::string, TensorEntry>& entries) {
             [](const TensorEntry* a, const TensorEntry* b) { return a->begin < b->begin; });
   for (size_t i = 1; i < sorted.size(); ++i) {
     if (sorted[i]->begin < sorted[i - 1]->end) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensors \"", sorted[i - 1]->name, "\" [", sorted[i - 1]->begin, ", ",
-          sorted[i - 1]->end, ") and \"", sorted[i]->name, "\" [", sorted[i]->begin, ", ",
-          sorted[i]->end, ") overlap"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensors \"", sorted[i - 1]->name, "\" [", sorted[i - 1]->begin, ", ",
+                       sorted[i - 1]->end, ") and \"", sorted[i]->name, "\" [", sorted[i]->begin,
+                       ", ", sorted[i]->end, ") overlap"));
     }
   }
   return absl::OkStatus();
@@ -153,11 +154,16 @@ absl::StatusOr<std::shared_ptr<SafetensorsReader>> SafetensorsReader::Open(
     ::close(fd);
     return absl::InternalError(absl::StrCat(path, ": fstat: ", std::strerror(err)));
   }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
+  }
   const uint64_t file_size = static_cast<uint64_t>(st.st_size);
   if (file_size < 8) {
     ::close(fd);
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, ": not a safetensors file: ", file_size, " bytes, shorter than the 8-byte header length"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": not a safetensors file: ", file_size,
+                     " bytes, shorter than the 8-byte header length"));
   }
   void* mapping = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd, 0);
   const int map_errno = errno;
@@ -244,13 +250,13 @@ absl::StatusOr<torch::Tensor> SafetensorsReader::View(const std::string& name) c
     return out;
   }
   std::shared_ptr<const SafetensorsReader> self = shared_from_this();
-  return torch::from_blob(const_cast<uint8_t*>(DataOf(*entry)), entry->shape,
-                          [self](void*) {}, torch::TensorOptions().dtype(type));
+  return torch::from_blob(
+      const_cast<uint8_t*>(DataOf(*entry)), entry->shape, [self](void*) {},
+      torch::TensorOptions().dtype(type));
 }
 
 absl::StatusOr<torch::Tensor> SafetensorsReader::ReadSlice(const std::string& name, int64_t dim,
-                                                           int64_t start,
-                                                           int64_t length) const {
+                                                           int64_t start, int64_t length) const {
   FULCRUM_ASSIGN_OR_RETURN(const TensorEntry* entry, Find(name));
   const int64_t ndim = static_cast<int64_t>(entry->shape.size());
   if (dim < 0) dim += ndim;
@@ -260,9 +266,9 @@ absl::StatusOr<torch::Tensor> SafetensorsReader::ReadSlice(const std::string& na
   }
   const int64_t size = entry->shape[dim];
   if (start < 0 || length < 0 || start + length > size) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path_, ": tensor \"", name, "\": slice [", start, ", ", start + length,
-                     ") out of range of dim ", dim, " (size ", size, ")"));
+    return absl::InvalidArgumentError(absl::StrCat(path_, ": tensor \"", name, "\": slice [", start,
+                                                   ", ", start + length, ") out of range of dim ",
+                                                   dim, " (size ", size, ")"));
   }
   // Row-major: [outer, size, inner] with `inner` counted in bytes.
   int64_t outer = 1;

@@ -22,9 +22,9 @@ namespace fulcrum::checkpoint {
 
 struct TensorEntry {
   std::string name;
-  std::string dtype;               // safetensors dtype string, e.g. "BF16"
+  std::string dtype;  // safetensors dtype string, e.g. "BF16"
   std::vector<int64_t> shape;
-  uint64_t begin = 0, end = 0;     // byte offsets relative to the data section
+  uint64_t begin = 0, end = 0;  // byte offsets relative to the data section
 };
 
 class SafetensorsReader : public std::enable_shared_from_this<SafetensorsReader> {

@@ -82,8 +82,8 @@ absl::Status WriteContents(int fd, const std::string& tmp, const std::string& he
       const torch::Tensor cpu = t->tensor.to(torch::kCPU).contiguous();
       FULCRUM_RETURN_IF_ERROR(WriteAll(fd, cpu.data_ptr(), cpu.numel() * cpu.element_size(), tmp));
     } catch (const c10::Error& e) {
-      return absl::InternalError(absl::StrCat(tmp, ": tensor \"", t->name,
-                                              "\": cannot copy to CPU: ", e.what_without_backtrace()));
+      return absl::InternalError(absl::StrCat(
+          tmp, ": tensor \"", t->name, "\": cannot copy to CPU: ", e.what_without_backtrace()));
     }
   }
   return absl::OkStatus();
@@ -91,8 +91,8 @@ absl::Status WriteContents(int fd, const std::string& tmp, const std::string& he
 
 }  // namespace
 
-absl::StatusOr<std::string> SafetensorsHeader(
-    const std::vector<NamedTensor>& tensors, const std::map<std::string, std::string>& metadata) {
+absl::StatusOr<std::string> SafetensorsHeader(const std::vector<NamedTensor>& tensors,
+                                              const std::map<std::string, std::string>& metadata) {
   FULCRUM_RETURN_IF_ERROR(ValidateTensors(tensors));
   nlohmann::json header = nlohmann::json::object();  // std::map-backed: keys sorted
   uint64_t offset = 0;

@@ -13,6 +13,15 @@
 namespace fulcrum::models {
 
 struct ForwardInputs {
+  // A constructor (not an aggregate) so that `model->forward({ids})` and
+  // `{ids, mask}` compile under -Wextra -Werror (missing-field-initializers).
+  ForwardInputs(torch::Tensor input_ids = {}, torch::Tensor attention_mask = {},
+                torch::Tensor position_ids = {}, torch::Tensor document_ids = {})
+      : input_ids(std::move(input_ids)),
+        attention_mask(std::move(attention_mask)),
+        position_ids(std::move(position_ids)),
+        document_ids(std::move(document_ids)) {}
+
   torch::Tensor input_ids;       // [B, T] int64
   torch::Tensor attention_mask;  // [B, T] int64 1 = real token (right padding); optional (undefined)
   torch::Tensor position_ids;    // [B, T] int64; optional: 0..T-1 when undefined

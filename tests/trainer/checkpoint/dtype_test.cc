@@ -47,12 +47,19 @@ torch::Tensor Bytes(const std::vector<int>& values) {
 }
 
 TEST(DtypeTest, DequantizesE4M3KnownBytes) {
-  const torch::Tensor out =
-      DequantizeFloat8(Bytes({0x38, 0x40, 0xB8, 0x7E, 0x01, 0x00, 0x80, 0x08, 0x3C, 0xFE, 0x07}),
-                       "F8_E4M3");
+  const torch::Tensor out = DequantizeFloat8(
+      Bytes({0x38, 0x40, 0xB8, 0x7E, 0x01, 0x00, 0x80, 0x08, 0x3C, 0xFE, 0x07}), "F8_E4M3");
   ASSERT_EQ(out.scalar_type(), torch::kFloat32);
-  const std::vector<float> expected = {1.0f,   2.0f, -1.0f, 448.0f, std::ldexp(1.0f, -9),
-                                       0.0f,   -0.0f, std::ldexp(1.0f, -6), 1.5f, -448.0f,
+  const std::vector<float> expected = {1.0f,
+                                       2.0f,
+                                       -1.0f,
+                                       448.0f,
+                                       std::ldexp(1.0f, -9),
+                                       0.0f,
+                                       -0.0f,
+                                       std::ldexp(1.0f, -6),
+                                       1.5f,
+                                       -448.0f,
                                        std::ldexp(7.0f, -9)};
   for (size_t i = 0; i < expected.size(); ++i) {
     EXPECT_EQ(out[i].item<float>(), expected[i]) << "byte index " << i;

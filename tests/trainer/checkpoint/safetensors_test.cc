@@ -100,7 +100,8 @@ TEST(SafetensorsWriterTest, RoundTripsEveryDtypeBitForBit) {
   }
   EXPECT_EQ(reader->Entry("bf16")->dtype, "BF16");
   EXPECT_EQ(reader->Entry("bool")->dtype, "BOOL");
-  EXPECT_EQ(reader->Metadata(), (std::map<std::string, std::string>{{"format", "pt"}, {"step", "7"}}));
+  EXPECT_EQ(reader->Metadata(),
+            (std::map<std::string, std::string>{{"format", "pt"}, {"step", "7"}}));
 }
 
 TEST(SafetensorsWriterTest, HeaderLayoutOnDisk) {
@@ -179,8 +180,8 @@ TEST(SafetensorsReaderTest, ReadSliceMatchesNarrow) {
   EXPECT_TRUE(BitEqual(*reader->ReadSlice("h", -1, 0, 6), h));
   EXPECT_EQ(reader->ReadSlice("h", 1, 6, 0)->numel(), 0);
   // Out of range: clear errors naming the tensor.
-  for (auto [dim, start, length] : {std::tuple<int64_t, int64_t, int64_t>{2, 0, 1},
-                                    {0, 5, 4}, {0, -1, 2}, {1, 0, 7}}) {
+  for (auto [dim, start, length] :
+       {std::tuple<int64_t, int64_t, int64_t>{2, 0, 1}, {0, 5, 4}, {0, -1, 2}, {1, 0, 7}}) {
     absl::StatusOr<torch::Tensor> bad = reader->ReadSlice("h", dim, start, length);
     ASSERT_FALSE(bad.ok());
     EXPECT_NE(bad.status().message().find("\"h\""), std::string::npos) << bad.status();
@@ -216,7 +217,8 @@ void ExpectOpenError(const std::string& contents, const std::vector<std::string>
   const std::string message(reader.status().message());
   EXPECT_NE(message.find(path), std::string::npos) << message;
   for (const std::string& needle : needles) {
-    EXPECT_NE(message.find(needle), std::string::npos) << "want \"" << needle << "\" in: " << message;
+    EXPECT_NE(message.find(needle), std::string::npos)
+        << "want \"" << needle << "\" in: " << message;
   }
 }
 
@@ -270,12 +272,12 @@ TEST(SafetensorsMalformedTest, NonJsonHeader) {
 }
 
 TEST(SafetensorsMalformedTest, OffsetsOutOfRange) {
-  ExpectOpenError(RawFile(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})",
-                          std::string(8, '\0')),
-                  {"\"t\"", "[8, 16) out of range"});
-  ExpectOpenError(RawFile(R"({"t":{"dtype":"F32","shape":[0],"data_offsets":[4,0]}})",
-                          std::string(8, '\0')),
-                  {"\"t\"", "out of range"});
+  ExpectOpenError(
+      RawFile(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})", std::string(8, '\0')),
+      {"\"t\"", "[8, 16) out of range"});
+  ExpectOpenError(
+      RawFile(R"({"t":{"dtype":"F32","shape":[0],"data_offsets":[4,0]}})", std::string(8, '\0')),
+      {"\"t\"", "out of range"});
 }
 
 TEST(SafetensorsMalformedTest, OverlappingTensors) {
@@ -286,15 +288,15 @@ TEST(SafetensorsMalformedTest, OverlappingTensors) {
 }
 
 TEST(SafetensorsMalformedTest, ShapeAndOffsetsDisagree) {
-  ExpectOpenError(RawFile(R"({"t":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})",
-                          std::string(12, '\0')),
-                  {"\"t\"", "span 8 bytes", "needs 12"});
+  ExpectOpenError(
+      RawFile(R"({"t":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", std::string(12, '\0')),
+      {"\"t\"", "span 8 bytes", "needs 12"});
 }
 
 TEST(SafetensorsMalformedTest, WrongDtype) {
-  ExpectOpenError(RawFile(R"({"t":{"dtype":"F31","shape":[2],"data_offsets":[0,8]}})",
-                          std::string(8, '\0')),
-                  {"\"t\"", "unknown dtype \"F31\""});
+  ExpectOpenError(
+      RawFile(R"({"t":{"dtype":"F31","shape":[2],"data_offsets":[0,8]}})", std::string(8, '\0')),
+      {"\"t\"", "unknown dtype \"F31\""});
 }
 
 TEST(SafetensorsMalformedTest, MissingOrBadFields) {
@@ -302,12 +304,12 @@ TEST(SafetensorsMalformedTest, MissingOrBadFields) {
                   {"\"t\"", "missing \"data_offsets\""});
   ExpectOpenError(RawFile(R"({"t":{"dtype":"F32","data_offsets":[0,8]}})", std::string(8, '\0')),
                   {"\"t\"", "missing \"shape\""});
-  ExpectOpenError(RawFile(R"({"t":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})",
-                          std::string(8, '\0')),
-                  {"\"t\"", "shape"});
-  ExpectOpenError(RawFile(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0]}})",
-                          std::string(8, '\0')),
-                  {"\"t\"", "data_offsets"});
+  ExpectOpenError(
+      RawFile(R"({"t":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", std::string(8, '\0')),
+      {"\"t\"", "shape"});
+  ExpectOpenError(
+      RawFile(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0]}})", std::string(8, '\0')),
+      {"\"t\"", "data_offsets"});
   ExpectOpenError(RawFile(R"({"__metadata__":{"k":1}})", ""), {"__metadata__", "\"k\""});
 }
 
@@ -316,11 +318,16 @@ TEST(SafetensorsMalformedTest, MissingFile) {
       SafetensorsReader::Open(ScratchDir() + "/absent.safetensors");
   ASSERT_FALSE(reader.ok());
   EXPECT_NE(reader.status().message().find("absent.safetensors"), std::string::npos);
+  absl::StatusOr<std::shared_ptr<SafetensorsReader>> dir = SafetensorsReader::Open(ScratchDir());
+  ASSERT_FALSE(dir.ok());
+  EXPECT_NE(dir.status().message().find("not a regular file"), std::string::npos) << dir.status();
 }
 
 TEST(SafetensorsReaderTest, Float8ViewsDequantizedAndRawBytes) {
   const std::string path = ScratchDir() + "/f8.safetensors";
-  const std::string data = "\x38\x40\xB8\x7E\x01\x7F" "\x3C\x40\xBC\x7C";
+  const std::string data =
+      "\x38\x40\xB8\x7E\x01\x7F"
+      "\x3C\x40\xBC\x7C";
   WriteFile(path, RawFile(R"({"a":{"dtype":"F8_E4M3","shape":[2,3],"data_offsets":[0,6]},)"
                           R"("b":{"dtype":"F8_E5M2","shape":[4],"data_offsets":[6,10]}})",
                           data));

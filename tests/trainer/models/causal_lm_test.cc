@@ -30,6 +30,12 @@ CausalLM TinyModel(const ModelConfig& config, uint64_t seed) {
   return model;
 }
 
+ForwardInputs In(const torch::Tensor& ids) {
+  ForwardInputs inputs;
+  inputs.input_ids = ids;
+  return inputs;
+}
+
 torch::Tensor Ids(std::vector<int64_t> ids) {
   return torch::tensor(ids, torch::kLong).view({1, -1});
 }
@@ -101,7 +107,7 @@ TEST(CausalLMTest, Qwen3ForwardBackwardWithQkNorm) {
   EXPECT_EQ(params["model.layers.0.self_attn.q_proj.weight"].sizes(), torch::IntArrayRef({32, 16}));
   EXPECT_FALSE(params.contains("model.layers.0.self_attn.q_proj.bias"));
   const torch::Tensor ids = torch::randint(0, 32, {2, 6}, torch::kLong);
-  const torch::Tensor logits = model->forward({ids});
+  const torch::Tensor logits = model->forward(In(ids));
   EXPECT_EQ(logits.sizes(), torch::IntArrayRef({2, 6, 32}));
   EXPECT_EQ(logits.scalar_type(), torch::kFloat);
   const torch::Tensor loss = CausalLmLoss(logits, ids);
@@ -117,7 +123,7 @@ TEST(CausalLMTest, RightPaddingDoesNotChangeValidLogits) {
   CausalLM model = TinyModel(config, 5);
   torch::NoGradGuard no_grad;
   const torch::Tensor row = Ids({3, 7, 1, 9, 30, 2, 11});
-  const torch::Tensor alone = model->forward({row});
+  const torch::Tensor alone = model->forward(In(row));
   const torch::Tensor other = torch::randint(1, 32, {1, 10}, torch::kLong);
   const torch::Tensor padded_row = torch::cat({row, torch::zeros({1, 3}, torch::kLong)}, 1);
   ForwardInputs batch;
@@ -129,6 +135,9 @@ TEST(CausalLMTest, RightPaddingDoesNotChangeValidLogits) {
   EXPECT_TRUE(torch::allclose(valid, alone, 1e-5, 1e-5)) << (valid - alone).abs().max();
   // The other row equals itself run alone too.
   EXPECT_TRUE(torch::allclose(logits.narrow(0, 0, 1), model->forward({other}), 1e-5, 1e-5));
+  // Brace forms with a mask: an all-ones mask changes nothing.
+  EXPECT_TRUE(torch::equal(model->forward({other, torch::ones({1, 10}, torch::kLong)}),
+                           model->forward({other})));
 }
 
 TEST(CausalLMTest, DocumentMaskIsolatesPackedDocuments) {
@@ -141,7 +150,7 @@ TEST(CausalLMTest, DocumentMaskIsolatesPackedDocuments) {
   packed.document_ids = torch::tensor({0, 0, 0, 0, 0, 1, 1, 1, 1}, torch::kLong).view({1, 9});
   packed.position_ids = torch::tensor({0, 1, 2, 3, 4, 0, 1, 2, 3}, torch::kLong).view({1, 9});
   const torch::Tensor logits = model->forward(packed);
-  const torch::Tensor la = model->forward({a}), lb = model->forward({b});
+  const torch::Tensor la = model->forward(In(a)), lb = model->forward(In(b));
   EXPECT_TRUE(torch::allclose(logits.narrow(1, 0, 5), la, 1e-5, 1e-5));
   EXPECT_TRUE(torch::allclose(logits.narrow(1, 5, 4), lb, 1e-5, 1e-5));
   // Without the document mask the second document sees the first.
@@ -158,9 +167,9 @@ TEST(CausalLMTest, TiedModelHasNoLmHeadAndUsesEmbedding) {
   EXPECT_FALSE(params.contains("lm_head.weight"));
   torch::NoGradGuard no_grad;
   const torch::Tensor ids = Ids({1, 2, 3});
-  const torch::Tensor hidden = model->model->forward({ids});
+  const torch::Tensor hidden = model->model->forward(In(ids));
   const torch::Tensor expected = torch::matmul(hidden, params["model.embed_tokens.weight"].t());
-  EXPECT_TRUE(torch::allclose(model->forward({ids}), expected, 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(model->forward(In(ids)), expected, 1e-5, 1e-6));
 }
 
 TEST(CausalLMTest, Bf16ForwardGivesFloatLogits) {
@@ -168,7 +177,7 @@ TEST(CausalLMTest, Bf16ForwardGivesFloatLogits) {
   CausalLM model(config, torch::TensorOptions().dtype(torch::kBFloat16));
   InitializeWeights(*model, 2);
   torch::NoGradGuard no_grad;
-  const torch::Tensor logits = model->forward({Ids({1, 2, 3, 4})});
+  const torch::Tensor logits = model->forward(In(Ids({1, 2, 3, 4})));
   EXPECT_EQ(logits.scalar_type(), torch::kFloat);
   EXPECT_TRUE(torch::isfinite(logits).all().item<bool>());
 }

@@ -1,0 +1,62 @@
+// The weights of a Hugging Face model directory, read and written in the
+// layout of transformers' save_pretrained:
+//   <prefix>.safetensors                               (one file), or
+//   <prefix>.safetensors.index.json                    {"metadata": {"total_size": N},
+//   <prefix>-00001-of-0000K.safetensors ...             "weight_map": {name: file}}
+//
+// Defines: HfWeights, WriteHfWeights.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "trainer/checkpoint/safetensors_reader.h"
+#include "trainer/checkpoint/safetensors_writer.h"
+
+namespace fulcrum::checkpoint {
+
+class HfWeights {
+ public:
+  // Opens "<dir>/model.safetensors" if present (transformers prefers it too),
+  // else "<dir>/model.safetensors.index.json" and every shard it names,
+  // eagerly; every index entry must exist in its shard.
+  static absl::StatusOr<HfWeights> Open(const std::string& dir);
+  // Same with another file prefix, e.g. "adapter_model".
+  static absl::StatusOr<HfWeights> Open(const std::string& dir, const std::string& prefix);
+
+  std::vector<std::string> Names() const;  // sorted
+  bool Contains(const std::string& name) const;
+  absl::StatusOr<TensorEntry> Entry(const std::string& name) const;
+  // See SafetensorsReader::View / ReadSlice.
+  absl::StatusOr<torch::Tensor> View(const std::string& name) const;
+  absl::StatusOr<torch::Tensor> ReadSlice(const std::string& name, int64_t dim, int64_t start,
+                                          int64_t length) const;
+  const std::string& dir() const { return dir_; }
+  // The reader holding `name` (e.g. for its path in error messages).
+  absl::StatusOr<std::shared_ptr<SafetensorsReader>> ReaderOf(const std::string& name) const;
+
+ private:
+  std::string dir_;
+  // tensor name -> the shard holding it (shards shared between names).
+  std::map<std::string, std::shared_ptr<SafetensorsReader>> readers_;
+};
+
+// Writes `tensors` as an HF model's weights into `dir` (which must exist):
+// "<prefix>.safetensors" when the total size <= max_shard_bytes, else
+// "<prefix>-00001-of-0000N.safetensors"... plus "<prefix>.safetensors.index.json"
+// (metadata.total_size, weight_map). A tensor is never split; shards are
+// filled in the given order; a tensor larger than max_shard_bytes gets a shard
+// of its own. Each file has metadata {"format": "pt"}. Stale files of a
+// previous save with the same prefix (the other layout, or shards of another
+// count) are removed after the new ones are in place.
+absl::Status WriteHfWeights(const std::string& dir, const std::vector<NamedTensor>& tensors,
+                            int64_t max_shard_bytes, const std::string& prefix = "model");
+
+}  // namespace fulcrum::checkpoint
