@@ -84,9 +84,9 @@ absl::StatusOr<int64_t> ApplyLora(torch::nn::Module& model, const LoraOptions& o
     if (t == kAllLinear) {
       all_linear = true;
     } else if (available.count(t) == 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("finetune.lora.targets: '", t, "' matches no linear layer (available: ",
-                       absl::StrJoin(available, ", "), ")"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "finetune.lora.targets: '", t,
+          "' matches no linear layer (available: ", absl::StrJoin(available, ", "), ")"));
     } else {
       targets.insert(t);
     }

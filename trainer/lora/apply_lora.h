@@ -18,8 +18,9 @@
 namespace fulcrum::lora {
 
 struct LoraOptions {
-  LoraSpec spec;                     // rank, alpha, dropout, rslora
-  std::vector<std::string> targets;  // last component of the module path ("q_proj"), or "all-linear"
+  LoraSpec spec;  // rank, alpha, dropout, rslora
+  std::vector<std::string>
+      targets;  // last component of the module path ("q_proj"), or "all-linear"
 };
 
 // One LoraLinear of a model and its module path ("model.layers.0.self_attn.q_proj").

@@ -3,11 +3,10 @@
 #include <cmath>
 #include <filesystem>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <regex>
 #include <set>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -27,7 +26,7 @@ constexpr char kPrefix[] = "base_model.model.";
 // adapter_config.json, as far as fulcrum supports it.
 struct PeftConfig {
   LoraSpec spec;
-  std::vector<std::string> target_list;    // PEFT: module path == t or ends with "." + t
+  std::vector<std::string> target_list;     // PEFT: module path == t or ends with "." + t
   std::optional<std::string> target_regex;  // PEFT: re.fullmatch on the module path
 };
 
@@ -43,9 +42,10 @@ absl::Status CheckUnsupported(const nlohmann::json& j, const std::string& path) 
     return !(v.is_null() || (v.is_boolean() && !v.get<bool>()) ||
              ((v.is_object() || v.is_array()) && v.empty()));
   };
-  for (const char* key : {"use_dora", "fan_in_fan_out", "rank_pattern", "alpha_pattern",
-                          "layers_to_transform", "modules_to_save", "exclude_modules",
-                          "lora_bias", "use_qalora"}) {
+  for (const char* key :
+       {"use_dora", "fan_in_fan_out", "rank_pattern", "alpha_pattern", "layers_to_transform",
+        "modules_to_save", "exclude_modules", "lora_bias", "use_qalora", "layer_replication",
+        "target_parameters", "trainable_token_indices"}) {
     if (is_set(key)) {
       return absl::UnimplementedError(
           absl::StrCat(path, ": ", key, ": ", j.at(key).dump(), " is not supported"));
@@ -112,7 +112,8 @@ absl::StatusOr<std::vector<LoraLayer>> SelectLayers(torch::nn::Module& model,
       return ConfigError(path, "target_modules", absl::StrCat("bad regex: ", e.what()));
     }
     for (LoraLayer& l : layers) {
-      const bool hit = all_linear ? LastComponent(l.path) != "lm_head" : std::regex_match(l.path, re);
+      const bool hit =
+          all_linear ? LastComponent(l.path) != "lm_head" : std::regex_match(l.path, re);
       if (hit) chosen.push_back(l);
     }
     if (chosen.empty()) {
@@ -193,17 +194,31 @@ absl::Status WritePeftAdapter(torch::nn::Module& model, const LoraOptions& optio
   if (ec) return absl::InternalError(absl::StrCat(dir, ": cannot create: ", ec.message()));
 
   const LoraSpec& spec = options.spec;
-  nlohmann::json config = {
-      {"alpha_pattern", nlohmann::json::object()}, {"auto_mapping", nullptr},
-      {"base_model_name_or_path", base_model_path}, {"bias", "none"},
-      {"exclude_modules", nullptr}, {"fan_in_fan_out", false}, {"inference_mode", true},
-      {"init_lora_weights", true}, {"layer_replication", nullptr}, {"layers_pattern", nullptr},
-      {"layers_to_transform", nullptr}, {"loftq_config", nlohmann::json::object()},
-      {"lora_bias", false}, {"lora_dropout", spec.dropout}, {"megatron_config", nullptr},
-      {"megatron_core", "megatron.core"}, {"modules_to_save", nullptr}, {"peft_type", "LORA"},
-      {"r", spec.rank}, {"rank_pattern", nlohmann::json::object()}, {"revision", nullptr},
-      {"target_modules", std::vector<std::string>(names.begin(), names.end())},
-      {"task_type", "CAUSAL_LM"}, {"use_dora", false}, {"use_rslora", spec.rslora}};
+  nlohmann::json config = {{"alpha_pattern", nlohmann::json::object()},
+                           {"auto_mapping", nullptr},
+                           {"base_model_name_or_path", base_model_path},
+                           {"bias", "none"},
+                           {"exclude_modules", nullptr},
+                           {"fan_in_fan_out", false},
+                           {"inference_mode", true},
+                           {"init_lora_weights", true},
+                           {"layer_replication", nullptr},
+                           {"layers_pattern", nullptr},
+                           {"layers_to_transform", nullptr},
+                           {"loftq_config", nlohmann::json::object()},
+                           {"lora_bias", false},
+                           {"lora_dropout", spec.dropout},
+                           {"megatron_config", nullptr},
+                           {"megatron_core", "megatron.core"},
+                           {"modules_to_save", nullptr},
+                           {"peft_type", "LORA"},
+                           {"r", spec.rank},
+                           {"rank_pattern", nlohmann::json::object()},
+                           {"revision", nullptr},
+                           {"target_modules", std::vector<std::string>(names.begin(), names.end())},
+                           {"task_type", "CAUSAL_LM"},
+                           {"use_dora", false},
+                           {"use_rslora", spec.rslora}};
   // PEFT writes an integral alpha as an int (16, not 16.0).
   if (spec.alpha == std::floor(spec.alpha) && std::abs(spec.alpha) < 1e15) {
     config["lora_alpha"] = static_cast<int64_t>(spec.alpha);
@@ -211,9 +226,9 @@ absl::Status WritePeftAdapter(torch::nn::Module& model, const LoraOptions& optio
     config["lora_alpha"] = spec.alpha;
   }
   // Tensors first: a directory with a config is complete.
-  FULCRUM_RETURN_IF_ERROR(checkpoint::WriteSafetensors(
-      (std::filesystem::path(dir) / kWeightsFile).string(), AdapterStateDict(model),
-      {{"format", "pt"}}));
+  FULCRUM_RETURN_IF_ERROR(
+      checkpoint::WriteSafetensors((std::filesystem::path(dir) / kWeightsFile).string(),
+                                   AdapterStateDict(model), {{"format", "pt"}}));
   return WriteFileAtomically((std::filesystem::path(dir) / kConfigFile).string(),
                              config.dump(2) + "\n");
 }
@@ -241,17 +256,17 @@ absl::StatusOr<LoraOptions> LoadPeftAdapter(torch::nn::Module& model, const std:
       return absl::FailedPreconditionError(
           absl::StrCat(dir, ": layer '", l.path, "' already has an adapter"));
     }
-    FULCRUM_ASSIGN_OR_RETURN(values[PeftKey(l.path, false)],
-                             ReadAdapterTensor(*reader, l.path, false,
-                                               {r, l.layer->in_features()}, consumed));
-    FULCRUM_ASSIGN_OR_RETURN(values[PeftKey(l.path, true)],
-                             ReadAdapterTensor(*reader, l.path, true,
-                                               {l.layer->out_features(), r}, consumed));
+    FULCRUM_ASSIGN_OR_RETURN(
+        values[PeftKey(l.path, false)],
+        ReadAdapterTensor(*reader, l.path, false, {r, l.layer->in_features()}, consumed));
+    FULCRUM_ASSIGN_OR_RETURN(
+        values[PeftKey(l.path, true)],
+        ReadAdapterTensor(*reader, l.path, true, {l.layer->out_features(), r}, consumed));
   }
   for (const std::string& name : reader->Names()) {
     if (consumed.count(name) == 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          weights_path, ": tensor '", name, "' matches no adapted layer of the model"));
+      return absl::InvalidArgumentError(absl::StrCat(weights_path, ": tensor '", name,
+                                                     "' matches no adapted layer of the model"));
     }
   }
 

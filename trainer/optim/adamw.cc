@@ -25,10 +25,10 @@ absl::Status CheckStateTensor(const std::map<std::string, torch::Tensor>& state,
   }
   const torch::Tensor& t = it->second;
   if (!t.defined() || t.scalar_type() != torch::kFloat || t.sizes() != like.sizes()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "optimizer state: '", key, "' must be float32 ", ShapeString(like), ", got ",
-        t.defined() ? absl::StrCat(c10::toString(t.scalar_type()), " ", ShapeString(t))
-                    : std::string("an undefined tensor")));
+    return absl::InvalidArgumentError(
+        absl::StrCat("optimizer state: '", key, "' must be float32 ", ShapeString(like), ", got ",
+                     t.defined() ? absl::StrCat(c10::toString(t.scalar_type()), " ", ShapeString(t))
+                                 : std::string("an undefined tensor")));
   }
   return absl::OkStatus();
 }

@@ -44,9 +44,8 @@ TEST(ApplyLoraTest, AdaptsNamedTargetsAndFreezesTheRest) {
   auto adapted = ApplyLora(model, Options({"q_proj", "v_proj"}));
   ASSERT_TRUE(adapted.ok()) << adapted.status();
   EXPECT_EQ(*adapted, 4);
-  EXPECT_EQ(AdaptedPaths(model),
-            (std::set<std::string>{"layers.0.q_proj", "layers.0.v_proj", "layers.1.q_proj",
-                                   "layers.1.v_proj"}));
+  EXPECT_EQ(AdaptedPaths(model), (std::set<std::string>{"layers.0.q_proj", "layers.0.v_proj",
+                                                        "layers.1.q_proj", "layers.1.v_proj"}));
   std::set<std::string> trainable;
   for (const auto& p : model.named_parameters()) {
     if (p.value().requires_grad()) trainable.insert(p.key());

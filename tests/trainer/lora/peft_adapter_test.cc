@@ -12,10 +12,10 @@
 namespace fulcrum::lora {
 namespace {
 
-using testing::TinyModel;
 using fulcrum::testing::ReadFile;
 using fulcrum::testing::ScratchDir;
 using fulcrum::testing::WriteFile;
+using testing::TinyModel;
 
 LoraOptions Options(std::vector<std::string> targets) {
   LoraOptions o;
@@ -153,19 +153,21 @@ TEST(PeftAdapterTest, BadAdaptersNameFileAndKey) {
               "target_modules: 'qproj' matches no linear layer");
   ExpectError(LoadWithConfig(R"({"r": 2, "lora_alpha": 3, "target_modules": 7})"),
               "target_modules");
-  ExpectError(
-      LoadWithConfig(R"({"r": 2, "lora_alpha": 3, "use_dora": true, "target_modules": ["q_proj"]})"),
-      "use_dora");
+  ExpectError(LoadWithConfig(
+                  R"({"r": 2, "lora_alpha": 3, "use_dora": true, "target_modules": ["q_proj"]})"),
+              "use_dora");
   // r 3 in the config, tensors of rank 2.
-  ExpectError(LoadWithConfig(R"({"r": 3, "lora_alpha": 3, "target_modules": ["q_proj", "v_proj"]})"),
-              "layers.0.q_proj.lora_A.weight' has shape [2,4]");
+  ExpectError(
+      LoadWithConfig(R"({"r": 3, "lora_alpha": 3, "target_modules": ["q_proj", "v_proj"]})"),
+      "layers.0.q_proj.lora_A.weight' has shape [2,4]");
   // A file tensor the config does not adapt.
   ExpectError(LoadWithConfig(R"({"r": 2, "lora_alpha": 3, "target_modules": ["q_proj"]})"),
               "v_proj.lora_A.weight' matches no adapted layer");
   // A config target without tensors in the file.
-  ExpectError(LoadWithConfig(
-                  R"({"r": 2, "lora_alpha": 3, "target_modules": ["q_proj", "v_proj", "up_proj"]})"),
-              "missing adapter tensor 'base_model.model.layers.0.up_proj.lora_A.weight'");
+  ExpectError(
+      LoadWithConfig(
+          R"({"r": 2, "lora_alpha": 3, "target_modules": ["q_proj", "v_proj", "up_proj"]})"),
+      "missing adapter tensor 'base_model.model.layers.0.up_proj.lora_A.weight'");
   ExpectError(LoadPeftAdapter(*std::make_shared<TinyModel>(), ScratchDir() + "/none").status(),
               "adapter_config.json");
 }
@@ -184,6 +186,60 @@ TEST(PeftAdapterTest, LoadsPeftLibraryFixtureConfig) {
   ASSERT_TRUE(options.ok()) << options.status();
   EXPECT_DOUBLE_EQ(options->spec.alpha, 8.0);
   EXPECT_DOUBLE_EQ(fresh.layers[0]->as<testing::TinyBlockImpl>()->q_proj->scaling(), 4.0);
+}
+
+// The module paths of the llama fixture's attention projections:
+// model.layers.{0,1}.self_attn.{q_proj [64 -> 64], v_proj [64 -> 32]}.
+struct FixtureShapedModel : torch::nn::Module {
+  struct Attention : torch::nn::Module {
+    Attention() {
+      q_proj = register_module("q_proj", LoraLinear(64, 64, false, torch::kFloat));
+      v_proj = register_module("v_proj", LoraLinear(64, 32, false, torch::kFloat));
+      k_proj = register_module("k_proj", LoraLinear(64, 32, false, torch::kFloat));
+    }
+    LoraLinear q_proj{nullptr}, v_proj{nullptr}, k_proj{nullptr};
+  };
+  struct Layer : torch::nn::Module {
+    Layer() { self_attn = register_module("self_attn", std::make_shared<Attention>()); }
+    std::shared_ptr<Attention> self_attn;
+  };
+  struct Stack : torch::nn::Module {
+    Stack() {
+      layers = register_module(
+          "layers", torch::nn::ModuleList(std::make_shared<Layer>(), std::make_shared<Layer>()));
+    }
+    torch::nn::ModuleList layers{nullptr};
+  };
+  FixtureShapedModel() { model = register_module("model", std::make_shared<Stack>()); }
+  std::shared_ptr<Stack> model;
+};
+
+TEST(PeftAdapterTest, LoadsPeftLibraryFixtureTensors) {
+  const std::string dir = fulcrum::testing::FixturesDir() + "/llama/lora";
+  FixtureShapedModel model;
+  auto options = LoadPeftAdapter(model, dir);
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(options->spec.rank, 4);
+  EXPECT_DOUBLE_EQ(options->spec.alpha, 8.0);
+  EXPECT_EQ(options->targets, (std::vector<std::string>{"q_proj", "v_proj"}));
+  auto reader = checkpoint::SafetensorsReader::Open(dir + "/adapter_model.safetensors");
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  auto ours = AdapterStateDict(model);
+  ASSERT_EQ(ours.size(), (*reader)->Names().size());
+  for (const auto& nt : ours) {
+    auto ref = (*reader)->View(nt.name);
+    ASSERT_TRUE(ref.ok()) << ref.status();
+    EXPECT_TRUE(torch::equal(nt.tensor, *ref)) << nt.name;
+  }
+  auto& attn = *model.model->layers[1]->as<FixtureShapedModel::Layer>()->self_attn;
+  EXPECT_FALSE(attn.k_proj->has_adapter());
+  EXPECT_DOUBLE_EQ(attn.v_proj->scaling(), 2.0);
+  // Written back by fulcrum, the adapter has the same tensors.
+  const std::string out = ScratchDir() + "/again";
+  ASSERT_TRUE(WritePeftAdapter(model, *options, "../model", out).ok());
+  auto again = checkpoint::SafetensorsReader::Open(out + "/adapter_model.safetensors");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ((*again)->Names(), (*reader)->Names());
 }
 
 }  // namespace

@@ -29,8 +29,7 @@ TEST(AdamWTest, MatchesTorchAdamWInFp32) {
     ref.push_back(t.clone().requires_grad_(true));
     t.requires_grad_(true);
   }
-  AdamW opt({{"w", mine[0], true}, {"b", mine[1], true}},
-            AdamWOptions{0.9, 0.95, 1e-8, 0.1});
+  AdamW opt({{"w", mine[0], true}, {"b", mine[1], true}}, AdamWOptions{0.9, 0.95, 1e-8, 0.1});
   torch::optim::AdamW torch_opt(
       ref, torch::optim::AdamWOptions(1e-3).betas({0.9, 0.95}).eps(1e-8).weight_decay(0.1));
   for (int step = 0; step < 6; ++step) {

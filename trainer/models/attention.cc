@@ -1,0 +1,66 @@
+#include "trainer/models/attention.h"
+
+#include <cmath>
+
+#include "core/check.h"
+#include "trainer/models/torch_compat.h"
+
+namespace fulcrum::models {
+
+torch::Tensor GroupedAttention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               const torch::Tensor& mask, double scale) {
+  const int64_t b = q.size(0), h = q.size(1), t = q.size(2), d = q.size(3);
+  const int64_t hkv = k.size(1);
+  FULCRUM_CHECK(h % hkv == 0, "heads=", h, " kv_heads=", hkv);
+  const int64_t g = h / hkv;
+  if (compat::kHasFusedAttention && q.is_cuda()) {
+    // The fused kernel wants equal head counts; expand is a view, the reshape
+    // copies once (as HF repeat_kv).
+    const auto repeat = [&](const torch::Tensor& x) {
+      return x.unsqueeze(2).expand({b, hkv, g, t, d}).reshape({b, h, t, d});
+    };
+    return compat::FusedAttention(q, repeat(k), repeat(v), mask, scale);
+  }
+  // [B, Hkv, G*T, D]: the G query heads sharing a kv head stacked along time.
+  const torch::Tensor qg = q.reshape({b, hkv, g * t, d});
+  torch::Tensor scores = torch::matmul(qg, k.transpose(-1, -2)) * scale;  // [B, Hkv, G*T, T]
+  scores = scores.view({b, hkv, g, t, t}) + mask.unsqueeze(2);             // mask [B, 1, 1, T, T]
+  const torch::Tensor probs = torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
+  const torch::Tensor out = torch::matmul(probs.view({b, hkv, g * t, t}), v);  // [B, Hkv, G*T, D]
+  return out.view({b, h, t, d});
+}
+
+AttentionImpl::AttentionImpl(const ModelConfig& config, const torch::TensorOptions& options)
+    : num_heads_(config.num_heads), num_kv_heads_(config.num_kv_heads), head_dim_(config.head_dim) {
+  const int64_t hidden = config.hidden_size;
+  // Registration order = HF parameter order (q, k, v, o, q_norm, k_norm).
+  q_proj = register_module("q_proj", lora::LoraLinear(hidden, num_heads_ * head_dim_, config.attention_bias, options));
+  k_proj = register_module("k_proj", lora::LoraLinear(hidden, num_kv_heads_ * head_dim_, config.attention_bias, options));
+  v_proj = register_module("v_proj", lora::LoraLinear(hidden, num_kv_heads_ * head_dim_, config.attention_bias, options));
+  o_proj = register_module("o_proj", lora::LoraLinear(num_heads_ * head_dim_, hidden, config.o_proj_bias, options));
+  if (config.qk_norm) {
+    q_norm = register_module("q_norm", RMSNorm(head_dim_, config.rms_norm_eps, options));
+    k_norm = register_module("k_norm", RMSNorm(head_dim_, config.rms_norm_eps, options));
+  }
+}
+
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const RopeCosSin& rope,
+                                     const torch::Tensor& mask) {
+  const int64_t b = x.size(0), t = x.size(1);
+  // [B, T, H*D] -> [B, T, H, D]; Qwen3 normalises each head before RoPE.
+  torch::Tensor q = q_proj->forward(x).view({b, t, num_heads_, head_dim_});
+  torch::Tensor k = k_proj->forward(x).view({b, t, num_kv_heads_, head_dim_});
+  torch::Tensor v = v_proj->forward(x).view({b, t, num_kv_heads_, head_dim_});
+  if (q_norm) {
+    q = q_norm->forward(q);
+    k = k_norm->forward(k);
+  }
+  q = ApplyRope(q.transpose(1, 2), rope);  // [B, H, T, D]
+  k = ApplyRope(k.transpose(1, 2), rope);  // [B, Hkv, T, D]
+  v = v.transpose(1, 2);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
+  const torch::Tensor out = GroupedAttention(q, k, v, mask, scale);  // [B, H, T, D]
+  return o_proj->forward(out.transpose(1, 2).reshape({b, t, num_heads_ * head_dim_}));
+}
+
+}  // namespace fulcrum::models

@@ -1,0 +1,42 @@
+// Grouped-query self-attention of Llama/Mistral/Qwen2/Qwen3: q/k/v/o
+// projections (LoraLinear, so adapters can attach), optional q/k bias and
+// per-head q/k RMSNorm (Qwen3), RoPE, softmax in fp32, scale 1/sqrt(head_dim).
+#pragma once
+
+#include <torch/torch.h>
+
+#include "trainer/lora/lora_linear.h"
+#include "trainer/models/model_config.h"
+#include "trainer/models/rms_norm.h"
+#include "trainer/models/rotary.h"
+
+namespace fulcrum::models {
+
+// q [B, H, T, D], k/v [B, Hkv, T, D], mask [B, 1, T, T] additive -> [B, H, T, D].
+// H = Hkv * G: query head h uses kv head h / G (HF repeat_kv), computed grouped
+// ([B, Hkv, G*T, D] x [B, Hkv, D, T]) without materialising repeated k/v.
+// Scores in the input dtype, softmax in fp32 (HF eager).
+torch::Tensor GroupedAttention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               const torch::Tensor& mask, double scale);
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  AttentionImpl(const ModelConfig& config, const torch::TensorOptions& options);
+  // x [B, T, hidden], rope cos/sin [B, 1, T, D], mask [B, 1, T, T] -> [B, T, hidden].
+  torch::Tensor forward(const torch::Tensor& x, const RopeCosSin& rope, const torch::Tensor& mask);
+
+  lora::LoraLinear q_proj{nullptr};  // [H * D, hidden]
+  lora::LoraLinear k_proj{nullptr};  // [Hkv * D, hidden]
+  lora::LoraLinear v_proj{nullptr};  // [Hkv * D, hidden]
+  lora::LoraLinear o_proj{nullptr};  // [hidden, H * D]
+  RMSNorm q_norm{nullptr};           // [D], Qwen3 only
+  RMSNorm k_norm{nullptr};           // [D], Qwen3 only
+
+ private:
+  int64_t num_heads_;
+  int64_t num_kv_heads_;
+  int64_t head_dim_;
+};
+TORCH_MODULE(Attention);
+
+}  // namespace fulcrum::models

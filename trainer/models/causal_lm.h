@@ -1,0 +1,74 @@
+// CausalLM: embedding -> decoder layers -> final RMSNorm -> lm_head (or the
+// tied embedding). Submodule names make named_parameters() keys equal the HF
+// checkpoint keys ("model.layers.0.self_attn.q_proj.weight", "lm_head.weight").
+#pragma once
+
+#include <torch/torch.h>
+
+#include "trainer/lora/lora_linear.h"
+#include "trainer/models/decoder_layer.h"
+#include "trainer/models/model_config.h"
+#include "trainer/models/rms_norm.h"
+
+namespace fulcrum::models {
+
+struct ForwardInputs {
+  // A constructor (not an aggregate) so that `model->forward({ids})` and
+  // `{ids, mask}` compile under -Wextra -Werror (missing-field-initializers).
+  ForwardInputs(torch::Tensor input_ids = {}, torch::Tensor attention_mask = {},
+                torch::Tensor position_ids = {}, torch::Tensor document_ids = {})
+      : input_ids(std::move(input_ids)),
+        attention_mask(std::move(attention_mask)),
+        position_ids(std::move(position_ids)),
+        document_ids(std::move(document_ids)) {}
+
+  torch::Tensor input_ids;       // [B, T] int64
+  torch::Tensor attention_mask;  // [B, T] int64 1 = real token (right padding); optional (undefined)
+  torch::Tensor position_ids;    // [B, T] int64; optional: 0..T-1 when undefined
+  torch::Tensor document_ids;    // [B, T] int64; optional: packed rows attend only within a document
+};
+
+// Holds the embedding matrix under the name "weight".
+class TokenEmbeddingImpl : public torch::nn::Module {
+ public:
+  TokenEmbeddingImpl(int64_t vocab_size, int64_t hidden_size, const torch::TensorOptions& options);
+  // ids [B, T] int64 -> [B, T, hidden]
+  torch::Tensor forward(const torch::Tensor& ids);
+  torch::Tensor weight;  // [vocab, hidden]
+};
+TORCH_MODULE(TokenEmbedding);
+
+// HF's `model.` prefix: everything but the lm_head.
+class DecoderStackImpl : public torch::nn::Module {
+ public:
+  DecoderStackImpl(const ModelConfig& config, const torch::TensorOptions& options);
+  // -> hidden states after the final norm [B, T, hidden] (param dtype).
+  torch::Tensor forward(const ForwardInputs& inputs);
+
+  TokenEmbedding embed_tokens{nullptr};
+  torch::nn::ModuleList layers{nullptr};  // of DecoderLayer
+  RMSNorm norm{nullptr};
+
+ private:
+  ModelConfig config_;
+  torch::Tensor inv_freq_;  // [head_dim/2] fp32; moved to the weights' device per forward if needed
+};
+TORCH_MODULE(DecoderStack);
+
+class CausalLMImpl : public torch::nn::Module {
+ public:
+  // Parameters created with `options` (dtype fp32 or bf16, device) and left uninitialised.
+  CausalLMImpl(const ModelConfig& config, const torch::TensorOptions& options);
+  // -> logits [B, T, V] float32 (computed in the param dtype, returned as fp32).
+  torch::Tensor forward(const ForwardInputs& inputs);
+  const ModelConfig& config() const;
+
+  DecoderStack model{nullptr};
+  lora::LoraLinear lm_head{nullptr};  // [vocab, hidden]; null when tie_word_embeddings
+
+ private:
+  ModelConfig config_;
+};
+TORCH_MODULE(CausalLM);
+
+}  // namespace fulcrum::models

@@ -1,0 +1,20 @@
+#include "trainer/models/decoder_layer.h"
+
+namespace fulcrum::models {
+
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& config, const torch::TensorOptions& options) {
+  // Registration order = HF parameter order.
+  self_attn = register_module("self_attn", Attention(config, options));
+  mlp = register_module("mlp", Mlp(config, options));
+  input_layernorm = register_module("input_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps, options));
+  post_attention_layernorm =
+      register_module("post_attention_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps, options));
+}
+
+torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const RopeCosSin& rope,
+                                        const torch::Tensor& mask) {
+  const torch::Tensor h = x + self_attn->forward(input_layernorm->forward(x), rope, mask);
+  return h + mlp->forward(post_attention_layernorm->forward(h));
+}
+
+}  // namespace fulcrum::models
