@@ -8,28 +8,17 @@
 #include <string>
 
 #include "tests/test_support.h"
+#include "trainer/checkpoint/hf_weights.h"
 #include "trainer/checkpoint/safetensors_reader.h"
 #include "trainer/lora/peft_adapter.h"
 #include "trainer/models/causal_lm.h"
+#include "trainer/models/hf_loading.h"
 #include "trainer/models/loss.h"
 #include "trainer/models/model_config.h"
 #include "trainer/optim/adamw.h"
 
 namespace fulcrum::lora {
 namespace {
-
-// Copies every parameter from the checkpoint key of the same name (the
-// model's parameter names are the HF keys). NOTE: models::LoadHfWeights
-// replaces this once it lands on main.
-void CopyBaseWeights(torch::nn::Module& model, const checkpoint::SafetensorsReader& weights) {
-  torch::NoGradGuard no_grad;
-  for (auto& p : model.named_parameters()) {
-    auto t = weights.View(p.key());
-    ASSERT_TRUE(t.ok()) << t.status();
-    ASSERT_EQ(t->sizes(), p.value().sizes()) << p.key();
-    p.value().copy_(*t);
-  }
-}
 
 class LoraParityTest : public ::testing::TestWithParam<std::string> {
  protected:
@@ -54,9 +43,12 @@ class LoraParityTest : public ::testing::TestWithParam<std::string> {
     auto config = models::LoadModelConfig(dir_ + "/model/config.json");
     EXPECT_TRUE(config.ok()) << config.status();
     models::CausalLM model(*config, torch::TensorOptions().dtype(torch::kFloat));
-    auto weights = checkpoint::SafetensorsReader::Open(dir_ + "/model/model.safetensors");
+    auto weights = checkpoint::HfWeights::Open(dir_ + "/model");
     EXPECT_TRUE(weights.ok()) << weights.status();
-    if (weights.ok()) CopyBaseWeights(*model, **weights);
+    if (weights.ok()) {
+      absl::Status status = models::LoadHfWeights(*model, *weights);
+      EXPECT_TRUE(status.ok()) << status;
+    }
     auto options = LoadPeftAdapter(*model, dir_ + "/lora");
     EXPECT_TRUE(options.ok()) << options.status();
     if (options.ok()) {
@@ -144,7 +136,8 @@ TEST_P(LoraParityTest, AdamWLossCurve) {
   EXPECT_LE(((got - want).abs() - (5e-3 + 1e-3 * want.abs())).max().item<float>(), 0.0f);
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, LoraParityTest, ::testing::Values("llama", "qwen2"));
+INSTANTIATE_TEST_SUITE_P(Families, LoraParityTest,
+                         ::testing::Values("llama", "llama_tied", "qwen2"));
 
 }  // namespace
 }  // namespace fulcrum::lora
