@@ -138,6 +138,26 @@ TEST(ModelConfigTest, CheckSequenceLength) {
   EXPECT_FALSE(CheckSequenceLength(*config, 513).ok());
 }
 
+TEST(ModelConfigTest, MistralSlidingWindowLimitsSequenceLength) {
+  nlohmann::json json = TinyLlama();
+  json["architectures"] = {"MistralForCausalLM"};
+  json["model_type"] = "mistral";
+  json["sliding_window"] = 128;
+  auto config = ParseModelConfig(json, "m.json");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->sliding_window, 128);
+  EXPECT_TRUE(CheckSequenceLength(*config, 128).ok());
+  absl::Status status = CheckSequenceLength(*config, 129);
+  ASSERT_FALSE(status.ok());
+  EXPECT_TRUE(absl::StrContains(status.message(), "sliding_window")) << status;
+  // Qwen2 ignores sliding_window unless use_sliding_window is true.
+  json["architectures"] = {"Qwen2ForCausalLM"};
+  json["model_type"] = "qwen2";
+  auto qwen2 = ParseModelConfig(json, "q.json");
+  ASSERT_TRUE(qwen2.ok()) << qwen2.status();
+  EXPECT_EQ(qwen2->sliding_window, 0);
+}
+
 TEST(ModelConfigTest, LoadModelConfigBadFiles) {
   auto missing = LoadModelConfig("/nonexistent/config.json");
   EXPECT_FALSE(missing.ok());
