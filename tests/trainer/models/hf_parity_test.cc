@@ -34,7 +34,8 @@ Fixture LoadFixture(const std::string& family) {
   EXPECT_TRUE(weights.ok()) << weights.status();
   auto expected = checkpoint::HfWeights::Open(dir, "expected");
   EXPECT_TRUE(expected.ok()) << expected.status();
-  Fixture f{CausalLM(*config, torch::TensorOptions().dtype(torch::kFloat)), std::move(*expected), {}, {}};
+  Fixture f{
+      CausalLM(*config, torch::TensorOptions().dtype(torch::kFloat)), std::move(*expected), {}, {}};
   const absl::Status loaded = LoadHfWeights(*f.model, *weights);
   EXPECT_TRUE(loaded.ok()) << loaded;
   f.inputs.input_ids = Expected(f.expected, "input_ids");
@@ -44,10 +45,12 @@ Fixture LoadFixture(const std::string& family) {
 }
 
 // |got - ref| <= 1e-4 + 1e-4 |ref| where attention_mask == 1.
-void ExpectLogitsMatch(const torch::Tensor& got, const torch::Tensor& ref, const torch::Tensor& mask) {
+void ExpectLogitsMatch(const torch::Tensor& got, const torch::Tensor& ref,
+                       const torch::Tensor& mask) {
   const torch::Tensor valid = mask.to(torch::kBool).unsqueeze(-1).expand_as(ref);
   const torch::Tensor excess = ((got - ref).abs() - (1e-4 + 1e-4 * ref.abs())).masked_select(valid);
-  EXPECT_LE(excess.max().item<double>(), 0.0) << "max |diff| " << (got - ref).masked_select(valid).abs().max();
+  EXPECT_LE(excess.max().item<double>(), 0.0)
+      << "max |diff| " << (got - ref).masked_select(valid).abs().max();
 }
 
 class HfParityTest : public ::testing::TestWithParam<std::string> {};
@@ -74,7 +77,8 @@ TEST_P(HfParityTest, LogitsLossGradsAndAdamW) {
     ++checked;
   }
   int64_t expected_grads = 0;
-  for (const std::string& name : f.expected.Names()) expected_grads += absl::StartsWith(name, "grad.");
+  for (const std::string& name : f.expected.Names())
+    expected_grads += absl::StartsWith(name, "grad.");
   EXPECT_EQ(checked, expected_grads);
 
   // 5 AdamW steps on the same batch, weight decay on every parameter.
@@ -113,9 +117,11 @@ TEST_P(HfParityTest, LogitsLossGradsAndAdamW) {
   }
   torch::NoGradGuard no_grad;
   const torch::Tensor final_ref = Expected(f.expected, "adamw_final_logits");
-  const torch::Tensor valid = f.inputs.attention_mask.to(torch::kBool).unsqueeze(-1).expand_as(final_ref);
+  const torch::Tensor valid =
+      f.inputs.attention_mask.to(torch::kBool).unsqueeze(-1).expand_as(final_ref);
   const torch::Tensor final_got = f.model->forward(f.inputs);
-  const torch::Tensor excess = ((final_got - final_ref).abs() - (5e-3 + 1e-3 * final_ref.abs())).masked_select(valid);
+  const torch::Tensor excess =
+      ((final_got - final_ref).abs() - (5e-3 + 1e-3 * final_ref.abs())).masked_select(valid);
   EXPECT_LE(excess.max().item<double>(), 0.0);
 }
 

@@ -90,7 +90,8 @@ TEST(ModelConfigTest, WrongTypeAndBadHeadsAreRejected) {
   json["num_key_value_heads"] = 3;
   auto config = ParseModelConfig(json, "c");
   ASSERT_FALSE(config.ok());
-  EXPECT_TRUE(absl::StrContains(config.status().message(), "num_key_value_heads")) << config.status();
+  EXPECT_TRUE(absl::StrContains(config.status().message(), "num_key_value_heads"))
+      << config.status();
   json = TinyLlama();
   json["hidden_act"] = "gelu";
   EXPECT_TRUE(absl::StrContains(ParseModelConfig(json, "c").status().message(), "hidden_act"));
@@ -104,8 +105,11 @@ TEST(ModelConfigTest, RopeScalingTypes) {
   EXPECT_TRUE(absl::StrContains(yarn.status().message(), "not supported yet")) << yarn.status();
   EXPECT_TRUE(absl::StrContains(yarn.status().message(), "rope_scaling")) << yarn.status();
 
-  json["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
-                          {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 64}};
+  json["rope_scaling"] = {{"rope_type", "llama3"},
+                          {"factor", 8.0},
+                          {"low_freq_factor", 1.0},
+                          {"high_freq_factor", 4.0},
+                          {"original_max_position_embeddings", 64}};
   auto llama3 = ParseModelConfig(json, "c.json");
   ASSERT_TRUE(llama3.ok()) << llama3.status();
   EXPECT_EQ(llama3->rope_scaling.type, "llama3");
