@@ -7,8 +7,8 @@
 
 namespace fulcrum::models {
 
-torch::Tensor GroupedAttention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                               const torch::Tensor& mask, double scale) {
+torch::Tensor GroupedAttention(const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v, const torch::Tensor& mask, double scale) {
   const int64_t b = q.size(0), h = q.size(1), t = q.size(2), d = q.size(3);
   const int64_t hkv = k.size(1);
   FULCRUM_CHECK(h % hkv == 0, "heads=", h, " kv_heads=", hkv);
@@ -24,7 +24,7 @@ torch::Tensor GroupedAttention(const torch::Tensor& q, const torch::Tensor& k, c
   // [B, Hkv, G*T, D]: the G query heads sharing a kv head stacked along time.
   const torch::Tensor qg = q.reshape({b, hkv, g * t, d});
   torch::Tensor scores = torch::matmul(qg, k.transpose(-1, -2)) * scale;  // [B, Hkv, G*T, T]
-  scores = scores.view({b, hkv, g, t, t}) + mask.unsqueeze(2);             // mask [B, 1, 1, T, T]
+  scores = scores.view({b, hkv, g, t, t}) + mask.unsqueeze(2);            // mask [B, 1, 1, T, T]
   const torch::Tensor probs = torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
   const torch::Tensor out = torch::matmul(probs.view({b, hkv, g * t, t}), v);  // [B, Hkv, G*T, D]
   return out.view({b, h, t, d});
@@ -34,10 +34,14 @@ AttentionImpl::AttentionImpl(const ModelConfig& config, const torch::TensorOptio
     : num_heads_(config.num_heads), num_kv_heads_(config.num_kv_heads), head_dim_(config.head_dim) {
   const int64_t hidden = config.hidden_size;
   // Registration order = HF parameter order (q, k, v, o, q_norm, k_norm).
-  q_proj = register_module("q_proj", lora::LoraLinear(hidden, num_heads_ * head_dim_, config.attention_bias, options));
-  k_proj = register_module("k_proj", lora::LoraLinear(hidden, num_kv_heads_ * head_dim_, config.attention_bias, options));
-  v_proj = register_module("v_proj", lora::LoraLinear(hidden, num_kv_heads_ * head_dim_, config.attention_bias, options));
-  o_proj = register_module("o_proj", lora::LoraLinear(num_heads_ * head_dim_, hidden, config.o_proj_bias, options));
+  q_proj = register_module(
+      "q_proj", lora::LoraLinear(hidden, num_heads_ * head_dim_, config.attention_bias, options));
+  k_proj = register_module("k_proj", lora::LoraLinear(hidden, num_kv_heads_ * head_dim_,
+                                                      config.attention_bias, options));
+  v_proj = register_module("v_proj", lora::LoraLinear(hidden, num_kv_heads_ * head_dim_,
+                                                      config.attention_bias, options));
+  o_proj = register_module(
+      "o_proj", lora::LoraLinear(num_heads_ * head_dim_, hidden, config.o_proj_bias, options));
   if (config.qk_norm) {
     q_norm = register_module("q_norm", RMSNorm(head_dim_, config.rms_norm_eps, options));
     k_norm = register_module("k_norm", RMSNorm(head_dim_, config.rms_norm_eps, options));

@@ -16,8 +16,8 @@ namespace fulcrum::models {
 // H = Hkv * G: query head h uses kv head h / G (HF repeat_kv), computed grouped
 // ([B, Hkv, G*T, D] x [B, Hkv, D, T]) without materialising repeated k/v.
 // Scores in the input dtype, softmax in fp32 (HF eager).
-torch::Tensor GroupedAttention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                               const torch::Tensor& mask, double scale);
+torch::Tensor GroupedAttention(const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v, const torch::Tensor& mask, double scale);
 
 class AttentionImpl : public torch::nn::Module {
  public:

@@ -9,20 +9,23 @@ torch::Tensor BuildAttentionMask(int64_t batch, int64_t seq_len, const torch::Te
                                  const torch::Device& device) {
   const auto bool_options = torch::TensorOptions().dtype(torch::kBool).device(device);
   // [1, 1, T, T]: query i sees keys j <= i.
-  torch::Tensor allowed = torch::ones({seq_len, seq_len}, bool_options).tril().view({1, 1, seq_len, seq_len});
+  torch::Tensor allowed =
+      torch::ones({seq_len, seq_len}, bool_options).tril().view({1, 1, seq_len, seq_len});
   if (key_valid.defined()) {
     allowed = allowed.logical_and(key_valid.to(device).ne(0).view({batch, 1, 1, seq_len}));
   }
   if (document_ids.defined()) {
     const torch::Tensor docs = document_ids.to(device);
-    allowed = allowed.logical_and(docs.view({batch, 1, seq_len, 1}).eq(docs.view({batch, 1, 1, seq_len})));
+    allowed = allowed.logical_and(
+        docs.view({batch, 1, seq_len, 1}).eq(docs.view({batch, 1, 1, seq_len})));
   }
   const auto options = torch::TensorOptions().dtype(dtype).device(device);
   double lowest = 0.0;  // the dtype's lowest finite value (bf16's differs from fp32's)
   AT_DISPATCH_FLOATING_TYPES_AND2(torch::kBFloat16, torch::kHalf, dtype, "lowest", [&] {
     lowest = static_cast<double>(std::numeric_limits<scalar_t>::lowest());
   });
-  return torch::zeros({batch, 1, seq_len, seq_len}, options).masked_fill_(allowed.logical_not(), lowest);
+  return torch::zeros({batch, 1, seq_len, seq_len}, options)
+      .masked_fill_(allowed.logical_not(), lowest);
 }
 
 }  // namespace fulcrum::models

@@ -22,10 +22,11 @@ struct ForwardInputs {
         position_ids(std::move(position_ids)),
         document_ids(std::move(document_ids)) {}
 
-  torch::Tensor input_ids;       // [B, T] int64
-  torch::Tensor attention_mask;  // [B, T] int64 1 = real token (right padding); optional (undefined)
-  torch::Tensor position_ids;    // [B, T] int64; optional: 0..T-1 when undefined
-  torch::Tensor document_ids;    // [B, T] int64; optional: packed rows attend only within a document
+  torch::Tensor input_ids;  // [B, T] int64
+  torch::Tensor
+      attention_mask;          // [B, T] int64 1 = real token (right padding); optional (undefined)
+  torch::Tensor position_ids;  // [B, T] int64; optional: 0..T-1 when undefined
+  torch::Tensor document_ids;  // [B, T] int64; optional: packed rows attend only within a document
 };
 
 // Holds the embedding matrix under the name "weight".

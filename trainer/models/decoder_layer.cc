@@ -6,9 +6,10 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& config, const torch::Tenso
   // Registration order = HF parameter order.
   self_attn = register_module("self_attn", Attention(config, options));
   mlp = register_module("mlp", Mlp(config, options));
-  input_layernorm = register_module("input_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps, options));
-  post_attention_layernorm =
-      register_module("post_attention_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps, options));
+  input_layernorm =
+      register_module("input_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps, options));
+  post_attention_layernorm = register_module(
+      "post_attention_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps, options));
 }
 
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const RopeCosSin& rope,

@@ -7,10 +7,14 @@ namespace fulcrum::models {
 
 const char* TpSplitName(TpSplit split) {
   switch (split) {
-    case TpSplit::kColumn: return "column";
-    case TpSplit::kRow: return "row";
-    case TpSplit::kVocab: return "vocab";
-    case TpSplit::kReplicated: return "replicated";
+    case TpSplit::kColumn:
+      return "column";
+    case TpSplit::kRow:
+      return "row";
+    case TpSplit::kVocab:
+      return "vocab";
+    case TpSplit::kReplicated:
+      return "replicated";
   }
   return "?";
 }
@@ -118,7 +122,8 @@ std::vector<WeightPlanEntry> WeightPlan(const ModelConfig& config) {
     }
     for (const char* proj : {"gate_proj", "up_proj"}) {
       plan.push_back({absl::StrCat(p, "mlp.", proj, ".weight"), TpSplit::kColumn});
-      if (config.mlp_bias) plan.push_back({absl::StrCat(p, "mlp.", proj, ".bias"), TpSplit::kColumn});
+      if (config.mlp_bias)
+        plan.push_back({absl::StrCat(p, "mlp.", proj, ".bias"), TpSplit::kColumn});
     }
     plan.push_back({p + "mlp.down_proj.weight", TpSplit::kRow});
     if (config.mlp_bias) plan.push_back({p + "mlp.down_proj.bias", TpSplit::kReplicated});

@@ -74,7 +74,8 @@ absl::Status LoadHfWeights(CausalLMImpl& model, const checkpoint::HfWeights& wei
   }
   std::vector<std::string> problems;
   if (!missing.empty()) problems.push_back(absl::StrCat("missing tensors: ", NameList(missing)));
-  if (!mismatched.empty()) problems.push_back(absl::StrCat("shape mismatch: ", NameList(mismatched)));
+  if (!mismatched.empty())
+    problems.push_back(absl::StrCat("shape mismatch: ", NameList(mismatched)));
   if (!unexpected.empty()) {
     problems.push_back(absl::StrCat("unexpected tensors (not in a ", model.config().architecture,
                                     " with this config.json): ", NameList(unexpected)));
@@ -87,7 +88,8 @@ absl::Status LoadHfWeights(CausalLMImpl& model, const checkpoint::HfWeights& wei
     // copy_ converts dtype and device; the views stay read-only.
     for (size_t i = 0; i < params.size(); ++i) params[i].tensor.copy_(sources[i]);
   } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat(where, ": copying weights failed: ", e.what_without_backtrace()));
+    return absl::InternalError(
+        absl::StrCat(where, ": copying weights failed: ", e.what_without_backtrace()));
   }
   return absl::OkStatus();
 }
@@ -98,7 +100,9 @@ absl::Status WriteRandomModel(const std::string& config_json_path, const std::st
   FULCRUM_ASSIGN_OR_RETURN(const ModelConfig config, LoadModelConfig(config_json_path));
   std::error_code ec;
   std::filesystem::create_directories(out_dir, ec);
-  if (ec) return absl::InvalidArgumentError(absl::StrCat(out_dir, ": cannot create directory: ", ec.message()));
+  if (ec)
+    return absl::InvalidArgumentError(
+        absl::StrCat(out_dir, ": cannot create directory: ", ec.message()));
   CausalLM model(config, torch::TensorOptions().dtype(torch::kFloat));
   InitializeWeights(*model, seed);
   FULCRUM_RETURN_IF_ERROR(

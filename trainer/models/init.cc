@@ -23,7 +23,8 @@ void InitializeWeights(CausalLMImpl& model, uint64_t seed) {
       values.normal_(0.0, std, generator);
       param.copy_(values);
     } else {
-      FULCRUM_CHECK(param.dim() == 1 && absl::StrContains(name, "norm"), "unexpected parameter ", name);
+      FULCRUM_CHECK(param.dim() == 1 && absl::StrContains(name, "norm"), "unexpected parameter ",
+                    name);
       param.fill_(1.0);
     }
   }

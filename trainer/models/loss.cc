@@ -13,19 +13,20 @@ struct ShiftedTargets {
 ShiftedTargets Shift(const torch::Tensor& logits, const torch::Tensor& labels) {
   FULCRUM_CHECK(logits.dim() == 3 && labels.dim() == 2 && logits.size(0) == labels.size(0) &&
                     logits.size(1) == labels.size(1),
-                "logits dims ", logits.dim(), " vs labels dims ", labels.dim(), " (need [B,T,V] and [B,T])");
+                "logits dims ", logits.dim(), " vs labels dims ", labels.dim(),
+                " (need [B,T,V] and [B,T])");
   const int64_t t = logits.size(1), v = logits.size(2);
-  return ShiftedTargets{
-      logits.narrow(1, 0, t - 1).to(torch::kFloat).reshape({-1, v}),
-      labels.narrow(1, 1, t - 1).to(logits.device(), torch::kLong).reshape({-1})};
+  return ShiftedTargets{logits.narrow(1, 0, t - 1).to(torch::kFloat).reshape({-1, v}),
+                        labels.narrow(1, 1, t - 1).to(logits.device(), torch::kLong).reshape({-1})};
 }
 
 torch::Tensor CrossEntropy(const torch::Tensor& logits, const torch::Tensor& labels,
                            torch::nn::functional::CrossEntropyFuncOptions::reduction_t reduction) {
   const ShiftedTargets s = Shift(logits, labels);
-  return torch::nn::functional::cross_entropy(
-      s.logits, s.labels,
-      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreIndex).reduction(reduction));
+  return torch::nn::functional::cross_entropy(s.logits, s.labels,
+                                              torch::nn::functional::CrossEntropyFuncOptions()
+                                                  .ignore_index(kIgnoreIndex)
+                                                  .reduction(reduction));
 }
 
 }  // namespace

@@ -4,9 +4,11 @@ namespace fulcrum::models {
 
 MlpImpl::MlpImpl(const ModelConfig& config, const torch::TensorOptions& options) {
   const int64_t hidden = config.hidden_size, inter = config.intermediate_size;
-  gate_proj = register_module("gate_proj", lora::LoraLinear(hidden, inter, config.mlp_bias, options));
+  gate_proj =
+      register_module("gate_proj", lora::LoraLinear(hidden, inter, config.mlp_bias, options));
   up_proj = register_module("up_proj", lora::LoraLinear(hidden, inter, config.mlp_bias, options));
-  down_proj = register_module("down_proj", lora::LoraLinear(inter, hidden, config.mlp_bias, options));
+  down_proj =
+      register_module("down_proj", lora::LoraLinear(inter, hidden, config.mlp_bias, options));
 }
 
 torch::Tensor MlpImpl::forward(const torch::Tensor& x) {

@@ -20,10 +20,12 @@ absl::Status KeyError(const std::string& source, const std::string& key, const s
   return absl::InvalidArgumentError(absl::StrCat(source, ": key \"", key, "\": ", what));
 }
 
-absl::StatusOr<int64_t> GetInt(const Json& json, const std::string& key, const std::string& source) {
+absl::StatusOr<int64_t> GetInt(const Json& json, const std::string& key,
+                               const std::string& source) {
   if (!Has(json, key)) return KeyError(source, key, "missing (required)");
   const Json& v = json.at(key);
-  if (!v.is_number_integer()) return KeyError(source, key, absl::StrCat("expected an integer, got ", v.dump()));
+  if (!v.is_number_integer())
+    return KeyError(source, key, absl::StrCat("expected an integer, got ", v.dump()));
   return v.get<int64_t>();
 }
 
@@ -37,7 +39,8 @@ absl::StatusOr<double> GetDoubleOr(const Json& json, const std::string& key, dou
                                    const std::string& source) {
   if (!Has(json, key)) return fallback;
   const Json& v = json.at(key);
-  if (!v.is_number()) return KeyError(source, key, absl::StrCat("expected a number, got ", v.dump()));
+  if (!v.is_number())
+    return KeyError(source, key, absl::StrCat("expected a number, got ", v.dump()));
   return v.get<double>();
 }
 
@@ -45,16 +48,20 @@ absl::StatusOr<bool> GetBoolOr(const Json& json, const std::string& key, bool fa
                                const std::string& source) {
   if (!Has(json, key)) return fallback;
   const Json& v = json.at(key);
-  if (!v.is_boolean()) return KeyError(source, key, absl::StrCat("expected true/false, got ", v.dump()));
+  if (!v.is_boolean())
+    return KeyError(source, key, absl::StrCat("expected true/false, got ", v.dump()));
   return v.get<bool>();
 }
 
 absl::StatusOr<bool> ResolvePresence(Presence presence, const std::string& key, const Json& json,
                                      const std::string& source) {
   switch (presence) {
-    case Presence::kNever: return false;
-    case Presence::kAlways: return true;
-    case Presence::kFromConfig: return GetBoolOr(json, key, false, source);
+    case Presence::kNever:
+      return false;
+    case Presence::kAlways:
+      return true;
+    case Presence::kFromConfig:
+      return GetBoolOr(json, key, false, source);
   }
   return false;
 }
@@ -76,9 +83,9 @@ absl::StatusOr<const FamilySpec*> FindFamily(const Json& json, const std::string
     *architecture = archs.at(0).get<std::string>();
     family = FindFamilyByArchitecture(*architecture);
     if (family == nullptr) {
-      return KeyError(source, "architectures",
-                      absl::StrCat("unsupported architecture ", *architecture,
-                                   "; supported: ", supported));
+      return KeyError(
+          source, "architectures",
+          absl::StrCat("unsupported architecture ", *architecture, "; supported: ", supported));
     }
     if (family->model_type != model_type) {
       return KeyError(source, "model_type",
@@ -90,8 +97,8 @@ absl::StatusOr<const FamilySpec*> FindFamily(const Json& json, const std::string
   family = FindFamilyByModelType(model_type);
   if (family == nullptr) {
     return KeyError(source, "model_type",
-                    absl::StrCat("unsupported model_type \"", model_type, "\" (supported: ",
-                                 absl::StrJoin(SupportedModelTypes(), ", "),
+                    absl::StrCat("unsupported model_type \"", model_type,
+                                 "\" (supported: ", absl::StrJoin(SupportedModelTypes(), ", "),
                                  "; architectures: ", supported, ")"));
   }
   *architecture = family->architectures.front();
@@ -121,8 +128,10 @@ absl::StatusOr<RopeScaling> ParseRopeScaling(const Json& json, const std::string
   FULCRUM_ASSIGN_OR_RETURN(scaling.factor, GetDoubleOr(rs, "factor", 0.0, prefix));
   if (!(scaling.factor >= 1.0)) return KeyError(source, "rope_scaling.factor", "missing or < 1");
   if (type == "llama3") {
-    FULCRUM_ASSIGN_OR_RETURN(scaling.low_freq_factor, GetDoubleOr(rs, "low_freq_factor", 0.0, prefix));
-    FULCRUM_ASSIGN_OR_RETURN(scaling.high_freq_factor, GetDoubleOr(rs, "high_freq_factor", 0.0, prefix));
+    FULCRUM_ASSIGN_OR_RETURN(scaling.low_freq_factor,
+                             GetDoubleOr(rs, "low_freq_factor", 0.0, prefix));
+    FULCRUM_ASSIGN_OR_RETURN(scaling.high_freq_factor,
+                             GetDoubleOr(rs, "high_freq_factor", 0.0, prefix));
     FULCRUM_ASSIGN_OR_RETURN(scaling.original_max_position_embeddings,
                              GetInt(rs, "original_max_position_embeddings", prefix));
     if (!(scaling.low_freq_factor > 0.0) || !(scaling.high_freq_factor > scaling.low_freq_factor)) {
@@ -140,8 +149,8 @@ absl::StatusOr<RopeScaling> ParseRopeScaling(const Json& json, const std::string
   return scaling;
 }
 
-absl::Status ParseSlidingWindow(const FamilySpec& family, const Json& json, const std::string& source,
-                                ModelConfig* config) {
+absl::Status ParseSlidingWindow(const FamilySpec& family, const Json& json,
+                                const std::string& source, ModelConfig* config) {
   bool enabled = family.sliding_window_key;
   if (family.use_sliding_window_key) {
     FULCRUM_ASSIGN_OR_RETURN(enabled, GetBoolOr(json, "use_sliding_window", false, source));
@@ -154,10 +163,14 @@ absl::Status ParseSlidingWindow(const FamilySpec& family, const Json& json, cons
 
 absl::Status Validate(const ModelConfig& c, const std::string& source) {
   const std::pair<const char*, int64_t> positives[] = {
-      {"vocab_size", c.vocab_size}, {"hidden_size", c.hidden_size},
-      {"intermediate_size", c.intermediate_size}, {"num_hidden_layers", c.num_layers},
-      {"num_attention_heads", c.num_heads}, {"num_key_value_heads", c.num_kv_heads},
-      {"head_dim", c.head_dim}, {"max_position_embeddings", c.max_position_embeddings}};
+      {"vocab_size", c.vocab_size},
+      {"hidden_size", c.hidden_size},
+      {"intermediate_size", c.intermediate_size},
+      {"num_hidden_layers", c.num_layers},
+      {"num_attention_heads", c.num_heads},
+      {"num_key_value_heads", c.num_kv_heads},
+      {"head_dim", c.head_dim},
+      {"max_position_embeddings", c.max_position_embeddings}};
   for (const auto& [key, value] : positives) {
     if (value <= 0) return KeyError(source, key, absl::StrCat("must be > 0, got ", value));
   }
@@ -166,20 +179,25 @@ absl::Status Validate(const ModelConfig& c, const std::string& source) {
                     absl::StrCat("num_attention_heads (", c.num_heads, ") % num_key_value_heads (",
                                  c.num_kv_heads, ") = ", c.num_heads % c.num_kv_heads, " != 0"));
   }
-  if (c.head_dim % 2 != 0) return KeyError(source, "head_dim", absl::StrCat("must be even for RoPE, got ", c.head_dim));
+  if (c.head_dim % 2 != 0)
+    return KeyError(source, "head_dim", absl::StrCat("must be even for RoPE, got ", c.head_dim));
   if (!(c.rms_norm_eps > 0.0)) return KeyError(source, "rms_norm_eps", "must be > 0");
   if (!(c.rope_theta > 0.0)) return KeyError(source, "rope_theta", "must be > 0");
-  if (Has(c.raw, "hidden_act") &&
-      !(c.raw.at("hidden_act").is_string() && c.raw.at("hidden_act").get<std::string>() == "silu")) {
-    return KeyError(source, "hidden_act", absl::StrCat("not supported yet: ", c.raw.at("hidden_act").dump(), " (supported: \"silu\")"));
+  if (Has(c.raw, "hidden_act") && !(c.raw.at("hidden_act").is_string() &&
+                                    c.raw.at("hidden_act").get<std::string>() == "silu")) {
+    return KeyError(source, "hidden_act",
+                    absl::StrCat("not supported yet: ", c.raw.at("hidden_act").dump(),
+                                 " (supported: \"silu\")"));
   }
   return absl::OkStatus();
 }
 
 }  // namespace
 
-absl::StatusOr<ModelConfig> ParseModelConfig(const nlohmann::json& json, const std::string& source) {
-  if (!json.is_object()) return absl::InvalidArgumentError(absl::StrCat(source, ": expected a JSON object"));
+absl::StatusOr<ModelConfig> ParseModelConfig(const nlohmann::json& json,
+                                             const std::string& source) {
+  if (!json.is_object())
+    return absl::InvalidArgumentError(absl::StrCat(source, ": expected a JSON object"));
   ModelConfig c;
   c.raw = json;
   FULCRUM_ASSIGN_OR_RETURN(const FamilySpec* family, FindFamily(json, source, &c.architecture));
@@ -189,24 +207,30 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const nlohmann::json& json, const s
   FULCRUM_ASSIGN_OR_RETURN(c.intermediate_size, GetInt(json, "intermediate_size", source));
   FULCRUM_ASSIGN_OR_RETURN(c.num_layers, GetInt(json, "num_hidden_layers", source));
   FULCRUM_ASSIGN_OR_RETURN(c.num_heads, GetInt(json, "num_attention_heads", source));
-  FULCRUM_ASSIGN_OR_RETURN(c.num_kv_heads, GetIntOr(json, "num_key_value_heads", c.num_heads, source));
-  FULCRUM_ASSIGN_OR_RETURN(c.max_position_embeddings, GetInt(json, "max_position_embeddings", source));
+  FULCRUM_ASSIGN_OR_RETURN(c.num_kv_heads,
+                           GetIntOr(json, "num_key_value_heads", c.num_heads, source));
+  FULCRUM_ASSIGN_OR_RETURN(c.max_position_embeddings,
+                           GetInt(json, "max_position_embeddings", source));
   const int64_t default_head_dim = c.num_heads > 0 ? c.hidden_size / c.num_heads : 0;
   if (!Has(json, "head_dim") && c.num_heads > 0 && c.hidden_size % c.num_heads != 0) {
-    return KeyError(source, "head_dim", absl::StrCat("missing and hidden_size (", c.hidden_size,
-                                                     ") is not divisible by num_attention_heads (",
-                                                     c.num_heads, ")"));
+    return KeyError(source, "head_dim",
+                    absl::StrCat("missing and hidden_size (", c.hidden_size,
+                                 ") is not divisible by num_attention_heads (", c.num_heads, ")"));
   }
   FULCRUM_ASSIGN_OR_RETURN(c.head_dim, GetIntOr(json, "head_dim", default_head_dim, source));
   FULCRUM_ASSIGN_OR_RETURN(c.rms_norm_eps, GetDoubleOr(json, "rms_norm_eps", 1e-6, source));
   FULCRUM_ASSIGN_OR_RETURN(c.rope_theta, GetDoubleOr(json, "rope_theta", 10000.0, source));
-  FULCRUM_ASSIGN_OR_RETURN(c.initializer_range, GetDoubleOr(json, "initializer_range", 0.02, source));
-  FULCRUM_ASSIGN_OR_RETURN(c.tie_word_embeddings, GetBoolOr(json, "tie_word_embeddings", false, source));
-  FULCRUM_ASSIGN_OR_RETURN(c.attention_bias,
-                           ResolvePresence(family->qkv_bias, family->attention_bias_key, json, source));
-  FULCRUM_ASSIGN_OR_RETURN(c.o_proj_bias,
-                           ResolvePresence(family->o_bias, family->attention_bias_key, json, source));
-  FULCRUM_ASSIGN_OR_RETURN(c.mlp_bias, ResolvePresence(family->mlp_bias, family->mlp_bias_key, json, source));
+  FULCRUM_ASSIGN_OR_RETURN(c.initializer_range,
+                           GetDoubleOr(json, "initializer_range", 0.02, source));
+  FULCRUM_ASSIGN_OR_RETURN(c.tie_word_embeddings,
+                           GetBoolOr(json, "tie_word_embeddings", false, source));
+  FULCRUM_ASSIGN_OR_RETURN(
+      c.attention_bias,
+      ResolvePresence(family->qkv_bias, family->attention_bias_key, json, source));
+  FULCRUM_ASSIGN_OR_RETURN(
+      c.o_proj_bias, ResolvePresence(family->o_bias, family->attention_bias_key, json, source));
+  FULCRUM_ASSIGN_OR_RETURN(c.mlp_bias,
+                           ResolvePresence(family->mlp_bias, family->mlp_bias_key, json, source));
   c.qk_norm = family->qk_norm;
   FULCRUM_ASSIGN_OR_RETURN(c.rope_scaling, ParseRopeScaling(json, source));
   FULCRUM_RETURN_IF_ERROR(ParseSlidingWindow(*family, json, source, &c));
@@ -227,9 +251,9 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& config_json_path)
 
 absl::Status CheckSequenceLength(const ModelConfig& config, int64_t seq_len) {
   if (config.sliding_window > 0 && seq_len > config.sliding_window) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "sequence length ", seq_len, " > sliding_window ", config.sliding_window,
-        ": sliding-window attention is not supported yet"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("sequence length ", seq_len, " > sliding_window ", config.sliding_window,
+                     ": sliding-window attention is not supported yet"));
   }
   int64_t limit = config.max_position_embeddings;
   const RopeScaling& rs = config.rope_scaling;
@@ -241,7 +265,8 @@ absl::Status CheckSequenceLength(const ModelConfig& config, int64_t seq_len) {
   if (seq_len > limit) {
     return absl::InvalidArgumentError(absl::StrCat(
         "sequence length ", seq_len, " > max_position_embeddings ", config.max_position_embeddings,
-        rs.type.empty() ? "" : absl::StrCat(" (limit with ", rs.type, " rope scaling: ", limit, ")"),
+        rs.type.empty() ? ""
+                        : absl::StrCat(" (limit with ", rs.type, " rope scaling: ", limit, ")"),
         " of ", config.architecture));
   }
   return absl::OkStatus();

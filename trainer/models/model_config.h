@@ -3,10 +3,9 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -30,12 +29,12 @@ struct ModelConfig {
   bool attention_bias = false;  // q/k/v bias (Qwen2 always; Llama per config)
   bool qk_norm = false;         // Qwen3 per-head RMSNorm on q and k
   RopeScaling rope_scaling;
-  nlohmann::json raw;           // the config.json as read (exported unchanged)
+  nlohmann::json raw;  // the config.json as read (exported unchanged)
   // Added beyond the first API:
-  bool o_proj_bias = false;     // Llama/Qwen3 attention_bias also covers o_proj
-  bool mlp_bias = false;        // Llama mlp_bias: gate/up/down biases
-  int64_t sliding_window = 0;   // 0 = full attention; > 0: CheckSequenceLength refuses
-                                // sequences longer than it (not supported yet)
+  bool o_proj_bias = false;    // Llama/Qwen3 attention_bias also covers o_proj
+  bool mlp_bias = false;       // Llama mlp_bias: gate/up/down biases
+  int64_t sliding_window = 0;  // 0 = full attention; > 0: CheckSequenceLength refuses
+                               // sequences longer than it (not supported yet)
 };
 
 // Parses an HF config.json. Unsupported architecture -> InvalidArgument listing

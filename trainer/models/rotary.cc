@@ -18,7 +18,8 @@ torch::Tensor Llama3Scale(const torch::Tensor& inv_freq, const RopeScaling& s) {
   const torch::Tensor smooth =
       (old_context / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
   const torch::Tensor smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled;
-  const torch::Tensor is_medium = (wavelen >= high_freq_wavelen).logical_and(wavelen <= low_freq_wavelen);
+  const torch::Tensor is_medium =
+      (wavelen >= high_freq_wavelen).logical_and(wavelen <= low_freq_wavelen);
   return torch::where(is_medium, smoothed, scaled);
 }
 
@@ -39,8 +40,8 @@ torch::Tensor RopeInvFreq(int64_t head_dim, double theta, const RopeScaling& sca
 RopeCosSin ComputeRopeCosSin(const torch::Tensor& inv_freq, const torch::Tensor& position_ids,
                              torch::ScalarType dtype) {
   // [B, T, 1] * [head_dim/2] -> [B, T, head_dim/2]; fp32 even under bf16.
-  const torch::Tensor freqs =
-      position_ids.to(torch::kFloat).unsqueeze(-1) * inv_freq.to(position_ids.device(), torch::kFloat);
+  const torch::Tensor freqs = position_ids.to(torch::kFloat).unsqueeze(-1) *
+                              inv_freq.to(position_ids.device(), torch::kFloat);
   const torch::Tensor emb = torch::cat({freqs, freqs}, -1).unsqueeze(1);  // [B, 1, T, head_dim]
   return RopeCosSin{emb.cos().to(dtype), emb.sin().to(dtype)};
 }

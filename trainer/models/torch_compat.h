@@ -2,10 +2,10 @@
 // CPU) has no fused scaled_dot_product_attention; 2.1+ has it with `scale`.
 #pragma once
 
-#include <optional>
-
 #include <torch/torch.h>
 #include <torch/version.h>
+
+#include <optional>
 
 namespace fulcrum::models::compat {
 

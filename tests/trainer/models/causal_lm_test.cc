@@ -1,9 +1,9 @@
 // Unit tests of the blocks and the model on tiny random weights (no checkpoint).
 #include "trainer/models/causal_lm.h"
 
-#include <cmath>
-
 #include <gtest/gtest.h>
+
+#include <cmath>
 
 #include "trainer/models/attention.h"
 #include "trainer/models/init.h"
@@ -14,10 +14,11 @@ namespace fulcrum::models {
 namespace {
 
 ModelConfig TinyConfig(const std::string& arch, const std::string& model_type) {
-  nlohmann::json json = {{"architectures", {arch}}, {"model_type", model_type}, {"vocab_size", 32},
-                         {"hidden_size", 16}, {"intermediate_size", 24}, {"num_hidden_layers", 2},
-                         {"num_attention_heads", 4}, {"num_key_value_heads", 2},
-                         {"max_position_embeddings", 64}, {"rope_theta", 10000.0}};
+  nlohmann::json json = {
+      {"architectures", {arch}},  {"model_type", model_type}, {"vocab_size", 32},
+      {"hidden_size", 16},        {"intermediate_size", 24},  {"num_hidden_layers", 2},
+      {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"max_position_embeddings", 64},
+      {"rope_theta", 10000.0}};
   if (model_type == "qwen3") json["head_dim"] = 8;
   auto config = ParseModelConfig(json, "tiny");
   EXPECT_TRUE(config.ok()) << config.status();
@@ -88,12 +89,13 @@ TEST(AttentionTest, GroupedMatchesRepeatedKv) {
   const int64_t b = 2, h = 6, hkv = 2, t = 5, d = 4;
   const torch::Tensor q = torch::randn({b, h, t, d}), k = torch::randn({b, hkv, t, d}),
                       v = torch::randn({b, hkv, t, d});
-  const torch::Tensor mask = torch::zeros({b, 1, t, t}).masked_fill_(
-      torch::ones({t, t}, torch::kBool).triu(1), -1e30);
+  const torch::Tensor mask =
+      torch::zeros({b, 1, t, t}).masked_fill_(torch::ones({t, t}, torch::kBool).triu(1), -1e30);
   const torch::Tensor got = GroupedAttention(q, k, v, mask, 0.5);
   // Reference: HF repeat_kv then per-head attention.
   const torch::Tensor kr = k.repeat_interleave(h / hkv, 1), vr = v.repeat_interleave(h / hkv, 1);
-  const torch::Tensor ref = torch::matmul(torch::softmax(torch::matmul(q, kr.transpose(-1, -2)) * 0.5 + mask, -1), vr);
+  const torch::Tensor ref =
+      torch::matmul(torch::softmax(torch::matmul(q, kr.transpose(-1, -2)) * 0.5 + mask, -1), vr);
   EXPECT_TRUE(torch::allclose(got, ref, 1e-5, 1e-6)) << (got - ref).abs().max();
 }
 
@@ -131,7 +133,8 @@ TEST(CausalLMTest, RightPaddingDoesNotChangeValidLogits) {
   batch.attention_mask = torch::ones({2, 10}, torch::kLong);
   batch.attention_mask.index_put_({1, torch::indexing::Slice(7, 10)}, 0);
   const torch::Tensor logits = model->forward(batch);
-  const torch::Tensor valid = logits.index({torch::indexing::Slice(1, 2), torch::indexing::Slice(0, 7)});
+  const torch::Tensor valid =
+      logits.index({torch::indexing::Slice(1, 2), torch::indexing::Slice(0, 7)});
   EXPECT_TRUE(torch::allclose(valid, alone, 1e-5, 1e-5)) << (valid - alone).abs().max();
   // The other row equals itself run alone too.
   EXPECT_TRUE(torch::allclose(logits.narrow(0, 0, 1), model->forward({other}), 1e-5, 1e-5));

@@ -1,9 +1,9 @@
 #include "trainer/models/hf_loading.h"
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <filesystem>
-
-#include <gtest/gtest.h>
 
 #include "absl/strings/match.h"
 #include "tests/test_support.h"
@@ -13,7 +13,9 @@
 namespace fulcrum::models {
 namespace {
 
-std::string ModelDir(const std::string& family) { return testing::FixturesDir() + "/" + family + "/model"; }
+std::string ModelDir(const std::string& family) {
+  return testing::FixturesDir() + "/" + family + "/model";
+}
 
 CausalLM BuildModel(const std::string& family) {
   auto config = LoadModelConfig(ModelDir(family) + "/config.json");
@@ -71,7 +73,8 @@ TEST(HfLoadingTest, MismatchedCheckpointsAreNamedErrors) {
   ASSERT_TRUE(llama_weights.ok());
   status = LoadHfWeights(*small, *llama_weights);
   ASSERT_FALSE(status.ok());
-  EXPECT_TRUE(absl::StrContains(status.message(), "model.embed_tokens.weight [512,64] (model expects [500,64])"))
+  EXPECT_TRUE(absl::StrContains(status.message(),
+                                "model.embed_tokens.weight [512,64] (model expects [500,64])"))
       << status;
 }
 

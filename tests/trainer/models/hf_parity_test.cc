@@ -34,7 +34,8 @@ Fixture LoadFixture(const std::string& family) {
   EXPECT_TRUE(weights.ok()) << weights.status();
   auto expected = checkpoint::HfWeights::Open(dir, "expected");
   EXPECT_TRUE(expected.ok()) << expected.status();
-  Fixture f{CausalLM(*config, torch::TensorOptions().dtype(torch::kFloat)), std::move(*expected), {}, {}};
+  Fixture f{
+      CausalLM(*config, torch::TensorOptions().dtype(torch::kFloat)), std::move(*expected), {}, {}};
   const absl::Status loaded = LoadHfWeights(*f.model, *weights);
   EXPECT_TRUE(loaded.ok()) << loaded;
   f.inputs.input_ids = Expected(f.expected, "input_ids");
@@ -44,10 +45,12 @@ Fixture LoadFixture(const std::string& family) {
 }
 
 // |got - ref| <= 1e-4 + 1e-4 |ref| where attention_mask == 1.
-void ExpectLogitsMatch(const torch::Tensor& got, const torch::Tensor& ref, const torch::Tensor& mask) {
+void ExpectLogitsMatch(const torch::Tensor& got, const torch::Tensor& ref,
+                       const torch::Tensor& mask) {
   const torch::Tensor valid = mask.to(torch::kBool).unsqueeze(-1).expand_as(ref);
   const torch::Tensor excess = ((got - ref).abs() - (1e-4 + 1e-4 * ref.abs())).masked_select(valid);
-  EXPECT_LE(excess.max().item<double>(), 0.0) << "max |diff| " << (got - ref).masked_select(valid).abs().max();
+  EXPECT_LE(excess.max().item<double>(), 0.0)
+      << "max |diff| " << (got - ref).masked_select(valid).abs().max();
 }
 
 class HfParityTest : public ::testing::TestWithParam<std::string> {};
@@ -74,7 +77,8 @@ TEST_P(HfParityTest, LogitsLossGradsAndAdamW) {
     ++checked;
   }
   int64_t expected_grads = 0;
-  for (const std::string& name : f.expected.Names()) expected_grads += absl::StartsWith(name, "grad.");
+  for (const std::string& name : f.expected.Names())
+    expected_grads += absl::StartsWith(name, "grad.");
   EXPECT_EQ(checked, expected_grads);
 
   // 5 AdamW steps on the same batch, weight decay on every parameter.
@@ -92,6 +96,33 @@ TEST_P(HfParityTest, LogitsLossGradsAndAdamW) {
     adamw.step();
     adamw.zero_grad();
   }
+  // Parameters after the 5 steps (meta.json's statistical rule: the first
+  // step is ~lr*sign(g), so rounding-level gradients may flip an element).
+  for (const auto& item : f.model->named_parameters()) {
+    const torch::Tensor ref = Expected(f.expected, "param_after_adamw." + item.key());
+    const torch::Tensor diff = (item.value().detach() - ref).abs();
+    const torch::Tensor grad_ref = Expected(f.expected, "grad." + item.key()).abs();
+    // Elements whose first-step gradient is at rounding level may take Adam's
+    // ~lr*sign(g) step the other way (meta.json). In a tiny tensor (k_proj.bias
+    // [32]: RoPE's low-frequency dims barely rotate it, so softmax's shift
+    // invariance nearly cancels its gradient) one flip already exceeds the
+    // fraction, so flips are allowed exactly where |g| is below the gradient
+    // tolerance (1e-8 + 1e-4 max|g|): there the sign is not determined.
+    const torch::Tensor flipped = diff.gt(1e-5);
+    EXPECT_TRUE(grad_ref.masked_select(flipped).le(1e-4 * grad_ref.max() + 1e-8).all().item<bool>())
+        << item.key() << " grads at differing elements: " << grad_ref.masked_select(flipped);
+    if (grad_ref.numel() < 1000) continue;
+    EXPECT_LE(diff.mean().item<double>(), 1e-6) << item.key();
+    EXPECT_LE(diff.gt(1e-5).to(torch::kDouble).mean().item<double>(), 1e-3) << item.key();
+  }
+  torch::NoGradGuard no_grad;
+  const torch::Tensor final_ref = Expected(f.expected, "adamw_final_logits");
+  const torch::Tensor valid =
+      f.inputs.attention_mask.to(torch::kBool).unsqueeze(-1).expand_as(final_ref);
+  const torch::Tensor final_got = f.model->forward(f.inputs);
+  const torch::Tensor excess =
+      ((final_got - final_ref).abs() - (5e-3 + 1e-3 * final_ref.abs())).masked_select(valid);
+  EXPECT_LE(excess.max().item<double>(), 0.0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, HfParityTest, ::testing::Values("llama", "llama_tied", "qwen2"));

@@ -90,7 +90,8 @@ TEST(ModelConfigTest, WrongTypeAndBadHeadsAreRejected) {
   json["num_key_value_heads"] = 3;
   auto config = ParseModelConfig(json, "c");
   ASSERT_FALSE(config.ok());
-  EXPECT_TRUE(absl::StrContains(config.status().message(), "num_key_value_heads")) << config.status();
+  EXPECT_TRUE(absl::StrContains(config.status().message(), "num_key_value_heads"))
+      << config.status();
   json = TinyLlama();
   json["hidden_act"] = "gelu";
   EXPECT_TRUE(absl::StrContains(ParseModelConfig(json, "c").status().message(), "hidden_act"));
@@ -104,8 +105,11 @@ TEST(ModelConfigTest, RopeScalingTypes) {
   EXPECT_TRUE(absl::StrContains(yarn.status().message(), "not supported yet")) << yarn.status();
   EXPECT_TRUE(absl::StrContains(yarn.status().message(), "rope_scaling")) << yarn.status();
 
-  json["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
-                          {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 64}};
+  json["rope_scaling"] = {{"rope_type", "llama3"},
+                          {"factor", 8.0},
+                          {"low_freq_factor", 1.0},
+                          {"high_freq_factor", 4.0},
+                          {"original_max_position_embeddings", 64}};
   auto llama3 = ParseModelConfig(json, "c.json");
   ASSERT_TRUE(llama3.ok()) << llama3.status();
   EXPECT_EQ(llama3->rope_scaling.type, "llama3");
@@ -136,6 +140,26 @@ TEST(ModelConfigTest, CheckSequenceLength) {
   config->rope_scaling.factor = 2.0;
   EXPECT_TRUE(CheckSequenceLength(*config, 512).ok());
   EXPECT_FALSE(CheckSequenceLength(*config, 513).ok());
+}
+
+TEST(ModelConfigTest, MistralSlidingWindowLimitsSequenceLength) {
+  nlohmann::json json = TinyLlama();
+  json["architectures"] = {"MistralForCausalLM"};
+  json["model_type"] = "mistral";
+  json["sliding_window"] = 128;
+  auto config = ParseModelConfig(json, "m.json");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->sliding_window, 128);
+  EXPECT_TRUE(CheckSequenceLength(*config, 128).ok());
+  absl::Status status = CheckSequenceLength(*config, 129);
+  ASSERT_FALSE(status.ok());
+  EXPECT_TRUE(absl::StrContains(status.message(), "sliding_window")) << status;
+  // Qwen2 ignores sliding_window unless use_sliding_window is true.
+  json["architectures"] = {"Qwen2ForCausalLM"};
+  json["model_type"] = "qwen2";
+  auto qwen2 = ParseModelConfig(json, "q.json");
+  ASSERT_TRUE(qwen2.ok()) << qwen2.status();
+  EXPECT_EQ(qwen2->sliding_window, 0);
 }
 
 TEST(ModelConfigTest, LoadModelConfigBadFiles) {
