@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "core/status.h"
 
 namespace fulcrum {
 namespace {
@@ -69,6 +70,28 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view cont
   const std::string parent =
       target.has_parent_path() ? target.parent_path().string() : std::string(".");
   return SyncDirectory(parent);
+}
+
+absl::StatusOr<std::string> MakeStagingDirectory(const std::string& target) {
+  std::string trimmed = target;
+  while (trimmed.size() > 1 && trimmed.back() == '/') trimmed.pop_back();
+  const std::string staged = absl::StrCat(trimmed, ".tmp-", ::getpid());
+  std::error_code ec;
+  std::filesystem::remove_all(staged, ec);
+  std::filesystem::create_directories(staged, ec);
+  if (ec) return absl::InternalError(absl::StrCat(staged, ": cannot create: ", ec.message()));
+  return staged;
+}
+
+absl::Status PublishDirectory(const std::string& staged, const std::string& target) {
+  FULCRUM_RETURN_IF_ERROR(SyncDirectory(staged));
+  std::error_code ec;
+  std::filesystem::remove_all(target, ec);
+  if (ec) return absl::InternalError(absl::StrCat(target, ": cannot replace: ", ec.message()));
+  std::filesystem::rename(staged, target, ec);
+  if (ec) return absl::InternalError(absl::StrCat(staged, ": cannot rename: ", ec.message()));
+  const std::filesystem::path parent = std::filesystem::absolute(target).parent_path();
+  return SyncDirectory(parent.string());
 }
 
 }  // namespace fulcrum

@@ -18,4 +18,11 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view cont
 // fsyncs a directory so that a rename inside it is durable.
 absl::Status SyncDirectory(const std::string& dir);
 
+// Makes a fully written directory `staged` visible as `target`: an existing
+// `target` is removed first, then `staged` is renamed and the parent synced.
+absl::Status PublishDirectory(const std::string& staged, const std::string& target);
+
+// "<target>.tmp-<pid>", emptied: where a directory is written before PublishDirectory.
+absl::StatusOr<std::string> MakeStagingDirectory(const std::string& target);
+
 }  // namespace fulcrum

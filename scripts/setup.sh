@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what fulcrum needs (Debian 12 packages, only those missing), then
+# configures and builds Release into build/. Idempotent: a second run only
+# rebuilds what changed.
+#   scripts/setup.sh [extra cmake args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  libtorch-dev
+  libopenblas0-openmp  # without it LibTorch falls back to reference BLAS (~30x slower fp32 GEMM)
+  libopenmpi-dev openmpi-bin
+  libyaml-cpp-dev libabsl-dev nlohmann-json3-dev libpcre2-dev
+  libgtest-dev libbenchmark-dev
+  cmake ninja-build g++ python3
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+jobs=${FULCRUM_BUILD_JOBS:-$(nproc)}
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
+cmake --build build -j "$jobs"

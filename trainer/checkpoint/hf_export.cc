@@ -1,0 +1,73 @@
+#include "trainer/checkpoint/hf_export.h"
+
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "core/file_util.h"
+#include "core/status.h"
+#include "trainer/checkpoint/hf_weights.h"
+
+namespace fulcrum::checkpoint {
+namespace fs = std::filesystem;
+namespace {
+
+std::string HfDtypeName(torch::ScalarType type) {
+  switch (type) {
+    case torch::kBFloat16:
+      return "bfloat16";
+    case torch::kHalf:
+      return "float16";
+    default:
+      return "float32";
+  }
+}
+
+}  // namespace
+
+const std::vector<std::string>& HfSideFiles() {
+  static const std::vector<std::string> kFiles = {
+      "generation_config.json", "tokenizer.json",   "tokenizer_config.json",
+      "special_tokens_map.json", "tokenizer.model", "vocab.json",
+      "merges.txt",              "added_tokens.json", "chat_template.jinja"};
+  return kFiles;
+}
+
+absl::StatusOr<std::optional<torch::ScalarType>> ParseExportDtype(const std::string& text) {
+  if (text.empty() || text == "auto") return std::optional<torch::ScalarType>();
+  if (text == "fp32" || text == "float32") return std::optional<torch::ScalarType>(torch::kFloat);
+  if (text == "bf16" || text == "bfloat16") {
+    return std::optional<torch::ScalarType>(torch::kBFloat16);
+  }
+  if (text == "fp16" || text == "float16") return std::optional<torch::ScalarType>(torch::kHalf);
+  return absl::InvalidArgumentError(
+      absl::StrCat("--dtype: unknown dtype '", text, "' (expected auto, fp32, bf16 or fp16)"));
+}
+
+absl::Status ExportHfModel(const std::vector<NamedTensor>& weights, nlohmann::json config,
+                           const HfExportOptions& options) {
+  FULCRUM_ASSIGN_OR_RETURN(const std::string staged, MakeStagingDirectory(options.out_dir));
+  std::vector<NamedTensor> converted;
+  converted.reserve(weights.size());
+  for (const NamedTensor& w : weights) {
+    converted.push_back({w.name, options.dtype ? w.tensor.to(*options.dtype) : w.tensor});
+  }
+  if (options.dtype) {
+    config["torch_dtype"] = HfDtypeName(*options.dtype);
+    if (config.contains("dtype")) config["dtype"] = HfDtypeName(*options.dtype);
+  }
+  FULCRUM_RETURN_IF_ERROR(WriteHfWeights(staged, converted, options.max_shard_bytes));
+  FULCRUM_RETURN_IF_ERROR(
+      WriteFileAtomically((fs::path(staged) / "config.json").string(), config.dump(2) + "\n"));
+  if (!options.source_dir.empty()) {
+    for (const std::string& name : HfSideFiles()) {
+      const fs::path from = fs::path(options.source_dir) / name;
+      std::error_code ec;
+      if (!fs::is_regular_file(from, ec)) continue;
+      fs::copy_file(from, fs::path(staged) / name, fs::copy_options::overwrite_existing, ec);
+      if (ec) return absl::InternalError(absl::StrCat("copy ", from.string(), ": ", ec.message()));
+    }
+  }
+  return PublishDirectory(staged, options.out_dir);
+}
+
+}  // namespace fulcrum::checkpoint

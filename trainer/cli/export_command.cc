@@ -1,0 +1,139 @@
+// fulcrum export --checkpoint CKPT --format hf|merged|peft --out DIR
+//                [--adapter DIR] [--dtype auto|fp32|bf16] [--max-shard-size BYTES]
+//
+// CKPT is a training checkpoint (step directory, or a checkpoint.dir holding
+// `latest`) or an HF model directory (with an optional PEFT --adapter).
+#include <filesystem>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "core/file_util.h"
+#include "core/status.h"
+#include "trainer/checkpoint/hf_export.h"
+#include "trainer/checkpoint/train_checkpoint.h"
+#include "trainer/cli/commands.h"
+#include "trainer/cli/flags.h"
+#include "trainer/lora/apply_lora.h"
+#include "trainer/lora/peft_adapter.h"
+#include "trainer/loop/model_factory.h"
+#include "trainer/models/hf_loading.h"
+#include "trainer/recipe/recipe.h"
+
+namespace fulcrum::cli {
+namespace fs = std::filesystem;
+namespace {
+
+struct ExportSource {
+  loop::BuiltModel built;
+  bool has_adapter = false;
+  lora::LoraOptions lora;
+  std::string base_path;  // what adapter_config.json names as its base
+};
+
+// A training checkpoint: its recipe rebuilds the model, the checkpoint
+// supplies the trained tensors.
+absl::StatusOr<ExportSource> LoadFromTrainCheckpoint(const std::string& dir) {
+  FULCRUM_ASSIGN_OR_RETURN(const checkpoint::LoadedTrainCheckpoint loaded,
+                           checkpoint::LoadTrainCheckpoint(dir));
+  FULCRUM_ASSIGN_OR_RETURN(const recipe::Recipe recipe,
+                           recipe::ParseRecipe(loaded.recipe_yaml, dir + "/recipe.yaml"));
+  ExportSource source;
+  loop::ModelRequest request;
+  request.path = recipe.model.path;
+  request.config = recipe.model.config;
+  request.dtype = loop::ParamDtype(recipe.precision);
+  request.seed = static_cast<uint64_t>(recipe.seed);
+  torch::manual_seed(recipe.seed);  // the run's random init, if any
+  FULCRUM_ASSIGN_OR_RETURN(source.built, loop::BuildModel(request));
+  if (recipe.finetune.method == "lora") {
+    source.lora = loop::LoraOptionsFrom(recipe.finetune.lora);
+    FULCRUM_RETURN_IF_ERROR(lora::ApplyLora(*source.built.model, source.lora).status());
+    source.has_adapter = true;
+  }
+  source.base_path = recipe.model.path;
+  torch::NoGradGuard no_grad;
+  auto params = source.built.model->named_parameters();
+  for (const auto& [name, tensor] : loaded.model) {
+    torch::Tensor* param = params.find(name);
+    if (param == nullptr || param->sizes() != tensor.sizes()) {
+      return absl::DataLossError(absl::StrCat(dir, "/model.safetensors: tensor ", name,
+                                              " does not fit the model its recipe builds"));
+    }
+    param->copy_(tensor);
+  }
+  return source;
+}
+
+absl::StatusOr<ExportSource> LoadSource(const std::string& checkpoint_path,
+                                        const std::string& adapter) {
+  if (!fs::exists(checkpoint_path)) {
+    return absl::NotFoundError(absl::StrCat("--checkpoint: ", checkpoint_path, ": no such path"));
+  }
+  if (checkpoint::IsTrainCheckpoint(checkpoint_path) ||
+      fs::is_regular_file(fs::path(checkpoint_path) / "latest")) {
+    if (!adapter.empty()) {
+      return absl::InvalidArgumentError("--adapter applies to an HF model directory, not to a "
+                                        "training checkpoint");
+    }
+    FULCRUM_ASSIGN_OR_RETURN(const std::string dir,
+                             checkpoint::ResolveCheckpoint(checkpoint_path, checkpoint_path));
+    return LoadFromTrainCheckpoint(dir);
+  }
+  ExportSource source;
+  loop::ModelRequest request;
+  request.path = checkpoint_path;
+  FULCRUM_ASSIGN_OR_RETURN(source.built, loop::BuildModel(request));
+  source.base_path = checkpoint_path;
+  if (!adapter.empty()) {
+    FULCRUM_ASSIGN_OR_RETURN(source.lora, lora::LoadPeftAdapter(*source.built.model, adapter));
+    source.has_adapter = true;
+  }
+  return source;
+}
+
+}  // namespace
+
+absl::Status RunExport(const Args& args, const parallel::World& world) {
+  FlagSpec spec;
+  spec.valued = {"checkpoint", "format", "out", "adapter", "dtype", "max-shard-size"};
+  spec.required = {"checkpoint", "format", "out"};
+  FULCRUM_ASSIGN_OR_RETURN(const ParsedFlags flags, ParseFlags("export", args, spec));
+  const std::string format = flags.Get("format");
+  if (format != "hf" && format != "merged" && format != "peft") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("fulcrum export: --format: '", format, "' is not one of hf, merged, peft"));
+  }
+  checkpoint::HfExportOptions options;
+  FULCRUM_ASSIGN_OR_RETURN(options.dtype, checkpoint::ParseExportDtype(flags.Get("dtype")));
+  if (!flags.Get("max-shard-size").empty() &&
+      (!absl::SimpleAtoi(flags.Get("max-shard-size"), &options.max_shard_bytes) ||
+       options.max_shard_bytes <= 0)) {
+    return absl::InvalidArgumentError("fulcrum export: --max-shard-size: expected bytes > 0");
+  }
+  options.out_dir = flags.Get("out");
+  FULCRUM_ASSIGN_OR_RETURN(ExportSource source,
+                           LoadSource(flags.Get("checkpoint"), flags.Get("adapter")));
+  options.source_dir = source.built.source_dir;
+  if (!world.is_root()) return absl::OkStatus();
+
+  if (format == "peft") {
+    if (!source.has_adapter) {
+      return absl::InvalidArgumentError(
+          "fulcrum export --format peft: the checkpoint has no LoRA adapter (full fine-tune: use hf)");
+    }
+    FULCRUM_ASSIGN_OR_RETURN(const std::string staged, MakeStagingDirectory(options.out_dir));
+    FULCRUM_RETURN_IF_ERROR(
+        lora::WritePeftAdapter(*source.built.model, source.lora, source.base_path, staged));
+    return PublishDirectory(staged, options.out_dir);
+  }
+  if (format == "hf" && source.has_adapter) {
+    return absl::InvalidArgumentError(
+        "fulcrum export --format hf: the model has LoRA adapters; use --format merged (folded into "
+        "the weights) or --format peft (the adapter alone)");
+  }
+  if (source.has_adapter) lora::MergeLora(*source.built.model);
+  return checkpoint::ExportHfModel(models::HfStateDict(*source.built.model),
+                                   source.built.config.raw, options);
+}
+
+}  // namespace fulcrum::cli

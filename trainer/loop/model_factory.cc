@@ -1,0 +1,50 @@
+#include "trainer/loop/model_factory.h"
+
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+#include "trainer/checkpoint/hf_weights.h"
+
+namespace fulcrum::loop {
+namespace fs = std::filesystem;
+
+absl::StatusOr<BuiltModel> BuildModel(const ModelRequest& request) {
+  BuiltModel built;
+  const bool from_dir = !request.path.empty();
+  std::error_code ec;
+  if (from_dir && !fs::is_directory(request.path, ec)) {
+    return absl::NotFoundError(
+        absl::StrCat("model.path: ", request.path, ": no such model directory"));
+  }
+  const std::string config_path =
+      from_dir ? (fs::path(request.path) / "config.json").string() : request.config;
+  FULCRUM_ASSIGN_OR_RETURN(built.config, models::LoadModelConfig(config_path));
+  const auto options = torch::TensorOptions().dtype(request.dtype).device(request.device);
+  built.model = models::CausalLM(built.config, options);
+  if (from_dir) {
+    FULCRUM_ASSIGN_OR_RETURN(const checkpoint::HfWeights weights,
+                             checkpoint::HfWeights::Open(request.path));
+    FULCRUM_RETURN_IF_ERROR(models::LoadHfWeights(*built.model, weights));
+    built.source_dir = request.path;
+  } else {
+    models::InitializeWeights(*built.model, request.seed);
+  }
+  return built;
+}
+
+torch::ScalarType ParamDtype(const recipe::PrecisionSection& precision) {
+  return precision.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat;
+}
+
+lora::LoraOptions LoraOptionsFrom(const recipe::LoraSection& section) {
+  lora::LoraOptions options;
+  options.spec.rank = section.rank;
+  options.spec.alpha = section.alpha;
+  options.spec.dropout = section.dropout;
+  options.spec.rslora = section.rslora;
+  options.targets = section.targets;
+  return options;
+}
+
+}  // namespace fulcrum::loop

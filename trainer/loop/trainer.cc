@@ -1,0 +1,277 @@
+#include "trainer/loop/trainer.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <chrono>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "core/check.h"
+#include "core/status.h"
+#include "data/dataset/pretokenized_dataset.h"
+#include "parallel/data_parallel/gradient_all_reduce.h"
+#include "trainer/checkpoint/train_checkpoint.h"
+#include "trainer/lora/apply_lora.h"
+#include "trainer/metrics/memory.h"
+#include "trainer/models/loss.h"
+#include "trainer/optim/grad_clip.h"
+#include "trainer/optim/lr_schedule.h"
+
+namespace fulcrum::loop {
+namespace {
+
+constexpr char kCpuGeneratorKey[] = "torch.cpu_generator";
+
+optim::ScheduleOptions ScheduleFrom(const recipe::ScheduleSection& section) {
+  optim::ScheduleOptions options;
+  options.type = section.type;
+  options.warmup_steps = section.warmup_steps;
+  options.min_lr_ratio = section.min_lr_ratio;
+  return options;
+}
+
+optim::AdamWOptions AdamWFrom(const recipe::OptimSection& section) {
+  optim::AdamWOptions options;
+  options.beta1 = section.beta1;
+  options.beta2 = section.beta2;
+  options.eps = section.eps;
+  options.weight_decay = section.weight_decay;
+  return options;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const recipe::Recipe& recipe,
+                                                         const parallel::World& world,
+                                                         const parallel::Logger& logger) {
+  std::unique_ptr<Trainer> trainer(new Trainer(recipe, world, logger));
+  FULCRUM_ASSIGN_OR_RETURN(trainer->device_, world.DeviceFor(recipe.device));
+  FULCRUM_RETURN_IF_ERROR(trainer->BuildModelAndOptimizer());
+  FULCRUM_RETURN_IF_ERROR(trainer->BuildLoader());
+  FULCRUM_RETURN_IF_ERROR(trainer->Resume());
+  const metrics::FlopsModel flops_model = trainer->CountFlopsModel();
+  trainer->flops_per_token_ =
+      metrics::TrainingFlopsPerToken(flops_model, recipe.batch.seq_len);
+  trainer->peak_flops_ = recipe.logging.peak_flops > 0 ? recipe.logging.peak_flops
+                                                       : metrics::MeasureGemmFlops();
+  if (world.is_root() || recipe.logging.all_ranks) {
+    FULCRUM_ASSIGN_OR_RETURN(trainer->sink_,
+                             metrics::MetricsSink::Create(recipe.logging.metrics_file, logger,
+                                                          recipe.logging.every));
+  }
+  return trainer;
+}
+
+absl::Status Trainer::BuildModelAndOptimizer() {
+  // Same seed on every rank: random init and LoRA's A are identical across dp.
+  torch::manual_seed(recipe_.seed);
+  ModelRequest request;
+  request.path = recipe_.model.path;
+  request.config = recipe_.model.config;
+  request.dtype = ParamDtype(recipe_.precision);
+  request.device = device_;
+  request.seed = static_cast<uint64_t>(recipe_.seed);
+  FULCRUM_ASSIGN_OR_RETURN(built_, BuildModel(request));
+  FULCRUM_RETURN_IF_ERROR(models::CheckSequenceLength(built_.config, recipe_.batch.seq_len));
+  if (recipe_.finetune.method == "lora") {
+    FULCRUM_ASSIGN_OR_RETURN(const int64_t adapted,
+                             lora::ApplyLora(*built_.model, LoraOptionsFrom(recipe_.finetune.lora)));
+    logger_.Info("LoRA: ", adapted, " adapted linear layers, rank ", recipe_.finetune.lora.rank);
+  }
+  // Dropout streams differ per rank; everything above is already fixed.
+  torch::manual_seed(recipe_.seed + 1 + world_.rank());
+  std::vector<optim::NamedParameter> params =
+      optim::TrainableParameters(*built_.model, recipe_.optim.decay_norms_and_biases);
+  int64_t trainable = 0;
+  for (const auto& p : params) {
+    trainable_.push_back(p.param);
+    trainable += p.param.numel();
+  }
+  int64_t total = 0;
+  for (const auto& p : built_.model->parameters()) total += p.numel();
+  logger_.Info(absl::StrFormat("model %s: %d parameters, %d trainable (%.2f%%)",
+                               built_.config.architecture, total, trainable,
+                               100.0 * static_cast<double>(trainable) / std::max<int64_t>(1, total)));
+  optimizer_ = std::make_unique<optim::AdamW>(std::move(params), AdamWFrom(recipe_.optim));
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::BuildLoader() {
+  FULCRUM_ASSIGN_OR_RETURN(std::vector<data::Sample> samples,
+                           data::LoadPretokenizedJsonl(recipe_.data.path));
+  FULCRUM_RETURN_IF_ERROR(
+      data::CheckVocabulary(samples, built_.config.vocab_size, recipe_.data.path));
+  data::LoaderOptions options;
+  options.global_batch = recipe_.batch.global_batch;
+  options.micro_batch = recipe_.batch.micro_batch;
+  options.seq_len = recipe_.batch.seq_len;
+  options.shuffle = recipe_.data.shuffle;
+  options.pack = recipe_.data.pack;
+  options.seed = static_cast<uint64_t>(recipe_.seed);
+  options.dp_rank = world_.rank();
+  options.dp_size = world_.size();
+  FULCRUM_ASSIGN_OR_RETURN(data::DataLoader loader,
+                           data::DataLoader::Create(std::move(samples), options));
+  loader_ = std::make_unique<data::DataLoader>(std::move(loader));
+  logger_.Info("data: ", recipe_.data.path, ": ", loader_->rows_per_epoch(), " rows of ",
+               recipe_.batch.seq_len, " tokens per epoch");
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::Resume() {
+  if (recipe_.checkpoint.resume.empty()) return absl::OkStatus();
+  FULCRUM_ASSIGN_OR_RETURN(const std::string dir,
+                           checkpoint::ResolveCheckpoint(recipe_.checkpoint.dir,
+                                                         recipe_.checkpoint.resume));
+  FULCRUM_ASSIGN_OR_RETURN(checkpoint::LoadedTrainCheckpoint loaded,
+                           checkpoint::LoadTrainCheckpoint(dir));
+  {
+    torch::NoGradGuard no_grad;
+    for (const auto& p : optimizer_->parameters()) {
+      auto it = loaded.model.find(p.name);
+      if (it == loaded.model.end()) {
+        return absl::DataLossError(absl::StrCat(dir, "/model.safetensors: missing tensor ",
+                                                p.name, " (was the run's finetune section changed?)"));
+      }
+      if (it->second.sizes() != p.param.sizes()) {
+        return absl::DataLossError(absl::StrCat(dir, "/model.safetensors: ", p.name, " has shape ",
+                                                c10::str(it->second.sizes()), ", the model needs ",
+                                                c10::str(p.param.sizes())));
+      }
+      p.param.copy_(it->second);
+    }
+  }
+  FULCRUM_RETURN_IF_ERROR(
+      Annotate(optimizer_->LoadStateDict(loaded.optimizer), dir + "/optimizer.safetensors"));
+  auto rng = loaded.rng.find(absl::StrCat(kCpuGeneratorKey, ".", world_.rank()));
+  if (rng != loaded.rng.end()) {
+    at::Generator generator = at::detail::getDefaultCPUGenerator();
+    generator.set_state(rng->second);
+  }
+  loader_->SetStep(loaded.data_step);
+  start_step_ = loaded.step;
+  logger_.Info("resumed from ", dir, " at step ", start_step_);
+  return absl::OkStatus();
+}
+
+metrics::FlopsModel Trainer::CountFlopsModel() {
+  metrics::FlopsModel model;
+  const models::ModelConfig& config = built_.config;
+  for (const auto& item : built_.model->named_parameters()) {
+    const torch::Tensor& p = item.value();
+    if (p.dim() != 2) continue;
+    // The embedding lookup is no matmul; a tied embedding is the lm_head's.
+    if (item.key() == "model.embed_tokens.weight" && !config.tie_word_embeddings) continue;
+    (p.requires_grad() ? model.trainable_matmul_params : model.frozen_matmul_params) += p.numel();
+  }
+  model.num_layers = config.num_layers;
+  model.num_heads = config.num_heads;
+  model.head_dim = config.head_dim;
+  return model;
+}
+
+metrics::StepMetrics Trainer::Step(int64_t step_index) {
+  const auto start = std::chrono::steady_clock::now();
+  built_.model->train();
+  const data::StepBatch batch = loader_->Next();
+  const double denominator = static_cast<double>(std::max<int64_t>(1, batch.global_num_targets));
+  torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat).device(device_));
+  for (const data::MicroBatch& micro : batch.micro_batches) {
+    models::ForwardInputs inputs;
+    inputs.input_ids = micro.input_ids.to(device_);
+    inputs.attention_mask = micro.attention_mask.to(device_);
+    inputs.position_ids = micro.position_ids.to(device_);
+    inputs.document_ids = micro.document_ids.to(device_);
+    const torch::Tensor logits = built_.model->forward(inputs);
+    const torch::Tensor micro_loss = models::CrossEntropySum(logits, micro.labels.to(device_));
+    (micro_loss / denominator).backward();
+    loss_sum += micro_loss.detach();
+  }
+  std::vector<torch::Tensor> grads;
+  for (const torch::Tensor& p : trainable_) {
+    if (p.grad().defined()) grads.push_back(p.grad());
+  }
+  if (world_.size() > 1) parallel::AllReduceGradients(grads, world_.comm());
+  const torch::Tensor grad_norm = optim::ClipGradNorm(trainable_, recipe_.optim.grad_clip);
+  const double lr = optim::LearningRate(ScheduleFrom(recipe_.schedule), recipe_.optim.lr,
+                                        step_index, recipe_.train.steps);
+  optimizer_->Step(lr);
+  optimizer_->ZeroGrad();
+
+  // The step's one host synchronisation: loss and norm for the logs.
+  double loss = loss_sum.item<double>();
+  if (world_.size() > 1) loss = parallel::AllReduceSum(loss, world_.comm());
+  const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
+
+  metrics::StepMetrics m;
+  m.step = step_index + 1;
+  m.total_steps = recipe_.train.steps;
+  m.loss = loss / denominator;
+  m.lr = lr;
+  m.grad_norm = grad_norm.item<double>();
+  m.tokens = recipe_.batch.global_batch * recipe_.batch.seq_len;
+  m.step_seconds = elapsed.count();
+  m.tokens_per_second = static_cast<double>(m.tokens) / m.step_seconds;
+  m.tokens_per_second_per_rank = m.tokens_per_second / world_.size();
+  m.flops_per_second_per_rank = m.tokens_per_second_per_rank * flops_per_token_;
+  m.peak_flops_per_rank = peak_flops_;
+  m.mfu = peak_flops_ > 0 ? m.flops_per_second_per_rank / peak_flops_ : 0.0;
+  const metrics::MemoryUsage memory = metrics::CurrentMemoryUsage();
+  m.rss_bytes = memory.rss_bytes;
+  m.peak_rss_bytes = memory.peak_rss_bytes;
+  return m;
+}
+
+absl::StatusOr<std::string> Trainer::SaveCheckpoint(int64_t completed_steps) {
+  checkpoint::TrainCheckpoint ckpt;
+  ckpt.step = completed_steps;
+  ckpt.data_step = loader_->step();
+  ckpt.world_size = world_.size();
+  ckpt.recipe_yaml = recipe::RecipeToYaml(recipe_);
+  for (const auto& p : optimizer_->parameters()) ckpt.model.push_back({p.name, p.param.detach()});
+  ckpt.optimizer = optimizer_->StateDict();
+  // Every rank's generator state, gathered so that rank r resumes its own.
+  const torch::Tensor state = at::detail::getDefaultCPUGenerator().get_state();
+  torch::Tensor all = torch::empty({world_.size(), state.numel()}, state.options());
+  FULCRUM_CHECK(state.is_contiguous() && state.scalar_type() == torch::kByte);
+  MPI_Allgather(state.data_ptr(), static_cast<int>(state.numel()), MPI_BYTE, all.data_ptr(),
+                static_cast<int>(state.numel()), MPI_BYTE, world_.comm());
+  for (int r = 0; r < world_.size(); ++r) {
+    ckpt.rng.push_back({absl::StrCat(kCpuGeneratorKey, ".", r), all[r].clone()});
+  }
+  absl::StatusOr<std::string> dir = std::string();
+  if (world_.is_root()) {
+    dir = checkpoint::SaveTrainCheckpoint(recipe_.checkpoint.dir, ckpt,
+                                          recipe_.checkpoint.keep_last);
+  }
+  FULCRUM_RETURN_IF_ERROR(world_.AgreeOn(dir.status()));
+  if (world_.is_root()) logger_.Info("checkpoint: ", *dir);
+  return dir;
+}
+
+absl::StatusOr<TrainingSummary> Trainer::Run() {
+  TrainingSummary summary;
+  summary.first_step = start_step_;
+  const int64_t total = recipe_.train.steps;
+  const int64_t every = recipe_.checkpoint.every;
+  logger_.Info(absl::StrFormat("training steps %d..%d of %d: global batch %d x %d tokens, %d "
+                               "micro-batches of %d per rank, %d rank(s)",
+                               start_step_ + 1, total, total, recipe_.batch.global_batch,
+                               recipe_.batch.seq_len,
+                               recipe::GradAccumulationSteps(recipe_.batch, world_.size()),
+                               recipe_.batch.micro_batch, world_.size()));
+  for (int64_t step = start_step_; step < total; ++step) {
+    const metrics::StepMetrics m = Step(step);
+    summary.losses.push_back(m.loss);
+    summary.last_step = m.step;
+    if (sink_) sink_->Record(m);
+    const bool due = every > 0 ? m.step % every == 0 : false;
+    if (!recipe_.checkpoint.dir.empty() && (due || m.step == total)) {
+      FULCRUM_ASSIGN_OR_RETURN(summary.last_checkpoint, SaveCheckpoint(m.step));
+    }
+  }
+  return summary;
+}
+
+}  // namespace fulcrum::loop

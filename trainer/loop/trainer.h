@@ -1,0 +1,71 @@
+// Trainer: the training loop of `fulcrum train`.
+//
+// One step: the loader yields this rank's micro-batches; each runs forward and
+// backward with its loss summed over target tokens and divided by the target
+// count of the whole global batch, so that accumulated and dp-summed gradients
+// are exactly the gradient of the global mean loss (what one rank running the
+// whole batch computes). Then gradients are summed over dp, clipped by their
+// global norm, and AdamW steps with the scheduled learning rate.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "data/dataset/loader.h"
+#include "parallel/runtime/logger.h"
+#include "parallel/runtime/world.h"
+#include "trainer/loop/model_factory.h"
+#include "trainer/metrics/flops.h"
+#include "trainer/metrics/step_metrics.h"
+#include "trainer/optim/adamw.h"
+#include "trainer/recipe/recipe.h"
+
+namespace fulcrum::loop {
+
+struct TrainingSummary {
+  int64_t first_step = 0;  // steps already done when this run started (resume)
+  int64_t last_step = 0;
+  std::vector<double> losses;  // one per step run here
+  std::string last_checkpoint;
+};
+
+class Trainer {
+ public:
+  // Builds the model, optimizer and loader for this rank; restores the state
+  // named by checkpoint.resume.
+  static absl::StatusOr<std::unique_ptr<Trainer>> Create(const recipe::Recipe& recipe,
+                                                         const parallel::World& world,
+                                                         const parallel::Logger& logger);
+  absl::StatusOr<TrainingSummary> Run();
+
+ private:
+  Trainer(const recipe::Recipe& recipe, const parallel::World& world,
+          const parallel::Logger& logger)
+      : recipe_(recipe), world_(world), logger_(logger) {}
+
+  absl::Status BuildModelAndOptimizer();
+  absl::Status BuildLoader();
+  absl::Status Resume();
+  // Runs one optimizer step; returns its metrics.
+  metrics::StepMetrics Step(int64_t step_index);
+  absl::StatusOr<std::string> SaveCheckpoint(int64_t completed_steps);
+  metrics::FlopsModel CountFlopsModel();
+
+  recipe::Recipe recipe_;
+  const parallel::World& world_;
+  const parallel::Logger& logger_;
+  torch::Device device_ = torch::kCPU;
+  BuiltModel built_;
+  std::unique_ptr<optim::AdamW> optimizer_;
+  std::vector<torch::Tensor> trainable_;
+  std::unique_ptr<data::DataLoader> loader_;
+  std::unique_ptr<metrics::MetricsSink> sink_;
+  int64_t start_step_ = 0;
+  double flops_per_token_ = 0.0;
+  double peak_flops_ = 0.0;
+};
+
+}  // namespace fulcrum::loop

@@ -1,0 +1,30 @@
+// FLOPs per trained token, from the model config.
+//
+// Full fine-tuning: 6 FLOPs per matmul weight per token (forward 2, backward
+// 2 for the input gradient and 2 for the weight gradient) plus attention's
+// score and value matmuls, 6 * 2 * T * head_dim * heads per layer per token
+// (causal masking is not subtracted, as in PaLM's MFU accounting).
+// LoRA: the frozen weights cost 4 per token (no weight gradient), the
+// adapters 6 per adapter weight; attention is the same as full.
+// The embedding lookup is not a matmul and is not counted; lm_head is.
+#pragma once
+
+#include <cstdint>
+
+namespace fulcrum::metrics {
+
+struct FlopsModel {
+  int64_t frozen_matmul_params = 0;     // weights that get no gradient
+  int64_t trainable_matmul_params = 0;  // weights that get a gradient
+  int64_t num_layers = 0;
+  int64_t num_heads = 0;
+  int64_t head_dim = 0;
+};
+
+// Training FLOPs for one token in a sequence of length seq_len.
+double TrainingFlopsPerToken(const FlopsModel& model, int64_t seq_len);
+
+// Measured peak of this process: torch::mm of two n x n fp32 matrices.
+double MeasureGemmFlops(int64_t n = 2048, int repeats = 3);
+
+}  // namespace fulcrum::metrics

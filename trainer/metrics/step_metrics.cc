@@ -1,0 +1,71 @@
+#include "trainer/metrics/step_metrics.h"
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace fulcrum::metrics {
+namespace {
+
+std::string FormatDuration(double seconds) {
+  const int64_t s = static_cast<int64_t>(seconds + 0.5);
+  if (s >= 3600) return absl::StrFormat("%dh%02dm", s / 3600, (s / 60) % 60);
+  if (s >= 60) return absl::StrFormat("%dm%02ds", s / 60, s % 60);
+  return absl::StrFormat("%ds", s);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<MetricsSink>> MetricsSink::Create(const std::string& jsonl_path,
+                                                                 const parallel::Logger& logger,
+                                                                 int64_t console_every) {
+  std::unique_ptr<MetricsSink> sink(new MetricsSink(logger, std::max<int64_t>(1, console_every)));
+  if (!jsonl_path.empty()) {
+    const std::filesystem::path path(jsonl_path);
+    std::error_code ec;
+    if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path(), ec);
+    sink->jsonl_.open(jsonl_path, std::ios::out | std::ios::app);
+    if (!sink->jsonl_) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("logging.metrics_file: cannot open ", jsonl_path, " for writing"));
+    }
+  }
+  return sink;
+}
+
+void MetricsSink::Record(const StepMetrics& m) {
+  elapsed_seconds_ += m.step_seconds;
+  ++recorded_;
+  if (jsonl_.is_open()) {
+    const nlohmann::json line = {
+        {"step", m.step},
+        {"loss", m.loss},
+        {"lr", m.lr},
+        {"grad_norm", m.grad_norm},
+        {"tokens", m.tokens},
+        {"step_seconds", m.step_seconds},
+        {"tokens_per_second", m.tokens_per_second},
+        {"tokens_per_second_per_rank", m.tokens_per_second_per_rank},
+        {"flops_per_second_per_rank", m.flops_per_second_per_rank},
+        {"peak_flops_per_rank", m.peak_flops_per_rank},
+        {"mfu", m.mfu},
+        {"rss_bytes", m.rss_bytes},
+        {"peak_rss_bytes", m.peak_rss_bytes},
+    };
+    jsonl_ << line.dump() << "\n";
+    jsonl_.flush();
+  }
+  if (m.step % console_every_ != 0 && m.step != m.total_steps) return;
+  const double eta = elapsed_seconds_ / recorded_ * static_cast<double>(m.total_steps - m.step);
+  logger_.Info(absl::StrFormat(
+      "step %d/%d | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s | %.2f GFLOP/s/rank "
+      "(MFU %.1f%%) | rss %.0f MiB | eta %s",
+      m.step, m.total_steps, m.loss, m.lr, m.grad_norm, m.tokens_per_second,
+      m.flops_per_second_per_rank / 1e9, 100.0 * m.mfu, m.rss_bytes / 1048576.0,
+      FormatDuration(eta)));
+}
+
+}  // namespace fulcrum::metrics

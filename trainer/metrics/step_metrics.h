@@ -1,0 +1,51 @@
+// What one optimizer step reports, and where it goes: the console (rank 0,
+// progress with step/total and ETA) and a JSONL file (one object per step).
+#pragma once
+
+#include <cstdint>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "parallel/runtime/logger.h"
+
+namespace fulcrum::metrics {
+
+struct StepMetrics {
+  int64_t step = 0;         // 1-based index of the finished optimizer step
+  int64_t total_steps = 0;
+  double loss = 0.0;        // global mean over the step's target tokens
+  double lr = 0.0;
+  double grad_norm = 0.0;   // before clipping
+  int64_t tokens = 0;       // tokens processed by all ranks in this step
+  double step_seconds = 0.0;
+  double tokens_per_second = 0.0;           // all ranks
+  double tokens_per_second_per_rank = 0.0;
+  double flops_per_second_per_rank = 0.0;   // achieved, model FLOPs
+  double peak_flops_per_rank = 0.0;
+  double mfu = 0.0;                         // achieved / peak
+  int64_t rss_bytes = 0;
+  int64_t peak_rss_bytes = 0;
+};
+
+class MetricsSink {
+ public:
+  // jsonl_path "" = console only. Only the rank that logs should create it.
+  static absl::StatusOr<std::unique_ptr<MetricsSink>> Create(const std::string& jsonl_path,
+                                                             const parallel::Logger& logger,
+                                                             int64_t console_every);
+  void Record(const StepMetrics& metrics);
+
+ private:
+  MetricsSink(const parallel::Logger& logger, int64_t console_every)
+      : logger_(logger), console_every_(console_every) {}
+
+  const parallel::Logger& logger_;
+  int64_t console_every_;
+  std::ofstream jsonl_;
+  double elapsed_seconds_ = 0.0;
+  int64_t recorded_ = 0;
+};
+
+}  // namespace fulcrum::metrics
