@@ -12,10 +12,10 @@ namespace fulcrum::internal {
 }  // namespace fulcrum::internal
 
 // Usage: FULCRUM_CHECK(n % tp == 0, "n=", n, " tp=", tp);
-#define FULCRUM_CHECK(condition, ...)                                       \
-  do {                                                                      \
-    if (!(condition)) {                                                     \
-      ::fulcrum::internal::CheckFailed(__FILE__, __LINE__, #condition,      \
-                                       ::absl::StrCat(__VA_ARGS__)); \
-    }                                                                       \
+#define FULCRUM_CHECK(condition, ...)                                  \
+  do {                                                                 \
+    if (!(condition)) {                                                \
+      ::fulcrum::internal::CheckFailed(__FILE__, __LINE__, #condition, \
+                                       ::absl::StrCat(__VA_ARGS__));   \
+    }                                                                  \
   } while (0)

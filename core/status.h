@@ -10,15 +10,14 @@
 #define FULCRUM_CONCAT_INNER_(a, b) a##b
 #define FULCRUM_CONCAT_(a, b) FULCRUM_CONCAT_INNER_(a, b)
 
-#define FULCRUM_RETURN_IF_ERROR(expr)                   \
-  do {                                                  \
-    ::absl::Status fulcrum_status_ = (expr);            \
-    if (!fulcrum_status_.ok()) return fulcrum_status_;  \
+#define FULCRUM_RETURN_IF_ERROR(expr)                  \
+  do {                                                 \
+    ::absl::Status fulcrum_status_ = (expr);           \
+    if (!fulcrum_status_.ok()) return fulcrum_status_; \
   } while (0)
 
-#define FULCRUM_ASSIGN_OR_RETURN(lhs, expr)                                  \
-  FULCRUM_ASSIGN_OR_RETURN_IMPL_(FULCRUM_CONCAT_(fulcrum_statusor_, __LINE__), \
-                                 lhs, expr)
+#define FULCRUM_ASSIGN_OR_RETURN(lhs, expr) \
+  FULCRUM_ASSIGN_OR_RETURN_IMPL_(FULCRUM_CONCAT_(fulcrum_statusor_, __LINE__), lhs, expr)
 
 #define FULCRUM_ASSIGN_OR_RETURN_IMPL_(var, lhs, expr) \
   auto var = (expr);                                   \

@@ -14,9 +14,9 @@ namespace {
 
 absl::Status ValidateOptions(const LoaderOptions& o) {
   if (o.global_batch <= 0 || o.micro_batch <= 0 || o.dp_size <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "global_batch (", o.global_batch, "), micro_batch (", o.micro_batch, ") and dp_size (",
-        o.dp_size, ") must be positive"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("global_batch (", o.global_batch, "), micro_batch (", o.micro_batch,
+                     ") and dp_size (", o.dp_size, ") must be positive"));
   }
   if (o.seq_len < 2) {
     return absl::InvalidArgumentError(
@@ -27,9 +27,9 @@ absl::Status ValidateOptions(const LoaderOptions& o) {
         absl::StrCat("dp_rank ", o.dp_rank, " is outside [0, dp_size ", o.dp_size, ")"));
   }
   if (o.global_batch % (o.micro_batch * o.dp_size) != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "global_batch (", o.global_batch, ") must be divisible by micro_batch (", o.micro_batch,
-        ") x dp_size (", o.dp_size, ") = ", o.micro_batch * o.dp_size));
+    return absl::InvalidArgumentError(
+        absl::StrCat("global_batch (", o.global_batch, ") must be divisible by micro_batch (",
+                     o.micro_batch, ") x dp_size (", o.dp_size, ") = ", o.micro_batch * o.dp_size));
   }
   return absl::OkStatus();
 }
@@ -38,13 +38,13 @@ absl::Status ValidateSamples(const std::vector<Sample>& samples) {
   if (samples.empty()) return absl::InvalidArgumentError("no samples");
   for (size_t i = 0; i < samples.size(); ++i) {
     if (samples[i].input_ids.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("sample ", i, " (line ", samples[i].line,
-                                                     ") is empty"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("sample ", i, " (line ", samples[i].line, ") is empty"));
     }
     if (samples[i].labels.size() != samples[i].input_ids.size()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "sample ", i, " (line ", samples[i].line, ") has ", samples[i].labels.size(),
-          " labels for ", samples[i].input_ids.size(), " input_ids"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("sample ", i, " (line ", samples[i].line, ") has ", samples[i].labels.size(),
+                       " labels for ", samples[i].input_ids.size(), " input_ids"));
     }
   }
   return absl::OkStatus();
@@ -66,8 +66,8 @@ struct MicroBatchWriter {
         &row.input_ids, &row.labels, &row.attention_mask, &row.position_ids, &row.document_ids};
     const std::vector<torch::Tensor*> fields = Fields();
     for (size_t f = 0; f < fields.size(); ++f) {
-      FULCRUM_CHECK(static_cast<int64_t>(sources[f]->size()) == seq_len, "row field ", f,
-                    " has ", sources[f]->size(), " entries, seq_len ", seq_len);
+      FULCRUM_CHECK(static_cast<int64_t>(sources[f]->size()) == seq_len, "row field ", f, " has ",
+                    sources[f]->size(), " entries, seq_len ", seq_len);
       std::copy(sources[f]->begin(), sources[f]->end(),
                 fields[f]->data_ptr<int64_t>() + index * seq_len);
     }

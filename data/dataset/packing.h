@@ -40,9 +40,9 @@ inline constexpr int64_t kPadDocumentId = -1;
 
 // One training row: each vector has exactly seq_len entries.
 struct Row {
-  std::vector<int64_t> input_ids;       // [seq_len], pad id 0
-  std::vector<int64_t> labels;          // [seq_len], -100 on padding and on the first token of every
-                                        // document after the first in a packed row
+  std::vector<int64_t> input_ids;  // [seq_len], pad id 0
+  std::vector<int64_t> labels;     // [seq_len], -100 on padding and on the first token of every
+                                   // document after the first in a packed row
   std::vector<int64_t> attention_mask;  // [seq_len], 1 real token, 0 padding
   std::vector<int64_t> position_ids;    // [seq_len], restart at 0 for each document; 0 on padding
   std::vector<int64_t> document_ids;    // [seq_len], 0, 1, 2... per document in the row; padding -1

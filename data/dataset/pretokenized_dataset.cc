@@ -73,8 +73,8 @@ absl::StatusOr<Sample> ParseSample(absl::string_view line) {
     }
     for (size_t i = 0; i < sample.labels.size(); ++i) {
       if (sample.labels[i] < 0 && sample.labels[i] != kIgnoreIndex) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "labels[", i, "] = ", sample.labels[i], " is negative and not ", kIgnoreIndex));
+        return absl::InvalidArgumentError(absl::StrCat("labels[", i, "] = ", sample.labels[i],
+                                                       " is negative and not ", kIgnoreIndex));
       }
     }
   } else {
@@ -88,9 +88,8 @@ absl::Status CheckIds(const std::vector<int64_t>& ids, absl::string_view key, in
   for (size_t i = 0; i < ids.size(); ++i) {
     if (allow_ignore && ids[i] == kIgnoreIndex) continue;
     if (ids[i] < 0 || ids[i] >= vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat(key, "[", i, "] = ", ids[i],
-                                                     " is out of range for vocab_size ",
-                                                     vocab_size));
+      return absl::InvalidArgumentError(absl::StrCat(
+          key, "[", i, "] = ", ids[i], " is out of range for vocab_size ", vocab_size));
     }
   }
   return absl::OkStatus();
@@ -130,8 +129,7 @@ absl::Status CheckVocabulary(const std::vector<Sample>& samples, int64_t vocab_s
                                               : absl::StrCat(source, ": sample ", s);
     FULCRUM_RETURN_IF_ERROR(
         Annotate(CheckIds(sample.input_ids, "input_ids", vocab_size, false), where));
-    FULCRUM_RETURN_IF_ERROR(
-        Annotate(CheckIds(sample.labels, "labels", vocab_size, true), where));
+    FULCRUM_RETURN_IF_ERROR(Annotate(CheckIds(sample.labels, "labels", vocab_size, true), where));
   }
   return absl::OkStatus();
 }

@@ -16,9 +16,9 @@ inline std::string MpiErrorString(int code) {
 }
 }  // namespace fulcrum::parallel
 
-#define FULCRUM_MPI_CHECK(call)                                               \
-  do {                                                                        \
-    int fulcrum_mpi_rc_ = (call);                                             \
-    FULCRUM_CHECK(fulcrum_mpi_rc_ == MPI_SUCCESS, #call, " failed: ",         \
-                  ::fulcrum::parallel::MpiErrorString(fulcrum_mpi_rc_));      \
+#define FULCRUM_MPI_CHECK(call)                                                       \
+  do {                                                                                \
+    int fulcrum_mpi_rc_ = (call);                                                     \
+    FULCRUM_CHECK(fulcrum_mpi_rc_ == MPI_SUCCESS, #call,                              \
+                  " failed: ", ::fulcrum::parallel::MpiErrorString(fulcrum_mpi_rc_)); \
   } while (0)

@@ -10,7 +10,8 @@
 namespace fulcrum::parallel {
 
 inline std::string MpirunCommand(int ranks) {
-  return absl::StrCat("mpirun --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 -np ", ranks);
+  return absl::StrCat(
+      "mpirun --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 -np ", ranks);
 }
 
 }  // namespace fulcrum::parallel

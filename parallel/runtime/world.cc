@@ -50,8 +50,8 @@ absl::StatusOr<torch::Device> World::DeviceFor(const std::string& kind) const {
     const int count = static_cast<int>(torch::cuda::device_count());
     return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(local_rank_ % count));
   }
-  return absl::InvalidArgumentError(absl::StrCat("device: unknown device '", kind,
-                                                 "' (expected cpu or cuda)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("device: unknown device '", kind, "' (expected cpu or cuda)"));
 }
 
 void World::Barrier() const { FULCRUM_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD)); }

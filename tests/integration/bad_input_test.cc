@@ -47,7 +47,8 @@ TEST_F(BadInputTest, WrongType) {
 }
 
 TEST_F(BadInputTest, MissingModelDirectory) {
-  ExpectError("train " + dir_ + "/r.yaml model.path=" + dir_ + "/nowhere", {"model.path", "nowhere"});
+  ExpectError("train " + dir_ + "/r.yaml model.path=" + dir_ + "/nowhere",
+              {"model.path", "nowhere"});
   ExpectError("validate " + dir_ + "/r.yaml model.path=" + dir_ + "/nowhere", {"nowhere"});
 }
 

@@ -1,9 +1,9 @@
 // End to end through the `fulcrum` binary: the score contract against the HF
 // fixtures, and export round trips (hf, merged, peft).
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <nlohmann/json.hpp>
 
 #include "tests/integration/fixture_compare.h"
 #include "tests/test_support.h"
@@ -23,8 +23,9 @@ class ScoreParityTest : public ::testing::TestWithParam<std::string> {};
 TEST_P(ScoreParityTest, LogitsLossAndGradsMatchTransformers) {
   const std::string family = GetParam();
   const std::string out = ScratchDir() + "/score.safetensors";
-  const CommandResult r = RunFulcrum("score --model " + Fixture(family, "model") + " --batch " +
-                                     FixturesDir() + "/batch.safetensors --out " + out + " --grads");
+  const CommandResult r =
+      RunFulcrum("score --model " + Fixture(family, "model") + " --batch " + FixturesDir() +
+                 "/batch.safetensors --out " + out + " --grads");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const Tensors expected = ReadTensors(Fixture(family, "expected.safetensors"));
   const Tensors got = ReadTensors(out);
@@ -43,10 +44,9 @@ TEST_P(ScoreParityTest, LogitsLossAndGradsMatchTransformers) {
 TEST_P(ScoreParityTest, PeftAdapterGivesLoraLogitsAndGrads) {
   const std::string family = GetParam();
   const std::string out = ScratchDir() + "/score.safetensors";
-  const CommandResult r =
-      RunFulcrum("score --model " + Fixture(family, "model") + " --adapter " +
-                 Fixture(family, "lora") + " --batch " + FixturesDir() +
-                 "/batch.safetensors --out " + out + " --grads");
+  const CommandResult r = RunFulcrum("score --model " + Fixture(family, "model") + " --adapter " +
+                                     Fixture(family, "lora") + " --batch " + FixturesDir() +
+                                     "/batch.safetensors --out " + out + " --grads");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const Tensors expected = ReadTensors(Fixture(family, "expected.safetensors"));
   const Tensors got = ReadTensors(out);
@@ -69,8 +69,8 @@ INSTANTIATE_TEST_SUITE_P(Families, ScoreParityTest,
 TEST(ExportTest, HfRoundTripIsBitExact) {
   for (const std::string family : {"llama", "llama_tied", "qwen2"}) {
     const std::string out = ScratchDir() + "/" + family;
-    const CommandResult r = RunFulcrum("export --checkpoint " + Fixture(family, "model") +
-                                       " --format hf --out " + out);
+    const CommandResult r =
+        RunFulcrum("export --checkpoint " + Fixture(family, "model") + " --format hf --out " + out);
     ASSERT_EQ(r.exit_code, 0) << r.output;
     const Tensors original = ReadTensors(Fixture(family, "model/model.safetensors"));
     const Tensors exported = ReadTensors(out + "/model.safetensors");
@@ -103,8 +103,9 @@ TEST(ExportTest, ShardedExportLoadsBack) {
 
 TEST(ExportTest, MergedFixtureAdapterGivesMergedLogits) {
   const std::string dir = ScratchDir();
-  CommandResult r = RunFulcrum("export --checkpoint " + Fixture("llama", "model") + " --adapter " +
-                               Fixture("llama", "lora") + " --format merged --out " + dir + "/merged");
+  CommandResult r =
+      RunFulcrum("export --checkpoint " + Fixture("llama", "model") + " --adapter " +
+                 Fixture("llama", "lora") + " --format merged --out " + dir + "/merged");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   r = RunFulcrum("score --model " + dir + "/merged --batch " + FixturesDir() +
                  "/batch.safetensors --out " + dir + "/score.safetensors");
@@ -122,7 +123,8 @@ TEST(ExportTest, PeftExportLoadsBackWithSameLogits) {
   const nlohmann::json config = nlohmann::json::parse(ReadFile(dir + "/peft/adapter_config.json"));
   EXPECT_EQ(config.at("peft_type"), "LORA");
   r = RunFulcrum("score --model " + Fixture("qwen2", "model") + " --adapter " + dir +
-                 "/peft --batch " + FixturesDir() + "/batch.safetensors --out " + dir + "/s.safetensors");
+                 "/peft --batch " + FixturesDir() + "/batch.safetensors --out " + dir +
+                 "/s.safetensors");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const Tensors expected = ReadTensors(Fixture("qwen2", "expected.safetensors"));
   ExpectLogitsClose(ReadTensors(dir + "/s.safetensors").at("logits"), expected.at("lora_logits"),
@@ -143,7 +145,8 @@ TEST(ExportTest, HfFormatRefusesAdapterAndBadFormat) {
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("--format merged"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(dir + "/x"));
-  r = RunFulcrum("export --checkpoint " + Fixture("llama", "model") + " --format gguf --out " + dir + "/y");
+  r = RunFulcrum("export --checkpoint " + Fixture("llama", "model") + " --format gguf --out " +
+                 dir + "/y");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("--format"), std::string::npos) << r.output;
 }

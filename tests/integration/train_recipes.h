@@ -2,11 +2,11 @@
 #pragma once
 
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -39,9 +39,11 @@ inline void WriteFixtureBatchJsonl(const std::map<std::string, torch::Tensor>& e
 // same batch every step.
 inline std::string FixtureAdamWRecipe(const std::string& model, const std::string& dir) {
   return absl::StrCat(R"(model:
-  path: )", model, R"(
+  path: )",
+                      model, R"(
 data:
-  path: )", dir, R"(/data.jsonl
+  path: )",
+                      dir, R"(/data.jsonl
   shuffle: false
   pack: false
 finetune:
@@ -62,7 +64,8 @@ batch:
 train:
   steps: 5
 logging:
-  metrics_file: )", dir, R"(/metrics.jsonl
+  metrics_file: )",
+                      dir, R"(/metrics.jsonl
   peak_flops: 1.0e9
 )");
 }
@@ -107,11 +110,14 @@ inline void WriteTinyData(const std::string& path, int samples, int64_t vocab) {
 inline std::string TinyTrainRecipe(const std::string& model, const std::string& data,
                                    const std::string& method, int steps) {
   return absl::StrCat(R"(model:
-  path: )", model, R"(
+  path: )",
+                      model, R"(
 data:
-  path: )", data, R"(
+  path: )",
+                      data, R"(
 finetune:
-  method: )", method, R"(
+  method: )",
+                      method, R"(
   lora:
     rank: 4
     alpha: 8
@@ -127,7 +133,8 @@ batch:
   micro_batch: 2
   seq_len: 32
 train:
-  steps: )", steps, R"(
+  steps: )",
+                      steps, R"(
 logging:
   peak_flops: 1.0e9
 seed: 11

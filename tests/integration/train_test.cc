@@ -1,9 +1,9 @@
 // `fulcrum train` end to end: the AdamW curve of transformers, LoRA export
 // consistency, exact resume, and data-parallel layout equivalence.
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -56,8 +56,9 @@ TEST(TrainTest, ExactResumeReproducesUninterruptedLosses) {
   const std::string model = TinyModel(dir);
   WriteTinyData(dir + "/data.jsonl", 64, 512);
   WriteFile(dir + "/r.yaml", TinyTrainRecipe(model, dir + "/data.jsonl", "lora", 10));
-  CommandResult r = RunFulcrum("train " + dir + "/r.yaml checkpoint.dir=" + dir +
-                               "/ckpt_a checkpoint.every=5 logging.metrics_file=" + dir + "/a.jsonl");
+  CommandResult r =
+      RunFulcrum("train " + dir + "/r.yaml checkpoint.dir=" + dir +
+                 "/ckpt_a checkpoint.every=5 logging.metrics_file=" + dir + "/a.jsonl");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   ASSERT_TRUE(fs::exists(dir + "/ckpt_a/step-00000005"));
   r = RunFulcrum("train " + dir + "/r.yaml checkpoint.dir=" + dir + "/ckpt_b checkpoint.resume=" +

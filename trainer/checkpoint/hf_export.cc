@@ -25,10 +25,15 @@ std::string HfDtypeName(torch::ScalarType type) {
 }  // namespace
 
 const std::vector<std::string>& HfSideFiles() {
-  static const std::vector<std::string> kFiles = {
-      "generation_config.json", "tokenizer.json",   "tokenizer_config.json",
-      "special_tokens_map.json", "tokenizer.model", "vocab.json",
-      "merges.txt",              "added_tokens.json", "chat_template.jinja"};
+  static const std::vector<std::string> kFiles = {"generation_config.json",
+                                                  "tokenizer.json",
+                                                  "tokenizer_config.json",
+                                                  "special_tokens_map.json",
+                                                  "tokenizer.model",
+                                                  "vocab.json",
+                                                  "merges.txt",
+                                                  "added_tokens.json",
+                                                  "chat_template.jinja"};
   return kFiles;
 }
 

@@ -4,9 +4,9 @@
 // The directory appears only when complete (staged, then renamed).
 #pragma once
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -18,7 +18,7 @@ namespace fulcrum::checkpoint {
 
 struct HfExportOptions {
   std::string out_dir;
-  std::string source_dir;                // "" when the model was not loaded from a directory
+  std::string source_dir;                  // "" when the model was not loaded from a directory
   std::optional<torch::ScalarType> dtype;  // unset: keep each tensor's dtype
   int64_t max_shard_bytes = int64_t{5} << 30;
 };

@@ -1,9 +1,8 @@
 #include "trainer/checkpoint/train_checkpoint.h"
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -51,15 +50,20 @@ absl::StatusOr<std::string> SaveTrainCheckpoint(const std::string& root,
                                                 int64_t keep_last) {
   std::error_code ec;
   fs::create_directories(root, ec);
-  if (ec) return absl::InternalError(absl::StrCat("checkpoint.dir: cannot create ", root, ": ", ec.message()));
+  if (ec)
+    return absl::InternalError(
+        absl::StrCat("checkpoint.dir: cannot create ", root, ": ", ec.message()));
   const std::string name = StepDirName(checkpoint.step);
   const fs::path final_dir = fs::path(root) / name;
   const fs::path tmp_dir = fs::path(root) / absl::StrCat(name, ".tmp");
   fs::remove_all(tmp_dir, ec);
   fs::create_directories(tmp_dir, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot create ", tmp_dir.string(), ": ", ec.message()));
+  if (ec)
+    return absl::InternalError(
+        absl::StrCat("cannot create ", tmp_dir.string(), ": ", ec.message()));
 
-  FULCRUM_RETURN_IF_ERROR(WriteSafetensors((tmp_dir / "model.safetensors").string(), checkpoint.model));
+  FULCRUM_RETURN_IF_ERROR(
+      WriteSafetensors((tmp_dir / "model.safetensors").string(), checkpoint.model));
   FULCRUM_RETURN_IF_ERROR(
       WriteSafetensors((tmp_dir / "optimizer.safetensors").string(), checkpoint.optimizer));
   FULCRUM_RETURN_IF_ERROR(WriteSafetensors((tmp_dir / "rng.safetensors").string(), checkpoint.rng));
@@ -75,7 +79,9 @@ absl::StatusOr<std::string> SaveTrainCheckpoint(const std::string& root,
 
   fs::remove_all(final_dir, ec);
   fs::rename(tmp_dir, final_dir, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot rename ", tmp_dir.string(), ": ", ec.message()));
+  if (ec)
+    return absl::InternalError(
+        absl::StrCat("cannot rename ", tmp_dir.string(), ": ", ec.message()));
   FULCRUM_RETURN_IF_ERROR(SyncDirectory(root));
   FULCRUM_RETURN_IF_ERROR(WriteFileAtomically((fs::path(root) / "latest").string(), name + "\n"));
 
@@ -96,18 +102,21 @@ bool IsTrainCheckpoint(const std::string& dir) {
 
 absl::StatusOr<std::string> ResolveCheckpoint(const std::string& root, const std::string& resume) {
   std::string base = resume == "latest" ? root : resume;
-  if (base.empty()) return absl::InvalidArgumentError("checkpoint.resume: latest needs checkpoint.dir");
+  if (base.empty())
+    return absl::InvalidArgumentError("checkpoint.resume: latest needs checkpoint.dir");
   if (IsTrainCheckpoint(base)) return base;
   const std::string pointer = (fs::path(base) / "latest").string();
   auto text = ReadFileToString(pointer);
   if (!text.ok()) {
-    return absl::NotFoundError(absl::StrCat("checkpoint.resume: ", resume, ": no training checkpoint in ",
-                                            base, " (no trainer_state.json, no latest)"));
+    return absl::NotFoundError(absl::StrCat("checkpoint.resume: ", resume,
+                                            ": no training checkpoint in ", base,
+                                            " (no trainer_state.json, no latest)"));
   }
-  const std::string dir = (fs::path(base) / std::string(absl::StripAsciiWhitespace(*text))).string();
+  const std::string dir =
+      (fs::path(base) / std::string(absl::StripAsciiWhitespace(*text))).string();
   if (!IsTrainCheckpoint(dir)) {
-    return absl::NotFoundError(
-        absl::StrCat("checkpoint.resume: ", pointer, " names ", dir, ", which is not a checkpoint"));
+    return absl::NotFoundError(absl::StrCat("checkpoint.resume: ", pointer, " names ", dir,
+                                            ", which is not a checkpoint"));
   }
   return dir;
 }

@@ -13,9 +13,9 @@
 #include "trainer/checkpoint/train_checkpoint.h"
 #include "trainer/cli/commands.h"
 #include "trainer/cli/flags.h"
+#include "trainer/loop/model_factory.h"
 #include "trainer/lora/apply_lora.h"
 #include "trainer/lora/peft_adapter.h"
-#include "trainer/loop/model_factory.h"
 #include "trainer/models/hf_loading.h"
 #include "trainer/recipe/recipe.h"
 
@@ -72,8 +72,9 @@ absl::StatusOr<ExportSource> LoadSource(const std::string& checkpoint_path,
   if (checkpoint::IsTrainCheckpoint(checkpoint_path) ||
       fs::is_regular_file(fs::path(checkpoint_path) / "latest")) {
     if (!adapter.empty()) {
-      return absl::InvalidArgumentError("--adapter applies to an HF model directory, not to a "
-                                        "training checkpoint");
+      return absl::InvalidArgumentError(
+          "--adapter applies to an HF model directory, not to a "
+          "training checkpoint");
     }
     FULCRUM_ASSIGN_OR_RETURN(const std::string dir,
                              checkpoint::ResolveCheckpoint(checkpoint_path, checkpoint_path));
@@ -119,7 +120,8 @@ absl::Status RunExport(const Args& args, const parallel::World& world) {
   if (format == "peft") {
     if (!source.has_adapter) {
       return absl::InvalidArgumentError(
-          "fulcrum export --format peft: the checkpoint has no LoRA adapter (full fine-tune: use hf)");
+          "fulcrum export --format peft: the checkpoint has no LoRA adapter (full fine-tune: use "
+          "hf)");
     }
     FULCRUM_ASSIGN_OR_RETURN(const std::string staged, MakeStagingDirectory(options.out_dir));
     FULCRUM_RETURN_IF_ERROR(

@@ -12,8 +12,7 @@ std::string ParsedFlags::Get(const std::string& name, const std::string& fallbac
 }
 
 absl::StatusOr<ParsedFlags> ParseFlags(const std::string& command,
-                                       const std::vector<std::string>& args,
-                                       const FlagSpec& spec) {
+                                       const std::vector<std::string>& args, const FlagSpec& spec) {
   ParsedFlags parsed;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];

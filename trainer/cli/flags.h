@@ -29,7 +29,6 @@ struct ParsedFlags {
 
 // args: the words after the subcommand.
 absl::StatusOr<ParsedFlags> ParseFlags(const std::string& command,
-                                       const std::vector<std::string>& args,
-                                       const FlagSpec& spec);
+                                       const std::vector<std::string>& args, const FlagSpec& spec);
 
 }  // namespace fulcrum::cli

@@ -15,9 +15,8 @@ absl::Status RunInit(const Args& args, const parallel::World& world) {
   FULCRUM_ASSIGN_OR_RETURN(const ParsedFlags flags, ParseFlags("init", args, spec));
   uint64_t seed = 1234;
   if (!flags.Get("seed").empty() && !absl::SimpleAtoi(flags.Get("seed"), &seed)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("fulcrum init: --seed: expected a non-negative integer, got '",
-                     flags.Get("seed"), "'"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "fulcrum init: --seed: expected a non-negative integer, got '", flags.Get("seed"), "'"));
   }
   if (!world.is_root()) return absl::OkStatus();
   return models::WriteRandomModel(flags.Get("config"), flags.Get("out"), seed);

@@ -10,8 +10,8 @@
 #include "data/dataset/pretokenized_dataset.h"
 #include "trainer/checkpoint/dtype.h"
 #include "trainer/checkpoint/hf_weights.h"
-#include "trainer/lora/apply_lora.h"
 #include "trainer/loop/model_factory.h"
+#include "trainer/lora/apply_lora.h"
 #include "trainer/models/causal_lm.h"
 #include "trainer/models/hf_loading.h"
 #include "trainer/models/init.h"
@@ -31,10 +31,9 @@ absl::Status CheckWeights(models::CausalLMImpl& model, const std::string& dir) {
     }
     FULCRUM_ASSIGN_OR_RETURN(const checkpoint::TensorEntry entry, weights.Entry(expected.name));
     if (entry.shape != expected.tensor.sizes().vec()) {
-      return absl::InvalidArgumentError(absl::StrCat(dir, ": tensor ", expected.name, " has shape [",
-                                                     absl::StrJoin(entry.shape, ","),
-                                                     "], the config implies ",
-                                                     c10::str(expected.tensor.sizes())));
+      return absl::InvalidArgumentError(absl::StrCat(
+          dir, ": tensor ", expected.name, " has shape [", absl::StrJoin(entry.shape, ","),
+          "], the config implies ", c10::str(expected.tensor.sizes())));
     }
   }
   return absl::OkStatus();
@@ -55,14 +54,16 @@ absl::StatusOr<RecipeReport> CheckRecipeResources(const recipe::Recipe& recipe) 
   FULCRUM_ASSIGN_OR_RETURN(const models::ModelConfig config, models::LoadModelConfig(config_path));
   FULCRUM_RETURN_IF_ERROR(Annotate(models::CheckSequenceLength(config, recipe.batch.seq_len),
                                    absl::StrCat(recipe.source, ": batch.seq_len")));
-  models::CausalLM model(config, torch::TensorOptions().device(torch::kMeta).dtype(
-                                     loop::ParamDtype(recipe.precision)));
+  models::CausalLM model(
+      config,
+      torch::TensorOptions().device(torch::kMeta).dtype(loop::ParamDtype(recipe.precision)));
   if (from_dir) FULCRUM_RETURN_IF_ERROR(CheckWeights(*model, recipe.model.path));
   int64_t params = 0;
   for (const auto& p : model->parameters()) params += p.numel();
-  absl::StrAppend(&report.summary, absl::StrFormat("  model: %s, %d layers, hidden %d, %d parameters\n",
-                                                   config.architecture, config.num_layers,
-                                                   config.hidden_size, params));
+  absl::StrAppend(
+      &report.summary,
+      absl::StrFormat("  model: %s, %d layers, hidden %d, %d parameters\n", config.architecture,
+                      config.num_layers, config.hidden_size, params));
   if (recipe.finetune.method == "lora") {
     FULCRUM_ASSIGN_OR_RETURN(const int64_t adapted,
                              lora::ApplyLora(*model, loop::LoraOptionsFrom(recipe.finetune.lora)));

@@ -13,9 +13,9 @@
 #include "trainer/checkpoint/safetensors_writer.h"
 #include "trainer/cli/commands.h"
 #include "trainer/cli/flags.h"
+#include "trainer/loop/model_factory.h"
 #include "trainer/lora/apply_lora.h"
 #include "trainer/lora/peft_adapter.h"
-#include "trainer/loop/model_factory.h"
 #include "trainer/models/loss.h"
 
 namespace fulcrum::cli {
@@ -32,10 +32,9 @@ absl::StatusOr<torch::Tensor> ReadBatchTensor(const checkpoint::SafetensorsReade
   FULCRUM_ASSIGN_OR_RETURN(torch::Tensor t, reader.View(name));
   if (t.scalar_type() != torch::kLong || t.dim() != 2 ||
       (!shape.empty() && t.sizes().vec() != shape)) {
-    return absl::InvalidArgumentError(absl::StrCat(reader.path(), ": ", name,
-                                                   " must be int64 [B,T] like input_ids, got ",
-                                                   c10::toString(t.scalar_type()), " ",
-                                                   c10::str(t.sizes())));
+    return absl::InvalidArgumentError(
+        absl::StrCat(reader.path(), ": ", name, " must be int64 [B,T] like input_ids, got ",
+                     c10::toString(t.scalar_type()), " ", c10::str(t.sizes())));
   }
   return t.clone();
 }
@@ -64,9 +63,10 @@ absl::Status RunScore(const Args& args, const parallel::World& world) {
                            ReadBatchTensor(*reader, "attention_mask", false, shape));
   FULCRUM_ASSIGN_OR_RETURN(torch::Tensor labels, ReadBatchTensor(*reader, "labels", false, shape));
   const int64_t vocab = built.config.vocab_size;
-  if (inputs.input_ids.min().item<int64_t>() < 0 || inputs.input_ids.max().item<int64_t>() >= vocab) {
-    return absl::InvalidArgumentError(absl::StrCat(flags.Get("batch"), ": input_ids: ids must be in [0, ",
-                                                   vocab, ") for this model"));
+  if (inputs.input_ids.min().item<int64_t>() < 0 ||
+      inputs.input_ids.max().item<int64_t>() >= vocab) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        flags.Get("batch"), ": input_ids: ids must be in [0, ", vocab, ") for this model"));
   }
   if (!labels.defined()) {
     labels = inputs.input_ids.clone();

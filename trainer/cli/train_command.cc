@@ -22,9 +22,9 @@ absl::StatusOr<RecipeArgs> SplitRecipeArgs(const std::string& command, const Arg
   RecipeArgs out;
   for (const std::string& arg : args) {
     if (absl::StartsWith(arg, "--")) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "fulcrum ", command, ": unknown flag ", arg,
-          " (options are recipe keys: fulcrum ", command, " RECIPE.yaml key.path=value ...)"));
+      return absl::InvalidArgumentError(absl::StrCat("fulcrum ", command, ": unknown flag ", arg,
+                                                     " (options are recipe keys: fulcrum ", command,
+                                                     " RECIPE.yaml key.path=value ...)"));
     }
     if (out.path.empty()) {
       out.path = arg;
@@ -33,8 +33,7 @@ absl::StatusOr<RecipeArgs> SplitRecipeArgs(const std::string& command, const Arg
     }
   }
   if (out.path.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("fulcrum ", command, ": missing RECIPE.yaml"));
+    return absl::InvalidArgumentError(absl::StrCat("fulcrum ", command, ": missing RECIPE.yaml"));
   }
   return out;
 }
@@ -42,8 +41,8 @@ absl::StatusOr<RecipeArgs> SplitRecipeArgs(const std::string& command, const Arg
 // The recipe saved in checkpoints must name the same files from any working
 // directory (export, resume).
 void MakePathsAbsolute(recipe::Recipe& recipe) {
-  for (std::string* path : {&recipe.model.path, &recipe.model.config, &recipe.data.path,
-                            &recipe.checkpoint.dir}) {
+  for (std::string* path :
+       {&recipe.model.path, &recipe.model.config, &recipe.data.path, &recipe.checkpoint.dir}) {
     if (!path->empty()) *path = std::filesystem::absolute(*path).lexically_normal().string();
   }
 }
@@ -71,9 +70,9 @@ absl::Status RunValidate(const Args& args, const parallel::World& world) {
   FULCRUM_ASSIGN_OR_RETURN(recipe::Recipe recipe,
                            recipe::LoadRecipe(recipe_args.path, recipe_args.overrides));
   // Without mpirun, validate the layout the recipe asks for.
-  const int64_t world_size = world.size() > 1 ? world.size()
-                                              : recipe.parallel.dp * recipe.parallel.tp *
-                                                    recipe.parallel.pp;
+  const int64_t world_size = world.size() > 1
+                                 ? world.size()
+                                 : recipe.parallel.dp * recipe.parallel.tp * recipe.parallel.pp;
   FULCRUM_RETURN_IF_ERROR(recipe::ValidateRecipe(recipe, static_cast<int>(world_size)));
   const parallel::Logger logger(world.rank(), false);
   FULCRUM_ASSIGN_OR_RETURN(const RecipeReport report, CheckRecipeResources(recipe));

@@ -22,7 +22,7 @@ struct ModelRequest {
   std::string config;  // config.json for random init
   torch::ScalarType dtype = torch::kFloat;
   torch::Device device = torch::kCPU;
-  uint64_t seed = 0;   // random init only
+  uint64_t seed = 0;  // random init only
 };
 
 struct BuiltModel {

@@ -1,8 +1,10 @@
 #include "trainer/loop/trainer.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
@@ -51,14 +53,13 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const recipe::Recipe& r
   FULCRUM_RETURN_IF_ERROR(trainer->BuildLoader());
   FULCRUM_RETURN_IF_ERROR(trainer->Resume());
   const metrics::FlopsModel flops_model = trainer->CountFlopsModel();
-  trainer->flops_per_token_ =
-      metrics::TrainingFlopsPerToken(flops_model, recipe.batch.seq_len);
-  trainer->peak_flops_ = recipe.logging.peak_flops > 0 ? recipe.logging.peak_flops
-                                                       : metrics::MeasureGemmFlops();
+  trainer->flops_per_token_ = metrics::TrainingFlopsPerToken(flops_model, recipe.batch.seq_len);
+  trainer->peak_flops_ =
+      recipe.logging.peak_flops > 0 ? recipe.logging.peak_flops : metrics::MeasureGemmFlops();
   if (world.is_root() || recipe.logging.all_ranks) {
-    FULCRUM_ASSIGN_OR_RETURN(trainer->sink_,
-                             metrics::MetricsSink::Create(recipe.logging.metrics_file, logger,
-                                                          recipe.logging.every));
+    FULCRUM_ASSIGN_OR_RETURN(
+        trainer->sink_,
+        metrics::MetricsSink::Create(recipe.logging.metrics_file, logger, recipe.logging.every));
   }
   return trainer;
 }
@@ -75,8 +76,9 @@ absl::Status Trainer::BuildModelAndOptimizer() {
   FULCRUM_ASSIGN_OR_RETURN(built_, BuildModel(request));
   FULCRUM_RETURN_IF_ERROR(models::CheckSequenceLength(built_.config, recipe_.batch.seq_len));
   if (recipe_.finetune.method == "lora") {
-    FULCRUM_ASSIGN_OR_RETURN(const int64_t adapted,
-                             lora::ApplyLora(*built_.model, LoraOptionsFrom(recipe_.finetune.lora)));
+    FULCRUM_ASSIGN_OR_RETURN(
+        const int64_t adapted,
+        lora::ApplyLora(*built_.model, LoraOptionsFrom(recipe_.finetune.lora)));
     logger_.Info("LoRA: ", adapted, " adapted linear layers, rank ", recipe_.finetune.lora.rank);
   }
   // Dropout streams differ per rank; everything above is already fixed.
@@ -90,9 +92,9 @@ absl::Status Trainer::BuildModelAndOptimizer() {
   }
   int64_t total = 0;
   for (const auto& p : built_.model->parameters()) total += p.numel();
-  logger_.Info(absl::StrFormat("model %s: %d parameters, %d trainable (%.2f%%)",
-                               built_.config.architecture, total, trainable,
-                               100.0 * static_cast<double>(trainable) / std::max<int64_t>(1, total)));
+  logger_.Info(absl::StrFormat(
+      "model %s: %d parameters, %d trainable (%.2f%%)", built_.config.architecture, total,
+      trainable, 100.0 * static_cast<double>(trainable) / std::max<int64_t>(1, total)));
   optimizer_ = std::make_unique<optim::AdamW>(std::move(params), AdamWFrom(recipe_.optim));
   return absl::OkStatus();
 }
@@ -121,9 +123,9 @@ absl::Status Trainer::BuildLoader() {
 
 absl::Status Trainer::Resume() {
   if (recipe_.checkpoint.resume.empty()) return absl::OkStatus();
-  FULCRUM_ASSIGN_OR_RETURN(const std::string dir,
-                           checkpoint::ResolveCheckpoint(recipe_.checkpoint.dir,
-                                                         recipe_.checkpoint.resume));
+  FULCRUM_ASSIGN_OR_RETURN(
+      const std::string dir,
+      checkpoint::ResolveCheckpoint(recipe_.checkpoint.dir, recipe_.checkpoint.resume));
   FULCRUM_ASSIGN_OR_RETURN(checkpoint::LoadedTrainCheckpoint loaded,
                            checkpoint::LoadTrainCheckpoint(dir));
   {
@@ -131,8 +133,8 @@ absl::Status Trainer::Resume() {
     for (const auto& p : optimizer_->parameters()) {
       auto it = loaded.model.find(p.name);
       if (it == loaded.model.end()) {
-        return absl::DataLossError(absl::StrCat(dir, "/model.safetensors: missing tensor ",
-                                                p.name, " (was the run's finetune section changed?)"));
+        return absl::DataLossError(absl::StrCat(dir, "/model.safetensors: missing tensor ", p.name,
+                                                " (was the run's finetune section changed?)"));
       }
       if (it->second.sizes() != p.param.sizes()) {
         return absl::DataLossError(absl::StrCat(dir, "/model.safetensors: ", p.name, " has shape ",
@@ -176,7 +178,8 @@ metrics::StepMetrics Trainer::Step(int64_t step_index) {
   built_.model->train();
   const data::StepBatch batch = loader_->Next();
   const double denominator = static_cast<double>(std::max<int64_t>(1, batch.global_num_targets));
-  torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat).device(device_));
+  torch::Tensor loss_sum =
+      torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat).device(device_));
   for (const data::MicroBatch& micro : batch.micro_batches) {
     models::ForwardInputs inputs;
     inputs.input_ids = micro.input_ids.to(device_);
@@ -242,8 +245,8 @@ absl::StatusOr<std::string> Trainer::SaveCheckpoint(int64_t completed_steps) {
   }
   absl::StatusOr<std::string> dir = std::string();
   if (world_.is_root()) {
-    dir = checkpoint::SaveTrainCheckpoint(recipe_.checkpoint.dir, ckpt,
-                                          recipe_.checkpoint.keep_last);
+    dir =
+        checkpoint::SaveTrainCheckpoint(recipe_.checkpoint.dir, ckpt, recipe_.checkpoint.keep_last);
   }
   FULCRUM_RETURN_IF_ERROR(world_.AgreeOn(dir.status()));
   if (world_.is_root()) logger_.Info("checkpoint: ", *dir);
@@ -255,14 +258,22 @@ absl::StatusOr<TrainingSummary> Trainer::Run() {
   summary.first_step = start_step_;
   const int64_t total = recipe_.train.steps;
   const int64_t every = recipe_.checkpoint.every;
-  logger_.Info(absl::StrFormat("training steps %d..%d of %d: global batch %d x %d tokens, %d "
-                               "micro-batches of %d per rank, %d rank(s)",
-                               start_step_ + 1, total, total, recipe_.batch.global_batch,
-                               recipe_.batch.seq_len,
-                               recipe::GradAccumulationSteps(recipe_.batch, world_.size()),
-                               recipe_.batch.micro_batch, world_.size()));
+  logger_.Info(absl::StrFormat(
+      "training steps %d..%d of %d: global batch %d x %d tokens, %d "
+      "micro-batches of %d per rank, %d rank(s)",
+      start_step_ + 1, total, total, recipe_.batch.global_batch, recipe_.batch.seq_len,
+      recipe::GradAccumulationSteps(recipe_.batch, world_.size()), recipe_.batch.micro_batch,
+      world_.size()));
+  // FULCRUM_PROFILE=trace.json: a chrome trace of this run's fourth step
+  // (after warm-up), for finding where a step's time goes.
+  const char* profile_path = std::getenv("FULCRUM_PROFILE");
   for (int64_t step = start_step_; step < total; ++step) {
+    std::unique_ptr<torch::autograd::profiler::RecordProfile> profile;
+    if (profile_path != nullptr && step == start_step_ + 3 && world_.is_root()) {
+      profile = std::make_unique<torch::autograd::profiler::RecordProfile>(profile_path);
+    }
     const metrics::StepMetrics m = Step(step);
+    profile.reset();
     summary.losses.push_back(m.loss);
     summary.last_step = m.step;
     if (sink_) sink_->Record(m);

@@ -13,18 +13,18 @@
 namespace fulcrum::metrics {
 
 struct StepMetrics {
-  int64_t step = 0;         // 1-based index of the finished optimizer step
+  int64_t step = 0;  // 1-based index of the finished optimizer step
   int64_t total_steps = 0;
-  double loss = 0.0;        // global mean over the step's target tokens
+  double loss = 0.0;  // global mean over the step's target tokens
   double lr = 0.0;
-  double grad_norm = 0.0;   // before clipping
-  int64_t tokens = 0;       // tokens processed by all ranks in this step
+  double grad_norm = 0.0;  // before clipping
+  int64_t tokens = 0;      // tokens processed by all ranks in this step
   double step_seconds = 0.0;
-  double tokens_per_second = 0.0;           // all ranks
+  double tokens_per_second = 0.0;  // all ranks
   double tokens_per_second_per_rank = 0.0;
-  double flops_per_second_per_rank = 0.0;   // achieved, model FLOPs
+  double flops_per_second_per_rank = 0.0;  // achieved, model FLOPs
   double peak_flops_per_rank = 0.0;
-  double mfu = 0.0;                         // achieved / peak
+  double mfu = 0.0;  // achieved / peak
   int64_t rss_bytes = 0;
   int64_t peak_rss_bytes = 0;
 };

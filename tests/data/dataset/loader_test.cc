@@ -29,8 +29,7 @@ std::vector<Sample> MakeSamples() {
   return samples;
 }
 
-LoaderOptions Options(int64_t global_batch, int64_t micro_batch, int64_t dp_rank,
-                      int64_t dp_size) {
+LoaderOptions Options(int64_t global_batch, int64_t micro_batch, int64_t dp_rank, int64_t dp_size) {
   LoaderOptions options;
   options.global_batch = global_batch;
   options.micro_batch = micro_batch;
@@ -77,8 +76,9 @@ TEST(DataLoaderTest, RejectsBadOptionsWithTheArithmetic) {
     EXPECT_EQ(loader.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(loader.status().message().find(what), std::string::npos) << loader.status();
   };
-  expect_error(Options(6, 2, 0, 2), "global_batch (6) must be divisible by micro_batch (2) x "
-                                    "dp_size (2) = 4");
+  expect_error(Options(6, 2, 0, 2),
+               "global_batch (6) must be divisible by micro_batch (2) x "
+               "dp_size (2) = 4");
   expect_error(Options(0, 1, 0, 1), "must be positive");
   expect_error(Options(4, 0, 0, 1), "must be positive");
   expect_error(Options(4, 1, 0, 0), "must be positive");
@@ -102,13 +102,12 @@ TEST(DataLoaderTest, MicroBatchShapesAndTargetCounts) {
   ASSERT_EQ(batch.micro_batches.size(), 2u);
   int64_t targets = 0;
   for (const MicroBatch& mb : batch.micro_batches) {
-    for (const torch::Tensor& t : {mb.input_ids, mb.labels, mb.attention_mask, mb.position_ids,
-                                   mb.document_ids}) {
+    for (const torch::Tensor& t :
+         {mb.input_ids, mb.labels, mb.attention_mask, mb.position_ids, mb.document_ids}) {
       EXPECT_EQ(t.sizes(), (std::vector<int64_t>{2, 8}));
       EXPECT_EQ(t.scalar_type(), torch::kInt64);
     }
-    const int64_t expected =
-        mb.labels.slice(1, 1).ne(kIgnoreIndex).sum().item<int64_t>();
+    const int64_t expected = mb.labels.slice(1, 1).ne(kIgnoreIndex).sum().item<int64_t>();
     EXPECT_EQ(mb.num_targets, expected);
     EXPECT_GT(mb.num_targets, 0);
     targets += mb.num_targets;
@@ -249,7 +248,7 @@ torch::Tensor ReadI64(const std::string& file, const std::string& name) {
 // padding, 15 + 10 = 25 shifted targets.
 TEST(DataLoaderTest, NoPackBatchMatchesTheHfFixtureBatch) {
   const std::string file = testing::FixturesDir() + "/batch.safetensors";
-  const torch::Tensor input_ids = ReadI64(file, "input_ids");     // [2, 16]
+  const torch::Tensor input_ids = ReadI64(file, "input_ids");  // [2, 16]
   const torch::Tensor attention_mask = ReadI64(file, "attention_mask");
   const torch::Tensor labels = ReadI64(file, "labels");
   ASSERT_EQ(input_ids.sizes(), (std::vector<int64_t>{2, 16}));

@@ -50,7 +50,8 @@ TEST(PackingTest, PacksAcrossRowsMaskingDocumentStarts) {
 }
 
 TEST(PackingTest, FollowsTheOrderAndKeepsFileLabels) {
-  const std::vector<Sample> samples = {Sample{{1, 2}, {kX, 2}, 1}, Sample{{3, 4, 5}, {kX, kX, 5}, 2}};
+  const std::vector<Sample> samples = {Sample{{1, 2}, {kX, 2}, 1},
+                                       Sample{{3, 4, 5}, {kX, kX, 5}, 2}};
   const std::vector<Row> rows = BuildRows(samples, {1, 0}, {/*seq_len=*/5, /*pack=*/true});
   ASSERT_EQ(rows.size(), 1u);
   EXPECT_EQ(rows[0].input_ids, (Ids{3, 4, 5, 1, 2}));
