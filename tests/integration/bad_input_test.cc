@@ -96,6 +96,15 @@ TEST_F(BadInputTest, ErrorsEndEveryRankUnderMpirun) {
   ExpectError("train " + dir_ + "/r.yaml", {"world size 2"}, 2);
 }
 
+TEST_F(BadInputTest, InitWithBadConfigWritesNothing) {
+  std::string config = ReadFile(model_ + "/config.json");
+  config.replace(config.find("LlamaForCausalLM"), 16, "GPT2LMHeadModel");
+  WriteFile(dir_ + "/gpt2.json", config);
+  ExpectError("init --config " + dir_ + "/gpt2.json --out " + dir_ + "/new", {"gpt2.json"});
+  EXPECT_FALSE(fs::exists(dir_ + "/new"));
+  ExpectError("init --config " + dir_ + "/gpt2.json", {"--out"});
+}
+
 TEST_F(BadInputTest, ScoreWithBadBatch) {
   WriteFile(dir_ + "/batch.safetensors", "garbage");
   ExpectError("score --model " + model_ + " --batch " + dir_ + "/batch.safetensors --out " + dir_ +

@@ -6,6 +6,7 @@
 #include <map>
 #include <string>
 
+#include "absl/strings/str_split.h"
 #include "trainer/cli/commands.h"
 
 namespace fulcrum::cli {
@@ -62,7 +63,10 @@ int Main(int argc, char** argv) {
   status = (*world)->AgreeOn(status);
   if (!status.ok()) {
     if ((*world)->is_root()) {
-      std::fprintf(stderr, "[fulcrum r0] error: %s\n", std::string(status.message()).c_str());
+      // Validation reports every problem, one per line; each line prefixed.
+      for (absl::string_view line : absl::StrSplit(status.message(), '\n')) {
+        std::fprintf(stderr, "[fulcrum r0] error: %s\n", std::string(line).c_str());
+      }
       std::fflush(stderr);
     }
     return 1;

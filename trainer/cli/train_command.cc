@@ -3,6 +3,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "core/status.h"
 #include "parallel/runtime/logger.h"
 #include "trainer/cli/commands.h"
@@ -76,7 +77,7 @@ absl::Status RunValidate(const Args& args, const parallel::World& world) {
   FULCRUM_RETURN_IF_ERROR(recipe::ValidateRecipe(recipe, static_cast<int>(world_size)));
   const parallel::Logger logger(world.rank(), false);
   FULCRUM_ASSIGN_OR_RETURN(const RecipeReport report, CheckRecipeResources(recipe));
-  logger.Info(recipe_args.path, ": OK\n", report.summary);
+  logger.Info(recipe_args.path, ": OK\n", absl::StripTrailingAsciiWhitespace(report.summary));
   return absl::OkStatus();
 }
 

@@ -98,17 +98,14 @@ absl::Status WriteRandomModel(const std::string& config_json_path, const std::st
                               uint64_t seed) {
   FULCRUM_ASSIGN_OR_RETURN(const std::string config_text, ReadFileToString(config_json_path));
   FULCRUM_ASSIGN_OR_RETURN(const ModelConfig config, LoadModelConfig(config_json_path));
-  std::error_code ec;
-  std::filesystem::create_directories(out_dir, ec);
-  if (ec)
-    return absl::InvalidArgumentError(
-        absl::StrCat(out_dir, ": cannot create directory: ", ec.message()));
+  // Written into a staging directory that becomes out_dir only when complete.
+  FULCRUM_ASSIGN_OR_RETURN(const std::string staged, MakeStagingDirectory(out_dir));
   CausalLM model(config, torch::TensorOptions().dtype(torch::kFloat));
   InitializeWeights(*model, seed);
   FULCRUM_RETURN_IF_ERROR(
-      checkpoint::WriteHfWeights(out_dir, HfStateDict(*model), kMaxShardBytes, "model"));
-  // config.json last: a directory with a config.json is a complete model.
-  return WriteFileAtomically(out_dir + "/config.json", config_text);
+      checkpoint::WriteHfWeights(staged, HfStateDict(*model), kMaxShardBytes, "model"));
+  FULCRUM_RETURN_IF_ERROR(WriteFileAtomically(staged + "/config.json", config_text));
+  return PublishDirectory(staged, out_dir);
 }
 
 }  // namespace fulcrum::models
