@@ -6,10 +6,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "core/status.h"
-#include "data/dataset/loader.h"
-#include "data/dataset/pretokenized_dataset.h"
 #include "trainer/checkpoint/dtype.h"
 #include "trainer/checkpoint/hf_weights.h"
+#include "trainer/loop/data_factory.h"
 #include "trainer/loop/model_factory.h"
 #include "trainer/lora/apply_lora.h"
 #include "trainer/models/causal_lm.h"
@@ -69,22 +68,12 @@ absl::StatusOr<RecipeReport> CheckRecipeResources(const recipe::Recipe& recipe) 
                              lora::ApplyLora(*model, loop::LoraOptionsFrom(recipe.finetune.lora)));
     absl::StrAppend(&report.summary, "  lora: ", adapted, " adapted linear layers\n");
   }
-  FULCRUM_ASSIGN_OR_RETURN(std::vector<data::Sample> samples,
-                           data::LoadPretokenizedJsonl(recipe.data.path));
-  FULCRUM_RETURN_IF_ERROR(data::CheckVocabulary(samples, config.vocab_size, recipe.data.path));
-  const size_t num_samples = samples.size();
-  data::LoaderOptions options;
-  options.global_batch = recipe.batch.global_batch;
-  options.micro_batch = recipe.batch.micro_batch;
-  options.seq_len = recipe.batch.seq_len;
-  options.pack = recipe.data.pack;
-  options.shuffle = recipe.data.shuffle;
-  options.dp_size = recipe.parallel.dp;
-  FULCRUM_ASSIGN_OR_RETURN(const data::DataLoader loader,
-                           data::DataLoader::Create(std::move(samples), options));
+  FULCRUM_ASSIGN_OR_RETURN(
+      const data::DataLoader loader,
+      loop::BuildDataLoader(recipe, config.vocab_size, /*dp_rank=*/0, recipe.parallel.dp));
   absl::StrAppend(&report.summary,
-                  absl::StrFormat("  data: %d samples -> %d rows of %d tokens per epoch\n",
-                                  num_samples, loader.rows_per_epoch(), recipe.batch.seq_len));
+                  absl::StrFormat("  data: %s -> %d rows of %d tokens per epoch\n",
+                                  recipe.data.path, loader.rows_per_epoch(), recipe.batch.seq_len));
   absl::StrAppend(&report.summary,
                   absl::StrFormat("  batch: global %d = micro %d x accumulation %d x dp %d\n",
                                   recipe.batch.global_batch, recipe.batch.micro_batch,

@@ -11,9 +11,9 @@
 #include "absl/strings/str_format.h"
 #include "core/check.h"
 #include "core/status.h"
-#include "data/dataset/pretokenized_dataset.h"
 #include "parallel/data_parallel/gradient_all_reduce.h"
 #include "trainer/checkpoint/train_checkpoint.h"
+#include "trainer/loop/data_factory.h"
 #include "trainer/lora/apply_lora.h"
 #include "trainer/metrics/memory.h"
 #include "trainer/models/loss.h"
@@ -100,21 +100,9 @@ absl::Status Trainer::BuildModelAndOptimizer() {
 }
 
 absl::Status Trainer::BuildLoader() {
-  FULCRUM_ASSIGN_OR_RETURN(std::vector<data::Sample> samples,
-                           data::LoadPretokenizedJsonl(recipe_.data.path));
-  FULCRUM_RETURN_IF_ERROR(
-      data::CheckVocabulary(samples, built_.config.vocab_size, recipe_.data.path));
-  data::LoaderOptions options;
-  options.global_batch = recipe_.batch.global_batch;
-  options.micro_batch = recipe_.batch.micro_batch;
-  options.seq_len = recipe_.batch.seq_len;
-  options.shuffle = recipe_.data.shuffle;
-  options.pack = recipe_.data.pack;
-  options.seed = static_cast<uint64_t>(recipe_.seed);
-  options.dp_rank = world_.rank();
-  options.dp_size = world_.size();
-  FULCRUM_ASSIGN_OR_RETURN(data::DataLoader loader,
-                           data::DataLoader::Create(std::move(samples), options));
+  FULCRUM_ASSIGN_OR_RETURN(
+      data::DataLoader loader,
+      BuildDataLoader(recipe_, built_.config.vocab_size, world_.rank(), world_.size()));
   loader_ = std::make_unique<data::DataLoader>(std::move(loader));
   logger_.Info("data: ", recipe_.data.path, ": ", loader_->rows_per_epoch(), " rows of ",
                recipe_.batch.seq_len, " tokens per epoch");
