@@ -1,8 +1,10 @@
 #include "parallel/runtime/world.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -52,6 +54,14 @@ absl::StatusOr<torch::Device> World::DeviceFor(const std::string& kind) const {
   }
   return absl::InvalidArgumentError(
       absl::StrCat("device: unknown device '", kind, "' (expected cpu or cuda)"));
+}
+
+int World::CpuThreadsPerRank() const {
+  if (const char* env = std::getenv("OMP_NUM_THREADS"); env != nullptr && std::atoi(env) > 0) {
+    return std::atoi(env);
+  }
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  return std::max(1, cores / std::max(1, local_size_));
 }
 
 void World::Barrier() const { FULCRUM_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD)); }

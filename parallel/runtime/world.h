@@ -34,6 +34,10 @@ class World {
   // "cpu", or "cuda" -> cuda:<local_rank mod visible devices>.
   absl::StatusOr<torch::Device> DeviceFor(const std::string& kind) const;
 
+  // CPU threads for this rank: OMP_NUM_THREADS when set, else the node's
+  // cores shared evenly by the ranks on it (never oversubscribed).
+  int CpuThreadsPerRank() const;
+
   void Barrier() const;
 
   // Agrees on a status across ranks: if any rank failed, every rank returns

@@ -51,6 +51,7 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "fulcrum: %s\n", std::string(world.status().message()).c_str());
     return 1;
   }
+  torch::set_num_threads((*world)->CpuThreadsPerRank());
   const Args args(argv + 2, argv + argc);
   absl::Status status;
   try {

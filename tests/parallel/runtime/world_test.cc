@@ -21,6 +21,7 @@ TEST(WorldTest, StartedWithoutMpirunIsOneRank) {
   EXPECT_TRUE(cpu->is_cpu());
   EXPECT_FALSE((*world)->DeviceFor("tpu").ok());
   EXPECT_TRUE((*world)->AgreeOn(absl::OkStatus()).ok());
+  EXPECT_GE((*world)->CpuThreadsPerRank(), 1);
   EXPECT_EQ((*world)->AgreeOn(absl::InvalidArgumentError("x")).message(), "x");
 }
 
