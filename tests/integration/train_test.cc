@@ -2,6 +2,7 @@
 // consistency, exact resume, and data-parallel layout equivalence.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -125,6 +126,31 @@ TEST(TrainTest, LoraTrainingExportsMergedAndPeftWithSameLogits) {
   const torch::Tensor base = ReadTensors(dir + "/base.st").at("logits");
   EXPECT_LE((merged - adapter).abs().max().item<double>(), 1e-5);
   EXPECT_GT((adapter - base).abs().max().item<double>(), 1e-4);  // training changed something
+}
+
+TEST(TrainTest, Bf16TrainingExportsBf16Model) {
+  const std::string dir = ScratchDir();
+  const std::string model = TinyModel(dir);
+  WriteTinyData(dir + "/data.jsonl", 16, 512);
+  WriteFile(dir + "/r.yaml", TinyTrainRecipe(model, dir + "/data.jsonl", "full", 3));
+  CommandResult r =
+      RunFulcrum("train " + dir + "/r.yaml precision.dtype=bf16 checkpoint.dir=" + dir +
+                 "/ckpt logging.metrics_file=" + dir + "/m.jsonl");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (double loss : ReadLosses(dir + "/m.jsonl")) EXPECT_TRUE(std::isfinite(loss));
+  r = RunFulcrum("export --checkpoint " + dir + "/ckpt --format hf --out " + dir + "/hf");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const auto& [name, t] : ReadTensors(dir + "/hf/model.safetensors")) {
+    EXPECT_EQ(t.scalar_type(), torch::kBFloat16) << name;
+  }
+  const nlohmann::json config = nlohmann::json::parse(ReadFile(dir + "/hf/config.json"));
+  EXPECT_EQ(config.at("torch_dtype"), "bfloat16");
+  // And to fp32 on request.
+  r = RunFulcrum("export --checkpoint " + dir + "/ckpt --format hf --dtype fp32 --out " + dir +
+                 "/hf32");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(nlohmann::json::parse(ReadFile(dir + "/hf32/config.json")).at("torch_dtype"),
+            "float32");
 }
 
 TEST(TrainTest, DataParallelTwoRanksReproducesOneRank) {

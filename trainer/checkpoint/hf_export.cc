@@ -56,9 +56,16 @@ absl::Status ExportHfModel(const std::vector<NamedTensor>& weights, nlohmann::js
   for (const NamedTensor& w : weights) {
     converted.push_back({w.name, options.dtype ? w.tensor.to(*options.dtype) : w.tensor});
   }
-  if (options.dtype) {
-    config["torch_dtype"] = HfDtypeName(*options.dtype);
-    if (config.contains("dtype")) config["dtype"] = HfDtypeName(*options.dtype);
+  // config.json states the dtype of the weights written (transformers 4.56+
+  // names it "dtype", older versions "torch_dtype").
+  std::optional<torch::ScalarType> written = options.dtype;
+  for (const NamedTensor& w : converted) {
+    if (!written && w.tensor.is_floating_point()) written = w.tensor.scalar_type();
+  }
+  if (written) {
+    const std::string name = HfDtypeName(*written);
+    if (config.contains("dtype")) config["dtype"] = name;
+    if (config.contains("torch_dtype") || !config.contains("dtype")) config["torch_dtype"] = name;
   }
   FULCRUM_RETURN_IF_ERROR(WriteHfWeights(staged, converted, options.max_shard_bytes));
   FULCRUM_RETURN_IF_ERROR(
