@@ -85,6 +85,20 @@ TEST(ExportTest, HfRoundTripIsBitExact) {
   }
 }
 
+TEST(ExportTest, CarriesTokenizerAndGenerationFiles) {
+  const std::string dir = ScratchDir();
+  fs::copy(Fixture("llama", "model"), dir + "/src");
+  WriteFile(dir + "/src/tokenizer.json", "{\"model\": {}}\n");
+  WriteFile(dir + "/src/tokenizer_config.json", "{\"add_bos_token\": true}\n");
+  const CommandResult r =
+      RunFulcrum("export --checkpoint " + dir + "/src --format hf --out " + dir + "/out");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const std::string name :
+       {"tokenizer.json", "tokenizer_config.json", "generation_config.json"}) {
+    EXPECT_EQ(ReadFile(dir + "/out/" + name), ReadFile(dir + "/src/" + name)) << name;
+  }
+}
+
 TEST(ExportTest, ShardedExportLoadsBack) {
   const std::string out = ScratchDir() + "/sharded";
   const CommandResult r = RunFulcrum("export --checkpoint " + Fixture("llama", "model") +
