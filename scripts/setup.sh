@@ -11,8 +11,9 @@ packages=(
   libopenblas0-openmp  # without it LibTorch falls back to reference BLAS (~30x slower fp32 GEMM)
   libopenmpi-dev openmpi-bin
   libyaml-cpp-dev libabsl-dev nlohmann-json3-dev libpcre2-dev
+  libicu-dev  # NFC/NFKC normalizers of tokenizer.json
   libgtest-dev libbenchmark-dev
-  cmake ninja-build g++ python3
+  cmake ninja-build g++ python3 pkg-config
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -48,6 +48,28 @@ CommandResult RunFulcrum(const std::string& args, int ranks) {
   return RunCommand("OMP_NUM_THREADS=1 " + command);
 }
 
+std::string NpmDir() { return FULCRUM_NPM_DIR; }
+
+std::string NpmUnavailableReason() {
+  const std::filesystem::path dir(NpmDir());
+  if (std::filesystem::exists(dir / "UNAVAILABLE")) {
+    const std::string reason = ReadFile((dir / "UNAVAILABLE").string());
+    return reason.empty() ? "unknown reason" : reason;
+  }
+  if (std::filesystem::exists(dir / "READY")) return "";
+  // Run outside ctest (which installs them first, as test npm_test_deps).
+  const CommandResult install =
+      RunCommand(SourceDir() + "/scripts/npm_test_deps.sh " + dir.string());
+  if (std::filesystem::exists(dir / "READY")) return "";
+  if (std::filesystem::exists(dir / "UNAVAILABLE")) return NpmUnavailableReason();
+  ADD_FAILURE() << "scripts/npm_test_deps.sh failed:\n" << install.output;
+  return "installation failed";
+}
+
+CommandResult RunNode(const std::string& script_and_args) {
+  return RunCommand("NODE_PATH=" + NpmDir() + "/node_modules node " + script_and_args);
+}
+
 void WriteFile(const std::string& path, const std::string& text) {
   std::filesystem::create_directories(std::filesystem::path(path).parent_path());
   std::ofstream out(path, std::ios::binary);

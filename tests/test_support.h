@@ -24,6 +24,23 @@ CommandResult RunCommand(const std::string& command);
 // Runs `fulcrum ARGS` on `ranks` ranks (1: without mpirun).
 CommandResult RunFulcrum(const std::string& args, int ranks = 1);
 
+// build/npm, where scripts/npm_test_deps.sh installs the reference packages
+// (only tests named *_reference_test get that set-up).
+std::string NpmDir();
+// Why the npm packages are missing (registry unreachable, ...), or "" when
+// they are installed.
+std::string NpmUnavailableReason();
+// `node SCRIPT ARGS` with NODE_PATH set to NpmDir()/node_modules.
+CommandResult RunNode(const std::string& script_and_args);
+
+// In a *_reference_test: skips the test, printing why, when the npm packages
+// could not be installed (the only accepted reason to skip).
+#define FULCRUM_REQUIRE_NPM()                                                 \
+  do {                                                                        \
+    const std::string npm_reason = ::fulcrum::testing::NpmUnavailableReason(); \
+    if (!npm_reason.empty()) GTEST_SKIP() << "npm packages unavailable: " << npm_reason; \
+  } while (0)
+
 void WriteFile(const std::string& path, const std::string& text);
 std::string ReadFile(const std::string& path);
 
