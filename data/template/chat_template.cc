@@ -43,7 +43,7 @@ std::string DetectFamily(const std::string& jinja) {
   if (Has(jinja, "[INST]") && Has(jinja, "[/INST]")) {
     bool spaced = Has(jinja, "' [INST] '") || Has(jinja, "\" [INST] \"");
     return spaced && Has(jinja, "system_message") && !Has(jinja, "[AVAILABLE_TOOLS]") ? "mistral"
-                                                                                       : "";
+                                                                                      : "";
   }
   if (Has(jinja, "<start_of_turn>") && Has(jinja, "<end_of_turn>")) return "gemma";
   return "";
@@ -100,16 +100,16 @@ absl::StatusOr<std::unique_ptr<ChatTemplate>> CreateChatTemplate(const std::stri
   if (name != "auto") {
     std::unique_ptr<ChatTemplate> chat_template = MakeFamily(name, config);
     if (chat_template == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat("unknown chat template '", name,
-                                                     "'; known: auto, ", KnownList()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown chat template '", name, "'; known: auto, ", KnownList()));
     }
     return chat_template;
   }
   if (config.chat_template.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "chat template 'auto': tokenizer_config.json has no chat_template; set "
-        "data.chat_template to one of: ",
-        KnownList()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("chat template 'auto': tokenizer_config.json has no chat_template; set "
+                     "data.chat_template to one of: ",
+                     KnownList()));
   }
   std::string family = DetectFamily(config.chat_template);
   if (family.empty()) {

@@ -52,9 +52,8 @@ Qwen3Answer SplitThink(const std::string& content) {
 size_t LastQueryIndex(const Conversation& conversation) {
   for (size_t i = conversation.size(); i-- > 0;) {
     const std::string& content = conversation[i].content;
-    if (conversation[i].role == "user" &&
-        !(absl::StartsWith(content, "<tool_response>") &&
-          absl::EndsWith(content, "</tool_response>"))) {
+    if (conversation[i].role == "user" && !(absl::StartsWith(content, "<tool_response>") &&
+                                            absl::EndsWith(content, "</tool_response>"))) {
       return i;
     }
   }
@@ -67,9 +66,12 @@ class ChatmlTemplate : public ChatTemplate {
 
   std::string name() const override {
     switch (flavor_) {
-      case Flavor::kQwen25: return "qwen2_5";
-      case Flavor::kQwen3: return "qwen3";
-      case Flavor::kChatml: break;
+      case Flavor::kQwen25:
+        return "qwen2_5";
+      case Flavor::kQwen3:
+        return "qwen3";
+      case Flavor::kChatml:
+        break;
     }
     return "chatml";
   }

