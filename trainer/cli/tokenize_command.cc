@@ -130,6 +130,8 @@ absl::Status RunBench(const data::Tokenizer& tokenizer, const std::string& path,
   FULCRUM_ASSIGN_OR_RETURN(const std::vector<std::string> chunks, ReadChunks(path));
   int64_t bytes = 0;
   for (const std::string& chunk : chunks) bytes += static_cast<int64_t>(chunk.size());
+  // Warm-up, as the reference bench does (first-touch of the vocabulary).
+  if (!chunks.empty()) tokenizer.Encode(chunks.front(), add_special);
   int64_t tokens = 0;
   const auto start = std::chrono::steady_clock::now();
   if (threads == 1) {
