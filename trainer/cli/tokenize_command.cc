@@ -180,9 +180,7 @@ absl::Status RunTokenize(const Args& args, const parallel::World& world) {
   }
   auto tokenizer = data::Tokenizer::Load(flags.Get("tokenizer"));
   if (!tokenizer.ok()) {
-    return absl::Status(tokenizer.status().code(),
-                        absl::StrCat("fulcrum tokenize: --tokenizer ", flags.Get("tokenizer"), ": ",
-                                     tokenizer.status().message()));
+    return Annotate(tokenizer.status(), "fulcrum tokenize: --tokenizer " + flags.Get("tokenizer"));
   }
   const bool default_add_special = !flags.Has("no-special");
   if (!flags.Get("bench").empty()) {
