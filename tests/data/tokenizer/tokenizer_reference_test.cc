@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "data/tokenizer/tokenizer.h"
@@ -95,6 +96,8 @@ std::string IdList(const std::vector<int32_t>& ids) {
 // Mismatches of one kind (encode with special tokens, decode, ...): a count
 // and the first few, described.
 struct Mismatches {
+  explicit Mismatches(std::string kind_name) : kind(std::move(kind_name)) {}
+
   std::string kind;
   size_t count = 0;
   std::string report;
