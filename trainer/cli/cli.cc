@@ -20,16 +20,15 @@ constexpr char kUsage[] =
     "  fulcrum score --model DIR [--adapter DIR] --batch IN.safetensors --out OUT.safetensors "
     "[--grads]\n"
     "  fulcrum export --checkpoint CKPT --format hf|merged|peft --out DIR [--adapter DIR] "
-    "[--dtype auto|fp32|bf16] [--max-shard-size BYTES]\n";
+    "[--dtype auto|fp32|bf16] [--max-shard-size BYTES]\n"
+    "  fulcrum tokenize --tokenizer PATH [--no-special]  (JSONL {\"text\": ...} on stdin)\n";
 
 using Command = std::function<absl::Status(const Args&, const parallel::World&)>;
 
 const std::map<std::string, Command>& Commands() {
-  static const std::map<std::string, Command> kCommands = {{"train", RunTrain},
-                                                           {"validate", RunValidate},
-                                                           {"init", RunInit},
-                                                           {"score", RunScore},
-                                                           {"export", RunExport}};
+  static const std::map<std::string, Command> kCommands = {
+      {"train", RunTrain}, {"validate", RunValidate}, {"init", RunInit},
+      {"score", RunScore}, {"export", RunExport},     {"tokenize", RunTokenize}};
   return kCommands;
 }
 

@@ -40,9 +40,14 @@ AddedVocabulary MustParse(const nlohmann::json& json, const Normalizer* normaliz
   return parsed.ok() ? std::move(*parsed) : AddedVocabulary();
 }
 
+AddedVocabulary MustParseTokens(std::vector<nlohmann::json> tokens,
+                                const Normalizer* normalizer = nullptr) {
+  return MustParse(nlohmann::json(std::move(tokens)), normalizer);
+}
+
 TEST(AddedVocabularyTest, LeftmostLongest) {
   const AddedVocabulary vocab =
-      MustParse({Token(1, "<s>"), Token(2, "<s>x"), Token(3, "</s>")});
+      MustParseTokens({Token(1, "<s>"), Token(2, "<s>x"), Token(3, "</s>")});
   EXPECT_EQ(Describe(vocab.Split("a<s>xb<s></s><s c", nullptr)),
             (std::vector<std::string>{"^a", "#2", "b", "#1", "#3", "<s c"}));
   ASSERT_EQ(vocab.tokens().size(), 3u);
@@ -50,13 +55,13 @@ TEST(AddedVocabularyTest, LeftmostLongest) {
 }
 
 TEST(AddedVocabularyTest, LstripRstripAbsorbWhitespace) {
-  const AddedVocabulary vocab = MustParse({Token(1, "<m>", {{"lstrip", true}, {"rstrip", true}})});
+  const AddedVocabulary vocab = MustParseTokens({Token(1, "<m>", {{"lstrip", true}, {"rstrip", true}})});
   EXPECT_EQ(Describe(vocab.Split("a  <m>  b<m> c", nullptr)),
             (std::vector<std::string>{"^a", "#1", "b", "#1", "c"}));
 }
 
 TEST(AddedVocabularyTest, SingleWordOnlyAtWordBoundaries) {
-  const AddedVocabulary vocab = MustParse({Token(1, "ab", {{"single_word", true}})});
+  const AddedVocabulary vocab = MustParseTokens({Token(1, "ab", {{"single_word", true}})});
   EXPECT_EQ(Describe(vocab.Split("ab cab ab, abc _ab ab", nullptr)),
             (std::vector<std::string>{"#1", " cab ", "#1", ", abc _ab ", "#1"}));
 }
@@ -87,7 +92,7 @@ class PrependForTest : public Normalizer {
 
 TEST(AddedVocabularyTest, TextBetweenTokensIsNormalizedPerSegment) {
   const PrependForTest prepend;
-  const AddedVocabulary vocab = MustParse({Token(1, "<s>")});
+  const AddedVocabulary vocab = MustParseTokens({Token(1, "<s>")});
   EXPECT_EQ(Describe(vocab.Split("<s>hi you<s>", &prepend)),
             (std::vector<std::string>{"#1", "_hi you", "#1"}));
   EXPECT_EQ(Describe(vocab.Split("hi<s>", &prepend)), (std::vector<std::string>{"^_hi", "#1"}));

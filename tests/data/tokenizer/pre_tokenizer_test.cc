@@ -103,7 +103,7 @@ const std::vector<Case>& ReferenceCases() {
   return cases;
 }
 
-Pieces Run(const PreTokenizer& pre_tokenizer, const std::string& text, bool at_start = true) {
+Pieces SplitText(const PreTokenizer& pre_tokenizer, const std::string& text, bool at_start = true) {
   Pieces pieces{text};
   pre_tokenizer.Split(&pieces, at_start);
   return pieces;
@@ -115,7 +115,7 @@ TEST(PreTokenizerTest, MatchesReference) {
     auto parsed = ParsePreTokenizer(nlohmann::json::parse(c.config), "pre_tokenizer");
     ASSERT_TRUE(parsed.ok()) << parsed.status();
     ASSERT_NE(*parsed, nullptr);
-    EXPECT_EQ(Run(**parsed, c.text), c.expected);
+    EXPECT_EQ(SplitText(**parsed, c.text), c.expected);
   }
 }
 
@@ -130,8 +130,8 @@ TEST(PreTokenizerTest, MetaspaceFirstPrependsOnlyAtTextStart) {
       nlohmann::json::parse(R"({"type":"Metaspace","replacement":"\u2581","prepend_scheme":"first","split":true})"),
       "pre_tokenizer");
   ASSERT_TRUE(parsed.ok());
-  EXPECT_EQ(Run(**parsed, "a b", /*at_start=*/false), (Pieces{"a", "\u2581b"}));
-  EXPECT_EQ(Run(**parsed, "a b", /*at_start=*/true), (Pieces{"\u2581a", "\u2581b"}));
+  EXPECT_EQ(SplitText(**parsed, "a b", /*at_start=*/false), (Pieces{"a", "\u2581b"}));
+  EXPECT_EQ(SplitText(**parsed, "a b", /*at_start=*/true), (Pieces{"\u2581a", "\u2581b"}));
 }
 
 TEST(PreTokenizerTest, LegacyMetaspaceAddPrefixSpaceFalseNeverPrepends) {
@@ -139,7 +139,7 @@ TEST(PreTokenizerTest, LegacyMetaspaceAddPrefixSpaceFalseNeverPrepends) {
       nlohmann::json::parse(R"({"type":"Metaspace","replacement":"_","add_prefix_space":false})"),
       "pre_tokenizer");
   ASSERT_TRUE(parsed.ok());
-  EXPECT_EQ(Run(**parsed, "a b"), (Pieces{"a", "_b"}));
+  EXPECT_EQ(SplitText(**parsed, "a b"), (Pieces{"a", "_b"}));
 }
 
 TEST(PreTokenizerTest, EmptyPiecesAreDropped) {
@@ -154,7 +154,7 @@ TEST(PreTokenizerTest, LongWhitespaceRunDoesNotExhaustJitStack) {
   auto parsed = ParsePreTokenizer(nlohmann::json::parse(R"({"type":"ByteLevel","add_prefix_space":false})"), "p");
   ASSERT_TRUE(parsed.ok());
   const std::string text = "a" + std::string(200000, ' ') + "b";
-  const Pieces pieces = Run(**parsed, text);
+  const Pieces pieces = SplitText(**parsed, text);
   ASSERT_EQ(pieces.size(), 3u);
   EXPECT_EQ(pieces[0], "a");
   EXPECT_EQ(pieces[2], "\xC4\xA0" "b");
@@ -170,7 +170,7 @@ TEST(PreTokenizerTest, ConcurrentSplitsAgree) {
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&, t] {
       int good = 0;
-      for (int i = 0; i < 200; ++i) good += Run(pre_tokenizer, c.text) == c.expected;
+      for (int i = 0; i < 200; ++i) good += SplitText(pre_tokenizer, c.text) == c.expected;
       ok[t] = good;
     });
   }
