@@ -1,8 +1,10 @@
 #include "data/dataset/record_formats.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "core/status.h"
 
 namespace fulcrum::data {
@@ -24,7 +26,7 @@ absl::StatusOr<const json*> FindString(const json& object, const FieldMap& field
                                        const std::string& where = "") {
   const auto it = object.find(FieldName(fields, logical));
   if (it == object.end() || (!required && it->is_null())) {
-    if (!required) return nullptr;
+    if (!required) return static_cast<const json*>(nullptr);
     return absl::InvalidArgumentError(
         absl::StrCat(where, "missing field ", Describe(fields, logical)));
   }
@@ -126,6 +128,32 @@ absl::StatusOr<Conversation> ReadInstruction(const json& object, const FieldMap&
 }
 
 }  // namespace
+
+std::vector<std::string> LogicalFields(TextFormat format) {
+  switch (format) {
+    case TextFormat::kText:
+      return {"text"};
+    case TextFormat::kInstruction:
+      return {"instruction", "input", "output", "system"};
+    case TextFormat::kMessages:
+      return {"messages", "role", "content"};
+    case TextFormat::kShareGpt:
+      return {"conversations", "from", "value"};
+  }
+  return {};
+}
+
+absl::Status CheckFieldMap(const FieldMap& fields, TextFormat format, const std::string& source) {
+  const std::vector<std::string> known = LogicalFields(format);
+  for (const auto& [logical, key] : fields) {
+    if (std::find(known.begin(), known.end(), logical) == known.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": fields: unknown key \"", logical, "\" for this format (expected ",
+                       absl::StrJoin(known, ", "), ")"));
+    }
+  }
+  return absl::OkStatus();
+}
 
 std::string FieldName(const FieldMap& fields, const std::string& logical) {
   const auto it = fields.find(logical);

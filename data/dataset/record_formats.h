@@ -2,11 +2,12 @@
 // read into either a plain text or a conversation, through the dataset's
 // FieldMap.
 //
-// Defines: TextRecord, FieldName, ParseTextRecord.
+// Defines: TextRecord, LogicalFields, CheckFieldMap, FieldName, ParseTextRecord.
 #pragma once
 
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "data/dataset/text_dataset.h"
@@ -19,6 +20,13 @@ struct TextRecord {
   std::string text;           // format text
   Conversation conversation;  // formats instruction, messages, sharegpt
 };
+
+// The logical names that `format` reads (the keys a FieldMap may have).
+std::vector<std::string> LogicalFields(TextFormat format);
+
+// Error for a FieldMap key that `format` does not read (a typo would
+// otherwise be ignored silently), naming `source` and the accepted keys.
+absl::Status CheckFieldMap(const FieldMap& fields, TextFormat format, const std::string& source);
 
 // The record key for the logical name `logical` ("instruction", "role", ...):
 // fields[logical] when mapped, else `logical` itself.

@@ -204,6 +204,7 @@ absl::Status ValidateInputs(const std::vector<DatasetSource>& sources,
       return absl::InvalidArgumentError(
           absl::StrCat(source.path, ": weight = ", source.weight, " must be > 0"));
     }
+    FULCRUM_RETURN_IF_ERROR(CheckFieldMap(source.fields, source.format, source.path));
     if (source.format != TextFormat::kText && chat_template == nullptr) {
       return absl::InvalidArgumentError(
           absl::StrCat(source.path, ": a conversation format needs a chat template"));
