@@ -391,6 +391,36 @@ TEST(ShareGptFormatTest, FromValuesMapToRoles) {
   ExpectSample(loaded->samples[0], ExpectedChat(*tokenizer, kMessagesTurns));
 }
 
+TEST(MessagesFormatTest, RealChatmlTemplateMasksMatchItsSegments) {
+  auto tokenizer = MakeTokenizer();
+  auto chatml = CreateChatTemplate("chatml", tokenizer->config());
+  ASSERT_TRUE(chatml.ok()) << chatml.status();
+  auto loaded =
+      Load({{WriteJsonl(kMessagesLine), TextFormat::kMessages}}, *tokenizer, {}, chatml->get());
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  Conversation conversation;
+  for (const auto& [role, content] : kMessagesTurns) conversation.push_back({role, content});
+  auto chat = (*chatml)->Render(conversation, RenderOptions{});
+  ASSERT_TRUE(chat.ok()) << chat.status();
+  Expected expected;
+  std::string targets;
+  for (const RenderedSegment& segment : chat->segments) {
+    expected.Add(*tokenizer, segment.text, segment.is_target);
+    if (segment.is_target) targets += segment.text;
+  }
+  ExpectSample(loaded->samples[0], expected);
+  // Segment-wise ids are the whole text's ids.
+  EXPECT_EQ(loaded->samples[0].input_ids, Widen(tokenizer->Encode(chat->Text(), false)));
+  std::vector<int32_t> target_ids;
+  for (const int64_t label : loaded->samples[0].labels) {
+    if (label != kIgnoreIndex) target_ids.push_back(static_cast<int32_t>(label));
+  }
+  EXPECT_EQ(tokenizer->Decode(target_ids, false), targets);
+  EXPECT_NE(targets.find("a1<|im_end|>"), std::string::npos) << targets;
+  EXPECT_NE(targets.find("a2<|im_end|>"), std::string::npos) << targets;
+  EXPECT_EQ(targets.find("q1"), std::string::npos) << targets;
+}
+
 // --- bad inputs, one test each ---
 
 TEST(TextDatasetErrorTest, InvalidJsonNamesFileAndLine) {
