@@ -32,8 +32,7 @@ bool JsonlReader::Next(JsonlLine* line) {
 absl::Status JsonlReader::status() const {
   // getline sets failbit (with eofbit) at a clean end; badbit is a real error.
   if (in_->bad()) {
-    return absl::DataLossError(
-        absl::StrCat(path_, ": read error after line ", line_number_));
+    return absl::DataLossError(absl::StrCat(path_, ": read error after line ", line_number_));
   }
   return absl::OkStatus();
 }

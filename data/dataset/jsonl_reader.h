@@ -16,7 +16,7 @@
 namespace fulcrum::data {
 
 struct JsonlLine {
-  std::string text;  // without the line break (and without a trailing '\r')
+  std::string text;    // without the line break (and without a trailing '\r')
   int64_t number = 0;  // 1-based line number in the file
 };
 

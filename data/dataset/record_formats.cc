@@ -96,13 +96,11 @@ absl::StatusOr<Conversation> ReadConversation(const json& object, const FieldMap
       return absl::InvalidArgumentError(
           absl::StrCat(where, "expected a JSON object, got ", turn.type_name()));
     }
-    FULCRUM_ASSIGN_OR_RETURN(std::string role,
-                             ReadRequiredString(turn, fields, role_name, where));
+    FULCRUM_ASSIGN_OR_RETURN(std::string role, ReadRequiredString(turn, fields, role_name, where));
     auto canonical = CanonicalRole(role, sharegpt);
     if (!canonical.ok()) {
-      return Annotate(canonical.status(),
-                      absl::StrCat(where.substr(0, where.size() - 2), ".",
-                                   FieldName(fields, role_name)));
+      return Annotate(canonical.status(), absl::StrCat(where.substr(0, where.size() - 2), ".",
+                                                       FieldName(fields, role_name)));
     }
     FULCRUM_ASSIGN_OR_RETURN(std::string content,
                              ReadRequiredString(turn, fields, content_name, where));
@@ -147,9 +145,9 @@ absl::Status CheckFieldMap(const FieldMap& fields, TextFormat format, const std:
   const std::vector<std::string> known = LogicalFields(format);
   for (const auto& [logical, key] : fields) {
     if (std::find(known.begin(), known.end(), logical) == known.end()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(source, ": fields: unknown key \"", logical, "\" for this format (expected ",
-                       absl::StrJoin(known, ", "), ")"));
+      return absl::InvalidArgumentError(absl::StrCat(source, ": fields: unknown key \"", logical,
+                                                     "\" for this format (expected ",
+                                                     absl::StrJoin(known, ", "), ")"));
     }
   }
   return absl::OkStatus();
@@ -176,9 +174,8 @@ absl::StatusOr<TextRecord> ParseTextRecord(const json& object, TextFormat format
     case TextFormat::kMessages:
     case TextFormat::kShareGpt: {
       record.is_conversation = true;
-      FULCRUM_ASSIGN_OR_RETURN(
-          record.conversation,
-          ReadConversation(object, fields, format == TextFormat::kShareGpt));
+      FULCRUM_ASSIGN_OR_RETURN(record.conversation,
+                               ReadConversation(object, fields, format == TextFormat::kShareGpt));
       return record;
     }
   }

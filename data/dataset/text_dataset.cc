@@ -96,8 +96,8 @@ absl::StatusOr<PlannedSample> PlanRecord(const JsonlLine& line, const DatasetSou
   FULCRUM_ASSIGN_OR_RETURN(RenderedChat chat,
                            context.chat_template->Render(record.conversation, render));
   plan.segments = std::move(chat.segments);
-  const bool starts_with_bos = !plan.segments.empty() &&
-                               plan.segments.front().text.rfind(context.special.bos_text, 0) == 0;
+  const bool starts_with_bos =
+      !plan.segments.empty() && plan.segments.front().text.rfind(context.special.bos_text, 0) == 0;
   if (context.special.chat_bos.has_value() && !starts_with_bos) {
     plan.prefix = {*context.special.chat_bos};
   }
@@ -151,8 +151,7 @@ absl::Status TokenizeChunk(const std::vector<PlannedSample>& plans, const std::s
   }
   const std::vector<std::vector<int32_t>> ids = context->tokenizer.EncodeBatch(
       texts, /*add_special_tokens=*/false, context->options.num_threads);
-  FULCRUM_CHECK(ids.size() == texts.size(), "EncodeBatch gave ", ids.size(), " for ",
-                texts.size());
+  FULCRUM_CHECK(ids.size() == texts.size(), "EncodeBatch gave ", ids.size(), " for ", texts.size());
   auto next = ids.cbegin();
   for (const PlannedSample& plan : plans) {
     Sample sample;
@@ -160,8 +159,8 @@ absl::Status TokenizeChunk(const std::vector<PlannedSample>& plans, const std::s
     next += static_cast<std::ptrdiff_t>(plan.segments.size());
     if (!kept) continue;
     if (sample.input_ids.empty()) {
-      FULCRUM_RETURN_IF_ERROR(RecordError(
-          absl::InvalidArgumentError("the record gives no tokens"), path, plan.line, context));
+      FULCRUM_RETURN_IF_ERROR(RecordError(absl::InvalidArgumentError("the record gives no tokens"),
+                                          path, plan.line, context));
       continue;
     }
     out->push_back(std::move(sample));
@@ -243,10 +242,10 @@ absl::StatusOr<LoadedSamples> LoadTextDataset(const std::vector<DatasetSource>& 
     loaded.stats.tokens += static_cast<int64_t>(sample.input_ids.size());
   }
   if (loaded.samples.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "no usable samples in ", absl::StrJoin(paths, ", "), ": ", loaded.stats.records,
-        " records, ", loaded.stats.skipped, " skipped, ", loaded.stats.dropped,
-        " dropped (longer than seq_len ", options.seq_len, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("no usable samples in ", absl::StrJoin(paths, ", "), ": ",
+                     loaded.stats.records, " records, ", loaded.stats.skipped, " skipped, ",
+                     loaded.stats.dropped, " dropped (longer than seq_len ", options.seq_len, ")"));
   }
   return loaded;
 }

@@ -59,7 +59,8 @@ TEST(WeightedRepeatTest, SeedAndStreamDetermineTheChoice) {
   for (uint64_t seed = 8; seed < 12; ++seed) any_different |= choose(seed, 0) != choose(7, 0);
   EXPECT_TRUE(any_different);
   bool streams_differ = false;
-  for (int64_t stream = 1; stream < 5; ++stream) streams_differ |= choose(7, stream) != choose(7, 0);
+  for (int64_t stream = 1; stream < 5; ++stream)
+    streams_differ |= choose(7, stream) != choose(7, 0);
   EXPECT_TRUE(streams_differ);
 }
 

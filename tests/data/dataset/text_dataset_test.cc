@@ -32,36 +32,49 @@ std::string TinyTokenizerJson(bool bos_post_processor) {
   json added = json::array();
   const std::vector<std::string> specials = {"<|endoftext|>", "<|im_start|>", "<|im_end|>", "<s>"};
   for (size_t i = 0; i < specials.size(); ++i) {
-    added.push_back({{"id", 260 + i}, {"content", specials[i]}, {"single_word", false},
-                     {"lstrip", false}, {"rstrip", false}, {"normalized", false},
+    added.push_back({{"id", 260 + i},
+                     {"content", specials[i]},
+                     {"single_word", false},
+                     {"lstrip", false},
+                     {"rstrip", false},
+                     {"normalized", false},
                      {"special", true}});
   }
-  const json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false},
-                           {"trim_offsets", true}, {"use_regex", true}};
+  const json byte_level = {{"type", "ByteLevel"},
+                           {"add_prefix_space", false},
+                           {"trim_offsets", true},
+                           {"use_regex", true}};
   json post = byte_level;
   if (bos_post_processor) {
     post = {{"type", "TemplateProcessing"},
-            {"single", {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
-                        {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
-            {"pair", {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
-                      {{"Sequence", {{"id", "A"}, {"type_id", 0}}}},
-                      {{"Sequence", {{"id", "B"}, {"type_id", 1}}}}}},
+            {"single",
+             {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
+              {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+            {"pair",
+             {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
+              {{"Sequence", {{"id", "A"}, {"type_id", 0}}}},
+              {{"Sequence", {{"id", "B"}, {"type_id", 1}}}}}},
             {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {kBos}}, {"tokens", {"<s>"}}}}}}};
   }
-  const json tokenizer = {
-      {"version", "1.0"},
-      {"truncation", nullptr},
-      {"padding", nullptr},
-      {"added_tokens", added},
-      {"normalizer", nullptr},
-      {"pre_tokenizer", byte_level},
-      {"post_processor", post},
-      {"decoder", byte_level},
-      {"model",
-       {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr},
-        {"continuing_subword_prefix", nullptr}, {"end_of_word_suffix", nullptr},
-        {"fuse_unk", false}, {"byte_fallback", false}, {"ignore_merges", false},
-        {"vocab", vocab}, {"merges", {"h e", "l l", "he ll", "hell o"}}}}};
+  const json tokenizer = {{"version", "1.0"},
+                          {"truncation", nullptr},
+                          {"padding", nullptr},
+                          {"added_tokens", added},
+                          {"normalizer", nullptr},
+                          {"pre_tokenizer", byte_level},
+                          {"post_processor", post},
+                          {"decoder", byte_level},
+                          {"model",
+                           {{"type", "BPE"},
+                            {"dropout", nullptr},
+                            {"unk_token", nullptr},
+                            {"continuing_subword_prefix", nullptr},
+                            {"end_of_word_suffix", nullptr},
+                            {"fuse_unk", false},
+                            {"byte_fallback", false},
+                            {"ignore_merges", false},
+                            {"vocab", vocab},
+                            {"merges", {"h e", "l l", "he ll", "hell o"}}}}};
   return tokenizer.dump();
 }
 
@@ -85,8 +98,7 @@ std::shared_ptr<const Tokenizer> MakeTokenizer(const TokenizerSetup& setup = {})
   if (setup.eos) config.eos_token = "<|endoftext|>";
   config.add_bos_token = setup.add_bos_token;
   config.present = true;
-  auto tokenizer =
-      Tokenizer::FromJson(TinyTokenizerJson(setup.bos_post_processor), "test", config);
+  auto tokenizer = Tokenizer::FromJson(TinyTokenizerJson(setup.bos_post_processor), "test", config);
   EXPECT_TRUE(tokenizer.ok()) << tokenizer.status();
   return *tokenizer;
 }
@@ -129,8 +141,11 @@ class FakeChatTemplate : public ChatTemplate {
   std::string prefix_;
 };
 
-std::string WriteJsonl(const std::string& text, const std::string& name = "data.jsonl") {
-  const std::string path = ScratchDir() + "/" + name;
+// NOTE: ScratchDir() empties the test's directory on every call; tests that
+// need several files pass the directory.
+std::string WriteJsonl(const std::string& text, const std::string& dir = ScratchDir(),
+                       const std::string& name = "data.jsonl") {
+  const std::string path = dir + "/" + name;
   WriteFile(path, text);
   return path;
 }
@@ -152,8 +167,7 @@ struct Expected {
 };
 
 absl::StatusOr<LoadedSamples> Load(const std::vector<DatasetSource>& sources,
-                                   const Tokenizer& tokenizer,
-                                   const TokenizeOptions& options = {},
+                                   const Tokenizer& tokenizer, const TokenizeOptions& options = {},
                                    const ChatTemplate* chat_template = nullptr) {
   static const FakeChatTemplate kDefaultTemplate;
   return LoadTextDataset(sources, tokenizer,
@@ -222,8 +236,7 @@ TEST(TextFormatTest, AddBosTokenPrependsBos) {
 
 TEST(TextFormatTest, PostProcessorBosIsNotDoubled) {
   for (const bool add_bos_token : {false, true}) {
-    auto tokenizer =
-        MakeTokenizer(TokenizerWith(add_bos_token, /*bos_post_processor=*/true, true));
+    auto tokenizer = MakeTokenizer(TokenizerWith(add_bos_token, /*bos_post_processor=*/true, true));
     ASSERT_EQ(tokenizer->Encode("hi", true).front(), kBos);
     auto loaded = Load({{WriteJsonl("{\"text\": \"hi\"}\n"), TextFormat::kText, {}}}, *tokenizer);
     ASSERT_TRUE(loaded.ok()) << loaded.status();
@@ -234,18 +247,18 @@ TEST(TextFormatTest, PostProcessorBosIsNotDoubled) {
 
 TEST(TextFormatTest, SpecialTokenStringsInTextAreMatched) {
   auto tokenizer = MakeTokenizer();
-  auto loaded = Load(
-      {{WriteJsonl("{\"text\": \"a<|im_end|>b\", \"other\": 1}\n"), TextFormat::kText, {}}},
-      *tokenizer);
+  auto loaded =
+      Load({{WriteJsonl("{\"text\": \"a<|im_end|>b\", \"other\": 1}\n"), TextFormat::kText, {}}},
+           *tokenizer);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ(loaded->samples[0].input_ids, (std::vector<int64_t>{'a', kImEnd, 'b', kEndOfText}));
 }
 
 TEST(TextFormatTest, MappedTextField) {
   auto tokenizer = MakeTokenizer();
-  auto loaded = Load({{WriteJsonl("{\"content\": \"hi\"}\n"), TextFormat::kText,
-                       FieldMap{{"text", "content"}}}},
-                     *tokenizer);
+  auto loaded = Load(
+      {{WriteJsonl("{\"content\": \"hi\"}\n"), TextFormat::kText, FieldMap{{"text", "content"}}}},
+      *tokenizer);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ(loaded->samples[0].input_ids, (std::vector<int64_t>{'h', 'i', kEndOfText}));
 }
@@ -284,10 +297,9 @@ TEST(InstructionFormatTest, InstructionInputAndSystem) {
   auto loaded = Load({{path, TextFormat::kInstruction, {}}}, *tokenizer);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   ASSERT_EQ(loaded->samples.size(), 3u);
-  ExpectSample(loaded->samples[0],
-               ExpectedChat(*tokenizer, {{"system", "Be brief"},
-                                         {"user", "Say hello\n\nto me"},
-                                         {"assistant", "hello"}}));
+  ExpectSample(loaded->samples[0], ExpectedChat(*tokenizer, {{"system", "Be brief"},
+                                                             {"user", "Say hello\n\nto me"},
+                                                             {"assistant", "hello"}}));
   const Expected short_one = ExpectedChat(*tokenizer, {{"user", "Say hi"}, {"assistant", "hi"}});
   ExpectSample(loaded->samples[1], short_one);
   ExpectSample(loaded->samples[2], short_one);
@@ -487,8 +499,8 @@ TEST(TextDatasetErrorTest, UnknownShareGptFrom) {
 }
 
 TEST(TextDatasetErrorTest, ConversationTheTemplateRejects) {
-  ExpectError("{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}]}\n",
-              TextFormat::kMessages, 1, "the last message must be the assistant's");
+  ExpectError("{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}]}\n", TextFormat::kMessages,
+              1, "the last message must be the assistant's");
 }
 
 TEST(TextDatasetErrorTest, UnreadableFile) {
@@ -578,9 +590,9 @@ TEST(TextDatasetPolicyTest, AllSkippedIsNoUsableSamplesWithCounts) {
 TEST(TextDatasetPolicyTest, TruncateCutsAndCounts) {
   TokenizeOptions options;
   options.seq_len = 4;
-  auto loaded = Load({{WriteJsonl("{\"text\": \"abcdefg\"}\n{\"text\": \"ab\"}\n"),
-                       TextFormat::kText, {}}},
-                     *MakeTokenizer(), options);
+  auto loaded =
+      Load({{WriteJsonl("{\"text\": \"abcdefg\"}\n{\"text\": \"ab\"}\n"), TextFormat::kText, {}}},
+           *MakeTokenizer(), options);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ(loaded->stats.truncated, 1);
   EXPECT_EQ(loaded->stats.dropped, 0);
@@ -594,9 +606,9 @@ TEST(TextDatasetPolicyTest, DropRemovesAndCounts) {
   TokenizeOptions options;
   options.seq_len = 4;
   options.overflow = OverflowPolicy::kDrop;
-  auto loaded = Load({{WriteJsonl("{\"text\": \"abcdefg\"}\n{\"text\": \"ab\"}\n"),
-                       TextFormat::kText, {}}},
-                     *MakeTokenizer(), options);
+  auto loaded =
+      Load({{WriteJsonl("{\"text\": \"abcdefg\"}\n{\"text\": \"ab\"}\n"), TextFormat::kText, {}}},
+           *MakeTokenizer(), options);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ(loaded->stats.dropped, 1);
   EXPECT_EQ(loaded->stats.truncated, 0);
@@ -608,8 +620,8 @@ TEST(TextDatasetPolicyTest, AllDroppedIsNoUsableSamplesWithCounts) {
   TokenizeOptions options;
   options.seq_len = 2;
   options.overflow = OverflowPolicy::kDrop;
-  auto loaded =
-      Load({{WriteJsonl("{\"text\": \"abc\"}\n"), TextFormat::kText, {}}}, *MakeTokenizer(), options);
+  auto loaded = Load({{WriteJsonl("{\"text\": \"abc\"}\n"), TextFormat::kText, {}}},
+                     *MakeTokenizer(), options);
   ASSERT_FALSE(loaded.ok());
   EXPECT_NE(loaded.status().message().find("1 records, 0 skipped, 1 dropped"), std::string::npos)
       << loaded.status();
@@ -618,8 +630,8 @@ TEST(TextDatasetPolicyTest, AllDroppedIsNoUsableSamplesWithCounts) {
 TEST(TextDatasetPolicyTest, BadSeqLen) {
   TokenizeOptions options;
   options.seq_len = 0;
-  auto loaded =
-      Load({{WriteJsonl("{\"text\": \"abc\"}\n"), TextFormat::kText, {}}}, *MakeTokenizer(), options);
+  auto loaded = Load({{WriteJsonl("{\"text\": \"abc\"}\n"), TextFormat::kText, {}}},
+                     *MakeTokenizer(), options);
   ASSERT_FALSE(loaded.ok());
   EXPECT_NE(loaded.status().message().find("seq_len"), std::string::npos);
 }
@@ -634,8 +646,9 @@ std::string NumberedTexts(const std::string& tag, int n) {
 
 TEST(TextDatasetMixtureTest, WeightsRepeatAndSubsampleBySource) {
   auto tokenizer = MakeTokenizer();
-  const std::string a = WriteJsonl(NumberedTexts("a", 3), "a.jsonl");
-  const std::string b = WriteJsonl(NumberedTexts("b", 10), "b.jsonl");
+  const std::string dir = ScratchDir();
+  const std::string a = WriteJsonl(NumberedTexts("a", 3), dir, "a.jsonl");
+  const std::string b = WriteJsonl(NumberedTexts("b", 10), dir, "b.jsonl");
   const std::vector<DatasetSource> sources = {{a, TextFormat::kText, {}, 2.0},
                                               {b, TextFormat::kText, {}, 0.4}};
   auto loaded = Load(sources, *tokenizer);
@@ -678,12 +691,13 @@ TEST(TextDatasetThreadsTest, OutputDoesNotDependOnThreadCount) {
   for (int i = 0; i < 2300; ++i) {
     text += "{\"text\": \"hello " + std::to_string(i * 7919) + " world\"}\n";
   }
-  const std::string path = WriteJsonl(text);
+  const std::string dir = ScratchDir();
+  const std::string path = WriteJsonl(text, dir);
+  const std::string messages = WriteJsonl(kMessagesLine, dir, "m.jsonl");
   const auto load = [&](int threads) {
     TokenizeOptions options;
     options.num_threads = threads;
-    auto loaded = Load({{path, TextFormat::kText, {}}, {WriteJsonl(kMessagesLine, "m.jsonl"),
-                                                    TextFormat::kMessages, {}}},
+    auto loaded = Load({{path, TextFormat::kText, {}}, {messages, TextFormat::kMessages, {}}},
                        *tokenizer, options);
     EXPECT_TRUE(loaded.ok()) << loaded.status();
     return *std::move(loaded);
