@@ -16,6 +16,7 @@ constexpr char kUsage[] =
     "usage:\n"
     "  fulcrum train RECIPE.yaml [key.path=value ...]\n"
     "  fulcrum validate RECIPE.yaml [key.path=value ...]\n"
+    "  fulcrum prepare RECIPE.yaml [key.path=value ...]   (tokenize text data into the cache)\n"
     "  fulcrum init --config config.json --out DIR [--seed N]\n"
     "  fulcrum score --model DIR [--adapter DIR] --batch IN.safetensors --out OUT.safetensors "
     "[--grads]\n"
@@ -29,7 +30,8 @@ const std::map<std::string, Command>& Commands() {
                                                            {"validate", RunValidate},
                                                            {"init", RunInit},
                                                            {"score", RunScore},
-                                                           {"export", RunExport}};
+                                                           {"export", RunExport},
+                                                           {"prepare", RunPrepare}};
   return kCommands;
 }
 
