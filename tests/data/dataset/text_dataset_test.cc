@@ -71,7 +71,7 @@ struct TokenizerSetup {
   bool eos = true;
 };
 
-TokenizerSetup Setup(bool add_bos_token, bool bos_post_processor, bool eos) {
+TokenizerSetup TokenizerWith(bool add_bos_token, bool bos_post_processor, bool eos) {
   TokenizerSetup setup;
   setup.add_bos_token = add_bos_token;
   setup.bos_post_processor = bos_post_processor;
@@ -190,7 +190,7 @@ TEST(ParseTextFormatTest, UnknownNameListsTheOptions) {
 TEST(TextFormatTest, TextPlusEosAllTargets) {
   auto tokenizer = MakeTokenizer();
   const std::string path = WriteJsonl("{\"text\": \"hello world\"}\n\n{\"text\": \"hi\"}\n");
-  auto loaded = Load({{path, TextFormat::kText}}, *tokenizer);
+  auto loaded = Load({{path, TextFormat::kText, {}}}, *tokenizer);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   ASSERT_EQ(loaded->samples.size(), 2u);
   std::vector<int64_t> expected = Widen(tokenizer->Encode("hello world", false));
@@ -206,15 +206,15 @@ TEST(TextFormatTest, TextPlusEosAllTargets) {
 }
 
 TEST(TextFormatTest, NoEosTokenKnownAppendsNothing) {
-  auto tokenizer = MakeTokenizer(Setup(false, false, /*eos=*/false));
-  auto loaded = Load({{WriteJsonl("{\"text\": \"hi\"}\n"), TextFormat::kText}}, *tokenizer);
+  auto tokenizer = MakeTokenizer(TokenizerWith(false, false, /*eos=*/false));
+  auto loaded = Load({{WriteJsonl("{\"text\": \"hi\"}\n"), TextFormat::kText, {}}}, *tokenizer);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ(loaded->samples[0].input_ids, (std::vector<int64_t>{'h', 'i'}));
 }
 
 TEST(TextFormatTest, AddBosTokenPrependsBos) {
-  auto tokenizer = MakeTokenizer(Setup(/*add_bos_token=*/true, false, true));
-  auto loaded = Load({{WriteJsonl("{\"text\": \"hi\"}\n"), TextFormat::kText}}, *tokenizer);
+  auto tokenizer = MakeTokenizer(TokenizerWith(/*add_bos_token=*/true, false, true));
+  auto loaded = Load({{WriteJsonl("{\"text\": \"hi\"}\n"), TextFormat::kText, {}}}, *tokenizer);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ(loaded->samples[0].input_ids, (std::vector<int64_t>{kBos, 'h', 'i', kEndOfText}));
   EXPECT_EQ(loaded->samples[0].labels, loaded->samples[0].input_ids);
@@ -223,9 +223,9 @@ TEST(TextFormatTest, AddBosTokenPrependsBos) {
 TEST(TextFormatTest, PostProcessorBosIsNotDoubled) {
   for (const bool add_bos_token : {false, true}) {
     auto tokenizer =
-        MakeTokenizer(Setup(add_bos_token, /*bos_post_processor=*/true, true));
+        MakeTokenizer(TokenizerWith(add_bos_token, /*bos_post_processor=*/true, true));
     ASSERT_EQ(tokenizer->Encode("hi", true).front(), kBos);
-    auto loaded = Load({{WriteJsonl("{\"text\": \"hi\"}\n"), TextFormat::kText}}, *tokenizer);
+    auto loaded = Load({{WriteJsonl("{\"text\": \"hi\"}\n"), TextFormat::kText, {}}}, *tokenizer);
     ASSERT_TRUE(loaded.ok()) << loaded.status();
     EXPECT_EQ(loaded->samples[0].input_ids, (std::vector<int64_t>{kBos, 'h', 'i', kEndOfText}))
         << add_bos_token;
@@ -235,7 +235,7 @@ TEST(TextFormatTest, PostProcessorBosIsNotDoubled) {
 TEST(TextFormatTest, SpecialTokenStringsInTextAreMatched) {
   auto tokenizer = MakeTokenizer();
   auto loaded = Load(
-      {{WriteJsonl("{\"text\": \"a<|im_end|>b\", \"other\": 1}\n"), TextFormat::kText}},
+      {{WriteJsonl("{\"text\": \"a<|im_end|>b\", \"other\": 1}\n"), TextFormat::kText, {}}},
       *tokenizer);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ(loaded->samples[0].input_ids, (std::vector<int64_t>{'a', kImEnd, 'b', kEndOfText}));
@@ -281,7 +281,7 @@ TEST(InstructionFormatTest, InstructionInputAndSystem) {
       "\"system\": \"Be brief\"}\n"
       "{\"instruction\": \"Say hi\", \"input\": \"\", \"output\": \"hi\"}\n"
       "{\"instruction\": \"Say hi\", \"input\": null, \"output\": \"hi\", \"system\": null}\n");
-  auto loaded = Load({{path, TextFormat::kInstruction}}, *tokenizer);
+  auto loaded = Load({{path, TextFormat::kInstruction, {}}}, *tokenizer);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   ASSERT_EQ(loaded->samples.size(), 3u);
   ExpectSample(loaded->samples[0],
@@ -321,7 +321,7 @@ const std::vector<std::pair<std::string, std::string>> kMessagesTurns = {
 
 TEST(MessagesFormatTest, MultiTurnLabelsFollowTargetSegments) {
   auto tokenizer = MakeTokenizer();
-  auto loaded = Load({{WriteJsonl(kMessagesLine), TextFormat::kMessages}}, *tokenizer);
+  auto loaded = Load({{WriteJsonl(kMessagesLine), TextFormat::kMessages, {}}}, *tokenizer);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   ASSERT_EQ(loaded->samples.size(), 1u);
   ExpectSample(loaded->samples[0], ExpectedChat(*tokenizer, kMessagesTurns));
@@ -342,13 +342,13 @@ TEST(MessagesFormatTest, RenderOptionsReachTheTemplate) {
   auto tokenizer = MakeTokenizer();
   TokenizeOptions options;
   options.render.train_on_prompt = true;
-  auto loaded = Load({{WriteJsonl(kMessagesLine), TextFormat::kMessages}}, *tokenizer, options);
+  auto loaded = Load({{WriteJsonl(kMessagesLine), TextFormat::kMessages, {}}}, *tokenizer, options);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ(loaded->samples[0].labels, loaded->samples[0].input_ids);
 
   options.render.train_on_prompt = false;
   options.render.mask_history = true;
-  loaded = Load({{WriteJsonl(kMessagesLine), TextFormat::kMessages}}, *tokenizer, options);
+  loaded = Load({{WriteJsonl(kMessagesLine), TextFormat::kMessages, {}}}, *tokenizer, options);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   std::vector<int64_t> targets;
   for (const int64_t label : loaded->samples[0].labels) {
@@ -358,8 +358,8 @@ TEST(MessagesFormatTest, RenderOptionsReachTheTemplate) {
 }
 
 TEST(MessagesFormatTest, AddBosTokenPrependsANonTargetBos) {
-  auto tokenizer = MakeTokenizer(Setup(/*add_bos_token=*/true, false, true));
-  auto loaded = Load({{WriteJsonl(kMessagesLine), TextFormat::kMessages}}, *tokenizer);
+  auto tokenizer = MakeTokenizer(TokenizerWith(/*add_bos_token=*/true, false, true));
+  auto loaded = Load({{WriteJsonl(kMessagesLine), TextFormat::kMessages, {}}}, *tokenizer);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   Expected expected;
   expected.AddId(kBos, false);
@@ -370,10 +370,10 @@ TEST(MessagesFormatTest, AddBosTokenPrependsANonTargetBos) {
 }
 
 TEST(MessagesFormatTest, BosRenderedByTheTemplateIsNotDoubled) {
-  auto tokenizer = MakeTokenizer(Setup(/*add_bos_token=*/true, false, true));
+  auto tokenizer = MakeTokenizer(TokenizerWith(/*add_bos_token=*/true, false, true));
   const FakeChatTemplate with_bos("<s>");
   auto loaded =
-      Load({{WriteJsonl(kMessagesLine), TextFormat::kMessages}}, *tokenizer, {}, &with_bos);
+      Load({{WriteJsonl(kMessagesLine), TextFormat::kMessages, {}}}, *tokenizer, {}, &with_bos);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   ASSERT_GE(loaded->samples[0].input_ids.size(), 2u);
   EXPECT_EQ(loaded->samples[0].input_ids[0], kBos);
@@ -386,9 +386,39 @@ TEST(ShareGptFormatTest, FromValuesMapToRoles) {
       "{\"conversations\": [{\"from\": \"system\", \"value\": \"sys\"}, "
       "{\"from\": \"human\", \"value\": \"q1\"}, {\"from\": \"gpt\", \"value\": \"a1\"}, "
       "{\"from\": \"user\", \"value\": \"q2\"}, {\"from\": \"assistant\", \"value\": \"a2\"}]}\n");
-  auto loaded = Load({{path, TextFormat::kShareGpt}}, *tokenizer);
+  auto loaded = Load({{path, TextFormat::kShareGpt, {}}}, *tokenizer);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   ExpectSample(loaded->samples[0], ExpectedChat(*tokenizer, kMessagesTurns));
+}
+
+TEST(MessagesFormatTest, RealChatmlTemplateMasksMatchItsSegments) {
+  auto tokenizer = MakeTokenizer();
+  auto chatml = CreateChatTemplate("chatml", tokenizer->config());
+  ASSERT_TRUE(chatml.ok()) << chatml.status();
+  auto loaded =
+      Load({{WriteJsonl(kMessagesLine), TextFormat::kMessages, {}}}, *tokenizer, {}, chatml->get());
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  Conversation conversation;
+  for (const auto& [role, content] : kMessagesTurns) conversation.push_back({role, content});
+  auto chat = (*chatml)->Render(conversation, RenderOptions{});
+  ASSERT_TRUE(chat.ok()) << chat.status();
+  Expected expected;
+  std::string targets;
+  for (const RenderedSegment& segment : chat->segments) {
+    expected.Add(*tokenizer, segment.text, segment.is_target);
+    if (segment.is_target) targets += segment.text;
+  }
+  ExpectSample(loaded->samples[0], expected);
+  // Segment-wise ids are the whole text's ids.
+  EXPECT_EQ(loaded->samples[0].input_ids, Widen(tokenizer->Encode(chat->Text(), false)));
+  std::vector<int32_t> target_ids;
+  for (const int64_t label : loaded->samples[0].labels) {
+    if (label != kIgnoreIndex) target_ids.push_back(static_cast<int32_t>(label));
+  }
+  EXPECT_EQ(tokenizer->Decode(target_ids, false), targets);
+  EXPECT_NE(targets.find("a1<|im_end|>"), std::string::npos) << targets;
+  EXPECT_NE(targets.find("a2<|im_end|>"), std::string::npos) << targets;
+  EXPECT_EQ(targets.find("q1"), std::string::npos) << targets;
 }
 
 // --- bad inputs, one test each ---
@@ -463,14 +493,14 @@ TEST(TextDatasetErrorTest, ConversationTheTemplateRejects) {
 
 TEST(TextDatasetErrorTest, UnreadableFile) {
   const std::string path = ScratchDir() + "/absent.jsonl";
-  auto loaded = Load({{path, TextFormat::kText}}, *MakeTokenizer());
+  auto loaded = Load({{path, TextFormat::kText, {}}}, *MakeTokenizer());
   ASSERT_FALSE(loaded.ok());
   EXPECT_NE(loaded.status().message().find(path + ": cannot open"), std::string::npos)
       << loaded.status();
 }
 
 TEST(TextDatasetErrorTest, ConversationFormatWithoutTemplate) {
-  auto loaded = LoadTextDataset({{WriteJsonl(kMessagesLine), TextFormat::kMessages}},
+  auto loaded = LoadTextDataset({{WriteJsonl(kMessagesLine), TextFormat::kMessages, {}}},
                                 *MakeTokenizer(), nullptr, {});
   ASSERT_FALSE(loaded.ok());
   EXPECT_NE(loaded.status().message().find("needs a chat template"), std::string::npos)
@@ -496,7 +526,7 @@ TEST(TextDatasetErrorTest, UnknownFieldMapKey) {
 
 TEST(TextDatasetErrorTest, EmptyFileHasNoUsableSamples) {
   const std::string path = WriteJsonl("\n\n");
-  auto loaded = Load({{path, TextFormat::kText}}, *MakeTokenizer());
+  auto loaded = Load({{path, TextFormat::kText, {}}}, *MakeTokenizer());
   ASSERT_FALSE(loaded.ok());
   EXPECT_NE(loaded.status().message().find("no usable samples in " + path + ": 0 records"),
             std::string::npos)
@@ -504,9 +534,9 @@ TEST(TextDatasetErrorTest, EmptyFileHasNoUsableSamples) {
 }
 
 TEST(TextDatasetErrorTest, EmptyTextWithoutSpecialTokensGivesNoTokens) {
-  auto tokenizer = MakeTokenizer(Setup(false, false, /*eos=*/false));
+  auto tokenizer = MakeTokenizer(TokenizerWith(false, false, /*eos=*/false));
   const std::string path = WriteJsonl("{\"text\": \"\"}\n");
-  auto loaded = Load({{path, TextFormat::kText}}, *tokenizer);
+  auto loaded = Load({{path, TextFormat::kText, {}}}, *tokenizer);
   ASSERT_FALSE(loaded.ok());
   EXPECT_NE(loaded.status().message().find(path + ":1: the record gives no tokens"),
             std::string::npos)
@@ -525,7 +555,7 @@ TEST(TextDatasetPolicyTest, SkipPolicyCountsBadRecords) {
       "{\"text\": \"c\"}\n");
   TokenizeOptions options;
   options.on_error = ErrorPolicy::kSkip;
-  auto loaded = Load({{path, TextFormat::kText}}, *MakeTokenizer(), options);
+  auto loaded = Load({{path, TextFormat::kText, {}}}, *MakeTokenizer(), options);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ(loaded->stats.records, 5);
   EXPECT_EQ(loaded->stats.skipped, 3);
@@ -538,7 +568,7 @@ TEST(TextDatasetPolicyTest, AllSkippedIsNoUsableSamplesWithCounts) {
   TokenizeOptions options;
   options.on_error = ErrorPolicy::kSkip;
   auto loaded =
-      Load({{WriteJsonl("x\n{\"y\": 1}\n"), TextFormat::kText}}, *MakeTokenizer(), options);
+      Load({{WriteJsonl("x\n{\"y\": 1}\n"), TextFormat::kText, {}}}, *MakeTokenizer(), options);
   ASSERT_FALSE(loaded.ok());
   EXPECT_NE(loaded.status().message().find("no usable samples"), std::string::npos);
   EXPECT_NE(loaded.status().message().find("2 records, 2 skipped, 0 dropped"), std::string::npos)
@@ -549,7 +579,7 @@ TEST(TextDatasetPolicyTest, TruncateCutsAndCounts) {
   TokenizeOptions options;
   options.seq_len = 4;
   auto loaded = Load({{WriteJsonl("{\"text\": \"abcdefg\"}\n{\"text\": \"ab\"}\n"),
-                       TextFormat::kText}},
+                       TextFormat::kText, {}}},
                      *MakeTokenizer(), options);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ(loaded->stats.truncated, 1);
@@ -565,7 +595,7 @@ TEST(TextDatasetPolicyTest, DropRemovesAndCounts) {
   options.seq_len = 4;
   options.overflow = OverflowPolicy::kDrop;
   auto loaded = Load({{WriteJsonl("{\"text\": \"abcdefg\"}\n{\"text\": \"ab\"}\n"),
-                       TextFormat::kText}},
+                       TextFormat::kText, {}}},
                      *MakeTokenizer(), options);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ(loaded->stats.dropped, 1);
@@ -579,7 +609,7 @@ TEST(TextDatasetPolicyTest, AllDroppedIsNoUsableSamplesWithCounts) {
   options.seq_len = 2;
   options.overflow = OverflowPolicy::kDrop;
   auto loaded =
-      Load({{WriteJsonl("{\"text\": \"abc\"}\n"), TextFormat::kText}}, *MakeTokenizer(), options);
+      Load({{WriteJsonl("{\"text\": \"abc\"}\n"), TextFormat::kText, {}}}, *MakeTokenizer(), options);
   ASSERT_FALSE(loaded.ok());
   EXPECT_NE(loaded.status().message().find("1 records, 0 skipped, 1 dropped"), std::string::npos)
       << loaded.status();
@@ -589,7 +619,7 @@ TEST(TextDatasetPolicyTest, BadSeqLen) {
   TokenizeOptions options;
   options.seq_len = 0;
   auto loaded =
-      Load({{WriteJsonl("{\"text\": \"abc\"}\n"), TextFormat::kText}}, *MakeTokenizer(), options);
+      Load({{WriteJsonl("{\"text\": \"abc\"}\n"), TextFormat::kText, {}}}, *MakeTokenizer(), options);
   ASSERT_FALSE(loaded.ok());
   EXPECT_NE(loaded.status().message().find("seq_len"), std::string::npos);
 }
@@ -652,8 +682,8 @@ TEST(TextDatasetThreadsTest, OutputDoesNotDependOnThreadCount) {
   const auto load = [&](int threads) {
     TokenizeOptions options;
     options.num_threads = threads;
-    auto loaded = Load({{path, TextFormat::kText}, {WriteJsonl(kMessagesLine, "m.jsonl"),
-                                                    TextFormat::kMessages}},
+    auto loaded = Load({{path, TextFormat::kText, {}}, {WriteJsonl(kMessagesLine, "m.jsonl"),
+                                                    TextFormat::kMessages, {}}},
                        *tokenizer, options);
     EXPECT_TRUE(loaded.ok()) << loaded.status();
     return *std::move(loaded);
