@@ -79,9 +79,9 @@ int64_t LoadLe(const unsigned char* p, int bytes) {
 }
 
 void AppendInt32(std::string& out, int64_t value) {
-  FULCRUM_CHECK(value >= std::numeric_limits<int32_t>::min() &&
-                    value <= std::numeric_limits<int32_t>::max(),
-                "value ", value, " does not fit the cache's int32 shards");
+  FULCRUM_CHECK(
+      value >= std::numeric_limits<int32_t>::min() && value <= std::numeric_limits<int32_t>::max(),
+      "value ", value, " does not fit the cache's int32 shards");
   AppendLe(out, static_cast<uint32_t>(static_cast<int32_t>(value)), 4);
 }
 
@@ -182,8 +182,8 @@ absl::StatusOr<std::vector<Sample>> LoadSplit(const std::string& dir, const std:
   for (int64_t i = 0; i < num_samples; ++i) {
     const int64_t end = LoadLe(offsets.bytes() + 8 * (i + 1), 8);
     if (end <= begin || end > num_tokens) {
-      return absl::DataLossError(absl::StrCat(base, ".offsets[", i + 1, "] = ", end,
-                                              ": not in (", begin, ", ", num_tokens, "]"));
+      return absl::DataLossError(absl::StrCat(base, ".offsets[", i + 1, "] = ", end, ": not in (",
+                                              begin, ", ", num_tokens, "]"));
     }
     Sample& s = samples[static_cast<size_t>(i)];
     s.input_ids.resize(static_cast<size_t>(end - begin));
@@ -229,7 +229,8 @@ absl::Status WritePreparedCache(const std::string& dir, const nlohmann::json& fi
   std::error_code ec;
   const std::filesystem::path parent = std::filesystem::absolute(dir).parent_path();
   std::filesystem::create_directories(parent, ec);
-  if (ec) return absl::InternalError(absl::StrCat(parent.string(), ": cannot create: ", ec.message()));
+  if (ec)
+    return absl::InternalError(absl::StrCat(parent.string(), ": cannot create: ", ec.message()));
   FULCRUM_ASSIGN_OR_RETURN(const std::string staged, MakeStagingDirectory(dir));
   nlohmann::json manifest = {{"version", kPreparedCacheVersion},
                              {"fingerprint", fingerprint},

@@ -16,9 +16,9 @@ absl::Status RunPrepare(const Args& args, const parallel::World& world) {
   std::vector<std::string> overrides;
   for (const std::string& arg : args) {
     if (absl::StartsWith(arg, "--")) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("fulcrum prepare: unknown flag ", arg,
-                       " (options are recipe keys: fulcrum prepare RECIPE.yaml key.path=value ...)"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "fulcrum prepare: unknown flag ", arg,
+          " (options are recipe keys: fulcrum prepare RECIPE.yaml key.path=value ...)"));
     }
     if (path.empty()) {
       path = arg;

@@ -95,7 +95,8 @@ void AppendWeighted(const std::vector<data::Sample>& samples, double weight, uin
   const int64_t n = static_cast<int64_t>(samples.size());
   const int64_t whole = static_cast<int64_t>(std::floor(weight));
   for (int64_t c = 0; c < whole; ++c) out.insert(out.end(), samples.begin(), samples.end());
-  const int64_t extra = std::llround((weight - static_cast<double>(whole)) * static_cast<double>(n));
+  const int64_t extra =
+      std::llround((weight - static_cast<double>(whole)) * static_cast<double>(n));
   if (extra <= 0) return;
   std::vector<int64_t> chosen = data::ShuffledOrder(n, seed, kWeightEpochSalt + index);
   chosen.resize(static_cast<size_t>(std::min(extra, n)));
@@ -108,7 +109,8 @@ data::TokenizeOptions TokenizeOptionsFrom(const recipe::Recipe& r) {
   options.seq_len = r.batch.seq_len;
   options.overflow =
       r.data.truncation == "drop" ? data::OverflowPolicy::kDrop : data::OverflowPolicy::kTruncate;
-  options.on_error = r.data.on_error == "skip" ? data::ErrorPolicy::kSkip : data::ErrorPolicy::kFail;
+  options.on_error =
+      r.data.on_error == "skip" ? data::ErrorPolicy::kSkip : data::ErrorPolicy::kFail;
   options.render.train_on_prompt = r.data.train_on_prompt;
   options.render.mask_history = r.data.mask_history;
   options.seed = static_cast<uint64_t>(r.seed);
@@ -159,8 +161,8 @@ absl::StatusOr<Fingerprint> MakeFingerprint(const recipe::Recipe& r,
                       {"format", static_cast<int>(s.format)},
                       {"weight", s.weight},
                       {"fields", s.fields}});
-    const std::string key_path = d.datasets.empty() ? "data.path"
-                                                    : absl::StrCat("data.datasets[", i, "].path");
+    const std::string key_path =
+        d.datasets.empty() ? "data.path" : absl::StrCat("data.datasets[", i, "].path");
     FULCRUM_ASSIGN_OR_RETURN(files[s.path], HashHex(s.path, key_path, r));
   }
   if (!d.validation.path.empty()) {
@@ -236,32 +238,31 @@ absl::StatusOr<data::PreparedData> TokenizeAll(const recipe::Recipe& r,
     FULCRUM_ASSIGN_OR_RETURN(
         std::vector<data::Sample> samples,
         TokenizeSource(sources[i], tokenizer, chat_template, options, logger, stats));
-    Split split = HoldOut(std::move(samples), r.data.validation.fraction, seed,
-                          static_cast<int64_t>(i));
+    Split split =
+        HoldOut(std::move(samples), r.data.validation.fraction, seed, static_cast<int64_t>(i));
     for (auto& s : split.held_out) out.validation.push_back(std::move(s));
     AppendWeighted(split.kept, sources[i].weight, seed, static_cast<int64_t>(i), out.train);
   }
   if (const auto validation = ValidationSource(r.data)) {
-    FULCRUM_ASSIGN_OR_RETURN(
-        out.validation,
-        TokenizeSource(*validation, tokenizer, chat_template, options, logger, stats));
+    FULCRUM_ASSIGN_OR_RETURN(out.validation, TokenizeSource(*validation, tokenizer, chat_template,
+                                                            options, logger, stats));
   }
   if (out.train.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        Source(r), ": data: no training samples left (", stats.records, " records, ",
-        stats.skipped, " skipped, ", stats.dropped, " dropped; weights and validation applied)"));
+        Source(r), ": data: no training samples left (", stats.records, " records, ", stats.skipped,
+        " skipped, ", stats.dropped, " dropped; weights and validation applied)"));
   }
   return out;
 }
 
 nlohmann::json StatsJson(const data::SampleStats& s, double seconds) {
-  return {{"records", s.records},   {"skipped", s.skipped}, {"truncated", s.truncated},
-          {"dropped", s.dropped},   {"tokens", s.tokens},   {"seconds", seconds}};
+  return {{"records", s.records}, {"skipped", s.skipped}, {"truncated", s.truncated},
+          {"dropped", s.dropped}, {"tokens", s.tokens},   {"seconds", seconds}};
 }
 
 absl::Status Build(const recipe::Recipe& r, const std::vector<data::DatasetSource>& sources,
-                   const std::string& tokenizer_path, bool needs_template,
-                   const Fingerprint& fp, const parallel::Logger& logger, PreparedInfo& info) {
+                   const std::string& tokenizer_path, bool needs_template, const Fingerprint& fp,
+                   const parallel::Logger& logger, PreparedInfo& info) {
   const auto start = std::chrono::steady_clock::now();
   auto tokenizer = data::Tokenizer::Load(tokenizer_path);
   if (!tokenizer.ok()) return Annotate(tokenizer.status(), Source(r) + ": data.tokenizer");
@@ -312,8 +313,8 @@ absl::StatusOr<data::PreparedData> LoadPretokenized(const recipe::Recipe& r) {
   data::PreparedData out;
   FULCRUM_ASSIGN_OR_RETURN(std::vector<data::Sample> samples,
                            data::LoadPretokenizedJsonl(r.data.path));
-  Split split = HoldOut(std::move(samples), r.data.validation.fraction,
-                        static_cast<uint64_t>(r.seed), 0);
+  Split split =
+      HoldOut(std::move(samples), r.data.validation.fraction, static_cast<uint64_t>(r.seed), 0);
   out.train = std::move(split.kept);
   out.validation = std::move(split.held_out);
   if (!r.data.validation.path.empty()) {
@@ -344,9 +345,9 @@ absl::StatusOr<std::string> ResolveTokenizerPath(const recipe::Recipe& r) {
   if (!r.model.path.empty()) {
     const fs::path path = fs::path(r.model.path) / "tokenizer.json";
     if (fs::is_regular_file(path, ec)) return path.string();
-    return absl::InvalidArgumentError(absl::StrCat(
-        Source(r), ": data.tokenizer: must be set for data.format ", r.data.format,
-        ": model.path (", r.model.path, ") holds no tokenizer.json"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(Source(r), ": data.tokenizer: must be set for data.format ", r.data.format,
+                     ": model.path (", r.model.path, ") holds no tokenizer.json"));
   }
   return absl::InvalidArgumentError(
       absl::StrCat(Source(r), ": data.tokenizer: must be set for data.format ", r.data.format,

@@ -121,12 +121,12 @@ absl::Status Trainer::BuildLoader() {
   if (recipe_.train.eval_every > 0 && !data.validation.empty()) {
     std::vector<int64_t> order(data.validation.size());
     for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
-    validation_rows_ = data::BuildRows(data.validation, order,
-                                       {recipe_.batch.seq_len, recipe_.data.pack});
+    validation_rows_ =
+        data::BuildRows(data.validation, order, {recipe_.batch.seq_len, recipe_.data.pack});
     for (const data::Row& row : validation_rows_) validation_targets_ += data::CountTargets(row);
     logger_.Info("validation: ", data.validation.size(), " samples, ", validation_rows_.size(),
-                 " rows, ", validation_targets_, " targets; eval every ",
-                 recipe_.train.eval_every, " steps");
+                 " rows, ", validation_targets_, " targets; eval every ", recipe_.train.eval_every,
+                 " steps");
   } else if (recipe_.train.eval_every > 0) {
     logger_.Warn("train.eval_every is set but the validation split is empty: no eval");
   }

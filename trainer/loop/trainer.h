@@ -36,7 +36,7 @@ namespace fulcrum::loop {
 struct TrainingSummary {
   int64_t first_step = 0;  // steps already done when this run started (resume)
   int64_t last_step = 0;
-  std::vector<double> losses;  // one per step run here
+  std::vector<double> losses;                          // one per step run here
   std::vector<std::pair<int64_t, double>> val_losses;  // (step, val_loss) per eval pass
   std::string last_checkpoint;
 };

@@ -248,10 +248,10 @@ bool UsesTextData(const DataSection& data) {
 }
 
 void MakePathsAbsolute(Recipe& recipe) {
-  std::vector<std::string*> paths = {&recipe.model.path,          &recipe.model.config,
-                                     &recipe.data.path,           &recipe.data.tokenizer,
-                                     &recipe.data.validation.path, &recipe.data.cache_dir,
-                                     &recipe.checkpoint.dir};
+  std::vector<std::string*> paths = {
+      &recipe.model.path,     &recipe.model.config,         &recipe.data.path,
+      &recipe.data.tokenizer, &recipe.data.validation.path, &recipe.data.cache_dir,
+      &recipe.checkpoint.dir};
   for (DatasetEntry& entry : recipe.data.datasets) paths.push_back(&entry.path);
   for (std::string* path : paths) {
     if (!path->empty()) *path = std::filesystem::absolute(*path).lexically_normal().string();

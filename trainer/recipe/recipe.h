@@ -28,8 +28,8 @@ struct ModelSection {
 
 // One entry of data.datasets (an alternative to data.path: several files mixed by weight).
 struct DatasetEntry {
-  std::string path;    // JSONL file
-  std::string format;  // text | instruction | messages | sharegpt; "" = data.format
+  std::string path;     // JSONL file
+  std::string format;   // text | instruction | messages | sharegpt; "" = data.format
   double weight = 1.0;  // > 0: times per epoch (fractions subsample deterministically)
   std::map<std::string, std::string> fields;  // logical field name -> key in the records
 };
@@ -54,7 +54,8 @@ struct DataSection {
   std::string on_error = "fail";        // fail | skip: a bad record stops or is counted
   std::string truncation = "truncate";  // truncate | drop: samples longer than seq_len
   ValidationSection validation;         // held-out split for the eval loss
-  std::string cache_dir;  // prepared data ("" = <checkpoint.dir>/data_cache or ./fulcrum_data_cache)
+  std::string
+      cache_dir;  // prepared data ("" = <checkpoint.dir>/data_cache or ./fulcrum_data_cache)
   int64_t num_workers = 0;  // tokenization threads (0 = all cores)
 };
 
@@ -94,7 +95,7 @@ struct BatchSection {
 };
 
 struct TrainSection {
-  int64_t steps = 100;    // optimizer steps
+  int64_t steps = 100;     // optimizer steps
   int64_t eval_every = 0;  // steps between validation-loss passes (0 = never)
 };
 
@@ -149,8 +150,9 @@ absl::StatusOr<Recipe> ParseRecipe(const std::string& yaml_text, const std::stri
                                    const std::vector<std::string>& overrides = {});
 
 // Reads and parses `path`. Relative model.path, model.config, data.path, data.datasets[].path,
-// data.tokenizer, data.validation.path, data.cache_dir and checkpoint.dir written in the file are resolved against the file's directory; values set by overrides
-// are taken as given (relative to the current directory).
+// data.tokenizer, data.validation.path, data.cache_dir and checkpoint.dir written in the file are
+// resolved against the file's directory; values set by overrides are taken as given (relative to
+// the current directory).
 absl::StatusOr<Recipe> LoadRecipe(const std::string& path,
                                   const std::vector<std::string>& overrides = {});
 

@@ -55,22 +55,23 @@ TEST(DataSection, DefaultsKeepOldRecipesPretokenized) {
 }
 
 TEST(DataSection, ReadsEveryKey) {
-  const Recipe r = ParseOk(std::string(kModel) +
-                           "data:\n"
-                           "  format: instruction\n"
-                           "  datasets:\n"
-                           "    - {path: a.jsonl, weight: 2.5, fields: {instruction: q, output: a}}\n"
-                           "    - {path: b.jsonl, format: messages}\n"
-                           "  tokenizer: tok.json\n"
-                           "  chat_template: chatml\n"
-                           "  train_on_prompt: true\n"
-                           "  mask_history: true\n"
-                           "  on_error: skip\n"
-                           "  truncation: drop\n"
-                           "  validation: {fraction: 0.1}\n"
-                           "  cache_dir: cache\n"
-                           "  num_workers: 2\n"
-                           "train: {eval_every: 5}\n");
+  const Recipe r =
+      ParseOk(std::string(kModel) +
+              "data:\n"
+              "  format: instruction\n"
+              "  datasets:\n"
+              "    - {path: a.jsonl, weight: 2.5, fields: {instruction: q, output: a}}\n"
+              "    - {path: b.jsonl, format: messages}\n"
+              "  tokenizer: tok.json\n"
+              "  chat_template: chatml\n"
+              "  train_on_prompt: true\n"
+              "  mask_history: true\n"
+              "  on_error: skip\n"
+              "  truncation: drop\n"
+              "  validation: {fraction: 0.1}\n"
+              "  cache_dir: cache\n"
+              "  num_workers: 2\n"
+              "train: {eval_every: 5}\n");
   EXPECT_TRUE(UsesTextData(r.data));
   ASSERT_EQ(r.data.datasets.size(), 2u);
   EXPECT_EQ(r.data.datasets[0].path, "a.jsonl");
