@@ -16,6 +16,7 @@ constexpr char kUsage[] =
     "usage:\n"
     "  fulcrum train RECIPE.yaml [key.path=value ...]\n"
     "  fulcrum validate RECIPE.yaml [key.path=value ...]\n"
+    "  fulcrum prepare RECIPE.yaml [key.path=value ...]   (tokenize text data into the cache)\n"
     "  fulcrum init --config config.json --out DIR [--seed N]\n"
     "  fulcrum score --model DIR [--adapter DIR] --batch IN.safetensors --out OUT.safetensors "
     "[--grads]\n"
@@ -28,7 +29,8 @@ using Command = std::function<absl::Status(const Args&, const parallel::World&)>
 const std::map<std::string, Command>& Commands() {
   static const std::map<std::string, Command> kCommands = {
       {"train", RunTrain}, {"validate", RunValidate}, {"init", RunInit},
-      {"score", RunScore}, {"export", RunExport},     {"tokenize", RunTokenize}};
+      {"score", RunScore}, {"export", RunExport}, {"tokenize", RunTokenize},
+      {"prepare", RunPrepare}};
   return kCommands;
 }
 

@@ -19,5 +19,6 @@ absl::Status RunInit(const Args& args, const parallel::World& world);
 absl::Status RunScore(const Args& args, const parallel::World& world);
 absl::Status RunExport(const Args& args, const parallel::World& world);
 absl::Status RunTokenize(const Args& args, const parallel::World& world);
+absl::Status RunPrepare(const Args& args, const parallel::World& world);
 
 }  // namespace fulcrum::cli

@@ -1,6 +1,4 @@
 // fulcrum train / fulcrum validate.
-#include <filesystem>
-
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
@@ -39,22 +37,13 @@ absl::StatusOr<RecipeArgs> SplitRecipeArgs(const std::string& command, const Arg
   return out;
 }
 
-// The recipe saved in checkpoints must name the same files from any working
-// directory (export, resume).
-void MakePathsAbsolute(recipe::Recipe& recipe) {
-  for (std::string* path :
-       {&recipe.model.path, &recipe.model.config, &recipe.data.path, &recipe.checkpoint.dir}) {
-    if (!path->empty()) *path = std::filesystem::absolute(*path).lexically_normal().string();
-  }
-}
-
 }  // namespace
 
 absl::Status RunTrain(const Args& args, const parallel::World& world) {
   FULCRUM_ASSIGN_OR_RETURN(const RecipeArgs recipe_args, SplitRecipeArgs("train", args));
   FULCRUM_ASSIGN_OR_RETURN(recipe::Recipe recipe,
                            recipe::LoadRecipe(recipe_args.path, recipe_args.overrides));
-  MakePathsAbsolute(recipe);
+  recipe::MakePathsAbsolute(recipe);
   FULCRUM_RETURN_IF_ERROR(recipe::ValidateRecipe(recipe, world.size()));
   const parallel::Logger logger(world.rank(), recipe.logging.all_ranks);
   FULCRUM_ASSIGN_OR_RETURN(auto trainer, loop::Trainer::Create(recipe, world, logger));

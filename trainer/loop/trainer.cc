@@ -6,6 +6,8 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -100,12 +102,34 @@ absl::Status Trainer::BuildModelAndOptimizer() {
 }
 
 absl::Status Trainer::BuildLoader() {
-  FULCRUM_ASSIGN_OR_RETURN(
-      data::DataLoader loader,
-      BuildDataLoader(recipe_, built_.config.vocab_size, world_.rank(), world_.size()));
-  loader_ = std::make_unique<data::DataLoader>(std::move(loader));
-  logger_.Info("data: ", recipe_.data.path, ": ", loader_->rows_per_epoch(), " rows of ",
+  const bool text = recipe::UsesTextData(recipe_.data);
+  if (text) {
+    // Rank 0 tokenizes when the prepared cache is missing or stale; the
+    // others wait here, then every rank maps the published cache.
+    absl::Status prepared = absl::OkStatus();
+    if (world_.is_root()) prepared = EnsurePreparedData(recipe_, logger_, true).status();
+    FULCRUM_RETURN_IF_ERROR(world_.AgreeOn(prepared));
+  }
+  // Quiet: rank 0 has just said whether it prepared or reused the cache.
+  const parallel::Logger quiet(/*rank=*/-1, /*all_ranks=*/false);
+  FULCRUM_ASSIGN_OR_RETURN(TrainingData data,
+                           BuildTrainingData(recipe_, built_.config.vocab_size, world_.rank(),
+                                             world_.size(), quiet, /*allow_build=*/!text));
+  loader_ = std::make_unique<data::DataLoader>(std::move(data.loader));
+  logger_.Info("data: ", data.description, ": ", loader_->rows_per_epoch(), " rows of ",
                recipe_.batch.seq_len, " tokens per epoch");
+  if (recipe_.train.eval_every > 0 && !data.validation.empty()) {
+    std::vector<int64_t> order(data.validation.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+    validation_rows_ =
+        data::BuildRows(data.validation, order, {recipe_.batch.seq_len, recipe_.data.pack});
+    for (const data::Row& row : validation_rows_) validation_targets_ += data::CountTargets(row);
+    logger_.Info("validation: ", data.validation.size(), " samples, ", validation_rows_.size(),
+                 " rows, ", validation_targets_, " targets; eval every ", recipe_.train.eval_every,
+                 " steps");
+  } else if (recipe_.train.eval_every > 0) {
+    logger_.Warn("train.eval_every is set but the validation split is empty: no eval");
+  }
   return absl::OkStatus();
 }
 
@@ -241,6 +265,70 @@ absl::StatusOr<std::string> Trainer::SaveCheckpoint(int64_t completed_steps) {
   return dir;
 }
 
+namespace {
+
+// Rows [begin, end) as one batch of [end - begin, seq_len] int64 tensors.
+data::MicroBatch StackRows(const std::vector<data::Row>& rows, size_t begin, size_t end) {
+  const int64_t n = static_cast<int64_t>(end - begin);
+  const int64_t seq_len = static_cast<int64_t>(rows[begin].input_ids.size());
+  auto stack = [&](std::vector<int64_t> data::Row::*field) {
+    torch::Tensor t = torch::empty({n, seq_len}, torch::kLong);
+    int64_t* out = t.data_ptr<int64_t>();
+    for (size_t r = begin; r < end; ++r) {
+      const std::vector<int64_t>& v = rows[r].*field;
+      std::copy(v.begin(), v.end(), out + static_cast<int64_t>(r - begin) * seq_len);
+    }
+    return t;
+  };
+  data::MicroBatch batch;
+  batch.input_ids = stack(&data::Row::input_ids);
+  batch.labels = stack(&data::Row::labels);
+  batch.attention_mask = stack(&data::Row::attention_mask);
+  batch.position_ids = stack(&data::Row::position_ids);
+  batch.document_ids = stack(&data::Row::document_ids);
+  return batch;
+}
+
+}  // namespace
+
+double Trainer::Evaluate() {
+  torch::NoGradGuard no_grad;
+  built_.model->eval();
+  // Rank r takes rows r, r + dp, r + 2 dp, ...; micro_batch of them per forward.
+  std::vector<data::Row> mine;
+  for (size_t i = static_cast<size_t>(world_.rank()); i < validation_rows_.size();
+       i += static_cast<size_t>(world_.size())) {
+    mine.push_back(validation_rows_[i]);
+  }
+  const size_t micro = static_cast<size_t>(recipe_.batch.micro_batch);
+  double loss_sum = 0.0;
+  for (size_t begin = 0; begin < mine.size(); begin += micro) {
+    const data::MicroBatch batch = StackRows(mine, begin, std::min(mine.size(), begin + micro));
+    models::ForwardInputs inputs;
+    inputs.input_ids = batch.input_ids.to(device_);
+    inputs.attention_mask = batch.attention_mask.to(device_);
+    inputs.position_ids = batch.position_ids.to(device_);
+    inputs.document_ids = batch.document_ids.to(device_);
+    const torch::Tensor logits = built_.model->forward(inputs);
+    loss_sum += models::CrossEntropySum(logits, batch.labels.to(device_)).item<double>();
+  }
+  if (world_.size() > 1) loss_sum = parallel::AllReduceSum(loss_sum, world_.comm());
+  built_.model->train();
+  return loss_sum / static_cast<double>(std::max<int64_t>(1, validation_targets_));
+}
+
+void Trainer::RecordEval(int64_t step, double val_loss) {
+  logger_.Info(absl::StrFormat("eval step %d/%d | val_loss %.4f | %d targets", step,
+                               recipe_.train.steps, val_loss, validation_targets_));
+  if (!world_.is_root() || recipe_.logging.metrics_file.empty()) return;
+  // Appended next to the step lines (the sink's file is opened for appending too).
+  std::ofstream out(recipe_.logging.metrics_file, std::ios::out | std::ios::app);
+  const nlohmann::json line = {
+      {"step", step}, {"val_loss", val_loss}, {"val_targets", validation_targets_}};
+  out << line.dump() << "\n";
+  if (!out) logger_.Warn("cannot append val_loss to ", recipe_.logging.metrics_file);
+}
+
 absl::StatusOr<TrainingSummary> Trainer::Run() {
   TrainingSummary summary;
   summary.first_step = start_step_;
@@ -265,6 +353,13 @@ absl::StatusOr<TrainingSummary> Trainer::Run() {
     summary.losses.push_back(m.loss);
     summary.last_step = m.step;
     if (sink_) sink_->Record(m);
+    const int64_t eval_every = recipe_.train.eval_every;
+    if (eval_every > 0 && !validation_rows_.empty() &&
+        (m.step % eval_every == 0 || m.step == total)) {
+      const double val_loss = Evaluate();
+      summary.val_losses.emplace_back(m.step, val_loss);
+      RecordEval(m.step, val_loss);
+    }
     const bool due = every > 0 ? m.step % every == 0 : false;
     if (!recipe_.checkpoint.dir.empty() && (due || m.step == total)) {
       FULCRUM_ASSIGN_OR_RETURN(summary.last_checkpoint, SaveCheckpoint(m.step));

@@ -6,10 +6,18 @@
 // are exactly the gradient of the global mean loss (what one rank running the
 // whole batch computes). Then gradients are summed over dp, clipped by their
 // global norm, and AdamW steps with the scheduled learning rate.
+//
+// Validation (train.eval_every > 0 and a data.validation split): every
+// eval_every steps and after the last, the whole validation set runs forward
+// without gradients, micro_batch rows at a time, its rows dealt round-robin
+// over dp ranks; val_loss = (sum of target losses) / (targets), both summed
+// over dp: the same normalisation as training. It goes to the console and,
+// as {"step", "val_loss", "val_targets"}, to the metrics JSONL.
 #pragma once
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -28,7 +36,8 @@ namespace fulcrum::loop {
 struct TrainingSummary {
   int64_t first_step = 0;  // steps already done when this run started (resume)
   int64_t last_step = 0;
-  std::vector<double> losses;  // one per step run here
+  std::vector<double> losses;                          // one per step run here
+  std::vector<std::pair<int64_t, double>> val_losses;  // (step, val_loss) per eval pass
   std::string last_checkpoint;
 };
 
@@ -53,6 +62,9 @@ class Trainer {
   metrics::StepMetrics Step(int64_t step_index);
   absl::StatusOr<std::string> SaveCheckpoint(int64_t completed_steps);
   metrics::FlopsModel CountFlopsModel();
+  // The validation loss over the whole split (all dp ranks take part).
+  double Evaluate();
+  void RecordEval(int64_t step, double val_loss);
 
   recipe::Recipe recipe_;
   const parallel::World& world_;
@@ -62,6 +74,8 @@ class Trainer {
   std::unique_ptr<optim::AdamW> optimizer_;
   std::vector<torch::Tensor> trainable_;
   std::unique_ptr<data::DataLoader> loader_;
+  std::vector<data::Row> validation_rows_;  // all of them, [seq_len] each; every rank holds all
+  int64_t validation_targets_ = 0;          // over all validation rows
   std::unique_ptr<metrics::MetricsSink> sink_;
   int64_t start_step_ = 0;
   double flops_per_token_ = 0.0;

@@ -25,12 +25,44 @@ absl::Status ReadModel(MapReader& top, ModelSection* model) {
   return r.Finish();
 }
 
+absl::Status ReadDatasets(MapReader& r, DataSection* data) {
+  FULCRUM_ASSIGN_OR_RETURN(std::vector<MapReader> entries, r.SectionList("datasets"));
+  data->datasets.clear();
+  for (MapReader& e : entries) {
+    DatasetEntry entry;
+    FULCRUM_RETURN_IF_ERROR(e.Read("path", &entry.path));
+    // "" (= data.format) or a text format: checked by ValidateRecipe once data.format is known.
+    FULCRUM_RETURN_IF_ERROR(e.Read("format", &entry.format));
+    FULCRUM_RETURN_IF_ERROR(e.Read("weight", &entry.weight));
+    FULCRUM_RETURN_IF_ERROR(e.Read("fields", &entry.fields));
+    FULCRUM_RETURN_IF_ERROR(e.Finish());
+    data->datasets.push_back(std::move(entry));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ReadData(MapReader& top, DataSection* data) {
   FULCRUM_ASSIGN_OR_RETURN(MapReader r, top.Section("data"));
   FULCRUM_RETURN_IF_ERROR(r.Read("path", &data->path));
   FULCRUM_RETURN_IF_ERROR(r.ReadEnum("format", KnownDataFormats(), &data->format));
   FULCRUM_RETURN_IF_ERROR(r.Read("shuffle", &data->shuffle));
   FULCRUM_RETURN_IF_ERROR(r.Read("pack", &data->pack));
+  FULCRUM_RETURN_IF_ERROR(ReadDatasets(r, data));
+  FULCRUM_RETURN_IF_ERROR(r.Read("tokenizer", &data->tokenizer));
+  // Template names are checked where templates live (data/template), at validate time.
+  FULCRUM_RETURN_IF_ERROR(r.Read("chat_template", &data->chat_template));
+  FULCRUM_RETURN_IF_ERROR(r.Read("train_on_prompt", &data->train_on_prompt));
+  FULCRUM_RETURN_IF_ERROR(r.Read("mask_history", &data->mask_history));
+  FULCRUM_RETURN_IF_ERROR(r.ReadEnum("on_error", KnownErrorPolicies(), &data->on_error));
+  FULCRUM_RETURN_IF_ERROR(r.ReadEnum("truncation", KnownTruncations(), &data->truncation));
+  FULCRUM_ASSIGN_OR_RETURN(MapReader validation, r.Section("validation"));
+  ValidationSection& v = data->validation;
+  FULCRUM_RETURN_IF_ERROR(validation.Read("fraction", &v.fraction));
+  FULCRUM_RETURN_IF_ERROR(validation.Read("path", &v.path));
+  FULCRUM_RETURN_IF_ERROR(validation.Read("format", &v.format));
+  FULCRUM_RETURN_IF_ERROR(validation.Finish());
+  FULCRUM_RETURN_IF_ERROR(r.Read("cache_dir", &data->cache_dir));
+  FULCRUM_RETURN_IF_ERROR(r.Read("num_workers", &data->num_workers));
   return r.Finish();
 }
 
@@ -79,6 +111,7 @@ absl::Status ReadScheduleBatchTrain(MapReader& top, Recipe* recipe) {
 
   FULCRUM_ASSIGN_OR_RETURN(MapReader train, top.Section("train"));
   FULCRUM_RETURN_IF_ERROR(train.Read("steps", &recipe->train.steps));
+  FULCRUM_RETURN_IF_ERROR(train.Read("eval_every", &recipe->train.eval_every));
   return train.Finish();
 }
 
@@ -196,11 +229,32 @@ absl::StatusOr<Recipe> LoadRecipe(const std::string& path,
     resolve("model.path", &recipe.model.path);
     resolve("model.config", &recipe.model.config);
     resolve("data.path", &recipe.data.path);
+    for (size_t i = 0; i < recipe.data.datasets.size(); ++i) {
+      resolve(absl::StrCat("data.datasets.", i, ".path"), &recipe.data.datasets[i].path);
+    }
+    resolve("data.tokenizer", &recipe.data.tokenizer);
+    resolve("data.validation.path", &recipe.data.validation.path);
+    resolve("data.cache_dir", &recipe.data.cache_dir);
     resolve("checkpoint.dir", &recipe.checkpoint.dir);
     return std::move(recipe);
   } catch (const std::exception& e) {
     return absl::InternalError(
         absl::StrCat(path, ": unexpected error reading the recipe: ", e.what()));
+  }
+}
+
+bool UsesTextData(const DataSection& data) {
+  return !data.datasets.empty() || data.format != "pretokenized";
+}
+
+void MakePathsAbsolute(Recipe& recipe) {
+  std::vector<std::string*> paths = {
+      &recipe.model.path,     &recipe.model.config,         &recipe.data.path,
+      &recipe.data.tokenizer, &recipe.data.validation.path, &recipe.data.cache_dir,
+      &recipe.checkpoint.dir};
+  for (DatasetEntry& entry : recipe.data.datasets) paths.push_back(&entry.path);
+  for (std::string* path : paths) {
+    if (!path->empty()) *path = std::filesystem::absolute(*path).lexically_normal().string();
   }
 }
 

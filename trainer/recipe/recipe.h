@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -25,11 +26,37 @@ struct ModelSection {
   std::string config;  // a config.json to initialise randomly (training from scratch)
 };
 
+// One entry of data.datasets (an alternative to data.path: several files mixed by weight).
+struct DatasetEntry {
+  std::string path;     // JSONL file
+  std::string format;   // text | instruction | messages | sharegpt; "" = data.format
+  double weight = 1.0;  // > 0: times per epoch (fractions subsample deterministically)
+  std::map<std::string, std::string> fields;  // logical field name -> key in the records
+};
+
+// data.validation: a held-out split, by fraction of the training data or a file.
+struct ValidationSection {
+  double fraction = 0.0;  // in [0, 1): share of the (text) training samples held out
+  std::string path;       // a separate JSONL file ("" = none)
+  std::string format;     // of `path`; "" = data.format
+};
+
 struct DataSection {
-  std::string path;                     // JSONL file
-  std::string format = "pretokenized";  // only "pretokenized" for now (others: "not supported yet")
+  std::string path;                     // JSONL file ("" when data.datasets is used)
+  std::string format = "pretokenized";  // pretokenized | text | instruction | messages | sharegpt
   bool shuffle = true;                  // deterministic shuffle per epoch from seed
   bool pack = true;                     // pack samples into seq_len rows
+  std::vector<DatasetEntry> datasets;   // instead of path: several text datasets with weights
+  std::string tokenizer;                // tokenizer.json or its dir ("" = model.path's)
+  std::string chat_template = "auto";   // auto (from tokenizer_config.json) or a known name
+  bool train_on_prompt = false;         // prompt tokens are targets too
+  bool mask_history = false;            // only the last assistant turn is a target
+  std::string on_error = "fail";        // fail | skip: a bad record stops or is counted
+  std::string truncation = "truncate";  // truncate | drop: samples longer than seq_len
+  ValidationSection validation;         // held-out split for the eval loss
+  std::string
+      cache_dir;  // prepared data ("" = <checkpoint.dir>/data_cache or ./fulcrum_data_cache)
+  int64_t num_workers = 0;  // tokenization threads (0 = all cores)
 };
 
 struct LoraSection {
@@ -68,7 +95,8 @@ struct BatchSection {
 };
 
 struct TrainSection {
-  int64_t steps = 100;  // optimizer steps
+  int64_t steps = 100;     // optimizer steps
+  int64_t eval_every = 0;  // steps between validation-loss passes (0 = never)
 };
 
 struct PrecisionSection {
@@ -121,17 +149,26 @@ struct Recipe {
 absl::StatusOr<Recipe> ParseRecipe(const std::string& yaml_text, const std::string& source,
                                    const std::vector<std::string>& overrides = {});
 
-// Reads and parses `path`. Relative model.path, model.config, data.path and checkpoint.dir
-// written in the file are resolved against the file's directory; values set by overrides
-// are taken as given (relative to the current directory).
+// Reads and parses `path`. Relative model.path, model.config, data.path, data.datasets[].path,
+// data.tokenizer, data.validation.path, data.cache_dir and checkpoint.dir written in the file are
+// resolved against the file's directory; values set by overrides are taken as given (relative to
+// the current directory).
 absl::StatusOr<Recipe> LoadRecipe(const std::string& path,
                                   const std::vector<std::string>& overrides = {});
 
 // Checks that need no model and no files: batch arithmetic, enum values, ranges, parallel
 // degrees (tp/pp/ep > 1 are not supported yet; dp x tp x pp must equal `world_size`),
-// exactly one of model.path / model.config, data.path set. Reports every problem found,
+// exactly one of model.path / model.config, exactly one of data.path / data.datasets, data
+// options (formats, weights, validation fraction, eval_every). Reports every problem found,
 // one per line, each naming the source file and the key path.
 absl::Status ValidateRecipe(const Recipe& recipe, int world_size);
+
+// True when the data is tokenized by fulcrum (any format but pretokenized, or data.datasets).
+bool UsesTextData(const DataSection& data);
+
+// Every path of the recipe made absolute against the current directory (the
+// recipe saved in checkpoints then names the same files from anywhere).
+void MakePathsAbsolute(Recipe& recipe);
 
 // global_batch / (micro_batch * dp), validated to divide exactly by ValidateRecipe.
 int64_t GradAccumulationSteps(const BatchSection& batch, int64_t dp);

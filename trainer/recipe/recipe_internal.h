@@ -7,9 +7,24 @@
 
 namespace fulcrum::recipe {
 
-// data.format: all known; only "pretokenized" is supported yet (ValidateRecipe).
+// data.format. "pretokenized" is JSONL of ids (only through data.path); the others are
+// tokenized by fulcrum (data/dataset/text_dataset.h).
 inline const std::vector<std::string>& KnownDataFormats() {
-  static const std::vector<std::string> kValues = {"pretokenized", "text", "instruction", "chat"};
+  static const std::vector<std::string> kValues = {"pretokenized", "text", "instruction",
+                                                   "messages", "sharegpt"};
+  return kValues;
+}
+// Formats a data.datasets entry or data.validation may have ("" = data.format).
+inline const std::vector<std::string>& KnownTextFormats() {
+  static const std::vector<std::string> kValues = {"text", "instruction", "messages", "sharegpt"};
+  return kValues;
+}
+inline const std::vector<std::string>& KnownErrorPolicies() {
+  static const std::vector<std::string> kValues = {"fail", "skip"};
+  return kValues;
+}
+inline const std::vector<std::string>& KnownTruncations() {
+  static const std::vector<std::string> kValues = {"truncate", "drop"};
   return kValues;
 }
 inline const std::vector<std::string>& KnownMethods() {

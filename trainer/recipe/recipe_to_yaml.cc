@@ -40,6 +40,39 @@ void BeginSection(YAML::Emitter& out, const char* key) {
   out << YAML::Key << key << YAML::Value << YAML::BeginMap;
 }
 
+void EmitData(YAML::Emitter& out, const DataSection& data) {
+  BeginSection(out, "data");
+  Field(out, "path", data.path);
+  Field(out, "format", data.format);
+  Field(out, "shuffle", data.shuffle);
+  Field(out, "pack", data.pack);
+  out << YAML::Key << "datasets" << YAML::Value << YAML::BeginSeq;
+  for (const DatasetEntry& entry : data.datasets) {
+    out << YAML::BeginMap;
+    Field(out, "path", entry.path);
+    Field(out, "format", entry.format);
+    Field(out, "weight", entry.weight);
+    out << YAML::Key << "fields" << YAML::Value << YAML::BeginMap;
+    for (const auto& [logical, name] : entry.fields) Field(out, logical.c_str(), name);
+    out << YAML::EndMap << YAML::EndMap;
+  }
+  out << YAML::EndSeq;
+  Field(out, "tokenizer", data.tokenizer);
+  Field(out, "chat_template", data.chat_template);
+  Field(out, "train_on_prompt", data.train_on_prompt);
+  Field(out, "mask_history", data.mask_history);
+  Field(out, "on_error", data.on_error);
+  Field(out, "truncation", data.truncation);
+  BeginSection(out, "validation");
+  Field(out, "fraction", data.validation.fraction);
+  Field(out, "path", data.validation.path);
+  Field(out, "format", data.validation.format);
+  out << YAML::EndMap;
+  Field(out, "cache_dir", data.cache_dir);
+  Field(out, "num_workers", data.num_workers);
+  out << YAML::EndMap;
+}
+
 void EmitFinetune(YAML::Emitter& out, const FinetuneSection& finetune) {
   BeginSection(out, "finetune");
   Field(out, "method", finetune.method);
@@ -80,6 +113,7 @@ void EmitRunShape(YAML::Emitter& out, const Recipe& r) {
   out << YAML::EndMap;
   BeginSection(out, "train");
   Field(out, "steps", r.train.steps);
+  Field(out, "eval_every", r.train.eval_every);
   out << YAML::EndMap;
   BeginSection(out, "precision");
   Field(out, "dtype", r.precision.dtype);
@@ -117,12 +151,7 @@ std::string RecipeToYaml(const Recipe& recipe) {
   Field(out, "path", recipe.model.path);
   Field(out, "config", recipe.model.config);
   out << YAML::EndMap;
-  BeginSection(out, "data");
-  Field(out, "path", recipe.data.path);
-  Field(out, "format", recipe.data.format);
-  Field(out, "shuffle", recipe.data.shuffle);
-  Field(out, "pack", recipe.data.pack);
-  out << YAML::EndMap;
+  EmitData(out, recipe.data);
   EmitFinetune(out, recipe.finetune);
   EmitOptimSchedule(out, recipe);
   EmitRunShape(out, recipe);

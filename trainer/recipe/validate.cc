@@ -52,6 +52,49 @@ class Problems {
   std::vector<std::string> lines_;
 };
 
+void CheckDatasets(const DataSection& d, Problems& p) {
+  for (size_t i = 0; i < d.datasets.size(); ++i) {
+    const DatasetEntry& e = d.datasets[i];
+    const std::string key = absl::StrCat("data.datasets[", i, "]");
+    if (e.path.empty()) p.Add(key + ".path", "must be set (a JSONL file)");
+    const std::string format = e.format.empty() ? d.format : e.format;
+    if (format == "pretokenized") {
+      p.Add(key + ".format", "pretokenized data goes through data.path; data.datasets takes " +
+                                 absl::StrJoin(KnownTextFormats(), " | "));
+    } else {
+      p.OneOf(key + ".format", format, KnownTextFormats());
+    }
+    p.Positive(key + ".weight", e.weight);
+    for (const auto& [logical, name] : e.fields) {
+      if (name.empty()) p.Add(key + ".fields." + logical, "must name a record key");
+    }
+  }
+}
+
+void CheckData(const Recipe& r, Problems& p) {
+  const DataSection& d = r.data;
+  if (d.path.empty() && d.datasets.empty()) p.Add("data.path", "must be set (a JSONL file)");
+  if (!d.path.empty() && !d.datasets.empty()) {
+    p.Add("data.datasets", "set data.path or data.datasets, not both");
+  }
+  p.OneOf("data.format", d.format, KnownDataFormats());
+  CheckDatasets(d, p);
+  if (d.chat_template.empty()) p.Add("data.chat_template", "must be auto or a template name");
+  p.OneOf("data.on_error", d.on_error, KnownErrorPolicies());
+  p.OneOf("data.truncation", d.truncation, KnownTruncations());
+  p.NonNegative("data.num_workers", d.num_workers);
+  const ValidationSection& v = d.validation;
+  p.InRange("data.validation.fraction", v.fraction, 0.0, 1.0, /*hi_inclusive=*/false);
+  if (v.fraction > 0 && !v.path.empty()) {
+    p.Add("data.validation", "set fraction or path, not both");
+  }
+  if (!v.format.empty()) p.OneOf("data.validation.format", v.format, KnownTextFormats());
+  p.NonNegative("train.eval_every", r.train.eval_every);
+  if (r.train.eval_every > 0 && v.fraction <= 0 && v.path.empty()) {
+    p.Add("train.eval_every", "needs a validation split: data.validation.fraction or .path");
+  }
+}
+
 void CheckModelAndData(const Recipe& r, Problems& p) {
   if (r.model.path.empty() == r.model.config.empty()) {
     p.Add("model", r.model.path.empty()
@@ -59,14 +102,7 @@ void CheckModelAndData(const Recipe& r, Problems& p) {
                          "to initialise randomly)"
                        : "set only one of model.path and model.config, not both");
   }
-  if (r.data.path.empty()) p.Add("data.path", "must be set (a JSONL file)");
-  p.OneOf("data.format", r.data.format, KnownDataFormats());
-  if (r.data.format != "pretokenized" &&
-      std::find(KnownDataFormats().begin(), KnownDataFormats().end(), r.data.format) !=
-          KnownDataFormats().end()) {
-    p.Add("data.format",
-          absl::StrCat("not supported yet: ", r.data.format, " (supported: pretokenized)"));
-  }
+  CheckData(r, p);
 }
 
 void CheckFinetuneAndOptim(const Recipe& r, Problems& p) {

@@ -247,6 +247,39 @@ absl::Status MapReader::ReadEnum(const std::string& key, const std::vector<std::
   return absl::OkStatus();
 }
 
+absl::Status MapReader::Read(const std::string& key, std::map<std::string, std::string>* out) {
+  const Entry* entry = Find(key);
+  if (entry == nullptr || entry->value.IsNull()) return absl::OkStatus();
+  if (!entry->value.IsMap()) return TypeError(*entry, "a map of names (e.g. {input: question})");
+  std::map<std::string, std::string> items;
+  for (auto it = entry->value.begin(); it != entry->value.end(); ++it) {
+    if (!it->first.IsScalar() || !it->second.IsScalar()) {
+      const std::string key_path = KeyPath(key);
+      return absl::InvalidArgumentError(
+          absl::StrCat(origin_->Where(key_path, it->first.Mark()), ": ", key_path,
+                       ": expected name: name entries, got ", DescribeNode(it->second)));
+    }
+    items[it->first.Scalar()] = it->second.Scalar();
+  }
+  *out = std::move(items);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<MapReader>> MapReader::SectionList(const std::string& key) {
+  const Entry* entry = Find(key);
+  std::vector<MapReader> sections;
+  if (entry == nullptr || entry->value.IsNull()) return sections;
+  if (!entry->value.IsSequence()) {
+    return TypeError(*entry, "a list of sections (e.g. [{path: a.jsonl, weight: 2}])");
+  }
+  for (size_t i = 0; i < entry->value.size(); ++i) {
+    FULCRUM_ASSIGN_OR_RETURN(
+        MapReader item, Open(origin_, entry->value[i], absl::StrCat(KeyPath(key), "[", i, "]")));
+    sections.push_back(std::move(item));
+  }
+  return sections;
+}
+
 absl::StatusOr<MapReader> MapReader::Section(const std::string& key) {
   const Entry* entry = Find(key);
   return Open(origin_, entry == nullptr ? YAML::Node() : entry->value, KeyPath(key));

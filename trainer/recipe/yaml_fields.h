@@ -71,8 +71,12 @@ class MapReader {
   // A string that must be one of `allowed`.
   absl::Status ReadEnum(const std::string& key, const std::vector<std::string>& allowed,
                         std::string* out);
+  // A map of names to names (e.g. fields: {instruction: prompt}); absent keeps `out`.
+  absl::Status Read(const std::string& key, std::map<std::string, std::string>* out);
   // A nested section (absent: empty).
   absl::StatusOr<MapReader> Section(const std::string& key);
+  // A list of sections (absent: empty), each read as `key[i]`.
+  absl::StatusOr<std::vector<MapReader>> SectionList(const std::string& key);
 
   // Unknown keys -> "file:l:c: unknown key optim.lrr (did you mean optim.lr?)".
   absl::Status Finish() const;

@@ -330,7 +330,22 @@ Recipe EveryFieldChanged() {
   Recipe r;
   r.source = "x.yaml";
   r.model = {"models/m: with colon", "cfg.json"};
-  r.data = {"d.jsonl", "chat", false, false};
+  r.data.path = "d.jsonl";
+  r.data.format = "messages";
+  r.data.shuffle = false;
+  r.data.pack = false;
+  r.data.datasets = {{"a.jsonl", "instruction", 2.5, {{"instruction", "q"}, {"output", "a"}}},
+                     {"b.jsonl", "", 1.0, {}}};
+  r.data.tokenizer = "tok/tokenizer.json";
+  r.data.chat_template = "chatml";
+  r.data.train_on_prompt = true;
+  r.data.mask_history = true;
+  r.data.on_error = "skip";
+  r.data.truncation = "drop";
+  r.data.validation = {0.25, "v.jsonl", "sharegpt"};
+  r.data.cache_dir = "cache";
+  r.data.num_workers = 3;
+  r.train.eval_every = 11;
   r.finetune.method = "full";
   r.finetune.lora = {3,
                      5.5,
@@ -361,6 +376,25 @@ TEST(RecipeToYaml, RoundTripsEveryField) {
   EXPECT_EQ(out->data.format, in.data.format);
   EXPECT_EQ(out->data.shuffle, in.data.shuffle);
   EXPECT_EQ(out->data.pack, in.data.pack);
+  ASSERT_EQ(out->data.datasets.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(out->data.datasets[i].path, in.data.datasets[i].path);
+    EXPECT_EQ(out->data.datasets[i].format, in.data.datasets[i].format);
+    EXPECT_EQ(out->data.datasets[i].weight, in.data.datasets[i].weight);
+    EXPECT_EQ(out->data.datasets[i].fields, in.data.datasets[i].fields);
+  }
+  EXPECT_EQ(out->data.tokenizer, in.data.tokenizer);
+  EXPECT_EQ(out->data.chat_template, in.data.chat_template);
+  EXPECT_EQ(out->data.train_on_prompt, in.data.train_on_prompt);
+  EXPECT_EQ(out->data.mask_history, in.data.mask_history);
+  EXPECT_EQ(out->data.on_error, in.data.on_error);
+  EXPECT_EQ(out->data.truncation, in.data.truncation);
+  EXPECT_EQ(out->data.validation.fraction, in.data.validation.fraction);
+  EXPECT_EQ(out->data.validation.path, in.data.validation.path);
+  EXPECT_EQ(out->data.validation.format, in.data.validation.format);
+  EXPECT_EQ(out->data.cache_dir, in.data.cache_dir);
+  EXPECT_EQ(out->data.num_workers, in.data.num_workers);
+  EXPECT_EQ(out->train.eval_every, in.train.eval_every);
   EXPECT_EQ(out->finetune.method, in.finetune.method);
   EXPECT_EQ(out->finetune.lora.rank, in.finetune.lora.rank);
   EXPECT_EQ(out->finetune.lora.alpha, in.finetune.lora.alpha);

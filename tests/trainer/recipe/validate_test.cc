@@ -136,8 +136,8 @@ TEST(ValidateRecipe, EnumValuesOfRecipesBuiltInCode) {
   r.schedule.type = "step";
   EXPECT_CONTAINS(Problems(r), "schedule.type: expected one of constant | linear | cosine");
   r = Valid();
-  r.data.format = "chat";
-  EXPECT_EQ(Problems(r), "r.yaml: data.format: not supported yet: chat (supported: pretokenized)");
+  r.data.format = "messages";  // text formats are supported now
+  EXPECT_TRUE(ValidateRecipe(r, 1).ok()) << ValidateRecipe(r, 1);
   r.data.format = "csv";
   EXPECT_CONTAINS(Problems(r), "data.format: expected one of pretokenized | text");
 }
