@@ -20,7 +20,9 @@ constexpr char kUsage[] =
     "  fulcrum score --model DIR [--adapter DIR] --batch IN.safetensors --out OUT.safetensors "
     "[--grads]\n"
     "  fulcrum export --checkpoint CKPT --format hf|merged|peft --out DIR [--adapter DIR] "
-    "[--dtype auto|fp32|bf16] [--max-shard-size BYTES]\n";
+    "[--dtype auto|fp32|bf16] [--max-shard-size BYTES]\n"
+    "  fulcrum generate --model DIR [--adapter DIR] (--prompt TEXT | --chat FILE.json) "
+    "[--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]\n";
 
 using Command = std::function<absl::Status(const Args&, const parallel::World&)>;
 
@@ -29,7 +31,8 @@ const std::map<std::string, Command>& Commands() {
                                                            {"validate", RunValidate},
                                                            {"init", RunInit},
                                                            {"score", RunScore},
-                                                           {"export", RunExport}};
+                                                           {"export", RunExport},
+                                                           {"generate", RunGenerate}};
   return kCommands;
 }
 

@@ -18,5 +18,6 @@ absl::Status RunValidate(const Args& args, const parallel::World& world);
 absl::Status RunInit(const Args& args, const parallel::World& world);
 absl::Status RunScore(const Args& args, const parallel::World& world);
 absl::Status RunExport(const Args& args, const parallel::World& world);
+absl::Status RunGenerate(const Args& args, const parallel::World& world);
 
 }  // namespace fulcrum::cli
