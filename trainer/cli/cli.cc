@@ -27,12 +27,9 @@ constexpr char kUsage[] =
 using Command = std::function<absl::Status(const Args&, const parallel::World&)>;
 
 const std::map<std::string, Command>& Commands() {
-  static const std::map<std::string, Command> kCommands = {{"train", RunTrain},
-                                                           {"validate", RunValidate},
-                                                           {"init", RunInit},
-                                                           {"score", RunScore},
-                                                           {"export", RunExport},
-                                                           {"generate", RunGenerate}};
+  static const std::map<std::string, Command> kCommands = {
+      {"train", RunTrain}, {"validate", RunValidate}, {"init", RunInit},
+      {"score", RunScore}, {"export", RunExport},     {"generate", RunGenerate}};
   return kCommands;
 }
 
