@@ -44,8 +44,12 @@ class AddedVocabulary {
  public:
   // `json` is the "added_tokens" array (may be absent/null: no added tokens).
   // Errors name `key_path` and the index ("added_tokens[3].id: ...").
+  // `normalizer` (the tokenizer's; nullptr: none) is applied to the content
+  // of normalized = true tokens, which are matched in normalized text (the
+  // reference's refresh_added_tokens does the same). Not retained.
   static absl::StatusOr<AddedVocabulary> Parse(const nlohmann::json& json,
-                                               const std::string& key_path);
+                                               const std::string& key_path,
+                                               const Normalizer* normalizer = nullptr);
 
   AddedVocabulary();
   ~AddedVocabulary();
