@@ -115,7 +115,11 @@ TEST_F(GenerateTest, WithoutChatTemplateThePromptIsEncodedRaw) {
 TEST_F(GenerateTest, AdapterOnFixtureModel) {
   // The HF llama fixture (vocab 512) with the demo tokenizer and its adapter.
   const std::string model = dir_ + "/fixture_model";
-  fs::copy(FixturesDir() + "/llama/model", model);
+  // File by file into a new (writable) directory: the fixtures are read-only.
+  fs::create_directories(model);
+  for (const auto& entry : fs::directory_iterator(FixturesDir() + "/llama/model")) {
+    fs::copy_file(entry.path(), model + "/" + entry.path().filename().string());
+  }
   CopyTokenizer(model);
   const std::string args =
       "--model " + model + " --prompt 'Give the opposite of the word.' " + "--max-new-tokens 6";
