@@ -22,7 +22,9 @@ constexpr char kUsage[] =
     "[--grads]\n"
     "  fulcrum export --checkpoint CKPT --format hf|merged|peft --out DIR [--adapter DIR] "
     "[--dtype auto|fp32|bf16] [--max-shard-size BYTES]\n"
-    "  fulcrum tokenize --tokenizer PATH [--no-special]  (JSONL {\"text\": ...} on stdin)\n";
+    "  fulcrum tokenize --tokenizer PATH [--no-special]  (JSONL {\"text\": ...} on stdin)\n"
+    "  fulcrum generate --model DIR [--adapter DIR] (--prompt TEXT | --chat FILE.json) "
+    "[--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]\n";
 
 using Command = std::function<absl::Status(const Args&, const parallel::World&)>;
 
@@ -30,7 +32,7 @@ const std::map<std::string, Command>& Commands() {
   static const std::map<std::string, Command> kCommands = {
       {"train", RunTrain}, {"validate", RunValidate}, {"init", RunInit},
       {"score", RunScore}, {"export", RunExport}, {"tokenize", RunTokenize},
-      {"prepare", RunPrepare}};
+      {"prepare", RunPrepare}, {"generate", RunGenerate}};
   return kCommands;
 }
 

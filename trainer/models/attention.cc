@@ -10,23 +10,23 @@ namespace fulcrum::models {
 torch::Tensor GroupedAttention(const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v, const torch::Tensor& mask, double scale) {
   const int64_t b = q.size(0), h = q.size(1), t = q.size(2), d = q.size(3);
-  const int64_t hkv = k.size(1);
+  const int64_t hkv = k.size(1), s = k.size(2);  // s = t without a cache
   FULCRUM_CHECK(h % hkv == 0, "heads=", h, " kv_heads=", hkv);
   const int64_t g = h / hkv;
   if (compat::kHasFusedAttention && q.is_cuda()) {
     // The fused kernel wants equal head counts; expand is a view, the reshape
     // copies once (as HF repeat_kv).
     const auto repeat = [&](const torch::Tensor& x) {
-      return x.unsqueeze(2).expand({b, hkv, g, t, d}).reshape({b, h, t, d});
+      return x.unsqueeze(2).expand({b, hkv, g, s, d}).reshape({b, h, s, d});
     };
     return compat::FusedAttention(q, repeat(k), repeat(v), mask, scale);
   }
   // [B, Hkv, G*T, D]: the G query heads sharing a kv head stacked along time.
   const torch::Tensor qg = q.reshape({b, hkv, g * t, d});
-  torch::Tensor scores = torch::matmul(qg, k.transpose(-1, -2)) * scale;  // [B, Hkv, G*T, T]
-  scores = scores.view({b, hkv, g, t, t}) + mask.unsqueeze(2);            // mask [B, 1, 1, T, T]
+  torch::Tensor scores = torch::matmul(qg, k.transpose(-1, -2)) * scale;  // [B, Hkv, G*T, S]
+  scores = scores.view({b, hkv, g, t, s}) + mask.unsqueeze(2);            // mask [B, 1, 1, T, S]
   const torch::Tensor probs = torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
-  const torch::Tensor out = torch::matmul(probs.view({b, hkv, g * t, t}), v);  // [B, Hkv, G*T, D]
+  const torch::Tensor out = torch::matmul(probs.view({b, hkv, g * t, s}), v);  // [B, Hkv, G*T, D]
   return out.view({b, h, t, d});
 }
 
@@ -48,8 +48,7 @@ AttentionImpl::AttentionImpl(const ModelConfig& config, const torch::TensorOptio
   }
 }
 
-torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const RopeCosSin& rope,
-                                     const torch::Tensor& mask) {
+AttentionImpl::Projected AttentionImpl::Project(const torch::Tensor& x, const RopeCosSin& rope) {
   const int64_t b = x.size(0), t = x.size(1);
   // [B, T, H*D] -> [B, T, H, D]; Qwen3 normalises each head before RoPE.
   torch::Tensor q = q_proj->forward(x).view({b, t, num_heads_, head_dim_});
@@ -59,12 +58,31 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const RopeCosSin& r
     q = q_norm->forward(q);
     k = k_norm->forward(k);
   }
-  q = ApplyRope(q.transpose(1, 2), rope);  // [B, H, T, D]
-  k = ApplyRope(k.transpose(1, 2), rope);  // [B, Hkv, T, D]
-  v = v.transpose(1, 2);
+  return Projected{ApplyRope(q.transpose(1, 2), rope),  // [B, H, T, D]
+                   ApplyRope(k.transpose(1, 2), rope),  // [B, Hkv, T, D]
+                   v.transpose(1, 2)};
+}
+
+torch::Tensor AttentionImpl::Output(const torch::Tensor& attended) {
+  // [B, H, T, D] -> [B, T, H*D] -> [B, T, hidden]
+  const int64_t b = attended.size(0), t = attended.size(2);
+  return o_proj->forward(attended.transpose(1, 2).reshape({b, t, num_heads_ * head_dim_}));
+}
+
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const RopeCosSin& rope,
+                                     const torch::Tensor& mask) {
+  const Projected p = Project(x, rope);
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
-  const torch::Tensor out = GroupedAttention(q, k, v, mask, scale);  // [B, H, T, D]
-  return o_proj->forward(out.transpose(1, 2).reshape({b, t, num_heads_ * head_dim_}));
+  return Output(GroupedAttention(p.q, p.k, p.v, mask, scale));
+}
+
+torch::Tensor AttentionImpl::ForwardCached(const torch::Tensor& x, const RopeCosSin& rope,
+                                           const torch::Tensor& mask, generate::KvCache& cache,
+                                           int64_t layer_index) {
+  const Projected p = Project(x, rope);
+  const generate::KvView past = cache.Write(layer_index, p.k, p.v);  // [B, Hkv, S, D]
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
+  return Output(GroupedAttention(p.q, past.k, past.v, mask, scale));
 }
 
 }  // namespace fulcrum::models

@@ -5,6 +5,7 @@
 
 #include <torch/torch.h>
 
+#include "trainer/generate/kv_cache.h"
 #include "trainer/lora/lora_linear.h"
 #include "trainer/models/model_config.h"
 #include "trainer/models/rms_norm.h"
@@ -12,9 +13,11 @@
 
 namespace fulcrum::models {
 
-// q [B, H, T, D], k/v [B, Hkv, T, D], mask [B, 1, T, T] additive -> [B, H, T, D].
-// H = Hkv * G: query head h uses kv head h / G (HF repeat_kv), computed grouped
-// ([B, Hkv, G*T, D] x [B, Hkv, D, T]) without materialising repeated k/v.
+// q [B, H, T, D], k/v [B, Hkv, S, D], mask [B, 1, T, S] additive -> [B, H, T, D].
+// S = T in training; with a KV cache S = past + T (the queries are the last T
+// positions). H = Hkv * G: query head h uses kv head h / G (HF repeat_kv),
+// computed grouped ([B, Hkv, G*T, D] x [B, Hkv, D, S]) without materialising
+// repeated k/v.
 // Scores in the input dtype, softmax in fp32 (HF eager).
 torch::Tensor GroupedAttention(const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v, const torch::Tensor& mask, double scale);
@@ -24,6 +27,12 @@ class AttentionImpl : public torch::nn::Module {
   AttentionImpl(const ModelConfig& config, const torch::TensorOptions& options);
   // x [B, T, hidden], rope cos/sin [B, 1, T, D], mask [B, 1, T, T] -> [B, T, hidden].
   torch::Tensor forward(const torch::Tensor& x, const RopeCosSin& rope, const torch::Tensor& mask);
+  // Incremental decoding: x [B, T, hidden] are the T newest tokens, rope
+  // [B, 1, T, D] at their absolute positions, mask [B, 1, T, S] over the S =
+  // cache.length() + T keys. Stores this layer's new k/v in `cache`.
+  torch::Tensor ForwardCached(const torch::Tensor& x, const RopeCosSin& rope,
+                              const torch::Tensor& mask, generate::KvCache& cache,
+                              int64_t layer_index);
 
   lora::LoraLinear q_proj{nullptr};  // [H * D, hidden]
   lora::LoraLinear k_proj{nullptr};  // [Hkv * D, hidden]
@@ -33,6 +42,15 @@ class AttentionImpl : public torch::nn::Module {
   RMSNorm k_norm{nullptr};           // [D], Qwen3 only
 
  private:
+  struct Projected {
+    torch::Tensor q;  // [B, H, T, D] after RoPE
+    torch::Tensor k;  // [B, Hkv, T, D] after RoPE
+    torch::Tensor v;  // [B, Hkv, T, D]
+  };
+  Projected Project(const torch::Tensor& x, const RopeCosSin& rope);
+  // attended [B, H, T, D] -> [B, T, hidden]
+  torch::Tensor Output(const torch::Tensor& attended);
+
   int64_t num_heads_;
   int64_t num_kv_heads_;
   int64_t head_dim_;

@@ -1,5 +1,7 @@
 #include "trainer/models/causal_lm.h"
 
+#include <limits>
+
 #include "core/check.h"
 #include "trainer/models/attention_mask.h"
 #include "trainer/models/rotary.h"
@@ -48,6 +50,52 @@ torch::Tensor DecoderStackImpl::forward(const ForwardInputs& inputs) {
   return norm->forward(h);
 }
 
+namespace {
+
+// Additive mask [B, 1, T, past + T] of T new queries at absolute positions
+// past..past+T-1 over every cached key: key j is visible to query i iff
+// j <= past + i. Masked entries hold the dtype's lowest value, as in
+// BuildAttentionMask.
+torch::Tensor CachedCausalMask(int64_t batch, int64_t past, int64_t t, torch::ScalarType dtype,
+                               const torch::Device& device) {
+  const auto longs = torch::TensorOptions().dtype(torch::kLong).device(device);
+  const torch::Tensor key_pos = torch::arange(past + t, longs).unsqueeze(0);          // [1, S]
+  const torch::Tensor query_pos = torch::arange(past, past + t, longs).unsqueeze(1);  // [T, 1]
+  const torch::Tensor visible = key_pos.le(query_pos);                                // [T, S]
+  double lowest = 0.0;  // the dtype's lowest finite value (bf16's differs from fp32's)
+  AT_DISPATCH_FLOATING_TYPES_AND2(torch::kBFloat16, torch::kHalf, dtype, "lowest", [&] {
+    lowest = static_cast<double>(std::numeric_limits<scalar_t>::lowest());
+  });
+  const torch::Tensor mask =
+      torch::zeros({t, past + t}, torch::TensorOptions().dtype(dtype).device(device))
+          .masked_fill_(visible.logical_not(), lowest);
+  return mask.view({1, 1, t, past + t}).expand({batch, 1, t, past + t});
+}
+
+}  // namespace
+
+torch::Tensor DecoderStackImpl::ForwardCached(const torch::Tensor& input_ids,
+                                              generate::KvCache& cache) {
+  FULCRUM_CHECK(input_ids.dim() == 2, "input_ids must be [B, T], got ", input_ids.dim(), " dims");
+  FULCRUM_CHECK(cache.num_layers() == static_cast<int64_t>(layers->size()), "cache has ",
+                cache.num_layers(), " layers, model ", layers->size());
+  const int64_t b = input_ids.size(0), t = input_ids.size(1), past = cache.length();
+  const torch::Device device = embed_tokens->weight.device();
+  const torch::ScalarType dtype = embed_tokens->weight.scalar_type();
+  const torch::Tensor position_ids =
+      torch::arange(past, past + t, torch::TensorOptions().dtype(torch::kLong).device(device))
+          .expand({b, t});
+  const RopeCosSin rope = ComputeRopeCosSin(inv_freq_, position_ids, dtype);
+  const torch::Tensor mask = CachedCausalMask(b, past, t, dtype, device);
+  torch::Tensor h = embed_tokens->forward(input_ids.to(device));  // [B, T, hidden]
+  int64_t index = 0;
+  for (const auto& layer : *layers) {
+    h = layer->as<DecoderLayerImpl>()->ForwardCached(h, rope, mask, cache, index++);
+  }
+  cache.Advance(t);
+  return norm->forward(h);
+}
+
 CausalLMImpl::CausalLMImpl(const ModelConfig& config, const torch::TensorOptions& options)
     : config_(config) {
   model = register_module("model", DecoderStack(config, options));
@@ -58,7 +106,28 @@ CausalLMImpl::CausalLMImpl(const ModelConfig& config, const torch::TensorOptions
 }
 
 torch::Tensor CausalLMImpl::forward(const ForwardInputs& inputs) {
-  const torch::Tensor h = model->forward(inputs);  // [B, T, hidden]
+  return Logits(model->forward(inputs));
+}
+
+torch::Tensor CausalLMImpl::ForwardCached(const torch::Tensor& input_ids, generate::KvCache& cache,
+                                          bool last_only) {
+  torch::Tensor h = model->ForwardCached(input_ids, cache);  // [B, T, hidden]
+  if (last_only) h = h.narrow(1, h.size(1) - 1, 1);          // [B, 1, hidden]
+  return Logits(h);
+}
+
+generate::KvCache CausalLMImpl::NewKvCache(int64_t batch, int64_t capacity) const {
+  generate::KvCacheShape shape;
+  shape.num_layers = config_.num_layers;
+  shape.batch = batch;
+  shape.num_kv_heads = config_.num_kv_heads;
+  shape.head_dim = config_.head_dim;
+  shape.capacity = capacity;
+  const torch::Tensor& w = model->embed_tokens->weight;
+  return generate::KvCache(shape, torch::TensorOptions().dtype(w.scalar_type()).device(w.device()));
+}
+
+torch::Tensor CausalLMImpl::Logits(const torch::Tensor& h) {
   const torch::Tensor logits =
       lm_head ? lm_head->forward(h) : torch::nn::functional::linear(h, model->embed_tokens->weight);
   return logits.to(torch::kFloat);  // [B, T, V]

@@ -5,6 +5,7 @@
 
 #include <torch/torch.h>
 
+#include "trainer/generate/kv_cache.h"
 #include "trainer/lora/lora_linear.h"
 #include "trainer/models/decoder_layer.h"
 #include "trainer/models/model_config.h"
@@ -45,6 +46,10 @@ class DecoderStackImpl : public torch::nn::Module {
   DecoderStackImpl(const ModelConfig& config, const torch::TensorOptions& options);
   // -> hidden states after the final norm [B, T, hidden] (param dtype).
   torch::Tensor forward(const ForwardInputs& inputs);
+  // Incremental decoding: input_ids [B, T] are the tokens after the
+  // cache.length() already in `cache` (positions continue from there; no
+  // padding) -> hidden states [B, T, hidden]. Appends their k/v to the cache.
+  torch::Tensor ForwardCached(const torch::Tensor& input_ids, generate::KvCache& cache);
 
   TokenEmbedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};  // of DecoderLayer
@@ -62,12 +67,23 @@ class CausalLMImpl : public torch::nn::Module {
   CausalLMImpl(const ModelConfig& config, const torch::TensorOptions& options);
   // -> logits [B, T, V] float32 (computed in the param dtype, returned as fp32).
   torch::Tensor forward(const ForwardInputs& inputs);
+  // See DecoderStackImpl::ForwardCached. -> logits [B, T, V] fp32, or [B, 1, V]
+  // of the last position only when `last_only` (a long prompt's prefill then
+  // skips T-1 vocab projections).
+  torch::Tensor ForwardCached(const torch::Tensor& input_ids, generate::KvCache& cache,
+                              bool last_only = false);
+  // An empty cache for this model: `batch` rows, room for `capacity`
+  // positions, in the parameters' dtype and device.
+  generate::KvCache NewKvCache(int64_t batch, int64_t capacity) const;
   const ModelConfig& config() const;
 
   DecoderStack model{nullptr};
   lora::LoraLinear lm_head{nullptr};  // [vocab, hidden]; null when tie_word_embeddings
 
  private:
+  // h [B, T, hidden] -> logits [B, T, V] fp32.
+  torch::Tensor Logits(const torch::Tensor& h);
+
   ModelConfig config_;
 };
 TORCH_MODULE(CausalLM);

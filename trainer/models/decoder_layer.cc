@@ -18,4 +18,12 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const RopeCosSin
   return h + mlp->forward(post_attention_layernorm->forward(h));
 }
 
+torch::Tensor DecoderLayerImpl::ForwardCached(const torch::Tensor& x, const RopeCosSin& rope,
+                                              const torch::Tensor& mask, generate::KvCache& cache,
+                                              int64_t layer_index) {
+  const torch::Tensor h =
+      x + self_attn->ForwardCached(input_layernorm->forward(x), rope, mask, cache, layer_index);
+  return h + mlp->forward(post_attention_layernorm->forward(h));
+}
+
 }  // namespace fulcrum::models

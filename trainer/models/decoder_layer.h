@@ -15,6 +15,11 @@ class DecoderLayerImpl : public torch::nn::Module {
   DecoderLayerImpl(const ModelConfig& config, const torch::TensorOptions& options);
   // x [B, T, hidden], rope [B, 1, T, D], mask [B, 1, T, T] -> [B, T, hidden]
   torch::Tensor forward(const torch::Tensor& x, const RopeCosSin& rope, const torch::Tensor& mask);
+  // The same with the KV cache (see AttentionImpl::ForwardCached): x [B, T,
+  // hidden] new tokens, mask [B, 1, T, cache.length() + T].
+  torch::Tensor ForwardCached(const torch::Tensor& x, const RopeCosSin& rope,
+                              const torch::Tensor& mask, generate::KvCache& cache,
+                              int64_t layer_index);
 
   Attention self_attn{nullptr};
   Mlp mlp{nullptr};
