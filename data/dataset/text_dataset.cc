@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <optional>
 #include <utility>
 
@@ -141,22 +142,74 @@ absl::Status RecordError(const absl::Status& status, const std::string& path, in
   return Annotate(status, absl::StrCat(path, ":", line));
 }
 
+// The ids of each segment of `plan` such that their concatenation is the
+// tokenization of the WHOLE rendered text (what transformers'
+// apply_chat_template(tokenize=True) gives). `separate` holds each segment
+// encoded alone and `whole` the whole text. Usually the two agree (segment
+// boundaries sit after special tokens or newlines); where a tokenizer joins
+// across a boundary, e.g. the Prepend("▁") normalizer of Llama-2/Mistral
+// starting every stretch between special tokens, the boundaries are found by
+// encoding growing prefixes of the text: a segment ends where the prefix's
+// ids stop agreeing with the whole text's, so a token that straddles a
+// boundary belongs to the later segment.
+std::vector<std::vector<int32_t>> SegmentIds(const PlannedSample& plan,
+                                             std::vector<std::vector<int32_t>> separate,
+                                             const std::vector<int32_t>& whole,
+                                             const Tokenizer& tokenizer) {
+  size_t total = 0;
+  for (const auto& ids : separate) total += ids.size();
+  if (total == whole.size()) {
+    size_t at = 0;
+    bool same = true;
+    for (const auto& ids : separate) {
+      same = same && std::equal(ids.begin(), ids.end(), whole.begin() + at);
+      at += ids.size();
+    }
+    if (same) return separate;
+  }
+  std::vector<std::vector<int32_t>> result(plan.segments.size());
+  std::string prefix;
+  size_t begin = 0;
+  for (size_t i = 0; i < plan.segments.size(); ++i) {
+    prefix += plan.segments[i].text;
+    size_t end = whole.size();
+    if (i + 1 < plan.segments.size()) {
+      const std::vector<int32_t> ids = tokenizer.Encode(prefix, /*add_special_tokens=*/false);
+      end = static_cast<size_t>(
+          std::mismatch(ids.begin(), ids.end(), whole.begin(), whole.end()).first - ids.begin());
+      end = std::max(end, begin);
+    }
+    result[i].assign(whole.begin() + begin, whole.begin() + end);
+    begin = end;
+  }
+  return result;
+}
+
 // Tokenizes the planned records' segments on the thread pool, appending
 // their samples to *out in record order.
 absl::Status TokenizeChunk(const std::vector<PlannedSample>& plans, const std::string& path,
                            LoadContext* context, std::vector<Sample>* out) {
+  // Per plan: its segments, then (with several segments) the whole text.
   std::vector<std::string> texts;
   for (const PlannedSample& plan : plans) {
     for (const RenderedSegment& segment : plan.segments) texts.push_back(segment.text);
+    if (plan.segments.size() > 1) texts.push_back(RenderedChat{plan.segments}.Text());
   }
-  const std::vector<std::vector<int32_t>> ids = context->tokenizer.EncodeBatch(
+  std::vector<std::vector<int32_t>> ids = context->tokenizer.EncodeBatch(
       texts, /*add_special_tokens=*/false, context->options.num_threads);
   FULCRUM_CHECK(ids.size() == texts.size(), "EncodeBatch gave ", ids.size(), " for ", texts.size());
-  auto next = ids.cbegin();
+  auto next = ids.begin();
   for (const PlannedSample& plan : plans) {
+    const auto count = static_cast<std::ptrdiff_t>(plan.segments.size());
+    std::vector<std::vector<int32_t>> segment_ids(std::make_move_iterator(next),
+                                                  std::make_move_iterator(next + count));
+    next += count;
+    if (count > 1) {
+      segment_ids = SegmentIds(plan, std::move(segment_ids), *next, context->tokenizer);
+      ++next;
+    }
     Sample sample;
-    const bool kept = AssembleSample(plan, next, context, &sample);
-    next += static_cast<std::ptrdiff_t>(plan.segments.size());
+    const bool kept = AssembleSample(plan, segment_ids.cbegin(), context, &sample);
     if (!kept) continue;
     if (sample.input_ids.empty()) {
       FULCRUM_RETURN_IF_ERROR(RecordError(absl::InvalidArgumentError("the record gives no tokens"),
