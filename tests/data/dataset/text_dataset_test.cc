@@ -714,5 +714,34 @@ TEST(TextDatasetThreadsTest, OutputDoesNotDependOnThreadCount) {
                                     false)));
 }
 
+// Llama-2/Mistral tokenizers prepend "▁" to every stretch of text between
+// special tokens, so an answer encoded on its own differs from the answer
+// inside the whole text. The sample must be the whole text's ids, and the
+// targets exactly the answer's tokens there.
+TEST(MessagesFormatTest, PrependNormalizerSampleIsTheWholeTextTokenization) {
+  json tokenizer_json = json::parse(TinyTokenizerJson(/*bos_post_processor=*/false));
+  tokenizer_json["normalizer"] = {{"type", "Prepend"}, {"prepend", "\u2581"}};
+  TokenizerConfig config;
+  config.eos_token = "<|endoftext|>";
+  auto tokenizer = Tokenizer::FromJson(tokenizer_json.dump(), "test", config);
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  const std::string whole =
+      "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n";
+  ASSERT_NE((*tokenizer)->Encode("hello<|im_end|>", false),
+            (std::vector<int32_t>{259, kImEnd}));  // the premise: alone it gains "▁"
+  const std::string path = WriteJsonl(
+      R"({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})"
+      "\n");
+  auto loaded = Load({{path, TextFormat::kMessages, {}}}, **tokenizer);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const Sample& sample = loaded->samples.at(0);
+  EXPECT_EQ(sample.input_ids, Widen((*tokenizer)->Encode(whole, false)));
+  std::vector<int64_t> targets;
+  for (const int64_t label : sample.labels) {
+    if (label != kIgnoreIndex) targets.push_back(label);
+  }
+  EXPECT_EQ(targets, (std::vector<int64_t>{259, kImEnd}));
+}
+
 }  // namespace
 }  // namespace fulcrum::data
