@@ -35,9 +35,9 @@ CommandResult RunNode(const std::string& script_and_args);
 
 // In a *_reference_test: skips the test, printing why, when the npm packages
 // could not be installed (the only accepted reason to skip).
-#define FULCRUM_REQUIRE_NPM()                                                 \
-  do {                                                                        \
-    const std::string npm_reason = ::fulcrum::testing::NpmUnavailableReason(); \
+#define FULCRUM_REQUIRE_NPM()                                                            \
+  do {                                                                                   \
+    const std::string npm_reason = ::fulcrum::testing::NpmUnavailableReason();           \
     if (!npm_reason.empty()) GTEST_SKIP() << "npm packages unavailable: " << npm_reason; \
   } while (0)
 

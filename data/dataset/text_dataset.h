@@ -6,11 +6,13 @@
 // LoadedSamples, ParseTextFormat, LoadTextDataset.
 //
 // Formats (one JSON object per line):
-//   text:        {"text": "..."}                        continued pre-training, every token a target
-//   instruction: {"instruction": "...", "input": "...", "output": "..."}   (alpaca; "input" optional,
+//   text:        {"text": "..."}                        continued pre-training, every token a
+//   target instruction: {"instruction": "...", "input": "...", "output": "..."}   (alpaca; "input"
+//   optional,
 //                "system" optional) -> user = instruction [+ "\n\n" + input], assistant = output
 //   messages:    {"messages": [{"role": "user", "content": "..."}, ...]}   (OpenAI style)
-//   sharegpt:    {"conversations": [{"from": "human", "value": "..."}, ...]} (from: system, human/user,
+//   sharegpt:    {"conversations": [{"from": "human", "value": "..."}, ...]} (from: system,
+//   human/user,
 //                gpt/assistant)
 // Field names are remappable per dataset (FieldMap).
 #pragma once
@@ -33,8 +35,8 @@ enum class TextFormat { kText, kInstruction, kMessages, kShareGpt };
 absl::StatusOr<TextFormat> ParseTextFormat(const std::string& name);
 
 // Record key names, by the logical name: for instruction {instruction, input, output, system},
-// for text {text}, for messages {messages, role, content}, for sharegpt {conversations, from, value}.
-// Missing entries keep the default (the logical name itself).
+// for text {text}, for messages {messages, role, content}, for sharegpt {conversations, from,
+// value}. Missing entries keep the default (the logical name itself).
 using FieldMap = std::map<std::string, std::string>;
 
 struct DatasetSource {
@@ -45,7 +47,7 @@ struct DatasetSource {
                         // seed-deterministic fraction (weight - floor) of the samples once more
 };
 
-enum class ErrorPolicy { kFail, kSkip };    // data.on_error
+enum class ErrorPolicy { kFail, kSkip };         // data.on_error
 enum class OverflowPolicy { kTruncate, kDrop };  // data.truncation: samples longer than seq_len
 
 struct TokenizeOptions {

@@ -22,7 +22,7 @@
 namespace fulcrum::data {
 
 struct Message {
-  std::string role;     // "system", "user" or "assistant"
+  std::string role;  // "system", "user" or "assistant"
   std::string content;
 };
 

@@ -131,8 +131,8 @@ namespace {
 
 // The reference's AddedVocabulary::find_matches: token matches with
 // single_word / lstrip / rstrip applied, and the text between them.
-void FindSplits(std::string_view text, const TokenTrie& trie,
-                const std::vector<AddedToken>& tokens, std::vector<RawSplit>* splits) {
+void FindSplits(std::string_view text, const TokenTrie& trie, const std::vector<AddedToken>& tokens,
+                std::vector<RawSplit>* splits) {
   splits->clear();
   size_t start_offset = 0;
   size_t search = 0;
@@ -143,8 +143,7 @@ void FindSplits(std::string_view text, const TokenTrie& trie,
     const AddedToken& token = tokens[match.token];
     size_t start = match.start;
     size_t stop = match.end;
-    if (token.single_word &&
-        (EndsWithWord(text, start) || StartsWithWord(text, stop))) {
+    if (token.single_word && (EndsWithWord(text, start) || StartsWithWord(text, stop))) {
       continue;
     }
     if (token.lstrip) start = std::max(WhitespaceRunStart(text, start), start_offset);
@@ -191,8 +190,9 @@ absl::StatusOr<AddedVocabulary> AddedVocabulary::Parse(const nlohmann::json& jso
       const char* key;
       bool* value;
     };
-    for (const Flag& flag : {Flag{"special", &token.special}, Flag{"single_word", &token.single_word},
-                             Flag{"lstrip", &token.lstrip}, Flag{"rstrip", &token.rstrip}}) {
+    for (const Flag& flag :
+         {Flag{"special", &token.special}, Flag{"single_word", &token.single_word},
+          Flag{"lstrip", &token.lstrip}, Flag{"rstrip", &token.rstrip}}) {
       const auto it = entry.find(flag.key);
       if (it == entry.end() || it->is_null()) continue;
       if (!it->is_boolean()) {
@@ -216,7 +216,8 @@ absl::StatusOr<AddedVocabulary> AddedVocabulary::Parse(const nlohmann::json& jso
     std::string pattern = token.content;
     if (token.normalized && normalizer != nullptr) normalizer->Normalize(&pattern);
     if (pattern.empty()) continue;
-    TokenTrie& trie = token.normalized ? vocabulary.matchers_->normalized : vocabulary.matchers_->raw;
+    TokenTrie& trie =
+        token.normalized ? vocabulary.matchers_->normalized : vocabulary.matchers_->raw;
     trie.Add(pattern, static_cast<int32_t>(i));
   }
   return vocabulary;

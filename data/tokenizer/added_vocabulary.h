@@ -35,8 +35,8 @@ struct AddedToken {
 // One stretch of the input: either an added token, or normalized text to be
 // pre-tokenized and modelled.
 struct TextSegment {
-  std::string text;        // normalized text; empty for an added token
-  int32_t token_id = -1;   // >= 0: this segment is that added token
+  std::string text;            // normalized text; empty for an added token
+  int32_t token_id = -1;       // >= 0: this segment is that added token
   bool at_text_start = false;  // begins at offset 0 of the original text
 };
 

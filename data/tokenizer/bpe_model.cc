@@ -67,7 +67,8 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::Parse(const nlohmann::json& 
   model->vocab_.Reserve(vocab->size());
   int64_t max_id = -1;
   for (auto it = vocab->begin(); it != vocab->end(); ++it) {
-    FULCRUM_ASSIGN_OR_RETURN(int32_t id, JsonId(it.value(), absl::StrCat(vocab_path, "[\"", it.key(), "\"]")));
+    FULCRUM_ASSIGN_OR_RETURN(int32_t id,
+                             JsonId(it.value(), absl::StrCat(vocab_path, "[\"", it.key(), "\"]")));
     model->vocab_.Insert(it.key(), id);
     max_id = std::max<int64_t>(max_id, id);
   }
@@ -104,8 +105,8 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::Parse(const nlohmann::json& 
       const std::string merged =
           pair.left + (pair.right.size() >= prefix_len ? pair.right.substr(prefix_len) : "");
       const int32_t* merged_id = model->vocab_.Find(merged);
-      const std::string* missing = left == nullptr      ? &pair.left
-                                   : right == nullptr   ? &pair.right
+      const std::string* missing = left == nullptr        ? &pair.left
+                                   : right == nullptr     ? &pair.right
                                    : merged_id == nullptr ? &merged
                                                           : nullptr;
       if (missing != nullptr) {
@@ -218,7 +219,8 @@ void BpeModel::MergeAll(std::vector<int32_t>* symbol_ids, std::vector<int32_t>* 
     bool removed;
   };
   std::vector<Symbol> symbols(n);
-  for (int k = 0; k < n; ++k) symbols[k] = Symbol{(*symbol_ids)[k], k - 1, k + 1 < n ? k + 1 : -1, false};
+  for (int k = 0; k < n; ++k)
+    symbols[k] = Symbol{(*symbol_ids)[k], k - 1, k + 1 < n ? k + 1 : -1, false};
 
   // Min-heap on (rank, pos), as the reference's Merge ordering.
   struct Candidate {

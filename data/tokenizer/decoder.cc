@@ -257,17 +257,21 @@ absl::StatusOr<std::unique_ptr<Decoder>> ParseReplace(const nlohmann::json& json
     return JsonError(pattern_path, "not supported yet: Replace decoder with a Regex pattern");
   }
   FULCRUM_ASSIGN_OR_RETURN(const nlohmann::json* text, JsonField(*pattern, pattern_path, "String"));
-  FULCRUM_ASSIGN_OR_RETURN(std::string from, JsonString(*text, absl::StrCat(pattern_path, ".String")));
+  FULCRUM_ASSIGN_OR_RETURN(std::string from,
+                           JsonString(*text, absl::StrCat(pattern_path, ".String")));
   FULCRUM_ASSIGN_OR_RETURN(const nlohmann::json* content, JsonField(json, key_path, "content"));
-  FULCRUM_ASSIGN_OR_RETURN(std::string to, JsonString(*content, absl::StrCat(key_path, ".content")));
+  FULCRUM_ASSIGN_OR_RETURN(std::string to,
+                           JsonString(*content, absl::StrCat(key_path, ".content")));
   return std::unique_ptr<Decoder>(new ReplaceDecoder(std::move(from), std::move(to)));
 }
 
 absl::StatusOr<std::unique_ptr<Decoder>> ParseStrip(const nlohmann::json& json,
                                                     const std::string& key_path) {
   FULCRUM_ASSIGN_OR_RETURN(const nlohmann::json* content, JsonField(json, key_path, "content"));
-  FULCRUM_ASSIGN_OR_RETURN(std::string text, JsonString(*content, absl::StrCat(key_path, ".content")));
-  if (Chars(text).size() != 1) return JsonError(absl::StrCat(key_path, ".content"), "expected a single char");
+  FULCRUM_ASSIGN_OR_RETURN(std::string text,
+                           JsonString(*content, absl::StrCat(key_path, ".content")));
+  if (Chars(text).size() != 1)
+    return JsonError(absl::StrCat(key_path, ".content"), "expected a single char");
   size_t counts[2] = {0, 0};
   const char* keys[2] = {"start", "stop"};
   for (int k = 0; k < 2; ++k) {
@@ -286,7 +290,8 @@ absl::StatusOr<std::unique_ptr<Decoder>> ParseDecoder(const nlohmann::json& json
                                                       const std::string& key_path) {
   if (json.is_null()) return std::unique_ptr<Decoder>();
   FULCRUM_ASSIGN_OR_RETURN(const nlohmann::json* type_json, JsonField(json, key_path, "type"));
-  FULCRUM_ASSIGN_OR_RETURN(std::string type, JsonString(*type_json, absl::StrCat(key_path, ".type")));
+  FULCRUM_ASSIGN_OR_RETURN(std::string type,
+                           JsonString(*type_json, absl::StrCat(key_path, ".type")));
   if (type == "ByteLevel") return std::unique_ptr<Decoder>(new ByteLevelDecoder());
   if (type == "Metaspace") return ParseMetaspace(json, key_path);
   if (type == "Replace") return ParseReplace(json, key_path);
@@ -305,7 +310,8 @@ absl::StatusOr<std::unique_ptr<Decoder>> ParseDecoder(const nlohmann::json& json
     }
     return std::unique_ptr<Decoder>(new SequenceDecoder(std::move(decoders)));
   }
-  return JsonError(absl::StrCat(key_path, ".type"), absl::StrCat("not supported yet: decoder type ", type));
+  return JsonError(absl::StrCat(key_path, ".type"),
+                   absl::StrCat("not supported yet: decoder type ", type));
 }
 
 std::string DecodeTokens(const Decoder* decoder, std::vector<std::string> tokens) {

@@ -45,13 +45,15 @@ inline const nlohmann::json* JsonOptionalField(const nlohmann::json& object,
 
 inline absl::StatusOr<std::string> JsonString(const nlohmann::json& value,
                                               const std::string& key_path) {
-  if (!value.is_string()) return JsonError(key_path, absl::StrCat("expected a string, got ", value.type_name()));
+  if (!value.is_string())
+    return JsonError(key_path, absl::StrCat("expected a string, got ", value.type_name()));
   return value.get<std::string>();
 }
 
 // A string field that may be absent or null.
-inline absl::StatusOr<std::optional<std::string>> JsonOptionalString(
-    const nlohmann::json& object, const std::string& key_path, const std::string& key) {
+inline absl::StatusOr<std::optional<std::string>> JsonOptionalString(const nlohmann::json& object,
+                                                                     const std::string& key_path,
+                                                                     const std::string& key) {
   const nlohmann::json* value = JsonOptionalField(object, key);
   if (value == nullptr) return std::optional<std::string>();
   auto text = JsonString(*value, JsonKeyPath(key_path, key));
@@ -73,9 +75,9 @@ inline absl::StatusOr<bool> JsonBool(const nlohmann::json& object, const std::st
 
 // A non-negative integer that fits int32.
 inline absl::StatusOr<int32_t> JsonId(const nlohmann::json& value, const std::string& key_path) {
-  if (!value.is_number_integer() || value.get<int64_t>() < 0 ||
-      value.get<int64_t>() > INT32_MAX) {
-    return JsonError(key_path, absl::StrCat("expected a token id (integer >= 0), got ", value.dump()));
+  if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() > INT32_MAX) {
+    return JsonError(key_path,
+                     absl::StrCat("expected a token id (integer >= 0), got ", value.dump()));
   }
   return static_cast<int32_t>(value.get<int64_t>());
 }

@@ -159,10 +159,18 @@ absl::StatusOr<std::unique_ptr<Normalizer>> ParseUnicode(UnicodeForm form,
   UErrorCode status = U_ZERO_ERROR;
   const icu::Normalizer2* icu = nullptr;
   switch (form) {
-    case UnicodeForm::kNfc: icu = icu::Normalizer2::getNFCInstance(status); break;
-    case UnicodeForm::kNfd: icu = icu::Normalizer2::getNFDInstance(status); break;
-    case UnicodeForm::kNfkc: icu = icu::Normalizer2::getNFKCInstance(status); break;
-    case UnicodeForm::kNfkd: icu = icu::Normalizer2::getNFKDInstance(status); break;
+    case UnicodeForm::kNfc:
+      icu = icu::Normalizer2::getNFCInstance(status);
+      break;
+    case UnicodeForm::kNfd:
+      icu = icu::Normalizer2::getNFDInstance(status);
+      break;
+    case UnicodeForm::kNfkc:
+      icu = icu::Normalizer2::getNFKCInstance(status);
+      break;
+    case UnicodeForm::kNfkd:
+      icu = icu::Normalizer2::getNFKDInstance(status);
+      break;
   }
   if (U_FAILURE(status) || icu == nullptr) {
     return Error(key_path, std::string("ICU normalizer unavailable: ") + u_errorName(status));
@@ -181,7 +189,8 @@ absl::StatusOr<std::unique_ptr<Normalizer>> ParseReplace(const nlohmann::json& j
     compiled = internal::LiteralPattern(pattern["String"].get<std::string>());
   } else if (pattern.is_object() && pattern.contains("Regex") && pattern["Regex"].is_string()) {
     auto regex = internal::CompileRegexPattern(pattern["Regex"].get<std::string>());
-    if (!regex.ok()) return Error(key_path + ".pattern.Regex", std::string(regex.status().message()));
+    if (!regex.ok())
+      return Error(key_path + ".pattern.Regex", std::string(regex.status().message()));
     compiled = std::move(*regex);
   } else {
     return Error(key_path + ".pattern", "expected {\"String\": ...} or {\"Regex\": ...}");

@@ -65,18 +65,22 @@ absl::StatusOr<std::unique_ptr<PostProcessor>> ParseTemplate(const nlohmann::jso
       continue;
     }
     const nlohmann::json* special = JsonOptionalField(piece, "SpecialToken");
-    if (special == nullptr) return JsonError(piece_path, "expected {\"SpecialToken\"|\"Sequence\": ...}");
+    if (special == nullptr)
+      return JsonError(piece_path, "expected {\"SpecialToken\"|\"Sequence\": ...}");
     FULCRUM_ASSIGN_OR_RETURN(const nlohmann::json* id_json,
                              JsonField(*special, absl::StrCat(piece_path, ".SpecialToken"), "id"));
     FULCRUM_ASSIGN_OR_RETURN(std::string name,
                              JsonString(*id_json, absl::StrCat(piece_path, ".SpecialToken.id")));
-    const nlohmann::json* token = special_tokens == nullptr ? nullptr : JsonOptionalField(*special_tokens, name);
+    const nlohmann::json* token =
+        special_tokens == nullptr ? nullptr : JsonOptionalField(*special_tokens, name);
     if (token == nullptr) {
-      return JsonError(tokens_path, absl::StrCat("missing special token \"", name, "\" used by ", piece_path));
+      return JsonError(tokens_path,
+                       absl::StrCat("missing special token \"", name, "\" used by ", piece_path));
     }
     const std::string ids_path = absl::StrCat(tokens_path, "[\"", name, "\"].ids");
-    FULCRUM_ASSIGN_OR_RETURN(const nlohmann::json* ids,
-                             JsonField(*token, absl::StrCat(tokens_path, "[\"", name, "\"]"), "ids"));
+    FULCRUM_ASSIGN_OR_RETURN(
+        const nlohmann::json* ids,
+        JsonField(*token, absl::StrCat(tokens_path, "[\"", name, "\"]"), "ids"));
     if (!ids->is_array()) return JsonError(ids_path, "expected an array of ids");
     for (size_t k = 0; k < ids->size(); ++k) {
       FULCRUM_ASSIGN_OR_RETURN(int32_t id, JsonId((*ids)[k], absl::StrCat(ids_path, "[", k, "]")));
@@ -106,7 +110,8 @@ absl::StatusOr<std::unique_ptr<PostProcessor>> ParsePostProcessor(const nlohmann
                                                                   const std::string& key_path) {
   if (json.is_null()) return std::unique_ptr<PostProcessor>();
   FULCRUM_ASSIGN_OR_RETURN(const nlohmann::json* type_json, JsonField(json, key_path, "type"));
-  FULCRUM_ASSIGN_OR_RETURN(std::string type, JsonString(*type_json, absl::StrCat(key_path, ".type")));
+  FULCRUM_ASSIGN_OR_RETURN(std::string type,
+                           JsonString(*type_json, absl::StrCat(key_path, ".type")));
   if (type == "TemplateProcessing") return ParseTemplate(json, key_path);
   if (type == "ByteLevel") return std::unique_ptr<PostProcessor>(new NoOpProcessor());
   if (type == "RobertaProcessing" || type == "BertProcessing") return ParseClsSep(json, key_path);
@@ -116,8 +121,9 @@ absl::StatusOr<std::unique_ptr<PostProcessor>> ParsePostProcessor(const nlohmann
     if (!list->is_array()) return JsonError(list_path, "expected an array");
     std::vector<std::unique_ptr<PostProcessor>> processors;
     for (size_t i = 0; i < list->size(); ++i) {
-      FULCRUM_ASSIGN_OR_RETURN(std::unique_ptr<PostProcessor> processor,
-                               ParsePostProcessor((*list)[i], absl::StrCat(list_path, "[", i, "]")));
+      FULCRUM_ASSIGN_OR_RETURN(
+          std::unique_ptr<PostProcessor> processor,
+          ParsePostProcessor((*list)[i], absl::StrCat(list_path, "[", i, "]")));
       if (processor != nullptr) processors.push_back(std::move(processor));
     }
     return std::unique_ptr<PostProcessor>(new SequenceProcessor(std::move(processors)));

@@ -21,12 +21,10 @@ constexpr char kGpt2Pattern[] =
 // The reference's Whitespace pre-tokenizer is `\w+|[^\w\s]+` in Oniguruma,
 // whose Unicode \w is Letter | Mark | Decimal_Number | Connector_Punctuation
 // (PCRE2's UCP \w lacks marks), so the class is spelled out.
-constexpr char kWhitespacePattern[] =
-    R"([\p{L}\p{M}\p{Nd}\p{Pc}]+|[^\p{L}\p{M}\p{Nd}\p{Pc}\s]+)";
+constexpr char kWhitespacePattern[] = R"([\p{L}\p{M}\p{Nd}\p{Pc}]+|[^\p{L}\p{M}\p{Nd}\p{Pc}\s]+)";
 
 // Splits each piece of *pieces with `pattern` + `behavior`, dropping empties.
-void SplitPieces(const SplitPattern& pattern, SplitBehavior behavior, bool invert,
-                 Pieces* pieces) {
+void SplitPieces(const SplitPattern& pattern, SplitBehavior behavior, bool invert, Pieces* pieces) {
   Pieces out;
   out.reserve(pieces->size() * 2);
   std::vector<Span> spans;
@@ -163,7 +161,8 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> ParseSplit(const nlohmann::json& j
     pattern = internal::LiteralPattern((*pattern_it)["String"].get<std::string>());
   } else if (pattern_it->contains("Regex") && (*pattern_it)["Regex"].is_string()) {
     auto compiled = internal::CompileRegexPattern((*pattern_it)["Regex"].get<std::string>());
-    if (!compiled.ok()) return Error(key_path + ".pattern.Regex", std::string(compiled.status().message()));
+    if (!compiled.ok())
+      return Error(key_path + ".pattern.Regex", std::string(compiled.status().message()));
     pattern = std::move(*compiled);
   } else {
     return Error(key_path + ".pattern", "expected {\"String\": ...} or {\"Regex\": ...}");
@@ -173,7 +172,8 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> ParseSplit(const nlohmann::json& j
     return Error(key_path + ".behavior", "expected a string");
   }
   auto behavior = internal::ParseSplitBehavior(behavior_it->get<std::string>());
-  if (!behavior.ok()) return Error(key_path + ".behavior", std::string(behavior.status().message()));
+  if (!behavior.ok())
+    return Error(key_path + ".behavior", std::string(behavior.status().message()));
   auto invert = GetBool(json, "invert", false, key_path);
   if (!invert.ok()) return invert.status();
   return std::unique_ptr<PreTokenizer>(
@@ -192,7 +192,8 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> ParseByteLevel(const nlohmann::jso
     if (!compiled.ok()) return Error(key_path, std::string(compiled.status().message()));
     regex = std::move(*compiled);
   }
-  return std::unique_ptr<PreTokenizer>(new ByteLevelPreTokenizer(*add_prefix_space, std::move(regex)));
+  return std::unique_ptr<PreTokenizer>(
+      new ByteLevelPreTokenizer(*add_prefix_space, std::move(regex)));
 }
 
 absl::StatusOr<std::unique_ptr<PreTokenizer>> ParseMetaspace(const nlohmann::json& json,
@@ -282,7 +283,8 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> ParsePreTokenizer(const nlohmann::
       SplitBehavior behavior = SplitBehavior::kIsolated;
       if (json.contains("behavior") && json["behavior"].is_string()) {
         auto parsed = internal::ParseSplitBehavior(json["behavior"].get<std::string>());
-        if (!parsed.ok()) return Error(key_path + ".behavior", std::string(parsed.status().message()));
+        if (!parsed.ok())
+          return Error(key_path + ".behavior", std::string(parsed.status().message()));
         behavior = *parsed;
       }
       return PredicateSplit(&internal::IsPunctuation, behavior);

@@ -86,8 +86,8 @@ absl::Status BuildPipeline(const nlohmann::json& root, const std::string& source
                            TokenizerPipeline* pipeline) {
   if (!root.is_object()) return JsonError(source, "expected a JSON object");
   FULCRUM_ASSIGN_OR_RETURN(pipeline->model, ParseModel(root, source));
-  FULCRUM_ASSIGN_OR_RETURN(pipeline->normalizer,
-                           ParseNormalizer(MemberOrNull(root, "normalizer"), source + ": normalizer"));
+  FULCRUM_ASSIGN_OR_RETURN(pipeline->normalizer, ParseNormalizer(MemberOrNull(root, "normalizer"),
+                                                                 source + ": normalizer"));
   FULCRUM_ASSIGN_OR_RETURN(
       pipeline->pre_tokenizer,
       ParsePreTokenizer(MemberOrNull(root, "pre_tokenizer"), source + ": pre_tokenizer"));
@@ -167,7 +167,8 @@ std::vector<std::vector<int32_t>> Tokenizer::EncodeBatch(const std::vector<std::
                                                          bool add_special_tokens,
                                                          int num_threads) const {
   std::vector<std::vector<int32_t>> results(texts.size());
-  if (num_threads <= 0) num_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (num_threads <= 0)
+    num_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   num_threads = static_cast<int>(std::min<size_t>(num_threads, texts.size()));
   // Texts are claimed one at a time so that long documents balance out.
   std::atomic<size_t> next{0};

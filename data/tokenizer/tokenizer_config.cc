@@ -22,7 +22,8 @@ absl::StatusOr<std::optional<std::string>> ReadTokenField(const nlohmann::json& 
   if (value->is_string()) return std::optional<std::string>(value->get<std::string>());
   if (value->is_object()) {
     FULCRUM_ASSIGN_OR_RETURN(const nlohmann::json* content, JsonField(*value, path, "content"));
-    FULCRUM_ASSIGN_OR_RETURN(std::string text, JsonString(*content, absl::StrCat(path, ".content")));
+    FULCRUM_ASSIGN_OR_RETURN(std::string text,
+                             JsonString(*content, absl::StrCat(path, ".content")));
     return std::optional<std::string>(std::move(text));
   }
   return JsonError(path, absl::StrCat("expected a string, an AddedToken object or null, got ",
@@ -31,7 +32,8 @@ absl::StatusOr<std::optional<std::string>> ReadTokenField(const nlohmann::json& 
 
 // chat_template: a string, or a list of {"name", "template"} (the one named
 // "default" is the chat template; else the first).
-absl::StatusOr<std::string> ReadChatTemplate(const nlohmann::json& config, const std::string& source) {
+absl::StatusOr<std::string> ReadChatTemplate(const nlohmann::json& config,
+                                             const std::string& source) {
   const nlohmann::json* value = JsonOptionalField(config, "chat_template");
   if (value == nullptr) return std::string();
   const std::string path = absl::StrCat(source, ": chat_template");
@@ -41,16 +43,20 @@ absl::StatusOr<std::string> ReadChatTemplate(const nlohmann::json& config, const
   for (size_t i = 0; i < value->size(); ++i) {
     const std::string item_path = absl::StrCat(path, "[", i, "]");
     FULCRUM_ASSIGN_OR_RETURN(const nlohmann::json* name, JsonField((*value)[i], item_path, "name"));
-    FULCRUM_ASSIGN_OR_RETURN(const nlohmann::json* text, JsonField((*value)[i], item_path, "template"));
-    FULCRUM_ASSIGN_OR_RETURN(std::string source_text, JsonString(*text, absl::StrCat(item_path, ".template")));
-    if (i == 0 || (name->is_string() && name->get<std::string>() == "default")) chosen = source_text;
+    FULCRUM_ASSIGN_OR_RETURN(const nlohmann::json* text,
+                             JsonField((*value)[i], item_path, "template"));
+    FULCRUM_ASSIGN_OR_RETURN(std::string source_text,
+                             JsonString(*text, absl::StrCat(item_path, ".template")));
+    if (i == 0 || (name->is_string() && name->get<std::string>() == "default"))
+      chosen = source_text;
   }
   return chosen;
 }
 
 }  // namespace
 
-absl::StatusOr<TokenizerConfig> ParseTokenizerConfig(std::string_view json, const std::string& source) {
+absl::StatusOr<TokenizerConfig> ParseTokenizerConfig(std::string_view json,
+                                                     const std::string& source) {
   nlohmann::json config;
   try {
     config = nlohmann::json::parse(json.begin(), json.end());
@@ -64,8 +70,10 @@ absl::StatusOr<TokenizerConfig> ParseTokenizerConfig(std::string_view json, cons
   FULCRUM_ASSIGN_OR_RETURN(result.bos_token, ReadTokenField(config, source, "bos_token"));
   FULCRUM_ASSIGN_OR_RETURN(result.eos_token, ReadTokenField(config, source, "eos_token"));
   FULCRUM_ASSIGN_OR_RETURN(result.pad_token, ReadTokenField(config, source, "pad_token"));
-  FULCRUM_ASSIGN_OR_RETURN(result.add_bos_token, JsonBool(config, source + ":", "add_bos_token", false));
-  FULCRUM_ASSIGN_OR_RETURN(result.add_eos_token, JsonBool(config, source + ":", "add_eos_token", false));
+  FULCRUM_ASSIGN_OR_RETURN(result.add_bos_token,
+                           JsonBool(config, source + ":", "add_bos_token", false));
+  FULCRUM_ASSIGN_OR_RETURN(result.add_eos_token,
+                           JsonBool(config, source + ":", "add_eos_token", false));
   FULCRUM_ASSIGN_OR_RETURN(result.chat_template, ReadChatTemplate(config, source));
   return result;
 }

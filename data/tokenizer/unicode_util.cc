@@ -34,8 +34,9 @@ bool IsNumeric(char32_t c) {
 }
 
 bool IsPunctuation(char32_t c) {
-  if (c < 0x80) return c > 0x20 && c < 0x7F && !(c >= '0' && c <= '9') &&
-                       !((c | 0x20) >= 'a' && (c | 0x20) <= 'z');
+  if (c < 0x80)
+    return c > 0x20 && c < 0x7F && !(c >= '0' && c <= '9') &&
+           !((c | 0x20) >= 'a' && (c | 0x20) <= 'z');
   return u_ispunct(static_cast<UChar32>(c));
 }
 

@@ -30,8 +30,8 @@ using Command = std::function<absl::Status(const Args&, const parallel::World&)>
 
 const std::map<std::string, Command>& Commands() {
   static const std::map<std::string, Command> kCommands = {
-      {"train", RunTrain}, {"validate", RunValidate}, {"init", RunInit},
-      {"score", RunScore}, {"export", RunExport}, {"tokenize", RunTokenize},
+      {"train", RunTrain},     {"validate", RunValidate}, {"init", RunInit},
+      {"score", RunScore},     {"export", RunExport},     {"tokenize", RunTokenize},
       {"prepare", RunPrepare}, {"generate", RunGenerate}};
   return kCommands;
 }

@@ -26,9 +26,10 @@ std::vector<std::string> Describe(const std::vector<TextSegment>& segments) {
   return out;
 }
 
-nlohmann::json Token(int id, const std::string& content, nlohmann::json flags = nlohmann::json::object()) {
-  nlohmann::json token = {{"id", id},          {"content", content}, {"single_word", false},
-                          {"lstrip", false},   {"rstrip", false},    {"normalized", false},
+nlohmann::json Token(int id, const std::string& content,
+                     nlohmann::json flags = nlohmann::json::object()) {
+  nlohmann::json token = {{"id", id},        {"content", content}, {"single_word", false},
+                          {"lstrip", false}, {"rstrip", false},    {"normalized", false},
                           {"special", true}};
   for (auto& [key, value] : flags.items()) token[key] = value;
   return token;
@@ -55,7 +56,8 @@ TEST(AddedVocabularyTest, LeftmostLongest) {
 }
 
 TEST(AddedVocabularyTest, LstripRstripAbsorbWhitespace) {
-  const AddedVocabulary vocab = MustParseTokens({Token(1, "<m>", {{"lstrip", true}, {"rstrip", true}})});
+  const AddedVocabulary vocab =
+      MustParseTokens({Token(1, "<m>", {{"lstrip", true}, {"rstrip", true}})});
   EXPECT_EQ(Describe(vocab.Split("a  <m>  b<m> c", nullptr)),
             (std::vector<std::string>{"^a", "#1", "b", "#1", "c"}));
 }
@@ -107,7 +109,8 @@ TEST(AddedVocabularyTest, NoTokensGivesOneSegment) {
 
 TEST(AddedVocabularyTest, ManyTokensAndPlainText) {
   nlohmann::json tokens = nlohmann::json::array();
-  for (int i = 0; i < 5000; ++i) tokens.push_back(Token(100 + i, "<unused" + std::to_string(i) + ">"));
+  for (int i = 0; i < 5000; ++i)
+    tokens.push_back(Token(100 + i, "<unused" + std::to_string(i) + ">"));
   const AddedVocabulary vocab = MustParse(tokens);
   EXPECT_EQ(Describe(vocab.Split("a <unused42> b <unused4999><unused", nullptr)),
             (std::vector<std::string>{"^a ", "#142", " b ", "#5099", "<unused"}));

@@ -26,7 +26,8 @@ absl::Status ParseError(const std::string& json_text) {
   return BpeModel::Parse(nlohmann::json::parse(json_text), "tokenizer.json: model").status();
 }
 
-constexpr char kAbc[] = R"({"type": "BPE", "vocab": {"a": 0, "b": 1, "c": 2, "ab": 3, "bc": 4, "abc": 5},
+constexpr char kAbc[] =
+    R"({"type": "BPE", "vocab": {"a": 0, "b": 1, "c": 2, "ab": 3, "bc": 4, "abc": 5},
                             "merges": MERGES})";
 
 std::string AbcWith(const std::string& merges) {
@@ -92,13 +93,15 @@ TEST(BpeModelTest, SubwordPrefixAndWordSuffix) {
   EXPECT_EQ(Tokenize(*suffixed, "ab"), (std::vector<int32_t>{2}));
   EXPECT_EQ(Tokenize(*suffixed, "ba"), (std::vector<int32_t>{3}));  // "a</w>" unknown: dropped
   // Empty strings (Qwen) change nothing.
-  auto empty = MakeModel(R"({"type": "BPE", "continuing_subword_prefix": "", "end_of_word_suffix": "",
+  auto empty =
+      MakeModel(R"({"type": "BPE", "continuing_subword_prefix": "", "end_of_word_suffix": "",
       "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"]})");
   EXPECT_EQ(Tokenize(*empty, "abab"), (std::vector<int32_t>{2, 2}));
 }
 
 TEST(BpeModelTest, MultiByteCharsAndEmptyPiece) {
-  auto model = MakeModel(R"({"type": "BPE", "vocab": {"日": 0, "本": 1, "日本": 2}, "merges": ["日 本"]})");
+  auto model =
+      MakeModel(R"({"type": "BPE", "vocab": {"日": 0, "本": 1, "日本": 2}, "merges": ["日 本"]})");
   EXPECT_EQ(Tokenize(*model, "日本日"), (std::vector<int32_t>{2, 0}));
   EXPECT_TRUE(Tokenize(*model, "").empty());
   EXPECT_EQ(model->vocab_size(), 3);
@@ -138,19 +141,27 @@ TEST(BpeModelTest, LongWordsBypassTheCache) {
 TEST(BpeModelTest, BadModelsNameTheKey) {
   EXPECT_EQ(ParseError(R"({"type": "BPE", "merges": []})").message(),
             "tokenizer.json: model.vocab: missing");
-  EXPECT_NE(ParseError(R"({"vocab": {"a": 0}, "merges": ["a b"]})").message().find("model.merges[0]"),
-            std::string::npos);
-  EXPECT_NE(ParseError(R"({"vocab": {"a": 0}, "merges": ["a a"]})").message().find("\"aa\" is not in"),
-            std::string::npos);
+  EXPECT_NE(
+      ParseError(R"({"vocab": {"a": 0}, "merges": ["a b"]})").message().find("model.merges[0]"),
+      std::string::npos);
+  EXPECT_NE(
+      ParseError(R"({"vocab": {"a": 0}, "merges": ["a a"]})").message().find("\"aa\" is not in"),
+      std::string::npos);
   EXPECT_NE(ParseError(R"({"vocab": {"a": 0}, "merges": ["aa"]})").message().find("has no space"),
             std::string::npos);
-  EXPECT_NE(ParseError(R"({"vocab": {"a": -1}, "merges": []})").message().find("model.vocab[\"a\"]"),
+  EXPECT_NE(
+      ParseError(R"({"vocab": {"a": -1}, "merges": []})").message().find("model.vocab[\"a\"]"),
+      std::string::npos);
+  EXPECT_NE(ParseError(R"({"vocab": [], "merges": []})").message().find("model.vocab"),
             std::string::npos);
-  EXPECT_NE(ParseError(R"({"vocab": [], "merges": []})").message().find("model.vocab"), std::string::npos);
-  EXPECT_NE(ParseError(R"({"vocab": {}, "merges": [], "dropout": 0.1})").message().find("not supported yet"),
+  EXPECT_NE(ParseError(R"({"vocab": {}, "merges": [], "dropout": 0.1})")
+                .message()
+                .find("not supported yet"),
             std::string::npos);
   EXPECT_TRUE(ParseError(R"({"vocab": {}, "merges": [], "dropout": null})").ok());
-  EXPECT_NE(ParseError(R"({"vocab": {}, "merges": [], "byte_fallback": 1})").message().find("byte_fallback"),
+  EXPECT_NE(ParseError(R"({"vocab": {}, "merges": [], "byte_fallback": 1})")
+                .message()
+                .find("byte_fallback"),
             std::string::npos);
 }
 

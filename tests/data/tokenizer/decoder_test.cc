@@ -72,16 +72,17 @@ TEST(DecoderTest, MetaspaceDropsThePrependedSpace) {
   EXPECT_EQ(Decode(R"({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "never"})",
                    {"▁Hey", "▁friend"}),
             " Hey friend");
-  EXPECT_EQ(Decode(R"({"type": "Metaspace", "replacement": "▁", "add_prefix_space": true})", {"▁a"}),
-            "a");
+  EXPECT_EQ(
+      Decode(R"({"type": "Metaspace", "replacement": "▁", "add_prefix_space": true})", {"▁a"}),
+      "a");
 }
 
 TEST(DecoderTest, LossyUtf8ReplacesMaximalSubparts) {
   EXPECT_EQ(Lossy("ok"), "ok");
   EXPECT_EQ(Lossy("\xC3\xA9"), "é");
-  EXPECT_EQ(Lossy("\xE4\xBD"), kFffd);               // truncated: one subpart
+  EXPECT_EQ(Lossy("\xE4\xBD"), kFffd);  // truncated: one subpart
   EXPECT_EQ(Lossy("\xE4\xBDx"), std::string(kFffd) + "x");
-  EXPECT_EQ(Lossy("\x80\x80"), std::string(kFffd) + kFffd);  // lone continuations
+  EXPECT_EQ(Lossy("\x80\x80"), std::string(kFffd) + kFffd);              // lone continuations
   EXPECT_EQ(Lossy("\xED\xA0\x80"), std::string(kFffd) + kFffd + kFffd);  // surrogate
   EXPECT_EQ(Lossy("\xF0\x9F\x98\x80"), "😀");
   EXPECT_EQ(Lossy("\xC0\xAF"), std::string(kFffd) + kFffd);  // overlong
@@ -94,11 +95,14 @@ TEST(DecoderTest, BadDecodersNameTheKey) {
   EXPECT_EQ(error(R"({"type": "CTC"})").message(),
             "tokenizer.json: decoder.type: not supported yet: decoder type CTC");
   EXPECT_EQ(error(R"({"kind": "Fuse"})").message(), "tokenizer.json: decoder.type: missing");
-  EXPECT_EQ(error(R"({"type": "Sequence", "decoders": [{"type": "Strip", "content": " ", "start": -1, "stop": 0}]})")
-                .message(),
-            "tokenizer.json: decoder.decoders[0].start: expected an integer >= 0");
-  EXPECT_NE(error(R"({"type": "Replace", "pattern": {"String": 3}, "content": " "})").message().find(
-                "decoder.pattern.String"),
+  EXPECT_EQ(
+      error(
+          R"({"type": "Sequence", "decoders": [{"type": "Strip", "content": " ", "start": -1, "stop": 0}]})")
+          .message(),
+      "tokenizer.json: decoder.decoders[0].start: expected an integer >= 0");
+  EXPECT_NE(error(R"({"type": "Replace", "pattern": {"String": 3}, "content": " "})")
+                .message()
+                .find("decoder.pattern.String"),
             std::string::npos);
 }
 

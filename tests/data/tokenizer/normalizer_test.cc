@@ -19,28 +19,29 @@ struct Case {
 
 TEST(NormalizerTest, MatchesReference) {
   const std::vector<Case> cases = {
-    {"nfc", "{\"type\": \"NFC\"}",
-     "e\314\201 \342\204\253 x", "\303\251 \303\205 x"},
-    {"nfd", "{\"type\": \"NFD\"}",
-     "\303\251x", "e\314\201x"},
-    {"nfkc", "{\"type\": \"NFKC\"}",
-     "\357\254\201\342\221\240 \357\274\241", "fi1 A"},
-    {"nfkd", "{\"type\": \"NFKD\"}",
-     "\357\254\201\303\251", "fie\314\201"},
-    {"lowercase", "{\"type\": \"Lowercase\"}",
-     "\303\200BC \316\243\316\237\316\243 \304\260 \341\272\236", "\303\240bc \317\203\316\277\317\203 i\314\207 \303\237"},
-    {"strip", "{\"type\": \"Strip\", \"strip_left\": true, \"strip_right\": true}",
-     " \343\200\200 a b \011", "a b"},
-    {"strip_left", "{\"type\": \"Strip\", \"strip_left\": true, \"strip_right\": false}",
-     "  a b  ", "a b  "},
-    {"prepend", "{\"type\": \"Prepend\", \"prepend\": \"\\u2581\"}",
-     "ab", "\342\226\201ab"},
-    {"replace_string", "{\"type\": \"Replace\", \"pattern\": {\"String\": \"aa\"}, \"content\": \"b\"}",
-     "aaaaa c", "bba c"},
-    {"replace_regex", "{\"type\": \"Replace\", \"pattern\": {\"Regex\": \" +\"}, \"content\": \"_\"}",
-     "a  b c   ", "a_b_c_"},
-    {"llama2", "{\"type\": \"Sequence\", \"normalizers\": [{\"type\": \"Prepend\", \"prepend\": \"\\u2581\"}, {\"type\": \"Replace\", \"pattern\": {\"String\": \" \"}, \"content\": \"\\u2581\"}]}",
-     "Hi  there", "\342\226\201Hi\342\226\201\342\226\201there"},
+      {"nfc", "{\"type\": \"NFC\"}", "e\314\201 \342\204\253 x", "\303\251 \303\205 x"},
+      {"nfd", "{\"type\": \"NFD\"}", "\303\251x", "e\314\201x"},
+      {"nfkc", "{\"type\": \"NFKC\"}", "\357\254\201\342\221\240 \357\274\241", "fi1 A"},
+      {"nfkd", "{\"type\": \"NFKD\"}", "\357\254\201\303\251", "fie\314\201"},
+      {"lowercase", "{\"type\": \"Lowercase\"}",
+       "\303\200BC \316\243\316\237\316\243 \304\260 \341\272\236",
+       "\303\240bc \317\203\316\277\317\203 i\314\207 \303\237"},
+      {"strip", "{\"type\": \"Strip\", \"strip_left\": true, \"strip_right\": true}",
+       " \343\200\200 a b \011", "a b"},
+      {"strip_left", "{\"type\": \"Strip\", \"strip_left\": true, \"strip_right\": false}",
+       "  a b  ", "a b  "},
+      {"prepend", "{\"type\": \"Prepend\", \"prepend\": \"\\u2581\"}", "ab", "\342\226\201ab"},
+      {"replace_string",
+       "{\"type\": \"Replace\", \"pattern\": {\"String\": \"aa\"}, \"content\": \"b\"}", "aaaaa c",
+       "bba c"},
+      {"replace_regex",
+       "{\"type\": \"Replace\", \"pattern\": {\"Regex\": \" +\"}, \"content\": \"_\"}", "a  b c   ",
+       "a_b_c_"},
+      {"llama2",
+       "{\"type\": \"Sequence\", \"normalizers\": [{\"type\": \"Prepend\", \"prepend\": "
+       "\"\\u2581\"}, {\"type\": \"Replace\", \"pattern\": {\"String\": \" \"}, \"content\": "
+       "\"\\u2581\"}]}",
+       "Hi  there", "\342\226\201Hi\342\226\201\342\226\201there"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
@@ -86,7 +87,8 @@ TEST(NormalizerTest, NullGivesNoNormalizer) {
 TEST(NormalizerTest, RejectsBadConfigs) {
   const std::vector<std::pair<std::string, std::string>> bad = {
       {R"({"type":"BertNormalizer"})", "not supported yet: normalizer type BertNormalizer"},
-      {R"({"type":"Replace","pattern":{"Regex":"[a"},"content":"x"})", "normalizer.normalizers[1].pattern.Regex"},
+      {R"({"type":"Replace","pattern":{"Regex":"[a"},"content":"x"})",
+       "normalizer.normalizers[1].pattern.Regex"},
       {R"({"type":"Replace","pattern":{"String":"a"}})", "content"},
       {R"({"type":"Prepend"})", "prepend"},
       {R"({"type":"Strip","strip_left":1})", "strip_left"},

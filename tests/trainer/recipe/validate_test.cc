@@ -192,8 +192,12 @@ TEST(ShippedRecipes, TinyLoraParsesAndValidates) {
   EXPECT_EQ(r->checkpoint.every, 100);
   EXPECT_EQ(GradAccumulationSteps(r->batch, r->parallel.dp), 2);
   EXPECT_EQ(r->batch.seq_len, 64);
-  EXPECT_EQ(r->data.path, Repo("recipes/tiny/data.jsonl"));
+  EXPECT_EQ(r->data.path, Repo("recipes/tiny/instructions.jsonl"));
+  EXPECT_EQ(r->data.format, "instruction");
+  EXPECT_EQ(r->data.tokenizer, Repo("recipes/tiny/tokenizer.json"));
   EXPECT_TRUE(std::filesystem::is_regular_file(r->data.path));
+  EXPECT_TRUE(std::filesystem::is_regular_file(r->data.tokenizer));
+  EXPECT_EQ(r->train.eval_every, 100);
   EXPECT_EQ(r->model.path, Repo("recipes/tiny/out/tiny/model"));
   // The demo passes the model directory; dp=2 runs need only an override.
   absl::StatusOr<Recipe> demo =
@@ -238,8 +242,9 @@ TEST(ShippedRecipes, TinyConfigIsASmallLlama) {
   EXPECT_EQ(config.at("num_hidden_layers"), 2);
   EXPECT_EQ(config.at("max_position_embeddings"), 256);
   EXPECT_EQ(config.at("tie_word_embeddings"), false);
-  EXPECT_EQ(config.at("bos_token_id"), 1);
-  EXPECT_EQ(config.at("eos_token_id"), 2);
+  // The demo tokenizer's <|begin_of_text|> and <|im_end|>.
+  EXPECT_EQ(config.at("bos_token_id"), 508);
+  EXPECT_EQ(config.at("eos_token_id"), 510);
 }
 
 TEST(ShippedRecipes, TinyDataIsPretokenizedInVocab) {
