@@ -74,7 +74,8 @@ struct LoadContext {
   const ChatTemplate* chat_template;
   const TokenizeOptions& options;
   SpecialIds special;
-  SampleStats stats;
+  SampleStats stats;  // tokens: of the samples kept so far (before weighting)
+  ProgressCallback on_progress;
 };
 
 absl::StatusOr<PlannedSample> PlanRecord(const JsonlLine& line, const DatasetSource& source,
@@ -216,6 +217,7 @@ absl::Status TokenizeChunk(const std::vector<PlannedSample>& plans, const std::s
                                           path, plan.line, context));
       continue;
     }
+    context->stats.tokens += static_cast<int64_t>(sample.input_ids.size());
     out->push_back(std::move(sample));
   }
   return absl::OkStatus();
@@ -238,6 +240,7 @@ absl::StatusOr<std::vector<Sample>> LoadSource(const DatasetSource& source, Load
     if (chunk.size() >= kChunkRecords) {
       FULCRUM_RETURN_IF_ERROR(TokenizeChunk(chunk, source.path, context, &samples));
       chunk.clear();
+      if (context->on_progress) context->on_progress(context->stats);
     }
   }
   FULCRUM_RETURN_IF_ERROR(reader.status());
@@ -279,9 +282,11 @@ absl::StatusOr<TextFormat> ParseTextFormat(const std::string& name) {
 absl::StatusOr<LoadedSamples> LoadTextDataset(const std::vector<DatasetSource>& sources,
                                               const Tokenizer& tokenizer,
                                               const ChatTemplate* chat_template,
-                                              const TokenizeOptions& options) {
+                                              const TokenizeOptions& options,
+                                              const ProgressCallback& on_progress) {
   FULCRUM_RETURN_IF_ERROR(ValidateInputs(sources, chat_template, options));
-  LoadContext context{tokenizer, chat_template, options, FindSpecialIds(tokenizer), {}};
+  LoadContext context{tokenizer, chat_template, options, FindSpecialIds(tokenizer),
+                      {},        on_progress};
   LoadedSamples loaded;
   std::vector<std::string> paths;
   for (size_t i = 0; i < sources.size(); ++i) {
@@ -291,6 +296,7 @@ absl::StatusOr<LoadedSamples> LoadTextDataset(const std::vector<DatasetSource>& 
                    &loaded.samples);
   }
   loaded.stats = context.stats;
+  loaded.stats.tokens = 0;  // of the returned (weighted) samples
   for (const Sample& sample : loaded.samples) {
     loaded.stats.tokens += static_cast<int64_t>(sample.input_ids.size());
   }

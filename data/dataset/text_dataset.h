@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -67,6 +68,10 @@ struct SampleStats {
   int64_t tokens = 0;     // tokens in the returned samples
 };
 
+// Called after every chunk of records a source has tokenized (for progress
+// display of large files), with the counts so far; may be empty.
+using ProgressCallback = std::function<void(const SampleStats& so_far)>;
+
 struct LoadedSamples {
   std::vector<Sample> samples;
   SampleStats stats;
@@ -85,6 +90,7 @@ struct LoadedSamples {
 absl::StatusOr<LoadedSamples> LoadTextDataset(const std::vector<DatasetSource>& sources,
                                               const Tokenizer& tokenizer,
                                               const ChatTemplate* chat_template,
-                                              const TokenizeOptions& options);
+                                              const TokenizeOptions& options,
+                                              const ProgressCallback& on_progress = {});
 
 }  // namespace fulcrum::data

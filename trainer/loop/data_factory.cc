@@ -212,8 +212,20 @@ absl::StatusOr<std::vector<data::Sample>> TokenizeSource(data::DatasetSource sou
                                                          data::SampleStats& total) {
   source.weight = 1.0;
   const auto start = std::chrono::steady_clock::now();
-  FULCRUM_ASSIGN_OR_RETURN(data::LoadedSamples loaded,
-                           data::LoadTextDataset({source}, tokenizer, chat_template, options));
+  // Large files: a progress line at most every 5 seconds.
+  auto last_report = start;
+  const data::ProgressCallback progress = [&](const data::SampleStats& so_far) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_report < std::chrono::seconds(5)) return;
+    last_report = now;
+    const std::chrono::duration<double> elapsed = now - start;
+    logger.Info(absl::StrFormat("prepare: %s: %d records, %d tokens so far (%.0f records/s)",
+                                source.path, so_far.records, so_far.tokens,
+                                static_cast<double>(so_far.records) / elapsed.count()));
+  };
+  FULCRUM_ASSIGN_OR_RETURN(
+      data::LoadedSamples loaded,
+      data::LoadTextDataset({source}, tokenizer, chat_template, options, progress));
   const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
   const data::SampleStats& s = loaded.stats;
   logger.Info(absl::StrFormat(

@@ -743,5 +743,21 @@ TEST(MessagesFormatTest, PrependNormalizerSampleIsTheWholeTextTokenization) {
   EXPECT_EQ(targets, (std::vector<int64_t>{259, kImEnd}));
 }
 
+TEST(TextDatasetTest, ProgressIsReportedPerChunkOfALargeFile) {
+  const auto tokenizer = MakeTokenizer();
+  std::string text;
+  for (int i = 0; i < 5000; ++i) text += "{\"text\": \"hello " + std::to_string(i) + "\"}\n";
+  const std::string path = WriteJsonl(text);
+  std::vector<SampleStats> reports;
+  auto loaded = LoadTextDataset({{path, TextFormat::kText, {}}}, *tokenizer, nullptr, {},
+                                [&](const SampleStats& so_far) { reports.push_back(so_far); });
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  ASSERT_EQ(reports.size(), 2u);  // after records 2048 and 4096; the last partial chunk is the end
+  EXPECT_EQ(reports[0].records, 2048);
+  EXPECT_EQ(reports[1].records, 4096);
+  EXPECT_GT(reports[1].tokens, reports[0].tokens);
+  EXPECT_LT(reports[1].tokens, loaded->stats.tokens);
+}
+
 }  // namespace
 }  // namespace fulcrum::data
