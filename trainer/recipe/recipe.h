@@ -104,10 +104,14 @@ struct PrecisionSection {
 };
 
 struct ParallelSection {
-  int64_t dp = 1;  // data parallel degree (must equal the world size for now)
-  int64_t tp = 1;  // tensor parallel degree (not supported yet above 1)
-  int64_t pp = 1;  // pipeline parallel degree (not supported yet above 1)
-  int64_t ep = 1;  // expert parallel degree (not supported yet above 1)
+  int64_t dp = 1;                  // data parallel degree
+  int64_t tp = 1;                  // tensor parallel degree (divides heads, ffn, vocab)
+  int64_t pp = 1;                  // pipeline parallel degree (not supported yet above 1)
+  int64_t ep = 1;                  // expert parallel degree (not supported yet above 1)
+  bool sequence_parallel = false;  // norms run on sequence shards inside tp (needs tp > 1)
+  int64_t zero = 0;                // 0 | 1: ZeRO-1 shards optimizer state over dp
+  double bucket_mb = 25.0;         // gradient bucket size for the overlapped dp reduction
+  double comm_timeout_s = 1800.0;  // a collective not done by then ends the run, naming the rank
 };
 
 struct CheckpointSection {

@@ -1,0 +1,37 @@
+// The conjugate autograd functions of tensor and sequence parallelism
+// (Megatron-LM's mappings). Each is identity when the group has one rank.
+//
+//   forward                              backward
+//   CopyToTpRegion        identity              all-reduce
+//   ReduceFromTpRegion    all-reduce            identity
+//   GatherFromTpRegion    all-gather last dim   keep own last-dim chunk
+//   ScatterToTpRegion     keep own last-dim chunk  all-gather last dim
+//   ScatterToSpRegion     keep own seq chunk    all-gather seq
+//   GatherFromSpRegion    all-gather seq        reduce-scatter seq
+//   ReduceScatterToSpRegion  reduce-scatter seq all-gather seq
+//
+// Activations are [B, T, ...]; the sequence dim is 1 and must divide by the
+// group size under sequence parallelism (validated from the recipe).
+#pragma once
+
+#include <torch/torch.h>
+
+#include "parallel/comm/communicator.h"
+
+namespace fulcrum::parallel::tensor {
+
+inline constexpr int64_t kSeqDim = 1;
+
+torch::Tensor CopyToTpRegion(const torch::Tensor& x, Communicator& tp);
+torch::Tensor ReduceFromTpRegion(const torch::Tensor& x, Communicator& tp);
+torch::Tensor GatherFromTpRegion(const torch::Tensor& x, Communicator& tp);
+torch::Tensor ScatterToTpRegion(const torch::Tensor& x, Communicator& tp);
+torch::Tensor ScatterToSpRegion(const torch::Tensor& x, Communicator& tp);
+torch::Tensor GatherFromSpRegion(const torch::Tensor& x, Communicator& tp);
+torch::Tensor ReduceScatterToSpRegion(const torch::Tensor& x, Communicator& tp);
+
+// Without autograd (no_grad paths, gathering weights for export):
+// all-gather of `x` along `dim` over the group, rank order.
+torch::Tensor AllGatherAlongDim(const torch::Tensor& x, int64_t dim, Communicator& comm);
+
+}  // namespace fulcrum::parallel::tensor
