@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -59,6 +60,10 @@ class DeviceMesh {
   // which every tp rank must request together. replicas == 1: a group of one.
   ProcessGroup& KvReplicaGroup(int replicas);
 
+  ~DeviceMesh();
+  DeviceMesh(const DeviceMesh&) = delete;
+  DeviceMesh& operator=(const DeviceMesh&) = delete;
+
  private:
   DeviceMesh(MeshLayout layout, int global_rank, CommBackend backend, CommOptions options)
       : layout_(std::move(layout)),
@@ -73,6 +78,9 @@ class DeviceMesh {
   CommOptions options_;
   std::unique_ptr<ProcessGroup> world_, tp_, dp_, pp_, ep_, expert_dp_, embedding_;
   std::vector<std::pair<int, std::unique_ptr<ProcessGroup>>> kv_replica_groups_;
+  // The tp axis' split of the world, kept so that KvReplicaGroup can split it
+  // further (collective over the tp group only); freed by the destructor.
+  MPI_Comm tp_split_ = MPI_COMM_NULL;
 };
 
 }  // namespace fulcrum::parallel

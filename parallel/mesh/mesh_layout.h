@@ -27,6 +27,9 @@
 //   ep groups:         {0,2} {4,6} {1,3} {5,7} {8,10} ... (same pp, tp, edp)
 //   expert-dp groups:  {0,4} {2,6} {1,5} {3,7} {8,12} ... (same pp, tp, ep_index)
 //   embedding groups:  {0,8} {1,9} ... (first and last stage; = pp groups here)
+//
+// A middle pipeline stage (pp > 2) holds no embedding: its embedding group is
+// itself alone, so every rank has one.
 #pragma once
 
 #include <vector>
@@ -69,11 +72,13 @@ class MeshLayout {
   std::vector<int> PpGroup(int rank) const;
   std::vector<int> EpGroup(int rank) const;
   std::vector<int> ExpertDpGroup(int rank) const;
-  // {first stage, last stage} of rank's (dp, tp) column ({rank} when pp = 1).
+  // {first stage, last stage} of rank's (dp, tp) column ({rank} when pp = 1
+  // or when rank is a middle stage, which holds no embedding).
   std::vector<int> EmbeddingGroup(int rank) const;
   // Ranks whose global rank differs only in `tp` coordinate AND share the
   // same kv head when a tp group replicates kv heads: tp/replicas groups of
-  // `replicas` adjacent tp ranks (replicas divides tp).
+  // `replicas` adjacent tp ranks. replicas must divide tp (FULCRUM_CHECK:
+  // ValidateParallelForModel rejects models where it would not).
   std::vector<int> TpSubgroup(int rank, int replicas) const;
 
  private:
