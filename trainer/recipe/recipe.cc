@@ -126,6 +126,10 @@ absl::Status ReadPrecisionParallel(MapReader& top, Recipe* recipe) {
   FULCRUM_RETURN_IF_ERROR(parallel.Read("tp", &p.tp));
   FULCRUM_RETURN_IF_ERROR(parallel.Read("pp", &p.pp));
   FULCRUM_RETURN_IF_ERROR(parallel.Read("ep", &p.ep));
+  FULCRUM_RETURN_IF_ERROR(parallel.Read("sequence_parallel", &p.sequence_parallel));
+  FULCRUM_RETURN_IF_ERROR(parallel.Read("zero", &p.zero));
+  FULCRUM_RETURN_IF_ERROR(parallel.Read("bucket_mb", &p.bucket_mb));
+  FULCRUM_RETURN_IF_ERROR(parallel.Read("comm_timeout_s", &p.comm_timeout_s));
   return parallel.Finish();
 }
 

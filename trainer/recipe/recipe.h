@@ -161,11 +161,26 @@ absl::StatusOr<Recipe> LoadRecipe(const std::string& path,
                                   const std::vector<std::string>& overrides = {});
 
 // Checks that need no model and no files: batch arithmetic, enum values, ranges, parallel
-// degrees (tp/pp/ep > 1 are not supported yet; dp x tp x pp must equal `world_size`),
+// degrees (pp/ep > 1 are not supported yet; dp x tp x pp must equal `world_size`; zero in
+// {0, 1}; sequence_parallel needs tp > 1 and seq_len divisible by tp; bucket_mb and
+// comm_timeout_s > 0),
 // exactly one of model.path / model.config, exactly one of data.path / data.datasets, data
 // options (formats, weights, validation fraction, eval_every). Reports every problem found,
 // one per line, each naming the source file and the key path.
 absl::Status ValidateRecipe(const Recipe& recipe, int world_size);
+
+// Legal but probably unintended settings (zero=1 with dp=1), one line each naming the source
+// file and the key; empty when there are none. Printed by `fulcrum validate` and `train`
+// (rank 0) after ValidateRecipe succeeds; they do not stop a run.
+std::vector<std::string> RecipeWarnings(const Recipe& recipe);
+
+// The divisibility tensor parallelism needs from the model (config.json): num_heads,
+// intermediate_size and vocab_size divisible by parallel.tp, and num_kv_heads either divisible
+// by tp or dividing it (then every kv head is replicated on tp / num_kv_heads ranks). Each
+// failure prints the arithmetic and names the config file ("r.yaml: parallel.tp=3:
+// num_attention_heads 4 of model/config.json is not divisible by 3 (4 % 3 = 1)"). OK for tp=1.
+absl::Status ValidateParallelForModel(const Recipe& recipe, int64_t num_heads, int64_t num_kv_heads,
+                                      int64_t intermediate_size, int64_t vocab_size);
 
 // True when the data is tokenized by fulcrum (any format but pretokenized, or data.datasets).
 bool UsesTextData(const DataSection& data);

@@ -123,6 +123,10 @@ void EmitRunShape(YAML::Emitter& out, const Recipe& r) {
   Field(out, "tp", r.parallel.tp);
   Field(out, "pp", r.parallel.pp);
   Field(out, "ep", r.parallel.ep);
+  Field(out, "sequence_parallel", r.parallel.sequence_parallel);
+  Field(out, "zero", r.parallel.zero);
+  Field(out, "bucket_mb", r.parallel.bucket_mb);
+  Field(out, "comm_timeout_s", r.parallel.comm_timeout_s);
   out << YAML::EndMap;
 }
 

@@ -1,6 +1,7 @@
 // ValidateRecipe: everything that can be checked before any rank touches a
 // model or a file. Collects every problem so that a user fixes them in one go.
 #include <algorithm>
+#include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -135,6 +136,28 @@ void CheckFinetuneAndOptim(const Recipe& r, Problems& p) {
   p.InRange("schedule.min_lr_ratio", r.schedule.min_lr_ratio, 0.0, 1.0, /*hi_inclusive=*/true);
 }
 
+// The options of the parallel section beyond the degrees.
+void CheckParallelOptions(const Recipe& r, Problems& p) {
+  const ParallelSection& par = r.parallel;
+  if (par.zero != 0 && par.zero != 1) {
+    p.Add("parallel.zero",
+          absl::StrCat("expected 0 (off) or 1 (ZeRO-1: optimizer state sharded over dp), got ",
+                       par.zero));
+  }
+  p.Positive("parallel.bucket_mb", par.bucket_mb);
+  p.Positive("parallel.comm_timeout_s", par.comm_timeout_s);
+  if (!par.sequence_parallel) return;
+  if (par.tp <= 1) {
+    p.Add("parallel.sequence_parallel",
+          absl::StrCat("needs parallel.tp > 1 (it shards the sequence over the tp ranks), got tp=",
+                       par.tp));
+  } else if (r.batch.seq_len > 0 && r.batch.seq_len % par.tp != 0) {
+    p.Add("parallel.sequence_parallel",
+          absl::StrCat("batch.seq_len(", r.batch.seq_len, ") is not divisible by tp(", par.tp,
+                       "): ", r.batch.seq_len, " % ", par.tp, " = ", r.batch.seq_len % par.tp));
+  }
+}
+
 void CheckBatchAndParallel(const Recipe& r, int world_size, Problems& p) {
   const BatchSection& b = r.batch;
   const ParallelSection& par = r.parallel;
@@ -152,14 +175,13 @@ void CheckBatchAndParallel(const Recipe& r, int world_size, Problems& p) {
           absl::StrCat("global_batch(", b.global_batch, ") is not a multiple of micro_batch(",
                        b.micro_batch, ") x dp(", par.dp, ") = ", b.micro_batch * par.dp));
   }
-  // NOTE: dp > 1 is allowed here: data parallelism is landing; the others are not.
+  // NOTE: dp and tp (with sequence parallelism) are supported; pp and ep
+  // land with their own issues.
   const struct {
     const char* key;
     int64_t degree;
     const char* what;
-  } unsupported[] = {{"tp", par.tp, "tensor parallelism"},
-                     {"pp", par.pp, "pipeline parallelism"},
-                     {"ep", par.ep, "expert parallelism"}};
+  } unsupported[] = {{"pp", par.pp, "pipeline parallelism"}, {"ep", par.ep, "expert parallelism"}};
   for (const auto& axis : unsupported) {
     if (axis.degree > 1) {
       p.Add(absl::StrCat("parallel.", axis.key),
@@ -172,6 +194,7 @@ void CheckBatchAndParallel(const Recipe& r, int world_size, Problems& p) {
     p.Add("parallel", absl::StrCat("dp(", par.dp, ") x tp(", par.tp, ") x pp(", par.pp,
                                    ") = ", product, " != world size ", world_size));
   }
+  CheckParallelOptions(r, p);
 }
 
 void CheckRest(const Recipe& r, Problems& p) {
@@ -196,6 +219,53 @@ absl::Status ValidateRecipe(const Recipe& recipe, int world_size) {
   CheckFinetuneAndOptim(recipe, problems);
   CheckBatchAndParallel(recipe, world_size, problems);
   CheckRest(recipe, problems);
+  return problems.ToStatus();
+}
+
+std::vector<std::string> RecipeWarnings(const Recipe& recipe) {
+  const std::string source = recipe.source.empty() ? "recipe" : recipe.source;
+  std::vector<std::string> warnings;
+  if (recipe.parallel.zero == 1 && recipe.parallel.dp == 1) {
+    warnings.push_back(absl::StrCat(
+        source,
+        ": parallel.zero: zero=1 with dp=1 has no effect (there is no other dp rank to "
+        "shard the optimizer state with)"));
+  }
+  return warnings;
+}
+
+absl::Status ValidateParallelForModel(const Recipe& recipe, int64_t num_heads, int64_t num_kv_heads,
+                                      int64_t intermediate_size, int64_t vocab_size) {
+  const int64_t tp = recipe.parallel.tp;
+  if (tp <= 1) return absl::OkStatus();
+  const std::string config =
+      recipe.model.path.empty()
+          ? recipe.model.config
+          : (std::filesystem::path(recipe.model.path) / "config.json").string();
+  Problems problems(recipe.source);
+  const std::string key = absl::StrCat("parallel.tp=", tp);
+  const struct {
+    const char* name;
+    int64_t value;
+  } divisible[] = {{"num_attention_heads", num_heads},
+                   {"intermediate_size", intermediate_size},
+                   {"vocab_size", vocab_size}};
+  for (const auto& field : divisible) {
+    if (field.value % tp != 0) {
+      problems.Add(
+          key, absl::StrCat(field.name, " ", field.value, " of ", config, " is not divisible by ",
+                            tp, " (", field.value, " % ", tp, " = ", field.value % tp, ")"));
+    }
+  }
+  // Fewer kv heads than tp ranks: each kv head is replicated on tp/n_kv
+  // adjacent ranks, which needs n_kv to divide tp.
+  if (num_kv_heads <= 0 || (num_kv_heads % tp != 0 && tp % num_kv_heads != 0)) {
+    problems.Add(key, absl::StrCat("num_key_value_heads ", num_kv_heads, " of ", config,
+                                   " is neither divisible by ", tp, " (", num_kv_heads, " % ", tp,
+                                   " = ", num_kv_heads % tp,
+                                   ") nor divides it (kv heads are "
+                                   "replicated only when tp is a multiple of them)"));
+  }
   return problems.ToStatus();
 }
 

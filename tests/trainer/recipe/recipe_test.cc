@@ -357,7 +357,7 @@ Recipe EveryFieldChanged() {
   r.batch = {24, 3, 96};
   r.train.steps = 1000001;
   r.precision.dtype = "bf16";
-  r.parallel = {2, 3, 4, 5};
+  r.parallel = {2, 3, 4, 5, true, 1, 12.5, 0.75};
   r.checkpoint = {"", 9, "latest", 4};
   r.logging = {7, "null", true, 3.125e14};
   r.seed = 99;
@@ -420,6 +420,10 @@ TEST(RecipeToYaml, RoundTripsEveryField) {
   EXPECT_EQ(out->parallel.tp, in.parallel.tp);
   EXPECT_EQ(out->parallel.pp, in.parallel.pp);
   EXPECT_EQ(out->parallel.ep, in.parallel.ep);
+  EXPECT_EQ(out->parallel.sequence_parallel, in.parallel.sequence_parallel);
+  EXPECT_EQ(out->parallel.zero, in.parallel.zero);
+  EXPECT_EQ(out->parallel.bucket_mb, in.parallel.bucket_mb);
+  EXPECT_EQ(out->parallel.comm_timeout_s, in.parallel.comm_timeout_s);
   EXPECT_EQ(out->checkpoint.dir, in.checkpoint.dir);
   EXPECT_EQ(out->checkpoint.every, in.checkpoint.every);
   EXPECT_EQ(out->checkpoint.resume, in.checkpoint.resume);

@@ -61,12 +61,13 @@ TEST(ValidateRecipe, WorldSizeMustMatchTheDegrees) {
   EXPECT_CONTAINS(Problems(r, 4), "dp(2) x tp(1) x pp(1) = 2 != world size 4");
 }
 
-TEST(ValidateRecipe, ModelParallelismNotSupportedYet) {
+TEST(ValidateRecipe, PipelineAndExpertParallelismNotSupportedYet) {
   Recipe r = Valid();
-  r.parallel.tp = 2;
-  EXPECT_EQ(Problems(r, 2),
-            "r.yaml: parallel.tp: not supported yet: parallel.tp=2 (tensor parallelism)");
+  r.parallel.tp = 2;  // tensor parallelism is supported
+  EXPECT_TRUE(ValidateRecipe(r, 2).ok()) << ValidateRecipe(r, 2);
   r.parallel = {1, 1, 2, 1};
+  EXPECT_EQ(Problems(r, 2),
+            "r.yaml: parallel.pp: not supported yet: parallel.pp=2 (pipeline parallelism)");
   EXPECT_CONTAINS(Problems(r, 2), "not supported yet: parallel.pp=2 (pipeline parallelism)");
   r.parallel = {1, 1, 1, 4};
   EXPECT_CONTAINS(Problems(r, 1), "not supported yet: parallel.ep=4 (expert parallelism)");
@@ -147,10 +148,11 @@ TEST(ValidateRecipe, ReportsEveryProblemOnePerLine) {
   r.optim.lr = -1;
   r.batch.micro_batch = 3;
   r.parallel.tp = 2;
+  r.parallel.ep = 2;
   const std::string message = Problems(r, 1);
   EXPECT_CONTAINS(message, "r.yaml: optim.lr: must be > 0, got -1\n");
   EXPECT_CONTAINS(message, "r.yaml: batch.global_batch: global_batch(8) is not a multiple");
-  EXPECT_CONTAINS(message, "r.yaml: parallel.tp: not supported yet");
+  EXPECT_CONTAINS(message, "r.yaml: parallel.ep: not supported yet");
   EXPECT_CONTAINS(message, "r.yaml: parallel: dp(1) x tp(2) x pp(1) = 2 != world size 1");
 }
 
