@@ -53,6 +53,8 @@ absl::StatusOr<RecipeReport> CheckRecipeResources(const recipe::Recipe& recipe) 
   FULCRUM_ASSIGN_OR_RETURN(const models::ModelConfig config, models::LoadModelConfig(config_path));
   FULCRUM_RETURN_IF_ERROR(Annotate(models::CheckSequenceLength(config, recipe.batch.seq_len),
                                    absl::StrCat(recipe.source, ": batch.seq_len")));
+  FULCRUM_RETURN_IF_ERROR(recipe::ValidateParallelForModel(
+      recipe, config.num_heads, config.num_kv_heads, config.intermediate_size, config.vocab_size));
   models::CausalLM model(
       config,
       torch::TensorOptions().device(torch::kMeta).dtype(loop::ParamDtype(recipe.precision)));
@@ -79,6 +81,13 @@ absl::StatusOr<RecipeReport> CheckRecipeResources(const recipe::Recipe& recipe) 
                                   recipe.batch.global_batch, recipe.batch.micro_batch,
                                   recipe::GradAccumulationSteps(recipe.batch, recipe.parallel.dp),
                                   recipe.parallel.dp));
+  if (recipe.parallel.tp > 1 || recipe.parallel.dp > 1) {
+    absl::StrAppend(&report.summary,
+                    absl::StrFormat("  parallel: dp %d x tp %d x pp %d%s%s\n", recipe.parallel.dp,
+                                    recipe.parallel.tp, recipe.parallel.pp,
+                                    recipe.parallel.sequence_parallel ? ", sequence parallel" : "",
+                                    recipe.parallel.zero == 1 ? ", zero 1" : ""));
+  }
   return report;
 }
 

@@ -1,6 +1,8 @@
 // What `fulcrum validate` checks beyond the recipe itself, without training:
 // the model's config and weights (names and shapes, read from the safetensors
-// headers only), LoRA targets, sequence length, and the data set.
+// headers only), LoRA targets, sequence length, the tensor-parallel
+// divisibility of heads, kv heads, ffn and vocab (recipe::ValidateParallelForModel),
+// and the data set.
 #pragma once
 
 #include <string>
