@@ -82,19 +82,18 @@ std::vector<OpRunners> MakeOps(Communicator* comm, MPI_Comm raw_comm, int64_t by
   const int c = static_cast<int>(chunk);
   const int m = static_cast<int>(numel);
   std::vector<OpRunners> ops;
-  ops.push_back(
-      {"all_reduce", 2.0,
-       [=] {
-         FULCRUM_MPI_CHECK(
-             MPI_Allreduce(MPI_IN_PLACE, full.data_ptr(), m, MPI_FLOAT, MPI_SUM, raw_comm));
-       },
-       [=] {
-         MPI_Request q;
-         FULCRUM_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, full.data_ptr(), m, MPI_FLOAT, MPI_SUM,
-                                          raw_comm, &q));
-         Wait(q);
-       },
-       [comm, full] { comm->AllReduce(full); }});
+  ops.push_back({"all_reduce", 2.0,
+                 [=] {
+                   FULCRUM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, full.data_ptr(), m, MPI_FLOAT,
+                                                   MPI_SUM, raw_comm));
+                 },
+                 [=] {
+                   MPI_Request q;
+                   FULCRUM_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, full.data_ptr(), m, MPI_FLOAT,
+                                                    MPI_SUM, raw_comm, &q));
+                   Wait(q);
+                 },
+                 [comm, full] { comm->AllReduce(full); }});
   ops.push_back({"reduce_scatter", 1.0,
                  [=] {
                    FULCRUM_MPI_CHECK(MPI_Reduce_scatter_block(full_out.data_ptr(), part.data_ptr(),
@@ -102,9 +101,8 @@ std::vector<OpRunners> MakeOps(Communicator* comm, MPI_Comm raw_comm, int64_t by
                  },
                  [=] {
                    MPI_Request q;
-                   FULCRUM_MPI_CHECK(MPI_Ireduce_scatter_block(full_out.data_ptr(),
-                                                               part.data_ptr(), c, MPI_FLOAT,
-                                                               MPI_SUM, raw_comm, &q));
+                   FULCRUM_MPI_CHECK(MPI_Ireduce_scatter_block(
+                       full_out.data_ptr(), part.data_ptr(), c, MPI_FLOAT, MPI_SUM, raw_comm, &q));
                    Wait(q);
                  },
                  [comm, full_out, part] { comm->ReduceScatter(full_out, part); }});
@@ -122,22 +120,21 @@ std::vector<OpRunners> MakeOps(Communicator* comm, MPI_Comm raw_comm, int64_t by
                  },
                  [comm, part, full_out] { comm->AllGather(part, full_out); }});
   auto a2a_out = torch::zeros({chunk * n});
-  ops.push_back({"all_to_all", 1.0,
-                 [=] {
-                   FULCRUM_MPI_CHECK(MPI_Alltoallv(full_out.data_ptr(), counts->data(),
-                                                   displs->data(), MPI_FLOAT, a2a_out.data_ptr(),
-                                                   counts->data(), displs->data(), MPI_FLOAT,
-                                                   raw_comm));
-                 },
-                 [=] {
-                   MPI_Request q;
-                   FULCRUM_MPI_CHECK(MPI_Ialltoallv(full_out.data_ptr(), counts->data(),
-                                                    displs->data(), MPI_FLOAT, a2a_out.data_ptr(),
-                                                    counts->data(), displs->data(), MPI_FLOAT,
-                                                    raw_comm, &q));
-                   Wait(q);
-                 },
-                 [comm, full_out, a2a_out] { comm->AllToAll(full_out, a2a_out); }});
+  ops.push_back(
+      {"all_to_all", 1.0,
+       [=] {
+         FULCRUM_MPI_CHECK(MPI_Alltoallv(full_out.data_ptr(), counts->data(), displs->data(),
+                                         MPI_FLOAT, a2a_out.data_ptr(), counts->data(),
+                                         displs->data(), MPI_FLOAT, raw_comm));
+       },
+       [=] {
+         MPI_Request q;
+         FULCRUM_MPI_CHECK(MPI_Ialltoallv(full_out.data_ptr(), counts->data(), displs->data(),
+                                          MPI_FLOAT, a2a_out.data_ptr(), counts->data(),
+                                          displs->data(), MPI_FLOAT, raw_comm, &q));
+         Wait(q);
+       },
+       [comm, full_out, a2a_out] { comm->AllToAll(full_out, a2a_out); }});
   return ops;
 }
 
@@ -169,7 +166,8 @@ int Run(int argc, char** argv) {
         std::printf("%-15s %10lld %12.1f %12.1f %12.1f %10.2f %10.2f %9.1f %9.1f\n", op.name,
                     static_cast<long long>(bytes), t.raw * 1e6, t.raw_nonblocking * 1e6,
                     t.fulcrum * 1e6, bus / t.raw, bus / t.fulcrum,
-                    100.0 * (t.fulcrum / t.raw - 1.0), 100.0 * (t.fulcrum / t.raw_nonblocking - 1.0));
+                    100.0 * (t.fulcrum / t.raw - 1.0),
+                    100.0 * (t.fulcrum / t.raw_nonblocking - 1.0));
         std::fflush(stdout);
       }
     }
