@@ -104,9 +104,9 @@ TEST_P(ParallelLayersTest, ColumnParallelLinearGatheredOutputEqualsLinear) {
   const torch::Tensor y = column(x);
   ASSERT_EQ(y.sizes(), y_full.sizes());  // the whole sequence and every output feature
   EXPECT_LT(MaxAbsDiff(y, y_full.detach()), kTol);
-  // Every rank holds the whole output; the loss counts it once per rank, so
-  // scale the upstream gradient by 1/s to get the single-rank gradients.
-  (y * upstream / s_).sum().backward();
+  // Every rank computes the same loss of the whole output; the gather's
+  // backward keeps this rank's chunk of that (replicated) gradient.
+  (y * upstream).sum().backward();
   EXPECT_LT(MaxAbsDiff(column->weight.grad(), w.grad().narrow(0, fs.start, fs.length)), kTol);
   EXPECT_LT(MaxAbsDiff(x.grad(), SeqShard(x_full.grad())), kTol);
 }

@@ -11,16 +11,17 @@
 #include <string>
 
 #include "parallel/comm/communicator_factory.h"
-#include "tests/parallel/tensor/test_mpi_communicator.h"
 
 namespace fulcrum::parallel::tensor::testing {
 
 // A communicator over MPI_COMM_WORLD (or MPI_COMM_SELF for a one-rank group);
 // a short timeout turns a mismatched collective into a failure, not a hang.
 inline std::unique_ptr<Communicator> MakeGroup(MPI_Comm comm, const std::string& name) {
-  // TODO(wip/comm): CreateCommunicator(CommBackend::kMpi, comm, name, options)
-  // with options.timeout_seconds = 60 once the MPI backend lands.
-  return std::make_unique<TestMpiCommunicator>(comm, name);
+  CommOptions options;
+  options.timeout_seconds = 60;
+  auto group = CreateCommunicator(CommBackend::kMpi, comm, name, options);
+  EXPECT_TRUE(group.ok()) << group.status();
+  return group.ok() ? std::move(*group) : nullptr;
 }
 
 // sum over r of (r + 1) = s (s + 1) / 2
