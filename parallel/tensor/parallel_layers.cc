@@ -109,8 +109,8 @@ torch::Tensor VocabParallelCrossEntropySum(const torch::Tensor& logits_shard,
   torch::Tensor sum_exp = shifted.exp().sum(1);  // [N]
   if (tp.active()) sum_exp = ReduceFromTpRegion(sum_exp, *tp.group);
 
-  const torch::Tensor valid = targets.ne(kIgnoreIndex);                             // [N]
-  const torch::Tensor local = targets - vocab_start;                                // [N]
+  const torch::Tensor valid = targets.ne(kIgnoreIndex);  // [N]
+  const torch::Tensor local = targets - vocab_start;     // [N]
   const torch::Tensor here = valid.logical_and(local.ge(0)).logical_and(local.lt(v_shard));
   const torch::Tensor index = local.masked_fill(here.logical_not(), 0).unsqueeze(1);  // [N, 1]
   torch::Tensor target_logit =

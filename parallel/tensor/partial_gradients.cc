@@ -26,8 +26,8 @@ void AllReducePartialGradients(const std::vector<torch::Tensor>& grads, Communic
     total += g.numel();
   }
   // [total]: every gradient flattened, in list order.
-  torch::Tensor buffer =
-      torch::empty({total}, torch::TensorOptions().dtype(buffer_dtype).device(defined.front().device()));
+  torch::Tensor buffer = torch::empty(
+      {total}, torch::TensorOptions().dtype(buffer_dtype).device(defined.front().device()));
   int64_t offset = 0;
   for (const torch::Tensor& g : defined) {
     buffer.narrow(0, offset, g.numel()).copy_(g.reshape({-1}));

@@ -18,8 +18,7 @@ void SaveGroup(AutogradContext* ctx, Communicator* group) {
   ctx->saved_data["group"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(group));
 }
 Communicator& LoadGroup(AutogradContext* ctx) {
-  return *reinterpret_cast<Communicator*>(
-      static_cast<intptr_t>(ctx->saved_data["group"].toInt()));
+  return *reinterpret_cast<Communicator*>(static_cast<intptr_t>(ctx->saved_data["group"].toInt()));
 }
 
 int64_t WrapDim(int64_t dim, int64_t ndim) {
@@ -63,7 +62,8 @@ torch::Tensor ReduceScatterAlongDim(const torch::Tensor& x, int64_t dim, Communi
   const torch::Tensor input = x.reshape(split_shape).movedim(dim, 0).contiguous();
   std::vector<int64_t> out_shape = x.sizes().vec();
   out_shape[dim] = n / size;
-  torch::Tensor out = torch::empty(out_shape, x.options().memory_format(torch::MemoryFormat::Contiguous));
+  torch::Tensor out =
+      torch::empty(out_shape, x.options().memory_format(torch::MemoryFormat::Contiguous));
   group.ReduceScatter(input, out, ReduceOp::kSum);
   return out;
 }

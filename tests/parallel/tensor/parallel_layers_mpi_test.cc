@@ -2,13 +2,12 @@
 // done locally on every rank (same seed, same full tensors): a Column ->
 // Row MLP with and without sequence parallelism, the vocab-parallel
 // embedding and the vocab-parallel cross entropy.
-#include "parallel/tensor/parallel_layers.h"
-
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <vector>
 
+#include "parallel/tensor/parallel_layers.h"
 #include "parallel/tensor/partial_gradients.h"
 #include "parallel/tensor/tp_ops.h"
 #include "tests/parallel/tensor/tp_test_util.h"
@@ -116,7 +115,8 @@ TEST_P(ParallelLayersTest, VocabParallelEmbeddingEqualsEmbedding) {
   const torch::Tensor table = torch::randn({vocab, hidden}, torch::requires_grad());
   // Every id at least once (every shard is hit), some twice.
   const torch::Tensor ids =
-      torch::cat({torch::arange(vocab), torch::randint(vocab, {4 * s_ - vocab})}).reshape({2, 2 * s_});
+      torch::cat({torch::arange(vocab), torch::randint(vocab, {4 * s_ - vocab})})
+          .reshape({2, 2 * s_});
   const torch::Tensor upstream = torch::randn({2, 2 * s_, hidden});
   const torch::Tensor y_full = torch::embedding(table, ids);
   (y_full * upstream).sum().backward();
@@ -150,18 +150,20 @@ TEST_P(ParallelLayersTest, VocabParallelCrossEntropyEqualsCrossEntropyOfFullLogi
   torch::Tensor labels = torch::randint(vocab, {2, 6});
   labels[0][3] = -100;  // ignored target
   labels[1][5] = -100;
-  labels[1][0] = -100;  // position 0 is never a target anyway
+  labels[1][0] = -100;       // position 0 is never a target anyway
   labels[0][1] = vocab - 1;  // the last shard's last id
   labels[0][2] = 0;
   const torch::Tensor loss_full = FullCrossEntropySum(logits, labels);
   loss_full.backward();
 
   const ShardRange vs = EvenShard(vocab, r_, s_);
-  const torch::Tensor shard = logits.detach().narrow(2, vs.start, vs.length).clone().requires_grad_(true);
+  const torch::Tensor shard =
+      logits.detach().narrow(2, vs.start, vs.length).clone().requires_grad_(true);
   const torch::Tensor loss = VocabParallelCrossEntropySum(shard, labels, vs.start, tp_);
   EXPECT_EQ(loss.dim(), 0);
   EXPECT_EQ(loss.scalar_type(), torch::kFloat);
-  EXPECT_NEAR(loss.item<double>(), loss_full.item<double>(), 1e-5 * std::abs(loss_full.item<double>()));
+  EXPECT_NEAR(loss.item<double>(), loss_full.item<double>(),
+              1e-5 * std::abs(loss_full.item<double>()));
   loss.backward();
   EXPECT_LT(MaxAbsDiff(shard.grad(), logits.grad().narrow(2, vs.start, vs.length)), kTol);
   // The same loss on every rank.

@@ -93,9 +93,9 @@ TEST(ParallelLayersOneRankTest, CrossEntropyOfOnePositionHasNoTargets) {
 
 TEST(ParallelLayersDeathTest, MismatchedLogitsAndLabelsIsABug) {
   const torch::Tensor logits = torch::randn({2, 4, 5});
-  EXPECT_DEATH(VocabParallelCrossEntropySum(logits, torch::zeros({2, 3}, torch::kLong), 0,
-                                            TensorParallel()),
-               "need \\[B, T, V/tp\\] and \\[B, T\\]");
+  EXPECT_DEATH(
+      VocabParallelCrossEntropySum(logits, torch::zeros({2, 3}, torch::kLong), 0, TensorParallel()),
+      "need \\[B, T, V/tp\\] and \\[B, T\\]");
 }
 
 }  // namespace

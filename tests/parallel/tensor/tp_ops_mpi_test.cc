@@ -1,14 +1,13 @@
 // The conjugate tp/sp autograd functions on 2, 3 and 4 ranks: forward values
 // and backward gradients against closed forms of the rank or the unsharded
 // tensors (torch::manual_seed(0) builds the same full tensors on every rank).
-#include "parallel/tensor/tp_ops.h"
-
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <vector>
 
 #include "parallel/tensor/partial_gradients.h"
+#include "parallel/tensor/tp_ops.h"
 #include "tests/parallel/tensor/tp_test_util.h"
 
 namespace fulcrum::parallel::tensor {
@@ -111,8 +110,9 @@ TEST_F(TpOpsTest, OpsOnNonContiguousInput) {
   const torch::Tensor full = torch::randn({2, 3, 2 * s_});
   const torch::Tensor strided = full.transpose(1, 2);  // [2, 2s, 3], not contiguous
   ASSERT_FALSE(strided.is_contiguous());
-  EXPECT_LT(MaxAbsDiff(ReduceScatterToSpRegion(strided, *world_), strided.narrow(1, 2 * r_, 2) * s_),
-            1e-5);
+  EXPECT_LT(
+      MaxAbsDiff(ReduceScatterToSpRegion(strided, *world_), strided.narrow(1, 2 * r_, 2) * s_),
+      1e-5);
   EXPECT_TRUE(torch::equal(GatherFromSpRegion(strided.narrow(1, 2 * r_, 2), *world_), strided));
   EXPECT_TRUE(torch::equal(GatherFromTpRegion(full.narrow(2, 2 * r_, 2), *world_), full));
 }
@@ -138,8 +138,8 @@ TEST_F(TpOpsTest, EveryOpIsIdentityOnAOneRankGroup) {
   ASSERT_NE(self, nullptr);
   ASSERT_EQ(self->size(), 1);
   using Op = torch::Tensor (*)(const torch::Tensor&, Communicator&);
-  const std::vector<Op> ops = {CopyToTpRegion,     ReduceFromTpRegion, GatherFromTpRegion,
-                               ScatterToTpRegion,  ScatterToSpRegion,  GatherFromSpRegion,
+  const std::vector<Op> ops = {CopyToTpRegion,         ReduceFromTpRegion, GatherFromTpRegion,
+                               ScatterToTpRegion,      ScatterToSpRegion,  GatherFromSpRegion,
                                ReduceScatterToSpRegion};
   const torch::Tensor w = torch::randn({2, 3, 4});
   for (size_t i = 0; i < ops.size(); ++i) {
