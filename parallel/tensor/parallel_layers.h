@@ -45,7 +45,9 @@ class RowParallelLinearImpl : public torch::nn::Module {
   // x [B, T, in/tp] -> [B, T, out] (under sp [B, T/tp, out])
   torch::Tensor forward(const torch::Tensor& x);
   torch::Tensor weight;  // [out, in/tp]
-  torch::Tensor bias;    // [out] (replicated) or undefined
+  // NOTE: under sequence parallelism each rank's bias gradient covers only its
+  // sequence shard: sum it with AllReducePartialGradients (partial_gradients.h).
+  torch::Tensor bias;  // [out] (replicated) or undefined
 
  private:
   TensorParallel tp_;
