@@ -362,7 +362,10 @@ TEST_P(FixtureTensorParallelTest, LogitsMatchReference) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, FixtureTensorParallelTest, ::testing::Values("llama", "qwen2"));
+INSTANTIATE_TEST_SUITE_P(Families, FixtureTensorParallelTest, ::testing::Values("llama", "qwen2"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param;
+                         });
 
 }  // namespace
 }  // namespace fulcrum::models
