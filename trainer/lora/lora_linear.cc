@@ -6,22 +6,73 @@
 
 namespace fulcrum::lora {
 
+using parallel::tensor::ColumnParallelInput;
+using parallel::tensor::EvenShard;
+using parallel::tensor::RowParallelOutput;
+using parallel::tensor::ShardRange;
+
 double LoraSpec::Scaling() const {
   return rslora ? alpha / std::sqrt(static_cast<double>(rank)) : alpha / static_cast<double>(rank);
 }
 
 LoraLinearImpl::LoraLinearImpl(int64_t in_features, int64_t out_features, bool has_bias,
-                               const torch::TensorOptions& options)
-    : in_features_(in_features), out_features_(out_features) {
-  weight = register_parameter("weight", torch::empty({out_features, in_features}, options));
-  if (has_bias) bias = register_parameter("bias", torch::empty({out_features}, options));
+                               const torch::TensorOptions& options, const LinearParallel& parallel)
+    : in_features_(in_features), out_features_(out_features), parallel_(parallel) {
+  if (parallel_.shard == LinearShard::kColumn && parallel_.out_rows.length == 0) {
+    parallel_.out_rows = EvenShard(out_features, parallel_.tp.rank(), parallel_.tp.size());
+  }
+  int64_t out = out_features, in = in_features;
+  if (sharded() && parallel_.shard == LinearShard::kColumn) out = local_range().length;
+  if (sharded() && parallel_.shard == LinearShard::kRow) in = local_range().length;
+  weight = register_parameter("weight", torch::empty({out, in}, options));
+  if (has_bias) bias = register_parameter("bias", torch::empty({out}, options));
+}
+
+bool LoraLinearImpl::sharded() const {
+  return parallel_.shard != LinearShard::kNone && parallel_.tp.active();
+}
+
+ShardRange LoraLinearImpl::local_range() const {
+  if (!sharded()) {
+    const int64_t n = parallel_.shard == LinearShard::kRow ? in_features_ : out_features_;
+    return ShardRange{0, n};
+  }
+  if (parallel_.shard == LinearShard::kColumn) return parallel_.out_rows;
+  return EvenShard(in_features_, parallel_.tp.rank(), parallel_.tp.size());
+}
+
+torch::Tensor LoraLinearImpl::LocalLoraA(const torch::Tensor& full_a) const {
+  if (!sharded() || parallel_.shard != LinearShard::kRow) return full_a;
+  const ShardRange cols = local_range();
+  return full_a.narrow(1, cols.start, cols.length);
+}
+
+torch::Tensor LoraLinearImpl::LocalLoraB(const torch::Tensor& full_b) const {
+  if (!sharded() || parallel_.shard != LinearShard::kColumn) return full_b;
+  const ShardRange rows = local_range();
+  return full_b.narrow(0, rows.start, rows.length);
 }
 
 torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
-  torch::Tensor y = torch::nn::functional::linear(x, weight, bias);
+  const auto dropped = [&](const torch::Tensor& in) {
+    return dropout_ > 0.0 ? torch::dropout(in, dropout_, is_training()) : in;
+  };
+  if (sharded() && parallel_.shard == LinearShard::kRow) {
+    // x [B, T, in/tp]: partial sums, reduced (scattered to sequence shards under sp).
+    torch::Tensor y = RowParallelOutput(torch::nn::functional::linear(x, weight), parallel_.tp);
+    if (bias.defined()) y = y + bias;
+    if (!has_adapter()) return y;
+    // [B, T, r] partial -> reduced, then the replicated B [out, r].
+    const torch::Tensor low =
+        RowParallelOutput(torch::matmul(dropped(x), lora_a_.t()), parallel_.tp);
+    // Out of place: y may be the output of a communication autograd function.
+    return torch::add(y, torch::matmul(low, lora_b_.t()), scaling_);
+  }
+  // kColumn gathers (or copies) the input into the tp region; kNone as is.
+  const torch::Tensor x_in = sharded() ? ColumnParallelInput(x, parallel_.tp) : x;
+  torch::Tensor y = torch::nn::functional::linear(x_in, weight, bias);
   if (!has_adapter()) return y;
-  torch::Tensor h = dropout_ > 0.0 ? torch::dropout(x, dropout_, is_training()) : x;
-  h = torch::matmul(torch::matmul(h, lora_a_.t()), lora_b_.t());
+  torch::Tensor h = torch::matmul(torch::matmul(dropped(x_in), lora_a_.t()), lora_b_.t());
   return y.add_(h, scaling_);
 }
 
@@ -29,14 +80,20 @@ void LoraLinearImpl::AttachAdapter(const LoraSpec& spec) {
   FULCRUM_CHECK(!has_adapter(), "adapter attached twice");
   FULCRUM_CHECK(spec.rank > 0, "rank=", spec.rank);
   const auto options = weight.options().requires_grad(true);
-  torch::Tensor a = torch::empty({spec.rank, in_features_}, options);
+  torch::Tensor a;
   {
     torch::NoGradGuard no_grad;
-    // kaiming_uniform_(a=sqrt(5)) -> U(-1/sqrt(in), 1/sqrt(in)).
+    // kaiming_uniform_(a=sqrt(5)) -> U(-1/sqrt(in), 1/sqrt(in)) over the full in.
     const double bound = 1.0 / std::sqrt(static_cast<double>(in_features_));
+    a = torch::empty({spec.rank, in_features_}, weight.options());
     a.uniform_(-bound, bound);
+    if (sharded() && parallel_.shard == LinearShard::kRow) {
+      const ShardRange cols = local_range();
+      a = a.narrow(1, cols.start, cols.length).clone();  // [r, in/tp]
+    }
   }
-  torch::Tensor b = torch::zeros({out_features_, spec.rank}, options);
+  a.set_requires_grad(true);
+  torch::Tensor b = torch::zeros({weight.size(0), spec.rank}, options);  // [out_local, r]
   lora_a_ = register_module("lora_A", AdapterMatrix(a))->weight;
   lora_b_ = register_module("lora_B", AdapterMatrix(b))->weight;
   scaling_ = spec.Scaling();
@@ -47,6 +104,8 @@ void LoraLinearImpl::MergeAdapter() {
   if (!has_adapter()) return;
   {
     torch::NoGradGuard no_grad;
+    // Shapes make the shard product right in every role: column B_r A,
+    // row B A_r, unsharded B A.
     weight.add_(torch::matmul(lora_b_.to(torch::kFloat), lora_a_.to(torch::kFloat))
                     .mul_(scaling_)
                     .to(weight.scalar_type()));

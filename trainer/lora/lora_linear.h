@@ -5,11 +5,34 @@
 // Parameter names follow Hugging Face / PEFT so that a module path plus these
 // names is the checkpoint key: "weight", "bias", "lora_A.weight",
 // "lora_B.weight".
+//
+// Under tensor parallelism a layer has a role fixed at construction:
+//   kColumn  W_r [out_r, in], b_r [out_r]: y_r = x_in W_r^T + b_r + s B_r(A(drop(x_in)))
+//            with x_in = ColumnParallelInput(x); A [r, in] replicated, B_r
+//            [out_r, r] sharded by output.
+//   kRow     W_r [out, in/tp], b [out] replicated:
+//            y = RowParallelOutput(x_r W_r^T) + b + s B(RowParallelOutput(A_r(drop(x_r))))
+//            with A_r [r, in/tp] sharded by input, B [out, r] replicated.
+// No full-size adapter product is gathered in either role.
 #pragma once
 
 #include <torch/torch.h>
 
+#include "parallel/tensor/tensor_parallel.h"
+
 namespace fulcrum::lora {
+
+enum class LinearShard { kNone, kColumn, kRow };
+
+// A LoraLinear's place in a tensor-parallel group.
+struct LinearParallel {
+  LinearShard shard = LinearShard::kNone;
+  parallel::tensor::TensorParallel tp;  // group nullptr (or size 1) = unsharded
+  // kColumn only: the rows of the full [out, in] weight this rank holds.
+  // length 0 = EvenShard(out, tp rank, tp size). Attention's kv projections
+  // set it when one kv head is replicated on several tp ranks.
+  parallel::tensor::ShardRange out_rows;
+};
 
 struct LoraSpec {
   int64_t rank = 8;      // r
@@ -33,32 +56,51 @@ class LoraLinearImpl : public torch::nn::Module {
  public:
   // Parameters are created uninitialised (empty) with `options`; weights are
   // loaded from a checkpoint or initialised by the model's initialiser.
+  // in_features / out_features are the full (unsharded) sizes; this rank
+  // allocates its shard per `parallel`.
   LoraLinearImpl(int64_t in_features, int64_t out_features, bool bias,
-                 const torch::TensorOptions& options);
+                 const torch::TensorOptions& options, const LinearParallel& parallel = {});
 
-  // x [..., in] -> [..., out]
+  // x [..., in] -> [..., out]. Sharded: kColumn x [B, T, in] (under sp [B,
+  // T/tp, in]) -> [B, T, out_r]; kRow x [B, T, in/tp] -> [B, T, out] (under
+  // sp [B, T/tp, out]).
   torch::Tensor forward(const torch::Tensor& x);
 
   // Attaches a fresh adapter: A ~ kaiming-uniform(a=sqrt(5)) as PEFT does,
-  // B = 0, so the layer's output is unchanged until B trains.
+  // B = 0, so the layer's output is unchanged until B trains. Under kRow the
+  // full A [r, in] is drawn and this rank keeps its columns, so every tp rank
+  // (same seed) holds the shard of the single-rank draw.
   void AttachAdapter(const LoraSpec& spec);
   bool has_adapter() const { return lora_a_.defined(); }
   double scaling() const { return scaling_; }
-  // Folds scaling * B A into W and removes the adapter.
+  // Folds scaling * B A into W and removes the adapter (on shards: column
+  // W_r += s B_r A, row W_r += s B A_r).
   void MergeAdapter();
 
   int64_t in_features() const { return in_features_; }
   int64_t out_features() const { return out_features_; }
+  const LinearParallel& parallel() const { return parallel_; }
+  // Whether this layer is actually split (a role and a tp group of size > 1).
+  bool sharded() const;
+  // The slice of the full dim this rank holds: kColumn rows of W (dim 0),
+  // kRow columns of W (dim 1); the whole dim when not sharded.
+  fulcrum::parallel::tensor::ShardRange local_range() const;
 
-  torch::Tensor weight;  // [out, in]
-  torch::Tensor bias;    // [out], undefined without bias
+  torch::Tensor weight;  // [out, in] (kColumn [out_r, in], kRow [out, in/tp])
+  torch::Tensor bias;    // [out] (kColumn [out_r]), undefined without bias
 
-  torch::Tensor lora_a() const { return lora_a_; }  // [r, in]
-  torch::Tensor lora_b() const { return lora_b_; }  // [out, r]
+  // This rank's slice (a view) of a full adapter matrix: A [r, in] (kRow
+  // keeps its input columns), B [out, r] (kColumn keeps its output rows).
+  torch::Tensor LocalLoraA(const torch::Tensor& full_a) const;
+  torch::Tensor LocalLoraB(const torch::Tensor& full_b) const;
+
+  torch::Tensor lora_a() const { return lora_a_; }  // [r, in] (kRow [r, in/tp])
+  torch::Tensor lora_b() const { return lora_b_; }  // [out, r] (kColumn [out_r, r])
 
  private:
   int64_t in_features_;
   int64_t out_features_;
+  LinearParallel parallel_;
   torch::Tensor lora_a_;
   torch::Tensor lora_b_;
   double scaling_ = 0.0;

@@ -283,8 +283,9 @@ absl::StatusOr<LoraOptions> LoadPeftAdapter(torch::nn::Module& model, const std:
   FULCRUM_CHECK(adapted == static_cast<int64_t>(layers.size()), "adapted ", adapted);
   torch::NoGradGuard no_grad;
   for (const LoraLayer& l : layers) {
-    l.layer->lora_a().copy_(values.at(PeftKey(l.path, false)));
-    l.layer->lora_b().copy_(values.at(PeftKey(l.path, true)));
+    // Full file tensors (checked above); under tp each rank keeps its slice.
+    l.layer->lora_a().copy_(l.layer->LocalLoraA(values.at(PeftKey(l.path, false))));
+    l.layer->lora_b().copy_(l.layer->LocalLoraB(values.at(PeftKey(l.path, true))));
   }
   return LoraOptions{config.spec, std::vector<std::string>(names.begin(), names.end())};
 }

@@ -20,6 +20,8 @@ namespace fulcrum::lora {
 std::string PeftKey(const std::string& module_path, bool lora_b);
 
 // Adapter tensors (live, detached: lora_A [r, in], lora_B [out, r]) under PEFT keys.
+// Under tensor parallelism these are this rank's shards; models::
+// GatherFullStateDict(model, true) gives the full ones.
 std::vector<checkpoint::NamedTensor> AdapterStateDict(torch::nn::Module& model);
 
 // Writes dir/adapter_config.json (peft_type LORA, task_type CAUSAL_LM, r,
@@ -36,7 +38,9 @@ absl::Status WritePeftAdapter(torch::nn::Module& model, const LoraOptions& optio
 // matched against module paths), attaches adapters, loads lora_A/lora_B (keys
 // with or without ".default"), checking shapes, and freezes base params.
 // Everything is validated before the model is touched. Errors name the file
-// and the key or tensor. Returns the options (targets = sorted adapted names).
+// and the key or tensor. Shapes are checked against the full layer; under
+// tensor parallelism each rank keeps its slice (LoraLinear::LocalLoraA/B). Returns the options
+// (targets = sorted adapted names).
 absl::StatusOr<LoraOptions> LoadPeftAdapter(torch::nn::Module& model, const std::string& dir);
 
 }  // namespace fulcrum::lora

@@ -30,18 +30,28 @@ torch::Tensor GroupedAttention(const torch::Tensor& q, const torch::Tensor& k,
   return out.view({b, h, t, d});
 }
 
-AttentionImpl::AttentionImpl(const ModelConfig& config, const torch::TensorOptions& options)
-    : num_heads_(config.num_heads), num_kv_heads_(config.num_kv_heads), head_dim_(config.head_dim) {
-  const int64_t hidden = config.hidden_size;
+AttentionImpl::AttentionImpl(const ModelConfig& config, const torch::TensorOptions& options,
+                             const ModelParallel& parallel)
+    : head_dim_(config.head_dim) {
+  const HeadShard heads = ShardHeads(config.num_heads, config.num_kv_heads, parallel.tp);
+  num_heads_ = heads.num_heads;
+  num_kv_heads_ = heads.num_kv_heads;
+  const int64_t hidden = config.hidden_size, d = head_dim_;
+  const int64_t q_out = config.num_heads * d, kv_out = config.num_kv_heads * d;
+  lora::LinearParallel kv = ProjectionParallel("k_proj", parallel);
+  // Explicit rows: with kv replication they are not an even split of kv_out.
+  kv.out_rows = fulcrum::parallel::tensor::ShardRange{heads.first_kv_head * d, num_kv_heads_ * d};
+  lora::LinearParallel v = ProjectionParallel("v_proj", parallel);
+  v.out_rows = kv.out_rows;
   // Registration order = HF parameter order (q, k, v, o, q_norm, k_norm).
-  q_proj = register_module(
-      "q_proj", lora::LoraLinear(hidden, num_heads_ * head_dim_, config.attention_bias, options));
-  k_proj = register_module("k_proj", lora::LoraLinear(hidden, num_kv_heads_ * head_dim_,
-                                                      config.attention_bias, options));
-  v_proj = register_module("v_proj", lora::LoraLinear(hidden, num_kv_heads_ * head_dim_,
-                                                      config.attention_bias, options));
-  o_proj = register_module(
-      "o_proj", lora::LoraLinear(num_heads_ * head_dim_, hidden, config.o_proj_bias, options));
+  q_proj = register_module("q_proj", lora::LoraLinear(hidden, q_out, config.attention_bias, options,
+                                                      ProjectionParallel("q_proj", parallel)));
+  k_proj = register_module("k_proj",
+                           lora::LoraLinear(hidden, kv_out, config.attention_bias, options, kv));
+  v_proj = register_module("v_proj",
+                           lora::LoraLinear(hidden, kv_out, config.attention_bias, options, v));
+  o_proj = register_module("o_proj", lora::LoraLinear(q_out, hidden, config.o_proj_bias, options,
+                                                      ProjectionParallel("o_proj", parallel)));
   if (config.qk_norm) {
     q_norm = register_module("q_norm", RMSNorm(head_dim_, config.rms_norm_eps, options));
     k_norm = register_module("k_norm", RMSNorm(head_dim_, config.rms_norm_eps, options));
@@ -49,9 +59,11 @@ AttentionImpl::AttentionImpl(const ModelConfig& config, const torch::TensorOptio
 }
 
 AttentionImpl::Projected AttentionImpl::Project(const torch::Tensor& x, const RopeCosSin& rope) {
-  const int64_t b = x.size(0), t = x.size(1);
   // [B, T, H*D] -> [B, T, H, D]; Qwen3 normalises each head before RoPE.
-  torch::Tensor q = q_proj->forward(x).view({b, t, num_heads_, head_dim_});
+  // T from the projection: under sp x holds T/tp positions, q/k/v all T.
+  torch::Tensor q = q_proj->forward(x);
+  const int64_t b = q.size(0), t = q.size(1);
+  q = q.view({b, t, num_heads_, head_dim_});
   torch::Tensor k = k_proj->forward(x).view({b, t, num_kv_heads_, head_dim_});
   torch::Tensor v = v_proj->forward(x).view({b, t, num_kv_heads_, head_dim_});
   if (q_norm) {

@@ -8,6 +8,7 @@
 #include "trainer/generate/kv_cache.h"
 #include "trainer/lora/lora_linear.h"
 #include "trainer/models/model_config.h"
+#include "trainer/models/model_parallel.h"
 #include "trainer/models/rms_norm.h"
 #include "trainer/models/rotary.h"
 
@@ -24,8 +25,12 @@ torch::Tensor GroupedAttention(const torch::Tensor& q, const torch::Tensor& k,
 
 class AttentionImpl : public torch::nn::Module {
  public:
-  AttentionImpl(const ModelConfig& config, const torch::TensorOptions& options);
+  // Under tp this rank holds H/tp query heads and its kv heads (ShardHeads);
+  // q/k/v column-parallel, o row-parallel.
+  AttentionImpl(const ModelConfig& config, const torch::TensorOptions& options,
+                const ModelParallel& parallel = {});
   // x [B, T, hidden], rope cos/sin [B, 1, T, D], mask [B, 1, T, T] -> [B, T, hidden].
+  // Under sp x and the result are [B, T/tp, hidden]; rope and mask cover the full T.
   torch::Tensor forward(const torch::Tensor& x, const RopeCosSin& rope, const torch::Tensor& mask);
   // Incremental decoding: x [B, T, hidden] are the T newest tokens, rope
   // [B, 1, T, D] at their absolute positions, mask [B, 1, T, S] over the S =
@@ -34,6 +39,7 @@ class AttentionImpl : public torch::nn::Module {
                               const torch::Tensor& mask, generate::KvCache& cache,
                               int64_t layer_index);
 
+  // Shapes unsharded; under tp H -> H/tp, Hkv -> this rank's kv heads.
   lora::LoraLinear q_proj{nullptr};  // [H * D, hidden]
   lora::LoraLinear k_proj{nullptr};  // [Hkv * D, hidden]
   lora::LoraLinear v_proj{nullptr};  // [Hkv * D, hidden]
@@ -43,6 +49,7 @@ class AttentionImpl : public torch::nn::Module {
 
  private:
   struct Projected {
+    // Local head counts under tp; T is the full sequence also under sp.
     torch::Tensor q;  // [B, H, T, D] after RoPE
     torch::Tensor k;  // [B, Hkv, T, D] after RoPE
     torch::Tensor v;  // [B, Hkv, T, D]
@@ -51,8 +58,8 @@ class AttentionImpl : public torch::nn::Module {
   // attended [B, H, T, D] -> [B, T, hidden]
   torch::Tensor Output(const torch::Tensor& attended);
 
-  int64_t num_heads_;
-  int64_t num_kv_heads_;
+  int64_t num_heads_;     // on this rank
+  int64_t num_kv_heads_;  // on this rank
   int64_t head_dim_;
 };
 TORCH_MODULE(Attention);

@@ -3,26 +3,36 @@
 #include <limits>
 
 #include "core/check.h"
+#include "parallel/tensor/parallel_layers.h"
 #include "trainer/models/attention_mask.h"
 #include "trainer/models/rotary.h"
 
 namespace fulcrum::models {
 
 TokenEmbeddingImpl::TokenEmbeddingImpl(int64_t vocab_size, int64_t hidden_size,
-                                       const torch::TensorOptions& options) {
-  weight = register_parameter("weight", torch::empty({vocab_size, hidden_size}, options));
+                                       const torch::TensorOptions& options,
+                                       const parallel::tensor::TensorParallel& tp)
+    : tp_(tp) {
+  const parallel::tensor::ShardRange rows = parallel::tensor::EvenShard(
+      vocab_size, tp.active() ? tp.rank() : 0, tp.active() ? tp.size() : 1);
+  vocab_start_ = rows.start;
+  weight = register_parameter("weight", torch::empty({rows.length, hidden_size}, options));
 }
 
 torch::Tensor TokenEmbeddingImpl::forward(const torch::Tensor& ids) {
+  if (tp_.active()) return parallel::tensor::VocabParallelLookup(ids, weight, vocab_start_, tp_);
   return torch::embedding(weight, ids);
 }
 
-DecoderStackImpl::DecoderStackImpl(const ModelConfig& config, const torch::TensorOptions& options)
-    : config_(config) {
-  embed_tokens = register_module("embed_tokens",
-                                 TokenEmbedding(config.vocab_size, config.hidden_size, options));
+DecoderStackImpl::DecoderStackImpl(const ModelConfig& config, const torch::TensorOptions& options,
+                                   const ModelParallel& parallel)
+    : config_(config), parallel_(parallel) {
+  embed_tokens = register_module(
+      "embed_tokens", TokenEmbedding(config.vocab_size, config.hidden_size, options, parallel.tp));
   layers = register_module("layers", torch::nn::ModuleList());
-  for (int64_t i = 0; i < config.num_layers; ++i) layers->push_back(DecoderLayer(config, options));
+  for (int64_t i = 0; i < config.num_layers; ++i) {
+    layers->push_back(DecoderLayer(config, options, parallel));
+  }
   norm = register_module("norm", RMSNorm(config.hidden_size, config.rms_norm_eps, options));
   // inv_freq stays fp32 whatever the param dtype (HF keeps it fp32 too).
   // Not a buffer, so that module.to(kBFloat16) cannot round it.
@@ -45,7 +55,8 @@ torch::Tensor DecoderStackImpl::forward(const ForwardInputs& inputs) {
   const RopeCosSin rope = ComputeRopeCosSin(inv_freq_, position_ids.to(device), dtype);
   const torch::Tensor mask =
       BuildAttentionMask(b, t, inputs.attention_mask, inputs.document_ids, dtype, device);
-  torch::Tensor h = embed_tokens->forward(inputs.input_ids.to(device));  // [B, T, hidden]
+  // [B, T, hidden]; under sp reduce-scattered to this rank's [B, T/tp, hidden].
+  torch::Tensor h = embed_tokens->forward(inputs.input_ids.to(device));
   for (const auto& layer : *layers) h = layer->as<DecoderLayerImpl>()->forward(h, rope, mask);
   return norm->forward(h);
 }
@@ -77,6 +88,7 @@ torch::Tensor CachedCausalMask(int64_t batch, int64_t past, int64_t t, torch::Sc
 torch::Tensor DecoderStackImpl::ForwardCached(const torch::Tensor& input_ids,
                                               generate::KvCache& cache) {
   FULCRUM_CHECK(input_ids.dim() == 2, "input_ids must be [B, T], got ", input_ids.dim(), " dims");
+  FULCRUM_CHECK(!parallel_.tp.active(), "cached generation under tensor parallelism");
   FULCRUM_CHECK(cache.num_layers() == static_cast<int64_t>(layers->size()), "cache has ",
                 cache.num_layers(), " layers, model ", layers->size());
   const int64_t b = input_ids.size(0), t = input_ids.size(1), past = cache.length();
@@ -96,12 +108,15 @@ torch::Tensor DecoderStackImpl::ForwardCached(const torch::Tensor& input_ids,
   return norm->forward(h);
 }
 
-CausalLMImpl::CausalLMImpl(const ModelConfig& config, const torch::TensorOptions& options)
-    : config_(config) {
-  model = register_module("model", DecoderStack(config, options));
+CausalLMImpl::CausalLMImpl(const ModelConfig& config, const torch::TensorOptions& options,
+                           const ModelParallel& parallel)
+    : config_(config), parallel_(parallel) {
+  model = register_module("model", DecoderStack(config, options, parallel));
   if (!config.tie_word_embeddings) {
+    // Column-parallel over the vocab, output not gathered.
     lm_head = register_module(
-        "lm_head", lora::LoraLinear(config.hidden_size, config.vocab_size, false, options));
+        "lm_head", lora::LoraLinear(config.hidden_size, config.vocab_size, false, options,
+                                    ProjectionParallel("lm_head", parallel)));
   }
 }
 
@@ -128,9 +143,12 @@ generate::KvCache CausalLMImpl::NewKvCache(int64_t batch, int64_t capacity) cons
 }
 
 torch::Tensor CausalLMImpl::Logits(const torch::Tensor& h) {
-  const torch::Tensor logits =
-      lm_head ? lm_head->forward(h) : torch::nn::functional::linear(h, model->embed_tokens->weight);
-  return logits.to(torch::kFloat);  // [B, T, V]
+  if (lm_head) return lm_head->forward(h).to(torch::kFloat);  // [B, T, V] or [B, T, V/tp]
+  // Tied: the embedding (shard) is the lm_head (shard); the input enters the tp
+  // region as a column-parallel input (gathered under sp).
+  const torch::Tensor h_in =
+      parallel_.tp.active() ? fulcrum::parallel::tensor::ColumnParallelInput(h, parallel_.tp) : h;
+  return torch::nn::functional::linear(h_in, model->embed_tokens->weight).to(torch::kFloat);
 }
 
 const ModelConfig& CausalLMImpl::config() const { return config_; }

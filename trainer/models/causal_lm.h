@@ -9,6 +9,7 @@
 #include "trainer/lora/lora_linear.h"
 #include "trainer/models/decoder_layer.h"
 #include "trainer/models/model_config.h"
+#include "trainer/models/model_parallel.h"
 #include "trainer/models/rms_norm.h"
 
 namespace fulcrum::models {
@@ -30,25 +31,36 @@ struct ForwardInputs {
   torch::Tensor document_ids;  // [B, T] int64; optional: packed rows attend only within a document
 };
 
-// Holds the embedding matrix under the name "weight".
+// Holds the embedding matrix under the name "weight". Under tp it holds the
+// rows [vocab_start, vocab_start + vocab/tp) and looks up with
+// VocabParallelEmbedding semantics.
 class TokenEmbeddingImpl : public torch::nn::Module {
  public:
-  TokenEmbeddingImpl(int64_t vocab_size, int64_t hidden_size, const torch::TensorOptions& options);
-  // ids [B, T] int64 -> [B, T, hidden]
+  TokenEmbeddingImpl(int64_t vocab_size, int64_t hidden_size, const torch::TensorOptions& options,
+                     const parallel::tensor::TensorParallel& tp = {});
+  // ids [B, T] int64 -> [B, T, hidden] (under sp this rank's [B, T/tp, hidden])
   torch::Tensor forward(const torch::Tensor& ids);
-  torch::Tensor weight;  // [vocab, hidden]
+  int64_t vocab_start() const { return vocab_start_; }
+  torch::Tensor weight;  // [vocab, hidden] (under tp [vocab/tp, hidden])
+
+ private:
+  parallel::tensor::TensorParallel tp_;
+  int64_t vocab_start_ = 0;
 };
 TORCH_MODULE(TokenEmbedding);
 
 // HF's `model.` prefix: everything but the lm_head.
 class DecoderStackImpl : public torch::nn::Module {
  public:
-  DecoderStackImpl(const ModelConfig& config, const torch::TensorOptions& options);
-  // -> hidden states after the final norm [B, T, hidden] (param dtype).
+  DecoderStackImpl(const ModelConfig& config, const torch::TensorOptions& options,
+                   const ModelParallel& parallel = {});
+  // -> hidden states after the final norm [B, T, hidden] (param dtype); under
+  // sp this rank's sequence shard [B, T/tp, hidden].
   torch::Tensor forward(const ForwardInputs& inputs);
   // Incremental decoding: input_ids [B, T] are the tokens after the
   // cache.length() already in `cache` (positions continue from there; no
   // padding) -> hidden states [B, T, hidden]. Appends their k/v to the cache.
+  // Not under tp (FULCRUM_CHECK).
   torch::Tensor ForwardCached(const torch::Tensor& input_ids, generate::KvCache& cache);
 
   TokenEmbedding embed_tokens{nullptr};
@@ -57,15 +69,21 @@ class DecoderStackImpl : public torch::nn::Module {
 
  private:
   ModelConfig config_;
+  ModelParallel parallel_;
   torch::Tensor inv_freq_;  // [head_dim/2] fp32; moved to the weights' device per forward if needed
 };
 TORCH_MODULE(DecoderStack);
 
 class CausalLMImpl : public torch::nn::Module {
  public:
-  // Parameters created with `options` (dtype fp32 or bf16, device) and left uninitialised.
-  CausalLMImpl(const ModelConfig& config, const torch::TensorOptions& options);
+  // Parameters created with `options` (dtype fp32 or bf16, device) and left
+  // uninitialised. Under tp (parallel.tp.active()) each rank builds its shard
+  // (trainer/models/parallel_layout.h describes every parameter's layout).
+  CausalLMImpl(const ModelConfig& config, const torch::TensorOptions& options,
+               const ModelParallel& parallel = {});
   // -> logits [B, T, V] float32 (computed in the param dtype, returned as fp32).
+  // Under tp the vocab shard [B, T, V/tp] of this rank, not gathered (see
+  // GatherLogits / TrainingLossSum in parallel_layout.h).
   torch::Tensor forward(const ForwardInputs& inputs);
   // See DecoderStackImpl::ForwardCached. -> logits [B, T, V] fp32, or [B, 1, V]
   // of the last position only when `last_only` (a long prompt's prefill then
@@ -76,15 +94,20 @@ class CausalLMImpl : public torch::nn::Module {
   // positions, in the parameters' dtype and device.
   generate::KvCache NewKvCache(int64_t batch, int64_t capacity) const;
   const ModelConfig& config() const;
+  const ModelParallel& parallel() const { return parallel_; }
 
   DecoderStack model{nullptr};
-  lora::LoraLinear lm_head{nullptr};  // [vocab, hidden]; null when tie_word_embeddings
+  // [vocab, hidden] (under tp column-parallel over vocab: [vocab/tp, hidden]);
+  // null when tie_word_embeddings.
+  lora::LoraLinear lm_head{nullptr};
 
  private:
-  // h [B, T, hidden] -> logits [B, T, V] fp32.
+  // h [B, T, hidden] (under sp [B, T/tp, hidden]) -> logits [B, T, V] fp32
+  // (under tp [B, T, V/tp]).
   torch::Tensor Logits(const torch::Tensor& h);
 
   ModelConfig config_;
+  ModelParallel parallel_;
 };
 TORCH_MODULE(CausalLM);
 

@@ -2,10 +2,11 @@
 
 namespace fulcrum::models {
 
-DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& config, const torch::TensorOptions& options) {
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& config, const torch::TensorOptions& options,
+                                   const ModelParallel& parallel) {
   // Registration order = HF parameter order.
-  self_attn = register_module("self_attn", Attention(config, options));
-  mlp = register_module("mlp", Mlp(config, options));
+  self_attn = register_module("self_attn", Attention(config, options, parallel));
+  mlp = register_module("mlp", Mlp(config, options, parallel));
   input_layernorm =
       register_module("input_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps, options));
   post_attention_layernorm = register_module(

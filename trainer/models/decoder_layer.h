@@ -12,8 +12,11 @@ namespace fulcrum::models {
 
 class DecoderLayerImpl : public torch::nn::Module {
  public:
-  DecoderLayerImpl(const ModelConfig& config, const torch::TensorOptions& options);
+  DecoderLayerImpl(const ModelConfig& config, const torch::TensorOptions& options,
+                   const ModelParallel& parallel = {});
   // x [B, T, hidden], rope [B, 1, T, D], mask [B, 1, T, T] -> [B, T, hidden]
+  // (under sp x and the result are [B, T/tp, hidden]: norms and residual adds
+  // run on the sequence shard)
   torch::Tensor forward(const torch::Tensor& x, const RopeCosSin& rope, const torch::Tensor& mask);
   // The same with the KV cache (see AttentionImpl::ForwardCached): x [B, T,
   // hidden] new tokens, mask [B, 1, T, cache.length() + T].

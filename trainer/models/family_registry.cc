@@ -19,6 +19,14 @@ const char* TpSplitName(TpSplit split) {
   return "?";
 }
 
+TpSplit ProjectionSplit(const std::string& module_name) {
+  for (const char* column : {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "lm_head"}) {
+    if (module_name == column) return TpSplit::kColumn;
+  }
+  if (module_name == "o_proj" || module_name == "down_proj") return TpSplit::kRow;
+  return TpSplit::kReplicated;
+}
+
 namespace {
 
 std::vector<FamilySpec> MakeFamilies() {
@@ -108,12 +116,12 @@ std::vector<WeightPlanEntry> WeightPlan(const ModelConfig& config) {
   for (int64_t layer = 0; layer < config.num_layers; ++layer) {
     const std::string p = absl::StrCat("model.layers.", layer, ".");
     for (const char* proj : {"q_proj", "k_proj", "v_proj"}) {
-      plan.push_back({absl::StrCat(p, "self_attn.", proj, ".weight"), TpSplit::kColumn});
+      plan.push_back({absl::StrCat(p, "self_attn.", proj, ".weight"), ProjectionSplit(proj)});
       if (config.attention_bias) {
-        plan.push_back({absl::StrCat(p, "self_attn.", proj, ".bias"), TpSplit::kColumn});
+        plan.push_back({absl::StrCat(p, "self_attn.", proj, ".bias"), ProjectionSplit(proj)});
       }
     }
-    plan.push_back({p + "self_attn.o_proj.weight", TpSplit::kRow});
+    plan.push_back({p + "self_attn.o_proj.weight", ProjectionSplit("o_proj")});
     // A row-parallel bias is added once, after the reduction.
     if (config.o_proj_bias) plan.push_back({p + "self_attn.o_proj.bias", TpSplit::kReplicated});
     if (config.qk_norm) {
@@ -121,17 +129,17 @@ std::vector<WeightPlanEntry> WeightPlan(const ModelConfig& config) {
       plan.push_back({p + "self_attn.k_norm.weight", TpSplit::kReplicated});
     }
     for (const char* proj : {"gate_proj", "up_proj"}) {
-      plan.push_back({absl::StrCat(p, "mlp.", proj, ".weight"), TpSplit::kColumn});
+      plan.push_back({absl::StrCat(p, "mlp.", proj, ".weight"), ProjectionSplit(proj)});
       if (config.mlp_bias)
-        plan.push_back({absl::StrCat(p, "mlp.", proj, ".bias"), TpSplit::kColumn});
+        plan.push_back({absl::StrCat(p, "mlp.", proj, ".bias"), ProjectionSplit(proj)});
     }
-    plan.push_back({p + "mlp.down_proj.weight", TpSplit::kRow});
+    plan.push_back({p + "mlp.down_proj.weight", ProjectionSplit("down_proj")});
     if (config.mlp_bias) plan.push_back({p + "mlp.down_proj.bias", TpSplit::kReplicated});
     plan.push_back({p + "input_layernorm.weight", TpSplit::kReplicated});
     plan.push_back({p + "post_attention_layernorm.weight", TpSplit::kReplicated});
   }
   plan.push_back({"model.norm.weight", TpSplit::kReplicated});
-  if (!config.tie_word_embeddings) plan.push_back({"lm_head.weight", TpSplit::kColumn});
+  if (!config.tie_word_embeddings) plan.push_back({"lm_head.weight", ProjectionSplit("lm_head")});
   return plan;
 }
 

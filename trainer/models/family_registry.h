@@ -47,6 +47,12 @@ struct WeightPlanEntry {
   TpSplit split = TpSplit::kReplicated;
 };
 
+// The TP split of a decoder projection's weight by its module name: q/k/v,
+// gate/up -> kColumn; o, down -> kRow. The one place the model (which builds
+// its LoraLinears with it) and WeightPlan (which the loader reads) take the
+// rule from. Unknown names -> kReplicated.
+TpSplit ProjectionSplit(const std::string& module_name);
+
 // The registry's table, in a stable order.
 const std::vector<FamilySpec>& Families();
 // nullptr when the model_type / architecture is not supported.

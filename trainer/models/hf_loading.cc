@@ -10,6 +10,7 @@
 #include "core/status.h"
 #include "trainer/models/init.h"
 #include "trainer/models/model_config.h"
+#include "trainer/models/parallel_layout.h"
 
 namespace fulcrum::models {
 namespace {
@@ -50,7 +51,12 @@ std::vector<checkpoint::NamedTensor> HfStateDict(CausalLMImpl& model) {
 
 absl::Status LoadHfWeights(CausalLMImpl& model, const checkpoint::HfWeights& weights) {
   const std::string where = absl::StrCat("HF checkpoint ", weights.dir());
-  std::vector<checkpoint::NamedTensor> params = HfStateDict(model);
+  // Base parameters (HfStateDict order) with their tp layout: each rank reads
+  // only its slice, checked against the full shape.
+  std::vector<ParamLayout> params;
+  for (ParamLayout& layout : ParallelLayouts(model)) {
+    if (!absl::StrContains(layout.name, "lora_")) params.push_back(std::move(layout));
+  }
   std::map<std::string, bool> expected;
   for (const auto& p : params) expected[p.name] = true;
   std::vector<std::string> missing, unexpected, mismatched;
@@ -66,11 +72,14 @@ absl::Status LoadHfWeights(CausalLMImpl& model, const checkpoint::HfWeights& wei
       continue;
     }
     FULCRUM_ASSIGN_OR_RETURN(torch::Tensor view, weights.View(p.name));
-    if (view.sizes() != p.tensor.sizes()) {
+    const std::vector<int64_t> full = FullShape(p);
+    if (view.sizes() != torch::IntArrayRef(full)) {
       mismatched.push_back(absl::StrCat(p.name, " ", ShapeString(view.sizes()), " (model expects ",
-                                        ShapeString(p.tensor.sizes()), ")"));
+                                        ShapeString(full), ")"));
+      sources.push_back(view);
+      continue;
     }
-    sources.push_back(view);
+    sources.push_back(NarrowToShard(p, view));
   }
   std::vector<std::string> problems;
   if (!missing.empty()) problems.push_back(absl::StrCat("missing tensors: ", NameList(missing)));
@@ -86,7 +95,7 @@ absl::Status LoadHfWeights(CausalLMImpl& model, const checkpoint::HfWeights& wei
   torch::NoGradGuard no_grad;
   try {
     // copy_ converts dtype and device; the views stay read-only.
-    for (size_t i = 0; i < params.size(); ++i) params[i].tensor.copy_(sources[i]);
+    for (size_t i = 0; i < params.size(); ++i) params[i].param.detach().copy_(sources[i]);
   } catch (const c10::Error& e) {
     return absl::InternalError(
         absl::StrCat(where, ": copying weights failed: ", e.what_without_backtrace()));

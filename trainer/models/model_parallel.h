@@ -1,0 +1,41 @@
+// What a model needs to know about tensor parallelism: the tp group (with
+// sequence parallelism) and, when tp exceeds the kv head count, the group of
+// tp ranks that hold the same kv head.
+#pragma once
+
+#include <string>
+
+#include "parallel/comm/communicator.h"
+#include "parallel/tensor/tensor_parallel.h"
+#include "trainer/lora/lora_linear.h"
+
+namespace fulcrum::models {
+
+struct ModelParallel {
+  parallel::tensor::TensorParallel tp;  // tp group (nullptr = none) + sequence_parallel
+  // The tp ranks sharing one kv head when tp > n_kv_heads (tp / n_kv adjacent
+  // ranks: DeviceMesh::KvReplicaGroup(tp / n_kv)); else nullptr.
+  parallel::Communicator* kv_replicas = nullptr;
+};
+
+// How this rank's attention heads sit in the tp group.
+struct HeadShard {
+  int64_t num_heads = 0;      // query heads on this rank (H / tp)
+  int64_t num_kv_heads = 0;   // kv heads on this rank (n_kv / tp, or 1 when replicated)
+  int64_t first_kv_head = 0;  // index of this rank's first kv head in the full model
+  int kv_replicas = 1;        // tp ranks holding each of this rank's kv heads
+};
+
+// Requires H % tp == 0 and (n_kv % tp == 0 or tp % n_kv == 0) (FULCRUM_CHECK:
+// the recipe validation reports these to the user). With replication, rank r
+// holds kv head r / (tp / n_kv): its query heads r*H/tp .. (r+1)*H/tp - 1 are
+// exactly the ones HF's repeat_kv maps to that kv head (h / (H / n_kv)).
+HeadShard ShardHeads(int64_t num_heads, int64_t num_kv_heads,
+                     const parallel::tensor::TensorParallel& tp);
+
+// The LoraLinear role of the projection `module_name` ("q_proj", "down_proj",
+// "lm_head"), from family_registry's ProjectionSplit.
+lora::LinearParallel ProjectionParallel(const std::string& module_name,
+                                        const ModelParallel& parallel);
+
+}  // namespace fulcrum::models
