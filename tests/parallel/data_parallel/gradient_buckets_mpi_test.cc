@@ -93,8 +93,12 @@ TEST(GradientBucketsMpiTest, TwoMicroBatchesGiveDpSumForEveryLayout) {
     TinyModel model;
     std::vector<torch::Tensor> params = model.Params();
     GradientBuckets buckets(params, *comm, BucketOptions{c.bucket_bytes, c.reduction});
-    if (c.bucket_bytes == 1) EXPECT_EQ(buckets.num_buckets(), params.size());
-    if (c.bucket_bytes == (int64_t{1} << 20)) EXPECT_EQ(buckets.num_buckets(), 1u);
+    if (c.bucket_bytes == 1) {
+      EXPECT_EQ(buckets.num_buckets(), params.size());
+    }
+    if (c.bucket_bytes == (int64_t{1} << 20)) {
+      EXPECT_EQ(buckets.num_buckets(), 1u);
+    }
     if (c.bucket_bytes == 64) {
       EXPECT_GT(buckets.num_buckets(), 1u);
       EXPECT_LT(buckets.num_buckets(), params.size());
