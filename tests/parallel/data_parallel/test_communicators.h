@@ -124,10 +124,8 @@ class MiniMpiCommunicator : public Communicator {
   std::string name_ = "world";
 };
 
-// TODO(dp): switch to CreateCommunicator once wip/comm's MpiCommunicator lands
-// (FULCRUM_DP_TEST_USE_FACTORY selects it already).
 inline std::unique_ptr<Communicator> MakeWorldCommunicator() {
-#ifndef FULCRUM_DP_TEST_USE_FACTORY
+#ifdef FULCRUM_DP_TEST_MINI_COMM
   return std::make_unique<MiniMpiCommunicator>();
 #else
   CommOptions options;
