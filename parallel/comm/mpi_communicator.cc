@@ -4,6 +4,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <deque>
 #include <functional>
 #include <utility>
 
@@ -74,7 +75,7 @@ class MpiWork final : public Work {
   std::vector<MPI_Request> requests_;
   std::vector<torch::Tensor> tensors_;
   std::function<void()> on_complete_;
-  std::vector<std::vector<int>> int_arrays_;
+  std::deque<std::vector<int>> int_arrays_;  // deque: references stay valid
   bool done_ = false;
 };
 
