@@ -16,12 +16,12 @@ namespace {
 // One flat gradient buffer holding whole parameters (a parameter is never
 // split across buckets; reduce-scatter chunks may split it).
 struct Bucket {
-  torch::Tensor flat;                  // [padded], the params' dtype
+  torch::Tensor flat;                   // [padded], the params' dtype
   std::vector<BucketSegment> segments;  // whole parameters, in bucket order
-  int64_t numel = 0;                   // sum of the segments' numel
-  int64_t padded = 0;                  // numel rounded up to a multiple of dp (reduce-scatter)
-  int pending = 0;                     // params whose grad is not final yet (armed backward)
-  bool ready = false;                  // every param's grad is final
+  int64_t numel = 0;                    // sum of the segments' numel
+  int64_t padded = 0;                   // numel rounded up to a multiple of dp (reduce-scatter)
+  int pending = 0;                      // params whose grad is not final yet (armed backward)
+  bool ready = false;                   // every param's grad is final
   bool launched = false;
   WorkHandle work;
   torch::Tensor chunk_out;  // [padded / dp] reduce-scatter output (MPI: no aliasing)
@@ -175,7 +175,8 @@ GradientBuckets::GradientBuckets(std::vector<torch::Tensor> params, Communicator
   s.link->on_grad_ready = [state = &s](size_t k) { state->OnGradReady(k); };
   for (size_t k = 0; k < s.params.size(); ++k) {
     s.AttachGrad(k);
-    std::shared_ptr<torch::autograd::Node> acc = torch::autograd::impl::grad_accumulator(s.params[k]);
+    std::shared_ptr<torch::autograd::Node> acc =
+        torch::autograd::impl::grad_accumulator(s.params[k]);
     FULCRUM_CHECK(acc != nullptr, "parameter ", k, " has no gradient accumulator");
     acc->add_post_hook(std::make_unique<GradReadyHook>(s.link, k));
     s.accumulators.push_back(std::move(acc));
@@ -278,7 +279,9 @@ void GradientBuckets::AllGatherParameters() {
   for (size_t bi = 0; bi < s.buckets.size(); ++bi) {
     works[bi]->Wait();
     for (const BucketSegment& seg : s.buckets[bi].segments) {
-      s.params[seg.param_index].view(-1).narrow(0, seg.param_offset, seg.numel)
+      s.params[seg.param_index]
+          .view(-1)
+          .narrow(0, seg.param_offset, seg.numel)
           .copy_(gathered[bi].narrow(0, seg.bucket_offset, seg.numel));
     }
   }

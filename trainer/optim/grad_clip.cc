@@ -31,7 +31,8 @@ torch::Tensor ClipGradNormDistributed(const std::vector<torch::Tensor>& counted,
     if (t.defined()) device = t.device();
   }
   // [1] fp32: the communicators reduce it in place; 0-dim at the end.
-  torch::Tensor sum_sq = torch::zeros({1}, torch::TensorOptions().dtype(torch::kFloat).device(device));
+  torch::Tensor sum_sq =
+      torch::zeros({1}, torch::TensorOptions().dtype(torch::kFloat).device(device));
   for (const torch::Tensor& g : counted) {
     if (!g.defined() || g.numel() == 0) continue;
     sum_sq.add_(at::linalg_vector_norm(g, 2, c10::nullopt, false, torch::kFloat).square());

@@ -33,8 +33,7 @@ ShardedAdamW::ShardedAdamW(std::vector<NamedParameter> params, parallel::Gradien
                   params_[s.param_index].name, ": not the buckets' parameters");
     torch::Tensor slice = p.view(-1).narrow(0, s.param_offset, s.numel);
     // The fp32 param is its own master; a 16-bit one gets an fp32 copy.
-    master_.push_back(p.scalar_type() == torch::kFloat ? slice
-                                                       : slice.to(torch::kFloat).clone());
+    master_.push_back(p.scalar_type() == torch::kFloat ? slice : slice.to(torch::kFloat).clone());
     exp_avg_.push_back(torch::zeros_like(master_.back()));
     exp_avg_sq_.push_back(torch::zeros_like(master_.back()));
   }
@@ -46,9 +45,8 @@ void ShardedAdamW::Step(double lr) {
   AdamWTensors tensors{master_, exp_avg_, exp_avg_sq_, {}, {}};
   for (const auto& owned : owned_) {
     const parallel::BucketSegment& s = owned.segment;
-    tensors.grad.push_back(buckets_.BucketGrads(owned.bucket)
-                               .narrow(0, s.bucket_offset, s.numel)
-                               .to(torch::kFloat));
+    tensors.grad.push_back(
+        buckets_.BucketGrads(owned.bucket).narrow(0, s.bucket_offset, s.numel).to(torch::kFloat));
     tensors.decay.push_back(params_[s.param_index].decay);
   }
   AdamWUpdate(options_, lr, step_, tensors);
@@ -80,9 +78,8 @@ std::vector<torch::Tensor> ShardedAdamW::GatherFull(const std::vector<torch::Ten
   if (sharded && dp_.size() > 1) dp_.AllReduce(flat, parallel::ReduceOp::kSum);
   std::vector<torch::Tensor> out;
   for (size_t i = 0; i < params_.size(); ++i) {
-    out.push_back(flat.narrow(0, offset[i], params_[i].param.numel())
-                      .view(params_[i].param.sizes())
-                      .clone());
+    out.push_back(
+        flat.narrow(0, offset[i], params_[i].param.numel()).view(params_[i].param.sizes()).clone());
   }
   return out;
 }

@@ -3,8 +3,6 @@
 // every rank's inputs or in closed form of the ranks; reduce-scatter leaves
 // the sum in the owned chunk; AllGatherParameters reassembles parameters;
 // reductions launch while backward is still running.
-#include "parallel/data_parallel/gradient_buckets.h"
-
 #include <gtest/gtest.h>
 #include <mpi.h>
 #include <torch/torch.h>
@@ -13,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "parallel/data_parallel/gradient_buckets.h"
 #include "tests/parallel/data_parallel/test_communicators.h"
 
 namespace fulcrum::parallel {
@@ -177,8 +176,8 @@ TEST(GradientBucketsMpiTest, Bf16ClosedFormSum) {
                                .remainder(4)
                                .mul(3 * n * (n + 1) / 2)
                                .to(torch::kBFloat16);
-      EXPECT_TRUE(torch::equal(
-          buckets.BucketGrads(owned.bucket).narrow(0, s.bucket_offset, s.numel), want))
+      EXPECT_TRUE(
+          torch::equal(buckets.BucketGrads(owned.bucket).narrow(0, s.bucket_offset, s.numel), want))
           << "param " << s.param_index;
     }
   }
@@ -200,7 +199,9 @@ TEST(GradientBucketsMpiTest, AllGatherParametersReassemblesOwnedChunks) {
       for (torch::Tensor& p : params) p.fill_(-1000 - rank);
       for (const auto& owned : buckets.OwnedSegments()) {
         const BucketSegment& s = owned.segment;
-        params[s.param_index].view(-1).narrow(0, s.param_offset, s.numel)
+        params[s.param_index]
+            .view(-1)
+            .narrow(0, s.param_offset, s.numel)
             .copy_(torch::arange(s.param_offset, s.param_offset + s.numel) +
                    10 * static_cast<int64_t>(s.param_index));
       }
@@ -237,8 +238,8 @@ TEST(GradientBucketsMpiTest, ReductionLaunchesDuringBackward) {
   ASSERT_NE(input_grad, ev.end());
   ASSERT_FALSE(ev.empty());
   EXPECT_EQ(ev.front().rfind("launch:", 0), 0u) << ev.front();
-  const auto launches_before =
-      std::count_if(ev.begin(), input_grad, [](const std::string& e) { return e.rfind("launch:", 0) == 0; });
+  const auto launches_before = std::count_if(
+      ev.begin(), input_grad, [](const std::string& e) { return e.rfind("launch:", 0) == 0; });
   EXPECT_GE(launches_before, 3);  // scale, l2.bias and l2.weight's buckets
   // All six buckets launch in the end ("unused" only in FinishReduction).
   const auto launches = std::count_if(
@@ -257,8 +258,7 @@ TEST(GradientBucketsMpiTest, UnarmedFinishReducesEverythingAndRepeats) {
     (params[0] * static_cast<float>(WorldRank() + step)).sum().backward();
     buckets.FinishReduction();  // not armed: reduces now
     // sum over r of (r + step) = n (n - 1) / 2 + n step
-    EXPECT_TRUE(torch::allclose(params[0].grad(),
-                                torch::full({6}, n * (n - 1) / 2.0 + n * step)))
+    EXPECT_TRUE(torch::allclose(params[0].grad(), torch::full({6}, n * (n - 1) / 2.0 + n * step)))
         << "step " << step;
   }
 }

@@ -51,9 +51,9 @@ class SoloCommunicator : public Communicator {
 TEST(GradientBucketsTest, ReverseOrderBucketsSplitAtSizeAndDtype) {
   SoloCommunicator comm;
   std::vector<torch::Tensor> params = {
-      torch::zeros({4}).requires_grad_(true),                      // 16 bytes
-      torch::zeros({2, 2}).requires_grad_(true),                   // 16 bytes
-      torch::zeros({3}).requires_grad_(true),                      // 12 bytes
+      torch::zeros({4}).requires_grad_(true),                     // 16 bytes
+      torch::zeros({2, 2}).requires_grad_(true),                  // 16 bytes
+      torch::zeros({3}).requires_grad_(true),                     // 12 bytes
       torch::zeros({5}, torch::kBFloat16).requires_grad_(true)};  // 10 bytes
   GradientBuckets buckets(params, comm, BucketOptions{32, GradReduction::kReduceScatter});
   // Reverse order: [p3 bf16] [p2 p1] [p0]; p2 + p1 = 28 bytes fit, + p0 would not.

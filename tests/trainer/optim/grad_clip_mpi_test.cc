@@ -39,8 +39,8 @@ TEST(GradClipMpiTest, EqualsClipGradNormOfTheConcatenation) {
     torch::Tensor all = torch::zeros({torch::cat(pieces).numel()}).requires_grad_(true);
     all.mutable_grad() = torch::cat(pieces);
     const torch::Tensor ref_norm = ClipGradNorm({all}, max_norm);
-    const double factor = max_norm > 0 ? std::min(1.0, max_norm / (ref_norm.item<double>() + 1e-6))
-                                       : 1.0;
+    const double factor =
+        max_norm > 0 ? std::min(1.0, max_norm / (ref_norm.item<double>() + 1e-6)) : 1.0;
 
     std::vector<torch::Tensor> mine = GradsOf(rank);
     std::vector<torch::Tensor> original;

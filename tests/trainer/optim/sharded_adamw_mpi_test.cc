@@ -2,8 +2,6 @@
 // equal AdamW on one rank given the same summed gradients; StateDict is
 // AdamW's (full tensors); LoadStateDict round trip; bf16 parameters;
 // optimizer state per rank ~1/dp of AdamW's.
-#include "trainer/optim/sharded_adamw.h"
-
 #include <gtest/gtest.h>
 #include <mpi.h>
 #include <torch/torch.h>
@@ -15,6 +13,7 @@
 #include "parallel/data_parallel/gradient_buckets.h"
 #include "tests/parallel/data_parallel/test_communicators.h"
 #include "trainer/optim/adamw.h"
+#include "trainer/optim/sharded_adamw.h"
 
 namespace fulcrum::optim {
 namespace {
@@ -32,7 +31,8 @@ const std::vector<std::vector<int64_t>> kShapes = {{6, 5}, {5}, {3, 7}, {4}};
 std::vector<torch::Tensor> MakeParams(torch::ScalarType dtype) {
   torch::manual_seed(3);
   std::vector<torch::Tensor> out;
-  for (const auto& shape : kShapes) out.push_back(torch::randn(shape).to(dtype).requires_grad_(true));
+  for (const auto& shape : kShapes)
+    out.push_back(torch::randn(shape).to(dtype).requires_grad_(true));
   return out;
 }
 
@@ -78,7 +78,8 @@ void RunEquivalence(torch::ScalarType dtype, const Layout& layout) {
     buckets.ZeroGrads();
     {
       torch::NoGradGuard no_grad;
-      for (size_t i = 0; i < params.size(); ++i) params[i].grad().copy_(GradFor(rank, step, i, dtype));
+      for (size_t i = 0; i < params.size(); ++i)
+        params[i].grad().copy_(GradFor(rank, step, i, dtype));
     }
     buckets.FinishReduction();
     sharded.Step(1e-2);
@@ -91,8 +92,8 @@ void RunEquivalence(torch::ScalarType dtype, const Layout& layout) {
     reference.Step(1e-2);
     const double tol = dtype == torch::kFloat ? 1e-6 : 1e-2;
     for (size_t i = 0; i < params.size(); ++i) {
-      EXPECT_TRUE(torch::allclose(params[i].to(torch::kFloat), ref_params[i].to(torch::kFloat),
-                                  tol, tol))
+      EXPECT_TRUE(
+          torch::allclose(params[i].to(torch::kFloat), ref_params[i].to(torch::kFloat), tol, tol))
           << "step " << step << " param " << i << " max diff "
           << (params[i].to(torch::kFloat) - ref_params[i].to(torch::kFloat)).abs().max();
     }
