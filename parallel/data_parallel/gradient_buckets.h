@@ -55,6 +55,9 @@ class GradientBuckets {
   // Call before the backward of a step's last micro-batch: its hooks launch
   // each bucket's reduction as soon as the bucket's gradients are final.
   // Earlier micro-batches only accumulate.
+  // NOTE: buckets launch in bucket order on every rank (their collectives
+  // must match across ranks); a bucket whose parameters get no gradient
+  // holds back the buckets after it until FinishReduction.
   void ArmForLastBackward();
   // After that backward: launches buckets not launched yet (parameters
   // without a gradient this step) and waits for all. Without ArmForLastBackward
@@ -73,6 +76,7 @@ class GradientBuckets {
   // The bucket's flat gradient buffer [padded numel] in the params' dtype.
   torch::Tensor BucketGrads(size_t bucket) const;
   size_t num_buckets() const;
+  GradReduction reduction() const;
 
   // ZeRO-1, after the optimizer wrote its updated chunk into the parameters:
   // every rank's chunk of every bucket's parameter values is all-gathered

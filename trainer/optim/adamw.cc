@@ -1,6 +1,5 @@
 #include "trainer/optim/adamw.h"
 
-#include <cmath>
 #include <set>
 #include <utility>
 
@@ -10,30 +9,6 @@
 #include "core/status.h"
 
 namespace fulcrum::optim {
-namespace {
-
-std::string ShapeString(const torch::Tensor& t) {
-  return absl::StrCat("[", absl::StrJoin(t.sizes(), ","), "]");
-}
-
-// Checks that state[key] exists, is fp32 and has `like`'s shape.
-absl::Status CheckStateTensor(const std::map<std::string, torch::Tensor>& state,
-                              const std::string& key, const torch::Tensor& like) {
-  auto it = state.find(key);
-  if (it == state.end()) {
-    return absl::InvalidArgumentError(absl::StrCat("optimizer state: missing key '", key, "'"));
-  }
-  const torch::Tensor& t = it->second;
-  if (!t.defined() || t.scalar_type() != torch::kFloat || t.sizes() != like.sizes()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("optimizer state: '", key, "' must be float32 ", ShapeString(like), ", got ",
-                     t.defined() ? absl::StrCat(c10::toString(t.scalar_type()), " ", ShapeString(t))
-                                 : std::string("an undefined tensor")));
-  }
-  return absl::OkStatus();
-}
-
-}  // namespace
 
 std::vector<NamedParameter> TrainableParameters(torch::nn::Module& module,
                                                 bool decay_norms_and_biases) {
@@ -67,9 +42,7 @@ void AdamW::Step(double lr) {
   ++step_;
   if (params_.empty()) return;
   torch::NoGradGuard no_grad;
-  std::vector<torch::Tensor> grads;  // fp32, each its param's shape
-  std::vector<torch::Tensor> decayed;
-  grads.reserve(params_.size());
+  AdamWTensors tensors{master_, exp_avg_, exp_avg_sq_, {}, {}};
   for (size_t i = 0; i < params_.size(); ++i) {
     torch::Tensor g = params_[i].param.grad();
     if (!g.defined()) {
@@ -77,27 +50,10 @@ void AdamW::Step(double lr) {
     } else if (g.scalar_type() != torch::kFloat) {
       g = g.to(torch::kFloat);
     }
-    grads.push_back(g);
-    if (params_[i].decay) decayed.push_back(master_[i]);
+    tensors.grad.push_back(g);
+    tensors.decay.push_back(params_[i].decay);
   }
-  const double beta1 = options_.beta1;
-  const double beta2 = options_.beta2;
-  const double bias_correction1 = 1.0 - std::pow(beta1, static_cast<double>(step_));
-  const double bias_correction2 = 1.0 - std::pow(beta2, static_cast<double>(step_));
-
-  // Same order of operations as torch::optim::AdamW.
-  if (options_.weight_decay != 0.0 && !decayed.empty()) {
-    at::_foreach_mul_(decayed, 1.0 - lr * options_.weight_decay);
-  }
-  at::_foreach_mul_(exp_avg_, beta1);
-  at::_foreach_add_(exp_avg_, grads, 1.0 - beta1);
-  at::_foreach_mul_(exp_avg_sq_, beta2);
-  at::_foreach_addcmul_(exp_avg_sq_, grads, grads, 1.0 - beta2);
-  std::vector<torch::Tensor> denom = at::_foreach_sqrt(exp_avg_sq_);
-  at::_foreach_div_(denom, std::sqrt(bias_correction2));
-  at::_foreach_add_(denom, options_.eps);
-  at::_foreach_addcdiv_(master_, exp_avg_, denom, -lr / bias_correction1);
-
+  AdamWUpdate(options_, lr, step_, tensors);
   for (size_t i = 0; i < params_.size(); ++i) {
     if (params_[i].param.scalar_type() != torch::kFloat) params_[i].param.copy_(master_[i]);
   }
@@ -122,23 +78,29 @@ std::vector<checkpoint::NamedTensor> AdamW::StateDict() const {
   return out;
 }
 
+std::vector<checkpoint::NamedTensor> AdamW::StateDict() {
+  return static_cast<const AdamW*>(this)->StateDict();
+}
+
+int64_t AdamW::state_bytes() const {
+  int64_t bytes = 0;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    bytes += (exp_avg_[i].numel() + exp_avg_sq_[i].numel()) * 4;
+    if (params_[i].param.scalar_type() != torch::kFloat) bytes += master_[i].numel() * 4;
+  }
+  return bytes;
+}
+
 absl::Status AdamW::LoadStateDict(const std::map<std::string, torch::Tensor>& state) {
   // Validate everything before changing anything.
-  auto step_it = state.find("step");
-  if (step_it == state.end()) {
-    return absl::InvalidArgumentError("optimizer state: missing key 'step'");
-  }
-  const torch::Tensor& step = step_it->second;
-  if (!step.defined() || step.scalar_type() != torch::kLong || step.numel() != 1) {
-    return absl::InvalidArgumentError("optimizer state: 'step' must be int64 [1]");
-  }
+  FULCRUM_ASSIGN_OR_RETURN(const int64_t new_step, StateStep(state));
   std::set<std::string> expected = {"step"};
   for (size_t i = 0; i < params_.size(); ++i) {
     const std::string& name = params_[i].name;
     std::vector<std::string> keys = {"exp_avg." + name, "exp_avg_sq." + name};
     if (params_[i].param.scalar_type() != torch::kFloat) keys.push_back("master." + name);
     for (const std::string& key : keys) {
-      FULCRUM_RETURN_IF_ERROR(CheckStateTensor(state, key, master_[i]));
+      FULCRUM_RETURN_IF_ERROR(CheckStateTensor(state, key, master_[i].sizes()));
       expected.insert(key);
     }
   }
@@ -149,10 +111,6 @@ absl::Status AdamW::LoadStateDict(const std::map<std::string, torch::Tensor>& st
     }
   }
   torch::NoGradGuard no_grad;
-  const int64_t new_step = step.to(torch::kCPU).item<int64_t>();
-  if (new_step < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("optimizer state: 'step' is ", new_step));
-  }
   step_ = new_step;
   for (size_t i = 0; i < params_.size(); ++i) {
     const std::string& name = params_[i].name;

@@ -1,7 +1,8 @@
 // AdamW with decoupled weight decay (PyTorch semantics) and an fp32 master
 // copy for low-precision (bf16/fp16) parameters.
 //
-// Defines: AdamWOptions, NamedParameter, TrainableParameters, AdamW.
+// Defines: TrainableParameters, AdamW (AdamWOptions: adamw_update.h,
+// NamedParameter: optimizer.h).
 #pragma once
 
 #include <torch/torch.h>
@@ -13,21 +14,10 @@
 
 #include "absl/status/status.h"
 #include "trainer/checkpoint/safetensors_writer.h"
+#include "trainer/optim/adamw_update.h"
+#include "trainer/optim/optimizer.h"
 
 namespace fulcrum::optim {
-
-struct AdamWOptions {
-  double beta1 = 0.9;         // first-moment decay
-  double beta2 = 0.95;        // second-moment decay
-  double eps = 1e-8;          // added to sqrt(v_hat), outside the sqrt
-  double weight_decay = 0.0;  // decoupled: p *= 1 - lr * weight_decay
-};
-
-struct NamedParameter {
-  std::string name;     // module path + parameter name ("layers.0.self_attn.q_proj.lora_A.weight")
-  torch::Tensor param;  // any shape, any floating dtype
-  bool decay = true;    // whether weight decay applies
-};
 
 // Trainable (requires_grad) parameters of `module` in registration order, with
 // decay = false for 1-D tensors (norm weights, biases) unless
@@ -35,7 +25,7 @@ struct NamedParameter {
 std::vector<NamedParameter> TrainableParameters(torch::nn::Module& module,
                                                 bool decay_norms_and_biases);
 
-class AdamW {
+class AdamW : public Optimizer {
  public:
   AdamW(std::vector<NamedParameter> params, AdamWOptions options);
 
@@ -44,19 +34,22 @@ class AdamW {
   // moments and weight decay still apply). Non-fp32 parameters are updated on
   // their fp32 master copy, then param = master.to(param dtype).
   // NOTE: no host syncs: every scalar comes from the host-side step count.
-  void Step(double lr);
+  void Step(double lr) override;
   // Resets every grad to undefined.
   void ZeroGrad();
-  int64_t step_count() const { return step_; }
-  const std::vector<NamedParameter>& parameters() const { return params_; }
+  int64_t step_count() const override { return step_; }
+  const std::vector<NamedParameter>& parameters() const override { return params_; }
 
   // Everything needed to resume bit-exactly: "step" (int64 [1]),
   // "exp_avg.<name>", "exp_avg_sq.<name>" (fp32, param's shape) and
   // "master.<name>" (fp32, only for non-fp32 params).
   std::vector<checkpoint::NamedTensor> StateDict() const;
+  std::vector<checkpoint::NamedTensor> StateDict() override;
   // Validates every key, shape and dtype first (error names the key), then
   // copies; on error nothing is changed. Unknown or missing keys are errors.
-  absl::Status LoadStateDict(const std::map<std::string, torch::Tensor>& state);
+  absl::Status LoadStateDict(const std::map<std::string, torch::Tensor>& state) override;
+  // exp_avg + exp_avg_sq + masters of non-fp32 params.
+  int64_t state_bytes() const override;
 
  private:
   // Per-parameter fp32 state; the lists are parallel to params_.

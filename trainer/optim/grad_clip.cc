@@ -22,4 +22,33 @@ torch::Tensor ClipGradNorm(const std::vector<torch::Tensor>& params, double max_
   return total;
 }
 
+torch::Tensor ClipGradNormDistributed(const std::vector<torch::Tensor>& counted,
+                                      const std::vector<torch::Tensor>& to_scale, double max_norm,
+                                      const std::vector<parallel::Communicator*>& sum_over) {
+  torch::NoGradGuard no_grad;
+  torch::Device device = torch::kCPU;
+  for (const torch::Tensor& t : to_scale) {
+    if (t.defined()) device = t.device();
+  }
+  // [1] fp32: the communicators reduce it in place; 0-dim at the end.
+  torch::Tensor sum_sq =
+      torch::zeros({1}, torch::TensorOptions().dtype(torch::kFloat).device(device));
+  for (const torch::Tensor& g : counted) {
+    if (!g.defined() || g.numel() == 0) continue;
+    sum_sq.add_(at::linalg_vector_norm(g, 2, c10::nullopt, false, torch::kFloat).square());
+  }
+  for (parallel::Communicator* comm : sum_over) {
+    if (comm != nullptr && comm->size() > 1) comm->AllReduce(sum_sq, parallel::ReduceOp::kSum);
+  }
+  torch::Tensor total = sum_sq.sqrt().squeeze(0);  // 0-dim fp32
+  if (max_norm > 0.0) {
+    // clamp instead of a branch: the comparison would sync with the host.
+    torch::Tensor coef = torch::full_like(total, max_norm).div_(total + 1e-6).clamp_max_(1.0);
+    for (const torch::Tensor& t : to_scale) {
+      if (t.defined()) t.mul_(coef);
+    }
+  }
+  return total;
+}
+
 }  // namespace fulcrum::optim

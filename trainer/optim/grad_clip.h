@@ -5,6 +5,8 @@
 
 #include <vector>
 
+#include "parallel/comm/communicator.h"
+
 namespace fulcrum::optim {
 
 // Global L2 norm over the grads of `params` (each accumulated in fp32;
@@ -14,5 +16,17 @@ namespace fulcrum::optim {
 // device (CPU when there is no grad).
 // NOTE: no host sync: the clip factor stays a device tensor.
 torch::Tensor ClipGradNorm(const std::vector<torch::Tensor>& params, double max_norm);
+
+// The global norm over ranks: norm^2 = the sum of squares of `counted`
+// (gradient tensors, accumulated in fp32; undefined ones skipped), summed
+// over every communicator in `sum_over` in turn, then every tensor in
+// `to_scale` *= min(1, max_norm / (norm + 1e-6)) (max_norm <= 0: none).
+// Returns the norm as a 0-dim fp32 tensor. The caller decides what counts
+// where, so that each element counts exactly once over the ranks:
+// tp-replicated params only on tp rank 0, ZeRO-1 chunks on their owner.
+// NOTE: collective over each communicator in sum_over (every rank calls it).
+torch::Tensor ClipGradNormDistributed(const std::vector<torch::Tensor>& counted,
+                                      const std::vector<torch::Tensor>& to_scale, double max_norm,
+                                      const std::vector<parallel::Communicator*>& sum_over);
 
 }  // namespace fulcrum::optim

@@ -204,3 +204,26 @@ TEST(TrainableParametersTest, SplitsDecayAndSkipsFrozen) {
 
 }  // namespace
 }  // namespace fulcrum::optim
+
+namespace fulcrum::optim {
+namespace {
+
+// Through the Optimizer interface: state bytes count moments and the fp32
+// masters of non-fp32 params only.
+TEST(AdamWTest, OptimizerInterfaceAndStateBytes) {
+  torch::Tensor w = torch::ones({2, 3}).requires_grad_(true);
+  torch::Tensor h = torch::ones({5}, torch::kBFloat16).requires_grad_(true);
+  AdamW adamw({{"w", w, true}, {"h", h, false}}, AdamWOptions{});
+  Optimizer& opt = adamw;
+  EXPECT_EQ(opt.state_bytes(), 4 * (2 * 6 + 3 * 5));
+  EXPECT_EQ(opt.parameters().size(), 2u);
+  w.mutable_grad() = torch::ones({2, 3});
+  opt.Step(0.1);
+  EXPECT_EQ(opt.step_count(), 1);
+  EXPECT_TRUE(torch::allclose(w, torch::full({2, 3}, 0.9f), 1e-6, 1e-6));
+  EXPECT_TRUE(torch::equal(h, torch::ones({5}, torch::kBFloat16)));  // zero grad, no decay
+  EXPECT_EQ(opt.StateDict().size(), 6u);  // step, 2 x (exp_avg, exp_avg_sq), master.h
+}
+
+}  // namespace
+}  // namespace fulcrum::optim

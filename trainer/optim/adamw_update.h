@@ -1,0 +1,45 @@
+// The AdamW maths, in one place for AdamW (whole parameters) and ShardedAdamW
+// (ZeRO-1 segments), plus the checks of a loaded optimizer state both share.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace fulcrum::optim {
+
+struct AdamWOptions {
+  double beta1 = 0.9;         // first-moment decay
+  double beta2 = 0.95;        // second-moment decay
+  double eps = 1e-8;          // added to sqrt(v_hat), outside the sqrt
+  double weight_decay = 0.0;  // decoupled: p *= 1 - lr * weight_decay
+};
+
+// Parallel lists: entry i is one tensor (a parameter or a segment of one).
+struct AdamWTensors {
+  std::vector<torch::Tensor> master;      // fp32, updated in place (any shape)
+  std::vector<torch::Tensor> exp_avg;     // fp32, master's shape, updated in place
+  std::vector<torch::Tensor> exp_avg_sq;  // fp32, master's shape, updated in place
+  std::vector<torch::Tensor> grad;        // fp32, master's shape, read only
+  std::vector<bool> decay;                // weight decay applies to master[i]
+};
+
+// One decoupled-weight-decay Adam update (bias-corrected with `step`, the
+// 1-based count including this one; eps outside the sqrt), with the same
+// order of operations as torch::optim::AdamW.
+// NOTE: no host syncs: every scalar comes from the host-side step count.
+void AdamWUpdate(const AdamWOptions& options, double lr, int64_t step, AdamWTensors& tensors);
+
+// state[key] exists, is fp32 and has `shape`; else InvalidArgument naming the key.
+absl::Status CheckStateTensor(const std::map<std::string, torch::Tensor>& state,
+                              const std::string& key, torch::IntArrayRef shape);
+// state["step"]: int64 [1], >= 0.
+absl::StatusOr<int64_t> StateStep(const std::map<std::string, torch::Tensor>& state);
+
+}  // namespace fulcrum::optim
