@@ -64,8 +64,7 @@ class Communicator {
   virtual WorkHandle AllReduceAsync(torch::Tensor t, ReduceOp op) = 0;
   // input: size() * output.numel() elements; rank r gets the reduction of
   // the r-th contiguous chunk of every rank's input.
-  virtual WorkHandle ReduceScatterAsync(torch::Tensor input, torch::Tensor output,
-                                        ReduceOp op) = 0;
+  virtual WorkHandle ReduceScatterAsync(torch::Tensor input, torch::Tensor output, ReduceOp op) = 0;
   // output: size() * input.numel() elements, rank r's input at chunk r.
   virtual WorkHandle AllGatherAsync(torch::Tensor input, torch::Tensor output) = 0;
   // Uneven all-gather: rank r contributes counts[r] elements (its

@@ -24,9 +24,8 @@ namespace fulcrum::parallel::tensor {
 class ColumnParallelLinearImpl : public torch::nn::Module {
  public:
   // Full sizes; this rank allocates its [out/tp, in] shard (uninitialised).
-  ColumnParallelLinearImpl(int64_t in_features, int64_t out_features, bool bias,
-                           bool gather_output, const TensorParallel& tp,
-                           const torch::TensorOptions& options);
+  ColumnParallelLinearImpl(int64_t in_features, int64_t out_features, bool bias, bool gather_output,
+                           const TensorParallel& tp, const torch::TensorOptions& options);
   // x [B, T, in] (under sp [B, T/tp, in]) -> [B, T, out/tp] ([B, T, out] when gather_output)
   torch::Tensor forward(const torch::Tensor& x);
   torch::Tensor weight;  // [out/tp, in]

@@ -1,5 +1,5 @@
 // fulcrum score --model DIR [--adapter DIR] --batch IN.safetensors
-//               --out OUT.safetensors [--grads]
+//               --out OUT.safetensors [--grads] [parallel.KEY=VALUE ...]
 //
 // IN: input_ids int64 [B,T]; optional attention_mask int64 [B,T] (1 = real,
 // right padding) and labels int64 [B,T] (-100 ignored, unshifted). Without
@@ -7,6 +7,13 @@
 // fp32 [B,T,V], loss fp32 (HF mean), and with --grads grad.<name> fp32 for
 // every trainable tensor: every parameter by HF name, or with --adapter every
 // adapter tensor by its PEFT key. Rank 0 writes.
+//
+// Under mpirun the same parallel.* overrides as `train` pick the layout: the
+// batch's sequences are split over dp (every rank reads the whole file, so
+// the loss is normalised by the whole batch's target count), each tp rank
+// holds its shards; logits and gradients are gathered back to full tensors,
+// so OUT is the single-rank result.
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
 #include "trainer/checkpoint/safetensors_reader.h"
@@ -14,9 +21,11 @@
 #include "trainer/cli/commands.h"
 #include "trainer/cli/flags.h"
 #include "trainer/loop/model_factory.h"
+#include "trainer/loop/parallel_setup.h"
 #include "trainer/lora/apply_lora.h"
 #include "trainer/lora/peft_adapter.h"
 #include "trainer/models/loss.h"
+#include "trainer/models/parallel_layout.h"
 
 namespace fulcrum::cli {
 namespace {
@@ -39,6 +48,48 @@ absl::StatusOr<torch::Tensor> ReadBatchTensor(const checkpoint::SafetensorsReade
   return t.clone();
 }
 
+// The parallel section from `parallel.KEY=VALUE` words (the recipe's parser
+// types and checks them); any other word is an error.
+absl::StatusOr<recipe::ParallelSection> ParseParallelOverrides(
+    const std::vector<std::string>& words) {
+  for (const std::string& word : words) {
+    if (!absl::StartsWith(word, "parallel.")) {
+      return absl::InvalidArgumentError(absl::StrCat("fulcrum score: unexpected argument '", word,
+                                                     "' (only parallel.KEY=VALUE overrides)"));
+    }
+  }
+  FULCRUM_ASSIGN_OR_RETURN(const recipe::Recipe recipe,
+                           recipe::ParseRecipe("{}", "fulcrum score", words));
+  return recipe.parallel;
+}
+
+struct RowRange {
+  int64_t start = 0;
+  int64_t count = 0;
+};
+
+// dp rank r's contiguous share of `rows` (the first rows % dp ranks get one more).
+RowRange RowsOf(int64_t rows, int dp_rank, int dp_size) {
+  const int64_t base = rows / dp_size, extra = rows % dp_size;
+  RowRange range;
+  range.start = dp_rank * base + std::min<int64_t>(dp_rank, extra);
+  range.count = base + (dp_rank < extra ? 1 : 0);
+  return range;
+}
+
+// Local logits rows [n, T, V] of every dp rank -> [B, T, V] in rank order.
+torch::Tensor GatherRows(const torch::Tensor& local, int64_t rows, parallel::Communicator& dp) {
+  if (dp.size() == 1) return local;
+  const int64_t per_row = local.numel() / std::max<int64_t>(1, local.size(0));
+  std::vector<int64_t> counts;
+  for (int r = 0; r < dp.size(); ++r) counts.push_back(RowsOf(rows, r, dp.size()).count * per_row);
+  std::vector<int64_t> shape = local.sizes().vec();
+  shape[0] = rows;
+  torch::Tensor out = torch::empty(shape, local.options());
+  dp.AllGatherV(local.contiguous(), out, counts);
+  return out;
+}
+
 }  // namespace
 
 absl::Status RunScore(const Args& args, const parallel::World& world) {
@@ -47,31 +98,62 @@ absl::Status RunScore(const Args& args, const parallel::World& world) {
   spec.switches = {"grads"};
   spec.required = {"model", "batch", "out"};
   FULCRUM_ASSIGN_OR_RETURN(const ParsedFlags flags, ParseFlags("score", args, spec));
+  FULCRUM_ASSIGN_OR_RETURN(const recipe::ParallelSection parallel_section,
+                           ParseParallelOverrides(flags.positional));
+
+  recipe::ModelSection model_section;
+  model_section.path = flags.Get("model");
+  FULCRUM_ASSIGN_OR_RETURN(const models::ModelConfig config,
+                           loop::LoadRequestedConfig(model_section));
+  recipe::Recipe layout_recipe;
+  layout_recipe.source = "fulcrum score";
+  layout_recipe.parallel = parallel_section;
+  FULCRUM_RETURN_IF_ERROR(
+      recipe::ValidateParallelForModel(layout_recipe, config.num_heads, config.num_kv_heads,
+                                       config.intermediate_size, config.vocab_size));
+  FULCRUM_ASSIGN_OR_RETURN(loop::ParallelRuntime runtime,
+                           loop::BuildParallelRuntime(parallel_section, "cpu", config, world));
 
   loop::ModelRequest request;
   request.path = flags.Get("model");
+  request.parallel = runtime.model;
   FULCRUM_ASSIGN_OR_RETURN(loop::BuiltModel built, loop::BuildModel(request));
   const bool with_adapter = !flags.Get("adapter").empty();
   if (with_adapter) {
     FULCRUM_RETURN_IF_ERROR(lora::LoadPeftAdapter(*built.model, flags.Get("adapter")).status());
   }
   FULCRUM_ASSIGN_OR_RETURN(auto reader, checkpoint::SafetensorsReader::Open(flags.Get("batch")));
-  models::ForwardInputs inputs;
-  FULCRUM_ASSIGN_OR_RETURN(inputs.input_ids, ReadBatchTensor(*reader, "input_ids", true, {}));
-  const std::vector<int64_t> shape = inputs.input_ids.sizes().vec();
-  FULCRUM_ASSIGN_OR_RETURN(inputs.attention_mask,
+  torch::Tensor input_ids, attention_mask, labels;
+  FULCRUM_ASSIGN_OR_RETURN(input_ids, ReadBatchTensor(*reader, "input_ids", true, {}));
+  const std::vector<int64_t> shape = input_ids.sizes().vec();
+  FULCRUM_ASSIGN_OR_RETURN(attention_mask,
                            ReadBatchTensor(*reader, "attention_mask", false, shape));
-  FULCRUM_ASSIGN_OR_RETURN(torch::Tensor labels, ReadBatchTensor(*reader, "labels", false, shape));
+  FULCRUM_ASSIGN_OR_RETURN(labels, ReadBatchTensor(*reader, "labels", false, shape));
   const int64_t vocab = built.config.vocab_size;
-  if (inputs.input_ids.min().item<int64_t>() < 0 ||
-      inputs.input_ids.max().item<int64_t>() >= vocab) {
+  if (input_ids.min().item<int64_t>() < 0 || input_ids.max().item<int64_t>() >= vocab) {
     return absl::InvalidArgumentError(absl::StrCat(
         flags.Get("batch"), ": input_ids: ids must be in [0, ", vocab, ") for this model"));
   }
-  if (!labels.defined()) {
-    labels = inputs.input_ids.clone();
-    if (inputs.attention_mask.defined()) labels.masked_fill_(inputs.attention_mask.eq(0), -100);
+  const int64_t rows = input_ids.size(0);
+  if (rows < runtime.dp_size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flags.Get("batch"), ": ", rows,
+                     " sequences cannot be split over parallel.dp=", runtime.dp_size()));
   }
+  if (!labels.defined()) {
+    labels = input_ids.clone();
+    if (attention_mask.defined()) labels.masked_fill_(attention_mask.eq(0), -100);
+  }
+  // HF's mean is over the whole batch's targets, whichever rows a rank holds.
+  const double targets = static_cast<double>(std::max<int64_t>(1, models::CountTargets(labels)));
+  const RowRange mine = RowsOf(rows, runtime.dp_rank(), runtime.dp_size());
+  models::ForwardInputs inputs;
+  inputs.input_ids = input_ids.narrow(0, mine.start, mine.count);
+  if (attention_mask.defined()) {
+    inputs.attention_mask = attention_mask.narrow(0, mine.start, mine.count);
+  }
+  const torch::Tensor local_labels = labels.narrow(0, mine.start, mine.count);
+
   const bool grads = flags.Has("grads");
   built.model->eval();
   for (auto& p : built.model->parameters()) {
@@ -83,19 +165,25 @@ absl::Status RunScore(const Args& args, const parallel::World& world) {
   {
     torch::AutoGradMode grad_mode(grads);
     logits = built.model->forward(inputs);
-    loss = models::CausalLmLoss(logits, labels);
+    loss = models::TrainingLossSum(*built.model, logits, local_labels) / targets;
     if (grads) loss.backward();
   }
+  parallel::Communicator& dp = runtime.dp();
+  torch::Tensor total_loss = loss.detach().to(torch::kFloat).reshape({}).clone();
+  dp.AllReduce(total_loss);
   std::vector<checkpoint::NamedTensor> out = {
-      {"logits", logits.detach().to(torch::kFloat).contiguous()},
-      {"loss", loss.detach().to(torch::kFloat).reshape({})}};
+      {"logits",
+       GatherRows(models::GatherLogits(*built.model, logits.detach()).contiguous(), rows, dp)},
+      {"loss", total_loss}};
   if (grads) {
-    for (const auto& item : built.model->named_parameters()) {
-      if (!item.value().requires_grad()) continue;
-      const std::string key = with_adapter ? "base_model.model." + item.key() : item.key();
-      torch::Tensor g = item.value().grad();
-      if (!g.defined()) g = torch::zeros_like(item.value());
-      out.push_back({"grad." + key, g.to(torch::kFloat).contiguous()});
+    models::SyncPartialGradients(*built.model);
+    for (const models::ParamLayout& layout : models::ParallelLayouts(*built.model)) {
+      if (!layout.param.requires_grad()) continue;
+      const std::string key = with_adapter ? "base_model.model." + layout.name : layout.name;
+      torch::Tensor g = layout.param.grad();
+      g = g.defined() ? g.to(torch::kFloat).contiguous() : torch::zeros_like(layout.param);
+      dp.AllReduce(g);
+      out.push_back({"grad." + key, models::GatherFull(layout, g).to(torch::kFloat).contiguous()});
     }
   }
   if (!world.is_root()) return absl::OkStatus();

@@ -65,6 +65,9 @@ absl::Status RunValidate(const Args& args, const parallel::World& world) {
                                  : recipe.parallel.dp * recipe.parallel.tp * recipe.parallel.pp;
   FULCRUM_RETURN_IF_ERROR(recipe::ValidateRecipe(recipe, static_cast<int>(world_size)));
   const parallel::Logger logger(world.rank(), false);
+  if (world.is_root()) {
+    for (const std::string& warning : recipe::RecipeWarnings(recipe)) logger.Warn(warning);
+  }
   FULCRUM_ASSIGN_OR_RETURN(const RecipeReport report, CheckRecipeResources(recipe));
   logger.Info(recipe_args.path, ": OK\n", absl::StripTrailingAsciiWhitespace(report.summary));
   return absl::OkStatus();

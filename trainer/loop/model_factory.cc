@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
 #include "trainer/checkpoint/hf_weights.h"
+#include "trainer/models/parallel_layout.h"
 
 namespace fulcrum::loop {
 namespace fs = std::filesystem;
@@ -21,16 +22,36 @@ absl::StatusOr<BuiltModel> BuildModel(const ModelRequest& request) {
       from_dir ? (fs::path(request.path) / "config.json").string() : request.config;
   FULCRUM_ASSIGN_OR_RETURN(built.config, models::LoadModelConfig(config_path));
   const auto options = torch::TensorOptions().dtype(request.dtype).device(request.device);
-  built.model = models::CausalLM(built.config, options);
+  built.model = models::CausalLM(built.config, options, request.parallel);
   if (from_dir) {
     FULCRUM_ASSIGN_OR_RETURN(const checkpoint::HfWeights weights,
                              checkpoint::HfWeights::Open(request.path));
     FULCRUM_RETURN_IF_ERROR(models::LoadHfWeights(*built.model, weights));
     built.source_dir = request.path;
-  } else {
+  } else if (!request.parallel.tp.active()) {
     models::InitializeWeights(*built.model, request.seed);
+  } else {
+    // The whole model initialised on every rank (same seed), then each rank
+    // keeps its shards.
+    models::CausalLM full(built.config, options);
+    models::InitializeWeights(*full, request.seed);
+    const auto full_params = full->named_parameters();
+    torch::NoGradGuard no_grad;
+    for (const models::ParamLayout& layout : models::ParallelLayouts(*built.model)) {
+      layout.param.copy_(models::NarrowToShard(layout, full_params[layout.name]));
+    }
   }
   return built;
+}
+
+absl::StatusOr<models::ModelConfig> LoadRequestedConfig(const recipe::ModelSection& model) {
+  if (model.path.empty()) return models::LoadModelConfig(model.config);
+  std::error_code ec;
+  if (!fs::is_directory(model.path, ec)) {
+    return absl::NotFoundError(
+        absl::StrCat("model.path: ", model.path, ": no such model directory"));
+  }
+  return models::LoadModelConfig((fs::path(model.path) / "config.json").string());
 }
 
 torch::ScalarType ParamDtype(const recipe::PrecisionSection& precision) {

@@ -13,6 +13,7 @@
 #include "trainer/models/hf_loading.h"
 #include "trainer/models/init.h"
 #include "trainer/models/model_config.h"
+#include "trainer/models/model_parallel.h"
 #include "trainer/recipe/recipe.h"
 
 namespace fulcrum::loop {
@@ -22,7 +23,8 @@ struct ModelRequest {
   std::string config;  // config.json for random init
   torch::ScalarType dtype = torch::kFloat;
   torch::Device device = torch::kCPU;
-  uint64_t seed = 0;  // random init only
+  uint64_t seed = 0;               // random init only
+  models::ModelParallel parallel;  // this rank's tp shard (none: the whole model)
 };
 
 struct BuiltModel {
@@ -31,7 +33,13 @@ struct BuiltModel {
   std::string source_dir;  // the HF directory it came from ("" for random init)
 };
 
+// Under tensor parallelism each rank reads only its slices of the checkpoint;
+// a random init is drawn for the whole model and cut, so every layout starts
+// from the same weights.
 absl::StatusOr<BuiltModel> BuildModel(const ModelRequest& request);
+
+// config.json of model.path, or model.config.
+absl::StatusOr<models::ModelConfig> LoadRequestedConfig(const recipe::ModelSection& model);
 
 // "fp32" | "bf16" -> scalar type (validated by the recipe).
 torch::ScalarType ParamDtype(const recipe::PrecisionSection& precision);

@@ -13,14 +13,15 @@
 #include "absl/strings/str_format.h"
 #include "core/check.h"
 #include "core/status.h"
-#include "parallel/data_parallel/gradient_all_reduce.h"
 #include "trainer/checkpoint/train_checkpoint.h"
 #include "trainer/loop/data_factory.h"
+#include "trainer/loop/full_state.h"
 #include "trainer/lora/apply_lora.h"
 #include "trainer/metrics/memory.h"
 #include "trainer/models/loss.h"
 #include "trainer/optim/grad_clip.h"
 #include "trainer/optim/lr_schedule.h"
+#include "trainer/optim/sharded_adamw.h"
 
 namespace fulcrum::loop {
 namespace {
@@ -51,6 +52,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const recipe::Recipe& r
                                                          const parallel::Logger& logger) {
   std::unique_ptr<Trainer> trainer(new Trainer(recipe, world, logger));
   FULCRUM_ASSIGN_OR_RETURN(trainer->device_, world.DeviceFor(recipe.device));
+  FULCRUM_RETURN_IF_ERROR(trainer->BuildParallel());
   FULCRUM_RETURN_IF_ERROR(trainer->BuildModelAndOptimizer());
   FULCRUM_RETURN_IF_ERROR(trainer->BuildLoader());
   FULCRUM_RETURN_IF_ERROR(trainer->Resume());
@@ -66,8 +68,25 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const recipe::Recipe& r
   return trainer;
 }
 
+absl::Status Trainer::BuildParallel() {
+  FULCRUM_ASSIGN_OR_RETURN(const models::ModelConfig config, LoadRequestedConfig(recipe_.model));
+  FULCRUM_RETURN_IF_ERROR(recipe::ValidateParallelForModel(
+      recipe_, config.num_heads, config.num_kv_heads, config.intermediate_size, config.vocab_size));
+  FULCRUM_ASSIGN_OR_RETURN(parallel_,
+                           BuildParallelRuntime(recipe_.parallel, recipe_.device, config, world_));
+  if (world_.is_root()) {
+    for (const std::string& warning : recipe::RecipeWarnings(recipe_)) logger_.Warn(warning);
+  }
+  const parallel::MeshDegrees& d = parallel_.mesh->layout().degrees();
+  logger_.Info(absl::StrFormat("mesh: pp %d x dp %d x tp %d%s%s over %d rank(s)", d.pp, d.dp, d.tp,
+                               recipe_.parallel.sequence_parallel ? " (sequence parallel)" : "",
+                               recipe_.parallel.zero == 1 ? ", ZeRO-1" : "", world_.size()));
+  return absl::OkStatus();
+}
+
 absl::Status Trainer::BuildModelAndOptimizer() {
-  // Same seed on every rank: random init and LoRA's A are identical across dp.
+  // Same seed on every rank: random init and LoRA's A are identical across dp
+  // (and tp shards are cut from the same full values).
   torch::manual_seed(recipe_.seed);
   ModelRequest request;
   request.path = recipe_.model.path;
@@ -75,6 +94,7 @@ absl::Status Trainer::BuildModelAndOptimizer() {
   request.dtype = ParamDtype(recipe_.precision);
   request.device = device_;
   request.seed = static_cast<uint64_t>(recipe_.seed);
+  request.parallel = parallel_.model;
   FULCRUM_ASSIGN_OR_RETURN(built_, BuildModel(request));
   FULCRUM_RETURN_IF_ERROR(models::CheckSequenceLength(built_.config, recipe_.batch.seq_len));
   if (recipe_.finetune.method == "lora") {
@@ -83,13 +103,23 @@ absl::Status Trainer::BuildModelAndOptimizer() {
         lora::ApplyLora(*built_.model, LoraOptionsFrom(recipe_.finetune.lora)));
     logger_.Info("LoRA: ", adapted, " adapted linear layers, rank ", recipe_.finetune.lora.rank);
   }
-  // Dropout streams differ per rank; everything above is already fixed.
-  torch::manual_seed(recipe_.seed + 1 + world_.rank());
+  // Dropout streams differ per dp rank (a tp group shares its inputs);
+  // everything above is already fixed.
+  torch::manual_seed(recipe_.seed + 1 + parallel_.dp_rank());
   std::vector<optim::NamedParameter> params =
       optim::TrainableParameters(*built_.model, recipe_.optim.decay_norms_and_biases);
+  std::map<std::string, models::ParamLayout> layouts;
+  for (models::ParamLayout& layout : models::ParallelLayouts(*built_.model)) {
+    layouts[layout.name] = std::move(layout);
+  }
   int64_t trainable = 0;
+  overlap_dp_reduction_ = true;
   for (const auto& p : params) {
     trainable_.push_back(p.param);
+    trainable_layouts_.push_back(layouts.at(p.name));
+    if (trainable_layouts_.back().grad_sync != models::GradSync::kNone) {
+      overlap_dp_reduction_ = false;
+    }
     trainable += p.param.numel();
   }
   int64_t total = 0;
@@ -97,7 +127,21 @@ absl::Status Trainer::BuildModelAndOptimizer() {
   logger_.Info(absl::StrFormat(
       "model %s: %d parameters, %d trainable (%.2f%%)", built_.config.architecture, total,
       trainable, 100.0 * static_cast<double>(trainable) / std::max<int64_t>(1, total)));
-  optimizer_ = std::make_unique<optim::AdamW>(std::move(params), AdamWFrom(recipe_.optim));
+  parallel::BucketOptions buckets;
+  buckets.bucket_bytes = static_cast<int64_t>(recipe_.parallel.bucket_mb * 1024 * 1024);
+  const bool zero = recipe_.parallel.zero == 1 && parallel_.dp_size() > 1;
+  buckets.reduction =
+      zero ? parallel::GradReduction::kReduceScatter : parallel::GradReduction::kAllReduce;
+  buckets_ = std::make_unique<parallel::GradientBuckets>(trainable_, parallel_.dp(), buckets);
+  if (zero) {
+    optimizer_ = std::make_unique<optim::ShardedAdamW>(std::move(params), *buckets_, parallel_.dp(),
+                                                       AdamWFrom(recipe_.optim));
+  } else {
+    optimizer_ = std::make_unique<optim::AdamW>(std::move(params), AdamWFrom(recipe_.optim));
+  }
+  logger_.Info(absl::StrFormat(
+      "optimizer state: %.2f MiB on this rank%s", optimizer_->state_bytes() / 1048576.0,
+      zero ? absl::StrCat(" (ZeRO-1 shard, dp ", parallel_.dp_size(), ")") : std::string()));
   return absl::OkStatus();
 }
 
@@ -113,8 +157,9 @@ absl::Status Trainer::BuildLoader() {
   // Quiet: rank 0 has just said whether it prepared or reused the cache.
   const parallel::Logger quiet(/*rank=*/-1, /*all_ranks=*/false);
   FULCRUM_ASSIGN_OR_RETURN(TrainingData data,
-                           BuildTrainingData(recipe_, built_.config.vocab_size, world_.rank(),
-                                             world_.size(), quiet, /*allow_build=*/!text));
+                           BuildTrainingData(recipe_, built_.config.vocab_size, parallel_.dp_rank(),
+                                             parallel_.dp_size(), quiet,
+                                             /*allow_build=*/!text));
   loader_ = std::make_unique<data::DataLoader>(std::move(data.loader));
   logger_.Info("data: ", data.description, ": ", loader_->rows_per_epoch(), " rows of ",
                recipe_.batch.seq_len, " tokens per epoch");
@@ -140,6 +185,8 @@ absl::Status Trainer::Resume() {
       checkpoint::ResolveCheckpoint(recipe_.checkpoint.dir, recipe_.checkpoint.resume));
   FULCRUM_ASSIGN_OR_RETURN(checkpoint::LoadedTrainCheckpoint loaded,
                            checkpoint::LoadTrainCheckpoint(dir));
+  // The checkpoint holds full tensors: each rank takes its tp shard.
+  const LayoutIndex layouts = IndexLayouts(optimizer_->parameters(), trainable_layouts_);
   {
     torch::NoGradGuard no_grad;
     for (const auto& p : optimizer_->parameters()) {
@@ -148,16 +195,19 @@ absl::Status Trainer::Resume() {
         return absl::DataLossError(absl::StrCat(dir, "/model.safetensors: missing tensor ", p.name,
                                                 " (was the run's finetune section changed?)"));
       }
-      if (it->second.sizes() != p.param.sizes()) {
+      const models::ParamLayout& layout = *layouts.at(p.name);
+      const std::vector<int64_t> full_shape = models::FullShape(layout);
+      if (it->second.sizes().vec() != full_shape) {
         return absl::DataLossError(absl::StrCat(dir, "/model.safetensors: ", p.name, " has shape ",
                                                 c10::str(it->second.sizes()), ", the model needs ",
-                                                c10::str(p.param.sizes())));
+                                                c10::str(full_shape)));
       }
-      p.param.copy_(it->second);
+      p.param.copy_(models::NarrowToShard(layout, it->second));
     }
   }
   FULCRUM_RETURN_IF_ERROR(
-      Annotate(optimizer_->LoadStateDict(loaded.optimizer), dir + "/optimizer.safetensors"));
+      Annotate(optimizer_->LoadStateDict(ShardOptimizerState(loaded.optimizer, layouts)),
+               dir + "/optimizer.safetensors"));
   auto rng = loaded.rng.find(absl::StrCat(kCpuGeneratorKey, ".", world_.rank()));
   if (rng != loaded.rng.end()) {
     at::Generator generator = at::detail::getDefaultCPUGenerator();
@@ -172,12 +222,16 @@ absl::Status Trainer::Resume() {
 metrics::FlopsModel Trainer::CountFlopsModel() {
   metrics::FlopsModel model;
   const models::ModelConfig& config = built_.config;
-  for (const auto& item : built_.model->named_parameters()) {
-    const torch::Tensor& p = item.value();
+  // Model FLOPs count the whole model: a shard stands for tp / replicas of itself.
+  for (const models::ParamLayout& layout : models::ParallelLayouts(*built_.model)) {
+    const torch::Tensor& p = layout.param;
     if (p.dim() != 2) continue;
     // The embedding lookup is no matmul; a tied embedding is the lm_head's.
-    if (item.key() == "model.embed_tokens.weight" && !config.tie_word_embeddings) continue;
-    (p.requires_grad() ? model.trainable_matmul_params : model.frozen_matmul_params) += p.numel();
+    if (layout.name == "model.embed_tokens.weight" && !config.tie_word_embeddings) continue;
+    const int64_t copies =
+        layout.shard_dim >= 0 ? parallel_.tp_size() / std::max(1, layout.kv_replicas) : 1;
+    (p.requires_grad() ? model.trainable_matmul_params : model.frozen_matmul_params) +=
+        p.numel() * copies;
   }
   model.num_layers = config.num_layers;
   model.num_heads = config.num_heads;
@@ -198,25 +252,25 @@ metrics::StepMetrics Trainer::Step(int64_t step_index) {
     inputs.attention_mask = micro.attention_mask.to(device_);
     inputs.position_ids = micro.position_ids.to(device_);
     inputs.document_ids = micro.document_ids.to(device_);
+    if (overlap_dp_reduction_ && &micro == &batch.micro_batches.back()) {
+      buckets_->ArmForLastBackward();
+    }
     const torch::Tensor logits = built_.model->forward(inputs);
-    const torch::Tensor micro_loss = models::CrossEntropySum(logits, micro.labels.to(device_));
+    const torch::Tensor micro_loss =
+        models::TrainingLossSum(*built_.model, logits, micro.labels.to(device_));
     (micro_loss / denominator).backward();
     loss_sum += micro_loss.detach();
   }
-  std::vector<torch::Tensor> grads;
-  for (const torch::Tensor& p : trainable_) {
-    if (p.grad().defined()) grads.push_back(p.grad());
-  }
-  if (world_.size() > 1) parallel::AllReduceGradients(grads, world_.comm());
-  const torch::Tensor grad_norm = optim::ClipGradNorm(trainable_, recipe_.optim.grad_clip);
+  const torch::Tensor grad_norm = ReduceAndClipGradients();
   const double lr = optim::LearningRate(ScheduleFrom(recipe_.schedule), recipe_.optim.lr,
                                         step_index, recipe_.train.steps);
   optimizer_->Step(lr);
-  optimizer_->ZeroGrad();
+  buckets_->ZeroGrads();
 
-  // The step's one host synchronisation: loss and norm for the logs.
-  double loss = loss_sum.item<double>();
-  if (world_.size() > 1) loss = parallel::AllReduceSum(loss, world_.comm());
+  // The step's one host synchronisation: loss and norm for the logs. Every
+  // tp rank holds the same loss; the dp ranks hold parts of it.
+  parallel_.dp().AllReduce(loss_sum);
+  const double loss = loss_sum.item<double>();
   const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
 
   metrics::StepMetrics m;
@@ -235,7 +289,36 @@ metrics::StepMetrics Trainer::Step(int64_t step_index) {
   const metrics::MemoryUsage memory = metrics::CurrentMemoryUsage();
   m.rss_bytes = memory.rss_bytes;
   m.peak_rss_bytes = memory.peak_rss_bytes;
+  m.optimizer_state_bytes = optimizer_->state_bytes();
   return m;
+}
+
+torch::Tensor Trainer::ReduceAndClipGradients() {
+  models::SyncPartialGradients(*built_.model);
+  buckets_->FinishReduction();
+  // Each element counted once: over tp by the layout's rule; over dp by the
+  // ZeRO-1 owner (all-reduced gradients are the same on every dp rank).
+  std::vector<torch::Tensor> counted, to_scale;
+  std::vector<parallel::Communicator*> sum_over;
+  if (parallel_.tp_size() > 1) sum_over.push_back(&parallel_.mesh->tp().comm());
+  if (recipe_.parallel.zero == 1 && parallel_.dp_size() > 1) {
+    sum_over.push_back(&parallel_.dp());
+    for (const auto& owned : buckets_->OwnedSegments()) {
+      const parallel::BucketSegment& segment = owned.segment;
+      torch::Tensor grad =
+          buckets_->BucketGrads(owned.bucket).narrow(0, segment.bucket_offset, segment.numel);
+      if (trainable_layouts_[segment.param_index].counted_in_norm) counted.push_back(grad);
+      to_scale.push_back(grad);
+    }
+  } else {
+    for (size_t i = 0; i < trainable_.size(); ++i) {
+      const torch::Tensor& grad = trainable_[i].grad();
+      if (!grad.defined()) continue;
+      if (trainable_layouts_[i].counted_in_norm) counted.push_back(grad);
+      to_scale.push_back(grad);
+    }
+  }
+  return optim::ClipGradNormDistributed(counted, to_scale, recipe_.optim.grad_clip, sum_over);
 }
 
 absl::StatusOr<std::string> Trainer::SaveCheckpoint(int64_t completed_steps) {
@@ -244,8 +327,11 @@ absl::StatusOr<std::string> Trainer::SaveCheckpoint(int64_t completed_steps) {
   ckpt.data_step = loader_->step();
   ckpt.world_size = world_.size();
   ckpt.recipe_yaml = recipe::RecipeToYaml(recipe_);
-  for (const auto& p : optimizer_->parameters()) ckpt.model.push_back({p.name, p.param.detach()});
-  ckpt.optimizer = optimizer_->StateDict();
+  // Full tensors (gathered over tp, and over dp for ZeRO-1 state): a
+  // checkpoint does not depend on the layout that wrote it.
+  const LayoutIndex layouts = IndexLayouts(optimizer_->parameters(), trainable_layouts_);
+  ckpt.model = GatherTrainables(optimizer_->parameters(), layouts);
+  ckpt.optimizer = GatherOptimizerState(optimizer_->StateDict(), layouts);
   // Every rank's generator state, gathered so that rank r resumes its own.
   const torch::Tensor state = at::detail::getDefaultCPUGenerator().get_state();
   torch::Tensor all = torch::empty({world_.size(), state.numel()}, state.options());
@@ -294,14 +380,15 @@ data::MicroBatch StackRows(const std::vector<data::Row>& rows, size_t begin, siz
 double Trainer::Evaluate() {
   torch::NoGradGuard no_grad;
   built_.model->eval();
-  // Rank r takes rows r, r + dp, r + 2 dp, ...; micro_batch of them per forward.
+  // dp rank r takes rows r, r + dp, r + 2 dp, ...; micro_batch of them per
+  // forward (its tp group runs the same rows).
   std::vector<data::Row> mine;
-  for (size_t i = static_cast<size_t>(world_.rank()); i < validation_rows_.size();
-       i += static_cast<size_t>(world_.size())) {
+  for (size_t i = static_cast<size_t>(parallel_.dp_rank()); i < validation_rows_.size();
+       i += static_cast<size_t>(parallel_.dp_size())) {
     mine.push_back(validation_rows_[i]);
   }
   const size_t micro = static_cast<size_t>(recipe_.batch.micro_batch);
-  double loss_sum = 0.0;
+  torch::Tensor loss_sum = torch::zeros({}, torch::kDouble);
   for (size_t begin = 0; begin < mine.size(); begin += micro) {
     const data::MicroBatch batch = StackRows(mine, begin, std::min(mine.size(), begin + micro));
     models::ForwardInputs inputs;
@@ -310,11 +397,12 @@ double Trainer::Evaluate() {
     inputs.position_ids = batch.position_ids.to(device_);
     inputs.document_ids = batch.document_ids.to(device_);
     const torch::Tensor logits = built_.model->forward(inputs);
-    loss_sum += models::CrossEntropySum(logits, batch.labels.to(device_)).item<double>();
+    loss_sum += models::TrainingLossSum(*built_.model, logits, batch.labels.to(device_))
+                    .to(torch::kCPU, torch::kDouble);
   }
-  if (world_.size() > 1) loss_sum = parallel::AllReduceSum(loss_sum, world_.comm());
+  parallel_.dp().AllReduce(loss_sum);
   built_.model->train();
-  return loss_sum / static_cast<double>(std::max<int64_t>(1, validation_targets_));
+  return loss_sum.item<double>() / static_cast<double>(std::max<int64_t>(1, validation_targets_));
 }
 
 void Trainer::RecordEval(int64_t step, double val_loss) {
@@ -338,7 +426,7 @@ absl::StatusOr<TrainingSummary> Trainer::Run() {
       "training steps %d..%d of %d: global batch %d x %d tokens, %d "
       "micro-batches of %d per rank, %d rank(s)",
       start_step_ + 1, total, total, recipe_.batch.global_batch, recipe_.batch.seq_len,
-      recipe::GradAccumulationSteps(recipe_.batch, world_.size()), recipe_.batch.micro_batch,
+      recipe::GradAccumulationSteps(recipe_.batch, parallel_.dp_size()), recipe_.batch.micro_batch,
       world_.size()));
   // FULCRUM_PROFILE=trace.json: a chrome trace of this run's fourth step
   // (after warm-up), for finding where a step's time goes.

@@ -4,8 +4,17 @@
 // backward with its loss summed over target tokens and divided by the target
 // count of the whole global batch, so that accumulated and dp-summed gradients
 // are exactly the gradient of the global mean loss (what one rank running the
-// whole batch computes). Then gradients are summed over dp, clipped by their
-// global norm, and AdamW steps with the scheduled learning rate.
+// whole batch computes). Then partial gradients are summed over tp (sequence-
+// parallel norms, replicated adapter halves, kv-head replicas), gradients are
+// summed over dp by GradientBuckets (launched during the last micro-batch's
+// backward when no tp sum has to come first; reduce-scattered under ZeRO-1),
+// clipped by their global norm (each parameter element counted once over tp
+// and dp), and AdamW (ZeRO-1: ShardedAdamW) steps with the scheduled rate.
+//
+// Every group comes from the ParallelRuntime (parallel_setup.h): the model's
+// tp layers, the buckets' dp group, the loader's dp rank. Checkpoints hold
+// full (unsharded) tensors, gathered over tp and dp, so any layout resumes
+// them.
 //
 // Validation (train.eval_every > 0 and a data.validation split): every
 // eval_every steps and after the last, the whole validation set runs forward
@@ -23,12 +32,16 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "data/dataset/loader.h"
+#include "parallel/data_parallel/gradient_buckets.h"
 #include "parallel/runtime/logger.h"
 #include "parallel/runtime/world.h"
 #include "trainer/loop/model_factory.h"
+#include "trainer/loop/parallel_setup.h"
 #include "trainer/metrics/flops.h"
 #include "trainer/metrics/step_metrics.h"
+#include "trainer/models/parallel_layout.h"
 #include "trainer/optim/adamw.h"
+#include "trainer/optim/optimizer.h"
 #include "trainer/recipe/recipe.h"
 
 namespace fulcrum::loop {
@@ -55,6 +68,7 @@ class Trainer {
           const parallel::Logger& logger)
       : recipe_(recipe), world_(world), logger_(logger) {}
 
+  absl::Status BuildParallel();
   absl::Status BuildModelAndOptimizer();
   absl::Status BuildLoader();
   absl::Status Resume();
@@ -62,6 +76,8 @@ class Trainer {
   metrics::StepMetrics Step(int64_t step_index);
   absl::StatusOr<std::string> SaveCheckpoint(int64_t completed_steps);
   metrics::FlopsModel CountFlopsModel();
+  // Partial sums over tp, the dp reduction, clipping; returns the grad norm.
+  torch::Tensor ReduceAndClipGradients();
   // The validation loss over the whole split (all dp ranks take part).
   double Evaluate();
   void RecordEval(int64_t step, double val_loss);
@@ -70,9 +86,13 @@ class Trainer {
   const parallel::World& world_;
   const parallel::Logger& logger_;
   torch::Device device_ = torch::kCPU;
+  ParallelRuntime parallel_;
   BuiltModel built_;
-  std::unique_ptr<optim::AdamW> optimizer_;
+  std::unique_ptr<optim::Optimizer> optimizer_;
   std::vector<torch::Tensor> trainable_;
+  std::vector<models::ParamLayout> trainable_layouts_;  // parallel to trainable_
+  std::unique_ptr<parallel::GradientBuckets> buckets_;
+  bool overlap_dp_reduction_ = false;  // no tp partial sums to run before it
   std::unique_ptr<data::DataLoader> loader_;
   std::vector<data::Row> validation_rows_;  // all of them, [seq_len] each; every rank holds all
   int64_t validation_targets_ = 0;          // over all validation rows

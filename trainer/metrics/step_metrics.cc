@@ -53,6 +53,7 @@ void MetricsSink::Record(const StepMetrics& m) {
         {"mfu", m.mfu},
         {"rss_bytes", m.rss_bytes},
         {"peak_rss_bytes", m.peak_rss_bytes},
+        {"optimizer_state_bytes", m.optimizer_state_bytes},
     };
     jsonl_ << line.dump() << "\n";
     jsonl_.flush();

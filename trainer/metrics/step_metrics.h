@@ -27,6 +27,7 @@ struct StepMetrics {
   double mfu = 0.0;  // achieved / peak
   int64_t rss_bytes = 0;
   int64_t peak_rss_bytes = 0;
+  int64_t optimizer_state_bytes = 0;  // this rank's moments and masters (1/dp of it under ZeRO-1)
 };
 
 class MetricsSink {

@@ -1,0 +1,65 @@
+#include "trainer/loop/full_state.h"
+
+#include "absl/strings/match.h"
+#include "core/check.h"
+
+namespace fulcrum::loop {
+namespace {
+
+// The parameter an optimizer-state key belongs to, or nullptr ("step").
+const models::ParamLayout* LayoutOfStateKey(const std::string& key, const LayoutIndex& layouts) {
+  for (const char* prefix : {"exp_avg_sq.", "exp_avg.", "master."}) {
+    if (absl::StartsWith(key, prefix)) {
+      auto it = layouts.find(key.substr(std::string(prefix).size()));
+      return it == layouts.end() ? nullptr : it->second;
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+LayoutIndex IndexLayouts(const std::vector<optim::NamedParameter>& params,
+                         const std::vector<models::ParamLayout>& layouts) {
+  std::map<std::string, const models::ParamLayout*> by_name;
+  for (const models::ParamLayout& layout : layouts) by_name[layout.name] = &layout;
+  LayoutIndex index;
+  for (const optim::NamedParameter& p : params) {
+    auto it = by_name.find(p.name);
+    FULCRUM_CHECK(it != by_name.end(), "trainable parameter ", p.name, " has no parallel layout");
+    index[p.name] = it->second;
+  }
+  return index;
+}
+
+std::vector<checkpoint::NamedTensor> GatherTrainables(
+    const std::vector<optim::NamedParameter>& params, const LayoutIndex& layouts) {
+  std::vector<checkpoint::NamedTensor> out;
+  out.reserve(params.size());
+  for (const optim::NamedParameter& p : params) {
+    out.push_back({p.name, models::GatherFull(*layouts.at(p.name), p.param.detach())});
+  }
+  return out;
+}
+
+std::vector<checkpoint::NamedTensor> GatherOptimizerState(std::vector<checkpoint::NamedTensor> state,
+                                                          const LayoutIndex& layouts) {
+  for (checkpoint::NamedTensor& entry : state) {
+    if (const models::ParamLayout* layout = LayoutOfStateKey(entry.name, layouts)) {
+      entry.tensor = models::GatherFull(*layout, entry.tensor);
+    }
+  }
+  return state;
+}
+
+std::map<std::string, torch::Tensor> ShardOptimizerState(
+    const std::map<std::string, torch::Tensor>& full, const LayoutIndex& layouts) {
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& [key, tensor] : full) {
+    const models::ParamLayout* layout = LayoutOfStateKey(key, layouts);
+    out[key] = layout != nullptr ? models::NarrowToShard(*layout, tensor).contiguous() : tensor;
+  }
+  return out;
+}
+
+}  // namespace fulcrum::loop

@@ -1,0 +1,37 @@
+// The one place where a command turns the recipe's parallel section into the
+// device mesh and the model's view of it. Everything that communicates (the
+// model's tp layers, the gradient buckets, the loader's dp shard, the
+// checkpoint gathers) takes its groups from the ParallelRuntime built here.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "parallel/mesh/device_mesh.h"
+#include "parallel/runtime/world.h"
+#include "trainer/models/model_config.h"
+#include "trainer/models/model_parallel.h"
+#include "trainer/recipe/recipe.h"
+
+namespace fulcrum::loop {
+
+struct ParallelRuntime {
+  std::unique_ptr<parallel::DeviceMesh> mesh;
+  models::ModelParallel model;  // tp group, sequence parallel, kv-head replica group
+  int dp_rank() const { return mesh->coordinates().dp; }
+  int dp_size() const { return mesh->layout().degrees().dp; }
+  int tp_size() const { return mesh->layout().degrees().tp; }
+  parallel::Communicator& dp() const { return mesh->dp().comm(); }
+};
+
+// Collective over the world. `device` ("cpu" | "cuda") picks the MPI or the
+// NCCL backend. The kv replica group is built when tp exceeds the model's kv
+// heads. Errors: degrees that do not match the world or the model (with the
+// arithmetic), NCCL asked for but not built.
+absl::StatusOr<ParallelRuntime> BuildParallelRuntime(const recipe::ParallelSection& parallel,
+                                                     const std::string& device,
+                                                     const models::ModelConfig& config,
+                                                     const parallel::World& world);
+
+}  // namespace fulcrum::loop
