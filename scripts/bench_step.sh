@@ -5,9 +5,17 @@
 # all-linear) over 20 steps after 3 warm-up steps, the achieved model FLOP/s
 # and the same process's fp32 GEMM peak (torch::mm 2048^3), as a ratio.
 #   scripts/bench_step.sh [threads]
+#
+# With `layouts`, the parallel layouts on 2 ranks x 1 thread instead: full
+# fine-tuning, global batch 8 in micro-batches of 4, as one rank with one
+# thread, dp2, tp2 and dp2 + ZeRO-1: median tokens/s, speed-up over the one
+# rank, peak RSS per rank and optimizer-state bytes per rank.
+#   scripts/bench_step.sh layouts
 set -euo pipefail
 cd "$(dirname "$0")/.."
-threads=${1:-2}
+mode=${1:-2}
+threads=$mode
+[ "$mode" = layouts ] && threads=1
 [ -x build/fulcrum ] || scripts/setup.sh
 work=build/bench_step
 mkdir -p "$work"
@@ -21,6 +29,35 @@ with open(sys.argv[1], "w") as f:
     for _ in range(200):
         f.write(json.dumps({"input_ids": [rng.randrange(3, 32000) for _ in range(256)]}) + "\n")
 PY
+if [ "$mode" = layouts ]; then
+  run() {  # name ranks overrides...
+    local name=$1 ranks=$2; shift 2
+    rm -f "$work/$name.jsonl"
+    OMP_NUM_THREADS=1 scripts/mpirun.sh "$ranks" build/fulcrum train recipes/bench/step.yaml \
+      model.path="$work/model" data.path="$work/data.jsonl" batch.micro_batch=4 train.steps=13 \
+      logging.metrics_file="$work/$name.jsonl" logging.every=100 "$@" >/dev/null
+  }
+  run one_rank 1
+  run dp2 2 parallel.dp=2
+  run tp2 2 parallel.tp=2
+  run dp2_zero1 2 parallel.dp=2 parallel.zero=1
+  python3 - "$work" <<'PY'
+import json, statistics, sys
+work = sys.argv[1]
+base = None
+print(f"{'layout':10s} {'ranks':>5s} {'tokens/s':>9s} {'vs 1 rank':>9s} {'peak RSS/rank':>14s} {'optim state/rank':>17s}")
+for name, ranks in (("one_rank", 1), ("dp2", 2), ("tp2", 2), ("dp2_zero1", 2)):
+    rows = [json.loads(l) for l in open(f"{work}/{name}.jsonl")]
+    rows = [r for r in rows if "tokens_per_second" in r][3:]
+    tps = statistics.median(r["tokens_per_second"] for r in rows)
+    base = base or tps
+    rss = max(r["peak_rss_bytes"] for r in rows) / 2**20
+    opt = rows[-1]["optimizer_state_bytes"] / 2**20
+    print(f"{name:10s} {ranks:5d} {tps:9.1f} {tps/base:8.2f}x {rss:10.0f} MiB {opt:13.1f} MiB")
+print("goal: dp2 >= 1.8x one rank with one thread")
+PY
+  exit 0
+fi
 for method in full lora; do
   rm -f "$work/$method.jsonl"
   OMP_NUM_THREADS=$threads build/fulcrum train recipes/bench/step.yaml \

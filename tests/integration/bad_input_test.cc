@@ -96,6 +96,22 @@ TEST_F(BadInputTest, ErrorsEndEveryRankUnderMpirun) {
   ExpectError("train " + dir_ + "/r.yaml", {"world size 2"}, 2);
 }
 
+TEST_F(BadInputTest, ParallelLayoutErrorsPrintTheArithmetic) {
+  // 3 ranks of tp: the tiny model's 4 heads do not divide by 3.
+  ExpectError("train " + dir_ + "/r.yaml parallel.tp=3", {"parallel.tp=3", "4", "divisible"}, 3);
+  ExpectError("train " + dir_ + "/r.yaml parallel.pp=2 parallel.dp=1",
+              {"not supported yet", "parallel.pp"}, 2);
+  ExpectError("validate " + dir_ + "/r.yaml parallel.sequence_parallel=true",
+              {"parallel.sequence_parallel"});
+}
+
+TEST_F(BadInputTest, ZeroWithoutDataParallelismIsAWarning) {
+  const CommandResult r = RunFulcrum("train " + dir_ + "/r.yaml parallel.zero=1");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("warning"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("parallel.zero"), std::string::npos) << r.output;
+}
+
 TEST_F(BadInputTest, InitWithBadConfigWritesNothing) {
   std::string config = ReadFile(model_ + "/config.json");
   config.replace(config.find("LlamaForCausalLM"), 16, "GPT2LMHeadModel");

@@ -1,0 +1,168 @@
+// The central contract, end to end through the binary: every parallel layout
+// (tp, tp with kv-head replication, dp, dp with ZeRO-1, tp x dp, sequence
+// parallel) reproduces the single-rank run of the llama and qwen2 fixtures:
+// the per-step losses of 10 AdamW steps with gradient clipping active within
+// 1e-5 relative, and `fulcrum score --grads` logits, loss and gradients.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "tests/integration/fixture_compare.h"
+#include "tests/integration/train_recipes.h"
+#include "tests/test_support.h"
+
+namespace fulcrum::testing {
+namespace {
+
+struct Layout {
+  std::string overrides;
+  int ranks;
+};
+
+const std::vector<Layout>& Layouts() {
+  static const std::vector<Layout> kLayouts = {
+      {"parallel.tp=2", 2},
+      {"parallel.tp=4", 4},  // 2 kv heads: each replicated on 2 tp ranks
+      {"parallel.dp=2", 2},
+      {"parallel.dp=4 parallel.zero=1", 4},
+      {"parallel.tp=2 parallel.dp=2", 4},
+      {"parallel.tp=2 parallel.sequence_parallel=true", 2},
+  };
+  return kLayouts;
+}
+
+struct StepLog {
+  std::vector<double> losses;
+  std::vector<double> grad_norms;
+  std::vector<int64_t> optimizer_state_bytes;
+};
+
+StepLog ReadStepLog(const std::string& path) {
+  StepLog log;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    const nlohmann::json j = nlohmann::json::parse(line);
+    if (!j.contains("loss")) continue;
+    log.losses.push_back(j.at("loss").get<double>());
+    log.grad_norms.push_back(j.at("grad_norm").get<double>());
+    log.optimizer_state_bytes.push_back(j.at("optimizer_state_bytes").get<int64_t>());
+  }
+  return log;
+}
+
+// 10 AdamW steps on the fixture, clipping at 0.5 (below the fixtures' first
+// gradient norms, so clipping is exercised), 4 rows of 16 tokens per step in
+// micro-batches of 1 (so dp 4 has one each and dp 2 accumulates two).
+std::string LayoutRecipe(const std::string& model, const std::string& data,
+                         const std::string& method, const std::string& dir) {
+  return absl::StrCat("model:\n  path: ", model, "\ndata:\n  path: ", data,
+                      "\n  shuffle: true\n  pack: true\nfinetune:\n  method: ", method,
+                      "\n  lora:\n    rank: 4\n    alpha: 8\n    targets: [all-linear]\n"
+                      "optim:\n  lr: 0.002\n  weight_decay: 0.01\n  grad_clip: 0.5\n"
+                      "schedule:\n  type: cosine\n  warmup_steps: 2\n"
+                      "batch:\n  global_batch: 4\n  micro_batch: 1\n  seq_len: 16\n"
+                      "train:\n  steps: 10\nlogging:\n  metrics_file: ",
+                      dir, "/metrics.jsonl\n  peak_flops: 1.0e9\nseed: 5\n");
+}
+
+class LayoutEquivalenceTest
+    : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
+
+TEST_P(LayoutEquivalenceTest, EveryLayoutReproducesTheSingleRankLossCurve) {
+  const auto& [family, method] = GetParam();
+  const std::string root = ScratchDir();
+  const std::string data = root + "/data.jsonl";
+  WriteTinyData(data, 64, 512);
+  const std::string model = FixturesDir() + "/" + family + "/model";
+  auto run = [&](const std::string& name, const std::string& overrides, int ranks) {
+    const std::string dir = root + "/" + name;
+    WriteFile(dir + "/recipe.yaml", LayoutRecipe(model, data, method, dir));
+    const CommandResult r = RunFulcrum("train " + dir + "/recipe.yaml " + overrides, ranks);
+    EXPECT_EQ(r.exit_code, 0) << overrides << "\n" << r.output;
+    return ReadStepLog(dir + "/metrics.jsonl");
+  };
+  const StepLog single = run("single", "", 1);
+  ASSERT_EQ(single.losses.size(), 10u);
+  ASSERT_GT(single.grad_norms.front(), 0.5) << "clipping must be active in this test";
+  for (size_t i = 0; i < Layouts().size(); ++i) {
+    const Layout& layout = Layouts()[i];
+    const StepLog got = run(absl::StrCat("layout", i), layout.overrides, layout.ranks);
+    ASSERT_EQ(got.losses.size(), single.losses.size()) << layout.overrides;
+    for (size_t s = 0; s < single.losses.size(); ++s) {
+      EXPECT_NEAR(got.losses[s], single.losses[s], 1e-5 * std::abs(single.losses[s]))
+          << layout.overrides << " step " << s + 1;
+      EXPECT_NEAR(got.grad_norms[s], single.grad_norms[s], 1e-4 * single.grad_norms[s])
+          << layout.overrides << " step " << s + 1;
+    }
+    if (layout.overrides == "parallel.dp=4 parallel.zero=1") {
+      // ZeRO-1 keeps a quarter of the optimizer state per rank (up to the
+      // padding of each bucket to a multiple of dp).
+      const double ratio = static_cast<double>(got.optimizer_state_bytes.back()) /
+                           static_cast<double>(single.optimizer_state_bytes.back());
+      std::printf("%s %s: optimizer state per rank %lld bytes at dp 1, %lld at dp 4 zero 1 (%.4f)\n",
+                  family.c_str(), method.c_str(),
+                  static_cast<long long>(single.optimizer_state_bytes.back()),
+                  static_cast<long long>(got.optimizer_state_bytes.back()), ratio);
+      EXPECT_GE(ratio, 0.25);
+      EXPECT_LE(ratio, 0.26);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, LayoutEquivalenceTest,
+                         ::testing::Combine(::testing::Values("llama", "qwen2"),
+                                            ::testing::Values("full", "lora")),
+                         [](const auto& info) {
+                           return std::get<0>(info.param) + "_" + std::get<1>(info.param);
+                         });
+
+// max|got - ref| <= 1e-5 max|ref| (+ 1e-7 for tensors that are ~0).
+void ExpectClose(const torch::Tensor& got, const torch::Tensor& ref, const std::string& what) {
+  ASSERT_EQ(got.sizes(), ref.sizes()) << what;
+  const double diff = (got - ref).abs().max().item<double>();
+  EXPECT_LE(diff, 1e-7 + 1e-5 * ref.abs().max().item<double>()) << what;
+}
+
+class ScoreLayoutTest : public ::testing::TestWithParam<std::tuple<std::string, bool>> {};
+
+TEST_P(ScoreLayoutTest, GradientsUnderEveryLayoutEqualTheSingleRankOnes) {
+  const auto& [family, adapter] = GetParam();
+  const std::string root = ScratchDir();
+  const std::string base = "score --model " + FixturesDir() + "/" + family + "/model" +
+                           (adapter ? " --adapter " + FixturesDir() + "/" + family + "/lora" : "") +
+                           " --batch " + FixturesDir() + "/batch.safetensors --grads --out ";
+  const CommandResult single = RunFulcrum(base + root + "/single.safetensors");
+  ASSERT_EQ(single.exit_code, 0) << single.output;
+  const Tensors ref = ReadTensors(root + "/single.safetensors");
+  for (size_t i = 0; i < Layouts().size(); ++i) {
+    const Layout& layout = Layouts()[i];
+    if (layout.overrides.find("zero") != std::string::npos) continue;  // no optimizer in score
+    const std::string out = absl::StrCat(root, "/layout", i, ".safetensors");
+    const CommandResult r = RunFulcrum(base + out + " " + layout.overrides, layout.ranks);
+    ASSERT_EQ(r.exit_code, 0) << layout.overrides << "\n" << r.output;
+    const Tensors got = ReadTensors(out);
+    ASSERT_EQ(got.size(), ref.size()) << layout.overrides;
+    for (const auto& [name, tensor] : ref) {
+      ASSERT_TRUE(got.count(name)) << layout.overrides << ": missing " << name;
+      ExpectClose(got.at(name), tensor, layout.overrides + ": " + name);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, ScoreLayoutTest,
+                         ::testing::Combine(::testing::Values("llama", "llama_tied", "qwen2"),
+                                            ::testing::Bool()),
+                         [](const auto& info) {
+                           return std::get<0>(info.param) +
+                                  (std::get<1>(info.param) ? "_adapter" : "_base");
+                         });
+
+}  // namespace
+}  // namespace fulcrum::testing
