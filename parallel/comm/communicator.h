@@ -87,12 +87,17 @@ class Communicator {
   virtual WorkHandle RecvAsync(torch::Tensor t, int peer) = 0;
   virtual void Barrier() = 0;
 
-  // Blocking forms.
-  void AllReduce(torch::Tensor t, ReduceOp op = ReduceOp::kSum) { AllReduceAsync(t, op)->Wait(); }
-  void ReduceScatter(torch::Tensor input, torch::Tensor output, ReduceOp op = ReduceOp::kSum) {
+  // Blocking forms. A backend may override the three busiest with its
+  // blocking calls (MPI's are faster than its non-blocking ones); they keep
+  // the timeout.
+  virtual void AllReduce(torch::Tensor t, ReduceOp op = ReduceOp::kSum) {
+    AllReduceAsync(t, op)->Wait();
+  }
+  virtual void ReduceScatter(torch::Tensor input, torch::Tensor output,
+                             ReduceOp op = ReduceOp::kSum) {
     ReduceScatterAsync(input, output, op)->Wait();
   }
-  void AllGather(torch::Tensor input, torch::Tensor output) {
+  virtual void AllGather(torch::Tensor input, torch::Tensor output) {
     AllGatherAsync(input, output)->Wait();
   }
   void AllGatherV(torch::Tensor input, torch::Tensor output, const std::vector<int64_t>& counts) {

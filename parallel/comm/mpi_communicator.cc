@@ -197,6 +197,7 @@ MpiCommunicator::MpiCommunicator(MPI_Comm group, std::string name, CommOptions o
   FULCRUM_MPI_CHECK(MPI_Comm_rank(comm_, &identity->rank));
   FULCRUM_MPI_CHECK(MPI_Comm_size(comm_, &identity->size));
   identity_ = std::move(identity);
+  watchdog_ = std::make_unique<DeadlineWatchdog>(identity_, options_.timeout_seconds);
   using BF = c10::BFloat16;
   using FP = c10::Half;
   MPI_User_function* fns[2][3] = {{HalfReduce<BF, ReduceOp::kSum>, HalfReduce<BF, ReduceOp::kMax>,
@@ -231,6 +232,57 @@ MpiCommunicator::ReduceCall MpiCommunicator::ReduceCallFor(torch::ScalarType dty
     return {MPI_UINT16_T, half_ops_[h][static_cast<int>(op)]};
   }
   return {MpiTypeFor(dtype), MpiOpFor(op)};
+}
+
+void MpiCommunicator::CheckCall(int rc, const char* call, const OpDescription& op) const {
+  if (rc != MPI_SUCCESS) {
+    CommFatal(*identity_,
+              absl::StrCat(call, " for ", DescribeOp(op), " failed: ", MpiErrorString(rc)));
+  }
+}
+
+void MpiCommunicator::AllReduce(torch::Tensor t, ReduceOp op) {
+  CheckCommArgs(*identity_, ValidateCommTensor("all_reduce", "tensor", t, torch::kCPU));
+  if (t.numel() > max_count_) return AllReduceAsync(t, op)->Wait();
+  const OpDescription desc{"all_reduce", t.numel(), t.scalar_type(), op};
+  torch::Tensor buffer = StagesHalf(t.scalar_type()) ? t.to(torch::kFloat) : t;
+  const ReduceCall call = ReduceCallFor(buffer.scalar_type(), op);
+  {
+    DeadlineWatchdog::Scope armed(*watchdog_, desc);
+    CheckCall(MPI_Allreduce(MPI_IN_PLACE, buffer.data_ptr(), static_cast<int>(buffer.numel()),
+                            call.type, call.op, comm_),
+              "MPI_Allreduce", desc);
+  }
+  if (!buffer.is_same(t)) t.copy_(buffer);
+}
+
+void MpiCommunicator::ReduceScatter(torch::Tensor input, torch::Tensor output, ReduceOp op) {
+  CheckCommArgs(*identity_, ValidateReduceScatter(input, output, size(), torch::kCPU));
+  if (output.numel() > max_count_) return ReduceScatterAsync(input, output, op)->Wait();
+  const OpDescription desc{"reduce_scatter", input.numel(), input.scalar_type(), op};
+  const bool staged = StagesHalf(input.scalar_type());
+  const torch::Tensor in = staged ? input.to(torch::kFloat) : input;
+  torch::Tensor out =
+      staged ? torch::empty(output.sizes(), output.options().dtype(torch::kFloat)) : output;
+  const ReduceCall call = ReduceCallFor(in.scalar_type(), op);
+  {
+    DeadlineWatchdog::Scope armed(*watchdog_, desc);
+    CheckCall(MPI_Reduce_scatter_block(in.data_ptr(), out.data_ptr(), static_cast<int>(out.numel()),
+                                       call.type, call.op, comm_),
+              "MPI_Reduce_scatter_block", desc);
+  }
+  if (staged) output.copy_(out);
+}
+
+void MpiCommunicator::AllGather(torch::Tensor input, torch::Tensor output) {
+  CheckCommArgs(*identity_, ValidateAllGather(input, output, size(), torch::kCPU));
+  if (input.numel() > max_count_) return AllGatherAsync(input, output)->Wait();
+  const OpDescription desc{"all_gather", input.numel(), input.scalar_type()};
+  const MPI_Datatype type = MpiTypeFor(input.scalar_type());
+  const int count = static_cast<int>(input.numel());
+  DeadlineWatchdog::Scope armed(*watchdog_, desc);
+  CheckCall(MPI_Allgather(input.data_ptr(), count, type, output.data_ptr(), count, type, comm_),
+            "MPI_Allgather", desc);
 }
 
 WorkHandle MpiCommunicator::AllReduceAsync(torch::Tensor t, ReduceOp op) {
@@ -388,33 +440,26 @@ WorkHandle MpiCommunicator::BroadcastAsync(torch::Tensor t, int root) {
 }
 
 WorkHandle MpiCommunicator::SendAsync(torch::Tensor t, int peer) {
-  CheckCommArgs(*identity_, ValidateCommTensor("send", "tensor", t, torch::kCPU));
-  CheckCommArgs(*identity_, ValidatePeer("send", "peer", peer, size()));
-  OpDescription description{"send", t.numel(), t.scalar_type()};
-  description.peer = peer;
-  auto work = std::make_unique<MpiWork>(identity_, description, options_.timeout_seconds);
-  if (group_depth_ > 0) {
-    pending_.push_back({true, t, peer});
-    return work;  // no requests: complete at once
-  }
-  work->Keep(t);
-  PostP2pChunks(*work, true, t.data_ptr(), t.numel(), t.element_size(), MpiTypeFor(t.scalar_type()),
-                peer, 0, comm_, max_count_);
-  return work;
+  return PointToPoint(/*is_send=*/true, std::move(t), peer);
 }
 
 WorkHandle MpiCommunicator::RecvAsync(torch::Tensor t, int peer) {
-  CheckCommArgs(*identity_, ValidateCommTensor("recv", "tensor", t, torch::kCPU));
-  CheckCommArgs(*identity_, ValidatePeer("recv", "peer", peer, size()));
-  OpDescription description{"recv", t.numel(), t.scalar_type()};
+  return PointToPoint(/*is_send=*/false, std::move(t), peer);
+}
+
+WorkHandle MpiCommunicator::PointToPoint(bool is_send, torch::Tensor t, int peer) {
+  const char* op = is_send ? "send" : "recv";
+  CheckCommArgs(*identity_, ValidateCommTensor(op, "tensor", t, torch::kCPU));
+  CheckCommArgs(*identity_, ValidatePeer(op, "peer", peer, size()));
+  OpDescription description{op, t.numel(), t.scalar_type()};
   description.peer = peer;
   auto work = std::make_unique<MpiWork>(identity_, description, options_.timeout_seconds);
   if (group_depth_ > 0) {
-    pending_.push_back({false, t, peer});
-    return work;
+    pending_.push_back({is_send, t, peer});
+    return work;  // no requests: complete at once
   }
   work->Keep(t);
-  PostP2pChunks(*work, false, t.data_ptr(), t.numel(), t.element_size(),
+  PostP2pChunks(*work, is_send, t.data_ptr(), t.numel(), t.element_size(),
                 MpiTypeFor(t.scalar_type()), peer, 0, comm_, max_count_);
   return work;
 }

@@ -29,6 +29,7 @@
 
 #include "parallel/comm/comm_common.h"
 #include "parallel/comm/communicator.h"
+#include "parallel/comm/deadline_watchdog.h"
 
 namespace fulcrum::parallel {
 
@@ -48,6 +49,12 @@ class MpiCommunicator final : public Communicator {
   const std::string& name() const override { return identity_->name; }
   const char* backend() const override { return "mpi"; }
   MPI_Comm mpi_comm() const { return comm_; }
+
+  // Blocking MPI calls under the watchdog (large counts: the async path).
+  void AllReduce(torch::Tensor t, ReduceOp op = ReduceOp::kSum) override;
+  void ReduceScatter(torch::Tensor input, torch::Tensor output,
+                     ReduceOp op = ReduceOp::kSum) override;
+  void AllGather(torch::Tensor input, torch::Tensor output) override;
 
   WorkHandle AllReduceAsync(torch::Tensor t, ReduceOp op) override;
   WorkHandle ReduceScatterAsync(torch::Tensor input, torch::Tensor output, ReduceOp op) override;
@@ -79,6 +86,9 @@ class MpiCommunicator final : public Communicator {
   };
   ReduceCall ReduceCallFor(torch::ScalarType dtype, ReduceOp op) const;
   bool StagesHalf(torch::ScalarType dtype) const;
+  WorkHandle PointToPoint(bool is_send, torch::Tensor t, int peer);
+  // Fatal (naming this rank and `op`) unless rc is MPI_SUCCESS.
+  void CheckCall(int rc, const char* call, const OpDescription& op) const;
 
   std::shared_ptr<const CommIdentity> identity_;
   CommOptions options_;
@@ -86,6 +96,7 @@ class MpiCommunicator final : public Communicator {
   MPI_Comm comm_ = MPI_COMM_NULL;
   // kNative 16-bit reductions: [bf16 | fp16][sum | max | min].
   std::array<std::array<MPI_Op, 3>, 2> half_ops_{};
+  std::unique_ptr<DeadlineWatchdog> watchdog_;  // times the blocking calls
   int group_depth_ = 0;
   std::vector<PendingP2p> pending_;
 };

@@ -133,14 +133,17 @@ std::string SelfDir() {
 }
 
 // Rank 1 never joins rank 0's all_reduce (timeout 1 s): every rank must end,
-// non-zero, naming rank 0 and the operation, well before the test timeout.
-TEST(CommTimeoutTest, PeerThatNeverArrivesEndsTheRunWithANamedError) {
+// non-zero, naming rank 0 and the operation, well before the test timeout;
+// for the blocking call (timed by the watchdog) and the async one (Wait()).
+class CommTimeoutTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CommTimeoutTest, PeerThatNeverArrivesEndsTheRunWithANamedError) {
   const std::string binary = SelfDir() + "/parallel_comm_communicator_mpi_test";
   ASSERT_EQ(access(binary.c_str(), X_OK), 0) << binary << " is not built";
   const auto start = std::chrono::steady_clock::now();
   const testing::CommandResult result = testing::RunCommand(
-      "FULCRUM_COMM_HANG_TEST=1 OMP_NUM_THREADS=1 timeout 60 " + testing::SourceDir() +
-      "/scripts/mpirun.sh 2 " + binary +
+      "FULCRUM_COMM_HANG_TEST=" + GetParam() + " OMP_NUM_THREADS=1 timeout 60 " +
+      testing::SourceDir() + "/scripts/mpirun.sh 2 " + binary +
       " --gtest_filter=MpiCommunicatorTest.PeerThatNeverArrivesIsAFatalTimeout");
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -151,6 +154,8 @@ TEST(CommTimeoutTest, PeerThatNeverArrivesEndsTheRunWithANamedError) {
                   "bfloat16 (sum) did not complete within 1.0 s")
       << result.output;
 }
+
+INSTANTIATE_TEST_SUITE_P(BlockingAndAsync, CommTimeoutTest, ::testing::Values("blocking", "async"));
 
 }  // namespace
 }  // namespace fulcrum::parallel

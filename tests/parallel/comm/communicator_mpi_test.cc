@@ -368,7 +368,7 @@ TEST(MpiCommunicatorTest, WorkKeepsItsTensorAlive) {
 }
 
 // Run by tests/parallel/comm/comm_timeout_test.cc under 2 ranks with
-// FULCRUM_COMM_HANG_TEST=1: rank 1 never joins rank 0's all_reduce, which
+// FULCRUM_COMM_HANG_TEST=blocking|async: rank 1 never joins rank 0's all_reduce, which
 // must end every rank with a message naming rank 0 and the all_reduce.
 TEST(MpiCommunicatorTest, PeerThatNeverArrivesIsAFatalTimeout) {
   if (std::getenv("FULCRUM_COMM_HANG_TEST") == nullptr) {
@@ -383,7 +383,11 @@ TEST(MpiCommunicatorTest, PeerThatNeverArrivesIsAFatalTimeout) {
     std::this_thread::sleep_for(std::chrono::seconds(60));  // hung peer
   } else {
     torch::Tensor t = torch::ones({1024}, torch::kBFloat16);
-    (*comm)->AllReduce(t);
+    if (std::string(std::getenv("FULCRUM_COMM_HANG_TEST")) == "async") {
+      (*comm)->AllReduceAsync(t, ReduceOp::kSum)->Wait();
+    } else {
+      (*comm)->AllReduce(t);
+    }
   }
   ADD_FAILURE() << "the all_reduce returned although rank 1 never joined";
 }
