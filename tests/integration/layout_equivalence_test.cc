@@ -106,10 +106,11 @@ TEST_P(LayoutEquivalenceTest, EveryLayoutReproducesTheSingleRankLossCurve) {
       // padding of each bucket to a multiple of dp).
       const double ratio = static_cast<double>(got.optimizer_state_bytes.back()) /
                            static_cast<double>(single.optimizer_state_bytes.back());
-      std::printf("%s %s: optimizer state per rank %lld bytes at dp 1, %lld at dp 4 zero 1 (%.4f)\n",
-                  family.c_str(), method.c_str(),
-                  static_cast<long long>(single.optimizer_state_bytes.back()),
-                  static_cast<long long>(got.optimizer_state_bytes.back()), ratio);
+      std::printf(
+          "%s %s: optimizer state per rank %lld bytes at dp 1, %lld at dp 4 zero 1 (%.4f)\n",
+          family.c_str(), method.c_str(),
+          static_cast<long long>(single.optimizer_state_bytes.back()),
+          static_cast<long long>(got.optimizer_state_bytes.back()), ratio);
       EXPECT_GE(ratio, 0.25);
       EXPECT_LE(ratio, 0.26);
     }

@@ -42,8 +42,8 @@ std::vector<checkpoint::NamedTensor> GatherTrainables(
   return out;
 }
 
-std::vector<checkpoint::NamedTensor> GatherOptimizerState(std::vector<checkpoint::NamedTensor> state,
-                                                          const LayoutIndex& layouts) {
+std::vector<checkpoint::NamedTensor> GatherOptimizerState(
+    std::vector<checkpoint::NamedTensor> state, const LayoutIndex& layouts) {
   for (checkpoint::NamedTensor& entry : state) {
     if (const models::ParamLayout* layout = LayoutOfStateKey(entry.name, layouts)) {
       entry.tensor = models::GatherFull(*layout, entry.tensor);

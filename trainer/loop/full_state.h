@@ -28,8 +28,8 @@ std::vector<checkpoint::NamedTensor> GatherTrainables(
 
 // Optimizer state entries ("exp_avg.<name>", "exp_avg_sq.<name>",
 // "master.<name>", "step"): those of a parameter gathered like it.
-std::vector<checkpoint::NamedTensor> GatherOptimizerState(std::vector<checkpoint::NamedTensor> state,
-                                                          const LayoutIndex& layouts);
+std::vector<checkpoint::NamedTensor> GatherOptimizerState(
+    std::vector<checkpoint::NamedTensor> state, const LayoutIndex& layouts);
 
 // Full optimizer/parameter entries -> this rank's shards (keys kept).
 std::map<std::string, torch::Tensor> ShardOptimizerState(

@@ -93,23 +93,7 @@ int64_t AdamW::state_bytes() const {
 
 absl::Status AdamW::LoadStateDict(const std::map<std::string, torch::Tensor>& state) {
   // Validate everything before changing anything.
-  FULCRUM_ASSIGN_OR_RETURN(const int64_t new_step, StateStep(state));
-  std::set<std::string> expected = {"step"};
-  for (size_t i = 0; i < params_.size(); ++i) {
-    const std::string& name = params_[i].name;
-    std::vector<std::string> keys = {"exp_avg." + name, "exp_avg_sq." + name};
-    if (params_[i].param.scalar_type() != torch::kFloat) keys.push_back("master." + name);
-    for (const std::string& key : keys) {
-      FULCRUM_RETURN_IF_ERROR(CheckStateTensor(state, key, master_[i].sizes()));
-      expected.insert(key);
-    }
-  }
-  for (const auto& [key, value] : state) {
-    if (expected.count(key) == 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("optimizer state: unexpected key '", key, "' (no such parameter)"));
-    }
-  }
+  FULCRUM_ASSIGN_OR_RETURN(const int64_t new_step, ValidateAdamWState(state, params_));
   torch::NoGradGuard no_grad;
   step_ = new_step;
   for (size_t i = 0; i < params_.size(); ++i) {

@@ -1,10 +1,12 @@
 #include "trainer/optim/adamw_update.h"
 
 #include <cmath>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/check.h"
+#include "core/status.h"
 
 namespace fulcrum::optim {
 namespace {
@@ -45,6 +47,8 @@ void AdamWUpdate(const AdamWOptions& options, double lr, int64_t step, AdamWTens
   at::_foreach_addcdiv_(t.master, t.exp_avg, denom, -lr / bias_correction1);
 }
 
+namespace {
+
 absl::Status CheckStateTensor(const std::map<std::string, torch::Tensor>& state,
                               const std::string& key, torch::IntArrayRef shape) {
   auto it = state.find(key);
@@ -75,6 +79,29 @@ absl::StatusOr<int64_t> StateStep(const std::map<std::string, torch::Tensor>& st
     return absl::InvalidArgumentError(absl::StrCat("optimizer state: 'step' is ", value));
   }
   return value;
+}
+
+}  // namespace
+
+absl::StatusOr<int64_t> ValidateAdamWState(const std::map<std::string, torch::Tensor>& state,
+                                           const std::vector<NamedParameter>& params) {
+  FULCRUM_ASSIGN_OR_RETURN(const int64_t step, StateStep(state));
+  std::set<std::string> expected = {"step"};
+  for (const NamedParameter& p : params) {
+    std::vector<std::string> keys = {"exp_avg." + p.name, "exp_avg_sq." + p.name};
+    if (p.param.scalar_type() != torch::kFloat) keys.push_back("master." + p.name);
+    for (const std::string& key : keys) {
+      FULCRUM_RETURN_IF_ERROR(CheckStateTensor(state, key, p.param.sizes()));
+      expected.insert(key);
+    }
+  }
+  for (const auto& [key, value] : state) {
+    if (expected.count(key) == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("optimizer state: unexpected key '", key, "' (no such parameter)"));
+    }
+  }
+  return step;
 }
 
 }  // namespace fulcrum::optim

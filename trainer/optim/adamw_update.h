@@ -11,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "trainer/optim/optimizer.h"
 
 namespace fulcrum::optim {
 
@@ -36,10 +37,11 @@ struct AdamWTensors {
 // NOTE: no host syncs: every scalar comes from the host-side step count.
 void AdamWUpdate(const AdamWOptions& options, double lr, int64_t step, AdamWTensors& tensors);
 
-// state[key] exists, is fp32 and has `shape`; else InvalidArgument naming the key.
-absl::Status CheckStateTensor(const std::map<std::string, torch::Tensor>& state,
-                              const std::string& key, torch::IntArrayRef shape);
-// state["step"]: int64 [1], >= 0.
-absl::StatusOr<int64_t> StateStep(const std::map<std::string, torch::Tensor>& state);
+// The whole AdamW state of `params` in full shapes (keys as AdamW::StateDict:
+// "step" int64 [1] >= 0, fp32 "exp_avg.<name>" and "exp_avg_sq.<name>", and
+// "master.<name>" for non-fp32 params), and no other key. -> the step count;
+// else InvalidArgument naming the key.
+absl::StatusOr<int64_t> ValidateAdamWState(const std::map<std::string, torch::Tensor>& state,
+                                           const std::vector<NamedParameter>& params);
 
 }  // namespace fulcrum::optim

@@ -102,22 +102,7 @@ std::vector<checkpoint::NamedTensor> ShardedAdamW::StateDict() {
 
 absl::Status ShardedAdamW::LoadStateDict(const std::map<std::string, torch::Tensor>& state) {
   // Validate everything before changing anything.
-  FULCRUM_ASSIGN_OR_RETURN(const int64_t new_step, StateStep(state));
-  std::set<std::string> expected = {"step"};
-  for (const NamedParameter& p : params_) {
-    std::vector<std::string> keys = {"exp_avg." + p.name, "exp_avg_sq." + p.name};
-    if (p.param.scalar_type() != torch::kFloat) keys.push_back("master." + p.name);
-    for (const std::string& key : keys) {
-      FULCRUM_RETURN_IF_ERROR(CheckStateTensor(state, key, p.param.sizes()));
-      expected.insert(key);
-    }
-  }
-  for (const auto& [key, value] : state) {
-    if (expected.count(key) == 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("optimizer state: unexpected key '", key, "' (no such parameter)"));
-    }
-  }
+  FULCRUM_ASSIGN_OR_RETURN(const int64_t new_step, ValidateAdamWState(state, params_));
   torch::NoGradGuard no_grad;
   step_ = new_step;
   for (size_t i = 0; i < owned_.size(); ++i) {

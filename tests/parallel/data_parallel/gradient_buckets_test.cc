@@ -10,46 +10,16 @@
 #include <vector>
 
 #include "core/check.h"
+#include "tests/parallel/silent_communicator.h"
 
 namespace fulcrum::parallel {
 namespace {
 
-// A group of one rank: any communication is a bug here.
-class SoloCommunicator : public Communicator {
- public:
-  int rank() const override { return 0; }
-  int size() const override { return 1; }
-  const std::string& name() const override { return name_; }
-  const char* backend() const override { return "none"; }
-  WorkHandle AllReduceAsync(torch::Tensor, ReduceOp) override { return Fail(); }
-  WorkHandle ReduceScatterAsync(torch::Tensor, torch::Tensor, ReduceOp) override { return Fail(); }
-  WorkHandle AllGatherAsync(torch::Tensor, torch::Tensor) override { return Fail(); }
-  WorkHandle AllGatherVAsync(torch::Tensor, torch::Tensor, const std::vector<int64_t>&) override {
-    return Fail();
-  }
-  WorkHandle AllToAllAsync(torch::Tensor, torch::Tensor, const std::vector<int64_t>&,
-                           const std::vector<int64_t>&) override {
-    return Fail();
-  }
-  WorkHandle BroadcastAsync(torch::Tensor, int) override { return Fail(); }
-  WorkHandle SendAsync(torch::Tensor, int) override { return Fail(); }
-  WorkHandle RecvAsync(torch::Tensor, int) override { return Fail(); }
-  void Barrier() override { Fail(); }
-
- protected:
-  void GroupStart() override { Fail(); }
-  WorkHandle GroupEnd() override { return Fail(); }
-
- private:
-  static WorkHandle Fail() {
-    ADD_FAILURE() << "communication with dp = 1";
-    return nullptr;
-  }
-  std::string name_ = "solo";
-};
+// dp = 1: any communication is a bug here.
+using SoloCommunicator = testing::SilentCommunicator;
 
 TEST(GradientBucketsTest, ReverseOrderBucketsSplitAtSizeAndDtype) {
-  SoloCommunicator comm;
+  SoloCommunicator comm(0, 1, "dp");
   std::vector<torch::Tensor> params = {
       torch::zeros({4}).requires_grad_(true),                     // 16 bytes
       torch::zeros({2, 2}).requires_grad_(true),                  // 16 bytes
@@ -74,7 +44,7 @@ TEST(GradientBucketsTest, ReverseOrderBucketsSplitAtSizeAndDtype) {
 }
 
 TEST(GradientBucketsTest, MicroBatchesAccumulateInPlaceWithoutCommunication) {
-  SoloCommunicator comm;
+  SoloCommunicator comm(0, 1, "dp");
   torch::Tensor w = torch::ones({2, 3}).requires_grad_(true);
   torch::Tensor b = torch::ones({3}).requires_grad_(true);
   GradientBuckets buckets({w, b}, comm, BucketOptions{1 << 20, GradReduction::kAllReduce});
@@ -104,7 +74,7 @@ TEST(GradientBucketsTest, MicroBatchesAccumulateInPlaceWithoutCommunication) {
 
 TEST(GradientBucketsDeathTest, RejectsNonLeafAndNonContiguousParams) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
-  SoloCommunicator comm;
+  SoloCommunicator comm(0, 1, "dp");
   torch::Tensor leaf = torch::ones({3, 2}).requires_grad_(true);
   EXPECT_DEATH(GradientBuckets({leaf * 2}, comm, BucketOptions{}), "leaf");
   torch::Tensor strided = torch::ones({3, 2}).t().requires_grad_(true);

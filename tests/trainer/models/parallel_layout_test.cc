@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "tests/parallel/silent_communicator.h"
 #include "tests/test_support.h"
 #include "trainer/checkpoint/hf_weights.h"
 #include "trainer/lora/apply_lora.h"
@@ -31,40 +32,10 @@ using parallel::ReduceOp;
 using parallel::WorkHandle;
 using parallel::tensor::ShardKind;
 
-// A group of `size` ranks seen from `rank`; any communication is a test failure.
-class FakeGroup : public parallel::Communicator {
+// A tp rank's view of its group: shard arithmetic only, no communication.
+class FakeGroup : public testing::SilentCommunicator {
  public:
-  FakeGroup(int rank, int size) : rank_(rank), size_(size) {}
-  int rank() const override { return rank_; }
-  int size() const override { return size_; }
-  const std::string& name() const override { return name_; }
-  const char* backend() const override { return "fake"; }
-  WorkHandle AllReduceAsync(torch::Tensor, ReduceOp) override { return Fail(); }
-  WorkHandle ReduceScatterAsync(torch::Tensor, torch::Tensor, ReduceOp) override { return Fail(); }
-  WorkHandle AllGatherAsync(torch::Tensor, torch::Tensor) override { return Fail(); }
-  WorkHandle AllGatherVAsync(torch::Tensor, torch::Tensor, const std::vector<int64_t>&) override {
-    return Fail();
-  }
-  WorkHandle AllToAllAsync(torch::Tensor, torch::Tensor, const std::vector<int64_t>&,
-                           const std::vector<int64_t>&) override {
-    return Fail();
-  }
-  WorkHandle BroadcastAsync(torch::Tensor, int) override { return Fail(); }
-  WorkHandle SendAsync(torch::Tensor, int) override { return Fail(); }
-  WorkHandle RecvAsync(torch::Tensor, int) override { return Fail(); }
-  void Barrier() override { Fail(); }
-
- protected:
-  void GroupStart() override { Fail(); }
-  WorkHandle GroupEnd() override { return Fail(); }
-
- private:
-  WorkHandle Fail() {
-    ADD_FAILURE() << "unexpected communication";
-    throw std::runtime_error("fake group");
-  }
-  int rank_, size_;
-  std::string name_ = "tp";
+  FakeGroup(int rank, int size) : SilentCommunicator(rank, size, "tp") {}
 };
 
 // 8 heads, 2 kv heads (replicated at tp 4), ffn 16, vocab 32.
