@@ -21,9 +21,7 @@ class SilentCommunicator : public parallel::Communicator {
   int size() const override { return size_; }
   const std::string& name() const override { return name_; }
   const char* backend() const override { return "silent"; }
-  parallel::WorkHandle AllReduceAsync(torch::Tensor, parallel::ReduceOp) override {
-    return Fail();
-  }
+  parallel::WorkHandle AllReduceAsync(torch::Tensor, parallel::ReduceOp) override { return Fail(); }
   parallel::WorkHandle ReduceScatterAsync(torch::Tensor, torch::Tensor,
                                           parallel::ReduceOp) override {
     return Fail();
