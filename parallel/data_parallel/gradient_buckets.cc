@@ -75,10 +75,13 @@ struct GradientBuckets::State {
     FULCRUM_CHECK(!b.launched, "gradient bucket launched twice in one step");
     b.launched = true;
     if (dp.size() == 1) return;
-    if (options.reduction == GradReduction::kAllReduce) {
-      b.work = dp.AllReduceAsync(b.flat, ReduceOp::kSum);
+    const bool all_reduce = options.reduction == GradReduction::kAllReduce;
+    if (options.blocking) {  // done now; WaitAll finds no Work
+      all_reduce ? dp.AllReduce(b.flat, ReduceOp::kSum)
+                 : dp.ReduceScatter(b.flat, b.chunk_out, ReduceOp::kSum);
     } else {
-      b.work = dp.ReduceScatterAsync(b.flat, b.chunk_out, ReduceOp::kSum);
+      b.work = all_reduce ? dp.AllReduceAsync(b.flat, ReduceOp::kSum)
+                          : dp.ReduceScatterAsync(b.flat, b.chunk_out, ReduceOp::kSum);
     }
   }
 
@@ -259,31 +262,33 @@ void GradientBuckets::AllGatherParameters() {
   FULCRUM_CHECK(s.options.reduction == GradReduction::kReduceScatter,
                 "AllGatherParameters needs reduce-scatter buckets (ZeRO-1)");
   torch::NoGradGuard no_grad;
+  // No new memory: this rank's chunk is staged in the reduce-scatter output
+  // buffer and the gradient buckets (spent once the optimizer has stepped)
+  // receive the gathered values, then are zeroed for the next step.
   const std::vector<OwnedSegment> owned = OwnedSegments();
-  std::vector<torch::Tensor> gathered(s.buckets.size());
   std::vector<WorkHandle> works;
   for (size_t bi = 0; bi < s.buckets.size(); ++bi) {
-    const Bucket& b = s.buckets[bi];
-    const int64_t chunk = s.ChunkNumel(b);
-    const int64_t lo = s.dp.rank() * chunk;
-    torch::Tensor mine = torch::zeros({chunk}, b.flat.options());  // padding stays 0
+    Bucket& b = s.buckets[bi];
+    const int64_t lo = s.dp.rank() * s.ChunkNumel(b);
+    b.chunk_out.zero_();  // padding stays 0
     for (const OwnedSegment& o : owned) {
       if (o.bucket != bi) continue;
       const BucketSegment& seg = o.segment;
-      mine.narrow(0, seg.bucket_offset - lo, seg.numel)
+      b.chunk_out.narrow(0, seg.bucket_offset - lo, seg.numel)
           .copy_(s.params[seg.param_index].view(-1).narrow(0, seg.param_offset, seg.numel));
     }
-    gathered[bi] = torch::empty({b.padded}, b.flat.options());
-    works.push_back(s.dp.AllGatherAsync(mine, gathered[bi]));
+    works.push_back(s.dp.AllGatherAsync(b.chunk_out, b.flat));
   }
   for (size_t bi = 0; bi < s.buckets.size(); ++bi) {
     works[bi]->Wait();
-    for (const BucketSegment& seg : s.buckets[bi].segments) {
+    Bucket& b = s.buckets[bi];
+    for (const BucketSegment& seg : b.segments) {
       s.params[seg.param_index]
           .view(-1)
           .narrow(0, seg.param_offset, seg.numel)
-          .copy_(gathered[bi].narrow(0, seg.bucket_offset, seg.numel));
+          .copy_(b.flat.narrow(0, seg.bucket_offset, seg.numel));
     }
+    b.flat.zero_();
   }
 }
 

@@ -31,8 +31,16 @@ namespace fulcrum::parallel {
 enum class GradReduction { kAllReduce, kReduceScatter };
 
 struct BucketOptions {
+  BucketOptions() = default;
+  BucketOptions(int64_t bytes, GradReduction how, bool blocking_calls = false)
+      : bucket_bytes(bytes), reduction(how), blocking(blocking_calls) {}
   int64_t bucket_bytes = int64_t{25} << 20;
   GradReduction reduction = GradReduction::kAllReduce;
+  // Reduce each bucket with the blocking call when it becomes ready. For a
+  // backend whose asynchronous collectives progress only inside later calls
+  // (MPI on CPU) this overlaps just as much and is faster: Open MPI's blocking
+  // all-reduce of 4 MiB takes a third of its non-blocking one's time.
+  bool blocking = false;
 };
 
 // A run of one parameter's elements inside a bucket.
@@ -80,7 +88,8 @@ class GradientBuckets {
 
   // ZeRO-1, after the optimizer wrote its updated chunk into the parameters:
   // every rank's chunk of every bucket's parameter values is all-gathered
-  // into every rank's parameters.
+  // into every rank's parameters. The gradient buckets serve as the gather
+  // buffers (no full-size copy is allocated) and are left zeroed.
   void AllGatherParameters();
 
  private:

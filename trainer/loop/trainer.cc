@@ -132,6 +132,7 @@ absl::Status Trainer::BuildModelAndOptimizer() {
   const bool zero = recipe_.parallel.zero == 1 && parallel_.dp_size() > 1;
   buckets.reduction =
       zero ? parallel::GradReduction::kReduceScatter : parallel::GradReduction::kAllReduce;
+  buckets.blocking = std::string(parallel_.dp().backend()) == "mpi";
   buckets_ = std::make_unique<parallel::GradientBuckets>(trainable_, parallel_.dp(), buckets);
   if (zero) {
     optimizer_ = std::make_unique<optim::ShardedAdamW>(std::move(params), *buckets_, parallel_.dp(),

@@ -67,11 +67,13 @@ std::vector<torch::Tensor> ReferenceGrads(int world) {
 struct ModeCase {
   int64_t bucket_bytes;
   GradReduction reduction;
+  bool blocking = false;
 };
 
 std::string CaseName(const ModeCase& c) {
   return std::to_string(c.bucket_bytes) +
-         (c.reduction == GradReduction::kAllReduce ? " all-reduce" : " reduce-scatter");
+         (c.reduction == GradReduction::kAllReduce ? " all-reduce" : " reduce-scatter") +
+         (c.blocking ? " blocking" : "");
 }
 
 TEST(GradientBucketsMpiTest, TwoMicroBatchesGiveDpSumForEveryLayout) {
@@ -86,12 +88,14 @@ TEST(GradientBucketsMpiTest, TwoMicroBatchesGiveDpSumForEveryLayout) {
       {int64_t{1} << 20, GradReduction::kReduceScatter},
       {1, GradReduction::kReduceScatter},
       {64, GradReduction::kReduceScatter},
+      {64, GradReduction::kAllReduce, true},  // blocking calls as buckets become ready
+      {64, GradReduction::kReduceScatter, true},
   };
   for (const ModeCase& c : cases) {
     SCOPED_TRACE(CaseName(c));
     TinyModel model;
     std::vector<torch::Tensor> params = model.Params();
-    GradientBuckets buckets(params, *comm, BucketOptions{c.bucket_bytes, c.reduction});
+    GradientBuckets buckets(params, *comm, BucketOptions{c.bucket_bytes, c.reduction, c.blocking});
     if (c.bucket_bytes == 1) {
       EXPECT_EQ(buckets.num_buckets(), params.size());
     }
