@@ -87,7 +87,7 @@ class Communicator {
   virtual WorkHandle RecvAsync(torch::Tensor t, int peer) = 0;
   virtual void Barrier() = 0;
 
-  // Blocking forms. A backend may override the three busiest with its
+  // Blocking forms. A backend may override the four busiest with its
   // blocking calls (MPI's are faster than its non-blocking ones); they keep
   // the timeout.
   virtual void AllReduce(torch::Tensor t, ReduceOp op = ReduceOp::kSum) {
@@ -103,9 +103,9 @@ class Communicator {
   void AllGatherV(torch::Tensor input, torch::Tensor output, const std::vector<int64_t>& counts) {
     AllGatherVAsync(input, output, counts)->Wait();
   }
-  void AllToAll(torch::Tensor input, torch::Tensor output,
-                const std::vector<int64_t>& output_splits = {},
-                const std::vector<int64_t>& input_splits = {}) {
+  virtual void AllToAll(torch::Tensor input, torch::Tensor output,
+                        const std::vector<int64_t>& output_splits = {},
+                        const std::vector<int64_t>& input_splits = {}) {
     AllToAllAsync(input, output, output_splits, input_splits)->Wait();
   }
   void Broadcast(torch::Tensor t, int root) { BroadcastAsync(t, root)->Wait(); }

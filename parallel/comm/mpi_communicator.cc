@@ -285,6 +285,26 @@ void MpiCommunicator::AllGather(torch::Tensor input, torch::Tensor output) {
             "MPI_Allgather", desc);
 }
 
+void MpiCommunicator::AllToAll(torch::Tensor input, torch::Tensor output,
+                               const std::vector<int64_t>& output_splits,
+                               const std::vector<int64_t>& input_splits) {
+  auto layout = AllToAllLayoutFor(input, output, output_splits, input_splits, size(), torch::kCPU);
+  CheckCommArgs(*identity_, layout.status());
+  if (!FitsInt(layout->send, max_count_) || !FitsInt(layout->recv, max_count_)) {
+    return AllToAllAsync(input, output, output_splits, input_splits)->Wait();
+  }
+  const OpDescription desc{"all_to_all", input.numel(), input.scalar_type()};
+  const std::vector<int> sc(layout->send.counts.begin(), layout->send.counts.end());
+  const std::vector<int> sd(layout->send.displs.begin(), layout->send.displs.end());
+  const std::vector<int> rc(layout->recv.counts.begin(), layout->recv.counts.end());
+  const std::vector<int> rd(layout->recv.displs.begin(), layout->recv.displs.end());
+  const MPI_Datatype type = MpiTypeFor(input.scalar_type());
+  DeadlineWatchdog::Scope armed(*watchdog_, desc);
+  CheckCall(MPI_Alltoallv(input.data_ptr(), sc.data(), sd.data(), type, output.data_ptr(),
+                          rc.data(), rd.data(), type, comm_),
+            "MPI_Alltoallv", desc);
+}
+
 WorkHandle MpiCommunicator::AllReduceAsync(torch::Tensor t, ReduceOp op) {
   CheckCommArgs(*identity_, ValidateCommTensor("all_reduce", "tensor", t, torch::kCPU));
   auto work = std::make_unique<MpiWork>(identity_,

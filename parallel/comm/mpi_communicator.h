@@ -55,6 +55,9 @@ class MpiCommunicator final : public Communicator {
   void ReduceScatter(torch::Tensor input, torch::Tensor output,
                      ReduceOp op = ReduceOp::kSum) override;
   void AllGather(torch::Tensor input, torch::Tensor output) override;
+  void AllToAll(torch::Tensor input, torch::Tensor output,
+                const std::vector<int64_t>& output_splits = {},
+                const std::vector<int64_t>& input_splits = {}) override;
 
   WorkHandle AllReduceAsync(torch::Tensor t, ReduceOp op) override;
   WorkHandle ReduceScatterAsync(torch::Tensor input, torch::Tensor output, ReduceOp op) override;
