@@ -90,6 +90,9 @@ absl::StatusOr<std::unique_ptr<DeviceMesh>> DeviceMesh::Build(const World& world
                            SplitGroup(parent, {"dp", layout.DpGroup(me)}, me, backend, options));
   FULCRUM_ASSIGN_OR_RETURN(mesh->pp_,
                            SplitGroup(parent, {"pp", layout.PpGroup(me)}, me, backend, options));
+  FULCRUM_ASSIGN_OR_RETURN(
+      mesh->pp_gradients_,
+      SplitGroup(parent, {"pp_gradients", layout.PpGroup(me)}, me, backend, options));
   FULCRUM_ASSIGN_OR_RETURN(mesh->ep_,
                            SplitGroup(parent, {"ep", layout.EpGroup(me)}, me, backend, options));
   FULCRUM_ASSIGN_OR_RETURN(

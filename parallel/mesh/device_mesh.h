@@ -52,6 +52,10 @@ class DeviceMesh {
   ProcessGroup& tp() const { return *tp_; }
   ProcessGroup& dp() const { return *dp_; }
   ProcessGroup& pp() const { return *pp_; }
+  // The pp ranks again, on a communicator of their own: the pipeline sends
+  // activations on pp() and gradients here, so each channel's point-to-point
+  // messages match in order.
+  ProcessGroup& pp_gradients() const { return *pp_gradients_; }
   ProcessGroup& ep() const { return *ep_; }
   ProcessGroup& expert_dp() const { return *expert_dp_; }
   ProcessGroup& embedding() const { return *embedding_; }
@@ -76,7 +80,7 @@ class DeviceMesh {
   int global_rank_;
   CommBackend backend_;
   CommOptions options_;
-  std::unique_ptr<ProcessGroup> world_, tp_, dp_, pp_, ep_, expert_dp_, embedding_;
+  std::unique_ptr<ProcessGroup> world_, tp_, dp_, pp_, pp_gradients_, ep_, expert_dp_, embedding_;
   std::vector<std::pair<int, std::unique_ptr<ProcessGroup>>> kv_replica_groups_;
   // The tp axis' split of the world, kept so that KvReplicaGroup can split it
   // further (collective over the tp group only); freed by the destructor.

@@ -87,6 +87,7 @@ TEST(DeviceMeshMpiTest, EveryLayoutOfTheWorldMatchesTheLayout) {
     ExpectGroup(m.tp(), layout.TpGroup(me), me, where);
     ExpectGroup(m.dp(), layout.DpGroup(me), me, where);
     ExpectGroup(m.pp(), layout.PpGroup(me), me, where);
+    ExpectGroup(m.pp_gradients(), layout.PpGroup(me), me, where);
     ExpectGroup(m.ep(), layout.EpGroup(me), me, where);
     ExpectGroup(m.expert_dp(), layout.ExpertDpGroup(me), me, where);
     ExpectGroup(m.embedding(), layout.EmbeddingGroup(me), me, where);
