@@ -309,6 +309,9 @@ absl::Status Simulator::CheckFinished() const {
           "stage ", stage, ": the ", ChannelName(channel), " received for micro-batch ", mb,
           " chunk ", chunk, " is used by no compute"));
     }
+  }
+  for (int stage = 0; stage < shape_.stages; ++stage) {
+    const StageState& s = state_[stage];
     for (int mb = 0; mb < shape_.micro_batches; ++mb) {
       for (int chunk = 0; chunk < shape_.virtual_stages; ++chunk) {
         const Action f{ActionType::kForward, mb, chunk};
