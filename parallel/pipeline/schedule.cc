@@ -95,6 +95,12 @@ std::vector<Action> InterleavedOrder(const ScheduleShape& shape, int stage) {
 // their Bi's (and so release the earlier stages' Bi's) sooner, and the early
 // stages fill the cool-down waits with W's. In flight (forward done, W not
 // done) is at most p on every stage: 1F1B's bound of stage 0.
+//
+// Why it meets (p-1)(F+B-W) + m(F+B+W) when F = B = W: the last stage starts
+// after p-1 forwards and never idles (Bi's arrive as fast as it runs); after
+// its last Bi it still has p W's, exactly the p-1 Bi's that carry the last
+// gradient back to stage 0 plus stage 0's final W. Every stage s ends the same
+// way: its last Bi is followed by s + 1 W's.
 std::vector<Action> ZeroBubbleH1Order(const ScheduleShape& shape, int stage) {
   const int m = shape.micro_batches;
   const int warmup = std::min(shape.stages - stage - 1, m);
@@ -115,9 +121,10 @@ std::vector<Action> ZeroBubbleH1Order(const ScheduleShape& shape, int stage) {
   return order;
 }
 
-// The receive a compute needs before it runs, and the send it makes after;
-// `none` when the virtual stage has no such peer (the first virtual stage
-// receives no activation, the last sends none; the reverse for gradients).
+// The receive a compute needs before it runs and the send it makes after;
+// has_recv / has_send are false where the virtual stage has no such peer (the
+// first virtual stage receives no activation, the last sends none; the
+// reverse for gradients).
 struct Transfers {
   bool has_recv = false;
   Action recv;
