@@ -149,6 +149,18 @@ TEST(SimulateScheduleTest, UnitCostBubbleEqualsTheory) {
   }
 }
 
+// GPipe's and 1F1B's bubble does not depend on the F : B ratio.
+TEST(SimulateScheduleTest, OneFOneBBubbleHoldsForOtherCosts) {
+  const ActionCosts costs{0.5, 1.75, 1.0, 0.75};
+  for (ScheduleKind kind : {ScheduleKind::kGPipe, ScheduleKind::kOneFOneB}) {
+    for (const ScheduleShape& shape : ValidShapes(kind)) {
+      const Simulation sim = MustSimulate(kind, shape, costs);
+      EXPECT_NEAR(sim.bubble_fraction, TheoreticalBubbleFraction(kind, shape, costs), 1e-12)
+          << Name(kind, shape);
+    }
+  }
+}
+
 // With F = 1, B = 2 per chunk, no schedule can beat (p-1)/(v m + p-1): every
 // stage does v m (F+B) work; the last stage cannot start before p-1 forwards
 // ran ahead of it, and after its last backward p-1 more backwards must run on
