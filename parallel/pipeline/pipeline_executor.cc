@@ -189,7 +189,7 @@ class StepRunner {
       FULCRUM_CHECK(s.output.dim() == 0,
                     "the last virtual stage's Forward must return a 0-dim "
                     "loss, got shape ",
-                    s.output.sizes());
+                    c10::str(s.output.sizes()));
       losses_[a.micro_batch] = s.output.detach();
     }
     s.forwarded = true;

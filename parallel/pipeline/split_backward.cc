@@ -131,7 +131,6 @@ namespace {
 // Finds the boundary nodes and hooks them (see the file comment).
 void HookBoundaries(const std::shared_ptr<ag::Node>& root, const FlagMap& flags,
                     DeferredWeightGradients::State& state) {
-  std::vector<ag::Node*> order;
   std::unordered_set<const ag::Node*> seen;
   std::vector<std::shared_ptr<ag::Node>> stack{root};
   seen.insert(root.get());
@@ -181,7 +180,8 @@ torch::Tensor BackwardInput(const torch::Tensor& output, const torch::Tensor& gr
   FULCRUM_CHECK(!deferred.pending(), "BackwardInput on a pending DeferredWeightGradients");
   FULCRUM_CHECK(output.defined() && output.requires_grad(), "the output has no autograd graph");
   FULCRUM_CHECK(grad_output.defined() || output.dim() == 0,
-                "grad_output is needed for a non-scalar output of shape ", output.sizes());
+                "grad_output is needed for a non-scalar output of shape ",
+                c10::str(output.sizes()));
   auto state = std::make_unique<DeferredWeightGradients::State>();
   const torch::Tensor grad = grad_output.defined() ? grad_output : torch::ones_like(output);
   const ag::Edge root_edge = GradientEdge(output);
