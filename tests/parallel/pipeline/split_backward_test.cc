@@ -271,5 +271,25 @@ TEST(SplitBackwardDeathTest, WeightPhaseNeedsAnInputPhase) {
   EXPECT_DEATH(BackwardWeight(deferred), "without a pending input phase");
 }
 
+TEST(SplitBackwardDeathTest, MisuseOfTheInputPhaseIsABug) {
+  auto params = MakeParams({{4, 4}}, 11);
+  const torch::Tensor x = torch::randn({3, 4}).requires_grad_(true);
+  DeferredWeightGradients deferred;
+  // A non-scalar output needs its gradient.
+  EXPECT_DEATH(BackwardInput(F::linear(x, params[0]), torch::Tensor(), x, params, deferred),
+               "grad_output is needed");
+  // The input must be a leaf.
+  const torch::Tensor not_leaf = x * 2;
+  EXPECT_DEATH(BackwardInput(F::linear(not_leaf, params[0]).sum(), torch::Tensor(), not_leaf,
+                             params, deferred),
+               "must be a leaf");
+  // Twice without the weight phase.
+  const torch::Tensor out = F::linear(x, params[0]).sum();
+  BackwardInput(out, torch::Tensor(), x, params, deferred);
+  EXPECT_DEATH(BackwardInput(out, torch::Tensor(), x, params, deferred), "pending");
+  BackwardWeight(deferred);
+  EXPECT_TRUE(params[0].grad().defined());
+}
+
 }  // namespace
 }  // namespace fulcrum::parallel::pipeline
