@@ -54,7 +54,8 @@ absl::StatusOr<RecipeReport> CheckRecipeResources(const recipe::Recipe& recipe) 
   FULCRUM_RETURN_IF_ERROR(Annotate(models::CheckSequenceLength(config, recipe.batch.seq_len),
                                    absl::StrCat(recipe.source, ": batch.seq_len")));
   FULCRUM_RETURN_IF_ERROR(recipe::ValidateParallelForModel(
-      recipe, config.num_heads, config.num_kv_heads, config.intermediate_size, config.vocab_size));
+      recipe, config.num_heads, config.num_kv_heads, config.intermediate_size, config.vocab_size,
+      config.num_layers));
   models::CausalLM model(
       config,
       torch::TensorOptions().device(torch::kMeta).dtype(loop::ParamDtype(recipe.precision)));

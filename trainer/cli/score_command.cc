@@ -108,9 +108,9 @@ absl::Status RunScore(const Args& args, const parallel::World& world) {
   recipe::Recipe layout_recipe;
   layout_recipe.source = "fulcrum score";
   layout_recipe.parallel = parallel_section;
-  FULCRUM_RETURN_IF_ERROR(
-      recipe::ValidateParallelForModel(layout_recipe, config.num_heads, config.num_kv_heads,
-                                       config.intermediate_size, config.vocab_size));
+  FULCRUM_RETURN_IF_ERROR(recipe::ValidateParallelForModel(
+      layout_recipe, config.num_heads, config.num_kv_heads, config.intermediate_size,
+      config.vocab_size, config.num_layers));
   FULCRUM_ASSIGN_OR_RETURN(loop::ParallelRuntime runtime,
                            loop::BuildParallelRuntime(parallel_section, "cpu", config, world));
 

@@ -71,7 +71,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const recipe::Recipe& r
 absl::Status Trainer::BuildParallel() {
   FULCRUM_ASSIGN_OR_RETURN(const models::ModelConfig config, LoadRequestedConfig(recipe_.model));
   FULCRUM_RETURN_IF_ERROR(recipe::ValidateParallelForModel(
-      recipe_, config.num_heads, config.num_kv_heads, config.intermediate_size, config.vocab_size));
+      recipe_, config.num_heads, config.num_kv_heads, config.intermediate_size, config.vocab_size,
+      config.num_layers));
   FULCRUM_ASSIGN_OR_RETURN(parallel_,
                            BuildParallelRuntime(recipe_.parallel, recipe_.device, config, world_));
   if (world_.is_root()) {

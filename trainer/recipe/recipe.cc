@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/file_util.h"
 #include "core/status.h"
+#include "parallel/pipeline/schedule.h"
 #include "trainer/recipe/recipe_internal.h"
 #include "trainer/recipe/yaml_fields.h"
 
@@ -125,6 +126,12 @@ absl::Status ReadPrecisionParallel(MapReader& top, Recipe* recipe) {
   FULCRUM_RETURN_IF_ERROR(parallel.Read("dp", &p.dp));
   FULCRUM_RETURN_IF_ERROR(parallel.Read("tp", &p.tp));
   FULCRUM_RETURN_IF_ERROR(parallel.Read("pp", &p.pp));
+  FULCRUM_RETURN_IF_ERROR(parallel.Read("pp_layers", &p.pp_layers));
+  FULCRUM_RETURN_IF_ERROR(parallel.Read("pp_virtual", &p.pp_virtual));
+  FULCRUM_RETURN_IF_ERROR(parallel.ReadChecked(
+      "pp_schedule",
+      [](const std::string& name) { return parallel::pipeline::ParseScheduleKind(name).status(); },
+      &p.pp_schedule));
   FULCRUM_RETURN_IF_ERROR(parallel.Read("ep", &p.ep));
   FULCRUM_RETURN_IF_ERROR(parallel.Read("sequence_parallel", &p.sequence_parallel));
   FULCRUM_RETURN_IF_ERROR(parallel.Read("zero", &p.zero));

@@ -107,11 +107,14 @@ struct ParallelSection {
   int64_t dp = 1;                  // data parallel degree
   int64_t tp = 1;                  // tensor parallel degree (divides heads, ffn, vocab)
   int64_t pp = 1;                  // pipeline parallel degree (not supported yet above 1)
-  int64_t ep = 1;                  // expert parallel degree (not supported yet above 1)
-  bool sequence_parallel = false;  // norms run on sequence shards inside tp (needs tp > 1)
-  int64_t zero = 0;                // 0 | 1: ZeRO-1 shards optimizer state over dp
-  double bucket_mb = 25.0;         // gradient bucket size for the overlapped dp reduction
-  double comm_timeout_s = 1800.0;  // a collective not done by then ends the run, naming the rank
+  std::vector<int64_t> pp_layers;  // layers per virtual stage, pp x pp_virtual entries ([] = even)
+  int64_t pp_virtual = 1;          // model chunks per stage (> 1 only with interleaved_1f1b)
+  std::string pp_schedule = "1f1b";  // gpipe | 1f1b | interleaved_1f1b | zb_h1
+  int64_t ep = 1;                    // expert parallel degree (not supported yet above 1)
+  bool sequence_parallel = false;    // norms run on sequence shards inside tp (needs tp > 1)
+  int64_t zero = 0;                  // 0 | 1: ZeRO-1 shards optimizer state over dp
+  double bucket_mb = 25.0;           // gradient bucket size for the overlapped dp reduction
+  double comm_timeout_s = 1800.0;    // a collective not done by then ends the run, naming the rank
 };
 
 struct CheckpointSection {
@@ -163,10 +166,12 @@ absl::StatusOr<Recipe> LoadRecipe(const std::string& path,
 // Checks that need no model and no files: batch arithmetic, enum values, ranges, parallel
 // degrees (pp/ep > 1 are not supported yet; dp x tp x pp must equal `world_size`; zero in
 // {0, 1}; sequence_parallel needs tp > 1 and seq_len divisible by tp; bucket_mb and
-// comm_timeout_s > 0),
-// exactly one of model.path / model.config, exactly one of data.path / data.datasets, data
-// options (formats, weights, validation fraction, eval_every). Reports every problem found,
-// one per line, each naming the source file and the key path.
+// comm_timeout_s > 0), the pipeline keys (pp_virtual >= 1, > 1 exactly with interleaved_1f1b;
+// pp_layers only with pp > 1, pp x pp_virtual entries each >= 1; the micro-batches per step,
+// global_batch / (micro_batch x dp), usable by pp_schedule:
+// parallel::pipeline::CheckScheduleShape), exactly one of model.path / model.config, exactly one of
+// data.path / data.datasets, data options (formats, weights, validation fraction, eval_every).
+// Reports every problem found, one per line, each naming the source file and the key path.
 absl::Status ValidateRecipe(const Recipe& recipe, int world_size);
 
 // Legal but probably unintended settings (zero=1 with dp=1), one line each naming the source
@@ -179,8 +184,12 @@ std::vector<std::string> RecipeWarnings(const Recipe& recipe);
 // by tp or dividing it (then every kv head is replicated on tp / num_kv_heads ranks). Each
 // failure prints the arithmetic and names the config file ("r.yaml: parallel.tp=3:
 // num_attention_heads 4 of model/config.json is not divisible by 3 (4 % 3 = 1)"). OK for tp=1.
+// With pp > 1, num_layers (num_hidden_layers) must split into the pipeline's stages: divisible
+// by pp x pp_virtual, or summed by pp_layers (parallel::pipeline::StagePartition::Create's
+// messages, naming the config file).
 absl::Status ValidateParallelForModel(const Recipe& recipe, int64_t num_heads, int64_t num_kv_heads,
-                                      int64_t intermediate_size, int64_t vocab_size);
+                                      int64_t intermediate_size, int64_t vocab_size,
+                                      int64_t num_layers);
 
 // True when the data is tokenized by fulcrum (any format but pretokenized, or data.datasets).
 bool UsesTextData(const DataSection& data);

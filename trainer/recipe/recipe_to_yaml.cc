@@ -122,6 +122,11 @@ void EmitRunShape(YAML::Emitter& out, const Recipe& r) {
   Field(out, "dp", r.parallel.dp);
   Field(out, "tp", r.parallel.tp);
   Field(out, "pp", r.parallel.pp);
+  out << YAML::Key << "pp_layers" << YAML::Value << YAML::Flow << YAML::BeginSeq;
+  for (const int64_t count : r.parallel.pp_layers) out << count;
+  out << YAML::EndSeq;
+  Field(out, "pp_virtual", r.parallel.pp_virtual);
+  Field(out, "pp_schedule", r.parallel.pp_schedule);
   Field(out, "ep", r.parallel.ep);
   Field(out, "sequence_parallel", r.parallel.sequence_parallel);
   Field(out, "zero", r.parallel.zero);

@@ -6,11 +6,15 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/check.h"
+#include "parallel/pipeline/schedule.h"
+#include "parallel/pipeline/stage_partition.h"
 #include "trainer/recipe/recipe.h"
 #include "trainer/recipe/recipe_internal.h"
 
 namespace fulcrum::recipe {
 namespace {
+
+namespace pipeline = ::fulcrum::parallel::pipeline;
 
 // Accumulates "<source>: <key path>: <problem>" lines.
 class Problems {
@@ -158,6 +162,71 @@ void CheckParallelOptions(const Recipe& r, Problems& p) {
   }
 }
 
+// The pipeline keys: pp_virtual and pp_schedule agree, pp_layers fits the
+// virtual stages, and the schedule can run the step's micro-batches.
+void CheckPipeline(const Recipe& r, Problems& p) {
+  const ParallelSection& par = r.parallel;
+  const absl::StatusOr<pipeline::ScheduleKind> kind = pipeline::ParseScheduleKind(par.pp_schedule);
+  if (!kind.ok()) p.Add("parallel.pp_schedule", std::string(kind.status().message()));
+  const bool interleaved = kind.ok() && *kind == pipeline::ScheduleKind::kInterleaved1F1B;
+  bool shape_ok = kind.ok() && par.pp >= 1;
+  if (par.pp_virtual < 1) {
+    p.Add("parallel.pp_virtual", absl::StrCat("must be >= 1, got ", par.pp_virtual));
+    shape_ok = false;
+  } else if (kind.ok() && par.pp_virtual > 1 && !interleaved) {
+    p.Add("parallel.pp_virtual",
+          absl::StrCat("pp_virtual(", par.pp_virtual, ") > 1 needs parallel.pp_schedule: ",
+                       "interleaved_1f1b (the only schedule with virtual stages), got ",
+                       par.pp_schedule));
+    shape_ok = false;
+  } else if (interleaved && par.pp_virtual < 2) {
+    p.Add("parallel.pp_schedule",
+          absl::StrCat("interleaved_1f1b needs parallel.pp_virtual >= 2 (model chunks per stage), "
+                       "got ",
+                       par.pp_virtual));
+    shape_ok = false;
+  }
+  if (par.pp_virtual > 1 && par.pp == 1) {
+    p.Add("parallel.pp_virtual",
+          absl::StrCat("pp_virtual(", par.pp_virtual, ") needs parallel.pp > 1, got pp=1"));
+  }
+  if (!par.pp_layers.empty()) {
+    const std::string list = absl::StrCat("[", absl::StrJoin(par.pp_layers, ", "), "]");
+    const int64_t needed = par.pp * std::max<int64_t>(par.pp_virtual, 1);
+    if (par.pp <= 1) {
+      p.Add("parallel.pp_layers", absl::StrCat(list, " is set but parallel.pp is ", par.pp,
+                                               " (it splits layers over pipeline stages)"));
+    } else if (static_cast<int64_t>(par.pp_layers.size()) != needed) {
+      p.Add("parallel.pp_layers",
+            absl::StrCat(list, " has ", par.pp_layers.size(), " entries, pp(", par.pp,
+                         ") x pp_virtual(", par.pp_virtual, ") = ", needed, " needed"));
+    }
+    for (size_t i = 0; i < par.pp_layers.size(); ++i) {
+      if (par.pp_layers[i] < 1) {
+        p.Add(absl::StrCat("parallel.pp_layers[", i, "]"),
+              absl::StrCat("must be >= 1 (every virtual stage holds a layer), got ",
+                           par.pp_layers[i]));
+      }
+    }
+  }
+  const BatchSection& b = r.batch;
+  const int64_t per_step = b.micro_batch * par.dp;
+  if (!shape_ok || par.pp <= 1 || per_step <= 0 || b.global_batch <= 0 ||
+      b.global_batch % per_step != 0) {
+    return;  // the problems above (or the batch's) come first
+  }
+  const int64_t micro_batches = b.global_batch / per_step;
+  const absl::Status shape = pipeline::CheckScheduleShape(
+      *kind, pipeline::ScheduleShape{static_cast<int>(par.pp), static_cast<int>(micro_batches),
+                                     static_cast<int>(par.pp_virtual)});
+  if (!shape.ok()) {
+    p.Add("parallel.pp_schedule",
+          absl::StrCat(shape.message(), " (batch.global_batch(", b.global_batch,
+                       ") / (batch.micro_batch(", b.micro_batch, ") x dp(", par.dp,
+                       ")) = ", micro_batches, " micro-batches)"));
+  }
+}
+
 void CheckBatchAndParallel(const Recipe& r, int world_size, Problems& p) {
   const BatchSection& b = r.batch;
   const ParallelSection& par = r.parallel;
@@ -195,6 +264,7 @@ void CheckBatchAndParallel(const Recipe& r, int world_size, Problems& p) {
                                    ") = ", product, " != world size ", world_size));
   }
   CheckParallelOptions(r, p);
+  CheckPipeline(r, p);
 }
 
 void CheckRest(const Recipe& r, Problems& p) {
@@ -208,6 +278,49 @@ void CheckRest(const Recipe& r, Problems& p) {
   }
   p.Positive("logging.every", r.logging.every);
   p.NonNegative("logging.peak_flops", r.logging.peak_flops);
+}
+
+// The stages must split the model's layers (StagePartition::Create's
+// message: the keys and the arithmetic).
+void CheckLayersForPipeline(const ParallelSection& par, int64_t num_layers,
+                            const std::string& config, Problems& problems) {
+  if (par.pp <= 1 && par.pp_layers.empty()) return;
+  const absl::StatusOr<pipeline::StagePartition> partition = pipeline::StagePartition::Create(
+      num_layers, static_cast<int>(par.pp), static_cast<int>(par.pp_virtual), par.pp_layers);
+  if (!partition.ok()) {
+    problems.Add(absl::StrCat("parallel.pp=", par.pp),
+                 absl::StrCat("num_hidden_layers ", num_layers, " of ", config, ": ",
+                              partition.status().message()));
+  }
+}
+
+void CheckHeadsForTensorParallel(int64_t tp, int64_t num_heads, int64_t num_kv_heads,
+                                 int64_t intermediate_size, int64_t vocab_size,
+                                 const std::string& config, Problems& problems) {
+  if (tp <= 1) return;
+  const std::string key = absl::StrCat("parallel.tp=", tp);
+  const struct {
+    const char* name;
+    int64_t value;
+  } divisible[] = {{"num_attention_heads", num_heads},
+                   {"intermediate_size", intermediate_size},
+                   {"vocab_size", vocab_size}};
+  for (const auto& field : divisible) {
+    if (field.value % tp != 0) {
+      problems.Add(
+          key, absl::StrCat(field.name, " ", field.value, " of ", config, " is not divisible by ",
+                            tp, " (", field.value, " % ", tp, " = ", field.value % tp, ")"));
+    }
+  }
+  // Fewer kv heads than tp ranks: each kv head is replicated on tp/n_kv
+  // adjacent ranks, which needs n_kv to divide tp.
+  if (num_kv_heads <= 0 || (num_kv_heads % tp != 0 && tp % num_kv_heads != 0)) {
+    problems.Add(key, absl::StrCat("num_key_value_heads ", num_kv_heads, " of ", config,
+                                   " is neither divisible by ", tp, " (", num_kv_heads, " % ", tp,
+                                   " = ", num_kv_heads % tp,
+                                   ") nor divides it (kv heads are "
+                                   "replicated only when tp is a multiple of them)"));
+  }
 }
 
 }  // namespace
@@ -235,37 +348,16 @@ std::vector<std::string> RecipeWarnings(const Recipe& recipe) {
 }
 
 absl::Status ValidateParallelForModel(const Recipe& recipe, int64_t num_heads, int64_t num_kv_heads,
-                                      int64_t intermediate_size, int64_t vocab_size) {
-  const int64_t tp = recipe.parallel.tp;
-  if (tp <= 1) return absl::OkStatus();
+                                      int64_t intermediate_size, int64_t vocab_size,
+                                      int64_t num_layers) {
   const std::string config =
       recipe.model.path.empty()
           ? recipe.model.config
           : (std::filesystem::path(recipe.model.path) / "config.json").string();
   Problems problems(recipe.source);
-  const std::string key = absl::StrCat("parallel.tp=", tp);
-  const struct {
-    const char* name;
-    int64_t value;
-  } divisible[] = {{"num_attention_heads", num_heads},
-                   {"intermediate_size", intermediate_size},
-                   {"vocab_size", vocab_size}};
-  for (const auto& field : divisible) {
-    if (field.value % tp != 0) {
-      problems.Add(
-          key, absl::StrCat(field.name, " ", field.value, " of ", config, " is not divisible by ",
-                            tp, " (", field.value, " % ", tp, " = ", field.value % tp, ")"));
-    }
-  }
-  // Fewer kv heads than tp ranks: each kv head is replicated on tp/n_kv
-  // adjacent ranks, which needs n_kv to divide tp.
-  if (num_kv_heads <= 0 || (num_kv_heads % tp != 0 && tp % num_kv_heads != 0)) {
-    problems.Add(key, absl::StrCat("num_key_value_heads ", num_kv_heads, " of ", config,
-                                   " is neither divisible by ", tp, " (", num_kv_heads, " % ", tp,
-                                   " = ", num_kv_heads % tp,
-                                   ") nor divides it (kv heads are "
-                                   "replicated only when tp is a multiple of them)"));
-  }
+  CheckLayersForPipeline(recipe.parallel, num_layers, config, problems);
+  CheckHeadsForTensorParallel(recipe.parallel.tp, num_heads, num_kv_heads, intermediate_size,
+                              vocab_size, config, problems);
   return problems.ToStatus();
 }
 

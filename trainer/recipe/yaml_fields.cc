@@ -216,6 +216,44 @@ absl::Status MapReader::Read(const std::string& key, std::vector<std::string>* o
   return absl::OkStatus();
 }
 
+absl::Status MapReader::Read(const std::string& key, std::vector<int64_t>* out) {
+  const Entry* entry = Find(key);
+  if (entry == nullptr) return absl::OkStatus();
+  const char* what = "a list of integers (e.g. [7, 8, 8, 9])";
+  if (!entry->value.IsSequence()) return TypeError(*entry, what);
+  std::vector<int64_t> items;
+  for (const YAML::Node& item : entry->value) {
+    int64_t number = 0;
+    if (!IsPlainScalar(item) || !absl::SimpleAtoi(item.Scalar(), &number)) {
+      const std::string key_path = KeyPath(key);
+      return absl::InvalidArgumentError(absl::StrCat(origin_->Where(key_path, item.Mark()), ": ",
+                                                     key_path, ": expected ", what, ", got ",
+                                                     DescribeNode(item), " in the list"));
+    }
+    items.push_back(number);
+  }
+  *out = std::move(items);
+  return absl::OkStatus();
+}
+
+absl::Status MapReader::ReadChecked(const std::string& key,
+                                    const std::function<absl::Status(const std::string&)>& check,
+                                    std::string* out) {
+  std::string value = *out;
+  FULCRUM_RETURN_IF_ERROR(Read(key, &value));
+  const absl::Status status = check(value);
+  if (!status.ok()) {
+    const auto entry = std::find_if(entries_.begin(), entries_.end(),
+                                    [&](const Entry& e) { return e.key == key; });
+    FULCRUM_CHECK(entry != entries_.end(), "default of ", KeyPath(key), " is not allowed: ", value);
+    const std::string key_path = KeyPath(key);
+    return absl::Status(status.code(), absl::StrCat(origin_->Where(key_path, entry->value.Mark()),
+                                                    ": ", key_path, ": ", status.message()));
+  }
+  *out = value;
+  return absl::OkStatus();
+}
+
 absl::Status MapReader::ReadNumbers(const std::string& key, size_t count,
                                     std::vector<double>* out) {
   const Entry* entry = Find(key);

@@ -11,6 +11,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -66,11 +67,18 @@ class MapReader {
   absl::Status Read(const std::string& key, double* out);       // integer or float
   absl::Status Read(const std::string& key, bool* out);         // true | false
   absl::Status Read(const std::string& key, std::vector<std::string>* out);
+  // A list of integers (e.g. pp_layers: [7, 8, 8, 9]; [] reads as empty).
+  absl::Status Read(const std::string& key, std::vector<int64_t>* out);
   // A list of exactly `count` numbers (e.g. betas: [0.9, 0.95]).
   absl::Status ReadNumbers(const std::string& key, size_t count, std::vector<double>* out);
   // A string that must be one of `allowed`.
   absl::Status ReadEnum(const std::string& key, const std::vector<std::string>& allowed,
                         std::string* out);
+  // A string accepted by `check` (e.g. a parser of the value); its message
+  // is reported at the value's location: "<where>: <key path>: <message>".
+  absl::Status ReadChecked(const std::string& key,
+                           const std::function<absl::Status(const std::string&)>& check,
+                           std::string* out);
   // A map of names to names (e.g. fields: {instruction: prompt}); absent keeps `out`.
   absl::Status Read(const std::string& key, std::map<std::string, std::string>* out);
   // A nested section (absent: empty).

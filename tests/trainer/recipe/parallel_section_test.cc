@@ -98,11 +98,19 @@ TEST(ParallelSection, ParsesTheNewKeysWithStrictTypes) {
 }
 
 TEST(ParallelSection, RoundTripsThroughYaml) {
+  // dp, tp, pp, ep, sequence_parallel, zero, bucket_mb, comm_timeout_s.
+  auto make = [](int64_t dp, int64_t tp, int64_t pp, int64_t ep, bool sp, int64_t zero,
+                 double bucket_mb, double timeout) {
+    ParallelSection p;
+    p.dp = dp, p.tp = tp, p.pp = pp, p.ep = ep, p.sequence_parallel = sp, p.zero = zero;
+    p.bucket_mb = bucket_mb, p.comm_timeout_s = timeout;
+    return p;
+  };
   const std::vector<ParallelSection> sections = {
       {},
-      {2, 4, 1, 1, true, 1, 0.25, 60.0},
-      {1, 2, 1, 1, false, 0, 100.0, 1e-3},
-      {8, 8, 2, 4, true, 1, 1.0 / 3.0, 7200.5},
+      make(2, 4, 1, 1, true, 1, 0.25, 60.0),
+      make(1, 2, 1, 1, false, 0, 100.0, 1e-3),
+      make(8, 8, 2, 4, true, 1, 1.0 / 3.0, 7200.5),
   };
   for (const ParallelSection& in : sections) {
     Recipe r = Valid();
@@ -265,7 +273,7 @@ TEST(ParallelSection, ModelDivisibilityByTp) {
     Recipe r = Valid();
     r.parallel.tp = c.tp;
     const absl::Status status =
-        ValidateParallelForModel(r, c.heads, c.kv_heads, c.intermediate, c.vocab);
+        ValidateParallelForModel(r, c.heads, c.kv_heads, c.intermediate, c.vocab, 4);
     if (c.errors.empty()) {
       EXPECT_TRUE(status.ok()) << status;
       continue;
@@ -282,7 +290,7 @@ TEST(ParallelSection, ModelErrorsNameTheConfigOfARandomInit) {
   Recipe r = Valid();
   r.model = {"", "cfg/tiny.json"};
   r.parallel.tp = 2;
-  const absl::Status status = ValidateParallelForModel(r, 3, 3, 8, 8);
+  const absl::Status status = ValidateParallelForModel(r, 3, 3, 8, 8, 4);
   EXPECT_EQ(status.message(),
             "r.yaml: parallel.tp=2: num_attention_heads 3 of cfg/tiny.json is not divisible by 2 "
             "(3 % 2 = 1)\n"

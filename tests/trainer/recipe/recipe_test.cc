@@ -357,7 +357,12 @@ Recipe EveryFieldChanged() {
   r.batch = {24, 3, 96};
   r.train.steps = 1000001;
   r.precision.dtype = "bf16";
-  r.parallel = {2, 3, 4, 5, true, 1, 12.5, 0.75};
+  r.parallel.dp = 2, r.parallel.tp = 3, r.parallel.pp = 4, r.parallel.ep = 5;
+  r.parallel.pp_layers = {1, 2, 3, 4, 5, 6, 7, 8};
+  r.parallel.pp_virtual = 2;
+  r.parallel.pp_schedule = "interleaved_1f1b";
+  r.parallel.sequence_parallel = true, r.parallel.zero = 1;
+  r.parallel.bucket_mb = 12.5, r.parallel.comm_timeout_s = 0.75;
   r.checkpoint = {"", 9, "latest", 4};
   r.logging = {7, "null", true, 3.125e14};
   r.seed = 99;
@@ -419,6 +424,9 @@ TEST(RecipeToYaml, RoundTripsEveryField) {
   EXPECT_EQ(out->parallel.dp, in.parallel.dp);
   EXPECT_EQ(out->parallel.tp, in.parallel.tp);
   EXPECT_EQ(out->parallel.pp, in.parallel.pp);
+  EXPECT_EQ(out->parallel.pp_layers, in.parallel.pp_layers);
+  EXPECT_EQ(out->parallel.pp_virtual, in.parallel.pp_virtual);
+  EXPECT_EQ(out->parallel.pp_schedule, in.parallel.pp_schedule);
   EXPECT_EQ(out->parallel.ep, in.parallel.ep);
   EXPECT_EQ(out->parallel.sequence_parallel, in.parallel.sequence_parallel);
   EXPECT_EQ(out->parallel.zero, in.parallel.zero);

@@ -65,11 +65,13 @@ TEST(ValidateRecipe, PipelineAndExpertParallelismNotSupportedYet) {
   Recipe r = Valid();
   r.parallel.tp = 2;  // tensor parallelism is supported
   EXPECT_TRUE(ValidateRecipe(r, 2).ok()) << ValidateRecipe(r, 2);
-  r.parallel = {1, 1, 2, 1};
+  r.parallel = ParallelSection();
+  r.parallel.pp = 2;
   EXPECT_EQ(Problems(r, 2),
             "r.yaml: parallel.pp: not supported yet: parallel.pp=2 (pipeline parallelism)");
   EXPECT_CONTAINS(Problems(r, 2), "not supported yet: parallel.pp=2 (pipeline parallelism)");
-  r.parallel = {1, 1, 1, 4};
+  r.parallel = ParallelSection();
+  r.parallel.ep = 4;
   EXPECT_CONTAINS(Problems(r, 1), "not supported yet: parallel.ep=4 (expert parallelism)");
 }
 
