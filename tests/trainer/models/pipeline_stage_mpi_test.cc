@@ -100,7 +100,9 @@ void RunPipelineMatchesWholeModel(bool tied, bool lora) {
   // The whole model, same values on every rank.
   CausalLM full(config, torch::TensorOptions().dtype(torch::kFloat));
   InitializeWeights(*full, 13);
-  if (lora) ASSERT_TRUE(lora::ApplyLora(*full, lora_options).ok());
+  if (lora) {
+    ASSERT_TRUE(lora::ApplyLora(*full, lora_options).ok());
+  }
   torch::manual_seed(3);
   const torch::Tensor ids = torch::randint(0, 64, {2, 6}, torch::kLong);
   const torch::Tensor labels = ids.clone();

@@ -225,7 +225,9 @@ TEST_P(PipelineStageTest, TiedCopiesSumOverTheEmbeddingGroupAndCountOnce) {
     EXPECT_FALSE(last[embed].counted_in_norm);
   }
   for (const auto& [name, layout] : last) {
-    if (name != embed) EXPECT_EQ(layout.grad_sync, GradSync::kNone) << name;
+    if (name != embed) {
+      EXPECT_EQ(layout.grad_sync, GradSync::kNone) << name;
+    }
   }
   // The whole model's copy (no pp) stays plain.
   CausalLM full(config, torch::TensorOptions().dtype(torch::kFloat));
