@@ -118,12 +118,14 @@ void RunPipelineMatchesWholeModel(bool tied, bool lora) {
   InitializeWeights(*stage, 13);
   if (lora) {
     ASSERT_TRUE(lora::ApplyLora(*stage, lora_options).ok());
-    torch::NoGradGuard no_grad;  // B non-zero, same on both: A and B both matter
-    for (const lora::LoraLayer& l : lora::LoraLayers(*full)) {
-      if (l.layer->has_adapter()) l.layer->lora_b().fill_(0.01);
-    }
-    for (const lora::LoraLayer& l : lora::LoraLayers(*stage)) {
-      if (l.layer->has_adapter()) l.layer->lora_b().fill_(0.01);
+    {
+      torch::NoGradGuard no_grad;  // B non-zero, same on both: A and B both matter
+      for (const lora::LoraLayer& l : lora::LoraLayers(*full)) {
+        if (l.layer->has_adapter()) l.layer->lora_b().fill_(0.01);
+      }
+      for (const lora::LoraLayer& l : lora::LoraLayers(*stage)) {
+        if (l.layer->has_adapter()) l.layer->lora_b().fill_(0.01);
+      }
     }
     for (auto& p : full->parameters()) p.mutable_grad() = torch::Tensor();
     CrossEntropySum(full->forward(inputs), labels).backward();
