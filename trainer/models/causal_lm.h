@@ -64,6 +64,8 @@ class LayerStackImpl : public torch::nn::Module {
   DecoderLayerImpl& at(int64_t i) { return *layers_.at(static_cast<size_t>(i)); }
   const DecoderLayerImpl& at(int64_t i) const { return *layers_.at(static_cast<size_t>(i)); }
   int64_t global_index(int64_t i) const { return indices_.at(static_cast<size_t>(i)); }
+  // The i-th held layer as ModuleList gives it (`layers[i]->as<DecoderLayerImpl>()`).
+  std::shared_ptr<torch::nn::Module> operator[](size_t i) const { return layers_.at(i).ptr(); }
   // The local position of global layer `index`; FULCRUM_CHECK that it is held.
   int64_t LocalIndexOf(int64_t index) const;
 
