@@ -46,7 +46,7 @@ absl::StatusOr<ExportSource> LoadFromTrainCheckpoint(const std::string& dir) {
   torch::manual_seed(recipe.seed);  // the run's random init, if any
   FULCRUM_ASSIGN_OR_RETURN(source.built, loop::BuildModel(request));
   if (recipe.finetune.method == "lora") {
-    source.lora = loop::LoraOptionsFrom(recipe.finetune.lora);
+    source.lora = loop::LoraOptionsFrom(recipe.finetune.lora).WithSeed(recipe.seed);
     FULCRUM_RETURN_IF_ERROR(lora::ApplyLora(*source.built.model, source.lora).status());
     source.has_adapter = true;
   }

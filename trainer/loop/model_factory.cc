@@ -28,18 +28,10 @@ absl::StatusOr<BuiltModel> BuildModel(const ModelRequest& request) {
                              checkpoint::HfWeights::Open(request.path));
     FULCRUM_RETURN_IF_ERROR(models::LoadHfWeights(*built.model, weights));
     built.source_dir = request.path;
-  } else if (!request.parallel.tp.active()) {
-    models::InitializeWeights(*built.model, request.seed);
   } else {
-    // The whole model initialised on every rank (same seed), then each rank
-    // keeps its shards.
-    models::CausalLM full(built.config, options);
-    models::InitializeWeights(*full, request.seed);
-    const auto full_params = full->named_parameters();
-    torch::NoGradGuard no_grad;
-    for (const models::ParamLayout& layout : models::ParallelLayouts(*built.model)) {
-      layout.param.copy_(models::NarrowToShard(layout, full_params[layout.name]));
-    }
+    // Under tp / pp each rank takes its part of the whole model's draw (see
+    // InitializeWeights), so every layout starts from the same weights.
+    models::InitializeWeights(*built.model, request.seed);
   }
   return built;
 }

@@ -101,7 +101,8 @@ absl::Status Trainer::BuildModelAndOptimizer() {
   if (recipe_.finetune.method == "lora") {
     FULCRUM_ASSIGN_OR_RETURN(
         const int64_t adapted,
-        lora::ApplyLora(*built_.model, LoraOptionsFrom(recipe_.finetune.lora)));
+        lora::ApplyLora(*built_.model,
+                        LoraOptionsFrom(recipe_.finetune.lora).WithSeed(recipe_.seed)));
     logger_.Info("LoRA: ", adapted, " adapted linear layers, rank ", recipe_.finetune.lora.rank);
   }
   // Dropout streams differ per dp rank (a tp group shares its inputs);

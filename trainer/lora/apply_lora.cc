@@ -1,5 +1,7 @@
 #include "trainer/lora/apply_lora.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -55,8 +57,22 @@ void FreezeAllButAdapters(torch::nn::Module& model) {
   }
 }
 
+uint64_t AdapterSeed(uint64_t seed, const std::string& module_path) {
+  uint64_t hash = 14695981039346656037ULL;  // FNV-1a 64 offset basis
+  for (const unsigned char c : module_path) {
+    hash ^= c;
+    hash *= 1099511628211ULL;  // FNV prime
+  }
+  // splitmix64 finaliser of the mix, so nearby seeds give unrelated streams.
+  uint64_t z = hash ^ (seed + 0x9E3779B97F4A7C15ULL);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
 absl::StatusOr<int64_t> ApplyLoraWhere(torch::nn::Module& model, const LoraSpec& spec,
-                                       const std::function<bool(const std::string&)>& select) {
+                                       const std::function<bool(const std::string&)>& select,
+                                       std::optional<uint64_t> seed) {
   FULCRUM_RETURN_IF_ERROR(ValidateLoraSpec(spec));
   std::vector<LoraLayer> chosen;
   for (LoraLayer& l : LoraLayers(model)) {
@@ -67,7 +83,10 @@ absl::StatusOr<int64_t> ApplyLoraWhere(torch::nn::Module& model, const LoraSpec&
     }
     chosen.push_back(std::move(l));
   }
-  for (LoraLayer& l : chosen) l.layer->AttachAdapter(spec);
+  for (LoraLayer& l : chosen) {
+    l.layer->AttachAdapter(
+        spec, seed ? at::detail::createCPUGenerator(AdapterSeed(*seed, l.path)) : at::Generator());
+  }
   FreezeAllButAdapters(model);
   return static_cast<int64_t>(chosen.size());
 }
@@ -91,10 +110,13 @@ absl::StatusOr<int64_t> ApplyLora(torch::nn::Module& model, const LoraOptions& o
       targets.insert(t);
     }
   }
-  return ApplyLoraWhere(model, options.spec, [&](const std::string& path) {
-    const std::string name = LastComponent(path);
-    return targets.count(name) > 0 || (all_linear && name != kLmHead);
-  });
+  return ApplyLoraWhere(
+      model, options.spec,
+      [&](const std::string& path) {
+        const std::string name = LastComponent(path);
+        return targets.count(name) > 0 || (all_linear && name != kLmHead);
+      },
+      options.seed);
 }
 
 void MergeLora(torch::nn::Module& model) {

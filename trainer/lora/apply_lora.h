@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,7 +22,23 @@ struct LoraOptions {
   LoraSpec spec;  // rank, alpha, dropout, rslora
   std::vector<std::string>
       targets;  // last component of the module path ("q_proj"), or "all-linear"
+  // Set: each adapter's A is drawn from a CPU generator seeded with
+  // AdapterSeed(*seed, module path), so its values do not depend on which
+  // other modules exist (a pipeline stage draws what the whole model draws).
+  // Unset: from the global generator in module order.
+  std::optional<uint64_t> seed;
+
+  // A copy with `seed` set (one-expression use at call sites).
+  LoraOptions WithSeed(uint64_t value) const {
+    LoraOptions out = *this;
+    out.seed = value;
+    return out;
+  }
 };
+
+// The seed of the adapter at `module_path`: FNV-1a 64 of the path, mixed with
+// `seed` (stable across platforms and runs).
+uint64_t AdapterSeed(uint64_t seed, const std::string& module_path);
 
 // One LoraLinear of a model and its module path ("model.layers.0.self_attn.q_proj").
 struct LoraLayer {
@@ -50,8 +67,10 @@ absl::StatusOr<int64_t> ApplyLora(torch::nn::Module& model, const LoraOptions& o
 
 // Attaches `spec` adapters to the layers for which `select(path)` is true and
 // freezes the rest, as ApplyLora. Returns the number of adapted layers.
+// `seed`: as LoraOptions::seed.
 absl::StatusOr<int64_t> ApplyLoraWhere(torch::nn::Module& model, const LoraSpec& spec,
-                                       const std::function<bool(const std::string&)>& select);
+                                       const std::function<bool(const std::string&)>& select,
+                                       std::optional<uint64_t> seed = std::nullopt);
 
 // Sets requires_grad = true on adapter matrices and false on everything else.
 void FreezeAllButAdapters(torch::nn::Module& model);

@@ -76,7 +76,7 @@ torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
   return y.add_(h, scaling_);
 }
 
-void LoraLinearImpl::AttachAdapter(const LoraSpec& spec) {
+void LoraLinearImpl::AttachAdapter(const LoraSpec& spec, at::Generator generator) {
   FULCRUM_CHECK(!has_adapter(), "adapter attached twice");
   FULCRUM_CHECK(spec.rank > 0, "rank=", spec.rank);
   const auto options = weight.options().requires_grad(true);
@@ -85,8 +85,14 @@ void LoraLinearImpl::AttachAdapter(const LoraSpec& spec) {
     torch::NoGradGuard no_grad;
     // kaiming_uniform_(a=sqrt(5)) -> U(-1/sqrt(in), 1/sqrt(in)) over the full in.
     const double bound = 1.0 / std::sqrt(static_cast<double>(in_features_));
-    a = torch::empty({spec.rank, in_features_}, weight.options());
-    a.uniform_(-bound, bound);
+    if (generator.defined() && !weight.is_meta()) {
+      a = torch::empty({spec.rank, in_features_}, torch::kFloat)
+              .uniform_(-bound, bound, generator)
+              .to(weight.options());
+    } else {
+      a = torch::empty({spec.rank, in_features_}, weight.options());
+      a.uniform_(-bound, bound);
+    }
     if (sharded() && parallel_.shard == LinearShard::kRow) {
       const ShardRange cols = local_range();
       a = a.narrow(1, cols.start, cols.length).clone();  // [r, in/tp]

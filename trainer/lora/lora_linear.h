@@ -69,8 +69,11 @@ class LoraLinearImpl : public torch::nn::Module {
   // Attaches a fresh adapter: A ~ kaiming-uniform(a=sqrt(5)) as PEFT does,
   // B = 0, so the layer's output is unchanged until B trains. Under kRow the
   // full A [r, in] is drawn and this rank keeps its columns, so every tp rank
-  // (same seed) holds the shard of the single-rank draw.
-  void AttachAdapter(const LoraSpec& spec);
+  // (same seed) holds the shard of the single-rank draw. With a defined
+  // `generator` (a CPU generator) A is drawn from it in fp32 on the CPU and
+  // copied (values independent of device and of the global generator);
+  // otherwise from the global generator in the weight's dtype and device.
+  void AttachAdapter(const LoraSpec& spec, at::Generator generator = {});
   bool has_adapter() const { return lora_a_.defined(); }
   double scaling() const { return scaling_; }
   // Folds scaling * B A into W and removes the adapter (on shards: column

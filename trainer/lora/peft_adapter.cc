@@ -287,7 +287,8 @@ absl::StatusOr<LoraOptions> LoadPeftAdapter(torch::nn::Module& model, const std:
     l.layer->lora_a().copy_(l.layer->LocalLoraA(values.at(PeftKey(l.path, false))));
     l.layer->lora_b().copy_(l.layer->LocalLoraB(values.at(PeftKey(l.path, true))));
   }
-  return LoraOptions{config.spec, std::vector<std::string>(names.begin(), names.end())};
+  return LoraOptions{config.spec, std::vector<std::string>(names.begin(), names.end()),
+                     /*seed=*/std::nullopt};
 }
 
 }  // namespace fulcrum::lora

@@ -24,40 +24,99 @@ torch::Tensor TokenEmbeddingImpl::forward(const torch::Tensor& ids) {
   return torch::embedding(weight, ids);
 }
 
+void LayerStackImpl::Append(int64_t index, DecoderLayer layer) {
+  FULCRUM_CHECK(indices_.empty() || index > indices_.back(), "layer ", index,
+                " appended after layer ", indices_.empty() ? -1 : indices_.back());
+  layers_.push_back(register_module(std::to_string(index), std::move(layer)));
+  indices_.push_back(index);
+}
+
+int64_t LayerStackImpl::LocalIndexOf(int64_t index) const {
+  for (size_t i = 0; i < indices_.size(); ++i) {
+    if (indices_[i] == index) return static_cast<int64_t>(i);
+  }
+  FULCRUM_CHECK(false, "layer ", index, " is not held by this pipeline stage");
+  return -1;
+}
+
 DecoderStackImpl::DecoderStackImpl(const ModelConfig& config, const torch::TensorOptions& options,
                                    const ModelParallel& parallel)
     : config_(config), parallel_(parallel) {
-  embed_tokens = register_module(
-      "embed_tokens", TokenEmbedding(config.vocab_size, config.hidden_size, options, parallel.tp));
-  layers = register_module("layers", torch::nn::ModuleList());
-  for (int64_t i = 0; i < config.num_layers; ++i) {
-    layers->push_back(DecoderLayer(config, options, parallel));
+  // Registration order = HF order: embedding, layers (ascending), norm. A
+  // tied model's last stage holds an embedding copy as its lm_head.
+  const bool tied_head = config.tie_word_embeddings && parallel.HoldsLast();
+  if (parallel.HoldsFirst() || tied_head) {
+    embed_tokens = register_module(
+        "embed_tokens",
+        TokenEmbedding(config.vocab_size, config.hidden_size, options, parallel.tp));
   }
-  norm = register_module("norm", RMSNorm(config.hidden_size, config.rms_norm_eps, options));
+  layers = register_module("layers", LayerStack());
+  if (!parallel.pipelined()) {
+    for (int64_t i = 0; i < config.num_layers; ++i) {
+      layers->Append(i, DecoderLayer(config, options, parallel));
+    }
+  } else {
+    for (const auto& chunk : parallel.pipeline_chunks) {
+      FULCRUM_CHECK(
+          chunk.layers.count >= 0 && chunk.layers.first + chunk.layers.count <= config.num_layers,
+          "pipeline chunk layers [", chunk.layers.first, ", +", chunk.layers.count,
+          ") outside the model's ", config.num_layers, " layers");
+      for (int64_t i = 0; i < chunk.layers.count; ++i) {
+        layers->Append(chunk.layers.first + i, DecoderLayer(config, options, parallel));
+      }
+    }
+  }
+  if (parallel.HoldsLast()) {
+    norm = register_module("norm", RMSNorm(config.hidden_size, config.rms_norm_eps, options));
+  }
   // inv_freq stays fp32 whatever the param dtype (HF keeps it fp32 too).
   // Not a buffer, so that module.to(kBFloat16) cannot round it.
   inv_freq_ =
       RopeInvFreq(config.head_dim, config.rope_theta, config.rope_scaling).to(options.device());
 }
 
-torch::Tensor DecoderStackImpl::forward(const ForwardInputs& inputs) {
+const torch::Tensor& DecoderStackImpl::AnyWeight() const {
+  if (embed_tokens) return embed_tokens->weight;
+  FULCRUM_CHECK(layers->size() > 0, "a pipeline stage without embedding or layers");
+  return layers->at(0).input_layernorm->weight;
+}
+
+LayerInputs DecoderStackImpl::PrepareLayerInputs(const ForwardInputs& inputs) {
   FULCRUM_CHECK(inputs.input_ids.dim() == 2, "input_ids must be [B, T], got ",
                 inputs.input_ids.dim(), " dims");
   const int64_t b = inputs.input_ids.size(0), t = inputs.input_ids.size(1);
-  const torch::Device device = embed_tokens->weight.device();
-  const torch::ScalarType dtype = embed_tokens->weight.scalar_type();
+  const torch::Device device = AnyWeight().device();
+  const torch::ScalarType dtype = AnyWeight().scalar_type();
   torch::Tensor position_ids = inputs.position_ids;
   if (!position_ids.defined()) {
     position_ids =
         torch::arange(t, torch::TensorOptions().dtype(torch::kLong).device(device)).expand({b, t});
   }
-  // Built once per forward, shared by every layer: no per-layer mask or host sync.
-  const RopeCosSin rope = ComputeRopeCosSin(inv_freq_, position_ids.to(device), dtype);
-  const torch::Tensor mask =
-      BuildAttentionMask(b, t, inputs.attention_mask, inputs.document_ids, dtype, device);
+  // Built once per forward (or chunk), shared by every layer: no per-layer
+  // mask or host sync.
+  return LayerInputs{
+      ComputeRopeCosSin(inv_freq_, position_ids.to(device), dtype),
+      BuildAttentionMask(b, t, inputs.attention_mask, inputs.document_ids, dtype, device)};
+}
+
+torch::Tensor DecoderStackImpl::RunLayers(torch::Tensor h, int64_t first, int64_t count,
+                                          const LayerInputs& in) {
+  if (count == 0) return h;
+  const int64_t local = layers->LocalIndexOf(first);
+  FULCRUM_CHECK(local + count <= layers->size() &&
+                    layers->global_index(local + count - 1) == first + count - 1,
+                "layers [", first, ", +", count, ") are not all held by this stage");
+  for (int64_t i = local; i < local + count; ++i) h = layers->at(i).forward(h, in.rope, in.mask);
+  return h;
+}
+
+torch::Tensor DecoderStackImpl::forward(const ForwardInputs& inputs) {
+  FULCRUM_CHECK(embed_tokens && norm && layers->size() == config_.num_layers,
+                "forward() of a pipeline stage holding part of the model: use ForwardChunk");
+  const LayerInputs in = PrepareLayerInputs(inputs);
   // [B, T, hidden]; under sp reduce-scattered to this rank's [B, T/tp, hidden].
-  torch::Tensor h = embed_tokens->forward(inputs.input_ids.to(device));
-  for (const auto& layer : *layers) h = layer->as<DecoderLayerImpl>()->forward(h, rope, mask);
+  torch::Tensor h = embed_tokens->forward(inputs.input_ids.to(AnyWeight().device()));
+  h = RunLayers(h, 0, config_.num_layers, in);
   return norm->forward(h);
 }
 
@@ -89,8 +148,9 @@ torch::Tensor DecoderStackImpl::ForwardCached(const torch::Tensor& input_ids,
                                               generate::KvCache& cache) {
   FULCRUM_CHECK(input_ids.dim() == 2, "input_ids must be [B, T], got ", input_ids.dim(), " dims");
   FULCRUM_CHECK(!parallel_.tp.active(), "cached generation under tensor parallelism");
-  FULCRUM_CHECK(cache.num_layers() == static_cast<int64_t>(layers->size()), "cache has ",
-                cache.num_layers(), " layers, model ", layers->size());
+  FULCRUM_CHECK(!parallel_.pipelined(), "cached generation under pipeline parallelism");
+  FULCRUM_CHECK(cache.num_layers() == layers->size(), "cache has ", cache.num_layers(),
+                " layers, model ", layers->size());
   const int64_t b = input_ids.size(0), t = input_ids.size(1), past = cache.length();
   const torch::Device device = embed_tokens->weight.device();
   const torch::ScalarType dtype = embed_tokens->weight.scalar_type();
@@ -100,9 +160,8 @@ torch::Tensor DecoderStackImpl::ForwardCached(const torch::Tensor& input_ids,
   const RopeCosSin rope = ComputeRopeCosSin(inv_freq_, position_ids, dtype);
   const torch::Tensor mask = CachedCausalMask(b, past, t, dtype, device);
   torch::Tensor h = embed_tokens->forward(input_ids.to(device));  // [B, T, hidden]
-  int64_t index = 0;
-  for (const auto& layer : *layers) {
-    h = layer->as<DecoderLayerImpl>()->ForwardCached(h, rope, mask, cache, index++);
+  for (int64_t i = 0; i < layers->size(); ++i) {
+    h = layers->at(i).ForwardCached(h, rope, mask, cache, i);
   }
   cache.Advance(t);
   return norm->forward(h);
@@ -112,7 +171,7 @@ CausalLMImpl::CausalLMImpl(const ModelConfig& config, const torch::TensorOptions
                            const ModelParallel& parallel)
     : config_(config), parallel_(parallel) {
   model = register_module("model", DecoderStack(config, options, parallel));
-  if (!config.tie_word_embeddings) {
+  if (!config.tie_word_embeddings && parallel.HoldsLast()) {
     // Column-parallel over the vocab, output not gathered.
     lm_head = register_module(
         "lm_head", lora::LoraLinear(config.hidden_size, config.vocab_size, false, options,
@@ -124,6 +183,26 @@ torch::Tensor CausalLMImpl::forward(const ForwardInputs& inputs) {
   return Logits(model->forward(inputs));
 }
 
+torch::Tensor CausalLMImpl::ForwardChunk(int chunk, const ForwardInputs& inputs,
+                                         const torch::Tensor& hidden) {
+  const std::vector<parallel::pipeline::StageChunk>& chunks = parallel_.pipeline_chunks;
+  FULCRUM_CHECK(chunk >= 0 && static_cast<size_t>(chunk) < chunks.size(), "chunk ", chunk,
+                " of a stage with ", chunks.size(), " pipeline chunks");
+  const parallel::pipeline::StageChunk& c = chunks[static_cast<size_t>(chunk)];
+  const LayerInputs in = model->PrepareLayerInputs(inputs);
+  torch::Tensor h;  // [B, T, hidden] (under sp [B, T/tp, hidden])
+  if (c.first) {
+    h = model->embed_tokens->forward(inputs.input_ids.to(model->AnyWeight().device()));
+  } else {
+    FULCRUM_CHECK(hidden.defined(), "chunk ", chunk, " (virtual stage ", c.virtual_stage,
+                  ") needs the previous stage's activation");
+    h = hidden;
+  }
+  h = model->RunLayers(h, c.layers.first, c.layers.count, in);
+  if (!c.last) return h;
+  return Logits(model->norm->forward(h));
+}
+
 torch::Tensor CausalLMImpl::ForwardCached(const torch::Tensor& input_ids, generate::KvCache& cache,
                                           bool last_only) {
   torch::Tensor h = model->ForwardCached(input_ids, cache);  // [B, T, hidden]
@@ -133,12 +212,12 @@ torch::Tensor CausalLMImpl::ForwardCached(const torch::Tensor& input_ids, genera
 
 generate::KvCache CausalLMImpl::NewKvCache(int64_t batch, int64_t capacity) const {
   generate::KvCacheShape shape;
-  shape.num_layers = config_.num_layers;
+  shape.num_layers = model->layers->size();
   shape.batch = batch;
   shape.num_kv_heads = config_.num_kv_heads;
   shape.head_dim = config_.head_dim;
   shape.capacity = capacity;
-  const torch::Tensor& w = model->embed_tokens->weight;
+  const torch::Tensor& w = model->AnyWeight();
   return generate::KvCache(shape, torch::TensorOptions().dtype(w.scalar_type()).device(w.device()));
 }
 
@@ -152,5 +231,11 @@ torch::Tensor CausalLMImpl::Logits(const torch::Tensor& h) {
 }
 
 const ModelConfig& CausalLMImpl::config() const { return config_; }
+
+int64_t CausalLMImpl::vocab_start() const {
+  if (lm_head) return lm_head->local_range().start;
+  FULCRUM_CHECK(model->embed_tokens, "vocab_start() on a stage without the lm_head");
+  return model->embed_tokens->vocab_start();
+}
 
 }  // namespace fulcrum::models

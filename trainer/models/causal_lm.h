@@ -5,6 +5,8 @@
 
 #include <torch/torch.h>
 
+#include <vector>
+
 #include "trainer/generate/kv_cache.h"
 #include "trainer/lora/lora_linear.h"
 #include "trainer/models/decoder_layer.h"
@@ -49,7 +51,41 @@ class TokenEmbeddingImpl : public torch::nn::Module {
 };
 TORCH_MODULE(TokenEmbedding);
 
-// HF's `model.` prefix: everything but the lm_head.
+// The decoder layers a model holds, each registered under its GLOBAL index
+// ("13") so that parameter names stay the HF keys on a pipeline stage that
+// holds only some layers. Kept in ascending global order.
+class LayerStackImpl : public torch::nn::Module {
+ public:
+  LayerStackImpl() = default;
+  // Appends the layer with global index `index` (greater than every held one).
+  void Append(int64_t index, DecoderLayer layer);
+  int64_t size() const { return static_cast<int64_t>(layers_.size()); }
+  // The i-th held layer (local order) and its global index.
+  DecoderLayerImpl& at(int64_t i) { return *layers_.at(static_cast<size_t>(i)); }
+  const DecoderLayerImpl& at(int64_t i) const { return *layers_.at(static_cast<size_t>(i)); }
+  int64_t global_index(int64_t i) const { return indices_.at(static_cast<size_t>(i)); }
+  // The i-th held layer as ModuleList gives it (`layers[i]->as<DecoderLayerImpl>()`).
+  std::shared_ptr<torch::nn::Module> operator[](size_t i) const { return layers_.at(i).ptr(); }
+  // The local position of global layer `index`; FULCRUM_CHECK that it is held.
+  int64_t LocalIndexOf(int64_t index) const;
+
+ private:
+  std::vector<DecoderLayer> layers_;
+  std::vector<int64_t> indices_;
+};
+TORCH_MODULE(LayerStack);
+
+// The rope tables and the attention mask of one micro-batch, shared by every
+// layer of a forward (or of a pipeline chunk).
+struct LayerInputs {
+  RopeCosSin rope;     // [B, 1, T, D]
+  torch::Tensor mask;  // [B, 1, T, T] additive, param dtype
+};
+
+// HF's `model.` prefix: everything but the lm_head. On a pipeline stage
+// (ModelParallel::pipeline_chunks) it holds only the stage's layers, the
+// embedding where the stage holds virtual stage 0 (or the tied lm_head copy
+// on the last stage) and the final norm on the last stage.
 class DecoderStackImpl : public torch::nn::Module {
  public:
   DecoderStackImpl(const ModelConfig& config, const torch::TensorOptions& options,
@@ -63,9 +99,18 @@ class DecoderStackImpl : public torch::nn::Module {
   // Not under tp (FULCRUM_CHECK).
   torch::Tensor ForwardCached(const torch::Tensor& input_ids, generate::KvCache& cache);
 
-  TokenEmbedding embed_tokens{nullptr};
-  torch::nn::ModuleList layers{nullptr};  // of DecoderLayer
-  RMSNorm norm{nullptr};
+  // Rope cos/sin and the mask of `inputs` (every pipeline chunk builds its own
+  // from the micro-batch's ids, positions and masks).
+  LayerInputs PrepareLayerInputs(const ForwardInputs& inputs);
+  // h [B, T, hidden] (under sp [B, T/tp, hidden]) through the held global
+  // layers [first, first + count) -> same shape.
+  torch::Tensor RunLayers(torch::Tensor h, int64_t first, int64_t count, const LayerInputs& in);
+  // Any held parameter: the dtype and device the stack computes in.
+  const torch::Tensor& AnyWeight() const;
+
+  TokenEmbedding embed_tokens{nullptr};  // null on a stage without the embedding
+  LayerStack layers{nullptr};
+  RMSNorm norm{nullptr};  // null on a stage without the last virtual stage
 
  private:
   ModelConfig config_;
@@ -84,7 +129,16 @@ class CausalLMImpl : public torch::nn::Module {
   // -> logits [B, T, V] float32 (computed in the param dtype, returned as fp32).
   // Under tp the vocab shard [B, T, V/tp] of this rank, not gathered (see
   // GatherLogits / TrainingLossSum in parallel_layout.h).
+  // Not on a pipeline stage that lacks part of the model (FULCRUM_CHECK): use
+  // ForwardChunk.
   torch::Tensor forward(const ForwardInputs& inputs);
+  // One pipeline chunk. chunk: local chunk index (into
+  // ModelParallel::pipeline_chunks); hidden: the activation entering the chunk
+  // [B, T, hidden] in the param dtype (under sp [B, T/tp, hidden]); undefined
+  // on virtual stage 0, which embeds inputs.input_ids. -> the chunk's output
+  // activation, same shape; on the last virtual stage the logits, as forward()
+  // gives them. Rope and mask are built from `inputs`.
+  torch::Tensor ForwardChunk(int chunk, const ForwardInputs& inputs, const torch::Tensor& hidden);
   // See DecoderStackImpl::ForwardCached. -> logits [B, T, V] fp32, or [B, 1, V]
   // of the last position only when `last_only` (a long prompt's prefill then
   // skips T-1 vocab projections).
@@ -95,6 +149,8 @@ class CausalLMImpl : public torch::nn::Module {
   generate::KvCache NewKvCache(int64_t batch, int64_t capacity) const;
   const ModelConfig& config() const;
   const ModelParallel& parallel() const { return parallel_; }
+  // The first vocab row of this rank's logits / embedding shard (0 without tp).
+  int64_t vocab_start() const;
 
   DecoderStack model{nullptr};
   // [vocab, hidden] (under tp column-parallel over vocab: [vocab/tp, hidden]);

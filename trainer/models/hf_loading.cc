@@ -1,13 +1,14 @@
 #include "trainer/models/hf_loading.h"
 
 #include <filesystem>
-#include <map>
+#include <set>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/file_util.h"
 #include "core/status.h"
+#include "trainer/models/family_registry.h"
 #include "trainer/models/init.h"
 #include "trainer/models/model_config.h"
 #include "trainer/models/parallel_layout.h"
@@ -57,11 +58,22 @@ absl::Status LoadHfWeights(CausalLMImpl& model, const checkpoint::HfWeights& wei
   for (ParamLayout& layout : ParallelLayouts(model)) {
     if (!absl::StrContains(layout.name, "lora_")) params.push_back(std::move(layout));
   }
-  std::map<std::string, bool> expected;
-  for (const auto& p : params) expected[p.name] = true;
+  // The whole model's tensors: on a pipeline stage the others' layers are
+  // expected in the file too (not "unexpected"), and every rank reports the
+  // same missing ones.
+  std::set<std::string> expected;
+  if (model.parallel().pipelined()) {
+    for (const WeightPlanEntry& entry : WeightPlan(model.config())) expected.insert(entry.name);
+  }
+  for (const auto& p : params) expected.insert(p.name);
   std::vector<std::string> missing, unexpected, mismatched;
   for (const std::string& name : weights.Names()) {
     if (expected.count(name) == 0 && !IsIgnorable(name, model.config())) unexpected.push_back(name);
+  }
+  std::set<std::string> held;
+  for (const auto& p : params) held.insert(p.name);
+  for (const std::string& name : expected) {
+    if (held.count(name) == 0 && !weights.Contains(name)) missing.push_back(name);
   }
   std::vector<torch::Tensor> sources;
   sources.reserve(params.size());

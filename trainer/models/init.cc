@@ -2,31 +2,69 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <map>
+
 #include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
 #include "core/check.h"
+#include "trainer/models/parallel_layout.h"
 
 namespace fulcrum::models {
+namespace {
+
+// The initial fp32 CPU value of the base parameter `name` with `sizes`;
+// 2-D weights advance `generator`.
+torch::Tensor InitialValue(const std::string& name, torch::IntArrayRef sizes, double std,
+                           at::Generator& generator) {
+  torch::Tensor values = torch::empty(sizes, torch::kFloat);
+  if (absl::EndsWith(name, ".bias")) return values.zero_();
+  if (values.dim() == 2) return values.normal_(0.0, std, generator);
+  FULCRUM_CHECK(values.dim() == 1 && absl::StrContains(name, "norm"), "unexpected parameter ",
+                name);
+  return values.fill_(1.0);
+}
+
+}  // namespace
+
+void ForEachInitialValue(
+    const ModelConfig& config, uint64_t seed,
+    const std::function<void(const std::string& name, const torch::Tensor& value)>& sink) {
+  torch::NoGradGuard no_grad;
+  CausalLM shapes(config, torch::TensorOptions().dtype(torch::kFloat).device(torch::kMeta));
+  at::Generator generator = at::detail::createCPUGenerator(seed);
+  for (const auto& item : shapes->named_parameters(/*recurse=*/true)) {
+    if (absl::StrContains(item.key(), "lora_")) continue;
+    sink(item.key(),
+         InitialValue(item.key(), item.value().sizes(), config.initializer_range, generator));
+  }
+}
 
 void InitializeWeights(CausalLMImpl& model, uint64_t seed) {
   torch::NoGradGuard no_grad;
+  const ModelParallel& parallel = model.parallel();
+  if (parallel.tp.active() || parallel.pipelined()) {
+    // Drawn for the whole model; each held parameter takes its slice.
+    std::map<std::string, ParamLayout> held;
+    for (ParamLayout& layout : ParallelLayouts(model)) {
+      if (!absl::StrContains(layout.name, "lora_")) held[layout.name] = std::move(layout);
+    }
+    ForEachInitialValue(model.config(), seed,
+                        [&](const std::string& name, const torch::Tensor& value) {
+                          const auto it = held.find(name);
+                          if (it == held.end()) return;
+                          it->second.param.copy_(NarrowToShard(it->second, value));
+                          held.erase(it);
+                        });
+    FULCRUM_CHECK(held.empty(), "parameter ", held.empty() ? "" : held.begin()->first,
+                  " is not in the whole model");
+    return;
+  }
   at::Generator generator = at::detail::createCPUGenerator(seed);
   const double std = model.config().initializer_range;
   for (const auto& item : model.named_parameters(/*recurse=*/true)) {
-    const std::string& name = item.key();
+    if (absl::StrContains(item.key(), "lora_")) continue;
     torch::Tensor param = item.value();
-    if (absl::StrContains(name, "lora_")) continue;
-    if (absl::EndsWith(name, ".bias")) {
-      param.zero_();
-    } else if (param.dim() == 2) {
-      torch::Tensor values = torch::empty(param.sizes(), torch::kFloat);
-      values.normal_(0.0, std, generator);
-      param.copy_(values);
-    } else {
-      FULCRUM_CHECK(param.dim() == 1 && absl::StrContains(name, "norm"), "unexpected parameter ",
-                    name);
-      param.fill_(1.0);
-    }
+    param.copy_(InitialValue(item.key(), param.sizes(), std, generator));
   }
 }
 

@@ -3,16 +3,29 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <string>
 
 #include "trainer/models/causal_lm.h"
+#include "trainer/models/model_config.h"
 
 namespace fulcrum::models {
 
 // 2-D weights (linears, embedding) ~ N(0, initializer_range), 1-D norm weights
 // = 1, biases = 0. Drawn on the CPU in fp32 from a generator seeded with
-// `seed`, in named_parameters() order, then copied (so the values do not
-// depend on the device, and the dtype only rounds them). Adapter (lora_*)
-// parameters are left alone.
+// `seed`, in the whole single-rank model's named_parameters() order, then
+// copied (so the values do not depend on the device, and the dtype only
+// rounds them). A tp shard or a pipeline stage gets exactly its part of the
+// whole model's values (a tied embedding copy on the last stage included).
+// Adapter (lora_*) parameters are left alone.
 void InitializeWeights(CausalLMImpl& model, uint64_t seed);
+
+// The value InitializeWeights gives every base parameter of the whole
+// single-rank model with `config`, in order: sink(HF name, full fp32 CPU
+// tensor). The model's shapes come from a meta-device build (no memory): one
+// full tensor is alive at a time.
+void ForEachInitialValue(
+    const ModelConfig& config, uint64_t seed,
+    const std::function<void(const std::string& name, const torch::Tensor& value)>& sink);
 
 }  // namespace fulcrum::models

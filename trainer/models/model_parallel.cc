@@ -5,6 +5,22 @@
 
 namespace fulcrum::models {
 
+bool ModelParallel::HoldsFirst() const {
+  if (pipeline_chunks.empty()) return true;
+  for (const auto& chunk : pipeline_chunks) {
+    if (chunk.first) return true;
+  }
+  return false;
+}
+
+bool ModelParallel::HoldsLast() const {
+  if (pipeline_chunks.empty()) return true;
+  for (const auto& chunk : pipeline_chunks) {
+    if (chunk.last) return true;
+  }
+  return false;
+}
+
 HeadShard ShardHeads(int64_t num_heads, int64_t num_kv_heads,
                      const parallel::tensor::TensorParallel& tp) {
   const int size = tp.size(), rank = tp.rank();

@@ -4,8 +4,10 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "parallel/comm/communicator.h"
+#include "parallel/pipeline/stage_partition.h"
 #include "parallel/tensor/tensor_parallel.h"
 #include "trainer/lora/lora_linear.h"
 
@@ -16,6 +18,18 @@ struct ModelParallel {
   // The tp ranks sharing one kv head when tp > n_kv_heads (tp / n_kv adjacent
   // ranks: DeviceMesh::KvReplicaGroup(tp / n_kv)); else nullptr.
   parallel::Communicator* kv_replicas = nullptr;
+  // This pipeline stage's chunks (StagePartition::ChunksOf), chunk 0 first;
+  // empty = the whole model (no pipeline parallelism).
+  std::vector<parallel::pipeline::StageChunk> pipeline_chunks;
+  // DeviceMesh::embedding(): the first and the last stage, which hold copies
+  // of a tied embedding; nullptr without pp.
+  parallel::Communicator* embedding_group = nullptr;
+
+  bool pipelined() const { return !pipeline_chunks.empty(); }
+  // Whether this rank holds virtual stage 0 (the token embedding) / the last
+  // virtual stage (final norm, lm_head, loss). Both true without pp.
+  bool HoldsFirst() const;
+  bool HoldsLast() const;
 };
 
 // How this rank's attention heads sit in the tp group.

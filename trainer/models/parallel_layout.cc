@@ -62,6 +62,18 @@ void LayoutOfLinear(ParamLayout& layout, const lora::LoraLinearImpl& linear,
   return SetReplicated(layout, sp);
 }
 
+// Under pp with tied embeddings the first and the last stage each hold a copy
+// of the embedding: their gradients add up over the embedding group, and the
+// norm counts the first stage's copy.
+void SetTiedCopy(ParamLayout& layout, const CausalLMImpl& model) {
+  const ModelParallel& parallel = model.parallel();
+  if (!model.config().tie_word_embeddings || !parallel.pipelined()) return;
+  if (parallel.HoldsFirst() && parallel.HoldsLast()) return;  // one stage, one copy
+  FULCRUM_CHECK(layout.grad_sync == GradSync::kNone, "tied embedding with partial gradients");
+  layout.grad_sync = GradSync::kEmbedding;
+  layout.counted_in_norm = layout.counted_in_norm && parallel.HoldsFirst();
+}
+
 }  // namespace
 
 std::vector<ParamLayout> ParallelLayouts(CausalLMImpl& model) {
@@ -74,7 +86,9 @@ std::vector<ParamLayout> ParallelLayouts(CausalLMImpl& model) {
     layout.name = item.key();
     layout.param = item.value();
     layout.tp = tp;
+    const bool embedding = layout.name == "model.embed_tokens.weight";
     if (!tp.active()) {
+      if (embedding) SetTiedCopy(layout, model);
       out.push_back(layout);
       continue;
     }
@@ -87,8 +101,9 @@ std::vector<ParamLayout> ParallelLayouts(CausalLMImpl& model) {
     const auto linear = linears.find(path);
     if (linear != linears.end()) {
       LayoutOfLinear(layout, *linear->second, what);
-    } else if (name == "model.embed_tokens.weight") {
+    } else if (embedding) {
       SetSharded(layout, ShardKind::kVocab, 0, 1);
+      SetTiedCopy(layout, model);
     } else {
       // Norms. q/k norms see only this rank's heads; the others see only the
       // sequence shard under sp.
@@ -101,14 +116,31 @@ std::vector<ParamLayout> ParallelLayouts(CausalLMImpl& model) {
 }
 
 void SyncPartialGradients(CausalLMImpl& model) {
-  if (!model.parallel().tp.active()) return;
-  std::vector<torch::Tensor> tp_grads, kv_grads;
+  std::vector<torch::Tensor> tp_grads, kv_grads, embedding_grads;
   for (ParamLayout& layout : ParallelLayouts(model)) {
     if (layout.grad_sync == GradSync::kNone || !layout.param.requires_grad()) continue;
     if (!layout.param.grad().defined())
       layout.param.mutable_grad() = torch::zeros_like(layout.param);
-    (layout.grad_sync == GradSync::kTp ? tp_grads : kv_grads).push_back(layout.param.grad());
+    switch (layout.grad_sync) {
+      case GradSync::kTp:
+        tp_grads.push_back(layout.param.grad());
+        break;
+      case GradSync::kKvReplicas:
+        kv_grads.push_back(layout.param.grad());
+        break;
+      case GradSync::kEmbedding:
+        embedding_grads.push_back(layout.param.grad());
+        break;
+      case GradSync::kNone:
+        break;
+    }
   }
+  if (!embedding_grads.empty()) {
+    FULCRUM_CHECK(model.parallel().embedding_group != nullptr,
+                  "tied embedding copies under pp but ModelParallel::embedding_group is null");
+    parallel::tensor::AllReducePartialGradients(embedding_grads, *model.parallel().embedding_group);
+  }
+  if (!model.parallel().tp.active()) return;
   parallel::tensor::AllReducePartialGradients(tp_grads, *model.parallel().tp.group);
   if (!kv_grads.empty()) {
     FULCRUM_CHECK(model.parallel().kv_replicas != nullptr,
@@ -168,8 +200,7 @@ torch::Tensor TrainingLossSum(CausalLMImpl& model, const torch::Tensor& logits,
                               const torch::Tensor& labels) {
   const TensorParallel& tp = model.parallel().tp;
   if (!tp.active()) return CrossEntropySum(logits, labels);
-  return parallel::tensor::VocabParallelCrossEntropySum(
-      logits, labels, model.model->embed_tokens->vocab_start(), tp);
+  return parallel::tensor::VocabParallelCrossEntropySum(logits, labels, model.vocab_start(), tp);
 }
 
 }  // namespace fulcrum::models

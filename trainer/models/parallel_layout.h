@@ -24,6 +24,9 @@ enum class GradSync {
   kNone,  // the rank's gradient is already complete
   kTp,    // sum over the tp group (sp-sharded activations, replicated lora_A of a column layer)
   kKvReplicas,  // sum over the ranks holding the same kv head (ModelParallel::kv_replicas)
+  // sum over ModelParallel::embedding_group: the tied embedding's copies on
+  // the first and the last pipeline stage
+  kEmbedding,
 };
 
 struct ParamLayout {
@@ -48,12 +51,17 @@ struct ParamLayout {
 //     rank 0; kTp for column lora_A, q/k norms (per-head, local heads only),
 //     and under sp for norms, row biases and row lora_B.
 // Without tp: every parameter replicated, kNone, counted.
+// Under pp with tied embeddings, when the first and the last stage are
+// different ranks: model.embed_tokens.weight is kEmbedding on both, counted
+// on the first stage only (and there by the tp rule above).
 std::vector<ParamLayout> ParallelLayouts(CausalLMImpl& model);
 
 // Sums the partial gradients (kTp over the tp group, kKvReplicas over
-// ModelParallel::kv_replicas) of parameters that require grad; an undefined
-// grad becomes zeros first so every rank joins the same collectives.
-// Collective over tp; no-op without tp.
+// ModelParallel::kv_replicas, kEmbedding over ModelParallel::embedding_group)
+// of parameters that require grad; an undefined grad becomes zeros first so
+// every rank joins the same collectives. Collective over tp (and over the
+// embedding group on the stages holding a tied copy); no-op without tp and
+// without such a copy.
 void SyncPartialGradients(CausalLMImpl& model);
 
 // The full (unsharded) shape of a layout's parameter.
