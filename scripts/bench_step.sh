@@ -9,7 +9,8 @@
 # With `layouts`, the parallel layouts on 2 ranks x 1 thread instead: full
 # fine-tuning, global batch 8 in micro-batches of 4, as one rank with one
 # thread, dp2, tp2 and dp2 + ZeRO-1: median tokens/s, speed-up over the one
-# rank, peak RSS per rank and optimizer-state bytes per rank.
+# rank, peak RSS per rank and optimizer-state bytes per rank; and two
+# independent one-rank runs at once, the ceiling the 2 cores allow.
 #   scripts/bench_step.sh layouts
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +39,15 @@ if [ "$mode" = layouts ]; then
       logging.metrics_file="$work/$name.jsonl" logging.every=100 "$@" >/dev/null
   }
   run one_rank 1
+  # Two independent one-rank runs at once: what the 2 cores give together
+  # (shared caches and memory bandwidth), the ceiling of any 2-rank layout.
+  for i in 1 2; do
+    rm -f "$work/pair$i.jsonl"
+    OMP_NUM_THREADS=1 build/fulcrum train recipes/bench/step.yaml \
+      model.path="$work/model" data.path="$work/data.jsonl" batch.micro_batch=4 train.steps=13 \
+      logging.metrics_file="$work/pair$i.jsonl" logging.every=100 >/dev/null &
+  done
+  wait
   run dp2 2 parallel.dp=2
   run tp2 2 parallel.tp=2
   run dp2_zero1 2 parallel.dp=2 parallel.zero=1
@@ -54,6 +64,12 @@ for name, ranks in (("one_rank", 1), ("dp2", 2), ("tp2", 2), ("dp2_zero1", 2)):
     rss = max(r["peak_rss_bytes"] for r in rows) / 2**20
     opt = rows[-1]["optimizer_state_bytes"] / 2**20
     print(f"{name:10s} {ranks:5d} {tps:9.1f} {tps/base:8.2f}x {rss:10.0f} MiB {opt:13.1f} MiB")
+pair = 0.0
+for i in (1, 2):
+    rows = [json.loads(l) for l in open(f"{work}/pair{i}.jsonl")]
+    rows = [r for r in rows if "tokens_per_second" in r][3:]
+    pair += statistics.median(r["tokens_per_second"] for r in rows)
+print(f"{'2 x 1 rank':10s} {2:5d} {pair:9.1f} {pair/base:8.2f}x   (two independent one-rank runs at once: the machine's ceiling)")
 print("goal: dp2 >= 1.8x one rank with one thread")
 PY
   exit 0

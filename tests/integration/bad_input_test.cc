@@ -99,8 +99,14 @@ TEST_F(BadInputTest, ErrorsEndEveryRankUnderMpirun) {
 TEST_F(BadInputTest, ParallelLayoutErrorsPrintTheArithmetic) {
   // 3 ranks of tp: the tiny model's 4 heads do not divide by 3.
   ExpectError("train " + dir_ + "/r.yaml parallel.tp=3", {"parallel.tp=3", "4", "divisible"}, 3);
-  ExpectError("train " + dir_ + "/r.yaml parallel.pp=2 parallel.dp=1",
-              {"not supported yet", "parallel.pp"}, 2);
+  // The tiny model's 2 layers do not split into 3 stages; the model's config is named.
+  ExpectError("train " + dir_ + "/r.yaml parallel.pp=3 batch.micro_batch=1",
+              {"parallel.pp", "not divisible", "config.json", "parallel.pp_layers"}, 3);
+  // One micro-batch per step cannot fill a 2-stage 1F1B pipeline.
+  ExpectError("train " + dir_ + "/r.yaml parallel.pp=2 batch.global_batch=2",
+              {"parallel.pp_schedule", "micro-batches"}, 2);
+  ExpectError("validate " + dir_ + "/r.yaml parallel.pp_virtual=2",
+              {"parallel.pp_virtual", "interleaved_1f1b"});
   ExpectError("validate " + dir_ + "/r.yaml parallel.sequence_parallel=true",
               {"parallel.sequence_parallel"});
 }

@@ -11,17 +11,22 @@
 // Under mpirun the same parallel.* overrides as `train` pick the layout: the
 // batch's sequences are split over dp (every rank reads the whole file, so
 // the loss is normalised by the whole batch's target count), each tp rank
-// holds its shards; logits and gradients are gathered back to full tensors,
-// so OUT is the single-rank result.
+// holds its shards, each pp stage its layers (the rows run through the stages
+// as one micro-batch: forward only, or GPipe's forward and backward with
+// --grads); logits and gradients are gathered back to full tensors on rank
+// 0, so OUT is the single-rank result.
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
+#include "parallel/pipeline/forward_only.h"
 #include "trainer/checkpoint/safetensors_reader.h"
 #include "trainer/checkpoint/safetensors_writer.h"
 #include "trainer/cli/commands.h"
 #include "trainer/cli/flags.h"
+#include "trainer/loop/causal_lm_stage.h"
 #include "trainer/loop/model_factory.h"
 #include "trainer/loop/parallel_setup.h"
+#include "trainer/loop/stage_gather.h"
 #include "trainer/lora/apply_lora.h"
 #include "trainer/lora/peft_adapter.h"
 #include "trainer/models/loss.h"
@@ -90,6 +95,49 @@ torch::Tensor GatherRows(const torch::Tensor& local, int64_t rows, parallel::Com
   return out;
 }
 
+struct ScoreResult {
+  torch::Tensor logits;  // this rank's [rows, T, V(/tp)]; undefined off the last pp stage
+  torch::Tensor loss;    // this rank's share of the mean loss (0 off the last pp stage)
+};
+
+// Under pp: this dp rank's rows as one micro-batch through the stages.
+absl::StatusOr<ScoreResult> ScoreThroughStages(models::CausalLMImpl& model,
+                                               const loop::ParallelRuntime& runtime,
+                                               const models::ForwardInputs& inputs,
+                                               const torch::Tensor& labels, double targets,
+                                               bool grads) {
+  const std::vector<parallel::pipeline::StageChunk>& chunks = runtime.model.pipeline_chunks;
+  if (grads && chunks.size() > 1) {
+    return absl::UnimplementedError(
+        "fulcrum score: not supported yet: --grads with parallel.pp_virtual > 1");
+  }
+  loop::CausalLmStage stage(model, chunks, torch::kCPU);
+  stage.KeepLogits(true);
+  std::vector<data::MicroBatch> micro(1);
+  micro[0].input_ids = inputs.input_ids;
+  micro[0].attention_mask = inputs.attention_mask;
+  micro[0].labels = labels;
+  stage.SetBatch(micro, targets);
+  parallel::pipeline::ScheduleShape shape;
+  shape.stages = runtime.pp_size();
+  shape.micro_batches = 1;
+  shape.virtual_stages = static_cast<int>(chunks.size());
+  if (grads) {
+    FULCRUM_ASSIGN_OR_RETURN(
+        parallel::pipeline::Schedule schedule,
+        parallel::pipeline::BuildSchedule(parallel::pipeline::ScheduleKind::kGPipe, shape));
+    parallel::pipeline::PipelineExecutor executor(std::move(schedule), runtime.pp_rank(),
+                                                  runtime.pipeline_channels());
+    executor.Run(stage);
+  } else {
+    parallel::pipeline::RunForwardOnly(stage, shape, runtime.pp_rank(), runtime.pp());
+  }
+  ScoreResult result;
+  if (!stage.logits().empty()) result.logits = stage.logits().front();
+  result.loss = stage.loss_sum() / targets;
+  return result;
+}
+
 }  // namespace
 
 absl::Status RunScore(const Args& args, const parallel::World& world) {
@@ -120,7 +168,13 @@ absl::Status RunScore(const Args& args, const parallel::World& world) {
   FULCRUM_ASSIGN_OR_RETURN(loop::BuiltModel built, loop::BuildModel(request));
   const bool with_adapter = !flags.Get("adapter").empty();
   if (with_adapter) {
-    FULCRUM_RETURN_IF_ERROR(lora::LoadPeftAdapter(*built.model, flags.Get("adapter")).status());
+    // Under pp each stage loads its layers' adapters; the rest are other stages'.
+    const models::ModelParallel& parallel = runtime.model;
+    FULCRUM_RETURN_IF_ERROR(lora::LoadPeftAdapter(*built.model, flags.Get("adapter"),
+                                                  [&parallel](const std::string& p) {
+                                                    return parallel.HeldByOtherStage(p);
+                                                  })
+                                .status());
   }
   FULCRUM_ASSIGN_OR_RETURN(auto reader, checkpoint::SafetensorsReader::Open(flags.Get("batch")));
   torch::Tensor input_ids, attention_mask, labels;
@@ -162,7 +216,13 @@ absl::Status RunScore(const Args& args, const parallel::World& world) {
   }
   torch::Tensor logits;
   torch::Tensor loss;
-  {
+  if (runtime.pp_size() > 1) {
+    FULCRUM_ASSIGN_OR_RETURN(
+        const ScoreResult result,
+        ScoreThroughStages(*built.model, runtime, inputs, local_labels, targets, grads));
+    logits = result.logits;
+    loss = result.loss;
+  } else {
     torch::AutoGradMode grad_mode(grads);
     logits = built.model->forward(inputs);
     loss = models::TrainingLossSum(*built.model, logits, local_labels) / targets;
@@ -171,10 +231,13 @@ absl::Status RunScore(const Args& args, const parallel::World& world) {
   parallel::Communicator& dp = runtime.dp();
   torch::Tensor total_loss = loss.detach().to(torch::kFloat).reshape({}).clone();
   dp.AllReduce(total_loss);
-  std::vector<checkpoint::NamedTensor> out = {
-      {"logits",
-       GatherRows(models::GatherLogits(*built.model, logits.detach()).contiguous(), rows, dp)},
-      {"loss", total_loss}};
+  if (runtime.pp_size() > 1) runtime.pp().AllReduce(total_loss);
+  std::vector<checkpoint::NamedTensor> out = {{"loss", total_loss}};
+  if (logits.defined()) {
+    out.push_back(
+        {"logits",
+         GatherRows(models::GatherLogits(*built.model, logits.detach()).contiguous(), rows, dp)});
+  }
   if (grads) {
     models::SyncPartialGradients(*built.model);
     for (const models::ParamLayout& layout : models::ParallelLayouts(*built.model)) {
@@ -186,6 +249,8 @@ absl::Status RunScore(const Args& args, const parallel::World& world) {
       out.push_back({"grad." + key, models::GatherFull(layout, g).to(torch::kFloat).contiguous()});
     }
   }
+  // Under pp every stage's logits and gradients go to stage 0 (rank 0's).
+  out = loop::GatherAcrossStages(std::move(out), runtime.pp());
   if (!world.is_root()) return absl::OkStatus();
   return checkpoint::WriteSafetensors(flags.Get("out"), out);
 }

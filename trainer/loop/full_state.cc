@@ -6,15 +6,24 @@
 namespace fulcrum::loop {
 namespace {
 
+constexpr const char* kPerParameterPrefixes[] = {"exp_avg_sq.", "exp_avg.", "master."};
+
 // The parameter an optimizer-state key belongs to, or nullptr ("step").
 const models::ParamLayout* LayoutOfStateKey(const std::string& key, const LayoutIndex& layouts) {
-  for (const char* prefix : {"exp_avg_sq.", "exp_avg.", "master."}) {
+  for (const char* prefix : kPerParameterPrefixes) {
     if (absl::StartsWith(key, prefix)) {
       auto it = layouts.find(key.substr(std::string(prefix).size()));
       return it == layouts.end() ? nullptr : it->second;
     }
   }
   return nullptr;
+}
+
+bool IsPerParameterKey(const std::string& key) {
+  for (const char* prefix : kPerParameterPrefixes) {
+    if (absl::StartsWith(key, prefix)) return true;
+  }
+  return false;
 }
 
 }  // namespace
@@ -50,6 +59,15 @@ std::vector<checkpoint::NamedTensor> GatherOptimizerState(
     }
   }
   return state;
+}
+
+std::map<std::string, torch::Tensor> StateOfParameters(
+    const std::map<std::string, torch::Tensor>& full, const LayoutIndex& layouts) {
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& [key, tensor] : full) {
+    if (!IsPerParameterKey(key) || LayoutOfStateKey(key, layouts) != nullptr) out[key] = tensor;
+  }
+  return out;
 }
 
 std::map<std::string, torch::Tensor> ShardOptimizerState(

@@ -31,6 +31,11 @@ std::vector<checkpoint::NamedTensor> GatherTrainables(
 std::vector<checkpoint::NamedTensor> GatherOptimizerState(
     std::vector<checkpoint::NamedTensor> state, const LayoutIndex& layouts);
 
+// The entries of `full` that belong to `layouts`' parameters, plus those of
+// no parameter ("step"): a pipeline stage's part of a whole-model state.
+std::map<std::string, torch::Tensor> StateOfParameters(
+    const std::map<std::string, torch::Tensor>& full, const LayoutIndex& layouts);
+
 // Full optimizer/parameter entries -> this rank's shards (keys kept).
 std::map<std::string, torch::Tensor> ShardOptimizerState(
     const std::map<std::string, torch::Tensor>& full, const LayoutIndex& layouts);

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
+#include "parallel/pipeline/stage_partition.h"
 
 namespace fulcrum::loop {
 
@@ -30,6 +31,14 @@ absl::StatusOr<ParallelRuntime> BuildParallelRuntime(const recipe::ParallelSecti
       const int replicas = degrees.tp / static_cast<int>(config.num_kv_heads);
       runtime.model.kv_replicas = &runtime.mesh->KvReplicaGroup(replicas).comm();
     }
+  }
+  if (degrees.pp > 1) {
+    FULCRUM_ASSIGN_OR_RETURN(const parallel::pipeline::StagePartition partition,
+                             parallel::pipeline::StagePartition::Create(
+                                 config.num_layers, degrees.pp,
+                                 static_cast<int>(parallel.pp_virtual), parallel.pp_layers));
+    runtime.model.pipeline_chunks = partition.ChunksOf(runtime.pp_rank());
+    runtime.model.embedding_group = &runtime.mesh->embedding().comm();
   }
   return runtime;
 }

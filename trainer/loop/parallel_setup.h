@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "parallel/mesh/device_mesh.h"
+#include "parallel/pipeline/pipeline_executor.h"
 #include "parallel/runtime/world.h"
 #include "trainer/models/model_config.h"
 #include "trainer/models/model_parallel.h"
@@ -22,13 +23,22 @@ struct ParallelRuntime {
   int dp_rank() const { return mesh->coordinates().dp; }
   int dp_size() const { return mesh->layout().degrees().dp; }
   int tp_size() const { return mesh->layout().degrees().tp; }
+  int pp_rank() const { return mesh->coordinates().pp; }
+  int pp_size() const { return mesh->layout().degrees().pp; }
   parallel::Communicator& dp() const { return mesh->dp().comm(); }
+  parallel::Communicator& pp() const { return mesh->pp().comm(); }
+  // The pipeline's two point-to-point channels over the pp group.
+  parallel::pipeline::PipelineChannels pipeline_channels() const {
+    return {&mesh->pp().comm(), &mesh->pp_gradients().comm()};
+  }
 };
 
 // Collective over the world. `device` ("cpu" | "cuda") picks the MPI or the
 // NCCL backend. The kv replica group is built when tp exceeds the model's kv
-// heads. Errors: degrees that do not match the world or the model (with the
-// arithmetic), NCCL asked for but not built.
+// heads. Under pp the model learns its stage's chunks (the layers of
+// parallel.pp_layers / pp_virtual, validated by ValidateParallelForModel)
+// and the embedding group that sums tied embedding copies. Errors: degrees that do not match the
+// world or the model (with the arithmetic), NCCL asked for but not built.
 absl::StatusOr<ParallelRuntime> BuildParallelRuntime(const recipe::ParallelSection& parallel,
                                                      const std::string& device,
                                                      const models::ModelConfig& config,

@@ -13,9 +13,11 @@
 #include "absl/strings/str_format.h"
 #include "core/check.h"
 #include "core/status.h"
+#include "parallel/pipeline/forward_only.h"
 #include "trainer/checkpoint/train_checkpoint.h"
 #include "trainer/loop/data_factory.h"
 #include "trainer/loop/full_state.h"
+#include "trainer/loop/stage_gather.h"
 #include "trainer/lora/apply_lora.h"
 #include "trainer/metrics/memory.h"
 #include "trainer/models/loss.h"
@@ -54,6 +56,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const recipe::Recipe& r
   FULCRUM_ASSIGN_OR_RETURN(trainer->device_, world.DeviceFor(recipe.device));
   FULCRUM_RETURN_IF_ERROR(trainer->BuildParallel());
   FULCRUM_RETURN_IF_ERROR(trainer->BuildModelAndOptimizer());
+  FULCRUM_RETURN_IF_ERROR(trainer->BuildPipeline());
   FULCRUM_RETURN_IF_ERROR(trainer->BuildLoader());
   FULCRUM_RETURN_IF_ERROR(trainer->Resume());
   const metrics::FlopsModel flops_model = trainer->CountFlopsModel();
@@ -115,7 +118,8 @@ absl::Status Trainer::BuildModelAndOptimizer() {
     layouts[layout.name] = std::move(layout);
   }
   int64_t trainable = 0;
-  overlap_dp_reduction_ = true;
+  // Under pp the dp reduction waits for the schedule's end.
+  overlap_dp_reduction_ = parallel_.pp_size() == 1;
   for (const auto& p : params) {
     trainable_.push_back(p.param);
     trainable_layouts_.push_back(layouts.at(p.name));
@@ -145,6 +149,31 @@ absl::Status Trainer::BuildModelAndOptimizer() {
   logger_.Info(absl::StrFormat(
       "optimizer state: %.2f MiB on this rank%s", optimizer_->state_bytes() / 1048576.0,
       zero ? absl::StrCat(" (ZeRO-1 shard, dp ", parallel_.dp_size(), ")") : std::string()));
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::BuildPipeline() {
+  if (parallel_.pp_size() == 1) return absl::OkStatus();
+  FULCRUM_ASSIGN_OR_RETURN(const parallel::pipeline::ScheduleKind kind,
+                           parallel::pipeline::ParseScheduleKind(recipe_.parallel.pp_schedule));
+  parallel::pipeline::ScheduleShape shape;
+  shape.stages = parallel_.pp_size();
+  shape.virtual_stages = static_cast<int>(recipe_.parallel.pp_virtual);
+  shape.micro_batches =
+      static_cast<int>(recipe::GradAccumulationSteps(recipe_.batch, parallel_.dp_size()));
+  FULCRUM_ASSIGN_OR_RETURN(parallel::pipeline::Schedule schedule,
+                           parallel::pipeline::BuildSchedule(kind, shape));
+  stage_ = std::make_unique<CausalLmStage>(*built_.model, parallel_.model.pipeline_chunks, device_);
+  pipeline_ = std::make_unique<parallel::pipeline::PipelineExecutor>(
+      std::move(schedule), parallel_.pp_rank(), parallel_.pipeline_channels());
+  std::string layers;
+  for (const auto& chunk : parallel_.model.pipeline_chunks) {
+    absl::StrAppend(&layers, layers.empty() ? "" : ", ", chunk.layers.first, "-",
+                    chunk.layers.first + chunk.layers.count - 1);
+  }
+  logger_.Info(absl::StrFormat("pipeline: %s, stage %d of %d, layers %s, %d micro-batches",
+                               parallel::pipeline::ScheduleName(kind), parallel_.pp_rank(),
+                               parallel_.pp_size(), layers, shape.micro_batches));
   return absl::OkStatus();
 }
 
@@ -208,9 +237,11 @@ absl::Status Trainer::Resume() {
       p.param.copy_(models::NarrowToShard(layout, it->second));
     }
   }
-  FULCRUM_RETURN_IF_ERROR(
-      Annotate(optimizer_->LoadStateDict(ShardOptimizerState(loaded.optimizer, layouts)),
-               dir + "/optimizer.safetensors"));
+  // Under pp the checkpoint holds every stage's state: keep this stage's.
+  const std::map<std::string, torch::Tensor> state =
+      parallel_.pp_size() > 1 ? StateOfParameters(loaded.optimizer, layouts) : loaded.optimizer;
+  FULCRUM_RETURN_IF_ERROR(Annotate(optimizer_->LoadStateDict(ShardOptimizerState(state, layouts)),
+                                   dir + "/optimizer.safetensors"));
   auto rng = loaded.rng.find(absl::StrCat(kCpuGeneratorKey, ".", world_.rank()));
   if (rng != loaded.rng.end()) {
     at::Generator generator = at::detail::getDefaultCPUGenerator();
@@ -230,11 +261,22 @@ metrics::FlopsModel Trainer::CountFlopsModel() {
     const torch::Tensor& p = layout.param;
     if (p.dim() != 2) continue;
     // The embedding lookup is no matmul; a tied embedding is the lm_head's.
-    if (layout.name == "model.embed_tokens.weight" && !config.tie_word_embeddings) continue;
+    if (layout.name == "model.embed_tokens.weight" &&
+        (!config.tie_word_embeddings || !parallel_.model.HoldsLast())) {
+      continue;
+    }
     const int64_t copies =
         layout.shard_dim >= 0 ? parallel_.tp_size() / std::max(1, layout.kv_replicas) : 1;
     (p.requires_grad() ? model.trainable_matmul_params : model.frozen_matmul_params) +=
         p.numel() * copies;
+  }
+  if (parallel_.pp_size() > 1) {
+    // Each stage counted its own layers: the model is their sum.
+    torch::Tensor counts =
+        torch::tensor({model.trainable_matmul_params, model.frozen_matmul_params}, torch::kLong);
+    parallel_.pp().AllReduce(counts);
+    model.trainable_matmul_params = counts[0].item<int64_t>();
+    model.frozen_matmul_params = counts[1].item<int64_t>();
   }
   model.num_layers = config.num_layers;
   model.num_heads = config.num_heads;
@@ -247,23 +289,7 @@ metrics::StepMetrics Trainer::Step(int64_t step_index) {
   built_.model->train();
   const data::StepBatch batch = loader_->Next();
   const double denominator = static_cast<double>(std::max<int64_t>(1, batch.global_num_targets));
-  torch::Tensor loss_sum =
-      torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat).device(device_));
-  for (const data::MicroBatch& micro : batch.micro_batches) {
-    models::ForwardInputs inputs;
-    inputs.input_ids = micro.input_ids.to(device_);
-    inputs.attention_mask = micro.attention_mask.to(device_);
-    inputs.position_ids = micro.position_ids.to(device_);
-    inputs.document_ids = micro.document_ids.to(device_);
-    if (overlap_dp_reduction_ && &micro == &batch.micro_batches.back()) {
-      buckets_->ArmForLastBackward();
-    }
-    const torch::Tensor logits = built_.model->forward(inputs);
-    const torch::Tensor micro_loss =
-        models::TrainingLossSum(*built_.model, logits, micro.labels.to(device_));
-    (micro_loss / denominator).backward();
-    loss_sum += micro_loss.detach();
-  }
+  torch::Tensor loss_sum = ForwardBackward(batch, denominator);
   const torch::Tensor grad_norm = ReduceAndClipGradients();
   const double lr = optim::LearningRate(ScheduleFrom(recipe_.schedule), recipe_.optim.lr,
                                         step_index, recipe_.train.steps);
@@ -271,8 +297,10 @@ metrics::StepMetrics Trainer::Step(int64_t step_index) {
   buckets_->ZeroGrads();
 
   // The step's one host synchronisation: loss and norm for the logs. Every
-  // tp rank holds the same loss; the dp ranks hold parts of it.
+  // tp rank holds the same loss; the dp ranks hold parts of it; under pp the
+  // last stage holds it and the others zero.
   parallel_.dp().AllReduce(loss_sum);
+  if (pipeline_) parallel_.pp().AllReduce(loss_sum);
   const double loss = loss_sum.item<double>();
   const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
 
@@ -296,6 +324,32 @@ metrics::StepMetrics Trainer::Step(int64_t step_index) {
   return m;
 }
 
+torch::Tensor Trainer::ForwardBackward(const data::StepBatch& batch, double denominator) {
+  if (pipeline_) {
+    stage_->SetBatch(batch.micro_batches, denominator);
+    pipeline_->Run(*stage_);
+    return stage_->loss_sum().clone();
+  }
+  torch::Tensor loss_sum =
+      torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat).device(device_));
+  for (const data::MicroBatch& micro : batch.micro_batches) {
+    models::ForwardInputs inputs;
+    inputs.input_ids = micro.input_ids.to(device_);
+    inputs.attention_mask = micro.attention_mask.to(device_);
+    inputs.position_ids = micro.position_ids.to(device_);
+    inputs.document_ids = micro.document_ids.to(device_);
+    if (overlap_dp_reduction_ && &micro == &batch.micro_batches.back()) {
+      buckets_->ArmForLastBackward();
+    }
+    const torch::Tensor logits = built_.model->forward(inputs);
+    const torch::Tensor micro_loss =
+        models::TrainingLossSum(*built_.model, logits, micro.labels.to(device_));
+    (micro_loss / denominator).backward();
+    loss_sum += micro_loss.detach();
+  }
+  return loss_sum;
+}
+
 torch::Tensor Trainer::ReduceAndClipGradients() {
   models::SyncPartialGradients(*built_.model);
   buckets_->FinishReduction();
@@ -304,6 +358,7 @@ torch::Tensor Trainer::ReduceAndClipGradients() {
   std::vector<torch::Tensor> counted, to_scale;
   std::vector<parallel::Communicator*> sum_over;
   if (parallel_.tp_size() > 1) sum_over.push_back(&parallel_.mesh->tp().comm());
+  if (parallel_.pp_size() > 1) sum_over.push_back(&parallel_.pp());
   if (recipe_.parallel.zero == 1 && parallel_.dp_size() > 1) {
     sum_over.push_back(&parallel_.dp());
     for (const auto& owned : buckets_->OwnedSegments()) {
@@ -333,8 +388,11 @@ absl::StatusOr<std::string> Trainer::SaveCheckpoint(int64_t completed_steps) {
   // Full tensors (gathered over tp, and over dp for ZeRO-1 state): a
   // checkpoint does not depend on the layout that wrote it.
   const LayoutIndex layouts = IndexLayouts(optimizer_->parameters(), trainable_layouts_);
-  ckpt.model = GatherTrainables(optimizer_->parameters(), layouts);
-  ckpt.optimizer = GatherOptimizerState(optimizer_->StateDict(), layouts);
+  // Under pp stage 0 (where rank 0 lives) collects every stage's tensors.
+  ckpt.model =
+      GatherAcrossStages(GatherTrainables(optimizer_->parameters(), layouts), parallel_.pp());
+  ckpt.optimizer =
+      GatherAcrossStages(GatherOptimizerState(optimizer_->StateDict(), layouts), parallel_.pp());
   // Every rank's generator state, gathered so that rank r resumes its own.
   const torch::Tensor state = at::detail::getDefaultCPUGenerator().get_state();
   torch::Tensor all = torch::empty({world_.size(), state.numel()}, state.options());
@@ -392,7 +450,19 @@ double Trainer::Evaluate() {
   }
   const size_t micro = static_cast<size_t>(recipe_.batch.micro_batch);
   torch::Tensor loss_sum = torch::zeros({}, torch::kDouble);
-  for (size_t begin = 0; begin < mine.size(); begin += micro) {
+  if (pipeline_) {
+    std::vector<data::MicroBatch> batches;
+    for (size_t begin = 0; begin < mine.size(); begin += micro) {
+      batches.push_back(StackRows(mine, begin, std::min(mine.size(), begin + micro)));
+    }
+    stage_->SetBatch(batches, 1.0);
+    parallel::pipeline::ScheduleShape shape = pipeline_->schedule().shape;
+    shape.micro_batches = static_cast<int>(batches.size());
+    parallel::pipeline::RunForwardOnly(*stage_, shape, parallel_.pp_rank(), parallel_.pp());
+    loss_sum += stage_->loss_sum().to(torch::kCPU, torch::kDouble);
+    parallel_.pp().AllReduce(loss_sum);
+  }
+  for (size_t begin = 0; begin < mine.size() && !pipeline_; begin += micro) {
     const data::MicroBatch batch = StackRows(mine, begin, std::min(mine.size(), begin + micro));
     models::ForwardInputs inputs;
     inputs.input_ids = batch.input_ids.to(device_);

@@ -11,6 +11,10 @@
 // clipped by their global norm (each parameter element counted once over tp
 // and dp), and AdamW (ZeRO-1: ShardedAdamW) steps with the scheduled rate.
 //
+// Under pp each rank holds its stage's chunks and the step's micro-batches
+// run through the recipe's schedule (parallel/pipeline); the loss is the last
+// stage's, summed to every rank, and the grad norm counts every stage.
+//
 // Every group comes from the ParallelRuntime (parallel_setup.h): the model's
 // tp layers, the buckets' dp group, the loader's dp rank. Checkpoints hold
 // full (unsharded) tensors, gathered over tp and dp, so any layout resumes
@@ -33,8 +37,10 @@
 #include "absl/status/statusor.h"
 #include "data/dataset/loader.h"
 #include "parallel/data_parallel/gradient_buckets.h"
+#include "parallel/pipeline/pipeline_executor.h"
 #include "parallel/runtime/logger.h"
 #include "parallel/runtime/world.h"
+#include "trainer/loop/causal_lm_stage.h"
 #include "trainer/loop/model_factory.h"
 #include "trainer/loop/parallel_setup.h"
 #include "trainer/metrics/flops.h"
@@ -70,12 +76,16 @@ class Trainer {
 
   absl::Status BuildParallel();
   absl::Status BuildModelAndOptimizer();
+  absl::Status BuildPipeline();
   absl::Status BuildLoader();
   absl::Status Resume();
   // Runs one optimizer step; returns its metrics.
   metrics::StepMetrics Step(int64_t step_index);
   absl::StatusOr<std::string> SaveCheckpoint(int64_t completed_steps);
   metrics::FlopsModel CountFlopsModel();
+  // Forward and backward of the step's micro-batches (through the pipeline
+  // schedule under pp); returns this rank's summed target loss.
+  torch::Tensor ForwardBackward(const data::StepBatch& batch, double denominator);
   // Partial sums over tp, the dp reduction, clipping; returns the grad norm.
   torch::Tensor ReduceAndClipGradients();
   // The validation loss over the whole split (all dp ranks take part).
@@ -93,6 +103,9 @@ class Trainer {
   std::vector<models::ParamLayout> trainable_layouts_;  // parallel to trainable_
   std::unique_ptr<parallel::GradientBuckets> buckets_;
   bool overlap_dp_reduction_ = false;  // no tp partial sums to run before it
+  // Under pp: this rank's chunks and the schedule that runs them.
+  std::unique_ptr<CausalLmStage> stage_;
+  std::unique_ptr<parallel::pipeline::PipelineExecutor> pipeline_;
   std::unique_ptr<data::DataLoader> loader_;
   std::vector<data::Row> validation_rows_;  // all of them, [seq_len] each; every rank holds all
   int64_t validation_targets_ = 0;          // over all validation rows

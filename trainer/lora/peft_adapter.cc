@@ -23,6 +23,18 @@ constexpr char kConfigFile[] = "adapter_config.json";
 constexpr char kWeightsFile[] = "adapter_model.safetensors";
 constexpr char kPrefix[] = "base_model.model.";
 
+// "base_model.model.<path>.lora_A[.default].weight" -> "<path>" ("" when the
+// key has another form).
+std::string ModulePathOfPeftKey(const std::string& key) {
+  if (!absl::StartsWith(key, kPrefix)) return "";
+  const std::string rest = key.substr(std::string(kPrefix).size());
+  for (const char* marker : {".lora_A", ".lora_B"}) {
+    const size_t at = rest.find(marker);
+    if (at != std::string::npos) return rest.substr(0, at);
+  }
+  return "";
+}
+
 // adapter_config.json, as far as fulcrum supports it.
 struct PeftConfig {
   LoraSpec spec;
@@ -233,7 +245,9 @@ absl::Status WritePeftAdapter(torch::nn::Module& model, const LoraOptions& optio
                              config.dump(2) + "\n");
 }
 
-absl::StatusOr<LoraOptions> LoadPeftAdapter(torch::nn::Module& model, const std::string& dir) {
+absl::StatusOr<LoraOptions> LoadPeftAdapter(
+    torch::nn::Module& model, const std::string& dir,
+    const std::function<bool(const std::string& module_path)>& held_elsewhere) {
   const std::string config_path = (std::filesystem::path(dir) / kConfigFile).string();
   FULCRUM_ASSIGN_OR_RETURN(std::string text, ReadFileToString(config_path));
   nlohmann::json j;
@@ -264,6 +278,9 @@ absl::StatusOr<LoraOptions> LoadPeftAdapter(torch::nn::Module& model, const std:
         ReadAdapterTensor(*reader, l.path, true, {l.layer->out_features(), r}, consumed));
   }
   for (const std::string& name : reader->Names()) {
+    if (consumed.count(name) == 0 && held_elsewhere && held_elsewhere(ModulePathOfPeftKey(name))) {
+      continue;
+    }
     if (consumed.count(name) == 0) {
       return absl::InvalidArgumentError(absl::StrCat(weights_path, ": tensor '", name,
                                                      "' matches no adapted layer of the model"));

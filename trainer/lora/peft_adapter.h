@@ -6,6 +6,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -40,7 +41,11 @@ absl::Status WritePeftAdapter(torch::nn::Module& model, const LoraOptions& optio
 // Everything is validated before the model is touched. Errors name the file
 // and the key or tensor. Shapes are checked against the full layer; under
 // tensor parallelism each rank keeps its slice (LoraLinear::LocalLoraA/B). Returns the options
-// (targets = sorted adapted names).
-absl::StatusOr<LoraOptions> LoadPeftAdapter(torch::nn::Module& model, const std::string& dir);
+// (targets = sorted adapted names). `held_elsewhere(module_path)`, when
+// given, names the module paths another pipeline stage holds: their tensors
+// in the file are skipped instead of being unexpected.
+absl::StatusOr<LoraOptions> LoadPeftAdapter(
+    torch::nn::Module& model, const std::string& dir,
+    const std::function<bool(const std::string& module_path)>& held_elsewhere = nullptr);
 
 }  // namespace fulcrum::lora

@@ -1,9 +1,31 @@
 #include "trainer/models/model_parallel.h"
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "core/check.h"
 #include "trainer/models/family_registry.h"
 
 namespace fulcrum::models {
+
+bool ModelParallel::HeldByOtherStage(const std::string& module_path) const {
+  if (!pipelined()) return false;
+  constexpr char kLayers[] = "model.layers.";
+  if (absl::StartsWith(module_path, kLayers)) {
+    const std::string rest = module_path.substr(sizeof(kLayers) - 1);
+    int64_t index = 0;
+    if (!absl::SimpleAtoi(rest.substr(0, rest.find('.')), &index)) return false;
+    for (const auto& chunk : pipeline_chunks) {
+      if (index >= chunk.layers.first && index < chunk.layers.first + chunk.layers.count) {
+        return false;
+      }
+    }
+    return true;
+  }
+  if (absl::StartsWith(module_path, "lm_head") || absl::StartsWith(module_path, "model.norm")) {
+    return !HoldsLast();
+  }
+  return false;
+}
 
 bool ModelParallel::HoldsFirst() const {
   if (pipeline_chunks.empty()) return true;

@@ -30,6 +30,9 @@ struct ModelParallel {
   // virtual stage (final norm, lm_head, loss). Both true without pp.
   bool HoldsFirst() const;
   bool HoldsLast() const;
+  // Whether a module path of the whole model ("model.layers.5.mlp.up_proj",
+  // "lm_head") lives on another pipeline stage. False without pp.
+  bool HeldByOtherStage(const std::string& module_path) const;
 };
 
 // How this rank's attention heads sit in the tp group.

@@ -106,7 +106,7 @@ struct PrecisionSection {
 struct ParallelSection {
   int64_t dp = 1;                  // data parallel degree
   int64_t tp = 1;                  // tensor parallel degree (divides heads, ffn, vocab)
-  int64_t pp = 1;                  // pipeline parallel degree (not supported yet above 1)
+  int64_t pp = 1;                  // pipeline parallel degree (stages)
   std::vector<int64_t> pp_layers;  // layers per virtual stage, pp x pp_virtual entries ([] = even)
   int64_t pp_virtual = 1;          // model chunks per stage (> 1 only with interleaved_1f1b)
   std::string pp_schedule = "1f1b";  // gpipe | 1f1b | interleaved_1f1b | zb_h1
@@ -164,7 +164,7 @@ absl::StatusOr<Recipe> LoadRecipe(const std::string& path,
                                   const std::vector<std::string>& overrides = {});
 
 // Checks that need no model and no files: batch arithmetic, enum values, ranges, parallel
-// degrees (pp/ep > 1 are not supported yet; dp x tp x pp must equal `world_size`; zero in
+// degrees (ep > 1 is not supported yet; dp x tp x pp must equal `world_size`; zero in
 // {0, 1}; sequence_parallel needs tp > 1 and seq_len divisible by tp; bucket_mb and
 // comm_timeout_s > 0), the pipeline keys (pp_virtual >= 1, > 1 exactly with interleaved_1f1b;
 // pp_layers only with pp > 1, pp x pp_virtual entries each >= 1; the micro-batches per step,

@@ -170,8 +170,6 @@ TEST(ParallelSection, ValidateChecksEveryParallelOption) {
        "r.yaml: parallel.bucket_mb: must be > 0, got -2.5"},
       {"timeout 0", [](Recipe& r) { r.parallel.comm_timeout_s = 0; }, 1,
        "r.yaml: parallel.comm_timeout_s: must be > 0, got 0"},
-      {"pp", [](Recipe& r) { r.parallel.pp = 2; }, 2,
-       "r.yaml: parallel.pp: not supported yet: parallel.pp=2 (pipeline parallelism)"},
       {"ep", [](Recipe& r) { r.parallel.ep = 2, r.parallel.dp = 2; }, 2,
        "r.yaml: parallel.ep: not supported yet: parallel.ep=2 (expert parallelism)"},
       {"world", [](Recipe& r) { r.parallel.tp = r.parallel.dp = 2; }, 2,

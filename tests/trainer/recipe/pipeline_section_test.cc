@@ -22,8 +22,6 @@ namespace {
       << "message: " << (text) << "\nexpected part: " << (part)
 
 constexpr char kMinimal[] = "model: {path: m}\ndata: {path: d.jsonl}\n";
-constexpr char kNotSupported[] =
-    "r.yaml: parallel.pp: not supported yet: parallel.pp=2 (pipeline parallelism)";
 
 Recipe Valid() {
   Recipe r;
@@ -170,7 +168,7 @@ struct ValidateCase {
   std::string name;
   std::function<void(Recipe&)> mutate;
   int world_size;
-  std::string error;  // "" = only the pp "not supported yet" line (pp > 1) or valid
+  std::string error;  // "" = valid
 };
 
 // pp 2 on 2 ranks, global_batch 8 = 8 micro-batches of 1.
@@ -209,9 +207,7 @@ TEST(PipelineSection, ValidateAcceptsEverySchedule) {
     SCOPED_TRACE(c.name);
     Recipe r = Valid();
     c.mutate(r);
-    const std::vector<std::string> lines = Lines(ValidateRecipe(r, c.world_size));
-    ASSERT_EQ(lines.size(), 1u) << absl::StrJoin(lines, "\n");
-    EXPECT_CONTAINS(lines[0], "not supported yet: parallel.pp=");
+    EXPECT_TRUE(ValidateRecipe(r, c.world_size).ok()) << ValidateRecipe(r, c.world_size);
   }
   // pp 1 with the default keys, and with another schedule named: valid.
   Recipe r = Valid();
@@ -309,12 +305,8 @@ TEST(PipelineSection, ValidateReportsEveryPipelineProblem) {
     // Whole lines: the problem is reported exactly once, as written.
     const std::vector<std::string> lines = Lines(status);
     EXPECT_EQ(std::count(lines.begin(), lines.end(), c.error), 1) << status.message();
-    // Nothing else but the pp placeholder.
-    for (const std::string& line : lines) {
-      EXPECT_TRUE(line == c.error || line == kNotSupported ||
-                  absl::StrContains(line, "not supported yet: parallel.pp="))
-          << line;
-    }
+    // Nothing else.
+    for (const std::string& line : lines) EXPECT_EQ(line, c.error);
   }
 }
 
@@ -328,8 +320,7 @@ TEST(PipelineSection, ValidateCollectsSeveralPipelineProblems) {
   EXPECT_CONTAINS(all, "parallel.pp_virtual: pp_virtual(2) > 1 needs");
   EXPECT_CONTAINS(all, "parallel.pp_layers: [8, 0, 8] has 3 entries");
   EXPECT_CONTAINS(all, "parallel.pp_layers[1]: must be >= 1");
-  EXPECT_CONTAINS(all, kNotSupported);
-  EXPECT_EQ(lines.size(), 4u) << all;
+  EXPECT_EQ(lines.size(), 3u) << all;
 }
 
 struct ModelCase {

@@ -1,0 +1,251 @@
+// fulcrum_bench_pipeline: the measured bubble of every schedule next to its
+// theory, and the activation memory each schedule holds
+// (scripts/bench_pipeline.sh).
+//
+//   mpirun -np PP fulcrum_bench_pipeline [micro_batches] [steps]
+//
+// The world is one pipeline of PP stages. Each virtual stage is a stack of
+// bias-free Linear(H, H) + tanh blocks on [rows, H] activations, so a
+// forward, an input-gradient and a weight-gradient pass cost one GEMM each
+// per block (F = B = W, the zero-bubble paper's assumption). For every
+// schedule: one warm-up step, then `steps` measured steps; per stage the
+// bubble is 1 - (time inside compute actions) / (step time), from the
+// executor's timestamps of each action, averaged over stages and steps. The
+// theory column is TheoreticalBubbleFraction with the costs measured on this
+// run (mean F, B, W per block). Activation memory: the most
+// (micro-batch, chunk) activations a stage held at once, and the peak growth
+// of the process heap (glibc mallinfo2) during the step over its start, the
+// worst stage.
+#include <malloc.h>
+#include <mpi.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "core/check.h"
+#include "parallel/comm/communicator_factory.h"
+#include "parallel/pipeline/pipeline_executor.h"
+#include "parallel/pipeline/schedule.h"
+#include "parallel/pipeline/schedule_simulator.h"
+#include "parallel/runtime/mpi_check.h"
+
+namespace fulcrum::parallel::pipeline {
+namespace {
+
+constexpr int64_t kHidden = 256;
+constexpr int64_t kRows = 512;      // tokens per micro-batch
+constexpr int kBlocksPerStage = 4;  // per pipeline stage (split over its chunks)
+
+int64_t HeapInUse() {
+  const struct mallinfo2 info = mallinfo2();
+  return static_cast<int64_t>(info.uordblks + info.hblkhd);
+}
+
+// A stage of the synthetic model: `blocks` Linear + tanh blocks per chunk.
+class BenchStage : public StageModel {
+ public:
+  BenchStage(int stage, int stages, int chunks) : stages_(stages) {
+    const int blocks = std::max(1, kBlocksPerStage / chunks);
+    for (int c = 0; c < chunks; ++c) {
+      std::vector<torch::Tensor> weights;
+      for (int b = 0; b < blocks; ++b) {
+        weights.push_back(
+            (torch::randn({kHidden, kHidden}) / std::sqrt(static_cast<double>(kHidden)))
+                .requires_grad_(true));
+      }
+      weights_.push_back(weights);
+      last_.push_back(c * stages + stage == chunks * stages - 1);
+      first_.push_back(c * stages + stage == 0);
+    }
+    input_ = torch::randn({kRows, kHidden});
+  }
+
+  torch::Tensor Forward(int chunk, int /*micro_batch*/, const torch::Tensor& input) override {
+    torch::Tensor h = first_[static_cast<size_t>(chunk)] ? input_ : input;
+    for (const torch::Tensor& w : weights_[static_cast<size_t>(chunk)]) {
+      h = torch::tanh(torch::mm(h, w));
+    }
+    peak_heap_ = std::max(peak_heap_, HeapInUse());
+    if (last_[static_cast<size_t>(chunk)]) return h.pow(2).mean();
+    return h;
+  }
+  std::vector<int64_t> ActivationShape(int, int) const override { return {kRows, kHidden}; }
+  torch::TensorOptions ActivationOptions() const override {
+    return torch::TensorOptions().dtype(torch::kFloat);
+  }
+  std::vector<torch::Tensor> ChunkParameters(int chunk) const override {
+    return weights_[static_cast<size_t>(chunk)];
+  }
+  void ZeroGrads() {
+    for (auto& chunk : weights_) {
+      for (auto& w : chunk) w.mutable_grad() = torch::Tensor();
+    }
+  }
+  void ResetPeak() { peak_heap_ = HeapInUse(); }
+  int64_t peak_heap() const { return peak_heap_; }
+  int blocks_per_chunk() const { return static_cast<int>(weights_.front().size()); }
+
+ private:
+  int stages_;
+  std::vector<std::vector<torch::Tensor>> weights_;
+  std::vector<bool> first_, last_;
+  torch::Tensor input_;
+  int64_t peak_heap_ = 0;
+};
+
+struct Measured {
+  double bubble = 0.0;  // mean over stages and steps
+  double forward = 0.0, backward = 0.0, backward_input = 0.0, backward_weight = 0.0;  // per block
+  int max_in_flight = 0;                                                              // worst stage
+  double peak_heap_mib = 0.0;  // worst stage, growth over the step's start
+  double step_seconds = 0.0;
+};
+
+double Mean(const std::vector<double>& v) {
+  double sum = 0.0;
+  for (double x : v) sum += x;
+  return v.empty() ? 0.0 : sum / static_cast<double>(v.size());
+}
+
+Measured Run(ScheduleKind kind, const ScheduleShape& shape, int stage, PipelineChannels channels,
+             int steps) {
+  absl::StatusOr<Schedule> schedule = BuildSchedule(kind, shape);
+  FULCRUM_CHECK(schedule.ok(), schedule.status().ToString());
+  PipelineExecutor executor(*schedule, stage, channels, /*record_timings=*/true);
+  BenchStage model(stage, shape.stages, shape.virtual_stages);
+  const double blocks = model.blocks_per_chunk();
+  std::vector<double> bubbles, f, b, bi, w, step_times;
+  int max_in_flight = 0;
+  int64_t peak = 0;
+  for (int s = 0; s <= steps; ++s) {
+    model.ZeroGrads();
+    FULCRUM_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
+    const int64_t start_heap = HeapInUse();
+    model.ResetPeak();
+    const PipelineStepResult r = executor.Run(model);
+    if (s == 0) continue;  // warm-up
+    double busy = 0.0;
+    for (const ActionTiming& t : r.timings) {
+      const double d = t.end - t.start;
+      busy += d;
+      switch (t.action.type) {
+        case ActionType::kForward:
+          f.push_back(d / blocks);
+          break;
+        case ActionType::kBackward:
+          b.push_back(d / blocks);
+          break;
+        case ActionType::kBackwardInput:
+          bi.push_back(d / blocks);
+          break;
+        case ActionType::kBackwardWeight:
+          w.push_back(d / blocks);
+          break;
+        default:
+          break;
+      }
+    }
+    bubbles.push_back(1.0 - busy / r.step_seconds);
+    step_times.push_back(r.step_seconds);
+    max_in_flight = std::max(max_in_flight, r.max_in_flight);
+    peak = std::max(peak, model.peak_heap() - start_heap);
+  }
+  Measured m;
+  m.bubble = Mean(bubbles);
+  m.forward = Mean(f);
+  m.backward = Mean(b);
+  m.backward_input = Mean(bi);
+  m.backward_weight = Mean(w);
+  m.max_in_flight = max_in_flight;
+  m.peak_heap_mib = static_cast<double>(peak) / (1 << 20);
+  m.step_seconds = Mean(step_times);
+  return m;
+}
+
+// The mean of `value` over the world's ranks (the stages).
+double WorldMean(double value) {
+  double sum = 0.0;
+  FULCRUM_MPI_CHECK(MPI_Allreduce(&value, &sum, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
+  int size = 1;
+  FULCRUM_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size));
+  return sum / size;
+}
+double WorldMax(double value) {
+  double max = 0.0;
+  FULCRUM_MPI_CHECK(MPI_Allreduce(&value, &max, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
+  return max;
+}
+
+int Main(int argc, char** argv) {
+  const int micro_batches = argc > 1 ? std::atoi(argv[1]) : 8;
+  const int steps = argc > 2 ? std::atoi(argv[2]) : 3;
+  int rank = 0, size = 1;
+  FULCRUM_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+  FULCRUM_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size));
+  torch::manual_seed(1 + rank);
+  CommOptions options;
+  auto activations = CreateCommunicator(CommBackend::kMpi, MPI_COMM_WORLD, "pp", options);
+  auto gradients = CreateCommunicator(CommBackend::kMpi, MPI_COMM_WORLD, "pp_gradients", options);
+  FULCRUM_CHECK(activations.ok() && gradients.ok(), "communicators");
+  const PipelineChannels channels{activations->get(), gradients->get()};
+  if (rank == 0) {
+    std::printf(
+        "fulcrum_bench_pipeline: pp %d, %d micro-batches of [%lld, %lld], %d Linear+tanh blocks "
+        "per stage, %d measured steps\n",
+        size, micro_batches, static_cast<long long>(kRows), static_cast<long long>(kHidden),
+        kBlocksPerStage, steps);
+    std::printf("%-18s %4s %9s %9s %8s %10s %13s %9s\n", "schedule", "v", "bubble", "theory",
+                "ratio", "in_flight", "peak_act_MiB", "step_s");
+  }
+  struct Entry {
+    ScheduleKind kind;
+    int virtual_stages;
+  };
+  const Entry entries[] = {{ScheduleKind::kGPipe, 1},
+                           {ScheduleKind::kOneFOneB, 1},
+                           {ScheduleKind::kInterleaved1F1B, 2},
+                           {ScheduleKind::kZeroBubbleH1, 1}};
+  for (const Entry& e : entries) {
+    ScheduleShape shape;
+    shape.stages = size;
+    shape.micro_batches = micro_batches;
+    shape.virtual_stages = e.virtual_stages;
+    if (!CheckScheduleShape(e.kind, shape).ok()) continue;
+    const Measured m = Run(e.kind, shape, rank, channels, steps);
+    // The theory with this run's own costs (F, and B or Bi + W per block).
+    ActionCosts costs;
+    costs.forward = WorldMean(m.forward);
+    const double bi = WorldMean(m.backward_input), w = WorldMean(m.backward_weight);
+    const double b = WorldMean(m.backward);
+    costs.backward = b > 0 ? b : bi + w;
+    costs.backward_input = bi > 0 ? bi : b / 2;
+    costs.backward_weight = w > 0 ? w : b / 2;
+    const double theory = TheoreticalBubbleFraction(e.kind, shape, costs);
+    const double bubble = WorldMean(m.bubble);
+    const double in_flight = WorldMax(m.max_in_flight);
+    const double peak = WorldMax(m.peak_heap_mib);
+    const double step = WorldMax(m.step_seconds);
+    if (rank == 0) {
+      std::printf("%-18s %4d %9.4f %9.4f %8.2f %10.0f %13.1f %9.3f\n", ScheduleName(e.kind),
+                  e.virtual_stages, bubble, theory, theory > 0 ? bubble / theory : 0.0, in_flight,
+                  peak, step);
+      std::printf("%-18s costs per block (ms): F %.3f  B %.3f  Bi %.3f  W %.3f\n", "",
+                  1e3 * costs.forward, 1e3 * b, 1e3 * bi, 1e3 * w);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace fulcrum::parallel::pipeline
+
+int main(int argc, char** argv) {
+  FULCRUM_MPI_CHECK(MPI_Init(&argc, &argv));
+  const int rc = fulcrum::parallel::pipeline::Main(argc, argv);
+  FULCRUM_MPI_CHECK(MPI_Finalize());
+  return rc;
+}
