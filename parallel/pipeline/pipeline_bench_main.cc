@@ -10,9 +10,11 @@
 // per block (F = B = W, the zero-bubble paper's assumption). For every
 // schedule: one warm-up step, then `steps` measured steps; per stage the
 // bubble is 1 - (time inside compute actions) / (step time), from the
-// executor's timestamps of each action, averaged over stages and steps. The
-// theory column is TheoreticalBubbleFraction with the costs measured on this
-// run (mean F, B, W per block). Activation memory: the most
+// executor's timestamps of each action, averaged over stages and steps. Next
+// to it: the textbook theory (TheoreticalBubbleFraction; zb_h1's with the
+// paper's F = B = W) and the ideal, the simulated bubble of the same action
+// lists with this run's measured F, B, Bi, W and free communication (the
+// reference when the costs are unequal, e.g. W > Bi on CPU). Activation memory: the most
 // (micro-batch, chunk) activations a stage held at once, and the peak growth
 // of the process heap (glibc mallinfo2) during the step over its start, the
 // worst stage.
@@ -36,9 +38,9 @@
 namespace fulcrum::parallel::pipeline {
 namespace {
 
-constexpr int64_t kHidden = 256;
-constexpr int64_t kRows = 512;      // tokens per micro-batch
-constexpr int kBlocksPerStage = 4;  // per pipeline stage (split over its chunks)
+constexpr int64_t kHidden = 512;
+constexpr int64_t kRows = 1024;      // tokens per micro-batch
+constexpr int kBlocksPerStage = 16;  // per pipeline stage (split over its chunks)
 
 int64_t HeapInUse() {
   const struct mallinfo2 info = mallinfo2();
@@ -149,6 +151,17 @@ Measured Run(ScheduleKind kind, const ScheduleShape& shape, int stage, PipelineC
           break;
       }
     }
+    if (std::getenv("FULCRUM_BENCH_TIMELINE") != nullptr && s == steps) {
+      // The last step's actions of this stage, for seeing where idle time goes.
+      std::string line = std::string(ScheduleName(kind)) + " stage " + std::to_string(stage) + ":";
+      for (const ActionTiming& t : r.timings) {
+        char buf[64];
+        std::snprintf(buf, sizeof(buf), " %s[%.0f-%.0f]", ToString(t.action).c_str(), 1e3 * t.start,
+                      1e3 * t.end);
+        line += buf;
+      }
+      std::printf("%s (step %.0f ms)\n", line.c_str(), 1e3 * r.step_seconds);
+    }
     bubbles.push_back(1.0 - busy / r.step_seconds);
     step_times.push_back(r.step_seconds);
     max_in_flight = std::max(max_in_flight, r.max_in_flight);
@@ -198,8 +211,8 @@ int Main(int argc, char** argv) {
         "per stage, %d measured steps\n",
         size, micro_batches, static_cast<long long>(kRows), static_cast<long long>(kHidden),
         kBlocksPerStage, steps);
-    std::printf("%-18s %4s %9s %9s %8s %10s %13s %9s\n", "schedule", "v", "bubble", "theory",
-                "ratio", "in_flight", "peak_act_MiB", "step_s");
+    std::printf("%-18s %4s %9s %9s %8s %9s %8s %10s %13s %9s\n", "schedule", "v", "bubble",
+                "theory", "ratio", "ideal", "ratio", "in_flight", "peak_act_MiB", "step_s");
   }
   struct Entry {
     ScheduleKind kind;
@@ -224,14 +237,31 @@ int Main(int argc, char** argv) {
     costs.backward = b > 0 ? b : bi + w;
     costs.backward_input = bi > 0 ? bi : b / 2;
     costs.backward_weight = w > 0 ? w : b / 2;
-    const double theory = TheoreticalBubbleFraction(e.kind, shape, costs);
+    // Textbook theory (zb_h1's assumes F = B = W, the paper's setting) and
+    // the ideal of this schedule for the measured costs: the simulator's
+    // bubble with per-chunk F, B, Bi, W of this run and free communication.
+    ActionCosts equal;
+    equal.backward = 2.0;
+    const double theory = TheoreticalBubbleFraction(
+        e.kind, shape, e.kind == ScheduleKind::kZeroBubbleH1 ? equal : costs);
+    ActionCosts per_chunk = costs;
+    const double chunk_blocks = std::max(1, kBlocksPerStage / e.virtual_stages);
+    per_chunk.forward *= chunk_blocks;
+    per_chunk.backward *= chunk_blocks;
+    per_chunk.backward_input *= chunk_blocks;
+    per_chunk.backward_weight *= chunk_blocks;
+    absl::StatusOr<Schedule> schedule = BuildSchedule(e.kind, shape);
+    absl::StatusOr<Simulation> ideal = SimulateSchedule(*schedule, per_chunk);
+    FULCRUM_CHECK(ideal.ok(), ideal.status().ToString());
     const double bubble = WorldMean(m.bubble);
     const double in_flight = WorldMax(m.max_in_flight);
     const double peak = WorldMax(m.peak_heap_mib);
     const double step = WorldMax(m.step_seconds);
     if (rank == 0) {
-      std::printf("%-18s %4d %9.4f %9.4f %8.2f %10.0f %13.1f %9.3f\n", ScheduleName(e.kind),
-                  e.virtual_stages, bubble, theory, theory > 0 ? bubble / theory : 0.0, in_flight,
+      std::printf("%-18s %4d %9.4f %9.4f %8.2f %9.4f %8.2f %10.0f %13.1f %9.3f\n",
+                  ScheduleName(e.kind), e.virtual_stages, bubble, theory,
+                  theory > 0 ? bubble / theory : 0.0, ideal->bubble_fraction,
+                  ideal->bubble_fraction > 0 ? bubble / ideal->bubble_fraction : 0.0, in_flight,
                   peak, step);
       std::printf("%-18s costs per block (ms): F %.3f  B %.3f  Bi %.3f  W %.3f\n", "",
                   1e3 * costs.forward, 1e3 * b, 1e3 * bi, 1e3 * w);
