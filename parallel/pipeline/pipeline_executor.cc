@@ -21,34 +21,6 @@ namespace fulcrum::parallel::pipeline {
 
 namespace {
 
-const char* ActionLabel(ActionType type) {
-  switch (type) {
-    case ActionType::kForward:
-      return "F";
-    case ActionType::kBackward:
-      return "B";
-    case ActionType::kBackwardInput:
-      return "Bi";
-    case ActionType::kBackwardWeight:
-      return "W";
-    case ActionType::kRecvActivation:
-      return "RA";
-    case ActionType::kSendActivation:
-      return "SA";
-    case ActionType::kRecvGrad:
-      return "RG";
-    case ActionType::kSendGrad:
-      return "SG";
-  }
-  return "?";
-}
-
-// "F3.1" (kept local: messages only).
-std::string Describe(const Action& a) {
-  return std::string(ActionLabel(a.type)) + std::to_string(a.micro_batch) + "." +
-         std::to_string(a.chunk);
-}
-
 bool IsCompute(ActionType type) {
   return type == ActionType::kForward || type == ActionType::kBackward ||
          type == ActionType::kBackwardInput || type == ActionType::kBackwardWeight;
@@ -137,7 +109,7 @@ class StepRunner {
   void RecvActivation(const Action& a) {
     Slot& s = At(a);
     FULCRUM_CHECK(!IsFirst(a.chunk) && !s.activation_recv && !s.forwarded, "stage ", stage_,
-                  ": unexpected ", Describe(a));
+                  ": unexpected ", ToString(a));
     s.input =
         torch::empty(model_.ActivationShape(a.chunk, a.micro_batch), model_.ActivationOptions());
     s.activation_recv = channels_.activations->RecvAsync(s.input, prev_stage_);
@@ -146,14 +118,14 @@ class StepRunner {
   void SendActivation(const Action& a) {
     Slot& s = At(a);
     FULCRUM_CHECK(s.forwarded && s.output.defined() && !IsLast(a.chunk), "stage ", stage_, ": ",
-                  Describe(a), " before its forward");
+                  ToString(a), " before its forward");
     // The Work keeps the (contiguous, detached) tensor alive until sent.
     sends_.push_back(channels_.activations->SendAsync(s.output.detach().contiguous(), next_stage_));
   }
 
   void RecvGrad(const Action& a) {
     Slot& s = At(a);
-    FULCRUM_CHECK(!IsLast(a.chunk) && !s.grad_recv, "stage ", stage_, ": unexpected ", Describe(a));
+    FULCRUM_CHECK(!IsLast(a.chunk) && !s.grad_recv, "stage ", stage_, ": unexpected ", ToString(a));
     // The gradient has the output's shape: known after the forward, else the
     // model's activation shape (activations keep their shape across stages).
     const std::vector<int64_t> shape = s.output.defined()
@@ -165,7 +137,7 @@ class StepRunner {
 
   void SendGrad(const Action& a) {
     Slot& s = At(a);
-    FULCRUM_CHECK(s.grad_input.defined(), "stage ", stage_, ": ", Describe(a),
+    FULCRUM_CHECK(s.grad_input.defined(), "stage ", stage_, ": ", ToString(a),
                   " before its input gradient");
     sends_.push_back(channels_.gradients->SendAsync(s.grad_input.contiguous(), prev_stage_));
     s.grad_input = torch::Tensor();
@@ -174,10 +146,10 @@ class StepRunner {
 
   void Forward(const Action& a) {
     Slot& s = At(a);
-    FULCRUM_CHECK(!s.forwarded, "stage ", stage_, ": ", Describe(a), " twice");
+    FULCRUM_CHECK(!s.forwarded, "stage ", stage_, ": ", ToString(a), " twice");
     torch::Tensor input;
     if (!IsFirst(a.chunk)) {
-      FULCRUM_CHECK(s.activation_recv != nullptr, "stage ", stage_, ": ", Describe(a),
+      FULCRUM_CHECK(s.activation_recv != nullptr, "stage ", stage_, ": ", ToString(a),
                     " without its receive");
       s.activation_recv->Wait();
       s.activation_recv.reset();
@@ -200,10 +172,10 @@ class StepRunner {
 
   // d loss / d output: 1 for the loss, else the received gradient.
   torch::Tensor TakeGradOutput(Slot& s, const Action& a) {
-    FULCRUM_CHECK(s.forwarded && s.output.defined(), "stage ", stage_, ": ", Describe(a),
+    FULCRUM_CHECK(s.forwarded && s.output.defined(), "stage ", stage_, ": ", ToString(a),
                   " before its forward");
     if (IsLast(a.chunk)) return torch::Tensor();
-    FULCRUM_CHECK(s.grad_recv != nullptr, "stage ", stage_, ": ", Describe(a),
+    FULCRUM_CHECK(s.grad_recv != nullptr, "stage ", stage_, ": ", ToString(a),
                   " without its gradient receive");
     s.grad_recv->Wait();
     s.grad_recv.reset();
@@ -256,7 +228,7 @@ class StepRunner {
 
   void BackwardWeightPhase(const Action& a) {
     Slot& s = At(a);
-    FULCRUM_CHECK(s.deferred.pending(), "stage ", stage_, ": ", Describe(a),
+    FULCRUM_CHECK(s.deferred.pending(), "stage ", stage_, ": ", ToString(a),
                   " before its input phase");
     BackwardWeight(s.deferred);
     Release(s);

@@ -13,16 +13,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "tests/integration/fixture_compare.h"
+#include "tests/integration/layout_compare.h"
 #include "tests/integration/train_recipes.h"
 #include "tests/test_support.h"
 
 namespace fulcrum::testing {
 namespace {
-
-struct Layout {
-  std::string overrides;
-  int ranks;
-};
 
 const std::vector<Layout>& Layouts() {
   static const std::vector<Layout> kLayouts = {
@@ -34,27 +30,6 @@ const std::vector<Layout>& Layouts() {
       {"parallel.tp=2 parallel.sequence_parallel=true", 2},
   };
   return kLayouts;
-}
-
-struct StepLog {
-  std::vector<double> losses;
-  std::vector<double> grad_norms;
-  std::vector<int64_t> optimizer_state_bytes;
-};
-
-StepLog ReadStepLog(const std::string& path) {
-  StepLog log;
-  std::ifstream in(path);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty()) continue;
-    const nlohmann::json j = nlohmann::json::parse(line);
-    if (!j.contains("loss")) continue;
-    log.losses.push_back(j.at("loss").get<double>());
-    log.grad_norms.push_back(j.at("grad_norm").get<double>());
-    log.optimizer_state_bytes.push_back(j.at("optimizer_state_bytes").get<int64_t>());
-  }
-  return log;
 }
 
 // 10 AdamW steps on the fixture, clipping at 0.5 (below the fixtures' first
@@ -94,13 +69,7 @@ TEST_P(LayoutEquivalenceTest, EveryLayoutReproducesTheSingleRankLossCurve) {
   for (size_t i = 0; i < Layouts().size(); ++i) {
     const Layout& layout = Layouts()[i];
     const StepLog got = run(absl::StrCat("layout", i), layout.overrides, layout.ranks);
-    ASSERT_EQ(got.losses.size(), single.losses.size()) << layout.overrides;
-    for (size_t s = 0; s < single.losses.size(); ++s) {
-      EXPECT_NEAR(got.losses[s], single.losses[s], 1e-5 * std::abs(single.losses[s]))
-          << layout.overrides << " step " << s + 1;
-      EXPECT_NEAR(got.grad_norms[s], single.grad_norms[s], 1e-4 * single.grad_norms[s])
-          << layout.overrides << " step " << s + 1;
-    }
+    ExpectSameCurve(got, single, layout.overrides);
     if (layout.overrides == "parallel.dp=4 parallel.zero=1") {
       // ZeRO-1 keeps a quarter of the optimizer state per rank (up to the
       // padding of each bucket to a multiple of dp).
@@ -166,37 +135,16 @@ TEST(LayoutExportTest, ShardedLoraRunExportsTheSingleRankAdapterAndMergedModel) 
   }
 }
 
-// max|got - ref| <= 1e-5 max|ref| (+ 1e-7 for tensors that are ~0).
-void ExpectClose(const torch::Tensor& got, const torch::Tensor& ref, const std::string& what) {
-  ASSERT_EQ(got.sizes(), ref.sizes()) << what;
-  const double diff = (got - ref).abs().max().item<double>();
-  EXPECT_LE(diff, 1e-7 + 1e-5 * ref.abs().max().item<double>()) << what;
-}
-
 class ScoreLayoutTest : public ::testing::TestWithParam<std::tuple<std::string, bool>> {};
 
 TEST_P(ScoreLayoutTest, GradientsUnderEveryLayoutEqualTheSingleRankOnes) {
   const auto& [family, adapter] = GetParam();
-  const std::string root = ScratchDir();
-  const std::string base = "score --model " + FixturesDir() + "/" + family + "/model" +
-                           (adapter ? " --adapter " + FixturesDir() + "/" + family + "/lora" : "") +
-                           " --batch " + FixturesDir() + "/batch.safetensors --grads --out ";
-  const CommandResult single = RunFulcrum(base + root + "/single.safetensors");
-  ASSERT_EQ(single.exit_code, 0) << single.output;
-  const Tensors ref = ReadTensors(root + "/single.safetensors");
-  for (size_t i = 0; i < Layouts().size(); ++i) {
-    const Layout& layout = Layouts()[i];
-    if (layout.overrides.find("zero") != std::string::npos) continue;  // no optimizer in score
-    const std::string out = absl::StrCat(root, "/layout", i, ".safetensors");
-    const CommandResult r = RunFulcrum(base + out + " " + layout.overrides, layout.ranks);
-    ASSERT_EQ(r.exit_code, 0) << layout.overrides << "\n" << r.output;
-    const Tensors got = ReadTensors(out);
-    ASSERT_EQ(got.size(), ref.size()) << layout.overrides;
-    for (const auto& [name, tensor] : ref) {
-      ASSERT_TRUE(got.count(name)) << layout.overrides << ": missing " << name;
-      ExpectClose(got.at(name), tensor, layout.overrides + ": " + name);
-    }
+  std::vector<Layout> layouts;
+  for (const Layout& layout : Layouts()) {
+    // No optimizer in score: ZeRO has nothing to shard.
+    if (layout.overrides.find("zero") == std::string::npos) layouts.push_back(layout);
   }
+  ExpectScoresMatchSingleRank(family, adapter, layouts);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, ScoreLayoutTest,

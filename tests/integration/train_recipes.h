@@ -141,4 +141,37 @@ seed: 11
 )");
 }
 
+// An 8-layer variant of the llama fixture's config (tied or not), randomly
+// initialised by `fulcrum init` under dir/model.
+inline std::string EightLayerModel(const std::string& dir, bool tied) {
+  std::ifstream in(FixturesDir() + "/llama/model/config.json");
+  nlohmann::json config = nlohmann::json::parse(in);
+  config["num_hidden_layers"] = 8;
+  config["tie_word_embeddings"] = tied;
+  WriteFile(dir + "/config.json", config.dump(2));
+  const std::string out = dir + "/model";
+  const CommandResult r =
+      RunFulcrum("init --config " + dir + "/config.json --out " + out + " --seed 7");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  return out;
+}
+
+// 10 AdamW steps, clipping at 0.5 (0.2 for LoRA, whose B starts at zero; below
+// the first gradient norms either way), 8 rows of
+// 16 tokens per step in micro-batches of 1: 8 micro-batches per step at dp 1,
+// 4 at dp 2.
+inline std::string PipelineRecipe(const std::string& model, const std::string& data,
+                                  const std::string& method, const std::string& dir) {
+  return absl::StrCat("model:\n  path: ", model, "\ndata:\n  path: ", data,
+                      "\n  shuffle: true\n  pack: true\nfinetune:\n  method: ", method,
+                      "\n  lora:\n    rank: 4\n    alpha: 8\n    targets: [all-linear]\n"
+                      "optim:\n  lr: 0.002\n  weight_decay: 0.01\n  grad_clip: ",
+                      method == "lora" ? "0.2" : "0.5",
+                      "\n"
+                      "schedule:\n  type: cosine\n  warmup_steps: 2\n"
+                      "batch:\n  global_batch: 8\n  micro_batch: 1\n  seq_len: 16\n"
+                      "train:\n  steps: 10\nlogging:\n  metrics_file: ",
+                      dir, "/metrics.jsonl\n  peak_flops: 1.0e9\nseed: 5\n");
+}
+
 }  // namespace fulcrum::testing

@@ -1,0 +1,94 @@
+// What the layout-equivalence tests compare: the per-step log of a training
+// run against the single-rank one, and `fulcrum score --grads` outputs of
+// several layouts against the single-rank file.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <cstdint>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "tests/integration/fixture_compare.h"
+#include "tests/test_support.h"
+
+namespace fulcrum::testing {
+
+struct Layout {
+  std::string overrides;  // parallel.KEY=VALUE words
+  int ranks;
+};
+
+struct StepLog {
+  std::vector<double> losses;
+  std::vector<double> grad_norms;
+  std::vector<int64_t> optimizer_state_bytes;
+};
+
+// The step lines of a metrics JSONL (eval lines skipped).
+inline StepLog ReadStepLog(const std::string& path) {
+  StepLog log;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    const nlohmann::json j = nlohmann::json::parse(line);
+    if (!j.contains("loss")) continue;
+    log.losses.push_back(j.at("loss").get<double>());
+    log.grad_norms.push_back(j.at("grad_norm").get<double>());
+    log.optimizer_state_bytes.push_back(j.at("optimizer_state_bytes").get<int64_t>());
+  }
+  return log;
+}
+
+// Per-step losses within 1e-5 relative, grad norms within 1e-4.
+inline void ExpectSameCurve(const StepLog& got, const StepLog& ref, const std::string& what) {
+  ASSERT_EQ(got.losses.size(), ref.losses.size()) << what;
+  for (size_t s = 0; s < ref.losses.size(); ++s) {
+    EXPECT_NEAR(got.losses[s], ref.losses[s], 1e-5 * std::abs(ref.losses[s]))
+        << what << " step " << s + 1;
+    EXPECT_NEAR(got.grad_norms[s], ref.grad_norms[s], 1e-4 * ref.grad_norms[s])
+        << what << " step " << s + 1;
+  }
+}
+
+// max|got - ref| <= 1e-5 max|ref| (+ 1e-7 for tensors that are ~0).
+inline void ExpectClose(const torch::Tensor& got, const torch::Tensor& ref,
+                        const std::string& what) {
+  ASSERT_EQ(got.sizes(), ref.sizes()) << what;
+  const double diff = (got - ref).abs().max().item<double>();
+  EXPECT_LE(diff, 1e-7 + 1e-5 * ref.abs().max().item<double>()) << what;
+}
+
+// `fulcrum score --grads` of a fixture family (with its LoRA adapter when
+// `adapter`) on the fixture batch under each layout: every tensor of the
+// single-rank output (logits, loss, grad.*) within ExpectClose.
+inline void ExpectScoresMatchSingleRank(const std::string& family, bool adapter,
+                                        const std::vector<Layout>& layouts) {
+  const std::string dir = ScratchDir();
+  const std::string base = "score --model " + FixturesDir() + "/" + family + "/model" +
+                           (adapter ? " --adapter " + FixturesDir() + "/" + family + "/lora" : "") +
+                           " --batch " + FixturesDir() + "/batch.safetensors --grads --out ";
+  const CommandResult single = RunFulcrum(base + dir + "/single.safetensors");
+  ASSERT_EQ(single.exit_code, 0) << single.output;
+  const Tensors ref = ReadTensors(dir + "/single.safetensors");
+  for (size_t i = 0; i < layouts.size(); ++i) {
+    const Layout& layout = layouts[i];
+    const std::string out = absl::StrCat(dir, "/layout", i, ".safetensors");
+    const CommandResult r = RunFulcrum(base + out + " " + layout.overrides, layout.ranks);
+    ASSERT_EQ(r.exit_code, 0) << layout.overrides << "\n" << r.output;
+    const Tensors got = ReadTensors(out);
+    ASSERT_EQ(got.size(), ref.size()) << layout.overrides;
+    for (const auto& [name, tensor] : ref) {
+      ASSERT_TRUE(got.count(name)) << layout.overrides << ": missing " << name;
+      ExpectClose(got.at(name), tensor, layout.overrides + ": " + name);
+    }
+  }
+}
+
+}  // namespace fulcrum::testing
