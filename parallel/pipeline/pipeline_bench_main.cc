@@ -8,21 +8,31 @@
 // bias-free Linear(H, H) + tanh blocks on [rows, H] activations, so a
 // forward, an input-gradient and a weight-gradient pass cost one GEMM each
 // per block (F = B = W, the zero-bubble paper's assumption). For every
-// schedule: one warm-up step, then `steps` measured steps; per stage the
-// bubble is 1 - (time inside compute actions) / (step time), from the
-// executor's timestamps of each action, averaged over stages and steps. Next
-// to it: the textbook theory (TheoreticalBubbleFraction; zb_h1's with the
-// paper's F = B = W) and the ideal, the simulated bubble of the same action
-// lists with this run's measured F, B, Bi, W and free communication (the
-// reference when the costs are unequal, e.g. W > Bi on CPU). Activation memory: the most
-// (micro-batch, chunk) activations a stage held at once, and the peak growth
-// of the process heap (glibc mallinfo2) during the step over its start, the
-// worst stage.
+// schedule: one warm-up step, then `steps` measured steps. The step is the
+// pipeline's: from the first stage's start to the last stage's end (the
+// stages start together after a barrier; one machine's monotonic clock is
+// shared). Per stage the bubble is 1 - (time inside compute actions) /
+// (step time), from the executor's timestamps of each action, averaged over
+// stages and steps. Next to it: the textbook theory
+// (TheoreticalBubbleFraction; zb_h1's with the paper's F = B = W) and the
+// ideal, the simulated bubble of the same action lists with each stage's
+// measured F, B, Bi, W of this run and free communication (the reference
+// when costs are unequal: W > Bi on CPU, and the first stage has no input
+// gradient, so its Bi is empty and its W is the whole backward).
+// Activation memory: the most (micro-batch, chunk) activations a stage held
+// at once, and the peak growth of the process heap (glibc mallinfo2) during
+// the step over its start, the worst stage.
+//
+// glibc returns large freed blocks to the kernel, so every step would fault
+// its activations in again, and more so the more a schedule holds (GPipe);
+// the bench keeps freed memory in the process, as a caching allocator does
+// on a GPU, so the compute times measure compute.
 #include <malloc.h>
 #include <mpi.h>
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -99,12 +109,22 @@ class BenchStage : public StageModel {
   int64_t peak_heap_ = 0;
 };
 
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+double WorldReduce(double value, MPI_Op op) {
+  double out = 0.0;
+  FULCRUM_MPI_CHECK(MPI_Allreduce(&value, &out, 1, MPI_DOUBLE, op, MPI_COMM_WORLD));
+  return out;
+}
+
 struct Measured {
-  double bubble = 0.0;  // mean over stages and steps
+  double bubble = 0.0;  // this stage's, mean over steps
   double forward = 0.0, backward = 0.0, backward_input = 0.0, backward_weight = 0.0;  // per block
   int max_in_flight = 0;                                                              // worst stage
   double peak_heap_mib = 0.0;  // worst stage, growth over the step's start
-  double step_seconds = 0.0;
+  double step_seconds = 0.0;   // the pipeline's
 };
 
 double Mean(const std::vector<double>& v) {
@@ -128,12 +148,18 @@ Measured Run(ScheduleKind kind, const ScheduleShape& shape, int stage, PipelineC
     FULCRUM_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
     const int64_t start_heap = HeapInUse();
     model.ResetPeak();
+    const double begin = Now();
     const PipelineStepResult r = executor.Run(model);
+    const double end = Now();
+    const double step = WorldReduce(end, MPI_MAX) - WorldReduce(begin, MPI_MIN);
     if (s == 0) continue;  // warm-up
     double busy = 0.0;
     for (const ActionTiming& t : r.timings) {
       const double d = t.end - t.start;
-      busy += d;
+      if (t.action.type == ActionType::kForward || t.action.type == ActionType::kBackward ||
+          t.action.type == ActionType::kBackwardInput ||
+          t.action.type == ActionType::kBackwardWeight)
+        busy += d;
       switch (t.action.type) {
         case ActionType::kForward:
           f.push_back(d / blocks);
@@ -155,15 +181,16 @@ Measured Run(ScheduleKind kind, const ScheduleShape& shape, int stage, PipelineC
       // The last step's actions of this stage, for seeing where idle time goes.
       std::string line = std::string(ScheduleName(kind)) + " stage " + std::to_string(stage) + ":";
       for (const ActionTiming& t : r.timings) {
-        char buf[64];
-        std::snprintf(buf, sizeof(buf), " %s[%.0f-%.0f]", ToString(t.action).c_str(), 1e3 * t.start,
+        char buf[96];
+        std::snprintf(buf, sizeof(buf), " %s[%.1f-%.1f]", ToString(t.action).c_str(), 1e3 * t.start,
                       1e3 * t.end);
         line += buf;
       }
-      std::printf("%s (step %.0f ms)\n", line.c_str(), 1e3 * r.step_seconds);
+      std::printf("%s (stage %.0f ms, pipeline %.0f ms)\n", line.c_str(), 1e3 * r.step_seconds,
+                  1e3 * step);
     }
-    bubbles.push_back(1.0 - busy / r.step_seconds);
-    step_times.push_back(r.step_seconds);
+    bubbles.push_back(1.0 - busy / step);
+    step_times.push_back(step);
     max_in_flight = std::max(max_in_flight, r.max_in_flight);
     peak = std::max(peak, model.peak_heap() - start_heap);
   }
@@ -181,19 +208,27 @@ Measured Run(ScheduleKind kind, const ScheduleShape& shape, int stage, PipelineC
 
 // The mean of `value` over the world's ranks (the stages).
 double WorldMean(double value) {
-  double sum = 0.0;
-  FULCRUM_MPI_CHECK(MPI_Allreduce(&value, &sum, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
   int size = 1;
   FULCRUM_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size));
-  return sum / size;
-}
-double WorldMax(double value) {
-  double max = 0.0;
-  FULCRUM_MPI_CHECK(MPI_Allreduce(&value, &max, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
-  return max;
+  return WorldReduce(value, MPI_SUM) / size;
 }
 
+// Every stage's value, in stage order.
+std::vector<double> WorldGather(double value) {
+  int size = 1;
+  FULCRUM_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size));
+  std::vector<double> all(static_cast<size_t>(size));
+  FULCRUM_MPI_CHECK(
+      MPI_Allgather(&value, 1, MPI_DOUBLE, all.data(), 1, MPI_DOUBLE, MPI_COMM_WORLD));
+  return all;
+}
+
+double WorldReduceMax(double value) { return WorldReduce(value, MPI_MAX); }
+
 int Main(int argc, char** argv) {
+  // Keep freed blocks (see the header comment): no mmap per tensor, no trim.
+  FULCRUM_CHECK(mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1,
+                "mallopt");
   const int micro_batches = argc > 1 ? std::atoi(argv[1]) : 8;
   const int steps = argc > 2 ? std::atoi(argv[2]) : 3;
   int rank = 0, size = 1;
@@ -229,42 +264,39 @@ int Main(int argc, char** argv) {
     shape.virtual_stages = e.virtual_stages;
     if (!CheckScheduleShape(e.kind, shape).ok()) continue;
     const Measured m = Run(e.kind, shape, rank, channels, steps);
-    // The theory with this run's own costs (F, and B or Bi + W per block).
-    ActionCosts costs;
-    costs.forward = WorldMean(m.forward);
-    const double bi = WorldMean(m.backward_input), w = WorldMean(m.backward_weight);
-    const double b = WorldMean(m.backward);
-    costs.backward = b > 0 ? b : bi + w;
-    costs.backward_input = bi > 0 ? bi : b / 2;
-    costs.backward_weight = w > 0 ? w : b / 2;
-    // Textbook theory (zb_h1's assumes F = B = W, the paper's setting) and
-    // the ideal of this schedule for the measured costs: the simulator's
-    // bubble with per-chunk F, B, Bi, W of this run and free communication.
-    ActionCosts equal;
-    equal.backward = 2.0;
-    const double theory = TheoreticalBubbleFraction(
-        e.kind, shape, e.kind == ScheduleKind::kZeroBubbleH1 ? equal : costs);
-    ActionCosts per_chunk = costs;
+    // The textbook theory (zb_h1's assumes F = B = W, the paper's setting;
+    // the others do not depend on the costs) and the ideal of this schedule
+    // for each stage's measured per-chunk costs, with free communication.
+    const double theory = TheoreticalBubbleFraction(e.kind, shape, ActionCosts{});
     const double chunk_blocks = std::max(1, kBlocksPerStage / e.virtual_stages);
-    per_chunk.forward *= chunk_blocks;
-    per_chunk.backward *= chunk_blocks;
-    per_chunk.backward_input *= chunk_blocks;
-    per_chunk.backward_weight *= chunk_blocks;
+    const std::vector<double> f = WorldGather(m.forward), b = WorldGather(m.backward),
+                              bi = WorldGather(m.backward_input),
+                              w = WorldGather(m.backward_weight);
+    std::vector<ActionCosts> stage_costs(f.size());
+    for (size_t st = 0; st < f.size(); ++st) {
+      ActionCosts& c = stage_costs[st];
+      c.forward = chunk_blocks * f[st];
+      c.backward = chunk_blocks * (b[st] > 0 ? b[st] : bi[st] + w[st]);
+      c.backward_input = chunk_blocks * (b[st] > 0 ? b[st] / 2 : bi[st]);
+      c.backward_weight = chunk_blocks * (b[st] > 0 ? b[st] / 2 : w[st]);
+    }
     absl::StatusOr<Schedule> schedule = BuildSchedule(e.kind, shape);
-    absl::StatusOr<Simulation> ideal = SimulateSchedule(*schedule, per_chunk);
+    absl::StatusOr<Simulation> ideal = SimulateSchedule(*schedule, stage_costs);
     FULCRUM_CHECK(ideal.ok(), ideal.status().ToString());
     const double bubble = WorldMean(m.bubble);
-    const double in_flight = WorldMax(m.max_in_flight);
-    const double peak = WorldMax(m.peak_heap_mib);
-    const double step = WorldMax(m.step_seconds);
+    const double in_flight = WorldReduceMax(m.max_in_flight);
+    const double peak = WorldReduceMax(m.peak_heap_mib);
+    const double step = m.step_seconds;
     if (rank == 0) {
       std::printf("%-18s %4d %9.4f %9.4f %8.2f %9.4f %8.2f %10.0f %13.1f %9.3f\n",
                   ScheduleName(e.kind), e.virtual_stages, bubble, theory,
                   theory > 0 ? bubble / theory : 0.0, ideal->bubble_fraction,
                   ideal->bubble_fraction > 0 ? bubble / ideal->bubble_fraction : 0.0, in_flight,
                   peak, step);
-      std::printf("%-18s costs per block (ms): F %.3f  B %.3f  Bi %.3f  W %.3f\n", "",
-                  1e3 * costs.forward, 1e3 * b, 1e3 * bi, 1e3 * w);
+      for (size_t st = 0; st < f.size(); ++st) {
+        std::printf("%-18s stage %zu costs per block (ms): F %.3f  B %.3f  Bi %.3f  W %.3f\n", "",
+                    st, 1e3 * f[st], 1e3 * b[st], 1e3 * bi[st], 1e3 * w[st]);
+      }
     }
   }
   return 0;

@@ -43,11 +43,13 @@ class StepRunner {
  public:
   using Clock = std::chrono::steady_clock;
 
-  StepRunner(const Schedule& schedule, int stage, PipelineChannels channels, StageModel& model)
+  StepRunner(const Schedule& schedule, int stage, PipelineChannels channels, StageModel& model,
+             ReceiveBufferPool& receive_buffers)
       : shape_(schedule.shape),
         stage_(stage),
         channels_(channels),
         model_(model),
+        receive_buffers_(receive_buffers),
         start_(Clock::now()) {
     const int p = shape_.stages;
     next_stage_ = (stage_ + 1) % p;
@@ -110,8 +112,8 @@ class StepRunner {
     Slot& s = At(a);
     FULCRUM_CHECK(!IsFirst(a.chunk) && !s.activation_recv && !s.forwarded, "stage ", stage_,
                   ": unexpected ", ToString(a));
-    s.input =
-        torch::empty(model_.ActivationShape(a.chunk, a.micro_batch), model_.ActivationOptions());
+    s.input = receive_buffers_.Acquire(model_.ActivationShape(a.chunk, a.micro_batch),
+                                       model_.ActivationOptions());
     s.activation_recv = channels_.activations->RecvAsync(s.input, prev_stage_);
   }
 
@@ -131,7 +133,7 @@ class StepRunner {
     const std::vector<int64_t> shape = s.output.defined()
                                            ? s.output.sizes().vec()
                                            : model_.ActivationShape(a.chunk, a.micro_batch);
-    s.grad_output = torch::empty(shape, model_.ActivationOptions());
+    s.grad_output = receive_buffers_.Acquire(shape, model_.ActivationOptions());
     s.grad_recv = channels_.gradients->RecvAsync(s.grad_output, next_stage_);
   }
 
@@ -239,6 +241,7 @@ class StepRunner {
   const int stage_;
   const PipelineChannels channels_;
   StageModel& model_;
+  ReceiveBufferPool& receive_buffers_;
   const Clock::time_point start_;
   double wait_end_ = -1.0;
   int next_stage_ = 0;
@@ -268,7 +271,7 @@ PipelineExecutor::PipelineExecutor(Schedule schedule, int stage, PipelineChannel
 
 PipelineStepResult PipelineExecutor::Run(StageModel& model) {
   PipelineStepResult result;
-  StepRunner runner(schedule_, stage_, channels_, model);
+  StepRunner runner(schedule_, stage_, channels_, model, receive_buffers_);
   for (const Action& action : schedule_.stages[stage_]) {
     const bool timed = record_timings_ && IsCompute(action.type);
     const double t0 = timed ? runner.Seconds() : 0.0;

@@ -1,11 +1,11 @@
 // PipelineExecutor: runs one stage's actions of a Schedule for one step.
 //
 // The executor owns the pipeline mechanics and nothing of the model: it
-// posts receives into fresh buffers, turns a received activation into a leaf
-// that requires grad, calls the stage's model for each forward, keeps each
-// (micro-batch, chunk)'s input and output until its backward, runs the
-// backward (whole, or split: split_backward.h), sends the results, and
-// releases what is done. The model is reached through StageModel.
+// posts receives into pooled buffers (receive_buffer_pool.h), turns a received activation into a
+// leaf that requires grad, calls the stage's model for each forward, keeps each (micro-batch,
+// chunk)'s input and output until its backward, runs the backward (whole, or split:
+// split_backward.h), sends the results, and releases what is done. The model is reached through
+// StageModel.
 //
 // Shapes: every micro-batch's activation shape comes from StageModel, which
 // knows it locally (every stage holds the micro-batch's token ids, so
@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "parallel/comm/communicator.h"
+#include "parallel/pipeline/receive_buffer_pool.h"
 #include "parallel/pipeline/schedule.h"
 
 namespace fulcrum::parallel::pipeline {
@@ -87,6 +88,7 @@ class PipelineExecutor {
   int stage_;
   PipelineChannels channels_;
   bool record_timings_;
+  ReceiveBufferPool receive_buffers_;  // kept across steps
 };
 
 }  // namespace fulcrum::parallel::pipeline

@@ -53,8 +53,8 @@ enum class StepResult { kAdvanced, kBlocked };
 
 class Simulator {
  public:
-  Simulator(const Schedule& schedule, const ActionCosts& costs)
-      : schedule_(schedule), shape_(schedule.shape), costs_(costs) {}
+  Simulator(const Schedule& schedule, std::vector<ActionCosts> costs)
+      : schedule_(schedule), shape_(schedule.shape), costs_(std::move(costs)) {}
 
   absl::StatusOr<Simulation> Run();
 
@@ -76,7 +76,7 @@ class Simulator {
 
   const Schedule& schedule_;
   const ScheduleShape& shape_;
-  ActionCosts costs_;
+  std::vector<ActionCosts> costs_;  // per stage
   std::vector<StageState> state_;
   std::map<ChannelKey, ChannelState> channels_;
   Simulation sim_;
@@ -232,7 +232,7 @@ absl::StatusOr<StepResult> Simulator::RunCompute(int stage, const Action& a) {
   switch (a.type) {
     case ActionType::kForward:
       if (forwarded) return absl::InvalidArgumentError(where + ": forward runs twice");
-      cost = costs_.forward;
+      cost = costs_[stage].forward;
       if (vs != 0) needs = kActivations;
       break;
     case ActionType::kBackward:
@@ -240,7 +240,8 @@ absl::StatusOr<StepResult> Simulator::RunCompute(int stage, const Action& a) {
       if (!forwarded) return absl::InvalidArgumentError(where + ": backward before its forward");
       if (backward != kNotStarted)
         return absl::InvalidArgumentError(where + ": backward runs twice");
-      cost = a.type == ActionType::kBackward ? costs_.backward : costs_.backward_input;
+      cost =
+          a.type == ActionType::kBackward ? costs_[stage].backward : costs_[stage].backward_input;
       if (vs != LastVirtualStage()) needs = kGradients;
       break;
     default:  // kBackwardWeight
@@ -249,7 +250,7 @@ absl::StatusOr<StepResult> Simulator::RunCompute(int stage, const Action& a) {
             where, backward == kComplete ? ": weight pass runs twice or after a whole backward"
                                          : ": weight pass before its input-gradient pass (Bi)"));
       }
-      cost = costs_.backward_weight;
+      cost = costs_[stage].backward_weight;
       break;
   }
   double start = s.clock;
@@ -354,7 +355,17 @@ std::string Simulator::DeadlockMessage() const {
 }  // namespace
 
 absl::StatusOr<Simulation> SimulateSchedule(const Schedule& schedule, const ActionCosts& costs) {
-  return Simulator(schedule, costs).Run();
+  return Simulator(schedule, std::vector<ActionCosts>(schedule.stages.size(), costs)).Run();
+}
+
+absl::StatusOr<Simulation> SimulateSchedule(const Schedule& schedule,
+                                            const std::vector<ActionCosts>& stage_costs) {
+  if (stage_costs.size() != schedule.stages.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("costs for ", stage_costs.size(),
+                                                   " stages, but the schedule has ",
+                                                   schedule.stages.size()));
+  }
+  return Simulator(schedule, stage_costs).Run();
 }
 
 double TheoreticalBubbleFraction(ScheduleKind kind, const ScheduleShape& shape,

@@ -48,6 +48,10 @@ struct Simulation {
 // to the end (a deadlock names the stages and the actions they wait at).
 absl::StatusOr<Simulation> SimulateSchedule(const Schedule& schedule,
                                             const ActionCosts& costs = {});
+// The same with each stage's own costs (stages differ in work, e.g. the
+// first computes no input gradient); one entry per stage.
+absl::StatusOr<Simulation> SimulateSchedule(const Schedule& schedule,
+                                            const std::vector<ActionCosts>& stage_costs);
 
 // The textbook bubble fraction of `kind` for equal stage costs:
 // (p-1)/(m+p-1) for gpipe and 1f1b, (p-1)/(v m+p-1) for interleaved 1f1b,

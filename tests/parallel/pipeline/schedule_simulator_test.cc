@@ -392,6 +392,32 @@ std::string Chart(const Simulation& sim) {
   return out;
 }
 
+// Stages with their own costs: GPipe p2 m4 where the second stage is twice as
+// slow. Stage 1 forwards at 1..9 (each waits for stage 0's forward, then for
+// its own previous one), backs 9..25; stage 0's backward i waits for stage
+// 1's: 13, 17, 21, 25, each 2 long, so the pipeline ends at 27.
+TEST(SimulateScheduleTest, PerStageCosts) {
+  const Schedule schedule = Built(ScheduleKind::kGPipe, {2, 4, 1});
+  const ActionCosts slow{2.0, 4.0, 2.0, 2.0};
+  absl::StatusOr<Simulation> sim = SimulateSchedule(schedule, {kUnitCosts, slow});
+  ASSERT_TRUE(sim.ok()) << sim.status();
+  EXPECT_DOUBLE_EQ(sim->makespan, 27.0);
+  EXPECT_DOUBLE_EQ(sim->stages[0].busy, 12.0);
+  EXPECT_DOUBLE_EQ(sim->stages[1].busy, 24.0);
+  EXPECT_DOUBLE_EQ(sim->bubble_fraction, ((27.0 - 12.0) / 27.0 + (27.0 - 24.0) / 27.0) / 2);
+
+  // Equal per-stage costs are the uniform simulation.
+  absl::StatusOr<Simulation> uniform = SimulateSchedule(schedule, kUnitCosts);
+  absl::StatusOr<Simulation> listed = SimulateSchedule(schedule, {kUnitCosts, kUnitCosts});
+  ASSERT_TRUE(uniform.ok() && listed.ok());
+  EXPECT_DOUBLE_EQ(uniform->makespan, listed->makespan);
+
+  absl::StatusOr<Simulation> wrong = SimulateSchedule(schedule, std::vector<ActionCosts>{slow});
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_NE(std::string(wrong.status().message()).find("costs for 1 stages"), std::string::npos)
+      << wrong.status();
+}
+
 TEST(ScheduleChartTest, PrintsEachKindAtPp4M8) {
   for (ScheduleKind kind : kAllKinds) {
     const ScheduleShape shape{4, 8, kind == ScheduleKind::kInterleaved1F1B ? 2 : 1};
