@@ -64,6 +64,8 @@ struct GradientBuckets::State {
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators;
   std::shared_ptr<HookLink> link = std::make_shared<HookLink>();
   bool armed = false;
+  // Per parameter: accumulations still to come in the armed backward(s).
+  std::vector<int> accumulations_left;
   size_t next_launch = 0;  // buckets launch in index order on every rank
 
   State(std::vector<torch::Tensor> p, Communicator& c, BucketOptions o)
@@ -97,8 +99,10 @@ struct GradientBuckets::State {
   void OnGradReady(size_t param_index) {
     if (!armed) return;
     Bucket& b = buckets[bucket_of[param_index]];
-    FULCRUM_CHECK(b.pending > 0, "parameter ", param_index,
-                  " produced a gradient twice in one armed backward");
+    int& left = accumulations_left[param_index];
+    FULCRUM_CHECK(left > 0 && b.pending > 0, "parameter ", param_index,
+                  " accumulated a gradient more often than armed for");
+    if (--left > 0) return;
     if (--b.pending == 0) {
       b.ready = true;
       LaunchReadyInOrder();
@@ -195,10 +199,12 @@ GradientBuckets::~GradientBuckets() {
   state_->link->on_grad_ready = nullptr;
 }
 
-void GradientBuckets::ArmForLastBackward() {
+void GradientBuckets::ArmForLastBackward(int accumulations) {
   State& s = *state_;
   FULCRUM_CHECK(!s.armed, "ArmForLastBackward called twice without FinishReduction");
+  FULCRUM_CHECK(accumulations >= 1, "ArmForLastBackward(", accumulations, ")");
   s.armed = true;
+  s.accumulations_left.assign(s.params.size(), accumulations);
   s.next_launch = 0;
   for (Bucket& b : s.buckets) {
     b.pending = static_cast<int>(b.segments.size());

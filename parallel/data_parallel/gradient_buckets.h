@@ -62,11 +62,16 @@ class GradientBuckets {
 
   // Call before the backward of a step's last micro-batch: its hooks launch
   // each bucket's reduction as soon as the bucket's gradients are final.
-  // Earlier micro-batches only accumulate.
+  // Earlier micro-batches only accumulate. `accumulations`: how often each
+  // parameter's gradient still accumulates before it is final — 1 for the
+  // last micro-batch's backward; the number of micro-batches when armed at
+  // the start of a pipeline step, whose micro-batches' backwards interleave
+  // with other chunks' (a parameter accumulating more often than that is a
+  // broken invariant, checked).
   // NOTE: buckets launch in bucket order on every rank (their collectives
   // must match across ranks); a bucket whose parameters get no gradient
   // holds back the buckets after it until FinishReduction.
-  void ArmForLastBackward();
+  void ArmForLastBackward(int accumulations = 1);
   // After that backward: launches buckets not launched yet (parameters
   // without a gradient this step) and waits for all. Without ArmForLastBackward
   // it reduces everything now (no overlap).

@@ -118,8 +118,9 @@ absl::Status Trainer::BuildModelAndOptimizer() {
     layouts[layout.name] = std::move(layout);
   }
   int64_t trainable = 0;
-  // Under pp the dp reduction waits for the schedule's end.
-  overlap_dp_reduction_ = parallel_.pp_size() == 1;
+  // The dp reduction overlaps the backward (under pp: the schedule's last
+  // backward of each chunk) unless a gradient needs another sum first.
+  overlap_dp_reduction_ = true;
   for (const auto& p : params) {
     trainable_.push_back(p.param);
     trainable_layouts_.push_back(layouts.at(p.name));
@@ -327,6 +328,11 @@ metrics::StepMetrics Trainer::Step(int64_t step_index) {
 torch::Tensor Trainer::ForwardBackward(const data::StepBatch& batch, double denominator) {
   if (pipeline_) {
     stage_->SetBatch(batch.micro_batches, denominator);
+    // Each parameter of this stage accumulates once per micro-batch; a
+    // bucket's reduction starts when its chunk's last backward completes it.
+    if (overlap_dp_reduction_) {
+      buckets_->ArmForLastBackward(static_cast<int>(batch.micro_batches.size()));
+    }
     pipeline_->Run(*stage_);
     return stage_->loss_sum().clone();
   }

@@ -187,6 +187,45 @@ TEST(GradientBucketsMpiTest, Bf16ClosedFormSum) {
   }
 }
 
+// Armed once for a pipeline step: two chunks' parameters, each its own
+// bucket, accumulate over 3 micro-batches whose backwards interleave (chunk
+// 1 of micro-batch m, then chunk 0 of m - 1, as 1F1B's cooldown runs). A
+// bucket launched before its last accumulation would miss the later ones:
+// the closed form sum over ranks r and micro-batches m of (r + 1)(m + 1)
+// per element, 6 n (n + 1) / 2, holds only if each waits for all three.
+TEST(GradientBucketsMpiTest, ArmedForAPipelineStepWaitsForEveryMicroBatch) {
+  auto comm = MakeWorldCommunicator();
+  const int rank = WorldRank();
+  const int n = WorldSize();
+  for (GradReduction reduction : {GradReduction::kAllReduce, GradReduction::kReduceScatter}) {
+    std::vector<torch::Tensor> params = {torch::zeros({6}).requires_grad_(true),
+                                         torch::zeros({5}).requires_grad_(true)};
+    GradientBuckets buckets(params, *comm, BucketOptions{4, reduction});
+    ASSERT_EQ(buckets.num_buckets(), 2u);
+    buckets.ArmForLastBackward(3);
+    auto backward = [&](int chunk, int m) {
+      (params[static_cast<size_t>(chunk)] * static_cast<float>((rank + 1) * (m + 1)))
+          .sum()
+          .backward();
+    };
+    backward(1, 0);
+    backward(1, 1);
+    backward(0, 0);
+    backward(1, 2);
+    backward(0, 1);
+    backward(0, 2);
+    buckets.FinishReduction();
+    const float want = 6.0f * n * (n + 1) / 2;
+    for (const auto& owned : buckets.OwnedSegments()) {
+      const BucketSegment& seg = owned.segment;
+      EXPECT_TRUE(
+          torch::equal(buckets.BucketGrads(owned.bucket).narrow(0, seg.bucket_offset, seg.numel),
+                       torch::full({seg.numel}, want)))
+          << "param " << seg.param_index;
+    }
+  }
+}
+
 // Each rank writes the true values f(i, k) = 10 i + k only into its owned
 // segments and garbage elsewhere; AllGatherParameters restores f everywhere.
 TEST(GradientBucketsMpiTest, AllGatherParametersReassemblesOwnedChunks) {

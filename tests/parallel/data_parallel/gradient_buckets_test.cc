@@ -83,5 +83,16 @@ TEST(GradientBucketsDeathTest, RejectsNonLeafAndNonContiguousParams) {
                "bucket_bytes");
 }
 
+TEST(GradientBucketsDeathTest, AccumulatingMoreOftenThanArmedForIsABrokenInvariant) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  SoloCommunicator comm(0, 1, "dp");
+  torch::Tensor w = torch::ones({3}).requires_grad_(true);
+  GradientBuckets buckets({w}, comm, BucketOptions{1 << 20, GradReduction::kAllReduce});
+  buckets.ArmForLastBackward(2);
+  (w * 2).sum().backward();
+  (w * 2).sum().backward();
+  EXPECT_DEATH((w * 2).sum().backward(), "more often than armed for");
+}
+
 }  // namespace
 }  // namespace fulcrum::parallel
