@@ -33,13 +33,19 @@ Action Compute(ActionType type, int micro_batch, int chunk = 0) {
 }
 
 // GPipe: all forwards, then all backwards, in micro-batch order on every
-// stage (the same order everywhere keeps the channels' FIFO order).
+// stage (the same order everywhere keeps the channels' FIFO order). With
+// virtual stages it loops breadth-first: every micro-batch through chunk 0,
+// then chunk 1, ...; backwards from the last chunk down.
 std::vector<Action> GPipeOrder(const ScheduleShape& shape) {
   std::vector<Action> order;
-  for (int mb = 0; mb < shape.micro_batches; ++mb)
-    order.push_back(Compute(ActionType::kForward, mb));
-  for (int mb = 0; mb < shape.micro_batches; ++mb)
-    order.push_back(Compute(ActionType::kBackward, mb));
+  for (int c = 0; c < shape.virtual_stages; ++c) {
+    for (int mb = 0; mb < shape.micro_batches; ++mb)
+      order.push_back(Compute(ActionType::kForward, mb, c));
+  }
+  for (int c = shape.virtual_stages - 1; c >= 0; --c) {
+    for (int mb = 0; mb < shape.micro_batches; ++mb)
+      order.push_back(Compute(ActionType::kBackward, mb, c));
+  }
   return order;
 }
 
@@ -216,10 +222,10 @@ absl::Status CheckScheduleShape(ScheduleKind kind, const ScheduleShape& shape) {
                      shape.virtual_stages, ") must all be >= 1"));
   }
   const bool interleaved = kind == ScheduleKind::kInterleaved1F1B;
-  if (!interleaved && shape.virtual_stages != 1) {
+  if (!interleaved && kind != ScheduleKind::kGPipe && shape.virtual_stages != 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "pipeline schedule ", name, " runs one chunk per stage but parallel.pp_virtual is ",
-        shape.virtual_stages, "; use interleaved_1f1b for virtual stages"));
+        shape.virtual_stages, "; use interleaved_1f1b (or gpipe) for virtual stages"));
   }
   if (interleaved && shape.virtual_stages < 2) {
     return absl::InvalidArgumentError(

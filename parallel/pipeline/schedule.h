@@ -27,7 +27,7 @@
 namespace fulcrum::parallel::pipeline {
 
 enum class ScheduleKind {
-  kGPipe,            // "gpipe": all forwards, then all backwards
+  kGPipe,            // "gpipe": all forwards, then all backwards (chunks looped breadth-first)
   kOneFOneB,         // "1f1b": warm-up forwards, then one forward / one backward
   kInterleaved1F1B,  // "interleaved_1f1b": 1F1B over virtual stages (Megatron)
   kZeroBubbleH1,     // "zb_h1": 1F1B with split backward, weight gradients deferred into bubbles
@@ -72,7 +72,7 @@ struct Schedule {
 };
 
 // Whether `kind` can run `shape`. User-facing messages (the caller adds the
-// recipe file): gpipe/1f1b/zb_h1 need virtual_stages == 1; interleaved_1f1b
+// recipe file): 1f1b/zb_h1 need virtual_stages == 1 (gpipe takes any); interleaved_1f1b
 // needs virtual_stages >= 2 and micro_batches divisible by stages; 1f1b,
 // interleaved_1f1b and zb_h1 need micro_batches >= stages (fewer leave a
 // stage with nothing to overlap).

@@ -373,7 +373,12 @@ double TheoreticalBubbleFraction(ScheduleKind kind, const ScheduleShape& shape,
   const double p = shape.stages;
   const double m = shape.micro_batches;
   switch (kind) {
-    case ScheduleKind::kGPipe:
+    case ScheduleKind::kGPipe: {
+      // Breadth-first over v chunks: a round of chunk c takes max(m, p)
+      // before stage 0 can start chunk c + 1 (micro-batch 0 must wrap round).
+      const double v = shape.virtual_stages;
+      return 1.0 - m * v / ((v - 1) * std::max(m, p) + m + p - 1);
+    }
     case ScheduleKind::kOneFOneB:
       return (p - 1) / (m + p - 1);
     case ScheduleKind::kInterleaved1F1B:

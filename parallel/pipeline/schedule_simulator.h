@@ -54,7 +54,8 @@ absl::StatusOr<Simulation> SimulateSchedule(const Schedule& schedule,
                                             const std::vector<ActionCosts>& stage_costs);
 
 // The textbook bubble fraction of `kind` for equal stage costs:
-// (p-1)/(m+p-1) for gpipe and 1f1b, (p-1)/(v m+p-1) for interleaved 1f1b,
+// (p-1)/(m+p-1) for 1f1b and for gpipe (with v chunks looped breadth-first:
+// 1 - m v / ((v-1) max(m, p) + m + p - 1)), (p-1)/(v m+p-1) for interleaved 1f1b,
 // and for zb_h1 (p-1)(F+B-W) / (m(F+B+W) + (p-1)(F+B-W)) with B the input
 // part and W the weight part of the backward (Qi et al., "Zero Bubble
 // Pipeline Parallelism", 2023: a third of 1F1B's bubble when F = B = W).

@@ -65,15 +65,14 @@ inline void ExpectClose(const torch::Tensor& got, const torch::Tensor& ref,
   EXPECT_LE(diff, 1e-7 + 1e-5 * ref.abs().max().item<double>()) << what;
 }
 
-// `fulcrum score --grads` of a fixture family (with its LoRA adapter when
-// `adapter`) on the fixture batch under each layout: every tensor of the
-// single-rank output (logits, loss, grad.*) within ExpectClose.
-inline void ExpectScoresMatchSingleRank(const std::string& family, bool adapter,
-                                        const std::vector<Layout>& layouts) {
-  const std::string dir = ScratchDir();
-  const std::string base = "score --model " + FixturesDir() + "/" + family + "/model" +
-                           (adapter ? " --adapter " + FixturesDir() + "/" + family + "/lora" : "") +
-                           " --batch " + FixturesDir() + "/batch.safetensors --grads --out ";
+// `fulcrum score --grads` with `model_args` (--model DIR [--adapter DIR]) on
+// the fixture batch under each layout, outputs under `dir`: every tensor of
+// the single-rank output (logits, loss, grad.*) within ExpectClose.
+inline void ExpectModelScoresMatchSingleRank(const std::string& model_args,
+                                             const std::vector<Layout>& layouts,
+                                             const std::string& dir) {
+  const std::string base =
+      "score " + model_args + " --batch " + FixturesDir() + "/batch.safetensors --grads --out ";
   const CommandResult single = RunFulcrum(base + dir + "/single.safetensors");
   ASSERT_EQ(single.exit_code, 0) << single.output;
   const Tensors ref = ReadTensors(dir + "/single.safetensors");
@@ -89,6 +88,15 @@ inline void ExpectScoresMatchSingleRank(const std::string& family, bool adapter,
       ExpectClose(got.at(name), tensor, layout.overrides + ": " + name);
     }
   }
+}
+
+// The same for a fixture family, with its LoRA adapter when `adapter`.
+inline void ExpectScoresMatchSingleRank(const std::string& family, bool adapter,
+                                        const std::vector<Layout>& layouts) {
+  ExpectModelScoresMatchSingleRank(
+      "--model " + FixturesDir() + "/" + family + "/model" +
+          (adapter ? " --adapter " + FixturesDir() + "/" + family + "/lora" : ""),
+      layouts, ScratchDir());
 }
 
 }  // namespace fulcrum::testing

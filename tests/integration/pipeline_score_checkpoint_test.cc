@@ -1,8 +1,8 @@
 // Pipeline parallelism through `fulcrum score` and checkpoints:
 // `score --grads` under pp2, pp2 x tp2 and pp2 x dp2 gives the single-rank
 // logits, loss and gradients of the fixtures (with and without a LoRA
-// adapter), and a pp checkpoint holds the whole model: its export equals the
-// single-rank run's and it resumes under another layout.
+// adapter) and, with virtual stages, of an 8-layer model, and a pp checkpoint holds the whole
+// model: its export equals the single-rank run's and it resumes under another layout.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -34,6 +34,15 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, PipelineScoreTest,
                            return std::get<0>(info.param) +
                                   (std::get<1>(info.param) ? "_adapter" : "_base");
                          });
+
+// Virtual stages: an 8-layer model in 4 chunks over 2 stages (score runs
+// them breadth-first, gpipe's loop) gives the single-rank gradients.
+TEST(PipelineScoreTest, VirtualStagesGiveTheSingleRankGradients) {
+  const std::string dir = ScratchDir();
+  const std::string model = EightLayerModel(dir, /*tied=*/false);
+  ExpectModelScoresMatchSingleRank("--model " + model, {{"parallel.pp=2 parallel.pp_virtual=2", 2}},
+                                   dir);
+}
 
 // A pp checkpoint holds every stage's tensors: the merged export of a LoRA
 // run under pp2 x dp2 with ZeRO-1 is the single-rank run's, and resuming it

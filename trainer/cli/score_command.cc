@@ -107,10 +107,6 @@ absl::StatusOr<ScoreResult> ScoreThroughStages(models::CausalLMImpl& model,
                                                const torch::Tensor& labels, double targets,
                                                bool grads) {
   const std::vector<parallel::pipeline::StageChunk>& chunks = runtime.model.pipeline_chunks;
-  if (grads && chunks.size() > 1) {
-    return absl::UnimplementedError(
-        "fulcrum score: not supported yet: --grads with parallel.pp_virtual > 1");
-  }
   loop::CausalLmStage stage(model, chunks, torch::kCPU);
   stage.KeepLogits(true);
   std::vector<data::MicroBatch> micro(1);

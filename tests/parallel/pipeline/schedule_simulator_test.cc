@@ -105,7 +105,7 @@ TEST(SimulateScheduleTest, InFlightBounds) {
         const int in_flight = sim.stages[s].max_in_flight;
         switch (kind) {
           case ScheduleKind::kGPipe:
-            EXPECT_EQ(in_flight, m) << Name(kind, shape);
+            EXPECT_EQ(in_flight, m * v) << Name(kind, shape);
             break;
           case ScheduleKind::kOneFOneB:
             EXPECT_EQ(in_flight, std::min(p - s, m)) << Name(kind, shape) << " stage " << s;
@@ -139,11 +139,14 @@ TEST(SimulateScheduleTest, UnitCostBubbleEqualsTheory) {
       const Simulation sim = MustSimulate(kind, shape);
       EXPECT_NEAR(sim.bubble_fraction, TheoreticalBubbleFraction(kind, shape, kUnitCosts), 1e-12)
           << Name(kind, shape);
-      // The makespans behind it: (m+p-1)(F+B) and (p-1)(F+B-W) + m(F+B+W).
+      // The makespans behind it: (m+p-1)(F+B), for gpipe over v chunks
+      // ((v-1) max(m, p) + m+p-1)(F+B), and (p-1)(F+B-W) + m(F+B+W).
       const double p = shape.stages;
       const double m = shape.micro_batches;
-      const double expected =
-          kind == ScheduleKind::kZeroBubbleH1 ? (p - 1) + 3 * m : 3 * (m + p - 1);
+      const double v = shape.virtual_stages;
+      const double expected = kind == ScheduleKind::kZeroBubbleH1
+                                  ? (p - 1) + 3 * m
+                                  : 3 * ((v - 1) * std::max(m, p) + m + p - 1);
       EXPECT_DOUBLE_EQ(sim.makespan, expected) << Name(kind, shape);
     }
   }
@@ -213,6 +216,10 @@ TEST(SimulateScheduleTest, TimingOfASmallOneFOneB) {
 TEST(TheoreticalBubbleFractionTest, ClosedForms) {
   EXPECT_DOUBLE_EQ(TheoreticalBubbleFraction(ScheduleKind::kOneFOneB, {4, 8, 1}), 3.0 / 11.0);
   EXPECT_DOUBLE_EQ(TheoreticalBubbleFraction(ScheduleKind::kGPipe, {4, 8, 1}), 3.0 / 11.0);
+  // Looped over 2 chunks: with m >= p interleaving's (p-1)/(vm+p-1); with
+  // m < p each round waits for micro-batch 0 to wrap round: 1 - 4/(4+2+4-1).
+  EXPECT_DOUBLE_EQ(TheoreticalBubbleFraction(ScheduleKind::kGPipe, {4, 8, 2}), 3.0 / 19.0);
+  EXPECT_DOUBLE_EQ(TheoreticalBubbleFraction(ScheduleKind::kGPipe, {4, 2, 2}), 1.0 - 4.0 / 9.0);
   EXPECT_DOUBLE_EQ(TheoreticalBubbleFraction(ScheduleKind::kInterleaved1F1B, {4, 8, 2}),
                    3.0 / 19.0);
   // (p-1)(F+B-W) / (m(F+B+W) + (p-1)(F+B-W)) with F=1, B=1, W=1: 3 / 27.
