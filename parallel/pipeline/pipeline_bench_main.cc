@@ -18,7 +18,8 @@
 // ideal, the simulated bubble of the same action lists with each stage's
 // measured F, B, Bi, W of this run and free communication (the reference
 // when costs are unequal: W > Bi on CPU, and the first stage has no input
-// gradient, so its Bi is empty and its W is the whole backward).
+// gradient: its input phase runs down to the first block's output, the
+// split point, and its W also holds that block's backward).
 // Activation memory: the most (micro-batch, chunk) activations a stage held
 // at once, and the peak growth of the process heap (glibc mallinfo2) during
 // the step over its start, the worst stage.
@@ -35,6 +36,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -60,7 +62,8 @@ int64_t HeapInUse() {
 // A stage of the synthetic model: `blocks` Linear + tanh blocks per chunk.
 class BenchStage : public StageModel {
  public:
-  BenchStage(int stage, int stages, int chunks) : stages_(stages) {
+  BenchStage(int stage, int stages, int chunks, bool keep_split_points)
+      : stages_(stages), keep_split_points_(keep_split_points) {
     const int blocks = std::max(1, kBlocksPerStage / chunks);
     for (int c = 0; c < chunks; ++c) {
       std::vector<torch::Tensor> weights;
@@ -76,10 +79,16 @@ class BenchStage : public StageModel {
     input_ = torch::randn({kRows, kHidden});
   }
 
-  torch::Tensor Forward(int chunk, int /*micro_batch*/, const torch::Tensor& input) override {
-    torch::Tensor h = first_[static_cast<size_t>(chunk)] ? input_ : input;
+  torch::Tensor Forward(int chunk, int micro_batch, const torch::Tensor& input) override {
+    const bool first = first_[static_cast<size_t>(chunk)];
+    torch::Tensor h = first ? input_ : input;
     for (const torch::Tensor& w : weights_[static_cast<size_t>(chunk)]) {
       h = torch::tanh(torch::mm(h, w));
+      // The first block plays the embedding: zb_h1's input phase on the
+      // first stage runs down to its output.
+      if (first && keep_split_points_ && !split_points_.count(micro_batch)) {
+        split_points_[micro_batch] = h;
+      }
     }
     peak_heap_ = std::max(peak_heap_, HeapInUse());
     if (last_[static_cast<size_t>(chunk)]) return h.pow(2).mean();
@@ -92,6 +101,13 @@ class BenchStage : public StageModel {
   std::vector<torch::Tensor> ChunkParameters(int chunk) const override {
     return weights_[static_cast<size_t>(chunk)];
   }
+  torch::Tensor TakeSplitPoint(int /*chunk*/, int micro_batch) override {
+    auto it = split_points_.find(micro_batch);
+    if (it == split_points_.end()) return torch::Tensor();
+    torch::Tensor t = std::move(it->second);
+    split_points_.erase(it);
+    return t;
+  }
   void ZeroGrads() {
     for (auto& chunk : weights_) {
       for (auto& w : chunk) w.mutable_grad() = torch::Tensor();
@@ -103,6 +119,8 @@ class BenchStage : public StageModel {
 
  private:
   int stages_;
+  bool keep_split_points_;
+  std::map<int, torch::Tensor> split_points_;  // by micro-batch, until taken
   std::vector<std::vector<torch::Tensor>> weights_;
   std::vector<bool> first_, last_;
   torch::Tensor input_;
@@ -138,7 +156,8 @@ Measured Run(ScheduleKind kind, const ScheduleShape& shape, int stage, PipelineC
   absl::StatusOr<Schedule> schedule = BuildSchedule(kind, shape);
   FULCRUM_CHECK(schedule.ok(), schedule.status().ToString());
   PipelineExecutor executor(*schedule, stage, channels, /*record_timings=*/true);
-  BenchStage model(stage, shape.stages, shape.virtual_stages);
+  BenchStage model(stage, shape.stages, shape.virtual_stages,
+                   /*keep_split_points=*/kind == ScheduleKind::kZeroBubbleH1);
   const double blocks = model.blocks_per_chunk();
   std::vector<double> bubbles, f, b, bi, w, step_times;
   int max_in_flight = 0;

@@ -220,8 +220,14 @@ class StepRunner {
   void BackwardInputPhase(const Action& a) {
     Slot& s = At(a);
     const torch::Tensor grad = TakeGradOutput(s, a);
-    s.grad_input =
-        BackwardInput(s.output, grad, s.input, model_.ChunkParameters(a.chunk), s.deferred);
+    torch::Tensor target = s.input;
+    if (IsFirst(a.chunk)) {
+      target = model_.TakeSplitPoint(a.chunk, a.micro_batch);
+      if (target.defined() && !target.requires_grad()) target = torch::Tensor();
+    }
+    torch::Tensor grad_input =
+        BackwardInput(s.output, grad, target, model_.ChunkParameters(a.chunk), s.deferred);
+    if (s.input.defined()) s.grad_input = std::move(grad_input);
     // The deferred state holds the graph; the activations stay in flight
     // until the weight phase.
     s.output = torch::Tensor();

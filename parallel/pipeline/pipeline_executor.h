@@ -43,6 +43,13 @@ class StageModel {
   virtual torch::TensorOptions ActivationOptions() const = 0;
   // The chunk's trainable parameters (the zero-bubble weight phase).
   virtual std::vector<torch::Tensor> ChunkParameters(int chunk) const = 0;
+  // Zero-bubble on the first virtual stage, which sends no input gradient:
+  // a tensor of `micro_batch`'s forward through `chunk` (e.g. the embedding
+  // output, requiring grad) down to which the input phase runs, so that the
+  // weight phase holds only the weight gradients, as on the other stages.
+  // The model hands it over once (and drops its reference). Undefined (the
+  // default): the first virtual stage's whole backward is its weight phase.
+  virtual torch::Tensor TakeSplitPoint(int chunk, int micro_batch) { return torch::Tensor(); }
 };
 
 // Point-to-point over the pp group (group rank = stage index): activations

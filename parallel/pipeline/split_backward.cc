@@ -10,7 +10,10 @@
 //
 // Input phase: pre-hooks on the boundary nodes capture the gradients they
 // receive; the engine runs towards the input only (its exec_info makes each
-// node compute just the outputs on the way to the input).
+// node compute just the outputs on the way to the input). A non-leaf input
+// (the first stage's split point, e.g. the embedding output) is where the
+// engine stops: its node does not run, and when it leads to parameters it is
+// a boundary node whose captured gradient is the phase's result.
 // Weight phase: the boundary nodes' edges into R_in are cut (the graph is
 // released afterwards anyway), and one engine call starts at all boundary
 // nodes with their captured gradients, towards the parameters, accumulating
@@ -196,8 +199,7 @@ torch::Tensor BackwardInput(const torch::Tensor& output, const torch::Tensor& gr
 
   const bool has_input = input.defined();
   if (has_input) {
-    FULCRUM_CHECK(input.requires_grad() && input.is_leaf(),
-                  "the chunk's input must be a leaf that requires grad");
+    FULCRUM_CHECK(input.requires_grad(), "the chunk's input must require grad");
   }
   const ag::Edge input_edge = has_input ? GradientEdge(input) : ag::Edge();
   const FlagMap flags = ClassifyNodes(root_edge.function, input_edge.function.get(), param_nodes);
@@ -220,8 +222,20 @@ torch::Tensor BackwardInput(const torch::Tensor& output, const torch::Tensor& gr
     throw;
   }
   UnhookBoundaries(*state);
-  deferred.state_ = std::move(state);
   FULCRUM_CHECK(result.size() == 1, "the engine returned ", result.size(), " gradients");
+  if (!input.is_leaf()) {
+    // A split point inside the graph: the engine stopped at its node without
+    // running it, so its gradient is the input phase's result; when the node
+    // leads to parameters (an embedding) the weight phase starts there too.
+    for (auto& b : state->boundaries) {
+      if (b.node != input_edge.function) continue;
+      FULCRUM_CHECK(b.node->num_inputs() == 1, "the split point's node ", b.node->name(), " has ",
+                    b.node->num_inputs(), " outputs; it must have one");
+      b.captured->grads = {result[0]};
+      b.captured->filled = result[0].defined();
+    }
+  }
+  deferred.state_ = std::move(state);
   return result[0].defined() ? result[0] : torch::zeros_like(input);
 }
 

@@ -40,8 +40,11 @@ class DeferredWeightGradients {
 
 // Input phase. `output`: the chunk's output (or its 0-dim loss);
 // `grad_output`: d loss / d output (undefined for a 0-dim loss: 1);
-// `input`: the chunk's input, a leaf that requires grad, or undefined on the
-// first virtual stage (then the whole backward is deferred); `params`: the
+// `input`: the chunk's input, a leaf that requires grad; on the first virtual
+// stage a split point inside the graph (a tensor with one producing output,
+// e.g. the embedding output: the input phase runs down to it and the weight
+// phase does what lies below) or undefined (the whole backward is deferred);
+// `params`: the
 // chunk's trainable parameters. -> d loss / d input (undefined when `input`
 // is). `deferred` must not be pending.
 torch::Tensor BackwardInput(const torch::Tensor& output, const torch::Tensor& grad_output,

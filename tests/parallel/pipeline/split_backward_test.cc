@@ -265,6 +265,42 @@ TEST(SplitBackwardTest, NoBackwardNodeRunsTwice) {
   EXPECT_EQ(all, 1);
 }
 
+// The first stage's split point: the embedding output. The input phase runs
+// down to it (the layer's input-side work) without touching any parameter;
+// the weight phase runs the layer's weight part and the embedding's backward
+// (counted: once, and only there); together they equal one backward().
+TEST(SplitBackwardTest, SplitPointInsideTheGraphDefersOnlyWhatLiesBelow) {
+  const auto params0 = MakeParams({{10, 4}, {4, 4}, {4}}, 12);
+  const torch::Tensor ids = torch::tensor({1, 7, 3, 7}, torch::kLong);
+  const auto embed = [&](const std::vector<torch::Tensor>& p) {
+    return CountingIdentity::apply(F::embedding(ids, p[0]));
+  };
+  const auto layer = [](const torch::Tensor& e, const std::vector<torch::Tensor>& p) {
+    return torch::tanh(F::linear(e, p[1], p[2])).sum();
+  };
+  std::vector<torch::Tensor> ref = CloneParams(params0);
+  const torch::Tensor ref_e = embed(ref);
+  ref_e.retain_grad();
+  layer(ref_e, ref).backward();
+
+  std::vector<torch::Tensor> params = CloneParams(params0);
+  DeferredWeightGradients deferred;
+  const torch::Tensor e = embed(params);
+  const torch::Tensor out = layer(e, params);
+  CountingIdentity::calls() = 0;
+  const torch::Tensor grad_e = BackwardInput(out, torch::Tensor(), e, params, deferred);
+  EXPECT_EQ(CountingIdentity::calls(), 0) << "the split point's node ran in the input phase";
+  EXPECT_TRUE(torch::allclose(grad_e, ref_e.grad(), 1e-6, 1e-6));
+  for (const auto& p : params) EXPECT_FALSE(p.grad().defined());
+  BackwardWeight(deferred);
+  EXPECT_EQ(CountingIdentity::calls(), 1);
+  for (size_t i = 0; i < params.size(); ++i) {
+    SCOPED_TRACE("param " + std::to_string(i));
+    ASSERT_TRUE(params[i].grad().defined());
+    EXPECT_TRUE(torch::allclose(params[i].grad(), ref[i].grad(), 1e-6, 1e-6));
+  }
+}
+
 TEST(SplitBackwardDeathTest, WeightPhaseNeedsAnInputPhase) {
   DeferredWeightGradients deferred;
   EXPECT_FALSE(deferred.pending());
@@ -278,11 +314,11 @@ TEST(SplitBackwardDeathTest, MisuseOfTheInputPhaseIsABug) {
   // A non-scalar output needs its gradient.
   EXPECT_DEATH(BackwardInput(F::linear(x, params[0]), torch::Tensor(), x, params, deferred),
                "grad_output is needed");
-  // The input must be a leaf.
-  const torch::Tensor not_leaf = x * 2;
-  EXPECT_DEATH(BackwardInput(F::linear(not_leaf, params[0]).sum(), torch::Tensor(), not_leaf,
+  // The input (or split point) must require grad.
+  const torch::Tensor constant = torch::randn({3, 4});
+  EXPECT_DEATH(BackwardInput(F::linear(constant, params[0]).sum(), torch::Tensor(), constant,
                              params, deferred),
-               "must be a leaf");
+               "must require grad");
   // Twice without the weight phase.
   const torch::Tensor out = F::linear(x, params[0]).sum();
   BackwardInput(out, torch::Tensor(), x, params, deferred);
