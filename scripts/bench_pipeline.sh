@@ -15,5 +15,10 @@ fi
 cmake --build "$build" --target fulcrum_bench_pipeline -- -j1 >/dev/null
 echo "machine: $(nproc) cores; ranks beyond the core count share cores (the bubble then also counts waiting for a core)"
 for pp in 2 4; do
-  OMP_NUM_THREADS=1 "$root/scripts/mpirun.sh" "$pp" "$build/fulcrum_bench_pipeline" "$micro" "$steps"
+  # One core per stage when there are enough: a rank that migrates between
+  # cores runs slower than its neighbour, and unequal stages add bubble.
+  bind=none
+  [ "$pp" -le "$(nproc)" ] && bind=core
+  FULCRUM_MPI_BIND=$bind OMP_NUM_THREADS=1 "$root/scripts/mpirun.sh" "$pp" \
+    "$build/fulcrum_bench_pipeline" "$micro" "$steps"
 done

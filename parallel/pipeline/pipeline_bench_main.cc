@@ -14,8 +14,8 @@
 // shared). Per stage the bubble is 1 - (time inside compute actions) /
 // (step time), from the executor's timestamps of each action, averaged over
 // stages and steps. Next to it: the textbook theory
-// (TheoreticalBubbleFraction; zb_h1's with the paper's F = B = W) and the
-// ideal, the simulated bubble of the same action lists with each stage's
+// (TheoreticalBubbleFraction; zb_h1's formula with this run's F, B, W) and
+// the ideal, the simulated bubble of the same action lists with each stage's
 // measured F, B, Bi, W of this run and free communication (the reference
 // when costs are unequal: W > Bi on CPU, and the first stage has no input
 // gradient: its input phase runs down to the first block's output, the
@@ -283,14 +283,18 @@ int Main(int argc, char** argv) {
     shape.virtual_stages = e.virtual_stages;
     if (!CheckScheduleShape(e.kind, shape).ok()) continue;
     const Measured m = Run(e.kind, shape, rank, channels, steps);
-    // The textbook theory (zb_h1's assumes F = B = W, the paper's setting;
+    // The theory (the closed forms; zb_h1's with this run's mean F, B and W,
     // the others do not depend on the costs) and the ideal of this schedule
     // for each stage's measured per-chunk costs, with free communication.
-    const double theory = TheoreticalBubbleFraction(e.kind, shape, ActionCosts{});
-    const double chunk_blocks = std::max(1, kBlocksPerStage / e.virtual_stages);
     const std::vector<double> f = WorldGather(m.forward), b = WorldGather(m.backward),
                               bi = WorldGather(m.backward_input),
                               w = WorldGather(m.backward_weight);
+    ActionCosts mean;
+    mean.forward = WorldMean(m.forward);
+    mean.backward_input = WorldMean(m.backward_input);
+    mean.backward_weight = WorldMean(m.backward_weight);
+    const double theory = TheoreticalBubbleFraction(e.kind, shape, mean);
+    const double chunk_blocks = std::max(1, kBlocksPerStage / e.virtual_stages);
     std::vector<ActionCosts> stage_costs(f.size());
     for (size_t st = 0; st < f.size(); ++st) {
       ActionCosts& c = stage_costs[st];
