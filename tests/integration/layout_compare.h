@@ -11,6 +11,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -97,6 +98,16 @@ inline void ExpectScoresMatchSingleRank(const std::string& family, bool adapter,
       "--model " + FixturesDir() + "/" + family + "/model" +
           (adapter ? " --adapter " + FixturesDir() + "/" + family + "/lora" : ""),
       layouts, ScratchDir());
+}
+
+// The dense fixture families, each with and without its LoRA adapter: the
+// parameters of a score test, and their test names ("llama_adapter").
+using FamilyAndAdapter = std::tuple<std::string, bool>;
+inline auto DenseFamiliesWithAndWithoutAdapter() {
+  return ::testing::Combine(::testing::Values("llama", "llama_tied", "qwen2"), ::testing::Bool());
+}
+inline std::string FamilyAndAdapterName(const ::testing::TestParamInfo<FamilyAndAdapter>& info) {
+  return std::get<0>(info.param) + (std::get<1>(info.param) ? "_adapter" : "_base");
 }
 
 }  // namespace fulcrum::testing

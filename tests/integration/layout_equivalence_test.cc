@@ -135,7 +135,7 @@ TEST(LayoutExportTest, ShardedLoraRunExportsTheSingleRankAdapterAndMergedModel) 
   }
 }
 
-class ScoreLayoutTest : public ::testing::TestWithParam<std::tuple<std::string, bool>> {};
+class ScoreLayoutTest : public ::testing::TestWithParam<FamilyAndAdapter> {};
 
 TEST_P(ScoreLayoutTest, GradientsUnderEveryLayoutEqualTheSingleRankOnes) {
   const auto& [family, adapter] = GetParam();
@@ -147,13 +147,8 @@ TEST_P(ScoreLayoutTest, GradientsUnderEveryLayoutEqualTheSingleRankOnes) {
   ExpectScoresMatchSingleRank(family, adapter, layouts);
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, ScoreLayoutTest,
-                         ::testing::Combine(::testing::Values("llama", "llama_tied", "qwen2"),
-                                            ::testing::Bool()),
-                         [](const auto& info) {
-                           return std::get<0>(info.param) +
-                                  (std::get<1>(info.param) ? "_adapter" : "_base");
-                         });
+INSTANTIATE_TEST_SUITE_P(Fixtures, ScoreLayoutTest, DenseFamiliesWithAndWithoutAdapter(),
+                         FamilyAndAdapterName);
 
 }  // namespace
 }  // namespace fulcrum::testing

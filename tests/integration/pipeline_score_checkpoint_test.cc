@@ -17,7 +17,7 @@
 namespace fulcrum::testing {
 namespace {
 
-class PipelineScoreTest : public ::testing::TestWithParam<std::tuple<std::string, bool>> {};
+class PipelineScoreTest : public ::testing::TestWithParam<FamilyAndAdapter> {};
 
 TEST_P(PipelineScoreTest, GradientsUnderPipelineLayoutsEqualTheSingleRankOnes) {
   const auto& [family, adapter] = GetParam();
@@ -27,13 +27,8 @@ TEST_P(PipelineScoreTest, GradientsUnderPipelineLayoutsEqualTheSingleRankOnes) {
                                {"parallel.pp=2 parallel.dp=2", 4}});
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, PipelineScoreTest,
-                         ::testing::Combine(::testing::Values("llama", "llama_tied", "qwen2"),
-                                            ::testing::Bool()),
-                         [](const auto& info) {
-                           return std::get<0>(info.param) +
-                                  (std::get<1>(info.param) ? "_adapter" : "_base");
-                         });
+INSTANTIATE_TEST_SUITE_P(Fixtures, PipelineScoreTest, DenseFamiliesWithAndWithoutAdapter(),
+                         FamilyAndAdapterName);
 
 // Virtual stages: an 8-layer model in 4 chunks over 2 stages (score runs
 // them breadth-first, gpipe's loop) gives the single-rank gradients.
