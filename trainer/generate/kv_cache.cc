@@ -13,14 +13,18 @@ KvCache::KvCache(const KvCacheShape& shape, const torch::TensorOptions& options)
   for (int64_t i = 0; i < shape.num_layers; ++i) {
     keys_.push_back(
         torch::zeros({shape.batch, shape.num_kv_heads, shape.capacity, shape.head_dim}, options));
-    values_.push_back(torch::zeros_like(keys_.back()));
+    const int64_t value_dim = shape.value_head_dim > 0 ? shape.value_head_dim : shape.head_dim;
+    values_.push_back(
+        torch::zeros({shape.batch, shape.num_kv_heads, shape.capacity, value_dim}, options));
   }
 }
 
 KvView KvCache::Write(int64_t layer, const torch::Tensor& k, const torch::Tensor& v) {
   FULCRUM_CHECK(layer >= 0 && layer < shape_.num_layers, "layer ", layer, " of ",
                 shape_.num_layers);
-  FULCRUM_CHECK(k.dim() == 4 && k.sizes() == v.sizes(), "k/v must be [B, Hkv, T, D]");
+  FULCRUM_CHECK(k.dim() == 4 && v.dim() == 4 && k.sizes().slice(0, 3) == v.sizes().slice(0, 3) &&
+                    v.size(3) == values_[layer].size(3),
+                "k/v must be [B, Hkv, T, D] / [B, Hkv, T, Dv]");
   FULCRUM_CHECK(
       k.size(0) == shape_.batch && k.size(1) == shape_.num_kv_heads && k.size(3) == shape_.head_dim,
       "k shape ", c10::str(k.sizes()), " does not fit the cache");

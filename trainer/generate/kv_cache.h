@@ -19,7 +19,7 @@ namespace fulcrum::generate {
 // Keys/values of positions [0, length) of one layer: views into the cache.
 struct KvView {
   torch::Tensor k;  // [B, Hkv, length, D]
-  torch::Tensor v;  // [B, Hkv, length, D]
+  torch::Tensor v;  // [B, Hkv, length, Dv]
 };
 
 struct KvCacheShape {
@@ -28,6 +28,9 @@ struct KvCacheShape {
   int64_t num_kv_heads = 0;
   int64_t head_dim = 0;
   int64_t capacity = 0;  // positions: prompt + new tokens
+  // Dv, the values' width when it differs from the keys' (multi-head latent
+  // attention); 0 = head_dim.
+  int64_t value_head_dim = 0;
 };
 
 class KvCache {
@@ -40,7 +43,7 @@ class KvCache {
   int64_t capacity() const { return shape_.capacity; }
   int64_t num_layers() const { return shape_.num_layers; }
 
-  // Stores k/v [B, Hkv, T, D] of `layer` at positions [length(), length()+T)
+  // Stores k [B, Hkv, T, D] and v [B, Hkv, T, Dv] of `layer` at positions [length(), length()+T)
   // and returns that layer's positions [0, length()+T). Does not advance
   // length(): the forward calls Advance(T) once after every layer wrote.
   KvView Write(int64_t layer, const torch::Tensor& k, const torch::Tensor& v);
@@ -51,7 +54,7 @@ class KvCache {
  private:
   KvCacheShape shape_;
   std::vector<torch::Tensor> keys_;    // per layer [B, Hkv, capacity, D]
-  std::vector<torch::Tensor> values_;  // per layer [B, Hkv, capacity, D]
+  std::vector<torch::Tensor> values_;  // per layer [B, Hkv, capacity, Dv]
   int64_t length_ = 0;
 };
 

@@ -3,16 +3,20 @@
 namespace fulcrum::models {
 
 MlpImpl::MlpImpl(const ModelConfig& config, const torch::TensorOptions& options,
-                 const ModelParallel& parallel) {
-  const int64_t hidden = config.hidden_size, inter = config.intermediate_size;
-  gate_proj =
-      register_module("gate_proj", lora::LoraLinear(hidden, inter, config.mlp_bias, options,
-                                                    ProjectionParallel("gate_proj", parallel)));
-  up_proj = register_module("up_proj", lora::LoraLinear(hidden, inter, config.mlp_bias, options,
-                                                        ProjectionParallel("up_proj", parallel)));
-  down_proj =
-      register_module("down_proj", lora::LoraLinear(inter, hidden, config.mlp_bias, options,
-                                                    ProjectionParallel("down_proj", parallel)));
+                 const ModelParallel& parallel)
+    : MlpImpl(config.hidden_size, config.intermediate_size, config.mlp_bias, options, parallel) {}
+
+MlpImpl::MlpImpl(int64_t hidden, int64_t inter, bool bias, const torch::TensorOptions& options,
+                 const ModelParallel& parallel, const SwiGluNames& names) {
+  // The tp role follows the HF role (gate/up column, down row), whatever the name.
+  gate_proj = register_module(
+      names.gate,
+      lora::LoraLinear(hidden, inter, bias, options, ProjectionParallel("gate_proj", parallel)));
+  up_proj = register_module(names.up, lora::LoraLinear(hidden, inter, bias, options,
+                                                       ProjectionParallel("up_proj", parallel)));
+  down_proj = register_module(
+      names.down,
+      lora::LoraLinear(inter, hidden, bias, options, ProjectionParallel("down_proj", parallel)));
 }
 
 torch::Tensor MlpImpl::forward(const torch::Tensor& x) {

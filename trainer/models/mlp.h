@@ -3,17 +3,30 @@
 
 #include <torch/torch.h>
 
+#include <string>
+
 #include "trainer/lora/lora_linear.h"
 #include "trainer/models/model_config.h"
 #include "trainer/models/model_parallel.h"
 
 namespace fulcrum::models {
 
+// The module names of a SwiGLU MLP's projections: HF's gate/up/down_proj, or
+// Mixtral's experts' w1 (gate) / w3 (up) / w2 (down).
+struct SwiGluNames {
+  std::string gate = "gate_proj", up = "up_proj", down = "down_proj";
+};
+
 class MlpImpl : public torch::nn::Module {
  public:
   // Under tp gate/up are column-parallel, down row-parallel (ffn/tp per rank).
   MlpImpl(const ModelConfig& config, const torch::TensorOptions& options,
           const ModelParallel& parallel = {});
+  // Any width (MoE experts and shared experts: moe_intermediate_size, ...),
+  // any projection names; tp roles as above.
+  MlpImpl(int64_t hidden_size, int64_t intermediate_size, bool bias,
+          const torch::TensorOptions& options, const ModelParallel& parallel = {},
+          const SwiGluNames& names = {});
   // x [B, T, hidden] -> [B, T, hidden] (under sp [B, T/tp, hidden] both)
   torch::Tensor forward(const torch::Tensor& x);
 
