@@ -33,6 +33,10 @@ struct MlaConfig {
   int64_t q_lora_rank = 0;  // 0 (config null): a plain q_proj instead of q_a/q_b
   int64_t kv_lora_rank = 0;
   int64_t qk_nope_head_dim = 0, qk_rope_head_dim = 0, v_head_dim = 0;
+  // RoPE on the pairs (x[2i], x[2i+1]) (DeepSeek-V2 always; V3 config
+  // rope_interleave, default true) or HF's rotate_half halves (V3 with
+  // rope_interleave false).
+  bool rope_interleave = true;
   bool enabled() const { return kv_lora_rank > 0; }
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
 };

@@ -1,5 +1,6 @@
 #include "trainer/models/rotary.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/check.h"
@@ -23,27 +24,104 @@ torch::Tensor Llama3Scale(const torch::Tensor& inv_freq, const RopeScaling& s) {
   return torch::where(is_medium, smoothed, scaled);
 }
 
+// The yarn factor and the context its correction range is computed at. HF
+// (4.57): with rope_scaling.original_max_position_embeddings the factor is
+// max_position_embeddings / original (DeepSeek-V3 stores both), else
+// rope_scaling.factor at max_position_embeddings.
+struct YarnContext {
+  double factor = 1.0;
+  double original_context = 0.0;
+};
+
+YarnContext YarnContextOf(const RopeScaling& s, int64_t max_position_embeddings) {
+  FULCRUM_CHECK(max_position_embeddings > 0, "yarn needs max_position_embeddings, got ",
+                max_position_embeddings);
+  if (s.original_max_position_embeddings > 0) {
+    const double original = static_cast<double>(s.original_max_position_embeddings);
+    return YarnContext{static_cast<double>(max_position_embeddings) / original, original};
+  }
+  return YarnContext{s.factor, static_cast<double>(max_position_embeddings)};
+}
+
+// HF find_correction_dim: the dim whose wavelength fits `rotations` times in
+// `context` positions.
+double CorrectionDim(double rotations, int64_t dim, double theta, double context) {
+  return (static_cast<double>(dim) * std::log(context / (rotations * 2 * M_PI))) /
+         (2 * std::log(theta));
+}
+
+// pos_freqs [head_dim/2] = theta^(2i/d) fp32 -> yarn's inv_freq [head_dim/2]:
+// extrapolated (1/pos_freqs) below the correction range, interpolated
+// (1/(factor pos_freqs)) above it, a linear ramp between.
+torch::Tensor YarnScale(const torch::Tensor& pos_freqs, int64_t head_dim, double theta,
+                        const RopeScaling& s, int64_t max_position_embeddings) {
+  const YarnContext ctx = YarnContextOf(s, max_position_embeddings);
+  const double beta_fast = s.beta_fast != 0.0 ? s.beta_fast : 32.0;
+  const double beta_slow = s.beta_slow != 0.0 ? s.beta_slow : 1.0;
+  double low = CorrectionDim(beta_fast, head_dim, theta, ctx.original_context);
+  double high = CorrectionDim(beta_slow, head_dim, theta, ctx.original_context);
+  if (s.truncate) {
+    low = std::floor(low);
+    high = std::ceil(high);
+  }
+  low = std::max(low, 0.0);
+  high = std::min(high, static_cast<double>(head_dim - 1));
+  if (low == high) high += 0.001;  // HF: prevents a division by zero
+  const torch::Tensor ramp =
+      ((torch::arange(head_dim / 2, torch::kFloat) - low) / (high - low)).clamp(0, 1);
+  const torch::Tensor extrapolation_factor = 1 - ramp;  // 1 = keep the original frequency
+  const torch::Tensor extrapolation = 1.0 / pos_freqs;
+  const torch::Tensor interpolation = 1.0 / (ctx.factor * pos_freqs);
+  return interpolation * (1 - extrapolation_factor) + extrapolation * extrapolation_factor;
+}
+
 }  // namespace
 
-torch::Tensor RopeInvFreq(int64_t head_dim, double theta, const RopeScaling& scaling) {
+double YarnGetMscale(double scale, double mscale) {
+  if (scale <= 1.0) return 1.0;
+  return 0.1 * mscale * std::log(scale) + 1.0;
+}
+
+torch::Tensor RopeInvFreq(int64_t head_dim, double theta, const RopeScaling& scaling,
+                          int64_t max_position_embeddings) {
   FULCRUM_CHECK(head_dim % 2 == 0, "head_dim=", head_dim);
   // As HF: exponent in fp32, theta ** exponent in fp32, then 1 / that.
   const torch::Tensor exponent =
       torch::arange(0, head_dim, 2, torch::kLong).to(torch::kFloat) / static_cast<double>(head_dim);
-  torch::Tensor inv_freq = 1.0 / torch::pow(theta, exponent);
+  const torch::Tensor pos_freqs = torch::pow(theta, exponent);
+  if (scaling.type == "yarn") {
+    return YarnScale(pos_freqs, head_dim, theta, scaling, max_position_embeddings);
+  }
+  torch::Tensor inv_freq = 1.0 / pos_freqs;
   if (scaling.type == "llama3") return Llama3Scale(inv_freq, scaling);
   if (scaling.type == "linear") return inv_freq / scaling.factor;
   FULCRUM_CHECK(scaling.type.empty(), "unvalidated rope type ", scaling.type);
   return inv_freq;
 }
 
+double RopeAttentionFactor(const RopeScaling& scaling, int64_t max_position_embeddings) {
+  if (scaling.type != "yarn") return 1.0;
+  if (scaling.attention_factor != 0.0) return scaling.attention_factor;
+  // Without a max_position_embeddings the factor as written (callers that only
+  // have the rope_scaling block).
+  const double factor = max_position_embeddings > 0
+                            ? YarnContextOf(scaling, max_position_embeddings).factor
+                            : scaling.factor;
+  if (scaling.mscale != 0.0 && scaling.mscale_all_dim != 0.0) {
+    return YarnGetMscale(factor, scaling.mscale) / YarnGetMscale(factor, scaling.mscale_all_dim);
+  }
+  return YarnGetMscale(factor);
+}
+
 RopeCosSin ComputeRopeCosSin(const torch::Tensor& inv_freq, const torch::Tensor& position_ids,
-                             torch::ScalarType dtype) {
+                             torch::ScalarType dtype, double attention_factor) {
   // [B, T, 1] * [head_dim/2] -> [B, T, head_dim/2]; fp32 even under bf16.
   const torch::Tensor freqs = position_ids.to(torch::kFloat).unsqueeze(-1) *
                               inv_freq.to(position_ids.device(), torch::kFloat);
   const torch::Tensor emb = torch::cat({freqs, freqs}, -1).unsqueeze(1);  // [B, 1, T, head_dim]
-  return RopeCosSin{emb.cos().to(dtype), emb.sin().to(dtype)};
+  if (attention_factor == 1.0) return RopeCosSin{emb.cos().to(dtype), emb.sin().to(dtype)};
+  return RopeCosSin{(emb.cos() * attention_factor).to(dtype),
+                    (emb.sin() * attention_factor).to(dtype)};
 }
 
 torch::Tensor ApplyRope(const torch::Tensor& x, const RopeCosSin& rope) {
