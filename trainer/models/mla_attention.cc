@@ -39,10 +39,9 @@ std::vector<int64_t> PairShape(const torch::Tensor& x) {
 double MlaSoftmaxScale(const ModelConfig& config) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(config.mla.qk_head_dim()));
   const RopeScaling& s = config.rope_scaling;
-  // NOTE: HF's DeepseekV3Attention multiplies by mscale^2 (as DeepSeek's own
-  // code does for V2 and V3); HF's DeepseekV2Attention keeps qk_head_dim^-0.5
-  // whatever rope_scaling says. HF is the reference, so V2 follows it.
-  if (config.model_type == "deepseek_v2") return scale;
+  // NOTE: as DeepSeek's own code (V2 and V3), HF's DeepseekV3Attention, vLLM
+  // and HF after PR #47435. HF 4.57's DeepseekV2Attention omitted it (the bug
+  // that PR fixed): with yarn, V2 here follows the checkpoint, not 4.57.
   if (s.type.empty() || s.mscale_all_dim == 0.0) return scale;
   const double mscale = YarnGetMscale(s.factor, s.mscale_all_dim);
   return scale * mscale * mscale;
