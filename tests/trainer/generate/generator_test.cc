@@ -151,6 +151,28 @@ TEST(KvCacheTest, WriteReturnsAllPositionsAndAdvanceCounts) {
   EXPECT_EQ(cache.length(), 0);
 }
 
+TEST(KvCacheTest, ValuesMayBeNarrowerThanKeys) {
+  // Multi-head latent attention caches keys of qk_head_dim and values of
+  // v_head_dim.
+  KvCacheShape shape;
+  shape.num_layers = 1;
+  shape.num_kv_heads = 2;
+  shape.head_dim = 6;
+  shape.value_head_dim = 4;
+  shape.capacity = 3;
+  KvCache cache(shape, torch::TensorOptions().dtype(torch::kFloat));
+  const KvView view = cache.Write(0, torch::ones({1, 2, 2, 6}), 5 * torch::ones({1, 2, 2, 4}));
+  EXPECT_EQ(view.k.sizes(), torch::IntArrayRef({1, 2, 2, 6}));
+  EXPECT_EQ(view.v.sizes(), torch::IntArrayRef({1, 2, 2, 4}));
+  EXPECT_EQ(view.v[0][1][1][3].item<float>(), 5.0f);
+  cache.Advance(2);
+  const KvView next = cache.Write(0, torch::zeros({1, 2, 1, 6}), torch::zeros({1, 2, 1, 4}));
+  EXPECT_EQ(next.v.size(2), 3);
+  EXPECT_EQ(next.v[0][0][0][0].item<float>(), 5.0f);
+  // Values of the keys' width no longer fit.
+  EXPECT_DEATH(cache.Write(0, torch::ones({1, 2, 1, 6}), torch::ones({1, 2, 1, 6})), "Dv");
+}
+
 TEST(KvCacheDeathTest, OverflowIsABug) {
   KvCacheShape shape;
   shape.num_layers = 1;
