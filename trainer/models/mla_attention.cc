@@ -75,8 +75,8 @@ MlaAttentionImpl::MlaAttentionImpl(const ModelConfig& config, const torch::Tenso
   if (mla_.q_lora_rank == 0) {
     q_proj = register_module("q_proj", lora::LoraLinear(hidden, h * qk, false, options));
   } else {
-    q_a_proj = register_module("q_a_proj",
-                               lora::LoraLinear(hidden, mla_.q_lora_rank, bias, options));
+    q_a_proj =
+        register_module("q_a_proj", lora::LoraLinear(hidden, mla_.q_lora_rank, bias, options));
     q_a_layernorm =
         register_module("q_a_layernorm", RMSNorm(mla_.q_lora_rank, kLatentNormEps, options));
     q_b_proj =
@@ -88,9 +88,8 @@ MlaAttentionImpl::MlaAttentionImpl(const ModelConfig& config, const torch::Tenso
   kv_a_layernorm =
       register_module("kv_a_layernorm", RMSNorm(mla_.kv_lora_rank, kLatentNormEps, options));
   kv_b_proj = register_module(
-      "kv_b_proj",
-      lora::LoraLinear(mla_.kv_lora_rank, h * (mla_.qk_nope_head_dim + mla_.v_head_dim), false,
-                       options));
+      "kv_b_proj", lora::LoraLinear(mla_.kv_lora_rank,
+                                    h * (mla_.qk_nope_head_dim + mla_.v_head_dim), false, options));
   o_proj = register_module("o_proj", lora::LoraLinear(h * mla_.v_head_dim, hidden, bias, options));
 }
 
@@ -116,7 +115,7 @@ MlaAttentionImpl::Projected MlaAttentionImpl::Project(const torch::Tensor& x,
   // NOTE: V3's interleave path (de-interleave, then rotate_half) returns the
   // rotated pairs in another order than V2's complex product; the same
   // permutation hits q and k, so q.k and the output are equal.
-  const torch::Tensor q_rope = rotate(q.narrow(-1, nope, rope_dim));      // [B, H, T, rope]
+  const torch::Tensor q_rope = rotate(q.narrow(-1, nope, rope_dim));           // [B, H, T, rope]
   const torch::Tensor k_rope = rotate(k_rope_in).expand({b, h, t, rope_dim});  // [B, H, T, rope]
   return Projected{torch::cat({q.narrow(-1, 0, nope), q_rope}, -1),
                    torch::cat({kv.narrow(-1, 0, nope), k_rope}, -1),

@@ -186,10 +186,13 @@ TEST(MlaAttentionTest, WithoutQLoraBuildsQProjAndBiasFollowsHf) {
   for (const auto& p : attn->named_parameters()) names.insert(p.key());
   // HF: q_proj, q_b_proj and kv_b_proj never have a bias; kv_a and o follow
   // attention_bias.
-  const std::set<std::string> want = {
-      "q_proj.weight",           "kv_a_proj_with_mqa.weight", "kv_a_proj_with_mqa.bias",
-      "kv_a_layernorm.weight",   "kv_b_proj.weight",          "o_proj.weight",
-      "o_proj.bias"};
+  const std::set<std::string> want = {"q_proj.weight",
+                                      "kv_a_proj_with_mqa.weight",
+                                      "kv_a_proj_with_mqa.bias",
+                                      "kv_a_layernorm.weight",
+                                      "kv_b_proj.weight",
+                                      "o_proj.weight",
+                                      "o_proj.bias"};
   EXPECT_EQ(names, want);
   EXPECT_FALSE(attn->q_a_proj);
   EXPECT_EQ(attn->q_proj->named_parameters()["weight"].sizes(), torch::IntArrayRef({2 * 10, 32}));
@@ -240,8 +243,7 @@ TEST(MlaAttentionTest, CachedDecodingEqualsFullForward) {
 // Row permutation that turns interleaved rope pairs (x0, x1, x2, x3, ...) into
 // halves (x0, x2, ..., x1, x3, ...) for rows [first, first + rope) of each
 // block of `block` rows.
-torch::Tensor DeinterleaveRows(const torch::Tensor& w, int64_t block, int64_t first,
-                               int64_t rope) {
+torch::Tensor DeinterleaveRows(const torch::Tensor& w, int64_t block, int64_t first, int64_t rope) {
   std::vector<int64_t> index;
   for (int64_t start = 0; start < w.size(0); start += block) {
     for (int64_t r = 0; r < block; ++r) {
