@@ -37,6 +37,9 @@ torch::Tensor ChooseExperts(const torch::Tensor& scores, const MoeConfig& moe,
   } else if (moe.topk_method == "noaux_tc") {
     // DeepSeek-V3: the bias shifts the choice only; a group's score is the sum
     // of its two best biased scores.
+    FULCRUM_CHECK(moe.num_experts / moe.n_group >= 2,
+                  "noaux_tc needs >= 2 experts per group: num_experts=", moe.num_experts,
+                  " n_group=", moe.n_group);
     choice = correction_bias.defined() ? scores + correction_bias.to(scores.dtype()).unsqueeze(0)
                                        : scores;
     const torch::Tensor group_scores =

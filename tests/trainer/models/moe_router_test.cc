@@ -242,5 +242,12 @@ TEST(RouteTokensDeathTest, RefusesGroupsThatDoNotDivideTheExperts) {
   EXPECT_DEATH(RouteTokens(torch::zeros({1, 8}), moe), "n_group=3");
 }
 
+TEST(RouteTokensDeathTest, NoauxTcRefusesSingleExpertGroups) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  MoeConfig moe = DeepSeekV3();
+  moe.n_group = 8;
+  EXPECT_DEATH(RouteTokens(torch::zeros({1, 8}), moe, torch::zeros({8})), "noaux_tc needs");
+}
+
 }  // namespace
 }  // namespace fulcrum::models
