@@ -79,6 +79,16 @@ TEST(TokenPermutationTest, AllTokensOnOneExpertLeaveOthersEmpty) {
   EXPECT_TRUE(torch::equal(p.tokens, hidden));
 }
 
+TEST(TokenPermutationTest, NoTokensGiveEmptyRowsAndZeroCounts) {
+  // An expert-parallel rank may receive no token at all.
+  const torch::Tensor hidden = torch::zeros({0, 4});
+  const PermutedTokens p = PermuteByExpert(hidden, torch::zeros({0, 2}, torch::kInt64),
+                                           torch::zeros({0, 2}), 3);
+  EXPECT_EQ(p.tokens.sizes(), torch::IntArrayRef({0, 4}));
+  EXPECT_EQ(p.tokens_per_expert, (std::vector<int64_t>{0, 0, 0}));
+  EXPECT_EQ(UnpermuteAndCombine(p.tokens, p).sizes(), torch::IntArrayRef({0, 4}));
+}
+
 TEST(TokenPermutationTest, GradientsMatchANaiveReference) {
   torch::manual_seed(11);
   const int64_t n = 5, k = 2, e = 4, h = 3;
