@@ -9,7 +9,8 @@ PermutedTokens PermuteByExpert(const torch::Tensor& hidden, const torch::Tensor&
   FULCRUM_CHECK(hidden.dim() == 2, "hidden must be [N, hidden], got ", hidden.dim(), " dims");
   FULCRUM_CHECK(expert_ids.dim() == 2 && expert_ids.size(0) == hidden.size(0),
                 "expert_ids must be [N, k] with N = ", hidden.size(0));
-  FULCRUM_CHECK(weights.sizes() == expert_ids.sizes(), "weights must have expert_ids' shape [N, k]");
+  FULCRUM_CHECK(weights.sizes() == expert_ids.sizes(),
+                "weights must have expert_ids' shape [N, k]");
   FULCRUM_CHECK(expert_ids.scalar_type() == torch::kInt64, "expert_ids must be int64");
   FULCRUM_CHECK(num_experts > 0, "num_experts=", num_experts);
 

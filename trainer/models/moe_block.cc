@@ -44,7 +44,9 @@ MoeBlockImpl::MoeBlockImpl(const ModelConfig& config, const torch::TensorOptions
       experts_.push_back(expert);
     }
   };
-  const auto register_gate = [&] { gate = register_module("gate", MoeRouter(hidden, moe_, options)); };
+  const auto register_gate = [&] {
+    gate = register_module("gate", MoeRouter(hidden, moe_, options));
+  };
   if (moe_.style == MoeStyle::kDeepSeek) {
     register_experts();
     register_gate();
@@ -55,13 +57,12 @@ MoeBlockImpl::MoeBlockImpl(const ModelConfig& config, const torch::TensorOptions
 
   if (moe_.shared_intermediate_size > 0) {
     FULCRUM_CHECK(moe_.style != MoeStyle::kMixtral, "Mixtral has no shared expert");
-    const std::string name =
-        moe_.style == MoeStyle::kDeepSeek ? "shared_experts" : "shared_expert";
+    const std::string name = moe_.style == MoeStyle::kDeepSeek ? "shared_experts" : "shared_expert";
     shared = register_module(
         name, Mlp(hidden, moe_.shared_intermediate_size, /*bias=*/false, options, parallel));
     if (moe_.style == MoeStyle::kQwenMoe && moe_.shared_expert_gate) {
-      shared_expert_gate = register_module(
-          "shared_expert_gate", lora::LoraLinear(hidden, 1, /*bias=*/false, options));
+      shared_expert_gate = register_module("shared_expert_gate",
+                                           lora::LoraLinear(hidden, 1, /*bias=*/false, options));
     }
   }
 }

@@ -62,8 +62,8 @@ Routing RouteTokens(const torch::Tensor& logits, const MoeConfig& moe,
                 "router logits must be [N, ", moe.num_experts, "]");
   FULCRUM_CHECK(moe.experts_per_token > 0 && moe.experts_per_token <= moe.num_experts,
                 "experts_per_token=", moe.experts_per_token, " num_experts=", moe.num_experts);
-  FULCRUM_CHECK(moe.n_group > 0 && moe.num_experts % moe.n_group == 0 &&
-                    moe.topk_group > 0 && moe.topk_group <= moe.n_group,
+  FULCRUM_CHECK(moe.n_group > 0 && moe.num_experts % moe.n_group == 0 && moe.topk_group > 0 &&
+                    moe.topk_group <= moe.n_group,
                 "n_group=", moe.n_group, " topk_group=", moe.topk_group,
                 " num_experts=", moe.num_experts);
   FULCRUM_CHECK(!correction_bias.defined() || correction_bias.numel() == moe.num_experts,

@@ -49,10 +49,10 @@ TEST(TokenPermutationTest, UnitWeightsAndIdentityExpertsGiveKTimesX) {
   torch::manual_seed(3);
   const int64_t n = 7, k = 3, e = 6;
   const torch::Tensor hidden = torch::randn({n, 4});
-  const torch::Tensor ids = torch::stack(
-      {torch::full({n}, 1, torch::kInt64), torch::randint(2, 4, {n}, torch::kInt64),
-       torch::randint(4, 6, {n}, torch::kInt64)},
-      1);
+  const torch::Tensor ids =
+      torch::stack({torch::full({n}, 1, torch::kInt64), torch::randint(2, 4, {n}, torch::kInt64),
+                    torch::randint(4, 6, {n}, torch::kInt64)},
+                   1);
   const PermutedTokens p = PermuteByExpert(hidden, ids, torch::ones({n, k}), e);
   const torch::Tensor back = UnpermuteAndCombine(p.tokens, p);
   EXPECT_TRUE(torch::allclose(back, hidden * static_cast<double>(k), 1e-6, 1e-6));
@@ -73,8 +73,7 @@ TEST(TokenPermutationTest, WeightsAreCastToHiddenDtype) {
 
 TEST(TokenPermutationTest, AllTokensOnOneExpertLeaveOthersEmpty) {
   const torch::Tensor hidden = torch::randn({3, 2});
-  const PermutedTokens p =
-      PermuteByExpert(hidden, Ids({{2}, {2}, {2}}), torch::ones({3, 1}), 4);
+  const PermutedTokens p = PermuteByExpert(hidden, Ids({{2}, {2}, {2}}), torch::ones({3, 1}), 4);
   EXPECT_EQ(p.tokens_per_expert, (std::vector<int64_t>{0, 0, 3, 0}));
   EXPECT_TRUE(torch::equal(p.tokens, hidden));
 }
@@ -82,8 +81,8 @@ TEST(TokenPermutationTest, AllTokensOnOneExpertLeaveOthersEmpty) {
 TEST(TokenPermutationTest, NoTokensGiveEmptyRowsAndZeroCounts) {
   // An expert-parallel rank may receive no token at all.
   const torch::Tensor hidden = torch::zeros({0, 4});
-  const PermutedTokens p = PermuteByExpert(hidden, torch::zeros({0, 2}, torch::kInt64),
-                                           torch::zeros({0, 2}), 3);
+  const PermutedTokens p =
+      PermuteByExpert(hidden, torch::zeros({0, 2}, torch::kInt64), torch::zeros({0, 2}), 3);
   EXPECT_EQ(p.tokens.sizes(), torch::IntArrayRef({0, 4}));
   EXPECT_EQ(p.tokens_per_expert, (std::vector<int64_t>{0, 0, 0}));
   EXPECT_EQ(UnpermuteAndCombine(p.tokens, p).sizes(), torch::IntArrayRef({0, 4}));

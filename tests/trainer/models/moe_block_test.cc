@@ -144,10 +144,16 @@ void ExpectMatchesNaive(const ModelConfig& config, uint64_t seed) {
   EXPECT_GT(grads.at("gate.weight").abs().sum().item<double>(), 0.0);
 }
 
-TEST(MoeBlockTest, MixtralMatchesNaiveReference) { ExpectMatchesNaive(Config(MoeStyle::kMixtral), 1); }
-TEST(MoeBlockTest, Qwen2MoeMatchesNaiveReference) { ExpectMatchesNaive(Config(MoeStyle::kQwenMoe), 2); }
+TEST(MoeBlockTest, MixtralMatchesNaiveReference) {
+  ExpectMatchesNaive(Config(MoeStyle::kMixtral), 1);
+}
+TEST(MoeBlockTest, Qwen2MoeMatchesNaiveReference) {
+  ExpectMatchesNaive(Config(MoeStyle::kQwenMoe), 2);
+}
 TEST(MoeBlockTest, Qwen3MoeMatchesNaiveReference) { ExpectMatchesNaive(Qwen3Moe(), 3); }
-TEST(MoeBlockTest, DeepSeekV2MatchesNaiveReference) { ExpectMatchesNaive(Config(MoeStyle::kDeepSeek), 4); }
+TEST(MoeBlockTest, DeepSeekV2MatchesNaiveReference) {
+  ExpectMatchesNaive(Config(MoeStyle::kDeepSeek), 4);
+}
 TEST(MoeBlockTest, DeepSeekV3MatchesNaiveReference) { ExpectMatchesNaive(DeepSeekV3(), 5); }
 
 TEST(MoeBlockTest, AnExpertWithoutTokensGetsAZeroGradient) {

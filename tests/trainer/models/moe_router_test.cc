@@ -203,8 +203,7 @@ TEST(MoeRouterTest, LogitsFollowEachFamilysPrecision) {
   ds->weight.set_data(w.clone());
   const Routing rd = ds->forward(x);
   EXPECT_TRUE(torch::equal(
-      rd.logits,
-      torch::nn::functional::linear(x.to(torch::kFloat32), w.to(torch::kFloat32))));
+      rd.logits, torch::nn::functional::linear(x.to(torch::kFloat32), w.to(torch::kFloat32))));
   EXPECT_EQ(rd.weights.scalar_type(), torch::kFloat32);
   EXPECT_EQ(rd.expert_ids.sizes(), torch::IntArrayRef({5, 2}));
 }
@@ -212,10 +211,8 @@ TEST(MoeRouterTest, LogitsFollowEachFamilysPrecision) {
 TEST(MoeRouterTest, ForwardUsesTheCorrectionBuffer) {
   MoeRouter router(2, DeepSeekV3(), torch::TensorOptions());
   // x = [1, 0]: the logits are the first weight column.
-  router->weight.set_data(
-      torch::stack({SigmoidLogits({0.90, 0.10, 0.70, 0.20, 0.50, 0.45, 0.15, 0.05})[0],
-                    torch::zeros({8})},
-                   1));
+  router->weight.set_data(torch::stack(
+      {SigmoidLogits({0.90, 0.10, 0.70, 0.20, 0.50, 0.45, 0.15, 0.05})[0], torch::zeros({8})}, 1));
   router->e_score_correction_bias[3] = 0.6;
   const Routing r = router->forward(torch::tensor({{1.0f, 0.0f}}));
   EXPECT_EQ(Ids(r), (std::vector<int64_t>{0, 3}));
