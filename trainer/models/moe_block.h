@@ -7,6 +7,8 @@
 
 #include <torch/torch.h>
 
+#include <vector>
+
 #include "trainer/models/mlp.h"
 #include "trainer/models/model_config.h"
 #include "trainer/models/model_parallel.h"
@@ -35,6 +37,7 @@ class MoeBlockImpl : public torch::nn::Module {
 
  private:
   MoeConfig moe_;
+  std::vector<Mlp> experts_;  // the entries of `experts`, so forward casts none
   Routing last_routing_;
 };
 TORCH_MODULE(MoeBlock);

@@ -1,0 +1,262 @@
+#include "trainer/models/moe_block.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace fulcrum::models {
+namespace {
+
+constexpr int64_t kHidden = 16;
+
+ModelConfig Config(MoeStyle style) {
+  ModelConfig config;
+  config.hidden_size = kHidden;
+  config.intermediate_size = 24;
+  MoeConfig& moe = config.moe;
+  moe.style = style;
+  moe.experts_per_token = 2;
+  moe.expert_intermediate_size = 8;
+  switch (style) {
+    case MoeStyle::kMixtral:
+      moe.num_experts = 8;
+      moe.normalize_weights = true;
+      break;
+    case MoeStyle::kQwenMoe:  // Qwen2-MoE: shared expert with its sigmoid gate
+      moe.num_experts = 4;
+      moe.num_shared_experts = 1;
+      moe.shared_intermediate_size = 12;
+      moe.shared_expert_gate = true;
+      break;
+    case MoeStyle::kDeepSeek:  // DeepSeek-V2
+      moe.num_experts = 8;
+      moe.num_shared_experts = 2;
+      moe.shared_intermediate_size = 16;
+      moe.topk_method = "group_limited_greedy";
+      moe.n_group = 4;
+      moe.topk_group = 2;
+      moe.routed_scaling_factor = 2.0;
+      break;
+    case MoeStyle::kNone:
+      break;
+  }
+  return config;
+}
+
+ModelConfig Qwen3Moe() {
+  ModelConfig config = Config(MoeStyle::kQwenMoe);
+  config.moe.num_shared_experts = 0;
+  config.moe.shared_intermediate_size = 0;
+  config.moe.shared_expert_gate = false;
+  config.moe.normalize_weights = true;
+  return config;
+}
+
+ModelConfig DeepSeekV3() {
+  ModelConfig config = Config(MoeStyle::kDeepSeek);
+  MoeConfig& moe = config.moe;
+  moe.num_shared_experts = 1;
+  moe.shared_intermediate_size = 8;
+  moe.scoring = "sigmoid";
+  moe.topk_method = "noaux_tc";
+  moe.normalize_weights = true;
+  moe.routed_scaling_factor = 2.5;
+  moe.correction_bias = true;
+  return config;
+}
+
+void InitRandom(MoeBlock& block, uint64_t seed) {
+  torch::manual_seed(seed);
+  torch::NoGradGuard no_grad;
+  for (auto& p : block->parameters()) p.copy_(torch::randn_like(p) * 0.4);
+  if (block->gate->e_score_correction_bias.defined()) {
+    block->gate->e_score_correction_bias.copy_(torch::rand({block->gate->weight.size(0)}) * 0.1);
+  }
+}
+
+torch::Tensor SwiGlu(MlpImpl& mlp, const torch::Tensor& x) {
+  const torch::Tensor g = torch::matmul(mlp.gate_proj->weight, x);
+  const torch::Tensor u = torch::matmul(mlp.up_proj->weight, x);
+  return torch::matmul(mlp.down_proj->weight, torch::silu(g) * u);
+}
+
+// Token by token, choice by choice, straight from the weights.
+torch::Tensor NaiveMoe(MoeBlock& block, const MoeConfig& moe, const torch::Tensor& x) {
+  const torch::Tensor flat = x.reshape({-1, kHidden});
+  const Routing r = RouteTokens(torch::matmul(flat, block->gate->weight.t()), moe,
+                                block->gate->e_score_correction_bias);
+  std::vector<torch::Tensor> rows;
+  for (int64_t t = 0; t < flat.size(0); ++t) {
+    torch::Tensor out = torch::zeros({kHidden});
+    for (int64_t c = 0; c < moe.experts_per_token; ++c) {
+      const int64_t e = r.expert_ids[t][c].item<int64_t>();
+      out = out + r.weights[t][c] * SwiGlu(*block->experts[e]->as<MlpImpl>(), flat[t]);
+    }
+    if (block->shared) {
+      torch::Tensor shared = SwiGlu(*block->shared, flat[t]);
+      if (block->shared_expert_gate) {
+        shared = torch::sigmoid(torch::matmul(block->shared_expert_gate->weight, flat[t])) * shared;
+      }
+      out = out + shared;
+    }
+    rows.push_back(out);
+  }
+  return torch::stack(rows).view(x.sizes());
+}
+
+std::map<std::string, torch::Tensor> TakeGrads(MoeBlock& block) {
+  std::map<std::string, torch::Tensor> grads;
+  for (auto& item : block->named_parameters()) {
+    torch::Tensor g = item.value().grad();
+    grads[item.key()] = g.defined() ? g.clone() : torch::Tensor();
+    item.value().mutable_grad() = torch::Tensor();
+  }
+  return grads;
+}
+
+void ExpectMatchesNaive(const ModelConfig& config, uint64_t seed) {
+  MoeBlock block(config, torch::TensorOptions());
+  InitRandom(block, seed);
+  const torch::Tensor x0 = torch::randn({2, 3, kHidden});
+  const torch::Tensor probe = torch::randn({2, 3, kHidden});
+
+  const torch::Tensor x1 = x0.clone().requires_grad_(true);
+  const torch::Tensor y1 = block->forward(x1);
+  (y1 * probe).sum().backward();
+  const auto grads = TakeGrads(block);
+  EXPECT_EQ(block->last_routing().expert_ids.sizes(), torch::IntArrayRef({6, 2}));
+
+  const torch::Tensor x2 = x0.clone().requires_grad_(true);
+  const torch::Tensor y2 = NaiveMoe(block, config.moe, x2);
+  (y2 * probe).sum().backward();
+  const auto ref = TakeGrads(block);
+
+  EXPECT_TRUE(torch::allclose(y1, y2, 1e-5, 1e-5)) << (y1 - y2).abs().max();
+  EXPECT_TRUE(torch::allclose(x1.grad(), x2.grad(), 1e-5, 1e-5));
+  for (const auto& [name, g] : grads) {
+    ASSERT_TRUE(g.defined()) << name << " has no gradient";
+    const torch::Tensor expected = ref.at(name).defined() ? ref.at(name) : torch::zeros_like(g);
+    EXPECT_TRUE(torch::allclose(g, expected, 1e-5, 1e-5)) << name;
+  }
+  EXPECT_GT(grads.at("gate.weight").abs().sum().item<double>(), 0.0);
+}
+
+TEST(MoeBlockTest, MixtralMatchesNaiveReference) {
+  ExpectMatchesNaive(Config(MoeStyle::kMixtral), 1);
+}
+TEST(MoeBlockTest, Qwen2MoeMatchesNaiveReference) {
+  ExpectMatchesNaive(Config(MoeStyle::kQwenMoe), 2);
+}
+TEST(MoeBlockTest, Qwen3MoeMatchesNaiveReference) { ExpectMatchesNaive(Qwen3Moe(), 3); }
+TEST(MoeBlockTest, DeepSeekV2MatchesNaiveReference) {
+  ExpectMatchesNaive(Config(MoeStyle::kDeepSeek), 4);
+}
+TEST(MoeBlockTest, DeepSeekV3MatchesNaiveReference) { ExpectMatchesNaive(DeepSeekV3(), 5); }
+
+TEST(MoeBlockTest, AnExpertWithoutTokensGetsAZeroGradient) {
+  MoeBlock block(Config(MoeStyle::kMixtral), torch::TensorOptions());
+  InitRandom(block, 9);
+  {
+    // Positive inputs: expert 7's logits (row of -1) are negative, all the
+    // others (positive rows) positive, so top-2 never picks expert 7.
+    torch::NoGradGuard no_grad;
+    block->gate->weight.uniform_(0.1, 1.0);
+    block->gate->weight[7].fill_(-1.0);
+  }
+  const torch::Tensor x = torch::rand({2, 4, kHidden}) + 0.1;
+  block->forward(x).sum().backward();
+  EXPECT_FALSE(block->last_routing().expert_ids.eq(7).any().item<bool>());
+  for (const char* proj : {"w1", "w2", "w3"}) {
+    const std::string name = std::string("experts.7.") + proj + ".weight";
+    const torch::Tensor g = block->named_parameters()[name].grad();
+    ASSERT_TRUE(g.defined()) << name;
+    EXPECT_TRUE(g.eq(0).all().item<bool>()) << name;
+  }
+  // A chosen expert gets a real gradient.
+  const int64_t used = block->last_routing().expert_ids[0][0].item<int64_t>();
+  EXPECT_GT(block->named_parameters()["experts." + std::to_string(used) + ".w1.weight"]
+                .grad()
+                .abs()
+                .sum()
+                .item<double>(),
+            0.0);
+}
+
+std::vector<std::string> Names(const MoeBlock& block) {
+  std::vector<std::string> names;
+  for (const auto& item : block->named_parameters()) names.push_back(item.key());
+  return names;
+}
+
+bool Contains(const std::vector<std::string>& names, const std::string& name) {
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
+TEST(MoeBlockTest, MixtralNamesAreHfNames) {
+  const MoeBlock block(Config(MoeStyle::kMixtral), torch::TensorOptions());
+  const auto names = Names(block);
+  ASSERT_EQ(names.size(), 1u + 8u * 3u);
+  EXPECT_EQ(names[0], "gate.weight");  // HF registers the gate first
+  EXPECT_EQ(names[1], "experts.0.w1.weight");
+  EXPECT_EQ(names[2], "experts.0.w3.weight");
+  EXPECT_EQ(names[3], "experts.0.w2.weight");
+  EXPECT_TRUE(Contains(names, "experts.3.w1.weight"));
+  EXPECT_FALSE(block->shared);
+  EXPECT_EQ(block->named_buffers().size(), 0u);
+}
+
+TEST(MoeBlockTest, QwenNamesAreHfNames) {
+  const MoeBlock qwen2(Config(MoeStyle::kQwenMoe), torch::TensorOptions());
+  const auto names = Names(qwen2);
+  ASSERT_EQ(names.size(), 1u + 4u * 3u + 3u + 1u);
+  EXPECT_EQ(names[0], "gate.weight");
+  EXPECT_EQ(names[1], "experts.0.gate_proj.weight");
+  EXPECT_TRUE(Contains(names, "experts.3.down_proj.weight"));
+  EXPECT_TRUE(Contains(names, "shared_expert.up_proj.weight"));
+  EXPECT_EQ(names.back(), "shared_expert_gate.weight");
+  EXPECT_EQ(qwen2->shared_expert_gate->weight.sizes(), torch::IntArrayRef({1, kHidden}));
+  EXPECT_EQ(qwen2->shared->gate_proj->weight.sizes(), torch::IntArrayRef({12, kHidden}));
+
+  const MoeBlock qwen3(Qwen3Moe(), torch::TensorOptions());
+  EXPECT_EQ(Names(qwen3).size(), 1u + 4u * 3u);
+  EXPECT_FALSE(qwen3->shared);
+  EXPECT_FALSE(qwen3->shared_expert_gate);
+}
+
+TEST(MoeBlockTest, DeepSeekNamesAreHfNames) {
+  const MoeBlock block(DeepSeekV3(), torch::TensorOptions().dtype(torch::kBFloat16));
+  const auto names = Names(block);
+  ASSERT_EQ(names.size(), 8u * 3u + 1u + 3u);
+  EXPECT_EQ(names[0], "experts.0.gate_proj.weight");  // HF registers the experts first
+  EXPECT_EQ(names[24], "gate.weight");
+  EXPECT_EQ(names[25], "shared_experts.gate_proj.weight");
+  EXPECT_EQ(block->shared->down_proj->weight.sizes(), torch::IntArrayRef({kHidden, 8}));
+  const auto buffers = block->named_buffers();
+  ASSERT_EQ(buffers.size(), 1u);
+  EXPECT_TRUE(buffers.contains("gate.e_score_correction_bias"));
+  EXPECT_EQ(buffers["gate.e_score_correction_bias"].scalar_type(), torch::kFloat32);
+  EXPECT_EQ(block->gate->weight.scalar_type(), torch::kBFloat16);
+}
+
+TEST(MoeBlockTest, Bf16BlockKeepsTheDtype) {
+  MoeBlock block(Config(MoeStyle::kDeepSeek), torch::TensorOptions().dtype(torch::kBFloat16));
+  InitRandom(block, 6);
+  const torch::Tensor y = block->forward(torch::randn({1, 5, kHidden}).to(torch::kBFloat16));
+  EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(y.sizes(), torch::IntArrayRef({1, 5, kHidden}));
+  EXPECT_EQ(block->last_routing().weights.scalar_type(), torch::kFloat32);
+  EXPECT_TRUE(torch::isfinite(y).all().item<bool>());
+}
+
+TEST(MoeBlockDeathTest, RefusesADenseConfig) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  ModelConfig dense;
+  dense.hidden_size = kHidden;
+  EXPECT_DEATH(MoeBlock(dense, torch::TensorOptions()), "dense config");
+}
+
+}  // namespace
+}  // namespace fulcrum::models

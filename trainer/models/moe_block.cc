@@ -1,0 +1,106 @@
+#include "trainer/models/moe_block.h"
+
+#include <string>
+
+#include "core/check.h"
+#include "parallel/expert/token_permutation.h"
+
+namespace fulcrum::models {
+namespace {
+
+SwiGluNames ExpertNames(MoeStyle style) {
+  SwiGluNames names;
+  if (style == MoeStyle::kMixtral) {
+    names.gate = "w1";
+    names.up = "w3";
+    names.down = "w2";
+  }
+  return names;
+}
+
+}  // namespace
+
+MoeBlockImpl::MoeBlockImpl(const ModelConfig& config, const torch::TensorOptions& options,
+                           const ModelParallel& parallel)
+    : moe_(config.moe) {
+  // Pipelining does not touch the block (a stage holds whole layers); tp and
+  // ep inside the experts come with the expert-parallel increment.
+  FULCRUM_CHECK(!parallel.tp.active(), "MoE blocks under tensor parallelism are not supported yet");
+  FULCRUM_CHECK(moe_.enabled() && moe_.style != MoeStyle::kNone,
+                "MoeBlock built for a dense config (num_experts=", moe_.num_experts, ")");
+  FULCRUM_CHECK(moe_.expert_intermediate_size > 0,
+                "expert_intermediate_size=", moe_.expert_intermediate_size);
+  const int64_t hidden = config.hidden_size;
+
+  // HF registration order: Mixtral / Qwen register the gate first, DeepSeek
+  // the experts first (named_parameters and state-dict order follow it).
+  const auto register_experts = [&] {
+    experts = register_module("experts", torch::nn::ModuleList());
+    const SwiGluNames names = ExpertNames(moe_.style);
+    experts_.reserve(static_cast<size_t>(moe_.num_experts));
+    for (int64_t e = 0; e < moe_.num_experts; ++e) {
+      Mlp expert(hidden, moe_.expert_intermediate_size, /*bias=*/false, options, parallel, names);
+      experts->push_back(expert);
+      experts_.push_back(expert);
+    }
+  };
+  const auto register_gate = [&] {
+    gate = register_module("gate", MoeRouter(hidden, moe_, options));
+  };
+  if (moe_.style == MoeStyle::kDeepSeek) {
+    register_experts();
+    register_gate();
+  } else {
+    register_gate();
+    register_experts();
+  }
+
+  if (moe_.shared_intermediate_size > 0) {
+    FULCRUM_CHECK(moe_.style != MoeStyle::kMixtral, "Mixtral has no shared expert");
+    const std::string name = moe_.style == MoeStyle::kDeepSeek ? "shared_experts" : "shared_expert";
+    shared = register_module(
+        name, Mlp(hidden, moe_.shared_intermediate_size, /*bias=*/false, options, parallel));
+    if (moe_.style == MoeStyle::kQwenMoe && moe_.shared_expert_gate) {
+      shared_expert_gate = register_module("shared_expert_gate",
+                                           lora::LoraLinear(hidden, 1, /*bias=*/false, options));
+    }
+  }
+}
+
+torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x) {
+  FULCRUM_CHECK(x.dim() == 3, "MoeBlock input must be [B, T, hidden], got ", x.dim(), " dims");
+  const int64_t hidden = x.size(2);
+  const torch::Tensor flat = x.reshape({-1, hidden});  // [N, hidden]
+  last_routing_ = gate->forward(flat);
+
+  // NOTE: the routing weights are cast to x's dtype before the product, as
+  // Mixtral / Qwen do; HF DeepSeek multiplies in fp32 and casts the sum (the
+  // same in fp32, one rounding apart in bf16).
+  const parallel::expert::PermutedTokens permuted = parallel::expert::PermuteByExpert(
+      flat, last_routing_.expert_ids, last_routing_.weights, moe_.num_experts);
+
+  // Each expert on its contiguous slice [n_e, hidden]; zero rows included so
+  // that every expert weight gets a (zero) gradient.
+  std::vector<torch::Tensor> outputs;
+  outputs.reserve(experts_.size());
+  int64_t offset = 0;
+  for (size_t e = 0; e < experts_.size(); ++e) {
+    const int64_t rows = permuted.tokens_per_expert[e];
+    outputs.push_back(experts_[e]->forward(permuted.tokens.narrow(0, offset, rows)));
+    offset += rows;
+  }
+  const torch::Tensor expert_out = torch::cat(outputs, 0);  // [N * k, hidden]
+  torch::Tensor y = parallel::expert::UnpermuteAndCombine(expert_out, permuted).to(x.dtype());
+
+  if (shared) {
+    torch::Tensor shared_out = shared->forward(flat);  // [N, hidden]
+    if (shared_expert_gate) {
+      // Qwen2-MoE: a per-token sigmoid gate [N, 1] on the shared expert.
+      shared_out = torch::sigmoid(shared_expert_gate->forward(flat)) * shared_out;
+    }
+    y = y + shared_out;
+  }
+  return y.view(x.sizes());
+}
+
+}  // namespace fulcrum::models
