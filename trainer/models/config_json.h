@@ -34,14 +34,14 @@ inline absl::StatusOr<int64_t> GetInt(const Json& json, const std::string& key,
   return v.get<int64_t>();
 }
 
-inline absl::StatusOr<int64_t> GetIntOr(const Json& json, const std::string& key,
-                                        int64_t fallback, const std::string& source) {
+inline absl::StatusOr<int64_t> GetIntOr(const Json& json, const std::string& key, int64_t fallback,
+                                        const std::string& source) {
   if (!Has(json, key)) return fallback;
   return GetInt(json, key, source);
 }
 
-inline absl::StatusOr<double> GetDoubleOr(const Json& json, const std::string& key,
-                                          double fallback, const std::string& source) {
+inline absl::StatusOr<double> GetDoubleOr(const Json& json, const std::string& key, double fallback,
+                                          const std::string& source) {
   if (!Has(json, key)) return fallback;
   const Json& v = json.at(key);
   if (!v.is_number())

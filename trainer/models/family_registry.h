@@ -48,9 +48,9 @@ struct FamilySpec {
   bool qk_norm = false;                    // per-head RMSNorm on q and k (Qwen3)
   bool sliding_window_key = false;         // "sliding_window" may be set (Mistral)
   bool use_sliding_window_key = false;     // "use_sliding_window" gates it (Qwen2/3)
-  bool bias_key_default = false;           // value of an absent kFromConfig key (Qwen2-MoE qkv_bias)
-  MoeStyle moe_style = MoeStyle::kNone;    // kNone: a dense family
-  bool latent_attention = false;           // multi-head latent attention (DeepSeek-V2/V3)
+  bool bias_key_default = false;         // value of an absent kFromConfig key (Qwen2-MoE qkv_bias)
+  MoeStyle moe_style = MoeStyle::kNone;  // kNone: a dense family
+  bool latent_attention = false;         // multi-head latent attention (DeepSeek-V2/V3)
 };
 
 // One weight of the model with its HF name and its TP split.

@@ -6,9 +6,9 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
-#include "absl/strings/string_view.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
 #include "core/file_util.h"
 #include "core/status.h"
 #include "trainer/checkpoint/dtype.h"
@@ -41,8 +41,7 @@ bool IsMtpTensor(const std::string& name, const ModelConfig& config) {
 // Checkpoint tensors that are not parameters and may be dropped: rotary
 // caches saved by old transformers versions, an lm_head that a tied model
 // ignores, and MTP layers when the recipe says to skip them.
-bool IsIgnorable(const std::string& name, const ModelConfig& config,
-                 const HfLoadOptions& options) {
+bool IsIgnorable(const std::string& name, const ModelConfig& config, const HfLoadOptions& options) {
   if (absl::EndsWith(name, "rotary_emb.inv_freq")) return true;
   if (options.skip_mtp_layers && IsMtpTensor(name, config)) return true;
   return config.tie_word_embeddings && name == "lm_head.weight";
@@ -93,9 +92,10 @@ absl::StatusOr<torch::Tensor> DequantizedFp8(const checkpoint::HfWeights& weight
         where, ": F8_E4M3 tensor of shape ", ShapeString(entry.shape), " (expected a 2-D weight)"));
   }
   if (config.fp8_block_rows <= 0 || config.fp8_block_cols <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        where, ": F8_E4M3 weights need config.json quantization_config {\"quant_method\": "
-               "\"fp8\", \"weight_block_size\": [r, c]}"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(where,
+                     ": F8_E4M3 weights need config.json quantization_config {\"quant_method\": "
+                     "\"fp8\", \"weight_block_size\": [r, c]}"));
   }
   const std::string scale_name = name + kScaleSuffix;
   if (!weights.Contains(scale_name)) {
@@ -107,10 +107,10 @@ absl::StatusOr<torch::Tensor> DequantizedFp8(const checkpoint::HfWeights& weight
   const std::vector<int64_t> scale_shape = {(out + r - 1) / r, (in + c - 1) / c};
   FULCRUM_ASSIGN_OR_RETURN(torch::Tensor scale, weights.View(scale_name));
   if (scale.sizes() != torch::IntArrayRef(scale_shape) || !scale.is_floating_point()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        where, ": scale ", scale_name, " has shape ", ShapeString(scale.sizes()), " (",
-        c10::toString(scale.scalar_type()), "), expected ", ShapeString(scale_shape),
-        " floats for blocks of ", r, "x", c));
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": scale ", scale_name, " has shape ", ShapeString(scale.sizes()), " (",
+                     c10::toString(scale.scalar_type()), "), expected ", ShapeString(scale_shape),
+                     " floats for blocks of ", r, "x", c));
   }
   FULCRUM_ASSIGN_OR_RETURN(const torch::Tensor decoded, weights.View(name));  // fp32
   return decoded * ExpandBlockScales(scale.to(torch::kFloat), out, in, r, c);
@@ -159,12 +159,10 @@ bool IsPersistentBuffer(const std::string& name) {
   return absl::EndsWith(name, "e_score_correction_bias");
 }
 
-torch::Tensor ExpandBlockScales(const torch::Tensor& block, int64_t out, int64_t in,
-                                int64_t rows, int64_t cols) {
-  return block.repeat_interleave(rows, 0)
-      .narrow(0, 0, out)
-      .repeat_interleave(cols, 1)
-      .narrow(1, 0, in);
+torch::Tensor ExpandBlockScales(const torch::Tensor& block, int64_t out, int64_t in, int64_t rows,
+                                int64_t cols) {
+  return block.repeat_interleave(rows, 0).narrow(0, 0, out).repeat_interleave(cols, 1).narrow(1, 0,
+                                                                                              in);
 }
 
 std::vector<checkpoint::NamedTensor> HfStateDict(CausalLMImpl& model) {
@@ -180,7 +178,8 @@ std::vector<checkpoint::NamedTensor> HfStateDict(CausalLMImpl& model) {
     }
     for (const auto& item : module.value()->named_buffers(/*recurse=*/false)) {
       const std::string name = prefix + item.key();
-      if (IsPersistentBuffer(name)) out.push_back(checkpoint::NamedTensor{name, item.value().detach()});
+      if (IsPersistentBuffer(name))
+        out.push_back(checkpoint::NamedTensor{name, item.value().detach()});
     }
   }
   return out;

@@ -45,8 +45,8 @@ bool IsPersistentBuffer(const std::string& name);
 
 // `block` [ceil(out/rows), ceil(in/cols)] scales expanded to one per element
 // of a [out, in] weight: [out, in].
-torch::Tensor ExpandBlockScales(const torch::Tensor& block, int64_t out, int64_t in,
-                                int64_t rows, int64_t cols);
+torch::Tensor ExpandBlockScales(const torch::Tensor& block, int64_t out, int64_t in, int64_t rows,
+                                int64_t cols);
 
 // `fulcrum init`: reads config.json, builds the model in fp32,
 // InitializeWeights(seed), writes out_dir/config.json (the input unchanged,

@@ -89,9 +89,9 @@ absl::Status ParseYarn(const Json& rs, const std::string& source, RopeScaling* s
   }
   if (scaling->beta_fast > 0.0 && scaling->beta_slow > 0.0 &&
       !(scaling->beta_fast > scaling->beta_slow)) {
-    return KeyError(source, "rope_scaling.beta_fast",
-                    absl::StrCat("must be > beta_slow (", scaling->beta_fast,
-                                 " <= ", scaling->beta_slow, ")"));
+    return KeyError(
+        source, "rope_scaling.beta_fast",
+        absl::StrCat("must be > beta_slow (", scaling->beta_fast, " <= ", scaling->beta_slow, ")"));
   }
   FULCRUM_ASSIGN_OR_RETURN(scaling->truncate, GetBoolOr(rs, "truncate", true, prefix));
   return absl::OkStatus();
@@ -112,9 +112,9 @@ absl::StatusOr<RopeScaling> ParseRopeScaling(const Json& json, const std::string
   if (type.empty()) return KeyError(source, "rope_scaling.rope_type", "missing");
   if (type == "default") return scaling;
   if (type != "llama3" && type != "linear" && type != "yarn") {
-    return KeyError(source, "rope_scaling.rope_type",
-                    absl::StrCat("not supported yet: \"", type,
-                                 "\" (supported: llama3, linear, yarn)"));
+    return KeyError(
+        source, "rope_scaling.rope_type",
+        absl::StrCat("not supported yet: \"", type, "\" (supported: llama3, linear, yarn)"));
   }
   scaling.type = type;
   const std::string prefix = source + ": rope_scaling";
@@ -221,16 +221,14 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const nlohmann::json& json,
                            GetDoubleOr(json, "initializer_range", 0.02, source));
   FULCRUM_ASSIGN_OR_RETURN(c.tie_word_embeddings,
                            GetBoolOr(json, "tie_word_embeddings", false, source));
-  FULCRUM_ASSIGN_OR_RETURN(
-      c.attention_bias,
-      ResolvePresence(family->qkv_bias, family->attention_bias_key, family->bias_key_default,
-                      json, source));
-  FULCRUM_ASSIGN_OR_RETURN(
-      c.o_proj_bias, ResolvePresence(family->o_bias, family->attention_bias_key,
+  FULCRUM_ASSIGN_OR_RETURN(c.attention_bias,
+                           ResolvePresence(family->qkv_bias, family->attention_bias_key,
                                            family->bias_key_default, json, source));
-  FULCRUM_ASSIGN_OR_RETURN(c.mlp_bias,
-                           ResolvePresence(family->mlp_bias, family->mlp_bias_key,
+  FULCRUM_ASSIGN_OR_RETURN(c.o_proj_bias,
+                           ResolvePresence(family->o_bias, family->attention_bias_key,
                                            family->bias_key_default, json, source));
+  FULCRUM_ASSIGN_OR_RETURN(c.mlp_bias, ResolvePresence(family->mlp_bias, family->mlp_bias_key,
+                                                       family->bias_key_default, json, source));
   c.qk_norm = family->qk_norm;
   FULCRUM_ASSIGN_OR_RETURN(c.rope_scaling, ParseRopeScaling(json, source));
   FULCRUM_RETURN_IF_ERROR(ParseSlidingWindow(*family, json, source, &c));

@@ -22,8 +22,8 @@ using config_json::KeyError;
 
 // A key whose JSON null means "off" (0) while its absence means the default
 // (DeepSeek q_lora_rank, n_shared_experts, n_group, topk_group).
-absl::StatusOr<int64_t> GetIntNullIsZero(const Json& json, const std::string& key,
-                                         int64_t fallback, const std::string& source) {
+absl::StatusOr<int64_t> GetIntNullIsZero(const Json& json, const std::string& key, int64_t fallback,
+                                         const std::string& source) {
   if (json.contains(key) && json.at(key).is_null()) return 0;
   return GetIntOr(json, key, fallback, source);
 }
@@ -31,8 +31,7 @@ absl::StatusOr<int64_t> GetIntNullIsZero(const Json& json, const std::string& ke
 absl::Status ParseMixtral(const Json& json, const std::string& source, ModelConfig* c) {
   MoeConfig& moe = c->moe;
   FULCRUM_ASSIGN_OR_RETURN(moe.num_experts, GetIntOr(json, "num_local_experts", 8, source));
-  FULCRUM_ASSIGN_OR_RETURN(moe.experts_per_token,
-                           GetIntOr(json, "num_experts_per_tok", 2, source));
+  FULCRUM_ASSIGN_OR_RETURN(moe.experts_per_token, GetIntOr(json, "num_experts_per_tok", 2, source));
   moe.expert_intermediate_size = c->intermediate_size;  // Mixtral's experts are the FFN
   moe.normalize_weights = true;  // softmax over the selected logits == renormalised top-k
   FULCRUM_ASSIGN_OR_RETURN(moe.router_aux_loss_coef,
@@ -43,7 +42,8 @@ absl::Status ParseMixtral(const Json& json, const std::string& source, ModelConf
 absl::Status ParseQwenMoe(const Json& json, const std::string& source, ModelConfig* c) {
   MoeConfig& moe = c->moe;
   const bool qwen2 = c->model_type == "qwen2_moe";
-  FULCRUM_ASSIGN_OR_RETURN(moe.num_experts, GetIntOr(json, "num_experts", qwen2 ? 60 : 128, source));
+  FULCRUM_ASSIGN_OR_RETURN(moe.num_experts,
+                           GetIntOr(json, "num_experts", qwen2 ? 60 : 128, source));
   FULCRUM_ASSIGN_OR_RETURN(moe.experts_per_token,
                            GetIntOr(json, "num_experts_per_tok", qwen2 ? 4 : 8, source));
   FULCRUM_ASSIGN_OR_RETURN(moe.expert_intermediate_size,
@@ -66,7 +66,8 @@ absl::Status ParseQwenMoe(const Json& json, const std::string& source, ModelConf
   }
   if (Has(json, "mlp_only_layers")) {
     const Json& layers = json.at("mlp_only_layers");
-    if (!layers.is_array()) return KeyError(source, "mlp_only_layers", "expected a list of integers");
+    if (!layers.is_array())
+      return KeyError(source, "mlp_only_layers", "expected a list of integers");
     for (const Json& layer : layers) {
       if (!layer.is_number_integer() || layer.get<int64_t>() < 0) {
         return KeyError(source, "mlp_only_layers",
@@ -87,9 +88,11 @@ absl::Status ParseQwenMoe(const Json& json, const std::string& source, ModelConf
 absl::Status ParseDeepSeekMoe(const Json& json, const std::string& source, ModelConfig* c) {
   MoeConfig& moe = c->moe;
   const bool v3 = c->model_type == "deepseek_v3";
-  FULCRUM_ASSIGN_OR_RETURN(moe.num_experts, GetIntOr(json, "n_routed_experts", v3 ? 256 : 64, source));
+  FULCRUM_ASSIGN_OR_RETURN(moe.num_experts,
+                           GetIntOr(json, "n_routed_experts", v3 ? 256 : 64, source));
   if (v3) {
-    FULCRUM_ASSIGN_OR_RETURN(moe.experts_per_token, GetIntOr(json, "num_experts_per_tok", 8, source));
+    FULCRUM_ASSIGN_OR_RETURN(moe.experts_per_token,
+                             GetIntOr(json, "num_experts_per_tok", 8, source));
   } else {
     FULCRUM_ASSIGN_OR_RETURN(moe.experts_per_token, GetInt(json, "num_experts_per_tok", source));
   }
@@ -101,13 +104,16 @@ absl::Status ParseDeepSeekMoe(const Json& json, const std::string& source, Model
   moe.shared_intermediate_size = moe.num_shared_experts * moe.expert_intermediate_size;
   FULCRUM_ASSIGN_OR_RETURN(moe.first_k_dense_replace,
                            GetIntOr(json, "first_k_dense_replace", v3 ? 3 : 0, source));
-  if (moe.first_k_dense_replace < 0) return KeyError(source, "first_k_dense_replace", "must be >= 0");
+  if (moe.first_k_dense_replace < 0)
+    return KeyError(source, "first_k_dense_replace", "must be >= 0");
   FULCRUM_ASSIGN_OR_RETURN(moe.moe_layer_freq, GetIntOr(json, "moe_layer_freq", 1, source));
   if (moe.moe_layer_freq < 1) {
-    return KeyError(source, "moe_layer_freq", absl::StrCat("must be >= 1, got ", moe.moe_layer_freq));
+    return KeyError(source, "moe_layer_freq",
+                    absl::StrCat("must be >= 1, got ", moe.moe_layer_freq));
   }
   FULCRUM_ASSIGN_OR_RETURN(moe.n_group, GetIntNullIsZero(json, "n_group", v3 ? 8 : 1, source));
-  FULCRUM_ASSIGN_OR_RETURN(moe.topk_group, GetIntNullIsZero(json, "topk_group", v3 ? 4 : 1, source));
+  FULCRUM_ASSIGN_OR_RETURN(moe.topk_group,
+                           GetIntNullIsZero(json, "topk_group", v3 ? 4 : 1, source));
   if (moe.n_group == 0) moe.n_group = 1;  // null: no groups
   if (moe.topk_group == 0) moe.topk_group = moe.n_group;
   FULCRUM_ASSIGN_OR_RETURN(moe.topk_method,
@@ -136,9 +142,11 @@ absl::Status ParseDeepSeekMoe(const Json& json, const std::string& source, Model
   }
   FULCRUM_ASSIGN_OR_RETURN(moe.routed_scaling_factor,
                            GetDoubleOr(json, "routed_scaling_factor", v3 ? 2.5 : 1.0, source));
-  if (!(moe.routed_scaling_factor > 0.0)) return KeyError(source, "routed_scaling_factor", "must be > 0");
+  if (!(moe.routed_scaling_factor > 0.0))
+    return KeyError(source, "routed_scaling_factor", "must be > 0");
   moe.correction_bias = v3;
-  FULCRUM_ASSIGN_OR_RETURN(moe.router_aux_loss_coef, GetDoubleOr(json, "aux_loss_alpha", 0.0, source));
+  FULCRUM_ASSIGN_OR_RETURN(moe.router_aux_loss_coef,
+                           GetDoubleOr(json, "aux_loss_alpha", 0.0, source));
   return absl::OkStatus();
 }
 
@@ -165,13 +173,15 @@ absl::Status ParseMla(const Json& json, const std::string& source, ModelConfig* 
   // head has its own keys and values (decompressed from the latent).
   c->head_dim = mla.qk_rope_head_dim;
   c->num_kv_heads = c->num_heads;
-  FULCRUM_ASSIGN_OR_RETURN(c->num_mtp_layers, GetIntOr(json, "num_nextn_predict_layers", 0, source));
+  FULCRUM_ASSIGN_OR_RETURN(c->num_mtp_layers,
+                           GetIntOr(json, "num_nextn_predict_layers", 0, source));
   if (c->num_mtp_layers < 0) return KeyError(source, "num_nextn_predict_layers", "must be >= 0");
   return absl::OkStatus();
 }
 
 // The routing arithmetic every family shares.
-absl::Status ValidateMoe(const MoeConfig& moe, const std::string& source, const std::string& experts_key) {
+absl::Status ValidateMoe(const MoeConfig& moe, const std::string& source,
+                         const std::string& experts_key) {
   if (moe.num_experts < 1) {
     return KeyError(source, experts_key, absl::StrCat("must be >= 1, got ", moe.num_experts));
   }
@@ -181,13 +191,14 @@ absl::Status ValidateMoe(const MoeConfig& moe, const std::string& source, const 
                                  " = ", moe.num_experts, "]"));
   }
   if (moe.expert_intermediate_size < 1) {
-    return KeyError(source, moe.style == MoeStyle::kMixtral ? "intermediate_size" : "moe_intermediate_size",
+    return KeyError(source,
+                    moe.style == MoeStyle::kMixtral ? "intermediate_size" : "moe_intermediate_size",
                     absl::StrCat("must be > 0, got ", moe.expert_intermediate_size));
   }
   if (moe.n_group < 1 || moe.num_experts % moe.n_group != 0) {
-    return KeyError(source, "n_group",
-                    absl::StrCat(moe.n_group, " must be >= 1 and divide ", experts_key, " ",
-                                 moe.num_experts));
+    return KeyError(
+        source, "n_group",
+        absl::StrCat(moe.n_group, " must be >= 1 and divide ", experts_key, " ", moe.num_experts));
   }
   if (moe.topk_group < 1 || moe.topk_group > moe.n_group) {
     return KeyError(source, "topk_group",

@@ -108,7 +108,8 @@ void CheckModelAndData(const Recipe& r, Problems& p) {
                          "to initialise randomly)"
                        : "set only one of model.path and model.config, not both");
   }
-  if (!r.model.mtp_layers.empty()) p.OneOf("model.mtp_layers", r.model.mtp_layers, {"skip", "load"});
+  if (!r.model.mtp_layers.empty())
+    p.OneOf("model.mtp_layers", r.model.mtp_layers, {"skip", "load"});
   CheckData(r, p);
 }
 
@@ -385,18 +386,17 @@ absl::Status ValidateRecipeForModel(const Recipe& recipe, const models::ModelCon
   const std::string what =
       absl::StrCat(config.architecture, " (", absl::StrJoin(features, " / "), ")");
   if (!features.empty() && recipe.parallel.tp > 1) {
-    problems.Add("parallel.tp", absl::StrCat("not supported yet: parallel.tp with ", what,
-                                             " (parallel.tp=", recipe.parallel.tp, ", ",
-                                             config_path, ")"));
+    problems.Add("parallel.tp",
+                 absl::StrCat("not supported yet: parallel.tp with ", what,
+                              " (parallel.tp=", recipe.parallel.tp, ", ", config_path, ")"));
   } else {
     CheckHeadsForTensorParallel(recipe.parallel.tp, config.num_heads, config.num_kv_heads,
-                                config.intermediate_size, config.vocab_size, config_path,
-                                problems);
+                                config.intermediate_size, config.vocab_size, config_path, problems);
   }
   if (!features.empty() && recipe.parallel.pp > 1) {
-    problems.Add("parallel.pp", absl::StrCat("not supported yet: parallel.pp with ", what,
-                                             " (parallel.pp=", recipe.parallel.pp, ", ",
-                                             config_path, ")"));
+    problems.Add("parallel.pp",
+                 absl::StrCat("not supported yet: parallel.pp with ", what,
+                              " (parallel.pp=", recipe.parallel.pp, ", ", config_path, ")"));
   } else {
     CheckLayersForPipeline(recipe.parallel, config.num_layers, config_path, problems);
   }

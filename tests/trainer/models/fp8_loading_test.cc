@@ -15,6 +15,7 @@
 
 #include "absl/strings/match.h"
 #include "tests/test_support.h"
+#include "trainer/checkpoint/hf_export.h"
 #include "trainer/checkpoint/hf_weights.h"
 #include "trainer/models/causal_lm.h"
 #include "trainer/models/hf_loading.h"
@@ -109,7 +110,7 @@ enum class Damage { kNone, kDropScale, kBadScaleShape };
 
 // Writes the FP8 copy into `dir`; returns the original tensors.
 std::map<std::string, torch::Tensor> WriteFp8Copy(const std::string& dir, int64_t r, int64_t c,
-                                                   Damage damage = Damage::kNone) {
+                                                  Damage damage = Damage::kNone) {
   auto weights = checkpoint::HfWeights::Open(LlamaDir());
   EXPECT_TRUE(weights.ok()) << weights.status();
   std::map<std::string, torch::Tensor> original;
@@ -225,6 +226,32 @@ TEST(Fp8LoadingTest, Fp8WeightsNeedQuantizationConfig) {
   const absl::Status status = LoadInto(model, dir);
   ASSERT_FALSE(status.ok());
   EXPECT_TRUE(absl::StrContains(status.message(), "quantization_config")) << status;
+}
+
+nlohmann::json ReadJson(const std::string& path) {
+  std::ifstream in(path);
+  return nlohmann::json::parse(in);
+}
+
+// `fulcrum init` and export write unquantized weights: quantization_config
+// must not survive into their config.json.
+TEST(Fp8LoadingTest, InitAndExportDropQuantizationConfig) {
+  const std::string dir = testing::ScratchDir();
+  WriteFp8Copy(dir, 16, 16);
+  ASSERT_TRUE(ReadJson(dir + "/config.json").contains("quantization_config"));
+  const absl::Status init = WriteRandomModel(dir + "/config.json", dir + "/init", 7);
+  ASSERT_TRUE(init.ok()) << init;
+  const nlohmann::json written = ReadJson(dir + "/init/config.json");
+  EXPECT_FALSE(written.contains("quantization_config"));
+  EXPECT_EQ(written.at("vocab_size"), 512);
+  checkpoint::HfExportOptions options;
+  options.out_dir = dir + "/export";
+  const absl::Status exported = checkpoint::ExportHfModel({{"w", torch::ones({2, 2})}},
+                                                          ReadJson(dir + "/config.json"), options);
+  ASSERT_TRUE(exported.ok()) << exported;
+  const nlohmann::json export_config = ReadJson(dir + "/export/config.json");
+  EXPECT_FALSE(export_config.contains("quantization_config"));
+  EXPECT_EQ(export_config.at("hidden_size"), 64);
 }
 
 // A checkpoint with one more layer than num_hidden_layers, the config saying

@@ -128,11 +128,11 @@ TEST(MoeConfigTest, DeepseekV2Fixture) {
   // The fixture's tensors are exactly the plan.
   const std::set<std::string> names = PlanNames(*c);
   EXPECT_EQ(names.size(), 89u);  // meta.json parameter_names
-  for (const char* name :
-       {"model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.gate.weight",
-        "model.layers.2.mlp.experts.7.up_proj.weight", "model.layers.1.mlp.shared_experts.down_proj.weight",
-        "model.layers.2.self_attn.kv_a_proj_with_mqa.weight", "model.layers.0.self_attn.q_a_layernorm.weight",
-        "lm_head.weight"}) {
+  for (const char* name : {"model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.gate.weight",
+                           "model.layers.2.mlp.experts.7.up_proj.weight",
+                           "model.layers.1.mlp.shared_experts.down_proj.weight",
+                           "model.layers.2.self_attn.kv_a_proj_with_mqa.weight",
+                           "model.layers.0.self_attn.q_a_layernorm.weight", "lm_head.weight"}) {
     EXPECT_EQ(names.count(name), 1u) << name;
   }
   EXPECT_EQ(names.count("model.layers.1.mlp.gate.e_score_correction_bias"), 0u);
@@ -224,23 +224,22 @@ TEST(MoeConfigTest, DeepseekV3NoauxTcYarnMtpFp8) {
   const std::vector<WeightPlanEntry> plan = WeightPlan(*c);
   std::vector<std::string> layer1;
   for (const auto& e : plan) {
-    if (absl::StartsWith(e.name, "model.layers.1.") && !absl::StrContains(e.name, "experts.")) {
+    if (absl::StartsWith(e.name, "model.layers.1.") && !absl::StrContains(e.name, "mlp.experts.")) {
       layer1.push_back(e.name);
     }
   }
-  const std::vector<std::string> expected = {
-      "model.layers.1.self_attn.q_proj.weight",
-      "model.layers.1.self_attn.kv_a_proj_with_mqa.weight",
-      "model.layers.1.self_attn.kv_a_layernorm.weight",
-      "model.layers.1.self_attn.kv_b_proj.weight",
-      "model.layers.1.self_attn.o_proj.weight",
-      "model.layers.1.mlp.gate.weight",
-      "model.layers.1.mlp.gate.e_score_correction_bias",
-      "model.layers.1.mlp.shared_experts.gate_proj.weight",
-      "model.layers.1.mlp.shared_experts.up_proj.weight",
-      "model.layers.1.mlp.shared_experts.down_proj.weight",
-      "model.layers.1.input_layernorm.weight",
-      "model.layers.1.post_attention_layernorm.weight"};
+  const std::vector<std::string> expected = {"model.layers.1.self_attn.q_proj.weight",
+                                             "model.layers.1.self_attn.kv_a_proj_with_mqa.weight",
+                                             "model.layers.1.self_attn.kv_a_layernorm.weight",
+                                             "model.layers.1.self_attn.kv_b_proj.weight",
+                                             "model.layers.1.self_attn.o_proj.weight",
+                                             "model.layers.1.mlp.gate.weight",
+                                             "model.layers.1.mlp.gate.e_score_correction_bias",
+                                             "model.layers.1.mlp.shared_experts.gate_proj.weight",
+                                             "model.layers.1.mlp.shared_experts.up_proj.weight",
+                                             "model.layers.1.mlp.shared_experts.down_proj.weight",
+                                             "model.layers.1.input_layernorm.weight",
+                                             "model.layers.1.post_attention_layernorm.weight"};
   EXPECT_EQ(layer1, expected);
   // No MTP layer (model.layers.3) in the plan: it is not part of the model.
   for (const auto& e : plan) EXPECT_FALSE(absl::StartsWith(e.name, "model.layers.3.")) << e.name;
