@@ -6,6 +6,7 @@
 // HfLoadOptions says.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -19,6 +20,7 @@
 #include "trainer/checkpoint/hf_weights.h"
 #include "trainer/models/causal_lm.h"
 #include "trainer/models/hf_loading.h"
+#include "trainer/models/init.h"
 #include "trainer/models/model_config.h"
 
 namespace fulcrum::models {
@@ -226,6 +228,40 @@ TEST(Fp8LoadingTest, Fp8WeightsNeedQuantizationConfig) {
   const absl::Status status = LoadInto(model, dir);
   ASSERT_FALSE(status.ok());
   EXPECT_TRUE(absl::StrContains(status.message(), "quantization_config")) << status;
+}
+
+// Persistent buffers (DeepSeek-V3's gate.e_score_correction_bias): exported
+// after their module's parameters, loaded, required, zero-initialised. Shown
+// on the llama fixture with such a buffer registered on layer 0's MLP.
+TEST(Fp8LoadingTest, PersistentBuffersAreStateDictEntries) {
+  auto config = LoadModelConfig(LlamaDir() + "/config.json");
+  ASSERT_TRUE(config.ok());
+  CausalLM model(*config, torch::TensorOptions().dtype(torch::kFloat));
+  const std::string name = "model.layers.0.mlp.e_score_correction_bias";
+  model->named_modules()["model.layers.0.mlp"]->register_buffer("e_score_correction_bias",
+                                                                torch::full({8}, 3.0));
+  std::vector<std::string> names;
+  for (const auto& t : HfStateDict(*model)) names.push_back(t.name);
+  const auto at = std::find(names.begin(), names.end(), name);
+  ASSERT_NE(at, names.end());
+  EXPECT_EQ(*(at - 1), "model.layers.0.mlp.down_proj.weight");
+  InitializeWeights(*model, 3);
+  EXPECT_TRUE(torch::equal(model->named_buffers()[name], torch::zeros({8})));
+
+  const std::string dir = testing::ScratchDir();
+  auto weights = checkpoint::HfWeights::Open(LlamaDir());
+  ASSERT_TRUE(weights.ok());
+  std::map<std::string, RawTensor> out;
+  for (const std::string& n : weights->Names()) out[n] = Fp32(*weights->View(n));
+  WriteSafetensors(dir + "/model.safetensors", out);
+  absl::Status status = LoadInto(model, dir);
+  ASSERT_FALSE(status.ok());
+  EXPECT_TRUE(absl::StrContains(status.message(), "missing tensors: " + name)) << status;
+  out[name] = Fp32(torch::arange(8, torch::kFloat));
+  WriteSafetensors(dir + "/model.safetensors", out);
+  status = LoadInto(model, dir);
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_TRUE(torch::equal(model->named_buffers()[name], torch::arange(8, torch::kFloat)));
 }
 
 nlohmann::json ReadJson(const std::string& path) {
