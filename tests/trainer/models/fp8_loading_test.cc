@@ -231,7 +231,7 @@ TEST(Fp8LoadingTest, Fp8WeightsNeedQuantizationConfig) {
 }
 
 // Persistent buffers (DeepSeek-V3's gate.e_score_correction_bias): exported
-// after their module's parameters, loaded, required, zero-initialised. Shown
+// after their module's own parameters, loaded, required, zero-initialised. Shown
 // on the llama fixture with such a buffer registered on layer 0's MLP.
 TEST(Fp8LoadingTest, PersistentBuffersAreStateDictEntries) {
   auto config = LoadModelConfig(LlamaDir() + "/config.json");
@@ -244,7 +244,10 @@ TEST(Fp8LoadingTest, PersistentBuffersAreStateDictEntries) {
   for (const auto& t : HfStateDict(*model)) names.push_back(t.name);
   const auto at = std::find(names.begin(), names.end(), name);
   ASSERT_NE(at, names.end());
-  EXPECT_EQ(*(at - 1), "model.layers.0.mlp.down_proj.weight");
+  // torch's state_dict order: a module's own parameters and buffers, then
+  // its children's (the mlp owns no parameter; its projections are children).
+  EXPECT_EQ(*(at - 1), "model.layers.0.self_attn.o_proj.weight");
+  EXPECT_EQ(*(at + 1), "model.layers.0.mlp.gate_proj.weight");
   InitializeWeights(*model, 3);
   EXPECT_TRUE(torch::equal(model->named_buffers()[name], torch::zeros({8})));
 
