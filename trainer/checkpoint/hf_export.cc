@@ -56,6 +56,9 @@ absl::Status ExportHfModel(const std::vector<NamedTensor>& weights, nlohmann::js
   for (const NamedTensor& w : weights) {
     converted.push_back({w.name, options.dtype ? w.tensor.to(*options.dtype) : w.tensor});
   }
+  // The weights written are never FP8 (a quantized checkpoint is dequantized
+  // at load), so its quantization_config no longer describes them.
+  config.erase("quantization_config");
   // config.json states the dtype of the weights written (transformers 4.56+
   // names it "dtype", older versions "torch_dtype").
   std::optional<torch::ScalarType> written = options.dtype;

@@ -153,6 +153,11 @@ absl::StatusOr<torch::Tensor> HfWeights::View(const std::string& name) const {
   return reader->View(name);
 }
 
+absl::StatusOr<torch::Tensor> HfWeights::ViewBytes(const std::string& name) const {
+  FULCRUM_ASSIGN_OR_RETURN(std::shared_ptr<SafetensorsReader> reader, ReaderOf(name));
+  return reader->ViewBytes(name);
+}
+
 absl::StatusOr<torch::Tensor> HfWeights::ReadSlice(const std::string& name, int64_t dim,
                                                    int64_t start, int64_t length) const {
   FULCRUM_ASSIGN_OR_RETURN(std::shared_ptr<SafetensorsReader> reader, ReaderOf(name));

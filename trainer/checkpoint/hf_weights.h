@@ -34,7 +34,10 @@ class HfWeights {
   std::vector<std::string> Names() const;  // sorted
   bool Contains(const std::string& name) const;
   absl::StatusOr<TensorEntry> Entry(const std::string& name) const;
-  // See SafetensorsReader::View / ReadSlice.
+  // See SafetensorsReader::View / ReadSlice / ViewBytes. View decodes FP8
+  // (Entry(name).dtype "F8_E4M3" / "F8_E5M2") to float32; ViewBytes gives the
+  // undecoded bytes as uint8 (LibTorch 1.13 has no float8 type).
+  absl::StatusOr<torch::Tensor> ViewBytes(const std::string& name) const;
   absl::StatusOr<torch::Tensor> View(const std::string& name) const;
   absl::StatusOr<torch::Tensor> ReadSlice(const std::string& name, int64_t dim, int64_t start,
                                           int64_t length) const;

@@ -43,6 +43,7 @@ absl::StatusOr<ExportSource> LoadFromTrainCheckpoint(const std::string& dir) {
   request.config = recipe.model.config;
   request.dtype = loop::ParamDtype(recipe.precision);
   request.seed = static_cast<uint64_t>(recipe.seed);
+  request.load.skip_mtp_layers = recipe.model.mtp_layers == "skip";
   torch::manual_seed(recipe.seed);  // the run's random init, if any
   FULCRUM_ASSIGN_OR_RETURN(source.built, loop::BuildModel(request));
   if (recipe.finetune.method == "lora") {

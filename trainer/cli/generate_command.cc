@@ -192,6 +192,9 @@ absl::Status RunGenerate(const Args& args, const parallel::World& world) {
 
   loop::ModelRequest request;
   request.path = flags.model_dir;
+  // Generation runs the main model only (HF drops multi-token-prediction
+  // layers as well).
+  request.load.skip_mtp_layers = true;
   FULCRUM_ASSIGN_OR_RETURN(loop::BuiltModel built, loop::BuildModel(request));
   if (!flags.adapter_dir.empty()) {
     FULCRUM_RETURN_IF_ERROR(lora::LoadPeftAdapter(*built.model, flags.adapter_dir).status());

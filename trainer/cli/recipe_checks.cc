@@ -53,9 +53,7 @@ absl::StatusOr<RecipeReport> CheckRecipeResources(const recipe::Recipe& recipe) 
   FULCRUM_ASSIGN_OR_RETURN(const models::ModelConfig config, models::LoadModelConfig(config_path));
   FULCRUM_RETURN_IF_ERROR(Annotate(models::CheckSequenceLength(config, recipe.batch.seq_len),
                                    absl::StrCat(recipe.source, ": batch.seq_len")));
-  FULCRUM_RETURN_IF_ERROR(recipe::ValidateParallelForModel(
-      recipe, config.num_heads, config.num_kv_heads, config.intermediate_size, config.vocab_size,
-      config.num_layers));
+  FULCRUM_RETURN_IF_ERROR(recipe::ValidateRecipeForModel(recipe, config));
   models::CausalLM model(
       config,
       torch::TensorOptions().device(torch::kMeta).dtype(loop::ParamDtype(recipe.precision)));

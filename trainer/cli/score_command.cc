@@ -151,16 +151,19 @@ absl::Status RunScore(const Args& args, const parallel::World& world) {
                            loop::LoadRequestedConfig(model_section));
   recipe::Recipe layout_recipe;
   layout_recipe.source = "fulcrum score";
+  layout_recipe.model = model_section;
+  // Scoring reads the main model's logits only: multi-token-prediction
+  // layers play no part (HF drops them as well).
+  layout_recipe.model.mtp_layers = "skip";
   layout_recipe.parallel = parallel_section;
-  FULCRUM_RETURN_IF_ERROR(recipe::ValidateParallelForModel(
-      layout_recipe, config.num_heads, config.num_kv_heads, config.intermediate_size,
-      config.vocab_size, config.num_layers));
+  FULCRUM_RETURN_IF_ERROR(recipe::ValidateRecipeForModel(layout_recipe, config));
   FULCRUM_ASSIGN_OR_RETURN(loop::ParallelRuntime runtime,
                            loop::BuildParallelRuntime(parallel_section, "cpu", config, world));
 
   loop::ModelRequest request;
   request.path = flags.Get("model");
   request.parallel = runtime.model;
+  request.load.skip_mtp_layers = true;  // see layout_recipe
   FULCRUM_ASSIGN_OR_RETURN(loop::BuiltModel built, loop::BuildModel(request));
   const bool with_adapter = !flags.Get("adapter").empty();
   if (with_adapter) {

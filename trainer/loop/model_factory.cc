@@ -26,7 +26,7 @@ absl::StatusOr<BuiltModel> BuildModel(const ModelRequest& request) {
   if (from_dir) {
     FULCRUM_ASSIGN_OR_RETURN(const checkpoint::HfWeights weights,
                              checkpoint::HfWeights::Open(request.path));
-    FULCRUM_RETURN_IF_ERROR(models::LoadHfWeights(*built.model, weights));
+    FULCRUM_RETURN_IF_ERROR(models::LoadHfWeights(*built.model, weights, request.load));
     built.source_dir = request.path;
   } else {
     // Under tp / pp each rank takes its part of the whole model's draw (see

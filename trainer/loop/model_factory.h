@@ -25,6 +25,7 @@ struct ModelRequest {
   torch::Device device = torch::kCPU;
   uint64_t seed = 0;               // random init only
   models::ModelParallel parallel;  // this rank's tp shard (none: the whole model)
+  models::HfLoadOptions load;      // e.g. recipe model.mtp_layers: skip
 };
 
 struct BuiltModel {

@@ -73,9 +73,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const recipe::Recipe& r
 
 absl::Status Trainer::BuildParallel() {
   FULCRUM_ASSIGN_OR_RETURN(const models::ModelConfig config, LoadRequestedConfig(recipe_.model));
-  FULCRUM_RETURN_IF_ERROR(recipe::ValidateParallelForModel(
-      recipe_, config.num_heads, config.num_kv_heads, config.intermediate_size, config.vocab_size,
-      config.num_layers));
+  FULCRUM_RETURN_IF_ERROR(recipe::ValidateRecipeForModel(recipe_, config));
   FULCRUM_ASSIGN_OR_RETURN(parallel_,
                            BuildParallelRuntime(recipe_.parallel, recipe_.device, config, world_));
   if (world_.is_root()) {
@@ -99,6 +97,7 @@ absl::Status Trainer::BuildModelAndOptimizer() {
   request.device = device_;
   request.seed = static_cast<uint64_t>(recipe_.seed);
   request.parallel = parallel_.model;
+  request.load.skip_mtp_layers = recipe_.model.mtp_layers == "skip";
   FULCRUM_ASSIGN_OR_RETURN(built_, BuildModel(request));
   FULCRUM_RETURN_IF_ERROR(models::CheckSequenceLength(built_.config, recipe_.batch.seq_len));
   if (recipe_.finetune.method == "lora") {

@@ -1,5 +1,7 @@
 #include "trainer/models/family_registry.h"
 
+#include <array>
+
 #include "absl/strings/str_cat.h"
 #include "trainer/models/model_config.h"
 
@@ -69,6 +71,52 @@ std::vector<FamilySpec> MakeFamilies() {
     qwen3.use_sliding_window_key = true;
     families.push_back(qwen3);
   }
+  {
+    FamilySpec mixtral;
+    mixtral.model_type = "mixtral";
+    mixtral.architectures = {"MixtralForCausalLM"};
+    mixtral.sliding_window_key = true;
+    mixtral.moe_style = MoeStyle::kMixtral;
+    families.push_back(mixtral);
+  }
+  {
+    FamilySpec qwen2_moe;
+    qwen2_moe.model_type = "qwen2_moe";
+    qwen2_moe.architectures = {"Qwen2MoeForCausalLM"};
+    qwen2_moe.qkv_bias = Presence::kFromConfig;  // "qkv_bias", default true
+    qwen2_moe.attention_bias_key = "qkv_bias";
+    qwen2_moe.bias_key_default = true;
+    qwen2_moe.use_sliding_window_key = true;
+    qwen2_moe.moe_style = MoeStyle::kQwenMoe;
+    families.push_back(qwen2_moe);
+  }
+  {
+    FamilySpec qwen3_moe;
+    qwen3_moe.model_type = "qwen3_moe";
+    qwen3_moe.architectures = {"Qwen3MoeForCausalLM"};
+    qwen3_moe.qkv_bias = Presence::kFromConfig;
+    qwen3_moe.o_bias = Presence::kFromConfig;
+    qwen3_moe.attention_bias_key = "attention_bias";
+    qwen3_moe.qk_norm = true;
+    qwen3_moe.use_sliding_window_key = true;
+    qwen3_moe.moe_style = MoeStyle::kQwenMoe;
+    families.push_back(qwen3_moe);
+  }
+  for (const char* version : {"2", "3"}) {
+    // attention_bias covers q_a_proj, kv_a_proj_with_mqa and o_proj
+    // (ModelConfig::attention_bias / o_proj_bias); mlp_bias every SwiGLU MLP.
+    FamilySpec deepseek;
+    deepseek.model_type = absl::StrCat("deepseek_v", version);
+    deepseek.architectures = {absl::StrCat("DeepseekV", version, "ForCausalLM")};
+    deepseek.qkv_bias = Presence::kFromConfig;
+    deepseek.o_bias = Presence::kFromConfig;
+    deepseek.mlp_bias = Presence::kFromConfig;
+    deepseek.attention_bias_key = "attention_bias";
+    deepseek.mlp_bias_key = "mlp_bias";
+    deepseek.moe_style = MoeStyle::kDeepSeek;
+    deepseek.latent_attention = true;
+    families.push_back(deepseek);
+  }
   return families;
 }
 
@@ -110,31 +158,123 @@ std::vector<std::string> SupportedModelTypes() {
   return out;
 }
 
+namespace {
+
+// Appends a SwiGLU MLP's weights under `prefix` ("model.layers.0.mlp."), in
+// named_parameters order (gate, up, down); tp splits only for the dense MLP.
+void AppendSwiGlu(const std::string& prefix, const std::array<const char*, 3>& names, bool bias,
+                  bool tp_split, std::vector<WeightPlanEntry>* plan) {
+  for (int i = 0; i < 3; ++i) {
+    const TpSplit split = tp_split ? ProjectionSplit(names[i]) : TpSplit::kReplicated;
+    plan->push_back({absl::StrCat(prefix, names[i], ".weight"), split});
+    // A row-parallel (down) bias is added once, after the reduction.
+    if (bias) {
+      plan->push_back({absl::StrCat(prefix, names[i], ".bias"),
+                       split == TpSplit::kRow ? TpSplit::kReplicated : split});
+    }
+  }
+}
+
+void AppendAttention(const ModelConfig& config, const std::string& p,
+                     std::vector<WeightPlanEntry>* plan) {
+  for (const char* proj : {"q_proj", "k_proj", "v_proj"}) {
+    plan->push_back({absl::StrCat(p, "self_attn.", proj, ".weight"), ProjectionSplit(proj)});
+    if (config.attention_bias) {
+      plan->push_back({absl::StrCat(p, "self_attn.", proj, ".bias"), ProjectionSplit(proj)});
+    }
+  }
+  plan->push_back({p + "self_attn.o_proj.weight", ProjectionSplit("o_proj")});
+  // A row-parallel bias is added once, after the reduction.
+  if (config.o_proj_bias) plan->push_back({p + "self_attn.o_proj.bias", TpSplit::kReplicated});
+  if (config.qk_norm) {
+    plan->push_back({p + "self_attn.q_norm.weight", TpSplit::kReplicated});
+    plan->push_back({p + "self_attn.k_norm.weight", TpSplit::kReplicated});
+  }
+}
+
+// DeepSeek MLA, in HF's order. No tp for these families yet: all replicated.
+void AppendLatentAttention(const ModelConfig& config, const std::string& p,
+                           std::vector<WeightPlanEntry>* plan) {
+  const std::string a = p + "self_attn.";
+  const auto add = [&](const std::string& name) {
+    plan->push_back({a + name, TpSplit::kReplicated});
+  };
+  if (config.mla.q_lora_rank == 0) {
+    add("q_proj.weight");  // bias=False in HF
+  } else {
+    add("q_a_proj.weight");
+    if (config.attention_bias) add("q_a_proj.bias");
+    add("q_a_layernorm.weight");
+    add("q_b_proj.weight");
+  }
+  add("kv_a_proj_with_mqa.weight");
+  if (config.attention_bias) add("kv_a_proj_with_mqa.bias");
+  add("kv_a_layernorm.weight");
+  add("kv_b_proj.weight");
+  add("o_proj.weight");
+  if (config.o_proj_bias) add("o_proj.bias");
+}
+
+// A MoE block, in HF's named_parameters order per family (Mixtral/Qwen: gate,
+// experts, shared; DeepSeek: experts, gate, shared). The correction bias is a
+// persistent buffer, listed right after the gate weight (state_dict order).
+void AppendMoe(const ModelConfig& config, const std::string& p,
+               std::vector<WeightPlanEntry>* plan) {
+  const MoeConfig& moe = config.moe;
+  const bool mixtral = moe.style == MoeStyle::kMixtral;
+  const std::string block = p + (mixtral ? "block_sparse_moe." : "mlp.");
+  const auto gate = [&] {
+    plan->push_back({block + "gate.weight", TpSplit::kReplicated});
+    if (moe.correction_bias) {
+      plan->push_back({block + "gate.e_score_correction_bias", TpSplit::kReplicated});
+    }
+  };
+  const auto experts = [&] {
+    const bool bias = moe.style == MoeStyle::kDeepSeek && config.mlp_bias;
+    for (int64_t e = 0; e < moe.num_experts; ++e) {
+      const std::string prefix = absl::StrCat(block, "experts.", e, ".");
+      if (mixtral) {
+        AppendSwiGlu(prefix, {"w1", "w2", "w3"}, false, false, plan);
+      } else {
+        AppendSwiGlu(prefix, {"gate_proj", "up_proj", "down_proj"}, bias, false, plan);
+      }
+    }
+  };
+  if (moe.style == MoeStyle::kDeepSeek) {
+    experts();
+    gate();
+  } else {
+    gate();
+    experts();
+  }
+  if (moe.shared_intermediate_size > 0) {
+    const bool deepseek = moe.style == MoeStyle::kDeepSeek;
+    AppendSwiGlu(block + (deepseek ? "shared_experts." : "shared_expert."),
+                 {"gate_proj", "up_proj", "down_proj"}, deepseek && config.mlp_bias, false, plan);
+  }
+  if (moe.shared_expert_gate) {
+    plan->push_back({block + "shared_expert_gate.weight", TpSplit::kReplicated});
+  }
+}
+
+}  // namespace
+
 std::vector<WeightPlanEntry> WeightPlan(const ModelConfig& config) {
   std::vector<WeightPlanEntry> plan;
   plan.push_back({"model.embed_tokens.weight", TpSplit::kVocab});
   for (int64_t layer = 0; layer < config.num_layers; ++layer) {
     const std::string p = absl::StrCat("model.layers.", layer, ".");
-    for (const char* proj : {"q_proj", "k_proj", "v_proj"}) {
-      plan.push_back({absl::StrCat(p, "self_attn.", proj, ".weight"), ProjectionSplit(proj)});
-      if (config.attention_bias) {
-        plan.push_back({absl::StrCat(p, "self_attn.", proj, ".bias"), ProjectionSplit(proj)});
-      }
+    if (config.mla.enabled()) {
+      AppendLatentAttention(config, p, &plan);
+    } else {
+      AppendAttention(config, p, &plan);
     }
-    plan.push_back({p + "self_attn.o_proj.weight", ProjectionSplit("o_proj")});
-    // A row-parallel bias is added once, after the reduction.
-    if (config.o_proj_bias) plan.push_back({p + "self_attn.o_proj.bias", TpSplit::kReplicated});
-    if (config.qk_norm) {
-      plan.push_back({p + "self_attn.q_norm.weight", TpSplit::kReplicated});
-      plan.push_back({p + "self_attn.k_norm.weight", TpSplit::kReplicated});
+    if (IsMoeLayer(config, layer)) {
+      AppendMoe(config, p, &plan);
+    } else {
+      AppendSwiGlu(p + "mlp.", {"gate_proj", "up_proj", "down_proj"}, config.mlp_bias,
+                   /*tp_split=*/true, &plan);
     }
-    for (const char* proj : {"gate_proj", "up_proj"}) {
-      plan.push_back({absl::StrCat(p, "mlp.", proj, ".weight"), ProjectionSplit(proj)});
-      if (config.mlp_bias)
-        plan.push_back({absl::StrCat(p, "mlp.", proj, ".bias"), ProjectionSplit(proj)});
-    }
-    plan.push_back({p + "mlp.down_proj.weight", ProjectionSplit("down_proj")});
-    if (config.mlp_bias) plan.push_back({p + "mlp.down_proj.bias", TpSplit::kReplicated});
     plan.push_back({p + "input_layernorm.weight", TpSplit::kReplicated});
     plan.push_back({p + "post_attention_layernorm.weight", TpSplit::kReplicated});
   }

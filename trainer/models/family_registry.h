@@ -12,6 +12,15 @@ namespace fulcrum::models {
 
 struct ModelConfig;
 
+// How a MoE family names its modules and scores its experts.
+enum class MoeStyle {
+  kNone,      // dense
+  kMixtral,   // layers.N.block_sparse_moe.{gate, experts.E.w1/w2/w3}
+  kQwenMoe,   // layers.N.mlp.{gate, experts.E.*_proj, shared_expert.*_proj, shared_expert_gate}
+  kDeepSeek,  // layers.N.mlp.{gate(.e_score_correction_bias), experts.E.*_proj,
+              // shared_experts.*_proj}
+};
+
 // Whether an optional weight exists in a family.
 enum class Presence {
   kNever,
@@ -39,6 +48,9 @@ struct FamilySpec {
   bool qk_norm = false;                    // per-head RMSNorm on q and k (Qwen3)
   bool sliding_window_key = false;         // "sliding_window" may be set (Mistral)
   bool use_sliding_window_key = false;     // "use_sliding_window" gates it (Qwen2/3)
+  bool bias_key_default = false;         // value of an absent kFromConfig key (Qwen2-MoE qkv_bias)
+  MoeStyle moe_style = MoeStyle::kNone;  // kNone: a dense family
+  bool latent_attention = false;         // multi-head latent attention (DeepSeek-V2/V3)
 };
 
 // One weight of the model with its HF name and its TP split.

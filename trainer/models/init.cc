@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
 #include "core/check.h"
+#include "trainer/models/hf_loading.h"
 #include "trainer/models/parallel_layout.h"
 
 namespace fulcrum::models {
@@ -17,11 +18,19 @@ namespace {
 torch::Tensor InitialValue(const std::string& name, torch::IntArrayRef sizes, double std,
                            at::Generator& generator) {
   torch::Tensor values = torch::empty(sizes, torch::kFloat);
-  if (absl::EndsWith(name, ".bias")) return values.zero_();
+  // DeepSeek-V3's routing correction bias starts neutral, as in HF.
+  if (absl::EndsWith(name, ".bias") || IsPersistentBuffer(name)) return values.zero_();
   if (values.dim() == 2) return values.normal_(0.0, std, generator);
   FULCRUM_CHECK(values.dim() == 1 && absl::StrContains(name, "norm"), "unexpected parameter ",
                 name);
   return values.fill_(1.0);
+}
+
+// Persistent buffers are not parameters (no generator draw): zeros.
+void ZeroPersistentBuffers(CausalLMImpl& model) {
+  for (const auto& item : model.named_buffers(/*recurse=*/true)) {
+    if (IsPersistentBuffer(item.key())) item.value().zero_();
+  }
 }
 
 }  // namespace
@@ -32,10 +41,12 @@ void ForEachInitialValue(
   torch::NoGradGuard no_grad;
   CausalLM shapes(config, torch::TensorOptions().dtype(torch::kFloat).device(torch::kMeta));
   at::Generator generator = at::detail::createCPUGenerator(seed);
-  for (const auto& item : shapes->named_parameters(/*recurse=*/true)) {
-    if (absl::StrContains(item.key(), "lora_")) continue;
-    sink(item.key(),
-         InitialValue(item.key(), item.value().sizes(), config.initializer_range, generator));
+  // HfStateDict's order: the parameters in named_parameters order, each
+  // module's persistent buffers after its parameters (zeros: they do not
+  // advance the generator).
+  for (const checkpoint::NamedTensor& item : HfStateDict(*shapes)) {
+    sink(item.name,
+         InitialValue(item.name, item.tensor.sizes(), config.initializer_range, generator));
   }
 }
 
@@ -57,6 +68,7 @@ void InitializeWeights(CausalLMImpl& model, uint64_t seed) {
                         });
     FULCRUM_CHECK(held.empty(), "parameter ", held.empty() ? "" : held.begin()->first,
                   " is not in the whole model");
+    ZeroPersistentBuffers(model);
     return;
   }
   at::Generator generator = at::detail::createCPUGenerator(seed);
@@ -66,6 +78,7 @@ void InitializeWeights(CausalLMImpl& model, uint64_t seed) {
     torch::Tensor param = item.value();
     param.copy_(InitialValue(item.key(), param.sizes(), std, generator));
   }
+  ZeroPersistentBuffers(model);
 }
 
 }  // namespace fulcrum::models

@@ -11,8 +11,9 @@
 
 namespace fulcrum::models {
 
-// 2-D weights (linears, embedding) ~ N(0, initializer_range), 1-D norm weights
-// = 1, biases = 0. Drawn on the CPU in fp32 from a generator seeded with
+// 2-D weights (linears, embedding, routers, experts) ~ N(0,
+// initializer_range), 1-D norm weights = 1, biases = 0, persistent buffers
+// (DeepSeek-V3 gate.e_score_correction_bias) = 0. Drawn on the CPU in fp32 from a generator seeded with
 // `seed`, in the whole single-rank model's named_parameters() order, then
 // copied (so the values do not depend on the device, and the dtype only
 // rounds them). A tp shard or a pipeline stage gets exactly its part of the
@@ -20,8 +21,8 @@ namespace fulcrum::models {
 // Adapter (lora_*) parameters are left alone.
 void InitializeWeights(CausalLMImpl& model, uint64_t seed);
 
-// The value InitializeWeights gives every base parameter of the whole
-// single-rank model with `config`, in order: sink(HF name, full fp32 CPU
+// The value InitializeWeights gives every base parameter and persistent buffer
+// of the whole single-rank model with `config`, in HfStateDict order: sink(HF name, full fp32 CPU
 // tensor). The model's shapes come from a meta-device build (no memory): one
 // full tensor is alive at a time.
 void ForEachInitialValue(

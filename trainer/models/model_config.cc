@@ -6,62 +6,28 @@
 #include "absl/strings/str_join.h"
 #include "core/file_util.h"
 #include "core/status.h"
+#include "trainer/models/config_json.h"
 
 namespace fulcrum::models {
 namespace {
 
-using Json = nlohmann::json;
+using config_json::GetBoolOr;
+using config_json::GetDoubleOr;
+using config_json::GetInt;
+using config_json::GetIntOr;
+using config_json::Has;
+using config_json::Json;
+using config_json::KeyError;
 
-bool Has(const Json& json, const std::string& key) {
-  return json.contains(key) && !json.at(key).is_null();
-}
-
-absl::Status KeyError(const std::string& source, const std::string& key, const std::string& what) {
-  return absl::InvalidArgumentError(absl::StrCat(source, ": key \"", key, "\": ", what));
-}
-
-absl::StatusOr<int64_t> GetInt(const Json& json, const std::string& key,
-                               const std::string& source) {
-  if (!Has(json, key)) return KeyError(source, key, "missing (required)");
-  const Json& v = json.at(key);
-  if (!v.is_number_integer())
-    return KeyError(source, key, absl::StrCat("expected an integer, got ", v.dump()));
-  return v.get<int64_t>();
-}
-
-absl::StatusOr<int64_t> GetIntOr(const Json& json, const std::string& key, int64_t fallback,
-                                 const std::string& source) {
-  if (!Has(json, key)) return fallback;
-  return GetInt(json, key, source);
-}
-
-absl::StatusOr<double> GetDoubleOr(const Json& json, const std::string& key, double fallback,
-                                   const std::string& source) {
-  if (!Has(json, key)) return fallback;
-  const Json& v = json.at(key);
-  if (!v.is_number())
-    return KeyError(source, key, absl::StrCat("expected a number, got ", v.dump()));
-  return v.get<double>();
-}
-
-absl::StatusOr<bool> GetBoolOr(const Json& json, const std::string& key, bool fallback,
-                               const std::string& source) {
-  if (!Has(json, key)) return fallback;
-  const Json& v = json.at(key);
-  if (!v.is_boolean())
-    return KeyError(source, key, absl::StrCat("expected true/false, got ", v.dump()));
-  return v.get<bool>();
-}
-
-absl::StatusOr<bool> ResolvePresence(Presence presence, const std::string& key, const Json& json,
-                                     const std::string& source) {
+absl::StatusOr<bool> ResolvePresence(Presence presence, const std::string& key, bool fallback,
+                                     const Json& json, const std::string& source) {
   switch (presence) {
     case Presence::kNever:
       return false;
     case Presence::kAlways:
       return true;
     case Presence::kFromConfig:
-      return GetBoolOr(json, key, false, source);
+      return GetBoolOr(json, key, fallback, source);
   }
   return false;
 }
@@ -105,6 +71,32 @@ absl::StatusOr<const FamilySpec*> FindFamily(const Json& json, const std::string
   return family;
 }
 
+// The yarn keys as read (0 = absent; defaults are applied where they are
+// used, as HF's _compute_yarn_parameters does).
+absl::Status ParseYarn(const Json& rs, const std::string& source, RopeScaling* scaling) {
+  const std::string prefix = source + ": rope_scaling";
+  const std::pair<const char*, double*> keys[] = {{"beta_fast", &scaling->beta_fast},
+                                                  {"beta_slow", &scaling->beta_slow},
+                                                  {"mscale", &scaling->mscale},
+                                                  {"mscale_all_dim", &scaling->mscale_all_dim},
+                                                  {"attention_factor", &scaling->attention_factor}};
+  for (const auto& [key, field] : keys) {
+    FULCRUM_ASSIGN_OR_RETURN(*field, GetDoubleOr(rs, key, 0.0, prefix));
+    if (*field < 0.0) {
+      return KeyError(source, absl::StrCat("rope_scaling.", key),
+                      absl::StrCat("must be >= 0, got ", *field));
+    }
+  }
+  if (scaling->beta_fast > 0.0 && scaling->beta_slow > 0.0 &&
+      !(scaling->beta_fast > scaling->beta_slow)) {
+    return KeyError(
+        source, "rope_scaling.beta_fast",
+        absl::StrCat("must be > beta_slow (", scaling->beta_fast, " <= ", scaling->beta_slow, ")"));
+  }
+  FULCRUM_ASSIGN_OR_RETURN(scaling->truncate, GetBoolOr(rs, "truncate", true, prefix));
+  return absl::OkStatus();
+}
+
 absl::StatusOr<RopeScaling> ParseRopeScaling(const Json& json, const std::string& source) {
   RopeScaling scaling;
   if (!Has(json, "rope_scaling")) return scaling;
@@ -119,9 +111,10 @@ absl::StatusOr<RopeScaling> ParseRopeScaling(const Json& json, const std::string
   }
   if (type.empty()) return KeyError(source, "rope_scaling.rope_type", "missing");
   if (type == "default") return scaling;
-  if (type != "llama3" && type != "linear") {
-    return KeyError(source, "rope_scaling.rope_type",
-                    absl::StrCat("not supported yet: \"", type, "\" (supported: llama3, linear)"));
+  if (type != "llama3" && type != "linear" && type != "yarn") {
+    return KeyError(
+        source, "rope_scaling.rope_type",
+        absl::StrCat("not supported yet: \"", type, "\" (supported: llama3, linear, yarn)"));
   }
   scaling.type = type;
   const std::string prefix = source + ": rope_scaling";
@@ -145,7 +138,11 @@ absl::StatusOr<RopeScaling> ParseRopeScaling(const Json& json, const std::string
   } else {
     FULCRUM_ASSIGN_OR_RETURN(scaling.original_max_position_embeddings,
                              GetIntOr(rs, "original_max_position_embeddings", 0, prefix));
+    if (scaling.original_max_position_embeddings < 0) {
+      return KeyError(source, "rope_scaling.original_max_position_embeddings", "must be >= 0");
+    }
   }
+  if (type == "yarn") FULCRUM_RETURN_IF_ERROR(ParseYarn(rs, source, &scaling));
   return scaling;
 }
 
@@ -224,16 +221,18 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const nlohmann::json& json,
                            GetDoubleOr(json, "initializer_range", 0.02, source));
   FULCRUM_ASSIGN_OR_RETURN(c.tie_word_embeddings,
                            GetBoolOr(json, "tie_word_embeddings", false, source));
-  FULCRUM_ASSIGN_OR_RETURN(
-      c.attention_bias,
-      ResolvePresence(family->qkv_bias, family->attention_bias_key, json, source));
-  FULCRUM_ASSIGN_OR_RETURN(
-      c.o_proj_bias, ResolvePresence(family->o_bias, family->attention_bias_key, json, source));
-  FULCRUM_ASSIGN_OR_RETURN(c.mlp_bias,
-                           ResolvePresence(family->mlp_bias, family->mlp_bias_key, json, source));
+  FULCRUM_ASSIGN_OR_RETURN(c.attention_bias,
+                           ResolvePresence(family->qkv_bias, family->attention_bias_key,
+                                           family->bias_key_default, json, source));
+  FULCRUM_ASSIGN_OR_RETURN(c.o_proj_bias,
+                           ResolvePresence(family->o_bias, family->attention_bias_key,
+                                           family->bias_key_default, json, source));
+  FULCRUM_ASSIGN_OR_RETURN(c.mlp_bias, ResolvePresence(family->mlp_bias, family->mlp_bias_key,
+                                                       family->bias_key_default, json, source));
   c.qk_norm = family->qk_norm;
   FULCRUM_ASSIGN_OR_RETURN(c.rope_scaling, ParseRopeScaling(json, source));
   FULCRUM_RETURN_IF_ERROR(ParseSlidingWindow(*family, json, source, &c));
+  FULCRUM_RETURN_IF_ERROR(ParseMoeKeys(*family, json, source, &c));
   FULCRUM_RETURN_IF_ERROR(Validate(c, source));
   return c;
 }

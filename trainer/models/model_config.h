@@ -41,15 +41,6 @@ struct MlaConfig {
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
 };
 
-// How a MoE family names its modules and scores its experts.
-enum class MoeStyle {
-  kNone,      // dense
-  kMixtral,   // layers.N.block_sparse_moe.{gate, experts.E.w1/w2/w3}
-  kQwenMoe,   // layers.N.mlp.{gate, experts.E.*_proj, shared_expert.*_proj, shared_expert_gate}
-  kDeepSeek,  // layers.N.mlp.{gate(.e_score_correction_bias), experts.E.*_proj,
-              // shared_experts.*_proj}
-};
-
 // The mixture-of-experts part of a config.json (num_experts 0 = dense).
 struct MoeConfig {
   MoeStyle style = MoeStyle::kNone;

@@ -23,6 +23,7 @@ absl::Status ReadModel(MapReader& top, ModelSection* model) {
   FULCRUM_ASSIGN_OR_RETURN(MapReader r, top.Section("model"));
   FULCRUM_RETURN_IF_ERROR(r.Read("path", &model->path));
   FULCRUM_RETURN_IF_ERROR(r.Read("config", &model->config));
+  FULCRUM_RETURN_IF_ERROR(r.Read("mtp_layers", &model->mtp_layers));
   return r.Finish();
 }
 

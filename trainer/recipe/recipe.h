@@ -19,11 +19,19 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
+namespace fulcrum::models {
+struct ModelConfig;
+}  // namespace fulcrum::models
+
 namespace fulcrum::recipe {
 
 struct ModelSection {
   std::string path;    // HF model dir (config.json + safetensors) to fine-tune; or
   std::string config;  // a config.json to initialise randomly (training from scratch)
+  // DeepSeek-V3 multi-token-prediction layers in the checkpoint (config
+  // num_nextn_predict_layers > 0): "skip" drops them; "load" is not supported
+  // yet; "" (unset) is an error for such a model (never dropped silently).
+  std::string mtp_layers;
 };
 
 // One entry of data.datasets (an alternative to data.path: several files mixed by weight).
@@ -190,6 +198,15 @@ std::vector<std::string> RecipeWarnings(const Recipe& recipe);
 absl::Status ValidateParallelForModel(const Recipe& recipe, int64_t num_heads, int64_t num_kv_heads,
                                       int64_t intermediate_size, int64_t vocab_size,
                                       int64_t num_layers);
+
+// ValidateParallelForModel with `config`'s numbers, plus what the model's
+// features need, every problem collected: a config with multi-token-prediction
+// layers (num_mtp_layers > 0) needs model.mtp_layers (skip; load is "not
+// supported yet"); mixture-of-experts and latent-attention families refuse
+// parallel.tp > 1 and parallel.pp > 1 ("not supported yet: parallel.tp with
+// DeepseekV2ForCausalLM (mixture of experts / latent attention)"). Messages
+// name the recipe, the key and the config file.
+absl::Status ValidateRecipeForModel(const Recipe& recipe, const models::ModelConfig& config);
 
 // True when the data is tokenized by fulcrum (any format but pretokenized, or data.datasets).
 bool UsesTextData(const DataSection& data);

@@ -159,6 +159,7 @@ std::string RecipeToYaml(const Recipe& recipe) {
   BeginSection(out, "model");
   Field(out, "path", recipe.model.path);
   Field(out, "config", recipe.model.config);
+  Field(out, "mtp_layers", recipe.model.mtp_layers);
   out << YAML::EndMap;
   EmitData(out, recipe.data);
   EmitFinetune(out, recipe.finetune);

@@ -8,6 +8,7 @@
 #include "core/check.h"
 #include "parallel/pipeline/schedule.h"
 #include "parallel/pipeline/stage_partition.h"
+#include "trainer/models/model_config.h"
 #include "trainer/recipe/recipe.h"
 #include "trainer/recipe/recipe_internal.h"
 
@@ -107,6 +108,8 @@ void CheckModelAndData(const Recipe& r, Problems& p) {
                          "to initialise randomly)"
                        : "set only one of model.path and model.config, not both");
   }
+  if (!r.model.mtp_layers.empty())
+    p.OneOf("model.mtp_layers", r.model.mtp_layers, {"skip", "load"});
   CheckData(r, p);
 }
 
@@ -315,6 +318,28 @@ void CheckHeadsForTensorParallel(int64_t tp, int64_t num_heads, int64_t num_kv_h
   }
 }
 
+// The config.json the recipe's model comes from (for messages).
+std::string ConfigPath(const Recipe& recipe) {
+  return recipe.model.path.empty()
+             ? recipe.model.config
+             : (std::filesystem::path(recipe.model.path) / "config.json").string();
+}
+
+// Multi-token-prediction layers are loaded or skipped by an explicit choice.
+void CheckMtpLayers(const ModelSection& model, const models::ModelConfig& config,
+                    const std::string& config_path, Problems& p) {
+  if (model.mtp_layers == "load") {
+    p.Add("model.mtp_layers",
+          "not supported yet: model.mtp_layers=load (multi-token prediction training)");
+  } else if (config.num_mtp_layers > 0 && model.mtp_layers.empty()) {
+    p.Add("model.mtp_layers",
+          absl::StrCat(config_path, " has num_nextn_predict_layers=", config.num_mtp_layers,
+                       " (multi-token-prediction layers after the ", config.num_layers,
+                       " decoder layers): set model.mtp_layers: skip to fine-tune without them "
+                       "(load is not supported yet)"));
+  }
+}
+
 }  // namespace
 
 absl::Status ValidateRecipe(const Recipe& recipe, int world_size) {
@@ -342,14 +367,39 @@ std::vector<std::string> RecipeWarnings(const Recipe& recipe) {
 absl::Status ValidateParallelForModel(const Recipe& recipe, int64_t num_heads, int64_t num_kv_heads,
                                       int64_t intermediate_size, int64_t vocab_size,
                                       int64_t num_layers) {
-  const std::string config =
-      recipe.model.path.empty()
-          ? recipe.model.config
-          : (std::filesystem::path(recipe.model.path) / "config.json").string();
+  const std::string config = ConfigPath(recipe);
   Problems problems(recipe.source);
   CheckLayersForPipeline(recipe.parallel, num_layers, config, problems);
   CheckHeadsForTensorParallel(recipe.parallel.tp, num_heads, num_kv_heads, intermediate_size,
                               vocab_size, config, problems);
+  return problems.ToStatus();
+}
+
+absl::Status ValidateRecipeForModel(const Recipe& recipe, const models::ModelConfig& config) {
+  const std::string config_path = ConfigPath(recipe);
+  Problems problems(recipe.source);
+  CheckMtpLayers(recipe.model, config, config_path, problems);
+  // The features tp / pp cannot split yet; their divisibility is moot then.
+  std::vector<std::string> features;
+  if (config.moe.enabled()) features.push_back("mixture of experts");
+  if (config.mla.enabled()) features.push_back("latent attention");
+  const std::string what =
+      absl::StrCat(config.architecture, " (", absl::StrJoin(features, " / "), ")");
+  if (!features.empty() && recipe.parallel.tp > 1) {
+    problems.Add("parallel.tp",
+                 absl::StrCat("not supported yet: parallel.tp with ", what,
+                              " (parallel.tp=", recipe.parallel.tp, ", ", config_path, ")"));
+  } else {
+    CheckHeadsForTensorParallel(recipe.parallel.tp, config.num_heads, config.num_kv_heads,
+                                config.intermediate_size, config.vocab_size, config_path, problems);
+  }
+  if (!features.empty() && recipe.parallel.pp > 1) {
+    problems.Add("parallel.pp",
+                 absl::StrCat("not supported yet: parallel.pp with ", what,
+                              " (parallel.pp=", recipe.parallel.pp, ", ", config_path, ")"));
+  } else {
+    CheckLayersForPipeline(recipe.parallel, config.num_layers, config_path, problems);
+  }
   return problems.ToStatus();
 }
 

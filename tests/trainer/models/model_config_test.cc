@@ -70,7 +70,7 @@ TEST(ModelConfigTest, UnsupportedArchitectureListsSupported) {
   for (const std::string& arch : SupportedArchitectures()) {
     EXPECT_TRUE(absl::StrContains(message, arch)) << message;
   }
-  EXPECT_EQ(SupportedArchitectures().size(), 4u);
+  EXPECT_EQ(SupportedArchitectures().size(), 9u);
 }
 
 TEST(ModelConfigTest, MissingKeyIsNamed) {
@@ -99,11 +99,18 @@ TEST(ModelConfigTest, WrongTypeAndBadHeadsAreRejected) {
 
 TEST(ModelConfigTest, RopeScalingTypes) {
   nlohmann::json json = TinyLlama();
+  json["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", 4.0}};
+  auto dynamic = ParseModelConfig(json, "c.json");
+  ASSERT_FALSE(dynamic.ok());
+  EXPECT_TRUE(absl::StrContains(dynamic.status().message(), "not supported yet"))
+      << dynamic.status();
+  EXPECT_TRUE(absl::StrContains(dynamic.status().message(), "rope_scaling")) << dynamic.status();
   json["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
   auto yarn = ParseModelConfig(json, "c.json");
-  ASSERT_FALSE(yarn.ok());
-  EXPECT_TRUE(absl::StrContains(yarn.status().message(), "not supported yet")) << yarn.status();
-  EXPECT_TRUE(absl::StrContains(yarn.status().message(), "rope_scaling")) << yarn.status();
+  ASSERT_TRUE(yarn.ok()) << yarn.status();
+  EXPECT_EQ(yarn->rope_scaling.type, "yarn");
+  EXPECT_TRUE(CheckSequenceLength(*yarn, 1024).ok());  // 4 x 256
+  EXPECT_FALSE(CheckSequenceLength(*yarn, 1025).ok());
 
   json["rope_scaling"] = {{"rope_type", "llama3"},
                           {"factor", 8.0},
@@ -188,7 +195,8 @@ TEST(FamilyRegistryTest, WeightPlanMatchesFixtureNamesAndSplits) {
   EXPECT_EQ(plan.back().name, "lm_head.weight");
   EXPECT_STREQ(TpSplitName(TpSplit::kRow), "row");
   EXPECT_EQ(FindFamilyByModelType("qwen3")->qk_norm, true);
-  EXPECT_EQ(FindFamilyByArchitecture("MixtralForCausalLM"), nullptr);
+  EXPECT_EQ(FindFamilyByArchitecture("MixtralForCausalLM")->model_type, "mixtral");
+  EXPECT_EQ(FindFamilyByArchitecture("GPT2LMHeadModel"), nullptr);
 }
 
 }  // namespace

@@ -286,7 +286,7 @@ TEST(ParallelSection, ModelDivisibilityByTp) {
 
 TEST(ParallelSection, ModelErrorsNameTheConfigOfARandomInit) {
   Recipe r = Valid();
-  r.model = {"", "cfg/tiny.json"};
+  r.model = {"", "cfg/tiny.json", ""};
   r.parallel.tp = 2;
   const absl::Status status = ValidateParallelForModel(r, 3, 3, 8, 8, 4);
   EXPECT_EQ(status.message(),

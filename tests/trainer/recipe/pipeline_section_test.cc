@@ -382,7 +382,7 @@ TEST(PipelineSection, ModelLayersSplitIntoTheStages) {
 
 TEST(PipelineSection, ModelProblemsOfTpAndPpAreBothReported) {
   Recipe r = Valid();
-  r.model = {"", "cfg/tiny.json"};
+  r.model = {"", "cfg/tiny.json", ""};
   r.parallel.tp = 2;
   r.parallel.pp = 2;
   const absl::Status status = ValidateParallelForModel(r, 3, 2, 8, 8, 5);

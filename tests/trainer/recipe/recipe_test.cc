@@ -329,7 +329,7 @@ TEST(LoadRecipe, MissingFileAndErrorsNameThePath) {
 Recipe EveryFieldChanged() {
   Recipe r;
   r.source = "x.yaml";
-  r.model = {"models/m: with colon", "cfg.json"};
+  r.model = {"models/m: with colon", "cfg.json", "skip"};
   r.data.path = "d.jsonl";
   r.data.format = "messages";
   r.data.shuffle = false;
@@ -377,6 +377,7 @@ TEST(RecipeToYaml, RoundTripsEveryField) {
   ASSERT_TRUE(out.ok()) << out.status() << "\n" << yaml;
   EXPECT_EQ(out->model.path, in.model.path);
   EXPECT_EQ(out->model.config, in.model.config);
+  EXPECT_EQ(out->model.mtp_layers, in.model.mtp_layers);
   EXPECT_EQ(out->data.path, in.data.path);
   EXPECT_EQ(out->data.format, in.data.format);
   EXPECT_EQ(out->data.shuffle, in.data.shuffle);

@@ -35,7 +35,7 @@ std::string Problems(const Recipe& r, int world_size = 1) {
 TEST(ValidateRecipe, DefaultsWithModelAndDataAreValid) {
   EXPECT_TRUE(ValidateRecipe(Valid(), 1).ok()) << ValidateRecipe(Valid(), 1);
   Recipe from_config = Valid();
-  from_config.model = {"", "config.json"};
+  from_config.model = {"", "config.json", ""};
   EXPECT_TRUE(ValidateRecipe(from_config, 1).ok());
 }
 
