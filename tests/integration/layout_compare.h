@@ -100,6 +100,21 @@ inline void ExpectScoresMatchSingleRank(const std::string& family, bool adapter,
       layouts, ScratchDir());
 }
 
+// 10 AdamW steps on the fixture, clipping at 0.5 (below the fixtures' first
+// gradient norms, so clipping is exercised), 4 rows of 16 tokens per step in
+// micro-batches of 1 (so dp 4 has one each and dp 2 accumulates two).
+inline std::string LayoutRecipe(const std::string& model, const std::string& data,
+                                const std::string& method, const std::string& dir) {
+  return absl::StrCat("model:\n  path: ", model, "\ndata:\n  path: ", data,
+                      "\n  shuffle: true\n  pack: true\nfinetune:\n  method: ", method,
+                      "\n  lora:\n    rank: 4\n    alpha: 8\n    targets: [all-linear]\n"
+                      "optim:\n  lr: 0.002\n  weight_decay: 0.01\n  grad_clip: 0.5\n"
+                      "schedule:\n  type: cosine\n  warmup_steps: 2\n"
+                      "batch:\n  global_batch: 4\n  micro_batch: 1\n  seq_len: 16\n"
+                      "train:\n  steps: 10\nlogging:\n  metrics_file: ",
+                      dir, "/metrics.jsonl\n  peak_flops: 1.0e9\nseed: 5\n");
+}
+
 // The dense fixture families, each with and without its LoRA adapter: the
 // parameters of a score test, and their test names ("llama_adapter").
 using FamilyAndAdapter = std::tuple<std::string, bool>;

@@ -53,7 +53,7 @@ DecoderStackImpl::DecoderStackImpl(const ModelConfig& config, const torch::Tenso
   layers = register_module("layers", LayerStack());
   if (!parallel.pipelined()) {
     for (int64_t i = 0; i < config.num_layers; ++i) {
-      layers->Append(i, DecoderLayer(config, options, parallel));
+      layers->Append(i, DecoderLayer(config, i, options, parallel));
     }
   } else {
     for (const auto& chunk : parallel.pipeline_chunks) {
@@ -62,7 +62,8 @@ DecoderStackImpl::DecoderStackImpl(const ModelConfig& config, const torch::Tenso
           "pipeline chunk layers [", chunk.layers.first, ", +", chunk.layers.count,
           ") outside the model's ", config.num_layers, " layers");
       for (int64_t i = 0; i < chunk.layers.count; ++i) {
-        layers->Append(chunk.layers.first + i, DecoderLayer(config, options, parallel));
+        const int64_t index = chunk.layers.first + i;
+        layers->Append(index, DecoderLayer(config, index, options, parallel));
       }
     }
   }
@@ -71,8 +72,10 @@ DecoderStackImpl::DecoderStackImpl(const ModelConfig& config, const torch::Tenso
   }
   // inv_freq stays fp32 whatever the param dtype (HF keeps it fp32 too).
   // Not a buffer, so that module.to(kBFloat16) cannot round it.
-  inv_freq_ =
-      RopeInvFreq(config.head_dim, config.rope_theta, config.rope_scaling).to(options.device());
+  inv_freq_ = RopeInvFreq(config.head_dim, config.rope_theta, config.rope_scaling,
+                          config.max_position_embeddings)
+                  .to(options.device());
+  rope_attention_factor_ = RopeAttentionFactor(config.rope_scaling, config.max_position_embeddings);
 }
 
 const torch::Tensor& DecoderStackImpl::AnyWeight() const {
@@ -95,7 +98,7 @@ LayerInputs DecoderStackImpl::PrepareLayerInputs(const ForwardInputs& inputs) {
   // Built once per forward (or chunk), shared by every layer: no per-layer
   // mask or host sync.
   return LayerInputs{
-      ComputeRopeCosSin(inv_freq_, position_ids.to(device), dtype),
+      ComputeRopeCosSin(inv_freq_, position_ids.to(device), dtype, rope_attention_factor_),
       BuildAttentionMask(b, t, inputs.attention_mask, inputs.document_ids, dtype, device)};
 }
 
@@ -157,7 +160,7 @@ torch::Tensor DecoderStackImpl::ForwardCached(const torch::Tensor& input_ids,
   const torch::Tensor position_ids =
       torch::arange(past, past + t, torch::TensorOptions().dtype(torch::kLong).device(device))
           .expand({b, t});
-  const RopeCosSin rope = ComputeRopeCosSin(inv_freq_, position_ids, dtype);
+  const RopeCosSin rope = ComputeRopeCosSin(inv_freq_, position_ids, dtype, rope_attention_factor_);
   const torch::Tensor mask = CachedCausalMask(b, past, t, dtype, device);
   torch::Tensor h = embed_tokens->forward(input_ids.to(device));  // [B, T, hidden]
   for (int64_t i = 0; i < layers->size(); ++i) {
@@ -216,6 +219,12 @@ generate::KvCache CausalLMImpl::NewKvCache(int64_t batch, int64_t capacity) cons
   shape.batch = batch;
   shape.num_kv_heads = config_.num_kv_heads;
   shape.head_dim = config_.head_dim;
+  if (config_.mla.enabled()) {
+    // MLA caches the decompressed per-head keys and values.
+    shape.num_kv_heads = config_.num_heads;
+    shape.head_dim = config_.mla.qk_head_dim();
+    shape.value_head_dim = config_.mla.v_head_dim;
+  }
   shape.capacity = capacity;
   const torch::Tensor& w = model->AnyWeight();
   return generate::KvCache(shape, torch::TensorOptions().dtype(w.scalar_type()).device(w.device()));

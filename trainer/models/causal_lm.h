@@ -116,6 +116,7 @@ class DecoderStackImpl : public torch::nn::Module {
   ModelConfig config_;
   ModelParallel parallel_;
   torch::Tensor inv_freq_;  // [head_dim/2] fp32; moved to the weights' device per forward if needed
+  double rope_attention_factor_ = 1.0;  // yarn's scale of cos and sin (1 otherwise)
 };
 TORCH_MODULE(DecoderStack);
 

@@ -2,29 +2,46 @@
 
 namespace fulcrum::models {
 
-DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& config, const torch::TensorOptions& options,
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& config, int64_t layer_index,
+                                   const torch::TensorOptions& options,
                                    const ModelParallel& parallel) {
   // Registration order = HF parameter order.
-  self_attn = register_module("self_attn", Attention(config, options, parallel));
-  mlp = register_module("mlp", Mlp(config, options, parallel));
+  if (config.mla.enabled()) {
+    latent_attn = register_module("self_attn", MlaAttention(config, options, parallel));
+  } else {
+    self_attn = register_module("self_attn", Attention(config, options, parallel));
+  }
+  if (IsMoeLayer(config, layer_index)) {
+    const char* name = config.moe.style == MoeStyle::kMixtral ? "block_sparse_moe" : "mlp";
+    moe = register_module(name, MoeBlock(config, options, parallel));
+  } else {
+    mlp = register_module("mlp", Mlp(config, options, parallel));
+  }
   input_layernorm =
       register_module("input_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps, options));
   post_attention_layernorm = register_module(
       "post_attention_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps, options));
 }
 
+torch::Tensor DecoderLayerImpl::FeedForward(const torch::Tensor& h) {
+  const torch::Tensor normed = post_attention_layernorm->forward(h);
+  return h + (moe ? moe->forward(normed) : mlp->forward(normed));
+}
+
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const RopeCosSin& rope,
                                         const torch::Tensor& mask) {
-  const torch::Tensor h = x + self_attn->forward(input_layernorm->forward(x), rope, mask);
-  return h + mlp->forward(post_attention_layernorm->forward(h));
+  const torch::Tensor normed = input_layernorm->forward(x);
+  return FeedForward(x + (latent_attn ? latent_attn->forward(normed, rope, mask)
+                                      : self_attn->forward(normed, rope, mask)));
 }
 
 torch::Tensor DecoderLayerImpl::ForwardCached(const torch::Tensor& x, const RopeCosSin& rope,
                                               const torch::Tensor& mask, generate::KvCache& cache,
                                               int64_t layer_index) {
-  const torch::Tensor h =
-      x + self_attn->ForwardCached(input_layernorm->forward(x), rope, mask, cache, layer_index);
-  return h + mlp->forward(post_attention_layernorm->forward(h));
+  const torch::Tensor normed = input_layernorm->forward(x);
+  return FeedForward(x + (latent_attn
+                              ? latent_attn->ForwardCached(normed, rope, mask, cache, layer_index)
+                              : self_attn->ForwardCached(normed, rope, mask, cache, layer_index)));
 }
 
 }  // namespace fulcrum::models

@@ -1,19 +1,27 @@
-// One pre-norm decoder layer: x + attn(norm(x)), then h + mlp(norm(h)).
+// One pre-norm decoder layer: x + attn(norm(x)), then h + ffn(norm(h)). The
+// attention is grouped-query (Llama, Qwen, Mixtral) or multi-head latent
+// (DeepSeek); the feed-forward is a dense SwiGLU MLP or a mixture of experts
+// (IsMoeLayer).
 #pragma once
 
 #include <torch/torch.h>
 
+#include <cstdint>
+
 #include "trainer/models/attention.h"
+#include "trainer/models/mla_attention.h"
 #include "trainer/models/mlp.h"
 #include "trainer/models/model_config.h"
+#include "trainer/models/moe_block.h"
 #include "trainer/models/rms_norm.h"
 
 namespace fulcrum::models {
 
 class DecoderLayerImpl : public torch::nn::Module {
  public:
-  DecoderLayerImpl(const ModelConfig& config, const torch::TensorOptions& options,
-                   const ModelParallel& parallel = {});
+  // `layer_index`: the layer's global index (which layers are MoE depends on it).
+  DecoderLayerImpl(const ModelConfig& config, int64_t layer_index,
+                   const torch::TensorOptions& options, const ModelParallel& parallel = {});
   // x [B, T, hidden], rope [B, 1, T, D], mask [B, 1, T, T] -> [B, T, hidden]
   // (under sp x and the result are [B, T/tp, hidden]: norms and residual adds
   // run on the sequence shard)
@@ -24,10 +32,18 @@ class DecoderLayerImpl : public torch::nn::Module {
                               const torch::Tensor& mask, generate::KvCache& cache,
                               int64_t layer_index);
 
-  Attention self_attn{nullptr};
+  // Exactly one attention, registered as "self_attn" either way.
+  Attention self_attn{nullptr};       // grouped-query families
+  MlaAttention latent_attn{nullptr};  // MLA families (config.mla.enabled())
+  // Exactly one feed-forward: "mlp", or for a MoE layer "mlp" /
+  // "block_sparse_moe" (Mixtral).
   Mlp mlp{nullptr};
+  MoeBlock moe{nullptr};
   RMSNorm input_layernorm{nullptr};           // [hidden]
   RMSNorm post_attention_layernorm{nullptr};  // [hidden]
+
+ private:
+  torch::Tensor FeedForward(const torch::Tensor& h);
 };
 TORCH_MODULE(DecoderLayer);
 

@@ -13,12 +13,11 @@ namespace fulcrum::models {
 
 // 2-D weights (linears, embedding, routers, experts) ~ N(0,
 // initializer_range), 1-D norm weights = 1, biases = 0, persistent buffers
-// (DeepSeek-V3 gate.e_score_correction_bias) = 0. Drawn on the CPU in fp32 from a generator seeded with
-// `seed`, in the whole single-rank model's named_parameters() order, then
-// copied (so the values do not depend on the device, and the dtype only
-// rounds them). A tp shard or a pipeline stage gets exactly its part of the
-// whole model's values (a tied embedding copy on the last stage included).
-// Adapter (lora_*) parameters are left alone.
+// (DeepSeek-V3 gate.e_score_correction_bias) = 0. Drawn on the CPU in fp32 from a generator seeded
+// with `seed`, in the whole single-rank model's named_parameters() order, then copied (so the
+// values do not depend on the device, and the dtype only rounds them). A tp shard or a pipeline
+// stage gets exactly its part of the whole model's values (a tied embedding copy on the last stage
+// included). Adapter (lora_*) parameters are left alone.
 void InitializeWeights(CausalLMImpl& model, uint64_t seed);
 
 // The value InitializeWeights gives every base parameter and persistent buffer

@@ -157,6 +157,9 @@ absl::Status ParseMla(const Json& json, const std::string& source, ModelConfig* 
   FULCRUM_ASSIGN_OR_RETURN(mla.qk_nope_head_dim, GetIntOr(json, "qk_nope_head_dim", 128, source));
   FULCRUM_ASSIGN_OR_RETURN(mla.qk_rope_head_dim, GetIntOr(json, "qk_rope_head_dim", 64, source));
   FULCRUM_ASSIGN_OR_RETURN(mla.v_head_dim, GetIntOr(json, "v_head_dim", 128, source));
+  // DeepSeek-V3 configs may store the rope dims as halves (rope_interleave
+  // false); V2 checkpoints are always interleaved pairs.
+  FULCRUM_ASSIGN_OR_RETURN(mla.rope_interleave, GetBoolOr(json, "rope_interleave", true, source));
   if (mla.q_lora_rank < 0) return KeyError(source, "q_lora_rank", "must be > 0 or null");
   const std::pair<const char*, int64_t> dims[] = {{"kv_lora_rank", mla.kv_lora_rank},
                                                   {"qk_nope_head_dim", mla.qk_nope_head_dim},

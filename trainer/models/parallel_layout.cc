@@ -185,6 +185,13 @@ std::vector<checkpoint::NamedTensor> GatherFullStateDict(CausalLMImpl& model, bo
     if (is_a || is_b) name = lora::PeftKey(StripSuffix(layout.name, kLoraA), is_b);
     out.push_back(checkpoint::NamedTensor{name, GatherFull(layout, layout.param.detach())});
   }
+  // Persistent buffers that checkpoints carry (DeepSeek-V3's routing
+  // correction biases): replicated over tp, never trained by the optimizer.
+  for (const auto& item : model.named_buffers(/*recurse=*/true)) {
+    if (absl::EndsWith(item.key(), "e_score_correction_bias")) {
+      out.push_back(checkpoint::NamedTensor{item.key(), item.value().detach()});
+    }
+  }
   return out;
 }
 

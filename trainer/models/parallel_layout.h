@@ -76,7 +76,9 @@ torch::Tensor GatherFull(const ParamLayout& layout, const torch::Tensor& shard_l
 
 // Collective over tp: full tensors in HfStateDict order under HF names, with
 // the adapters (PEFT keys, "base_model.model.<path>.lora_A.weight") after
-// the base weight of their layer when include_lora. Same on every tp rank.
+// the base weight of their layer when include_lora, then the persistent
+// buffers a checkpoint holds (gate.e_score_correction_bias). Same on every tp
+// rank.
 std::vector<checkpoint::NamedTensor> GatherFullStateDict(CausalLMImpl& model, bool include_lora);
 
 // Collective over tp: logits [B, T, V/tp] -> [B, T, V] (as is without tp). No autograd.

@@ -9,6 +9,7 @@
 #include "trainer/models/hf_loading.h"
 #include "trainer/models/loss.h"
 #include "trainer/models/model_config.h"
+#include "trainer/models/moe_block.h"
 
 namespace fulcrum::models {
 namespace {
@@ -125,7 +126,45 @@ TEST_P(HfParityTest, LogitsLossGradsAndAdamW) {
   EXPECT_LE(excess.max().item<double>(), 0.0);
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, HfParityTest, ::testing::Values("llama", "llama_tied", "qwen2"));
+// The experts each router chose for each real token equal HF's
+// (debug.router_topk.<router module>, [32, k] over the flattened batch); the
+// order within a token's k choices is not part of the contract (HF's
+// topk(sorted=False)), nor are padded tokens (meta.json states routing
+// margins for real tokens only).
+class RouterParityTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(RouterParityTest, ChosenExpertsMatchHf) {
+  Fixture f = LoadFixture(GetParam());
+  ASSERT_TRUE(f.model);
+  torch::NoGradGuard no_grad;
+  f.model->forward(f.inputs);
+  const torch::Tensor real = f.inputs.attention_mask.reshape({-1}).to(torch::kBool);  // [32]
+  int64_t routers = 0;
+  for (const auto& item : f.model->named_modules()) {
+    auto* block = item.value()->as<MoeBlockImpl>();
+    if (block == nullptr) continue;
+    const std::string key = "debug.router_topk." + item.key() + ".gate";
+    ASSERT_TRUE(f.expected.Contains(key)) << key;
+    const torch::Tensor ref = std::get<0>(Expected(f.expected, key).index({real}).sort(/*dim=*/1));
+    const torch::Tensor got =
+        std::get<0>(block->last_routing().expert_ids.index({real}).sort(/*dim=*/1));
+    ASSERT_EQ(got.sizes(), ref.sizes()) << key;
+    EXPECT_TRUE(got.equal(ref)) << key << "\ngot " << got << "\nref " << ref;
+    ++routers;
+  }
+  int64_t expected_routers = 0;
+  for (const std::string& name : f.expected.Names())
+    expected_routers += absl::StartsWith(name, "debug.router_topk.");
+  EXPECT_EQ(routers, expected_routers);
+  EXPECT_GT(routers, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(MoeFamilies, RouterParityTest,
+                         ::testing::Values("mixtral", "deepseek_v2"));
+
+INSTANTIATE_TEST_SUITE_P(Families, HfParityTest,
+                         ::testing::Values("llama", "llama_tied", "qwen2", "mixtral",
+                                           "deepseek_v2"));
 
 }  // namespace
 }  // namespace fulcrum::models
