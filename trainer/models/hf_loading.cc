@@ -190,11 +190,11 @@ absl::Status LoadHfWeights(CausalLMImpl& model, const checkpoint::HfWeights& wei
   const std::string where = absl::StrCat("HF checkpoint ", weights.dir());
   const ModelConfig& config = model.config();
   std::vector<ParamLayout> targets = LoadTargets(model);
-  // The whole model's tensors: on a pipeline stage the others' layers are
-  // expected in the file too (not "unexpected"), and every rank reports the
-  // same missing ones.
+  // The whole model's tensors: on a pipeline stage the others' layers (on an
+  // expert-parallel rank the others' experts) are expected in the file too
+  // (not "unexpected"), and every rank reports the same missing ones.
   std::set<std::string> expected;
-  if (model.parallel().pipelined()) {
+  if (model.parallel().pipelined() || model.parallel().expert_sharded()) {
     for (const WeightPlanEntry& entry : WeightPlan(config)) expected.insert(entry.name);
   }
   for (const auto& p : targets) expected.insert(p.name);

@@ -53,7 +53,7 @@ void ForEachInitialValue(
 void InitializeWeights(CausalLMImpl& model, uint64_t seed) {
   torch::NoGradGuard no_grad;
   const ModelParallel& parallel = model.parallel();
-  if (parallel.tp.active() || parallel.pipelined()) {
+  if (parallel.tp.active() || parallel.pipelined() || parallel.expert_sharded()) {
     // Drawn for the whole model; each held parameter takes its slice.
     std::map<std::string, ParamLayout> held;
     for (ParamLayout& layout : ParallelLayouts(model)) {

@@ -24,6 +24,9 @@ struct ModelParallel {
   // DeviceMesh::embedding(): the first and the last stage, which hold copies
   // of a tied embedding; nullptr without pp.
   parallel::Communicator* embedding_group = nullptr;
+  // DeviceMesh::ep(): the ranks that split each MoE layer's routed experts
+  // (ep of them, inside dp); nullptr (or one rank) = every expert here.
+  parallel::Communicator* expert_parallel = nullptr;
 
   bool pipelined() const { return !pipeline_chunks.empty(); }
   // Whether this rank holds virtual stage 0 (the token embedding) / the last
@@ -33,6 +36,7 @@ struct ModelParallel {
   // Whether a module path of the whole model ("model.layers.5.mlp.up_proj",
   // "lm_head") lives on another pipeline stage. False without pp.
   bool HeldByOtherStage(const std::string& module_path) const;
+  bool expert_sharded() const { return expert_parallel != nullptr && expert_parallel->size() > 1; }
 };
 
 // How this rank's attention heads sit in the tp group.

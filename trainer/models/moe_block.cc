@@ -18,11 +18,26 @@ SwiGluNames ExpertNames(MoeStyle style) {
   return names;
 }
 
+// The expert count, after the checks a block needs before its dispatcher
+// (whose own check would hide what is wrong).
+int64_t CheckedExperts(const MoeConfig& moe) {
+  FULCRUM_CHECK(moe.enabled() && moe.style != MoeStyle::kNone,
+                "MoeBlock built for a dense config (num_experts=", moe.num_experts, ")");
+  return moe.num_experts;
+}
+
 }  // namespace
+
+void ExpertStackImpl::Append(int64_t index, Mlp expert) {
+  FULCRUM_CHECK(indices_.empty() || index > indices_.back(), "expert ", index,
+                " appended after expert ", indices_.empty() ? -1 : indices_.back());
+  experts_.push_back(register_module(std::to_string(index), std::move(expert)));
+  indices_.push_back(index);
+}
 
 MoeBlockImpl::MoeBlockImpl(const ModelConfig& config, const torch::TensorOptions& options,
                            const ModelParallel& parallel)
-    : moe_(config.moe) {
+    : moe_(config.moe), dispatcher_(CheckedExperts(config.moe), parallel.expert_parallel) {
   // Pipelining does not touch the block (a stage holds whole layers); tp and
   // ep inside the experts come with the expert-parallel increment.
   FULCRUM_CHECK(!parallel.tp.active(), "MoE blocks under tensor parallelism are not supported yet");
@@ -35,13 +50,12 @@ MoeBlockImpl::MoeBlockImpl(const ModelConfig& config, const torch::TensorOptions
   // HF registration order: Mixtral / Qwen register the gate first, DeepSeek
   // the experts first (named_parameters and state-dict order follow it).
   const auto register_experts = [&] {
-    experts = register_module("experts", torch::nn::ModuleList());
+    experts = register_module("experts", ExpertStack());
     const SwiGluNames names = ExpertNames(moe_.style);
-    experts_.reserve(static_cast<size_t>(moe_.num_experts));
-    for (int64_t e = 0; e < moe_.num_experts; ++e) {
-      Mlp expert(hidden, moe_.expert_intermediate_size, /*bias=*/false, options, parallel, names);
-      experts->push_back(expert);
-      experts_.push_back(expert);
+    for (int64_t e = 0; e < dispatcher_.num_local_experts(); ++e) {
+      experts->Append(
+          dispatcher_.first_local_expert() + e,
+          Mlp(hidden, moe_.expert_intermediate_size, /*bias=*/false, options, parallel, names));
     }
   };
   const auto register_gate = [&] {
@@ -76,21 +90,22 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x) {
   // NOTE: the routing weights are cast to x's dtype before the product, as
   // Mixtral / Qwen do; HF DeepSeek multiplies in fp32 and casts the sum (the
   // same in fp32, one rounding apart in bf16).
-  const parallel::expert::PermutedTokens permuted = parallel::expert::PermuteByExpert(
-      flat, last_routing_.expert_ids, last_routing_.weights, moe_.num_experts);
+  // Without ep the dispatch is the local permutation by expert alone.
+  const parallel::expert::Dispatched dispatched =
+      dispatcher_.Dispatch(flat, last_routing_.expert_ids, last_routing_.weights);
 
-  // Each expert on its contiguous slice [n_e, hidden]; zero rows included so
-  // that every expert weight gets a (zero) gradient.
+  // Each held expert on its contiguous slice [n_e, hidden]; zero rows
+  // included so that every expert weight gets a (zero) gradient.
   std::vector<torch::Tensor> outputs;
-  outputs.reserve(experts_.size());
+  outputs.reserve(static_cast<size_t>(experts->size()));
   int64_t offset = 0;
-  for (size_t e = 0; e < experts_.size(); ++e) {
-    const int64_t rows = permuted.tokens_per_expert[e];
-    outputs.push_back(experts_[e]->forward(permuted.tokens.narrow(0, offset, rows)));
+  for (int64_t e = 0; e < experts->size(); ++e) {
+    const int64_t rows = dispatched.tokens_per_local_expert[static_cast<size_t>(e)];
+    outputs.push_back(experts->at(e).forward(dispatched.expert_input.narrow(0, offset, rows)));
     offset += rows;
   }
-  const torch::Tensor expert_out = torch::cat(outputs, 0);  // [N * k, hidden]
-  torch::Tensor y = parallel::expert::UnpermuteAndCombine(expert_out, permuted).to(x.dtype());
+  const torch::Tensor expert_out = torch::cat(outputs, 0);  // [rows received, hidden]
+  torch::Tensor y = dispatcher_.Combine(expert_out, dispatched.handle).to(x.dtype());
 
   if (shared) {
     torch::Tensor shared_out = shared->forward(flat);  // [N, hidden]

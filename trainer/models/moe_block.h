@@ -9,6 +9,7 @@
 
 #include <vector>
 
+#include "parallel/expert/token_dispatcher.h"
 #include "trainer/models/mlp.h"
 #include "trainer/models/model_config.h"
 #include "trainer/models/model_parallel.h"
@@ -16,12 +17,35 @@
 
 namespace fulcrum::models {
 
+// The routed experts a rank holds, each registered under its GLOBAL index
+// (as LayerStack does for layers), so that parameter names stay the HF keys
+// ("experts.5.w1.weight") on the expert-parallel rank that holds expert 5.
+class ExpertStackImpl : public torch::nn::Module {
+ public:
+  ExpertStackImpl() = default;
+  // Appends expert `index` (greater than every held one).
+  void Append(int64_t index, Mlp expert);
+  int64_t size() const { return static_cast<int64_t>(experts_.size()); }
+  MlpImpl& at(int64_t i) { return *experts_.at(static_cast<size_t>(i)); }
+  int64_t global_index(int64_t i) const { return indices_.at(static_cast<size_t>(i)); }
+
+ private:
+  std::vector<Mlp> experts_;
+  std::vector<int64_t> indices_;
+};
+TORCH_MODULE(ExpertStack);
+
 class MoeBlockImpl : public torch::nn::Module {
  public:
-  // Not under tp / ep yet (FULCRUM_CHECK; the recipe validation refuses them).
+  // Under expert parallelism (parallel.expert_parallel of size ep) this rank
+  // holds experts [rank * E/ep, (rank + 1) * E/ep) and exchanges tokens with
+  // the other ep ranks in forward and backward (TokenDispatcher); router and
+  // shared experts are replicated. Not under tp yet (FULCRUM_CHECK; the
+  // recipe validation refuses it).
   MoeBlockImpl(const ModelConfig& config, const torch::TensorOptions& options,
                const ModelParallel& parallel = {});
-  // x [B, T, hidden] -> [B, T, hidden]. Every expert runs, on zero rows when
+  // x [B, T, hidden] -> [B, T, hidden]. Collective over the ep group. Every
+  // held expert runs, on zero rows when
   // no token chose it, so each expert weight always gets a gradient (zeros
   // then): AdamW then treats it as HF does, and the dp gradient buckets see
   // every parameter once per backward.
@@ -31,13 +55,13 @@ class MoeBlockImpl : public torch::nn::Module {
   const Routing& last_routing() const { return last_routing_; }
 
   MoeRouter gate{nullptr};
-  torch::nn::ModuleList experts{nullptr};  // num_experts x Mlp(expert_intermediate_size)
+  ExpertStack experts{nullptr};  // this rank's experts, Mlp(expert_intermediate_size) each
   Mlp shared{nullptr};  // "shared_experts" (DeepSeek) / "shared_expert" (Qwen2-MoE); or null
   lora::LoraLinear shared_expert_gate{nullptr};  // [1, hidden] Qwen2-MoE only; or null
 
  private:
   MoeConfig moe_;
-  std::vector<Mlp> experts_;  // the entries of `experts`, so forward casts none
+  parallel::expert::TokenDispatcher dispatcher_;
   Routing last_routing_;
 };
 TORCH_MODULE(MoeBlock);

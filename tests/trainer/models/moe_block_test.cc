@@ -93,7 +93,7 @@ torch::Tensor NaiveMoe(MoeBlock& block, const MoeConfig& moe, const torch::Tenso
     torch::Tensor out = torch::zeros({kHidden});
     for (int64_t c = 0; c < moe.experts_per_token; ++c) {
       const int64_t e = r.expert_ids[t][c].item<int64_t>();
-      out = out + r.weights[t][c] * SwiGlu(*block->experts[e]->as<MlpImpl>(), flat[t]);
+      out = out + r.weights[t][c] * SwiGlu(block->experts->at(e), flat[t]);
     }
     if (block->shared) {
       torch::Tensor shared = SwiGlu(*block->shared, flat[t]);
