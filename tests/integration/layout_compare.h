@@ -115,6 +115,18 @@ inline std::string LayoutRecipe(const std::string& model, const std::string& dat
                       dir, "/metrics.jsonl\n  peak_flops: 1.0e9\nseed: 5\n");
 }
 
+// Trains `model` on `data` with LayoutRecipe(method) in `dir` under the
+// parallel `overrides` on `ranks` ranks (a failed run is a test failure);
+// the run's step log.
+inline StepLog TrainLayout(const std::string& model, const std::string& data,
+                           const std::string& method, const std::string& dir,
+                           const std::string& overrides, int ranks) {
+  WriteFile(dir + "/recipe.yaml", LayoutRecipe(model, data, method, dir));
+  const CommandResult r = RunFulcrum("train " + dir + "/recipe.yaml " + overrides, ranks);
+  EXPECT_EQ(r.exit_code, 0) << overrides << "\n" << r.output;
+  return ReadStepLog(dir + "/metrics.jsonl");
+}
+
 // The dense fixture families, each with and without its LoRA adapter: the
 // parameters of a score test, and their test names ("llama_adapter").
 using FamilyAndAdapter = std::tuple<std::string, bool>;

@@ -27,11 +27,7 @@ TEST_P(MoeLayoutTest, DataParallelReproducesTheSingleRankLossCurve) {
   WriteTinyData(data, 64, 512);
   const std::string model = FixturesDir() + "/" + family + "/model";
   auto run = [&](const std::string& name, const std::string& overrides, int ranks) {
-    const std::string dir = root + "/" + name;
-    WriteFile(dir + "/recipe.yaml", LayoutRecipe(model, data, method, dir));
-    const CommandResult r = RunFulcrum("train " + dir + "/recipe.yaml " + overrides, ranks);
-    EXPECT_EQ(r.exit_code, 0) << overrides << "\n" << r.output;
-    return ReadStepLog(dir + "/metrics.jsonl");
+    return TrainLayout(model, data, method, root + "/" + name, overrides, ranks);
   };
   const StepLog single = run("single", "", 1);
   ASSERT_EQ(single.losses.size(), 10u);
