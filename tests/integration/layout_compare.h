@@ -29,9 +29,10 @@ struct StepLog {
   std::vector<double> losses;
   std::vector<double> grad_norms;
   std::vector<int64_t> optimizer_state_bytes;
+  std::vector<double> val_losses;  // the eval lines', in order
 };
 
-// The step lines of a metrics JSONL (eval lines skipped).
+// The step lines of a metrics JSONL, and the eval lines' val_loss.
 inline StepLog ReadStepLog(const std::string& path) {
   StepLog log;
   std::ifstream in(path);
@@ -39,6 +40,7 @@ inline StepLog ReadStepLog(const std::string& path) {
   while (std::getline(in, line)) {
     if (line.empty()) continue;
     const nlohmann::json j = nlohmann::json::parse(line);
+    if (j.contains("val_loss")) log.val_losses.push_back(j.at("val_loss").get<double>());
     if (!j.contains("loss")) continue;
     log.losses.push_back(j.at("loss").get<double>());
     log.grad_norms.push_back(j.at("grad_norm").get<double>());
@@ -47,9 +49,15 @@ inline StepLog ReadStepLog(const std::string& path) {
   return log;
 }
 
-// Per-step losses within 1e-5 relative, grad norms within 1e-4.
+// Per-step losses and validation losses within 1e-5 relative, grad norms
+// within 1e-4.
 inline void ExpectSameCurve(const StepLog& got, const StepLog& ref, const std::string& what) {
   ASSERT_EQ(got.losses.size(), ref.losses.size()) << what;
+  ASSERT_EQ(got.val_losses.size(), ref.val_losses.size()) << what;
+  for (size_t e = 0; e < ref.val_losses.size(); ++e) {
+    EXPECT_NEAR(got.val_losses[e], ref.val_losses[e], 1e-5 * std::abs(ref.val_losses[e]))
+        << what << " eval " << e;
+  }
   for (size_t s = 0; s < ref.losses.size(); ++s) {
     EXPECT_NEAR(got.losses[s], ref.losses[s], 1e-5 * std::abs(ref.losses[s]))
         << what << " step " << s + 1;

@@ -1,16 +1,22 @@
-// Mixture-of-experts models under data parallelism, end to end through the
-// binary: the mixtral and deepseek_v2 fixtures (MoE layers, shared experts,
-// latent attention) reproduce the single-rank run under dp 2 and dp 2 with
+// Mixture-of-experts models under data and expert parallelism, end to end
+// through the binary: the mixtral and deepseek_v2 fixtures (MoE layers,
+// shared experts, latent attention) reproduce the single-rank run under dp 2,
+// dp 2 with ZeRO-1, ep 2, ep 2 with ZeRO-1, ep 4 and ep 2 x expert-dp 2 with
 // ZeRO-1 (per-step losses within 1e-5 relative over 10 AdamW steps with
-// clipping active), and `fulcrum score --grads` gives the single-rank
-// gradients. Ranks route different tokens, so an expert may get no token on
-// one rank: its zero gradient must still join the reduction.
+// clipping active, and the validation loss), `fulcrum score --grads` gives
+// the single-rank gradients, and a checkpoint written under ep holds every
+// expert: its export is the single-rank run's and it resumes under another
+// layout. Ranks route different tokens, so an expert may get no token on one
+// rank: its zero gradient must still join the reduction.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "tests/integration/fixture_compare.h"
 #include "tests/integration/layout_compare.h"
 #include "tests/integration/train_recipes.h"
 #include "tests/test_support.h"
@@ -35,6 +41,84 @@ TEST_P(MoeLayoutTest, DataParallelReproducesTheSingleRankLossCurve) {
   ExpectSameCurve(run("dp2", "parallel.dp=2", 2), single, "parallel.dp=2");
   ExpectSameCurve(run("dp2_zero1", "parallel.dp=2 parallel.zero=1", 2), single,
                   "parallel.dp=2 parallel.zero=1");
+  // Each rank holds 4 of the 8 experts; tokens cross ranks both ways.
+  ExpectSameCurve(run("ep2", "parallel.dp=2 parallel.ep=2", 2), single,
+                  "parallel.dp=2 parallel.ep=2");
+  ExpectSameCurve(run("ep2_zero1", "parallel.dp=2 parallel.ep=2 parallel.zero=1", 2), single,
+                  "parallel.dp=2 parallel.ep=2 parallel.zero=1");
+}
+
+// Four ranks: 2 experts each (ep 4), and two expert groups of 4 experts whose
+// gradients are summed over the expert-data-parallel pairs (ep 2 x dp 4,
+// ZeRO-1 sharding the experts' state over those pairs). With a validation
+// split (its rows do not divide evenly: a rank joins the all-to-alls of a
+// forward without rows of its own).
+class MoeFourRankLayoutTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(MoeFourRankLayoutTest, ExpertParallelLayoutsReproduceTheSingleRankLossCurve) {
+  const std::string& family = GetParam();
+  const std::string root = ScratchDir();
+  const std::string data = root + "/data.jsonl";
+  WriteTinyData(data, 70, 512);
+  const std::string model = FixturesDir() + "/" + family + "/model";
+  const std::string eval = " data.validation.fraction=0.15 train.eval_every=5";
+  auto run = [&](const std::string& name, const std::string& overrides, int ranks) {
+    return TrainLayout(model, data, "full", root + "/" + name, overrides + eval, ranks);
+  };
+  const StepLog single = run("single", "", 1);
+  ASSERT_EQ(single.val_losses.size(), 2u);
+  const std::vector<std::pair<std::string, std::string>> layouts = {
+      {"ep4", "parallel.dp=4 parallel.ep=4"},
+      {"ep2_edp2_zero1", "parallel.dp=4 parallel.ep=2 parallel.zero=1"}};
+  for (const auto& [name, layout] : layouts) {
+    ExpectSameCurve(run(name, layout, 4), single, layout);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, MoeFourRankLayoutTest,
+                         ::testing::Values("mixtral", "deepseek_v2"),
+                         [](const auto& info) { return info.param; });
+
+// A checkpoint written under ep 2 x dp 4 with ZeRO-1 holds every expert and
+// its optimizer state: the merged export equals the single-rank run's, and
+// resuming it under ep 2 on two ranks continues the single-rank loss curve.
+TEST(MoeCheckpointTest, ExpertParallelRunExportsAndResumesLikeTheSingleRankRun) {
+  const std::string root = ScratchDir();
+  const std::string data = root + "/data.jsonl";
+  WriteTinyData(data, 64, 512);
+  const std::string model = FixturesDir() + "/mixtral/model";
+  auto train = [&](const std::string& name, const std::string& overrides, int ranks) {
+    const std::string dir = root + "/" + name;
+    TrainLayout(model, data, "full", dir,
+                "checkpoint.dir=" + dir + "/ckpt checkpoint.every=5 " + overrides, ranks);
+    return dir;
+  };
+  const std::string single = train("single", "", 1);
+  const std::string experts = train("experts", "parallel.dp=4 parallel.ep=2 parallel.zero=1", 4);
+  for (const std::string& dir : {single, experts}) {
+    const CommandResult r =
+        RunFulcrum("export --checkpoint " + dir + "/ckpt --format merged --out " + dir + "/merged");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+  const Tensors ref = ReadTensors(single + "/merged/model.safetensors");
+  const Tensors got = ReadTensors(experts + "/merged/model.safetensors");
+  ASSERT_EQ(got.size(), ref.size());
+  for (const auto& [name, tensor] : ref) {
+    ASSERT_TRUE(got.count(name)) << "missing " << name;
+    // As in LayoutExportTest: Adam moves rounding-level gradients by ~1e-3 of a step.
+    const double diff = (got.at(name) - tensor).abs().max().item<double>();
+    EXPECT_LE(diff, 1e-7 + 1e-4 * tensor.abs().max().item<double>()) << name;
+  }
+  const std::string resumed = root + "/resumed";
+  const StepLog tail = TrainLayout(
+      model, data, "full", resumed,
+      "checkpoint.resume=" + experts + "/ckpt/step-00000005 parallel.dp=2 parallel.ep=2", 2);
+  const StepLog full = ReadStepLog(single + "/metrics.jsonl");
+  ASSERT_EQ(tail.losses.size(), 5u);
+  for (size_t s = 0; s < 5; ++s) {
+    EXPECT_NEAR(tail.losses[s], full.losses[s + 5], 1e-5 * std::abs(full.losses[s + 5]))
+        << "resumed step " << s + 6;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, MoeLayoutTest,
@@ -48,7 +132,9 @@ class MoeScoreTest : public ::testing::TestWithParam<FamilyAndAdapter> {};
 
 TEST_P(MoeScoreTest, DataParallelGradientsEqualTheSingleRankOnes) {
   const auto& [family, adapter] = GetParam();
-  ExpectScoresMatchSingleRank(family, adapter, {{"parallel.dp=2", 2}});
+  // (The fixture batch has 2 sequences: at most dp 2.)
+  ExpectScoresMatchSingleRank(family, adapter,
+                              {{"parallel.dp=2", 2}, {"parallel.dp=2 parallel.ep=2", 2}});
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, MoeScoreTest,
@@ -56,23 +142,31 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, MoeScoreTest,
                                             ::testing::Bool()),
                          FamilyAndAdapterName);
 
-// Layouts not built yet for these families fail at validation, on every
-// rank, before training starts.
+// Layouts not built yet for these families, and expert parallelism where it
+// cannot apply, fail at validation, on every rank, before training starts.
 TEST(MoeValidationTest, UnsupportedLayoutsAreRefusedAtValidation) {
   const std::string root = ScratchDir();
   const std::string data = root + "/data.jsonl";
   WriteTinyData(data, 16, 512);
-  for (const std::string family : {"mixtral", "deepseek_v2"}) {
+  for (const std::string family : {"mixtral", "deepseek_v2", "llama"}) {
     const std::string dir = root + "/" + family;
     WriteFile(dir + "/recipe.yaml",
               LayoutRecipe(FixturesDir() + "/" + family + "/model", data, "full", dir));
-    for (const std::string key : {"tp", "ep"}) {
-      const CommandResult r = RunFulcrum("train " + dir + "/recipe.yaml parallel." + key + "=2", 2);
-      EXPECT_NE(r.exit_code, 0) << family << " " << key << "\n" << r.output;
-      EXPECT_NE(r.output.find("not supported yet"), std::string::npos) << r.output;
-      EXPECT_NE(r.output.find("parallel." + key), std::string::npos) << r.output;
-    }
+    const bool moe = family != "llama";
+    const std::string overrides = moe ? "parallel.tp=2" : "parallel.dp=2 parallel.ep=2";
+    const std::string expected = moe ? "not supported yet" : "needs a mixture-of-experts model";
+    const CommandResult r = RunFulcrum("train " + dir + "/recipe.yaml " + overrides, 2);
+    EXPECT_NE(r.exit_code, 0) << family << "\n" << r.output;
+    EXPECT_NE(r.output.find(expected), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find(moe ? "parallel.tp" : "parallel.ep"), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("training steps"), std::string::npos) << r.output;
   }
+  // 8 experts do not split over 3 ranks.
+  const std::string dir = root + "/mixtral";
+  const CommandResult r = RunFulcrum(
+      "train " + dir + "/recipe.yaml parallel.dp=3 parallel.ep=3 batch.global_batch=3", 3);
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("do not split evenly over parallel.ep=3"), std::string::npos) << r.output;
 }
 
 }  // namespace

@@ -13,8 +13,11 @@
 // the loss is normalised by the whole batch's target count), each tp rank
 // holds its shards, each pp stage its layers (the rows run through the stages
 // as one micro-batch: forward only, or GPipe's forward and backward with
-// --grads); logits and gradients are gathered back to full tensors on rank
-// 0, so OUT is the single-rank result.
+// --grads), each ep rank its routed experts; logits and gradients are
+// gathered back to full tensors on rank 0, so OUT is the single-rank result.
+#include <set>
+#include <string>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
@@ -30,6 +33,7 @@
 #include "trainer/lora/apply_lora.h"
 #include "trainer/lora/peft_adapter.h"
 #include "trainer/models/loss.h"
+#include "trainer/models/moe_block.h"
 #include "trainer/models/parallel_layout.h"
 
 namespace fulcrum::cli {
@@ -167,13 +171,18 @@ absl::Status RunScore(const Args& args, const parallel::World& world) {
   FULCRUM_ASSIGN_OR_RETURN(loop::BuiltModel built, loop::BuildModel(request));
   const bool with_adapter = !flags.Get("adapter").empty();
   if (with_adapter) {
-    // Under pp each stage loads its layers' adapters; the rest are other stages'.
+    // Under pp each stage loads its layers' adapters, under ep each rank its
+    // experts'; the rest are other ranks'.
     const models::ModelParallel& parallel = runtime.model;
-    FULCRUM_RETURN_IF_ERROR(lora::LoadPeftAdapter(*built.model, flags.Get("adapter"),
-                                                  [&parallel](const std::string& p) {
-                                                    return parallel.HeldByOtherStage(p);
-                                                  })
-                                .status());
+    std::set<std::string> modules;
+    for (const auto& item : built.model->named_modules()) modules.insert(item.key());
+    auto held_elsewhere = [&parallel, &modules](const std::string& p) {
+      return parallel.HeldByOtherStage(p) ||
+             (parallel.expert_sharded() && models::IsRoutedExpertParameter(p) &&
+              modules.count(p) == 0);
+    };
+    FULCRUM_RETURN_IF_ERROR(
+        lora::LoadPeftAdapter(*built.model, flags.Get("adapter"), held_elsewhere).status());
   }
   FULCRUM_ASSIGN_OR_RETURN(auto reader, checkpoint::SafetensorsReader::Open(flags.Get("batch")));
   torch::Tensor input_ids, attention_mask, labels;
@@ -237,6 +246,9 @@ absl::Status RunScore(const Args& args, const parallel::World& world) {
         {"logits",
          GatherRows(models::GatherLogits(*built.model, logits.detach()).contiguous(), rows, dp)});
   }
+  // Under ep the routed experts' gradients are summed over the ranks holding
+  // the same experts, and every ep rank's go to the first (rank 0's).
+  std::vector<checkpoint::NamedTensor> expert_grads;
   if (grads) {
     models::SyncPartialGradients(*built.model);
     for (const models::ParamLayout& layout : models::ParallelLayouts(*built.model)) {
@@ -244,9 +256,18 @@ absl::Status RunScore(const Args& args, const parallel::World& world) {
       const std::string key = with_adapter ? "base_model.model." + layout.name : layout.name;
       torch::Tensor g = layout.param.grad();
       g = g.defined() ? g.to(torch::kFloat).contiguous() : torch::zeros_like(layout.param);
-      dp.AllReduce(g);
-      out.push_back({"grad." + key, models::GatherFull(layout, g).to(torch::kFloat).contiguous()});
+      const bool expert = layout.routed_expert && runtime.ep_size() > 1;
+      (expert ? runtime.expert_dp() : dp).AllReduce(g);
+      checkpoint::NamedTensor grad{"grad." + key,
+                                   models::GatherFull(layout, g).to(torch::kFloat).contiguous()};
+      (expert ? expert_grads : out).push_back(std::move(grad));
     }
+  }
+  if (runtime.ep_size() > 1) {
+    if (runtime.ep_rank() > 0) out.clear();
+    out.insert(out.end(), std::make_move_iterator(expert_grads.begin()),
+               std::make_move_iterator(expert_grads.end()));
+    out = loop::GatherAcrossStages(std::move(out), runtime.ep());
   }
   // Under pp every stage's logits and gradients go to stage 0 (rank 0's).
   out = loop::GatherAcrossStages(std::move(out), runtime.pp());

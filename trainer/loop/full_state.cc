@@ -70,6 +70,18 @@ std::map<std::string, torch::Tensor> StateOfParameters(
   return out;
 }
 
+std::vector<checkpoint::NamedTensor> RoutedExpertEntries(std::vector<checkpoint::NamedTensor> all,
+                                                         const LayoutIndex& layouts) {
+  std::vector<checkpoint::NamedTensor> out;
+  for (checkpoint::NamedTensor& entry : all) {
+    auto it = layouts.find(entry.name);
+    const models::ParamLayout* layout =
+        it != layouts.end() ? it->second : LayoutOfStateKey(entry.name, layouts);
+    if (layout != nullptr && layout->routed_expert) out.push_back(std::move(entry));
+  }
+  return out;
+}
+
 std::map<std::string, torch::Tensor> ShardOptimizerState(
     const std::map<std::string, torch::Tensor>& full, const LayoutIndex& layouts) {
   std::map<std::string, torch::Tensor> out;

@@ -36,6 +36,12 @@ std::vector<checkpoint::NamedTensor> GatherOptimizerState(
 std::map<std::string, torch::Tensor> StateOfParameters(
     const std::map<std::string, torch::Tensor>& full, const LayoutIndex& layouts);
 
+// The entries (parameters under their names, optimizer state under its keys)
+// of routed experts' parameters: what an ep rank other than the first adds to
+// a whole-model gather (the first holds the replicated rest).
+std::vector<checkpoint::NamedTensor> RoutedExpertEntries(std::vector<checkpoint::NamedTensor> all,
+                                                         const LayoutIndex& layouts);
+
 // Full optimizer/parameter entries -> this rank's shards (keys kept).
 std::map<std::string, torch::Tensor> ShardOptimizerState(
     const std::map<std::string, torch::Tensor>& full, const LayoutIndex& layouts);

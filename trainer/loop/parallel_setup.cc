@@ -32,6 +32,7 @@ absl::StatusOr<ParallelRuntime> BuildParallelRuntime(const recipe::ParallelSecti
       runtime.model.kv_replicas = &runtime.mesh->KvReplicaGroup(replicas).comm();
     }
   }
+  if (degrees.ep > 1) runtime.model.expert_parallel = &runtime.mesh->ep().comm();
   if (degrees.pp > 1) {
     FULCRUM_ASSIGN_OR_RETURN(const parallel::pipeline::StagePartition partition,
                              parallel::pipeline::StagePartition::Create(

@@ -25,7 +25,13 @@ struct ParallelRuntime {
   int tp_size() const { return mesh->layout().degrees().tp; }
   int pp_rank() const { return mesh->coordinates().pp; }
   int pp_size() const { return mesh->layout().degrees().pp; }
+  int ep_rank() const { return mesh->coordinates().ep; }
+  int ep_size() const { return mesh->layout().degrees().ep; }
   parallel::Communicator& dp() const { return mesh->dp().comm(); }
+  // The ranks that split the routed experts, and those that hold the same
+  // experts (over which the experts' gradients are summed).
+  parallel::Communicator& ep() const { return mesh->ep().comm(); }
+  parallel::Communicator& expert_dp() const { return mesh->expert_dp().comm(); }
   parallel::Communicator& pp() const { return mesh->pp().comm(); }
   // The pipeline's two point-to-point channels over the pp group.
   parallel::pipeline::PipelineChannels pipeline_channels() const {
@@ -34,8 +40,8 @@ struct ParallelRuntime {
 };
 
 // Collective over the world. `device` ("cpu" | "cuda") picks the MPI or the
-// NCCL backend. The kv replica group is built when tp exceeds the model's kv
-// heads. Under pp the model learns its stage's chunks (the layers of
+// NCCL backend. Under ep > 1 the model's MoE blocks get the ep group. The kv replica group is built
+// when tp exceeds the model's kv heads. Under pp the model learns its stage's chunks (the layers of
 // parallel.pp_layers / pp_virtual, validated by ValidateParallelForModel)
 // and the embedding group that sums tied embedding copies. Errors: degrees that do not match the
 // world or the model (with the arithmetic), NCCL asked for but not built.

@@ -1,5 +1,6 @@
 // Named tensors held by different pipeline stages, brought to stage 0: what
-// a checkpoint (full tensors of the whole model) needs under pp.
+// a checkpoint (full tensors of the whole model) needs under pp. The same
+// gather brings an ep group's routed experts to its first rank.
 #pragma once
 
 #include <vector>

@@ -22,6 +22,7 @@
 #include "trainer/metrics/memory.h"
 #include "trainer/models/loss.h"
 #include "trainer/optim/grad_clip.h"
+#include "trainer/optim/grouped_optimizer.h"
 #include "trainer/optim/lr_schedule.h"
 #include "trainer/optim/sharded_adamw.h"
 
@@ -80,8 +81,10 @@ absl::Status Trainer::BuildParallel() {
     for (const std::string& warning : recipe::RecipeWarnings(recipe_)) logger_.Warn(warning);
   }
   const parallel::MeshDegrees& d = parallel_.mesh->layout().degrees();
-  logger_.Info(absl::StrFormat("mesh: pp %d x dp %d x tp %d%s%s over %d rank(s)", d.pp, d.dp, d.tp,
+  logger_.Info(absl::StrFormat("mesh: pp %d x dp %d x tp %d%s%s%s over %d rank(s)", d.pp, d.dp,
+                               d.tp,
                                recipe_.parallel.sequence_parallel ? " (sequence parallel)" : "",
+                               d.ep > 1 ? absl::StrCat(", experts over ep ", d.ep) : std::string(),
                                recipe_.parallel.zero == 1 ? ", ZeRO-1" : "", world_.size()));
   return absl::OkStatus();
 }
@@ -116,39 +119,78 @@ absl::Status Trainer::BuildModelAndOptimizer() {
   for (models::ParamLayout& layout : models::ParallelLayouts(*built_.model)) {
     layouts[layout.name] = std::move(layout);
   }
+  // Under ep the routed experts go last, in buckets and an optimizer group
+  // of their own (reduced over the ranks holding the same experts).
+  const bool expert_parallel = parallel_.ep_size() > 1;
+  std::vector<optim::NamedParameter> dense, experts;
+  for (optim::NamedParameter& p : params) {
+    (expert_parallel && layouts.at(p.name).routed_expert ? experts : dense).push_back(std::move(p));
+  }
+  num_dense_trainable_ = dense.size();
   int64_t trainable = 0;
   // The dp reduction overlaps the backward (under pp: the schedule's last
-  // backward of each chunk) unless a gradient needs another sum first.
-  overlap_dp_reduction_ = true;
-  for (const auto& p : params) {
-    trainable_.push_back(p.param);
-    trainable_layouts_.push_back(layouts.at(p.name));
-    if (trainable_layouts_.back().grad_sync != models::GradSync::kNone) {
-      overlap_dp_reduction_ = false;
+  // backward of each chunk) unless a gradient needs another sum first. Under
+  // ep it waits for the backward's end too: the all-to-alls of the backward,
+  // the dp and the expert-dp reductions are collectives on three groups whose
+  // order must be the same on every rank.
+  overlap_dp_reduction_ = !expert_parallel;
+  for (const std::vector<optim::NamedParameter>* group : {&dense, &experts}) {
+    for (const auto& p : *group) {
+      trainable_.push_back(p.param);
+      trainable_layouts_.push_back(layouts.at(p.name));
+      if (trainable_layouts_.back().grad_sync != models::GradSync::kNone) {
+        overlap_dp_reduction_ = false;
+      }
+      trainable += p.param.numel();
     }
-    trainable += p.param.numel();
   }
   int64_t total = 0;
   for (const auto& p : built_.model->parameters()) total += p.numel();
-  logger_.Info(absl::StrFormat(
-      "model %s: %d parameters, %d trainable (%.2f%%)", built_.config.architecture, total,
-      trainable, 100.0 * static_cast<double>(trainable) / std::max<int64_t>(1, total)));
+  logger_.Info(absl::StrFormat("model %s: %d parameters, %d trainable (%.2f%%)%s",
+                               built_.config.architecture, total, trainable,
+                               100.0 * static_cast<double>(trainable) / std::max<int64_t>(1, total),
+                               expert_parallel ? " on this rank" : ""));
   parallel::BucketOptions buckets;
   buckets.bucket_bytes = static_cast<int64_t>(recipe_.parallel.bucket_mb * 1024 * 1024);
   const bool zero = recipe_.parallel.zero == 1 && parallel_.dp_size() > 1;
   buckets.reduction =
       zero ? parallel::GradReduction::kReduceScatter : parallel::GradReduction::kAllReduce;
   buckets.blocking = std::string(parallel_.dp().backend()) == "mpi";
-  buckets_ = std::make_unique<parallel::GradientBuckets>(trainable_, parallel_.dp(), buckets);
-  if (zero) {
-    optimizer_ = std::make_unique<optim::ShardedAdamW>(std::move(params), *buckets_, parallel_.dp(),
+  std::vector<torch::Tensor> dense_tensors(trainable_.begin(),
+                                           trainable_.begin() + num_dense_trainable_);
+  buckets_ = std::make_unique<parallel::GradientBuckets>(dense_tensors, parallel_.dp(), buckets);
+  parallel::BucketOptions expert_options = buckets;
+  if (parallel_.expert_dp().size() == 1) {
+    expert_options.reduction = parallel::GradReduction::kAllReduce;
+  }
+  if (expert_parallel) {
+    std::vector<torch::Tensor> expert_tensors(trainable_.begin() + num_dense_trainable_,
+                                              trainable_.end());
+    expert_buckets_ = std::make_unique<parallel::GradientBuckets>(
+        expert_tensors, parallel_.expert_dp(), expert_options);
+  }
+  if (zero && expert_parallel) {
+    std::vector<std::unique_ptr<optim::Optimizer>> groups;
+    groups.push_back(std::make_unique<optim::ShardedAdamW>(
+        std::move(dense), *buckets_, parallel_.dp(), AdamWFrom(recipe_.optim)));
+    groups.push_back(std::make_unique<optim::ShardedAdamW>(
+        std::move(experts), *expert_buckets_, parallel_.expert_dp(), AdamWFrom(recipe_.optim)));
+    optimizer_ = std::make_unique<optim::GroupedOptimizer>(std::move(groups));
+  } else if (zero) {
+    optimizer_ = std::make_unique<optim::ShardedAdamW>(std::move(dense), *buckets_, parallel_.dp(),
                                                        AdamWFrom(recipe_.optim));
   } else {
-    optimizer_ = std::make_unique<optim::AdamW>(std::move(params), AdamWFrom(recipe_.optim));
+    dense.insert(dense.end(), std::make_move_iterator(experts.begin()),
+                 std::make_move_iterator(experts.end()));
+    optimizer_ = std::make_unique<optim::AdamW>(std::move(dense), AdamWFrom(recipe_.optim));
   }
   logger_.Info(absl::StrFormat(
       "optimizer state: %.2f MiB on this rank%s", optimizer_->state_bytes() / 1048576.0,
-      zero ? absl::StrCat(" (ZeRO-1 shard, dp ", parallel_.dp_size(), ")") : std::string()));
+      !zero ? std::string()
+      : expert_parallel
+          ? absl::StrCat(" (ZeRO-1 shards: dp ", parallel_.dp_size(), ", experts over expert-dp ",
+                         parallel_.expert_dp().size(), ")")
+          : absl::StrCat(" (ZeRO-1 shard, dp ", parallel_.dp_size(), ")")));
   return absl::OkStatus();
 }
 
@@ -237,9 +279,12 @@ absl::Status Trainer::Resume() {
       p.param.copy_(models::NarrowToShard(layout, it->second));
     }
   }
-  // Under pp the checkpoint holds every stage's state: keep this stage's.
+  // Under pp (ep) the checkpoint holds every stage's (expert's) state: keep
+  // this rank's.
   const std::map<std::string, torch::Tensor> state =
-      parallel_.pp_size() > 1 ? StateOfParameters(loaded.optimizer, layouts) : loaded.optimizer;
+      parallel_.pp_size() > 1 || parallel_.ep_size() > 1
+          ? StateOfParameters(loaded.optimizer, layouts)
+          : loaded.optimizer;
   FULCRUM_RETURN_IF_ERROR(Annotate(optimizer_->LoadStateDict(ShardOptimizerState(state, layouts)),
                                    dir + "/optimizer.safetensors"));
   auto rng = loaded.rng.find(absl::StrCat(kCpuGeneratorKey, ".", world_.rank()));
@@ -295,6 +340,7 @@ metrics::StepMetrics Trainer::Step(int64_t step_index) {
                                         step_index, recipe_.train.steps);
   optimizer_->Step(lr);
   buckets_->ZeroGrads();
+  if (expert_buckets_) expert_buckets_->ZeroGrads();
 
   // The step's one host synchronisation: loss and norm for the logs. Every
   // tp rank holds the same loss; the dp ranks hold parts of it; under pp the
@@ -358,26 +404,40 @@ torch::Tensor Trainer::ForwardBackward(const data::StepBatch& batch, double deno
 torch::Tensor Trainer::ReduceAndClipGradients() {
   models::SyncPartialGradients(*built_.model);
   buckets_->FinishReduction();
+  if (expert_buckets_) expert_buckets_->FinishReduction();
   // Each element counted once: over tp by the layout's rule; over dp by the
-  // ZeRO-1 owner (all-reduced gradients are the same on every dp rank).
+  // ZeRO-1 owner (all-reduced gradients are the same on every dp rank; an
+  // expert's chunk has one owner among the expert-dp ranks holding it, and
+  // the dp group holds every ep rank's experts once).
   std::vector<torch::Tensor> counted, to_scale;
   std::vector<parallel::Communicator*> sum_over;
   if (parallel_.tp_size() > 1) sum_over.push_back(&parallel_.mesh->tp().comm());
   if (parallel_.pp_size() > 1) sum_over.push_back(&parallel_.pp());
   if (recipe_.parallel.zero == 1 && parallel_.dp_size() > 1) {
     sum_over.push_back(&parallel_.dp());
-    for (const auto& owned : buckets_->OwnedSegments()) {
-      const parallel::BucketSegment& segment = owned.segment;
-      torch::Tensor grad =
-          buckets_->BucketGrads(owned.bucket).narrow(0, segment.bucket_offset, segment.numel);
-      if (trainable_layouts_[segment.param_index].counted_in_norm) counted.push_back(grad);
-      to_scale.push_back(grad);
-    }
+    auto add_owned = [&](const parallel::GradientBuckets& buckets, size_t first_param) {
+      for (const auto& owned : buckets.OwnedSegments()) {
+        const parallel::BucketSegment& segment = owned.segment;
+        torch::Tensor grad =
+            buckets.BucketGrads(owned.bucket).narrow(0, segment.bucket_offset, segment.numel);
+        if (trainable_layouts_[first_param + segment.param_index].counted_in_norm) {
+          counted.push_back(grad);
+        }
+        to_scale.push_back(grad);
+      }
+    };
+    add_owned(*buckets_, 0);
+    if (expert_buckets_) add_owned(*expert_buckets_, num_dense_trainable_);
   } else {
+    // Under ep the replicated part is counted on the first ep rank, each
+    // rank's experts on it, and the squares summed over the ep group.
+    const bool ep = parallel_.ep_size() > 1;
+    if (ep) sum_over.push_back(&parallel_.ep());
     for (size_t i = 0; i < trainable_.size(); ++i) {
       const torch::Tensor& grad = trainable_[i].grad();
       if (!grad.defined()) continue;
-      if (trainable_layouts_[i].counted_in_norm) counted.push_back(grad);
+      const bool counted_here = !ep || i >= num_dense_trainable_ || parallel_.ep_rank() == 0;
+      if (trainable_layouts_[i].counted_in_norm && counted_here) counted.push_back(grad);
       to_scale.push_back(grad);
     }
   }
@@ -393,11 +453,17 @@ absl::StatusOr<std::string> Trainer::SaveCheckpoint(int64_t completed_steps) {
   // Full tensors (gathered over tp, and over dp for ZeRO-1 state): a
   // checkpoint does not depend on the layout that wrote it.
   const LayoutIndex layouts = IndexLayouts(optimizer_->parameters(), trainable_layouts_);
-  // Under pp stage 0 (where rank 0 lives) collects every stage's tensors.
-  ckpt.model =
-      GatherAcrossStages(GatherTrainables(optimizer_->parameters(), layouts), parallel_.pp());
-  ckpt.optimizer =
-      GatherAcrossStages(GatherOptimizerState(optimizer_->StateDict(), layouts), parallel_.pp());
+  // Under ep the first ep rank collects the others' experts; under pp stage 0
+  // (where rank 0 lives) collects every stage's tensors.
+  auto gather_experts = [&](std::vector<checkpoint::NamedTensor> mine) {
+    if (parallel_.ep_size() == 1) return mine;
+    if (parallel_.ep_rank() > 0) mine = RoutedExpertEntries(std::move(mine), layouts);
+    return GatherAcrossStages(std::move(mine), parallel_.ep());
+  };
+  ckpt.model = GatherAcrossStages(
+      gather_experts(GatherTrainables(optimizer_->parameters(), layouts)), parallel_.pp());
+  ckpt.optimizer = GatherAcrossStages(
+      gather_experts(GatherOptimizerState(optimizer_->StateDict(), layouts)), parallel_.pp());
   // Every rank's generator state, gathered so that rank r resumes its own.
   const torch::Tensor state = at::detail::getDefaultCPUGenerator().get_state();
   torch::Tensor all = torch::empty({world_.size(), state.numel()}, state.options());
@@ -467,8 +533,22 @@ double Trainer::Evaluate() {
     loss_sum += stage_->loss_sum().to(torch::kCPU, torch::kDouble);
     parallel_.pp().AllReduce(loss_sum);
   }
-  for (size_t begin = 0; begin < mine.size() && !pipeline_; begin += micro) {
-    const data::MicroBatch batch = StackRows(mine, begin, std::min(mine.size(), begin + micro));
+  // Under ep every rank of an ep group joins every forward's all-to-alls: a
+  // rank with fewer rows runs the missing forwards on a row without targets.
+  size_t forwards = (mine.size() + micro - 1) / micro;
+  if (parallel_.ep_size() > 1) {
+    const size_t dp = static_cast<size_t>(parallel_.dp_size());
+    forwards = ((validation_rows_.size() + dp - 1) / dp + micro - 1) / micro;
+  }
+  for (size_t f = 0; f < forwards && !pipeline_; ++f) {
+    const size_t begin = f * micro;
+    data::MicroBatch batch;
+    if (begin < mine.size()) {
+      batch = StackRows(mine, begin, std::min(mine.size(), begin + micro));
+    } else {
+      batch = StackRows(validation_rows_, 0, 1);
+      batch.labels.fill_(-100);
+    }
     models::ForwardInputs inputs;
     inputs.input_ids = batch.input_ids.to(device_);
     inputs.attention_mask = batch.attention_mask.to(device_);

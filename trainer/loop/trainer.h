@@ -15,6 +15,13 @@
 // run through the recipe's schedule (parallel/pipeline); the loss is the last
 // stage's, summed to every rank, and the grad norm counts every stage.
 //
+// Under ep each MoE block holds its ep rank's routed experts and exchanges
+// tokens with the other ep ranks (parallel/expert); the experts' gradients are
+// summed over the expert-data-parallel group (ranks holding the same experts,
+// by their own buckets, and with ZeRO-1 their own ShardedAdamW), everything
+// else over dp; the grad norm counts the replicated part once and every
+// expert once; checkpoints gather the experts to the first ep rank.
+//
 // Every group comes from the ParallelRuntime (parallel_setup.h): the model's
 // tp layers, the buckets' dp group, the loader's dp rank. Checkpoints hold
 // full (unsharded) tensors, gathered over tp and dp, so any layout resumes
@@ -101,7 +108,12 @@ class Trainer {
   std::unique_ptr<optim::Optimizer> optimizer_;
   std::vector<torch::Tensor> trainable_;
   std::vector<models::ParamLayout> trainable_layouts_;  // parallel to trainable_
-  std::unique_ptr<parallel::GradientBuckets> buckets_;
+  std::unique_ptr<parallel::GradientBuckets> buckets_;  // over dp
+  // Under ep > 1: the routed experts' gradients, summed over the expert-data-
+  // parallel group; they are trainable_[num_dense_trainable_..] (the dense
+  // ones, in buckets_, come first).
+  std::unique_ptr<parallel::GradientBuckets> expert_buckets_;
+  size_t num_dense_trainable_ = 0;
   bool overlap_dp_reduction_ = false;  // no tp partial sums to run before it
   // Under pp: this rank's chunks and the schedule that runs them.
   std::unique_ptr<CausalLmStage> stage_;

@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "absl/strings/match.h"
 #include "core/check.h"
 #include "parallel/expert/token_permutation.h"
 
@@ -116,6 +117,11 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x) {
     y = y + shared_out;
   }
   return y.view(x.sizes());
+}
+
+bool IsRoutedExpertParameter(const std::string& name) {
+  // ExpertStack's registered name; shared experts are "shared_expert(s)".
+  return absl::StrContains(name, ".experts.");
 }
 
 }  // namespace fulcrum::models

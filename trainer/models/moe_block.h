@@ -7,6 +7,7 @@
 
 #include <torch/torch.h>
 
+#include <string>
 #include <vector>
 
 #include "parallel/expert/token_dispatcher.h"
@@ -65,5 +66,11 @@ class MoeBlockImpl : public torch::nn::Module {
   Routing last_routing_;
 };
 TORCH_MODULE(MoeBlock);
+
+// Whether a parameter name (of the whole model, adapters included) belongs
+// to a routed expert ("...experts.5.w1.weight", "...mlp.experts.0.up_proj.
+// lora_A.weight"), as opposed to the router or a shared expert: under expert
+// parallelism only one ep rank holds it.
+bool IsRoutedExpertParameter(const std::string& name);
 
 }  // namespace fulcrum::models

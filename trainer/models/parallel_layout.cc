@@ -10,6 +10,7 @@
 #include "trainer/lora/apply_lora.h"
 #include "trainer/lora/peft_adapter.h"
 #include "trainer/models/loss.h"
+#include "trainer/models/moe_block.h"
 
 namespace fulcrum::models {
 namespace {
@@ -86,6 +87,7 @@ std::vector<ParamLayout> ParallelLayouts(CausalLMImpl& model) {
     layout.name = item.key();
     layout.param = item.value();
     layout.tp = tp;
+    layout.routed_expert = IsRoutedExpertParameter(layout.name);
     const bool embedding = layout.name == "model.embed_tokens.weight";
     if (!tp.active()) {
       if (embedding) SetTiedCopy(layout, model);

@@ -41,6 +41,10 @@ struct ParamLayout {
   bool counted_in_norm =
       true;  // this rank counts it in the global grad norm (each element once over tp)
   parallel::tensor::TensorParallel tp;  // the model's tp group (for the gathers below)
+  // A routed expert's parameter or adapter (IsRoutedExpertParameter): under
+  // expert parallelism only one rank of each ep group holds it, and its
+  // gradient is summed over the expert-data-parallel group instead of dp.
+  bool routed_expert = false;
 };
 
 // Every named parameter (lora_* included), registration order. Rules under tp:

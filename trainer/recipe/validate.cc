@@ -247,11 +247,10 @@ void CheckBatchAndParallel(const Recipe& r, int world_size, Problems& p) {
           absl::StrCat("global_batch(", b.global_batch, ") is not a multiple of micro_batch(",
                        b.micro_batch, ") x dp(", par.dp, ") = ", b.micro_batch * par.dp));
   }
-  // NOTE: dp, tp (with sequence parallelism) and pp are supported; ep lands
-  // with its own issue.
-  if (par.ep > 1) {
-    p.Add("parallel.ep",
-          absl::StrCat("not supported yet: parallel.ep=", par.ep, " (expert parallelism)"));
+  // The ep ranks are dp ranks that split the experts (MeshLayout).
+  if (par.ep > 1 && par.dp > 0 && par.dp % par.ep != 0) {
+    p.Add("parallel.ep", absl::StrCat("ep(", par.ep, ") must divide dp(", par.dp,
+                                      "): the expert-parallel ranks are data-parallel ranks"));
   }
   const int64_t product = par.dp * par.tp * par.pp;
   if (product != world_size) {
@@ -392,6 +391,16 @@ absl::Status ValidateRecipeForModel(const Recipe& recipe, const models::ModelCon
   } else {
     CheckHeadsForTensorParallel(recipe.parallel.tp, config.num_heads, config.num_kv_heads,
                                 config.intermediate_size, config.vocab_size, config_path, problems);
+  }
+  const int64_t ep = recipe.parallel.ep;
+  if (ep > 1 && !config.moe.enabled()) {
+    problems.Add("parallel.ep",
+                 absl::StrCat("parallel.ep=", ep, " needs a mixture-of-experts model; ",
+                              config.architecture, " (", config_path, ") has no routed experts"));
+  } else if (ep > 1 && config.moe.num_experts % ep != 0) {
+    problems.Add("parallel.ep",
+                 absl::StrCat("the ", config.moe.num_experts, " routed experts (", config_path,
+                              ") do not split evenly over parallel.ep=", ep));
   }
   if (!features.empty() && recipe.parallel.pp > 1) {
     problems.Add("parallel.pp",

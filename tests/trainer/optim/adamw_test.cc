@@ -4,7 +4,11 @@
 #include <torch/torch.h>
 
 #include <map>
+#include <memory>
 #include <string>
+#include <vector>
+
+#include "trainer/optim/grouped_optimizer.h"
 
 namespace fulcrum::optim {
 namespace {
@@ -223,6 +227,78 @@ TEST(AdamWTest, OptimizerInterfaceAndStateBytes) {
   EXPECT_TRUE(torch::allclose(w, torch::full({2, 3}, 0.9f), 1e-6, 1e-6));
   EXPECT_TRUE(torch::equal(h, torch::ones({5}, torch::kBFloat16)));  // zero grad, no decay
   EXPECT_EQ(opt.StateDict().size(), 6u);  // step, 2 x (exp_avg, exp_avg_sq), master.h
+}
+
+}  // namespace
+}  // namespace fulcrum::optim
+
+namespace fulcrum::optim {
+namespace {
+
+// Two AdamW groups (as the dense and the routed-expert parameters under ep)
+// behave as one AdamW over both: same updates, the union of the state dicts
+// with "step" once, and a state dict split back over the groups on load.
+TEST(GroupedOptimizerTest, GroupsStepAndCheckpointLikeOneOptimizer) {
+  torch::manual_seed(4);
+  const torch::Tensor w0 = torch::randn({3, 4}), e0 = torch::randn({5});
+  auto fresh = [&](torch::Tensor& w, torch::Tensor& e) {
+    w = w0.clone().requires_grad_(true);
+    e = e0.clone().requires_grad_(true);
+  };
+  auto grouped = [](torch::Tensor& w, torch::Tensor& e) {
+    std::vector<std::unique_ptr<Optimizer>> groups;
+    groups.push_back(std::make_unique<AdamW>(std::vector<NamedParameter>{{"w", w, true}},
+                                             AdamWOptions{0.9, 0.95, 1e-8, 0.1}));
+    groups.push_back(std::make_unique<AdamW>(std::vector<NamedParameter>{{"experts.0.e", e, false}},
+                                             AdamWOptions{0.9, 0.95, 1e-8, 0.1}));
+    return std::make_unique<GroupedOptimizer>(std::move(groups));
+  };
+  auto run = [](Optimizer& opt, torch::Tensor& w, torch::Tensor& e, int from, int to) {
+    for (int step = from; step < to; ++step) {
+      w.mutable_grad() = GradFor(step, 0, w.sizes());
+      e.mutable_grad() = GradFor(step, 1, e.sizes());
+      opt.Step(1e-2);
+    }
+  };
+  torch::Tensor w, e, w1, e1;
+  fresh(w, e);
+  fresh(w1, e1);
+  AdamW one({{"w", w1, true}, {"experts.0.e", e1, false}}, AdamWOptions{0.9, 0.95, 1e-8, 0.1});
+  std::unique_ptr<GroupedOptimizer> two = grouped(w, e);
+  EXPECT_EQ(two->parameters().size(), 2u);
+  EXPECT_EQ(two->parameters()[1].name, "experts.0.e");
+  run(one, w1, e1, 0, 3);
+  run(*two, w, e, 0, 3);
+  EXPECT_TRUE(torch::equal(w, w1));
+  EXPECT_TRUE(torch::equal(e, e1));
+  EXPECT_EQ(two->step_count(), 3);
+  EXPECT_EQ(two->state_bytes(), one.state_bytes());
+
+  std::map<std::string, torch::Tensor> state;
+  for (const auto& nt : two->StateDict()) {
+    EXPECT_TRUE(state.emplace(nt.name, nt.tensor.clone()).second) << nt.name << " twice";
+  }
+  const std::map<std::string, torch::Tensor> reference = CloneState(one);
+  ASSERT_EQ(state.size(), reference.size());
+  for (const auto& [key, value] : reference) {
+    ASSERT_TRUE(state.count(key)) << key;
+    EXPECT_TRUE(torch::equal(state.at(key), value)) << key;
+  }
+  // Resume into fresh groups: the next steps equal the uninterrupted ones.
+  torch::Tensor w2 = w.detach().clone().requires_grad_(true);
+  torch::Tensor e2 = e.detach().clone().requires_grad_(true);
+  std::unique_ptr<GroupedOptimizer> resumed = grouped(w2, e2);
+  ASSERT_TRUE(resumed->LoadStateDict(state).ok());
+  run(*two, w, e, 3, 5);
+  run(*resumed, w2, e2, 3, 5);
+  EXPECT_TRUE(torch::equal(w, w2));
+  EXPECT_TRUE(torch::equal(e, e2));
+  // A key of no group's parameter is an error naming it.
+  state["exp_avg.experts.1.e"] = torch::zeros({5});
+  const absl::Status status = resumed->LoadStateDict(state);
+  ASSERT_FALSE(status.ok());
+  EXPECT_NE(std::string(status.message()).find("'exp_avg.experts.1.e'"), std::string::npos)
+      << status;
 }
 
 }  // namespace

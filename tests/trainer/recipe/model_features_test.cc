@@ -1,7 +1,8 @@
 // model.mtp_layers (parsing, YAML round trip, ValidateRecipe) and
 // ValidateRecipeForModel: multi-token-prediction layers need an explicit
 // choice; mixture-of-experts / latent-attention families refuse tp and pp for
-// now; the dense checks still apply to dense models.
+// now; expert parallelism needs routed experts that split evenly; the dense
+// checks still apply to dense models.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -116,6 +117,29 @@ TEST(ModelFeatures, MoeAndMlaRefuseTpAndPpTogether) {
   ASSERT_FALSE(moe_only.ok());
   EXPECT_CONTAINS(std::string(moe_only.message()),
                   "parallel.tp with MixtralForCausalLM (mixture of experts)");
+}
+
+TEST(ModelFeatures, ExpertParallelismNeedsExpertsThatSplitEvenly) {
+  Recipe r = Valid();
+  r.model.mtp_layers = "skip";
+  r.parallel.dp = 4;
+  r.parallel.ep = 4;
+  EXPECT_TRUE(ValidateRecipeForModel(r, DeepseekV3()).ok())
+      << ValidateRecipeForModel(r, DeepseekV3());
+  models::ModelConfig six = DeepseekV3();
+  six.moe.num_experts = 6;
+  absl::Status status = ValidateRecipeForModel(r, six);
+  ASSERT_FALSE(status.ok());
+  EXPECT_CONTAINS(std::string(status.message()),
+                  "r.yaml: parallel.ep: the 6 routed experts (model/config.json) do not split "
+                  "evenly over parallel.ep=4");
+  r.parallel.ep = 2;
+  EXPECT_TRUE(ValidateRecipeForModel(r, six).ok());
+  status = ValidateRecipeForModel(r, Dense());
+  ASSERT_FALSE(status.ok());
+  EXPECT_CONTAINS(std::string(status.message()),
+                  "r.yaml: parallel.ep: parallel.ep=2 needs a mixture-of-experts model; "
+                  "LlamaForCausalLM (model/config.json) has no routed experts");
 }
 
 TEST(ModelFeatures, DenseModelsKeepTheDivisibilityChecks) {

@@ -170,8 +170,15 @@ TEST(ParallelSection, ValidateChecksEveryParallelOption) {
        "r.yaml: parallel.bucket_mb: must be > 0, got -2.5"},
       {"timeout 0", [](Recipe& r) { r.parallel.comm_timeout_s = 0; }, 1,
        "r.yaml: parallel.comm_timeout_s: must be > 0, got 0"},
-      {"ep", [](Recipe& r) { r.parallel.ep = 2, r.parallel.dp = 2; }, 2,
-       "r.yaml: parallel.ep: not supported yet: parallel.ep=2 (expert parallelism)"},
+      {"ep 2 of dp 2", [](Recipe& r) { r.parallel.ep = 2, r.parallel.dp = 2; }, 2, ""},
+      {"ep 2 of dp 3",
+       [](Recipe& r) {
+         r.parallel.ep = 2, r.parallel.dp = 3;
+         r.batch.global_batch = 6;
+       },
+       3,
+       "r.yaml: parallel.ep: ep(2) must divide dp(3): the expert-parallel ranks are data-parallel "
+       "ranks"},
       {"world", [](Recipe& r) { r.parallel.tp = r.parallel.dp = 2; }, 2,
        "r.yaml: parallel: dp(2) x tp(2) x pp(1) = 4 != world size 2"},
       {"global batch",

@@ -61,7 +61,7 @@ TEST(ValidateRecipe, WorldSizeMustMatchTheDegrees) {
   EXPECT_CONTAINS(Problems(r, 4), "dp(2) x tp(1) x pp(1) = 2 != world size 4");
 }
 
-TEST(ValidateRecipe, ExpertParallelismNotSupportedYet) {
+TEST(ValidateRecipe, ExpertParallelismDividesDataParallelism) {
   Recipe r = Valid();
   r.parallel.tp = 2;  // tensor and pipeline parallelism are supported
   EXPECT_TRUE(ValidateRecipe(r, 2).ok()) << ValidateRecipe(r, 2);
@@ -69,8 +69,14 @@ TEST(ValidateRecipe, ExpertParallelismNotSupportedYet) {
   r.parallel.pp = 2;
   EXPECT_TRUE(ValidateRecipe(r, 2).ok()) << ValidateRecipe(r, 2);
   r.parallel = ParallelSection();
-  r.parallel.ep = 4;
-  EXPECT_CONTAINS(Problems(r, 1), "not supported yet: parallel.ep=4 (expert parallelism)");
+  r.parallel.dp = 4;
+  r.parallel.ep = 2;
+  r.batch.global_batch = 8;
+  EXPECT_TRUE(ValidateRecipe(r, 4).ok()) << ValidateRecipe(r, 4);
+  r.parallel.ep = 3;
+  EXPECT_CONTAINS(Problems(r, 4),
+                  "r.yaml: parallel.ep: ep(3) must divide dp(4): the expert-parallel ranks are "
+                  "data-parallel ranks");
 }
 
 TEST(ValidateRecipe, ExactlyOneModelSourceAndDataPath) {
@@ -152,7 +158,7 @@ TEST(ValidateRecipe, ReportsEveryProblemOnePerLine) {
   const std::string message = Problems(r, 1);
   EXPECT_CONTAINS(message, "r.yaml: optim.lr: must be > 0, got -1\n");
   EXPECT_CONTAINS(message, "r.yaml: batch.global_batch: global_batch(8) is not a multiple");
-  EXPECT_CONTAINS(message, "r.yaml: parallel.ep: not supported yet");
+  EXPECT_CONTAINS(message, "r.yaml: parallel.ep: ep(2) must divide dp(1)");
   EXPECT_CONTAINS(message, "r.yaml: parallel: dp(1) x tp(2) x pp(1) = 2 != world size 1");
 }
 
