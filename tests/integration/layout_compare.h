@@ -30,6 +30,9 @@ struct StepLog {
   std::vector<double> grad_norms;
   std::vector<int64_t> optimizer_state_bytes;
   std::vector<double> val_losses;  // the eval lines', in order
+  // MoE models: per step, the balance loss and each layer's max/mean load.
+  std::vector<double> balance_losses;
+  std::vector<std::vector<double>> expert_loads;
 };
 
 // The step lines of a metrics JSONL, and the eval lines' val_loss.
@@ -45,14 +48,25 @@ inline StepLog ReadStepLog(const std::string& path) {
     log.losses.push_back(j.at("loss").get<double>());
     log.grad_norms.push_back(j.at("grad_norm").get<double>());
     log.optimizer_state_bytes.push_back(j.at("optimizer_state_bytes").get<int64_t>());
+    if (j.contains("moe_balance_loss")) {
+      log.balance_losses.push_back(j.at("moe_balance_loss").get<double>());
+      log.expert_loads.push_back(j.at("expert_load_max_over_mean").get<std::vector<double>>());
+    }
   }
   return log;
 }
 
-// Per-step losses and validation losses within 1e-5 relative, grad norms
-// within 1e-4.
+// Per-step losses, validation and balance losses within 1e-5 relative, grad
+// norms within 1e-4, the same expert loads.
 inline void ExpectSameCurve(const StepLog& got, const StepLog& ref, const std::string& what) {
   ASSERT_EQ(got.losses.size(), ref.losses.size()) << what;
+  ASSERT_EQ(got.balance_losses.size(), ref.balance_losses.size()) << what;
+  for (size_t s = 0; s < ref.balance_losses.size(); ++s) {
+    EXPECT_NEAR(got.balance_losses[s], ref.balance_losses[s],
+                1e-5 * std::abs(ref.balance_losses[s]))
+        << what << " balance loss, step " << s + 1;
+    EXPECT_EQ(got.expert_loads[s], ref.expert_loads[s]) << what << " expert loads, step " << s + 1;
+  }
   ASSERT_EQ(got.val_losses.size(), ref.val_losses.size()) << what;
   for (size_t e = 0; e < ref.val_losses.size(); ++e) {
     EXPECT_NEAR(got.val_losses[e], ref.val_losses[e], 1e-5 * std::abs(ref.val_losses[e]))

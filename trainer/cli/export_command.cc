@@ -54,8 +54,11 @@ absl::StatusOr<ExportSource> LoadFromTrainCheckpoint(const std::string& dir) {
   source.base_path = recipe.model.path;
   torch::NoGradGuard no_grad;
   auto params = source.built.model->named_parameters();
+  auto buffers = source.built.model->named_buffers();
   for (const auto& [name, tensor] : loaded.model) {
-    torch::Tensor* param = params.find(name);
+    // The routers' correction biases are buffers the training may have moved.
+    torch::Tensor* param =
+        models::IsPersistentBuffer(name) ? buffers.find(name) : params.find(name);
     if (param == nullptr || param->sizes() != tensor.sizes()) {
       return absl::DataLossError(absl::StrCat(dir, "/model.safetensors: tensor ", name,
                                               " does not fit the model its recipe builds"));

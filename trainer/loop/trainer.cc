@@ -20,6 +20,7 @@
 #include "trainer/loop/stage_gather.h"
 #include "trainer/lora/apply_lora.h"
 #include "trainer/metrics/memory.h"
+#include "trainer/models/hf_loading.h"
 #include "trainer/models/loss.h"
 #include "trainer/optim/grad_clip.h"
 #include "trainer/optim/grouped_optimizer.h"
@@ -109,6 +110,16 @@ absl::Status Trainer::BuildModelAndOptimizer() {
         lora::ApplyLora(*built_.model,
                         LoraOptionsFrom(recipe_.finetune.lora).WithSeed(recipe_.seed)));
     logger_.Info("LoRA: ", adapted, " adapted linear layers, rank ", recipe_.finetune.lora.rank);
+  }
+  moe_blocks_ = models::MoeBlocks(*built_.model);
+  if (!moe_blocks_.empty()) {
+    models::MoeBalanceOptions balance;
+    FULCRUM_ASSIGN_OR_RETURN(balance.aux_loss, models::ParseAuxLoss(recipe_.moe.aux_loss));
+    balance.aux_loss_coeff = recipe_.moe.aux_loss_coeff;
+    balance.z_loss_coeff = recipe_.moe.z_loss_coeff;
+    balance.micro_batch_weight = static_cast<double>(recipe_.batch.micro_batch) /
+                                 static_cast<double>(recipe_.batch.global_batch);
+    for (models::MoeBlockImpl* block : moe_blocks_) block->SetBalance(balance);
   }
   // Dropout streams differ per dp rank (a tp group shares its inputs);
   // everything above is already fixed.
@@ -278,6 +289,17 @@ absl::Status Trainer::Resume() {
       }
       p.param.copy_(models::NarrowToShard(layout, it->second));
     }
+    // Checkpoints written before buffers were saved keep the model's own.
+    for (const auto& item : built_.model->named_buffers()) {
+      auto it = loaded.model.find(item.key());
+      if (!models::IsPersistentBuffer(item.key()) || it == loaded.model.end()) continue;
+      if (it->second.sizes() != item.value().sizes()) {
+        return absl::DataLossError(absl::StrCat(
+            dir, "/model.safetensors: ", item.key(), " has shape ", c10::str(it->second.sizes()),
+            ", the model needs ", c10::str(item.value().sizes())));
+      }
+      item.value().copy_(it->second);
+    }
   }
   // Under pp (ep) the checkpoint holds every stage's (expert's) state: keep
   // this rank's.
@@ -367,7 +389,38 @@ metrics::StepMetrics Trainer::Step(int64_t step_index) {
   m.rss_bytes = memory.rss_bytes;
   m.peak_rss_bytes = memory.peak_rss_bytes;
   m.optimizer_state_bytes = optimizer_->state_bytes();
+  FinishMoeStep(m);
   return m;
+}
+
+void Trainer::FinishMoeStep(metrics::StepMetrics& m) {
+  if (moe_blocks_.empty()) return;
+  // One reduction for every layer: [loads of layer 0, ..., balance sums].
+  std::vector<torch::Tensor> parts;
+  std::vector<torch::Tensor> sums;
+  for (models::MoeBlockImpl* block : moe_blocks_) {
+    models::MoeBlockImpl::StepStats stats = block->TakeStepStats();
+    parts.push_back(stats.loads);
+    sums.push_back(stats.balance_loss_sum.reshape({1}));
+  }
+  parts.insert(parts.end(), sums.begin(), sums.end());
+  torch::Tensor all = torch::cat(parts);
+  parallel_.dp().AllReduce(all);
+  int64_t offset = 0;
+  double balance_sum = 0.0;
+  for (models::MoeBlockImpl* block : moe_blocks_) {
+    const torch::Tensor loads = all.narrow(0, offset, block->num_experts());
+    offset += block->num_experts();
+    const double mean = loads.mean().item<double>();
+    m.expert_load_max_over_mean.push_back(mean > 0 ? loads.max().item<double>() / mean : 0.0);
+    if (recipe_.moe.bias_update_rate > 0) {
+      models::UpdateCorrectionBias(block->gate->e_score_correction_bias, loads,
+                                   recipe_.moe.bias_update_rate);
+    }
+  }
+  for (size_t l = 0; l < moe_blocks_.size(); ++l) balance_sum += all[offset + l].item<double>();
+  m.moe_balance_loss = balance_sum * static_cast<double>(recipe_.batch.micro_batch) /
+                       static_cast<double>(recipe_.batch.global_batch);
 }
 
 torch::Tensor Trainer::ForwardBackward(const data::StepBatch& batch, double denominator) {
@@ -460,8 +513,16 @@ absl::StatusOr<std::string> Trainer::SaveCheckpoint(int64_t completed_steps) {
     if (parallel_.ep_rank() > 0) mine = RoutedExpertEntries(std::move(mine), layouts);
     return GatherAcrossStages(std::move(mine), parallel_.ep());
   };
-  ckpt.model = GatherAcrossStages(
-      gather_experts(GatherTrainables(optimizer_->parameters(), layouts)), parallel_.pp());
+  // The persistent buffers (routers' correction biases, which the bias
+  // update trains) go with the parameters.
+  std::vector<checkpoint::NamedTensor> model_state =
+      GatherTrainables(optimizer_->parameters(), layouts);
+  for (const auto& item : built_.model->named_buffers()) {
+    if (models::IsPersistentBuffer(item.key())) {
+      model_state.push_back({item.key(), item.value().detach().to(torch::kCPU).contiguous()});
+    }
+  }
+  ckpt.model = GatherAcrossStages(gather_experts(std::move(model_state)), parallel_.pp());
   ckpt.optimizer = GatherAcrossStages(
       gather_experts(GatherOptimizerState(optimizer_->StateDict(), layouts)), parallel_.pp());
   // Every rank's generator state, gathered so that rank r resumes its own.

@@ -27,6 +27,13 @@
 // full (unsharded) tensors, gathered over tp and dp, so any layout resumes
 // them.
 //
+// MoE models: each training forward's routers add the recipe's balance loss
+// (moe.aux_loss, moe.z_loss_coeff) to the objective, the mean over the
+// step's micro-batches of all ranks (so the layouts agree), and count their
+// experts' tokens; after the step the loads are summed over dp for the
+// metrics and, with moe.bias_update_rate, DeepSeek-V3's correction biases
+// move towards balance (checkpoints keep them).
+//
 // Validation (train.eval_every > 0 and a data.validation split): every
 // eval_every steps and after the last, the whole validation set runs forward
 // without gradients, micro_batch rows at a time, its rows dealt round-robin
@@ -52,6 +59,7 @@
 #include "trainer/loop/parallel_setup.h"
 #include "trainer/metrics/flops.h"
 #include "trainer/metrics/step_metrics.h"
+#include "trainer/models/moe_block.h"
 #include "trainer/models/parallel_layout.h"
 #include "trainer/optim/adamw.h"
 #include "trainer/optim/optimizer.h"
@@ -95,6 +103,9 @@ class Trainer {
   torch::Tensor ForwardBackward(const data::StepBatch& batch, double denominator);
   // Partial sums over tp, the dp reduction, clipping; returns the grad norm.
   torch::Tensor ReduceAndClipGradients();
+  // MoE models, after the optimizer step: the step's expert loads and
+  // balance losses summed over dp into `m`; DeepSeek-V3's bias update.
+  void FinishMoeStep(metrics::StepMetrics& m);
   // The validation loss over the whole split (all dp ranks take part).
   double Evaluate();
   void RecordEval(int64_t step, double val_loss);
@@ -108,6 +119,7 @@ class Trainer {
   std::unique_ptr<optim::Optimizer> optimizer_;
   std::vector<torch::Tensor> trainable_;
   std::vector<models::ParamLayout> trainable_layouts_;  // parallel to trainable_
+  std::vector<models::MoeBlockImpl*> moe_blocks_;       // layer order; empty for dense models
   std::unique_ptr<parallel::GradientBuckets> buckets_;  // over dp
   // Under ep > 1: the routed experts' gradients, summed over the expert-data-
   // parallel group; they are trainable_[num_dense_trainable_..] (the dense

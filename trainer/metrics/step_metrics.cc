@@ -1,5 +1,6 @@
 #include "trainer/metrics/step_metrics.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -39,7 +40,7 @@ void MetricsSink::Record(const StepMetrics& m) {
   elapsed_seconds_ += m.step_seconds;
   ++recorded_;
   if (jsonl_.is_open()) {
-    const nlohmann::json line = {
+    nlohmann::json line = {
         {"step", m.step},
         {"loss", m.loss},
         {"lr", m.lr},
@@ -55,15 +56,27 @@ void MetricsSink::Record(const StepMetrics& m) {
         {"peak_rss_bytes", m.peak_rss_bytes},
         {"optimizer_state_bytes", m.optimizer_state_bytes},
     };
+    if (!m.expert_load_max_over_mean.empty()) {
+      line["expert_load_max_over_mean"] = m.expert_load_max_over_mean;
+      line["moe_balance_loss"] = m.moe_balance_loss;
+    }
     jsonl_ << line.dump() << "\n";
     jsonl_.flush();
   }
   if (m.step % console_every_ != 0 && m.step != m.total_steps) return;
   const double eta = elapsed_seconds_ / recorded_ * static_cast<double>(m.total_steps - m.step);
+  std::string moe;
+  if (!m.expert_load_max_over_mean.empty()) {
+    moe = absl::StrFormat(
+        " | expert load max/mean %.2f",
+        *std::max_element(m.expert_load_max_over_mean.begin(), m.expert_load_max_over_mean.end()));
+    if (m.moe_balance_loss > 0)
+      absl::StrAppendFormat(&moe, " | balance loss %.4f", m.moe_balance_loss);
+  }
   logger_.Info(absl::StrFormat(
-      "step %d/%d | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s | %.2f GFLOP/s/rank "
+      "step %d/%d | loss %.4f | lr %.3e | grad_norm %.3f%s | %.0f tok/s | %.2f GFLOP/s/rank "
       "(MFU %.1f%%) | rss %.0f MiB | eta %s",
-      m.step, m.total_steps, m.loss, m.lr, m.grad_norm, m.tokens_per_second,
+      m.step, m.total_steps, m.loss, m.lr, m.grad_norm, moe, m.tokens_per_second,
       m.flops_per_second_per_rank / 1e9, 100.0 * m.mfu, m.rss_bytes / 1048576.0,
       FormatDuration(eta)));
 }

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "parallel/runtime/logger.h"
@@ -28,6 +29,12 @@ struct StepMetrics {
   int64_t rss_bytes = 0;
   int64_t peak_rss_bytes = 0;
   int64_t optimizer_state_bytes = 0;  // this rank's moments and masters (1/dp of it under ZeRO-1)
+  // Mixture-of-experts models only (empty / 0 otherwise): per MoE layer, in
+  // layer order, the most loaded expert's tokens over the mean (1 = balanced)
+  // over the step's global batch, and the balance loss the objective added
+  // (summed over layers, mean over micro-batches; not part of `loss`).
+  std::vector<double> expert_load_max_over_mean;
+  double moe_balance_loss = 0.0;
 };
 
 class MetricsSink {

@@ -87,6 +87,17 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x) {
   const int64_t hidden = x.size(2);
   const torch::Tensor flat = x.reshape({-1, hidden});  // [N, hidden]
   last_routing_ = gate->forward(flat);
+  torch::Tensor balance_loss;
+  if (is_training()) {
+    const torch::Tensor loads = ExpertLoads(last_routing_.expert_ids, moe_.num_experts);
+    loads_ = loads_.defined() ? loads_ + loads : loads;
+    if (balance_.active() && torch::GradMode::is_enabled()) {
+      balance_loss = RouterBalanceLoss(last_routing_, moe_.num_experts, x.size(0),
+                                       moe_.scoring == "sigmoid", balance_);
+      const torch::Tensor value = balance_loss.detach().to(torch::kDouble);
+      balance_sum_ = balance_sum_.defined() ? balance_sum_ + value : value;
+    }
+  }
 
   // NOTE: the routing weights are cast to x's dtype before the product, as
   // Mixtral / Qwen do; HF DeepSeek multiplies in fp32 and casts the sum (the
@@ -116,7 +127,29 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x) {
     }
     y = y + shared_out;
   }
+  if (balance_loss.defined()) {
+    y = AttachAuxLossGradient(y, balance_loss, balance_.micro_batch_weight);
+  }
   return y.view(x.sizes());
+}
+
+MoeBlockImpl::StepStats MoeBlockImpl::TakeStepStats() {
+  StepStats stats;
+  const torch::TensorOptions f64 = torch::TensorOptions().dtype(torch::kDouble);
+  stats.loads = loads_.defined() ? loads_.to(torch::kCPU) : torch::zeros({moe_.num_experts}, f64);
+  stats.balance_loss_sum =
+      balance_sum_.defined() ? balance_sum_.to(torch::kCPU) : torch::zeros({}, f64);
+  loads_ = torch::Tensor();
+  balance_sum_ = torch::Tensor();
+  return stats;
+}
+
+std::vector<MoeBlockImpl*> MoeBlocks(torch::nn::Module& model) {
+  std::vector<MoeBlockImpl*> out;
+  for (const std::shared_ptr<torch::nn::Module>& module : model.modules(/*include_self=*/false)) {
+    if (auto* block = module->as<MoeBlockImpl>()) out.push_back(block);
+  }
+  return out;
 }
 
 bool IsRoutedExpertParameter(const std::string& name) {

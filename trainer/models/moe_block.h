@@ -14,6 +14,7 @@
 #include "trainer/models/mlp.h"
 #include "trainer/models/model_config.h"
 #include "trainer/models/model_parallel.h"
+#include "trainer/models/moe_balance.h"
 #include "trainer/models/moe_router.h"
 
 namespace fulcrum::models {
@@ -55,6 +56,22 @@ class MoeBlockImpl : public torch::nn::Module {
   // The routing of the last forward (for load metrics and balancing losses).
   const Routing& last_routing() const { return last_routing_; }
 
+  // Training forwards (is_training() and grad mode) add the balance loss of
+  // `options` to the objective (AttachAuxLossGradient) and every training
+  // forward counts the tokens routed to each expert. Off by default.
+  void SetBalance(const MoeBalanceOptions& options) { balance_ = options; }
+  // What the training forwards since the last call accumulated, then reset:
+  // loads [E] float64 (tokens this rank routed to each expert; routing is
+  // before dispatch, so the sum over dp counts every token once) and the sum
+  // of the micro-batches' balance losses (0-dim float64, coefficients
+  // applied, micro_batch_weight not; 0 when inactive).
+  struct StepStats {
+    torch::Tensor loads;
+    torch::Tensor balance_loss_sum;
+  };
+  StepStats TakeStepStats();
+  int64_t num_experts() const { return moe_.num_experts; }
+
   MoeRouter gate{nullptr};
   ExpertStack experts{nullptr};  // this rank's experts, Mlp(expert_intermediate_size) each
   Mlp shared{nullptr};  // "shared_experts" (DeepSeek) / "shared_expert" (Qwen2-MoE); or null
@@ -64,8 +81,14 @@ class MoeBlockImpl : public torch::nn::Module {
   MoeConfig moe_;
   parallel::expert::TokenDispatcher dispatcher_;
   Routing last_routing_;
+  MoeBalanceOptions balance_;
+  torch::Tensor loads_;        // [E] float64, since the last TakeStepStats
+  torch::Tensor balance_sum_;  // 0-dim float64
 };
 TORCH_MODULE(MoeBlock);
+
+// The model's MoE blocks, in layer order.
+std::vector<MoeBlockImpl*> MoeBlocks(torch::nn::Module& model);
 
 // Whether a parameter name (of the whole model, adapters included) belongs
 // to a routed expert ("...experts.5.w1.weight", "...mlp.experts.0.up_proj.

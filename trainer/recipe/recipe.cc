@@ -141,6 +141,15 @@ absl::Status ReadPrecisionParallel(MapReader& top, Recipe* recipe) {
   return parallel.Finish();
 }
 
+absl::Status ReadMoe(MapReader& top, MoeSection* moe) {
+  FULCRUM_ASSIGN_OR_RETURN(MapReader r, top.Section("moe"));
+  FULCRUM_RETURN_IF_ERROR(r.ReadEnum("aux_loss", KnownAuxLosses(), &moe->aux_loss));
+  FULCRUM_RETURN_IF_ERROR(r.Read("aux_loss_coeff", &moe->aux_loss_coeff));
+  FULCRUM_RETURN_IF_ERROR(r.Read("z_loss_coeff", &moe->z_loss_coeff));
+  FULCRUM_RETURN_IF_ERROR(r.Read("bias_update_rate", &moe->bias_update_rate));
+  return r.Finish();
+}
+
 absl::Status ReadCheckpointLogging(MapReader& top, Recipe* recipe) {
   FULCRUM_ASSIGN_OR_RETURN(MapReader checkpoint, top.Section("checkpoint"));
   CheckpointSection& c = recipe->checkpoint;
@@ -170,6 +179,7 @@ absl::StatusOr<Recipe> ConvertTree(const YAML::Node& root, const YamlOrigin& ori
   FULCRUM_RETURN_IF_ERROR(ReadOptim(top, &recipe.optim));
   FULCRUM_RETURN_IF_ERROR(ReadScheduleBatchTrain(top, &recipe));
   FULCRUM_RETURN_IF_ERROR(ReadPrecisionParallel(top, &recipe));
+  FULCRUM_RETURN_IF_ERROR(ReadMoe(top, &recipe.moe));
   FULCRUM_RETURN_IF_ERROR(ReadCheckpointLogging(top, &recipe));
   FULCRUM_RETURN_IF_ERROR(top.Read("seed", &recipe.seed));
   FULCRUM_RETURN_IF_ERROR(top.ReadEnum("device", KnownDevices(), &recipe.device));

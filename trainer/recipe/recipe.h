@@ -118,11 +118,22 @@ struct ParallelSection {
   std::vector<int64_t> pp_layers;  // layers per virtual stage, pp x pp_virtual entries ([] = even)
   int64_t pp_virtual = 1;          // model chunks per stage (> 1 only with interleaved_1f1b)
   std::string pp_schedule = "1f1b";  // gpipe | 1f1b | interleaved_1f1b | zb_h1
-  int64_t ep = 1;                    // expert parallel degree (not supported yet above 1)
+  int64_t ep = 1;                    // expert parallel degree (divides dp; MoE models only)
   bool sequence_parallel = false;    // norms run on sequence shards inside tp (needs tp > 1)
   int64_t zero = 0;                  // 0 | 1: ZeRO-1 shards optimizer state over dp
   double bucket_mb = 25.0;           // gradient bucket size for the overlapped dp reduction
   double comm_timeout_s = 1800.0;    // a collective not done by then ends the run, naming the rank
+};
+
+// Router balancing for mixture-of-experts models (models/moe_balance.h has
+// the formulas). Anything but the defaults on a dense model is an error.
+struct MoeSection {
+  std::string aux_loss = "none";  // none | switch | seq: the router's balance loss
+  double aux_loss_coeff = 0.01;   // its coefficient (DeepSeek's aux_loss_alpha)
+  double z_loss_coeff = 0.0;      // router z-loss coefficient (0 = off)
+  // DeepSeek-V3's aux-loss-free balancing: after each step every router's
+  // e_score_correction_bias moves by this much towards balance (0 = off).
+  double bias_update_rate = 0.0;
 };
 
 struct CheckpointSection {
@@ -150,6 +161,7 @@ struct Recipe {
   TrainSection train;
   PrecisionSection precision;
   ParallelSection parallel;
+  MoeSection moe;
   CheckpointSection checkpoint;
   LoggingSection logging;
   int64_t seed = 1234;         // seeds init, dropout and data shuffling
@@ -172,7 +184,7 @@ absl::StatusOr<Recipe> LoadRecipe(const std::string& path,
                                   const std::vector<std::string>& overrides = {});
 
 // Checks that need no model and no files: batch arithmetic, enum values, ranges, parallel
-// degrees (ep > 1 is not supported yet; dp x tp x pp must equal `world_size`; zero in
+// degrees (ep divides dp; dp x tp x pp must equal `world_size`; zero in
 // {0, 1}; sequence_parallel needs tp > 1 and seq_len divisible by tp; bucket_mb and
 // comm_timeout_s > 0), the pipeline keys (pp_virtual >= 1, > 1 exactly with interleaved_1f1b;
 // pp_layers only with pp > 1, pp x pp_virtual entries each >= 1; the micro-batches per step,

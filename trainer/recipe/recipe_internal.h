@@ -39,6 +39,10 @@ inline const std::vector<std::string>& KnownDtypes() {
   static const std::vector<std::string> kValues = {"fp32", "bf16"};
   return kValues;
 }
+inline const std::vector<std::string>& KnownAuxLosses() {
+  static const std::vector<std::string> kValues = {"none", "switch", "seq"};
+  return kValues;
+}
 inline const std::vector<std::string>& KnownDevices() {
   static const std::vector<std::string> kValues = {"cpu", "cuda"};
   return kValues;

@@ -136,6 +136,12 @@ void EmitRunShape(YAML::Emitter& out, const Recipe& r) {
 }
 
 void EmitCheckpointLogging(YAML::Emitter& out, const Recipe& r) {
+  BeginSection(out, "moe");
+  Field(out, "aux_loss", r.moe.aux_loss);
+  Field(out, "aux_loss_coeff", r.moe.aux_loss_coeff);
+  Field(out, "z_loss_coeff", r.moe.z_loss_coeff);
+  Field(out, "bias_update_rate", r.moe.bias_update_rate);
+  out << YAML::EndMap;
   BeginSection(out, "checkpoint");
   Field(out, "dir", r.checkpoint.dir);
   Field(out, "every", r.checkpoint.every);

@@ -2,6 +2,7 @@
 // model or a file. Collects every problem so that a user fixes them in one go.
 #include <algorithm>
 #include <filesystem>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -262,6 +263,10 @@ void CheckBatchAndParallel(const Recipe& r, int world_size, Problems& p) {
 }
 
 void CheckRest(const Recipe& r, Problems& p) {
+  p.OneOf("moe.aux_loss", r.moe.aux_loss, KnownAuxLosses());
+  p.NonNegative("moe.aux_loss_coeff", r.moe.aux_loss_coeff);
+  p.NonNegative("moe.z_loss_coeff", r.moe.z_loss_coeff);
+  p.NonNegative("moe.bias_update_rate", r.moe.bias_update_rate);
   p.OneOf("precision.dtype", r.precision.dtype, KnownDtypes());
   p.OneOf("device", r.device, KnownDevices());
   p.NonNegative("seed", r.seed);
@@ -374,6 +379,36 @@ absl::Status ValidateParallelForModel(const Recipe& recipe, int64_t num_heads, i
   return problems.ToStatus();
 }
 
+namespace {
+
+// The moe section needs routed experts; the bias update a router with the
+// correction bias it moves.
+void CheckMoeSection(const MoeSection& moe, const models::ModelConfig& config,
+                     const std::string& config_path, Problems& problems) {
+  const MoeSection defaults;
+  const std::string model = absl::StrCat(config.architecture, " (", config_path, ")");
+  if (!config.moe.enabled()) {
+    const std::pair<const char*, bool> keys[] = {
+        {"moe.aux_loss", moe.aux_loss != defaults.aux_loss},
+        {"moe.z_loss_coeff", moe.z_loss_coeff != defaults.z_loss_coeff},
+        {"moe.bias_update_rate", moe.bias_update_rate != defaults.bias_update_rate}};
+    for (const auto& [key, set] : keys) {
+      if (set)
+        problems.Add(key, absl::StrCat("needs a mixture-of-experts model; ", model,
+                                       " has no routed experts"));
+    }
+    return;
+  }
+  if (moe.bias_update_rate > 0 && !config.moe.correction_bias) {
+    problems.Add("moe.bias_update_rate",
+                 absl::StrCat("needs routers with e_score_correction_bias (DeepSeek-V3, "
+                              "topk_method noaux_tc); ",
+                              model, " has none"));
+  }
+}
+
+}  // namespace
+
 absl::Status ValidateRecipeForModel(const Recipe& recipe, const models::ModelConfig& config) {
   const std::string config_path = ConfigPath(recipe);
   Problems problems(recipe.source);
@@ -402,6 +437,7 @@ absl::Status ValidateRecipeForModel(const Recipe& recipe, const models::ModelCon
                  absl::StrCat("the ", config.moe.num_experts, " routed experts (", config_path,
                               ") do not split evenly over parallel.ep=", ep));
   }
+  CheckMoeSection(recipe.moe, config, config_path, problems);
   if (!features.empty() && recipe.parallel.pp > 1) {
     problems.Add("parallel.pp",
                  absl::StrCat("not supported yet: parallel.pp with ", what,
