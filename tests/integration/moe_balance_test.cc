@@ -42,9 +42,9 @@ TEST_P(MoeBalanceLayoutTest, BalanceLossReproducesTheSingleRankRun) {
   ASSERT_EQ(single.balance_losses.size(), 10u);
   EXPECT_GT(single.balance_losses.front(), 0.0);
   ASSERT_EQ(single.expert_loads.front().size(), plain.expert_loads.front().size());
-  EXPECT_GE(*std::min_element(single.expert_loads.front().begin(),
-                              single.expert_loads.front().end()),
-            1.0);
+  EXPECT_GE(
+      *std::min_element(single.expert_loads.front().begin(), single.expert_loads.front().end()),
+      1.0);
   // The balance loss is in the objective: the curve leaves the plain one.
   double largest = 0.0;
   for (size_t s = 0; s < single.losses.size(); ++s) {
@@ -118,8 +118,8 @@ TEST(MoeBiasUpdateTest, CorrectionBiasesMoveAlikeUnderExpertParallelismAndResume
   }
   // Resumed at step 5 under ep 2: the biases come back from the checkpoint.
   const StepLog tail = run(
-      "resumed", "parallel.dp=2 parallel.ep=2 checkpoint.resume=" + root + "/single/ckpt/step-00000005",
-      2);
+      "resumed",
+      "parallel.dp=2 parallel.ep=2 checkpoint.resume=" + root + "/single/ckpt/step-00000005", 2);
   ASSERT_EQ(tail.losses.size(), 5u);
   for (size_t s = 0; s < 5; ++s) {
     EXPECT_NEAR(tail.losses[s], single.losses[s + 5], 1e-5 * std::abs(single.losses[s + 5]));

@@ -2,20 +2,24 @@
 // through the binary: the mixtral and deepseek_v2 fixtures (MoE layers,
 // shared experts, latent attention) reproduce the single-rank run under dp 2,
 // dp 2 with ZeRO-1, ep 2, ep 2 with ZeRO-1, ep 4 and ep 2 x expert-dp 2 with
-// ZeRO-1 (per-step losses within 1e-5 relative over 10 AdamW steps with
-// clipping active, and the validation loss), `fulcrum score --grads` gives
-// the single-rank gradients, and a checkpoint written under ep holds every
+// ZeRO-1, pp 2 (1F1B and zero-bubble) and pp 2 x ep 2 (per-step losses
+// within 1e-5 relative over 10 AdamW steps with clipping active, and the
+// validation loss), `fulcrum score --grads` gives the single-rank gradients
+// (dp 2, ep 2, pp 2), and a checkpoint written under ep holds every
 // expert: its export is the single-rank run's and it resumes under another
 // layout. Ranks route different tokens, so an expert may get no token on one
 // rank: its zero gradient must still join the reduction.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "tests/integration/fixture_compare.h"
 #include "tests/integration/layout_compare.h"
 #include "tests/integration/train_recipes.h"
@@ -47,6 +51,38 @@ TEST_P(MoeLayoutTest, DataParallelReproducesTheSingleRankLossCurve) {
   ExpectSameCurve(run("ep2_zero1", "parallel.dp=2 parallel.ep=2 parallel.zero=1", 2), single,
                   "parallel.dp=2 parallel.ep=2 parallel.zero=1");
 }
+
+// Pipeline stages hold whole MoE / latent-attention layers: pp 2 under 1F1B
+// and zero-bubble (whose split backward defers the experts' weight
+// gradients), and pp 2 x ep 2 with the switch balance loss on 4 ranks, give
+// the single-rank curve, balance loss and expert loads.
+class MoePipelineLayoutTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(MoePipelineLayoutTest, PipelineStagesReproduceTheSingleRankLossCurve) {
+  const std::string& family = GetParam();
+  const std::string root = ScratchDir();
+  const std::string data = root + "/data.jsonl";
+  WriteTinyData(data, 64, 512);
+  const std::string model = FixturesDir() + "/" + family + "/model";
+  // deepseek_v2 has 3 layers: its dense first layer alone on stage 0.
+  const std::string pp =
+      family == "deepseek_v2" ? "parallel.pp=2 'parallel.pp_layers=[1,2]'" : "parallel.pp=2";
+  const std::string balance = " moe.aux_loss=switch moe.aux_loss_coeff=0.5";
+  auto run = [&](const std::string& name, const std::string& overrides, int ranks) {
+    return TrainLayout(model, data, "lora", root + "/" + name, overrides + balance, ranks);
+  };
+  const StepLog single = run("single", "", 1);
+  for (const std::string schedule : {"1f1b", "zb_h1"}) {
+    const std::string layout = pp + " parallel.pp_schedule=" + schedule;
+    ExpectSameCurve(run(schedule, layout, 2), single, layout);
+  }
+  const std::string layout = pp + " parallel.dp=2 parallel.ep=2";
+  ExpectSameCurve(run("pp2_ep2", layout, 4), single, layout);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, MoePipelineLayoutTest,
+                         ::testing::Values("mixtral", "deepseek_v2"),
+                         [](const auto& info) { return info.param; });
 
 // Four ranks: 2 experts each (ep 4), and two expert groups of 4 experts whose
 // gradients are summed over the expert-data-parallel pairs (ep 2 x dp 4,
@@ -133,14 +169,41 @@ class MoeScoreTest : public ::testing::TestWithParam<FamilyAndAdapter> {};
 TEST_P(MoeScoreTest, DataParallelGradientsEqualTheSingleRankOnes) {
   const auto& [family, adapter] = GetParam();
   // (The fixture batch has 2 sequences: at most dp 2.)
+  const std::string pp =
+      family == "deepseek_v2" ? "parallel.pp=2 'parallel.pp_layers=[1,2]'" : "parallel.pp=2";
   ExpectScoresMatchSingleRank(family, adapter,
-                              {{"parallel.dp=2", 2}, {"parallel.dp=2 parallel.ep=2", 2}});
+                              {{"parallel.dp=2", 2}, {"parallel.dp=2 parallel.ep=2", 2}, {pp, 2}});
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, MoeScoreTest,
                          ::testing::Combine(::testing::Values("mixtral", "deepseek_v2"),
                                             ::testing::Bool()),
                          FamilyAndAdapterName);
+
+// A PEFT export of adapters on routed experts is written (transformers'
+// per-expert modules load it) with a warning that engines fusing the experts
+// may not apply them; an adapter without routed experts gets no warning.
+TEST(MoeExportTest, PeftExportOfExpertAdaptersWarnsAboutFusedEngines) {
+  const std::string root = ScratchDir();
+  for (const std::string family : {"mixtral", "llama"}) {
+    const std::string out = root + "/" + family;
+    const CommandResult r =
+        RunFulcrum("export --checkpoint " + FixturesDir() + "/" + family + "/model --adapter " +
+                   FixturesDir() + "/" + family + "/lora --format peft --out " + out);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const Tensors adapter = ReadTensors(out + "/adapter_model.safetensors");
+    const bool experts = family == "mixtral";
+    EXPECT_EQ(adapter.count("base_model.model.model.layers.0.block_sparse_moe.experts.3.w2.lora_B."
+                            "weight"),
+              experts ? 1u : 0u);
+    EXPECT_EQ(r.output.find("are routed experts") != std::string::npos, experts) << r.output;
+    if (experts) {
+      EXPECT_NE(r.output.find("48 of the adapter's 52 adapted modules"), std::string::npos)
+          << r.output;
+      EXPECT_NE(r.output.find("--format merged"), std::string::npos) << r.output;
+    }
+  }
+}
 
 // Layouts not built yet for these families, and expert parallelism where it
 // cannot apply, fail at validation, on every rank, before training starts.
@@ -159,6 +222,25 @@ TEST(MoeValidationTest, UnsupportedLayoutsAreRefusedAtValidation) {
     EXPECT_NE(r.exit_code, 0) << family << "\n" << r.output;
     EXPECT_NE(r.output.find(expected), std::string::npos) << r.output;
     EXPECT_NE(r.output.find(moe ? "parallel.tp" : "parallel.ep"), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("training steps"), std::string::npos) << r.output;
+  }
+  // A million experts cannot fit even at ep 2: refused before any allocation.
+  {
+    std::ifstream in(FixturesDir() + "/mixtral/model/config.json");
+    nlohmann::json config = nlohmann::json::parse(in);
+    config["num_local_experts"] = 1000000;
+    WriteFile(root + "/huge/config.json", config.dump());
+    const std::string dir = root + "/huge";
+    const std::string model = FixturesDir() + "/mixtral/model";
+    WriteFile(dir + "/recipe.yaml",
+              absl::StrReplaceAll(LayoutRecipe(model, data, "full", dir),
+                                  {{"path: " + model, "config: " + dir + "/config.json"}}));
+    const CommandResult r =
+        RunFulcrum("train " + dir + "/recipe.yaml parallel.dp=2 parallel.ep=2", 2);
+    EXPECT_NE(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("parallel: this layout needs about"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("routed-expert parameters per rank at ep=2"), std::string::npos)
+        << r.output;
     EXPECT_EQ(r.output.find("training steps"), std::string::npos) << r.output;
   }
   // 8 experts do not split over 3 ranks.

@@ -4,11 +4,14 @@
 // CKPT is a training checkpoint (step directory, or a checkpoint.dir holding
 // `latest`) or an HF model directory (with an optional PEFT --adapter).
 #include <filesystem>
+#include <string>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "core/file_util.h"
 #include "core/status.h"
+#include "parallel/runtime/logger.h"
 #include "trainer/checkpoint/hf_export.h"
 #include "trainer/checkpoint/train_checkpoint.h"
 #include "trainer/cli/commands.h"
@@ -17,6 +20,7 @@
 #include "trainer/lora/apply_lora.h"
 #include "trainer/lora/peft_adapter.h"
 #include "trainer/models/hf_loading.h"
+#include "trainer/models/moe_block.h"
 #include "trainer/recipe/recipe.h"
 
 namespace fulcrum::cli {
@@ -96,6 +100,27 @@ absl::StatusOr<ExportSource> LoadSource(const std::string& checkpoint_path,
   return source;
 }
 
+// Adapters on routed experts are valid PEFT (transformers' per-expert
+// modules load them), but engines that fuse the experts into one tensor may
+// not: say so rather than let a serving stack drop them silently.
+void WarnAboutRoutedExpertAdapters(torch::nn::Module& model, const parallel::World& world) {
+  int64_t adapted = 0;
+  std::vector<std::string> experts;
+  for (const lora::LoraLayer& layer : lora::LoraLayers(model)) {
+    if (!layer.layer->has_adapter()) continue;
+    ++adapted;
+    if (models::IsRoutedExpertParameter(layer.path)) experts.push_back(layer.path);
+  }
+  if (experts.empty()) return;
+  parallel::Logger(world.rank(), false)
+      .Warn("fulcrum export --format peft: ", experts.size(), " of the adapter's ", adapted,
+            " adapted modules are routed experts (", experts.front(),
+            ", ...). Hugging Face PEFT loads them onto transformers' per-expert modules, but "
+            "inference engines that fuse the experts into one weight (vLLM, SGLang) may not "
+            "apply LoRA to routed experts: for those, export --format merged, or train with "
+            "finetune.lora.targets that leave the experts out.");
+}
+
 }  // namespace
 
 absl::Status RunExport(const Args& args, const parallel::World& world) {
@@ -130,7 +155,9 @@ absl::Status RunExport(const Args& args, const parallel::World& world) {
     FULCRUM_ASSIGN_OR_RETURN(const std::string staged, MakeStagingDirectory(options.out_dir));
     FULCRUM_RETURN_IF_ERROR(
         lora::WritePeftAdapter(*source.built.model, source.lora, source.base_path, staged));
-    return PublishDirectory(staged, options.out_dir);
+    FULCRUM_RETURN_IF_ERROR(PublishDirectory(staged, options.out_dir));
+    WarnAboutRoutedExpertAdapters(*source.built.model, world);
+    return absl::OkStatus();
   }
   if (format == "hf" && source.has_adapter) {
     return absl::InvalidArgumentError(

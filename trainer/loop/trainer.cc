@@ -17,6 +17,7 @@
 #include "trainer/checkpoint/train_checkpoint.h"
 #include "trainer/loop/data_factory.h"
 #include "trainer/loop/full_state.h"
+#include "trainer/loop/memory_check.h"
 #include "trainer/loop/stage_gather.h"
 #include "trainer/lora/apply_lora.h"
 #include "trainer/metrics/memory.h"
@@ -76,6 +77,15 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const recipe::Recipe& r
 absl::Status Trainer::BuildParallel() {
   FULCRUM_ASSIGN_OR_RETURN(const models::ModelConfig config, LoadRequestedConfig(recipe_.model));
   FULCRUM_RETURN_IF_ERROR(recipe::ValidateRecipeForModel(recipe_, config));
+  if (recipe_.device == "cpu") {
+    // Before anything is allocated: a layout whose training state alone
+    // exceeds the host's memory would only end in the kernel's OOM killer.
+    const metrics::ParameterCounts counts = metrics::CountParameters(config);
+    const double available =
+        AvailableHostMemory() / static_cast<double>(std::max(1, world_.local_size()));
+    FULCRUM_RETURN_IF_ERROR(world_.AgreeOn(CheckTrainingStateFits(
+        EstimateTrainingState(counts, recipe_), counts, recipe_, available)));
+  }
   FULCRUM_ASSIGN_OR_RETURN(parallel_,
                            BuildParallelRuntime(recipe_.parallel, recipe_.device, config, world_));
   if (world_.is_root()) {
@@ -112,6 +122,14 @@ absl::Status Trainer::BuildModelAndOptimizer() {
     logger_.Info("LoRA: ", adapted, " adapted linear layers, rank ", recipe_.finetune.lora.rank);
   }
   moe_blocks_ = models::MoeBlocks(*built_.model);
+  for (int64_t layer = 0; layer < built_.config.num_layers; ++layer) {
+    if (models::IsMoeLayer(built_.config, layer) &&
+        !parallel_.model.HeldByOtherStage(absl::StrCat("model.layers.", layer))) {
+      moe_layers_.push_back(layer);
+    }
+  }
+  FULCRUM_CHECK(moe_layers_.size() == moe_blocks_.size(), moe_blocks_.size(),
+                " MoE blocks for MoE layers ", moe_layers_.size(), " on this stage");
   if (!moe_blocks_.empty()) {
     models::MoeBalanceOptions balance;
     FULCRUM_ASSIGN_OR_RETURN(balance.aux_loss, models::ParseAuxLoss(recipe_.moe.aux_loss));
@@ -394,7 +412,7 @@ metrics::StepMetrics Trainer::Step(int64_t step_index) {
 }
 
 void Trainer::FinishMoeStep(metrics::StepMetrics& m) {
-  if (moe_blocks_.empty()) return;
+  if (!built_.config.moe.enabled()) return;
   // One reduction for every layer: [loads of layer 0, ..., balance sums].
   std::vector<torch::Tensor> parts;
   std::vector<torch::Tensor> sums;
@@ -404,22 +422,33 @@ void Trainer::FinishMoeStep(metrics::StepMetrics& m) {
     sums.push_back(stats.balance_loss_sum.reshape({1}));
   }
   parts.insert(parts.end(), sums.begin(), sums.end());
-  torch::Tensor all = torch::cat(parts);
+  torch::Tensor all = parts.empty() ? torch::zeros({0}, torch::kDouble) : torch::cat(parts);
   parallel_.dp().AllReduce(all);
+  // Per layer of the whole model (a stage fills its own; summed over pp):
+  // max/mean load, then the balance losses' sum in the last slot.
+  const int64_t num_layers = built_.config.num_layers;
+  torch::Tensor per_layer = torch::zeros({num_layers + 1}, torch::kDouble);
   int64_t offset = 0;
-  double balance_sum = 0.0;
-  for (models::MoeBlockImpl* block : moe_blocks_) {
+  for (size_t b = 0; b < moe_blocks_.size(); ++b) {
+    models::MoeBlockImpl* block = moe_blocks_[b];
     const torch::Tensor loads = all.narrow(0, offset, block->num_experts());
     offset += block->num_experts();
     const double mean = loads.mean().item<double>();
-    m.expert_load_max_over_mean.push_back(mean > 0 ? loads.max().item<double>() / mean : 0.0);
+    per_layer[moe_layers_[b]] = mean > 0 ? loads.max().item<double>() / mean : 0.0;
     if (recipe_.moe.bias_update_rate > 0) {
       models::UpdateCorrectionBias(block->gate->e_score_correction_bias, loads,
                                    recipe_.moe.bias_update_rate);
     }
   }
-  for (size_t l = 0; l < moe_blocks_.size(); ++l) balance_sum += all[offset + l].item<double>();
-  m.moe_balance_loss = balance_sum * static_cast<double>(recipe_.batch.micro_batch) /
+  per_layer[num_layers] = all.narrow(0, offset, static_cast<int64_t>(moe_blocks_.size())).sum();
+  if (pipeline_) parallel_.pp().AllReduce(per_layer);
+  for (int64_t layer = 0; layer < num_layers; ++layer) {
+    if (models::IsMoeLayer(built_.config, layer)) {
+      m.expert_load_max_over_mean.push_back(per_layer[layer].item<double>());
+    }
+  }
+  m.moe_balance_loss = per_layer[num_layers].item<double>() *
+                       static_cast<double>(recipe_.batch.micro_batch) /
                        static_cast<double>(recipe_.batch.global_batch);
 }
 

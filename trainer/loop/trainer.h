@@ -120,6 +120,7 @@ class Trainer {
   std::vector<torch::Tensor> trainable_;
   std::vector<models::ParamLayout> trainable_layouts_;  // parallel to trainable_
   std::vector<models::MoeBlockImpl*> moe_blocks_;       // layer order; empty for dense models
+  std::vector<int64_t> moe_layers_;                     // their layer indices in the whole model
   std::unique_ptr<parallel::GradientBuckets> buckets_;  // over dp
   // Under ep > 1: the routed experts' gradients, summed over the expert-data-
   // parallel group; they are trainable_[num_dense_trainable_..] (the dense

@@ -29,8 +29,8 @@ class AuxLossGradient : public torch::autograd::Function<AuxLossGradient> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const double weight = ctx->saved_data["weight"].toDouble();
-    const torch::Tensor grad_loss =
-        torch::full({}, weight, torch::TensorOptions().dtype(torch::kFloat).device(grads[0].device()));
+    const torch::Tensor grad_loss = torch::full(
+        {}, weight, torch::TensorOptions().dtype(torch::kFloat).device(grads[0].device()));
     return {grads[0], grad_loss, torch::Tensor()};
   }
 };
@@ -82,8 +82,7 @@ torch::Tensor AttachAuxLossGradient(const torch::Tensor& output, const torch::Te
 
 torch::Tensor ExpertLoads(const torch::Tensor& expert_ids, int64_t num_experts) {
   torch::NoGradGuard no_grad;
-  return torch::bincount(expert_ids.reshape({-1}), /*weights=*/{}, num_experts)
-      .to(torch::kDouble);
+  return torch::bincount(expert_ids.reshape({-1}), /*weights=*/{}, num_experts).to(torch::kDouble);
 }
 
 void UpdateCorrectionBias(torch::Tensor& bias, const torch::Tensor& loads, double rate) {

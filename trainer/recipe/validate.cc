@@ -393,9 +393,10 @@ void CheckMoeSection(const MoeSection& moe, const models::ModelConfig& config,
         {"moe.z_loss_coeff", moe.z_loss_coeff != defaults.z_loss_coeff},
         {"moe.bias_update_rate", moe.bias_update_rate != defaults.bias_update_rate}};
     for (const auto& [key, set] : keys) {
-      if (set)
+      if (set) {
         problems.Add(key, absl::StrCat("needs a mixture-of-experts model; ", model,
                                        " has no routed experts"));
+      }
     }
     return;
   }
@@ -413,7 +414,7 @@ absl::Status ValidateRecipeForModel(const Recipe& recipe, const models::ModelCon
   const std::string config_path = ConfigPath(recipe);
   Problems problems(recipe.source);
   CheckMtpLayers(recipe.model, config, config_path, problems);
-  // The features tp / pp cannot split yet; their divisibility is moot then.
+  // The features tp cannot split yet; its divisibility is moot then.
   std::vector<std::string> features;
   if (config.moe.enabled()) features.push_back("mixture of experts");
   if (config.mla.enabled()) features.push_back("latent attention");
@@ -438,13 +439,8 @@ absl::Status ValidateRecipeForModel(const Recipe& recipe, const models::ModelCon
                               ") do not split evenly over parallel.ep=", ep));
   }
   CheckMoeSection(recipe.moe, config, config_path, problems);
-  if (!features.empty() && recipe.parallel.pp > 1) {
-    problems.Add("parallel.pp",
-                 absl::StrCat("not supported yet: parallel.pp with ", what,
-                              " (parallel.pp=", recipe.parallel.pp, ", ", config_path, ")"));
-  } else {
-    CheckLayersForPipeline(recipe.parallel, config.num_layers, config_path, problems);
-  }
+  // A pipeline stage holds whole layers, whatever they contain.
+  CheckLayersForPipeline(recipe.parallel, config.num_layers, config_path, problems);
   return problems.ToStatus();
 }
 

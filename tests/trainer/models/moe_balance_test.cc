@@ -67,8 +67,8 @@ TEST(MoeBalanceTest, PerfectBalanceCostsTheCoefficient) {
   // with uniform scores, but 2 when the scores follow the choice.
   r.expert_ids = torch::tensor({0, 1}).repeat({8, 1});
   r.scores = torch::tensor({0.5, 0.5, 0.0, 0.0}).repeat({8, 1});
-  EXPECT_NEAR(RouterBalanceLoss(r, 4, 1, false, Options(AuxLoss::kSwitch, 1.0)).item<double>(),
-              2.0, 1e-6);
+  EXPECT_NEAR(RouterBalanceLoss(r, 4, 1, false, Options(AuxLoss::kSwitch, 1.0)).item<double>(), 2.0,
+              1e-6);
 }
 
 TEST(MoeBalanceTest, SwitchAndSequenceLossesMatchTheFormula) {

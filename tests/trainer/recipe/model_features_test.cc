@@ -1,8 +1,8 @@
 // model.mtp_layers (parsing, YAML round trip, ValidateRecipe) and
 // ValidateRecipeForModel: multi-token-prediction layers need an explicit
-// choice; mixture-of-experts / latent-attention families refuse tp and pp for
-// now; expert parallelism needs routed experts that split evenly; the dense
-// checks still apply to dense models.
+// choice; mixture-of-experts / latent-attention families refuse tp for now
+// (and split into pipeline stages like any model); expert parallelism needs routed experts that
+// split evenly; the dense checks still apply to dense models.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -95,7 +95,7 @@ TEST(ModelFeatures, MtpLayersNeedAnExplicitChoice) {
   EXPECT_TRUE(ValidateRecipeForModel(r, DeepseekV3()).ok());
 }
 
-TEST(ModelFeatures, MoeAndMlaRefuseTpAndPpTogether) {
+TEST(ModelFeatures, MoeAndMlaRefuseTpButSplitIntoPipelineStages) {
   Recipe r = Valid();
   r.model.mtp_layers = "skip";
   r.parallel.tp = 2;
@@ -104,11 +104,18 @@ TEST(ModelFeatures, MoeAndMlaRefuseTpAndPpTogether) {
   ASSERT_FALSE(status.ok());
   const std::string message(status.message());
   const std::vector<std::string> lines = absl::StrSplit(message, '\n');
-  EXPECT_EQ(lines.size(), 2u) << message;
+  EXPECT_EQ(lines.size(), 1u) << message;
   EXPECT_CONTAINS(message,
                   "r.yaml: parallel.tp: not supported yet: parallel.tp with DeepseekV3ForCausalLM "
                   "(mixture of experts / latent attention)");
-  EXPECT_CONTAINS(message, "not supported yet: parallel.pp with DeepseekV3ForCausalLM");
+  r.parallel.tp = 1;
+  EXPECT_TRUE(ValidateRecipeForModel(r, DeepseekV3()).ok());
+  r.parallel.pp = 3;  // 4 layers do not split into 3 stages
+  const absl::Status layers = ValidateRecipeForModel(r, DeepseekV3());
+  ASSERT_FALSE(layers.ok());
+  EXPECT_CONTAINS(std::string(layers.message()), "r.yaml: parallel.pp=3");
+  r.parallel.pp = 2;
+  r.parallel.tp = 2;
   models::ModelConfig mixtral = Dense();
   mixtral.architecture = "MixtralForCausalLM";
   mixtral.moe.num_experts = 8;
