@@ -3,7 +3,10 @@
 # every expert: data parallelism) and ep 2 (experts split, tokens exchanged),
 # the all-to-all bytes per step, dispatch + combine cost (without the
 # exchange) against the expert FFN time, and the grouped expert GEMM rate
-# against one dense FFN (see parallel/expert/moe_bench_main.cc).
+# against one dense FFN (see parallel/expert/moe_bench_main.cc). Then the
+# whole DeepSeek-V2-shaped model of recipes/bench/moe_config.json trained
+# through `fulcrum train` on 2 ranks at dp 2 (ep 1) and dp 2 x ep 2: median
+# tokens/s over 10 steps after 3 warm-up steps.
 #   scripts/bench_moe.sh [BUILD_DIR] [STEPS]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,3 +23,37 @@ for ep in 1 2; do
   FULCRUM_MPI_BIND=$bind OMP_NUM_THREADS=1 "$root/scripts/mpirun.sh" 2 \
     "$build/fulcrum_bench_moe" "$ep" "$steps"
 done
+
+# The whole model through the trainer.
+cmake --build "$build" --target fulcrum -- -j1 >/dev/null
+work=$build/bench_moe
+mkdir -p "$work"
+if [ ! -f "$work/model/model.safetensors" ]; then
+  "$build/fulcrum" init --config "$root/recipes/bench/moe_config.json" --out "$work/model" --seed 1
+fi
+python3 - "$work/data.jsonl" <<'PY'
+import json, random, sys
+rng = random.Random(0)
+with open(sys.argv[1], "w") as f:
+    for _ in range(200):
+        f.write(json.dumps({"input_ids": [rng.randrange(3, 4096) for _ in range(256)]}) + "\n")
+PY
+for ep in 1 2; do
+  rm -f "$work/ep$ep.jsonl"
+  FULCRUM_MPI_BIND=$bind OMP_NUM_THREADS=1 "$root/scripts/mpirun.sh" 2 \
+    "$build/fulcrum" train "$root/recipes/bench/moe.yaml" model.path="$work/model" \
+    data.path="$work/data.jsonl" parallel.dp=2 parallel.ep=$ep \
+    logging.metrics_file="$work/ep$ep.jsonl" >/dev/null
+done
+python3 - "$work" <<'PY'
+import json, statistics, sys
+work = sys.argv[1]
+tps = {}
+for ep in (1, 2):
+    rows = [json.loads(l) for l in open(f"{work}/ep{ep}.jsonl")]
+    rows = [r for r in rows if "tokens_per_second" in r][3:]
+    tps[ep] = statistics.median(r["tokens_per_second"] for r in rows)
+    print(f"whole model, dp 2 x ep {ep}: {tps[ep]:.0f} tokens/s (2 ranks), "
+          f"peak RSS {max(r['peak_rss_bytes'] for r in rows) / 2**20:.0f} MiB on rank 0")
+print(f"ep 2 / ep 1: {tps[2] / tps[1]:.2f}")
+PY
