@@ -54,8 +54,8 @@ absl::Status CheckTrainingStateFits(const TrainingStateEstimate& estimate,
       "and optimizer state alone (%.3g parameters per rank; %s%s), more than the %.1f GiB "
       "available to each rank here: raise %sparallel.pp%s",
       recipe.source.empty() ? "recipe" : recipe.source, estimate.bytes_per_rank / kGiB,
-      recipe.finetune.method == "lora" ? "frozen base" : "model", estimate.params_per_rank,
-      split, par.zero == 1 ? ", ZeRO-1" : "", available_bytes_per_rank / kGiB,
+      recipe.finetune.method == "lora" ? "frozen base" : "model", estimate.params_per_rank, split,
+      par.zero == 1 ? ", ZeRO-1" : "", available_bytes_per_rank / kGiB,
       counts.routed_experts > 0 ? "parallel.ep, " : "",
       recipe.finetune.method == "lora"
           ? ""

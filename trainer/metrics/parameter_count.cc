@@ -7,9 +7,9 @@ int64_t AttentionParameters(const models::ModelConfig& c) {
   const int64_t h = c.hidden_size, heads = c.num_heads;
   if (c.mla.enabled()) {
     const models::MlaConfig& m = c.mla;
-    const int64_t q = m.q_lora_rank > 0
-                          ? h * m.q_lora_rank + m.q_lora_rank + m.q_lora_rank * heads * m.qk_head_dim()
-                          : h * heads * m.qk_head_dim();
+    const int64_t q = m.q_lora_rank > 0 ? h * m.q_lora_rank + m.q_lora_rank +
+                                              m.q_lora_rank * heads * m.qk_head_dim()
+                                        : h * heads * m.qk_head_dim();
     const int64_t kv = h * (m.kv_lora_rank + m.qk_rope_head_dim) + m.kv_lora_rank +
                        m.kv_lora_rank * heads * (m.qk_nope_head_dim + m.v_head_dim);
     return q + kv + heads * m.v_head_dim * h;
@@ -39,7 +39,8 @@ ParameterCounts CountParameters(const models::ModelConfig& c) {
       continue;
     }
     const models::MoeConfig& moe = c.moe;
-    counts.routed_experts += moe.num_experts * SwiGluParameters(h, moe.expert_intermediate_size, false);
+    counts.routed_experts +=
+        moe.num_experts * SwiGluParameters(h, moe.expert_intermediate_size, false);
     counts.other += moe.num_experts * h;  // the router
     if (moe.shared_intermediate_size > 0) {
       counts.other += SwiGluParameters(h, moe.shared_intermediate_size, false);
