@@ -137,6 +137,25 @@ inline std::string LayoutRecipe(const std::string& model, const std::string& dat
                       dir, "/metrics.jsonl\n  peak_flops: 1.0e9\nseed: 5\n");
 }
 
+// Exports the training checkpoints DIR/ckpt of two runs as merged HF models
+// (DIR/merged) and expects the same tensors: within 1e-4 of each tensor's
+// max, since Adam moves rounding-level gradient differences by ~1e-3 of a step.
+inline void ExpectSameMergedExports(const std::string& ref_dir, const std::string& got_dir) {
+  for (const std::string& dir : {ref_dir, got_dir}) {
+    const CommandResult r =
+        RunFulcrum("export --checkpoint " + dir + "/ckpt --format merged --out " + dir + "/merged");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+  const Tensors ref = ReadTensors(ref_dir + "/merged/model.safetensors");
+  const Tensors got = ReadTensors(got_dir + "/merged/model.safetensors");
+  ASSERT_EQ(got.size(), ref.size());
+  for (const auto& [name, tensor] : ref) {
+    ASSERT_TRUE(got.count(name)) << "missing " << name;
+    const double diff = (got.at(name) - tensor).abs().max().item<double>();
+    EXPECT_LE(diff, 1e-7 + 1e-4 * tensor.abs().max().item<double>()) << name;
+  }
+}
+
 // Trains `model` on `data` with LayoutRecipe(method) in `dir` under the
 // parallel `overrides` on `ranks` ranks (a failed run is a test failure);
 // the run's step log.

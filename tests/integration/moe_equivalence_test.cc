@@ -131,20 +131,7 @@ TEST(MoeCheckpointTest, ExpertParallelRunExportsAndResumesLikeTheSingleRankRun) 
   };
   const std::string single = train("single", "", 1);
   const std::string experts = train("experts", "parallel.dp=4 parallel.ep=2 parallel.zero=1", 4);
-  for (const std::string& dir : {single, experts}) {
-    const CommandResult r =
-        RunFulcrum("export --checkpoint " + dir + "/ckpt --format merged --out " + dir + "/merged");
-    ASSERT_EQ(r.exit_code, 0) << r.output;
-  }
-  const Tensors ref = ReadTensors(single + "/merged/model.safetensors");
-  const Tensors got = ReadTensors(experts + "/merged/model.safetensors");
-  ASSERT_EQ(got.size(), ref.size());
-  for (const auto& [name, tensor] : ref) {
-    ASSERT_TRUE(got.count(name)) << "missing " << name;
-    // As in LayoutExportTest: Adam moves rounding-level gradients by ~1e-3 of a step.
-    const double diff = (got.at(name) - tensor).abs().max().item<double>();
-    EXPECT_LE(diff, 1e-7 + 1e-4 * tensor.abs().max().item<double>()) << name;
-  }
+  ExpectSameMergedExports(single, experts);
   const std::string resumed = root + "/resumed";
   const StepLog tail = TrainLayout(
       model, data, "full", resumed,
