@@ -146,6 +146,17 @@ class ReduceScatterToSpRegionFn : public torch::autograd::Function<ReduceScatter
   }
 };
 
+class GatherSpToReplicatedFn : public torch::autograd::Function<GatherSpToReplicatedFn> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, Communicator* group) {
+    SaveGroup(ctx, group);
+    return AllGatherAlongDim(x, kSeqDim, *group);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {SplitAlongDim(grads[0], kSeqDim, LoadGroup(ctx)), torch::Tensor()};
+  }
+};
+
 }  // namespace
 
 torch::Tensor CopyToTpRegion(const torch::Tensor& x, Communicator& tp) {
@@ -181,6 +192,11 @@ torch::Tensor GatherFromSpRegion(const torch::Tensor& x, Communicator& tp) {
 torch::Tensor ReduceScatterToSpRegion(const torch::Tensor& x, Communicator& tp) {
   if (tp.size() == 1) return x;
   return ReduceScatterToSpRegionFn::apply(x, &tp);
+}
+
+torch::Tensor GatherSpToReplicated(const torch::Tensor& x, Communicator& tp) {
+  if (tp.size() == 1) return x;
+  return GatherSpToReplicatedFn::apply(x, &tp);
 }
 
 // All-gather into [size, ..] (rank r's x at index r), then move the rank axis

@@ -9,6 +9,7 @@
 //   ScatterToSpRegion     keep own seq chunk    all-gather seq
 //   GatherFromSpRegion    all-gather seq        reduce-scatter seq
 //   ReduceScatterToSpRegion  reduce-scatter seq all-gather seq
+//   GatherSpToReplicated  all-gather seq        keep own seq chunk
 //
 // Activations are [B, T, ...]; the sequence dim is 1 and must divide by the
 // group size under sequence parallelism (validated from the recipe).
@@ -29,6 +30,10 @@ torch::Tensor ScatterToTpRegion(const torch::Tensor& x, Communicator& tp);
 torch::Tensor ScatterToSpRegion(const torch::Tensor& x, Communicator& tp);
 torch::Tensor GatherFromSpRegion(const torch::Tensor& x, Communicator& tp);
 torch::Tensor ReduceScatterToSpRegion(const torch::Tensor& x, Communicator& tp);
+// For consumers that run replicated on the full sequence (MoE routers, the
+// latent projections of MLA): their gradient is complete and the same on
+// every rank, so backward keeps this rank's chunk instead of summing.
+torch::Tensor GatherSpToReplicated(const torch::Tensor& x, Communicator& tp);
 
 // Without autograd (no_grad paths, gathering weights for export):
 // all-gather of `x` along `dim` over the group, rank order.

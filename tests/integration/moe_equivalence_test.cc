@@ -2,10 +2,11 @@
 // through the binary: the mixtral and deepseek_v2 fixtures (MoE layers,
 // shared experts, latent attention) reproduce the single-rank run under dp 2,
 // dp 2 with ZeRO-1, ep 2, ep 2 with ZeRO-1, ep 4 and ep 2 x expert-dp 2 with
-// ZeRO-1, pp 2 (1F1B and zero-bubble) and pp 2 x ep 2 (per-step losses
+// ZeRO-1, pp 2 (1F1B and zero-bubble), pp 2 x ep 2, tp 2 with sequence
+// parallelism and ep 2 x tp 2 (per-step losses
 // within 1e-5 relative over 10 AdamW steps with clipping active, and the
 // validation loss), `fulcrum score --grads` gives the single-rank gradients
-// (dp 2, ep 2, pp 2), and a checkpoint written under ep holds every
+// (dp 2, ep 2, pp 2, tp 2 with sp), and a checkpoint written under ep holds every
 // expert: its export is the single-rank run's and it resumes under another
 // layout. Ranks route different tokens, so an expert may get no token on one
 // rank: its zero gradient must still join the reduction.
@@ -115,6 +116,41 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, MoeFourRankLayoutTest,
                          ::testing::Values("mixtral", "deepseek_v2"),
                          [](const auto& info) { return info.param; });
 
+// Tensor parallelism inside the experts (expert TP = tp: every expert and
+// the shared ones split as a dense MLP, the routing replicated) and over the
+// heads of latent attention: tp 2 with sequence parallelism and ep 2 x tp 2
+// (ZeRO-1 for LoRA) reproduce the single-rank curve, the switch balance loss
+// and the expert loads.
+class MoeTensorParallelTest
+    : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
+
+TEST_P(MoeTensorParallelTest, ExpertTensorParallelLayoutsReproduceTheSingleRankLossCurve) {
+  const auto& [family, method] = GetParam();
+  const std::string root = ScratchDir();
+  const std::string data = root + "/data.jsonl";
+  WriteTinyData(data, 64, 512);
+  const std::string model = FixturesDir() + "/" + family + "/model";
+  const std::string balance = " moe.aux_loss=switch moe.aux_loss_coeff=0.5";
+  auto run = [&](const std::string& name, const std::string& overrides, int ranks) {
+    return TrainLayout(model, data, method, root + "/" + name, overrides + balance, ranks);
+  };
+  const StepLog single = run("single", "", 1);
+  const std::string zero = method == "lora" ? " parallel.zero=1" : "";
+  const std::vector<std::tuple<std::string, std::string, int>> layouts = {
+      {"tp2_sp", "parallel.tp=2 parallel.sequence_parallel=true", 2},
+      {"ep2_tp2", "parallel.dp=2 parallel.ep=2 parallel.tp=2" + zero, 4}};
+  for (const auto& [name, layout, ranks] : layouts) {
+    ExpectSameCurve(run(name, layout, ranks), single, layout);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, MoeTensorParallelTest,
+                         ::testing::Combine(::testing::Values("mixtral", "deepseek_v2"),
+                                            ::testing::Values("full", "lora")),
+                         [](const auto& info) {
+                           return std::get<0>(info.param) + "_" + std::get<1>(info.param);
+                         });
+
 // A checkpoint written under ep 2 x dp 4 with ZeRO-1 holds every expert and
 // its optimizer state: the merged export equals the single-rank run's, and
 // resuming it under ep 2 on two ranks continues the single-rank loss curve.
@@ -159,7 +195,10 @@ TEST_P(MoeScoreTest, DataParallelGradientsEqualTheSingleRankOnes) {
   const std::string pp =
       family == "deepseek_v2" ? "parallel.pp=2 'parallel.pp_layers=[1,2]'" : "parallel.pp=2";
   ExpectScoresMatchSingleRank(family, adapter,
-                              {{"parallel.dp=2", 2}, {"parallel.dp=2 parallel.ep=2", 2}, {pp, 2}});
+                              {{"parallel.dp=2", 2},
+                               {"parallel.dp=2 parallel.ep=2", 2},
+                               {pp, 2},
+                               {"parallel.tp=2 parallel.sequence_parallel=true", 2}});
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, MoeScoreTest,
@@ -192,7 +231,7 @@ TEST(MoeExportTest, PeftExportOfExpertAdaptersWarnsAboutFusedEngines) {
   }
 }
 
-// Layouts not built yet for these families, and expert parallelism where it
+// Layouts that cannot split these models, and expert parallelism where it
 // cannot apply, fail at validation, on every rank, before training starts.
 TEST(MoeValidationTest, UnsupportedLayoutsAreRefusedAtValidation) {
   const std::string root = ScratchDir();
@@ -203,12 +242,16 @@ TEST(MoeValidationTest, UnsupportedLayoutsAreRefusedAtValidation) {
     WriteFile(dir + "/recipe.yaml",
               LayoutRecipe(FixturesDir() + "/" + family + "/model", data, "full", dir));
     const bool moe = family != "llama";
-    const std::string overrides = moe ? "parallel.tp=2" : "parallel.dp=2 parallel.ep=2";
-    const std::string expected = moe ? "not supported yet" : "needs a mixture-of-experts model";
-    const CommandResult r = RunFulcrum("train " + dir + "/recipe.yaml " + overrides, 2);
+    // 4 heads do not split over 3 tp ranks.
+    const std::string overrides = moe ? "parallel.tp=3" : "parallel.dp=2 parallel.ep=2";
+    const std::string expected =
+        moe ? "num_attention_heads 4 of " + FixturesDir() + "/" + family +
+                  "/model/config.json is not divisible by 3"
+            : "needs a mixture-of-experts model";
+    const CommandResult r = RunFulcrum("train " + dir + "/recipe.yaml " + overrides, moe ? 3 : 2);
     EXPECT_NE(r.exit_code, 0) << family << "\n" << r.output;
     EXPECT_NE(r.output.find(expected), std::string::npos) << r.output;
-    EXPECT_NE(r.output.find(moe ? "parallel.tp" : "parallel.ep"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find(moe ? "parallel.tp=3" : "parallel.ep"), std::string::npos) << r.output;
     EXPECT_EQ(r.output.find("training steps"), std::string::npos) << r.output;
   }
   // A million experts cannot fit even at ep 2: refused before any allocation.

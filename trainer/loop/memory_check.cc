@@ -12,8 +12,10 @@ TrainingStateEstimate EstimateTrainingState(const metrics::ParameterCounts& coun
                                             const recipe::Recipe& recipe) {
   const recipe::ParallelSection& par = recipe.parallel;
   const double pp = static_cast<double>(par.pp), ep = static_cast<double>(par.ep);
-  const double dense = static_cast<double>(counts.other) / pp;
-  const double experts = static_cast<double>(counts.routed_experts) / (pp * ep);
+  // tp splits nearly everything (norms and routers, replicated, are small).
+  const double tp = static_cast<double>(par.tp);
+  const double dense = static_cast<double>(counts.other) / (pp * tp);
+  const double experts = static_cast<double>(counts.routed_experts) / (pp * ep * tp);
   const bool bf16 = recipe.precision.dtype == "bf16";
   const double weight = bf16 ? 2.0 : 4.0;
   TrainingStateEstimate e;
@@ -43,7 +45,7 @@ absl::Status CheckTrainingStateFits(const TrainingStateEstimate& estimate,
   }
   const recipe::ParallelSection& par = recipe.parallel;
   constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
-  std::string split = absl::StrFormat("pp=%d", par.pp);
+  std::string split = absl::StrFormat("tp=%d, pp=%d", par.tp, par.pp);
   if (counts.routed_experts > 0) {
     absl::StrAppendFormat(&split, ", %.3g of %.3g routed-expert parameters per rank at ep=%d",
                           estimate.expert_params_per_rank,
@@ -52,7 +54,7 @@ absl::Status CheckTrainingStateFits(const TrainingStateEstimate& estimate,
   return absl::ResourceExhaustedError(absl::StrFormat(
       "%s: parallel: this layout needs about %.1f GiB per rank for the %s's weights, gradients "
       "and optimizer state alone (%.3g parameters per rank; %s%s), more than the %.1f GiB "
-      "available to each rank here: raise %sparallel.pp%s",
+      "available to each rank here: raise %sparallel.tp, parallel.pp%s",
       recipe.source.empty() ? "recipe" : recipe.source, estimate.bytes_per_rank / kGiB,
       recipe.finetune.method == "lora" ? "frozen base" : "model", estimate.params_per_rank, split,
       par.zero == 1 ? ", ZeRO-1" : "", available_bytes_per_rank / kGiB,

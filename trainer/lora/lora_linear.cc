@@ -25,6 +25,9 @@ LoraLinearImpl::LoraLinearImpl(int64_t in_features, int64_t out_features, bool h
   if (sharded() && parallel_.shard == LinearShard::kColumn) out = local_range().length;
   if (sharded() && parallel_.shard == LinearShard::kRow) in = local_range().length;
   weight = register_parameter("weight", torch::empty({out, in}, options));
+  FULCRUM_CHECK(!(has_bias && sharded() && parallel_.shard == LinearShard::kRow &&
+                  parallel_.region_by_caller),
+                "a row-parallel bias on a partial sum would be added tp times");
   if (has_bias) bias = register_parameter("bias", torch::empty({out}, options));
 }
 
@@ -58,18 +61,22 @@ torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
     return dropout_ > 0.0 ? torch::dropout(in, dropout_, is_training()) : in;
   };
   if (sharded() && parallel_.shard == LinearShard::kRow) {
-    // x [B, T, in/tp]: partial sums, reduced (scattered to sequence shards under sp).
-    torch::Tensor y = RowParallelOutput(torch::nn::functional::linear(x, weight), parallel_.tp);
+    // x [B, T, in/tp]: partial sums, reduced (scattered to sequence shards
+    // under sp) unless the caller reduces.
+    const auto reduce = [&](const torch::Tensor& partial) {
+      return parallel_.region_by_caller ? partial : RowParallelOutput(partial, parallel_.tp);
+    };
+    torch::Tensor y = reduce(torch::nn::functional::linear(x, weight));
     if (bias.defined()) y = y + bias;
     if (!has_adapter()) return y;
     // [B, T, r] partial -> reduced, then the replicated B [out, r].
-    const torch::Tensor low =
-        RowParallelOutput(torch::matmul(dropped(x), lora_a_.t()), parallel_.tp);
+    const torch::Tensor low = reduce(torch::matmul(dropped(x), lora_a_.t()));
     // Out of place: y may be the output of a communication autograd function.
     return torch::add(y, torch::matmul(low, lora_b_.t()), scaling_);
   }
   // kColumn gathers (or copies) the input into the tp region; kNone as is.
-  const torch::Tensor x_in = sharded() ? ColumnParallelInput(x, parallel_.tp) : x;
+  const torch::Tensor x_in =
+      sharded() && !parallel_.region_by_caller ? ColumnParallelInput(x, parallel_.tp) : x;
   torch::Tensor y = torch::nn::functional::linear(x_in, weight, bias);
   if (!has_adapter()) return y;
   torch::Tensor h = torch::matmul(torch::matmul(dropped(x_in), lora_a_.t()), lora_b_.t());

@@ -32,6 +32,12 @@ struct LinearParallel {
   // length 0 = EvenShard(out, tp rank, tp size). Attention's kv projections
   // set it when one kv head is replicated on several tp ranks.
   parallel::tensor::ShardRange out_rows;
+  // The caller manages the tp region, for many layers at once (a MoE block's
+  // experts): kColumn takes x as already inside it (no copy or gather; the
+  // caller sums the input gradient) and kRow returns this rank's partial sum
+  // (the caller reduces it; no bias then, and the replicated lora_B's
+  // gradient is a partial sum too).
+  bool region_by_caller = false;
 };
 
 struct LoraSpec {

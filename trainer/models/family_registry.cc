@@ -161,11 +161,14 @@ std::vector<std::string> SupportedModelTypes() {
 namespace {
 
 // Appends a SwiGLU MLP's weights under `prefix` ("model.layers.0.mlp."), in
-// named_parameters order (gate, up, down); tp splits only for the dense MLP.
-void AppendSwiGlu(const std::string& prefix, const std::array<const char*, 3>& names, bool bias,
-                  bool tp_split, std::vector<WeightPlanEntry>* plan) {
+// named_parameters order; `roles` are the HF roles of `names`, which set the
+// tp splits (gate/up column, down row).
+using SwiGluOrder = std::array<const char*, 3>;
+constexpr SwiGluOrder kSwiGluRoles = {"gate_proj", "up_proj", "down_proj"};
+void AppendSwiGlu(const std::string& prefix, const SwiGluOrder& names, bool bias,
+                  std::vector<WeightPlanEntry>* plan, const SwiGluOrder& roles = kSwiGluRoles) {
   for (int i = 0; i < 3; ++i) {
-    const TpSplit split = tp_split ? ProjectionSplit(names[i]) : TpSplit::kReplicated;
+    const TpSplit split = ProjectionSplit(roles[i]);
     plan->push_back({absl::StrCat(prefix, names[i], ".weight"), split});
     // A row-parallel (down) bias is added once, after the reduction.
     if (bias) {
@@ -192,27 +195,28 @@ void AppendAttention(const ModelConfig& config, const std::string& p,
   }
 }
 
-// DeepSeek MLA, in HF's order. No tp for these families yet: all replicated.
+// DeepSeek MLA, in HF's order. Under tp the per-head projections split by
+// heads (column), o by rows; the latent projections are replicated.
 void AppendLatentAttention(const ModelConfig& config, const std::string& p,
                            std::vector<WeightPlanEntry>* plan) {
   const std::string a = p + "self_attn.";
-  const auto add = [&](const std::string& name) {
-    plan->push_back({a + name, TpSplit::kReplicated});
+  const auto add = [&](const std::string& name, TpSplit split = TpSplit::kReplicated) {
+    plan->push_back({a + name, split});
   };
   if (config.mla.q_lora_rank == 0) {
-    add("q_proj.weight");  // bias=False in HF
+    add("q_proj.weight", TpSplit::kColumn);  // bias=False in HF
   } else {
     add("q_a_proj.weight");
     if (config.attention_bias) add("q_a_proj.bias");
     add("q_a_layernorm.weight");
-    add("q_b_proj.weight");
+    add("q_b_proj.weight", TpSplit::kColumn);
   }
   add("kv_a_proj_with_mqa.weight");
   if (config.attention_bias) add("kv_a_proj_with_mqa.bias");
   add("kv_a_layernorm.weight");
-  add("kv_b_proj.weight");
-  add("o_proj.weight");
-  if (config.o_proj_bias) add("o_proj.bias");
+  add("kv_b_proj.weight", TpSplit::kColumn);
+  add("o_proj.weight", TpSplit::kRow);
+  if (config.o_proj_bias) add("o_proj.bias");  // added once, after the reduction
 }
 
 // A MoE block, in HF's named_parameters order per family (Mixtral/Qwen: gate,
@@ -234,9 +238,9 @@ void AppendMoe(const ModelConfig& config, const std::string& p,
     for (int64_t e = 0; e < moe.num_experts; ++e) {
       const std::string prefix = absl::StrCat(block, "experts.", e, ".");
       if (mixtral) {
-        AppendSwiGlu(prefix, {"w1", "w2", "w3"}, false, false, plan);
+        AppendSwiGlu(prefix, {"w1", "w2", "w3"}, false, plan, {"gate_proj", "down_proj", "up_proj"});
       } else {
-        AppendSwiGlu(prefix, {"gate_proj", "up_proj", "down_proj"}, bias, false, plan);
+        AppendSwiGlu(prefix, {"gate_proj", "up_proj", "down_proj"}, bias, plan);
       }
     }
   };
@@ -250,7 +254,7 @@ void AppendMoe(const ModelConfig& config, const std::string& p,
   if (moe.shared_intermediate_size > 0) {
     const bool deepseek = moe.style == MoeStyle::kDeepSeek;
     AppendSwiGlu(block + (deepseek ? "shared_experts." : "shared_expert."),
-                 {"gate_proj", "up_proj", "down_proj"}, deepseek && config.mlp_bias, false, plan);
+                 {"gate_proj", "up_proj", "down_proj"}, deepseek && config.mlp_bias, plan);
   }
   if (moe.shared_expert_gate) {
     plan->push_back({block + "shared_expert_gate.weight", TpSplit::kReplicated});
@@ -272,8 +276,7 @@ std::vector<WeightPlanEntry> WeightPlan(const ModelConfig& config) {
     if (IsMoeLayer(config, layer)) {
       AppendMoe(config, p, &plan);
     } else {
-      AppendSwiGlu(p + "mlp.", {"gate_proj", "up_proj", "down_proj"}, config.mlp_bias,
-                   /*tp_split=*/true, &plan);
+      AppendSwiGlu(p + "mlp.", {"gate_proj", "up_proj", "down_proj"}, config.mlp_bias, &plan);
     }
     plan.push_back({p + "input_layernorm.weight", TpSplit::kReplicated});
     plan.push_back({p + "post_attention_layernorm.weight", TpSplit::kReplicated});

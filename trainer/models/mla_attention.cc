@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "parallel/tensor/tp_ops.h"
 #include "trainer/models/torch_compat.h"
 
 namespace fulcrum::models {
@@ -64,23 +65,35 @@ torch::Tensor ApplyInterleavedRope(const torch::Tensor& x, const RopeCosSin& rop
 
 MlaAttentionImpl::MlaAttentionImpl(const ModelConfig& config, const torch::TensorOptions& options,
                                    const ModelParallel& parallel)
-    : mla_(config.mla), num_heads_(config.num_heads), scale_(MlaSoftmaxScale(config)) {
-  FULCRUM_CHECK(!parallel.tp.active(), "multi-head latent attention under tensor parallelism");
+    : mla_(config.mla),
+      tp_(parallel.tp),
+      num_heads_(config.num_heads / parallel.tp.size()),
+      scale_(MlaSoftmaxScale(config)) {
   FULCRUM_CHECK(mla_.enabled() && mla_.qk_rope_head_dim % 2 == 0 && mla_.v_head_dim > 0,
                 "MLA config kv_lora_rank=", mla_.kv_lora_rank,
                 " qk_rope_head_dim=", mla_.qk_rope_head_dim, " v_head_dim=", mla_.v_head_dim);
-  const int64_t hidden = config.hidden_size, h = num_heads_, qk = mla_.qk_head_dim();
+  FULCRUM_CHECK(config.num_heads % parallel.tp.size() == 0, "num_attention_heads ",
+                config.num_heads, " % tp ", parallel.tp.size(), " != 0");
+  const int64_t hidden = config.hidden_size, h = config.num_heads, qk = mla_.qk_head_dim();
   const bool bias = config.attention_bias;  // HF: q_a, kv_a and o only; q/q_b/kv_b never
+  // Under tp the per-head projections (q or q_b, kv_b) are column-parallel
+  // by heads and o row-parallel; the latent projections and their norms are
+  // replicated. The per-head projections read full-sequence latents, so
+  // their input is copied into the tp region, never gathered.
+  lora::LinearParallel by_heads;
+  by_heads.shard = lora::LinearShard::kColumn;
+  by_heads.tp = parallel.tp;
+  by_heads.tp.sequence_parallel = false;
   // Registration order = HF parameter order.
   if (mla_.q_lora_rank == 0) {
-    q_proj = register_module("q_proj", lora::LoraLinear(hidden, h * qk, false, options));
+    q_proj = register_module("q_proj", lora::LoraLinear(hidden, h * qk, false, options, by_heads));
   } else {
     q_a_proj =
         register_module("q_a_proj", lora::LoraLinear(hidden, mla_.q_lora_rank, bias, options));
     q_a_layernorm =
         register_module("q_a_layernorm", RMSNorm(mla_.q_lora_rank, kLatentNormEps, options));
-    q_b_proj =
-        register_module("q_b_proj", lora::LoraLinear(mla_.q_lora_rank, h * qk, false, options));
+    q_b_proj = register_module(
+        "q_b_proj", lora::LoraLinear(mla_.q_lora_rank, h * qk, false, options, by_heads));
   }
   kv_a_proj_with_mqa = register_module(
       "kv_a_proj_with_mqa",
@@ -88,23 +101,34 @@ MlaAttentionImpl::MlaAttentionImpl(const ModelConfig& config, const torch::Tenso
   kv_a_layernorm =
       register_module("kv_a_layernorm", RMSNorm(mla_.kv_lora_rank, kLatentNormEps, options));
   kv_b_proj = register_module(
-      "kv_b_proj", lora::LoraLinear(mla_.kv_lora_rank,
-                                    h * (mla_.qk_nope_head_dim + mla_.v_head_dim), false, options));
-  o_proj = register_module("o_proj", lora::LoraLinear(h * mla_.v_head_dim, hidden, bias, options));
+      "kv_b_proj",
+      lora::LoraLinear(mla_.kv_lora_rank, h * (mla_.qk_nope_head_dim + mla_.v_head_dim), false,
+                       options, by_heads));
+  o_proj = register_module("o_proj", lora::LoraLinear(h * mla_.v_head_dim, hidden, bias, options,
+                                                      ProjectionParallel("o_proj", parallel)));
 }
 
 MlaAttentionImpl::Projected MlaAttentionImpl::Project(const torch::Tensor& x,
                                                       const RopeCosSin& rope) {
-  const int64_t b = x.size(0), t = x.size(1), h = num_heads_;
+  // Under sp every rank projects the whole sequence (replicated latents,
+  // their gradient complete on every rank).
+  const torch::Tensor tokens = tp_.active() && tp_.sequence_parallel
+                                   ? parallel::tensor::GatherSpToReplicated(x, *tp_.group)
+                                   : x;
+  const int64_t b = tokens.size(0), t = tokens.size(1), h = num_heads_;
   const int64_t nope = mla_.qk_nope_head_dim, rope_dim = mla_.qk_rope_head_dim;
   const torch::Tensor q_flat =
-      q_proj ? q_proj->forward(x) : q_b_proj->forward(q_a_layernorm->forward(q_a_proj->forward(x)));
+      q_proj ? q_proj->forward(tokens)
+             : q_b_proj->forward(q_a_layernorm->forward(q_a_proj->forward(tokens)));
   const torch::Tensor q = q_flat.view({b, t, h, mla_.qk_head_dim()}).transpose(1, 2);  // [B,H,T,qk]
   // [B, T, kv_lora_rank + rope]: the latent and the one rope key all heads share.
-  const torch::Tensor compressed = kv_a_proj_with_mqa->forward(x);
+  const torch::Tensor compressed = kv_a_proj_with_mqa->forward(tokens);
   const torch::Tensor latent = compressed.narrow(-1, 0, mla_.kv_lora_rank);
-  const torch::Tensor k_rope_in = compressed.narrow(-1, mla_.kv_lora_rank, rope_dim)
-                                      .reshape({b, 1, t, rope_dim});  // [B, 1, T, rope]
+  torch::Tensor k_rope_in = compressed.narrow(-1, mla_.kv_lora_rank, rope_dim)
+                                .reshape({b, 1, t, rope_dim});  // [B, 1, T, rope]
+  // Under tp only this rank's heads read the shared rope key: its gradient
+  // is a partial sum.
+  if (tp_.active()) k_rope_in = parallel::tensor::CopyToTpRegion(k_rope_in, *tp_.group);
   // [B, H, T, nope + v]: per head the nope key, then the value.
   const torch::Tensor kv = kv_b_proj->forward(kv_a_layernorm->forward(latent))
                                .view({b, t, h, nope + mla_.v_head_dim})

@@ -29,11 +29,13 @@ torch::Tensor ApplyInterleavedRope(const torch::Tensor& x, const RopeCosSin& rop
 
 class MlaAttentionImpl : public torch::nn::Module {
  public:
-  // Not under tp yet (FULCRUM_CHECK; the recipe validation refuses it).
+  // Under tp this rank holds H/tp heads: q (or q_b) and kv_b column-parallel
+  // by heads, o row-parallel, the latent projections and norms replicated.
   MlaAttentionImpl(const ModelConfig& config, const torch::TensorOptions& options,
                    const ModelParallel& parallel = {});
   // x [B, T, hidden], rope cos/sin [B, 1, T, qk_rope_head_dim], mask [B, 1,
-  // T, T] additive -> [B, T, hidden].
+  // T, T] additive -> [B, T, hidden]. Under sp x and the result are [B, T/tp,
+  // hidden]; rope and mask cover the full T.
   torch::Tensor forward(const torch::Tensor& x, const RopeCosSin& rope, const torch::Tensor& mask);
   // Incremental decoding (see AttentionImpl::ForwardCached): caches the
   // decompressed keys [B, H, S, qk_head_dim] and values [B, H, S, v_head_dim]
@@ -61,7 +63,8 @@ class MlaAttentionImpl : public torch::nn::Module {
   torch::Tensor Output(const torch::Tensor& attended);  // [B, H, T, v] -> [B, T, hidden]
 
   MlaConfig mla_;
-  int64_t num_heads_;
+  parallel::tensor::TensorParallel tp_;
+  int64_t num_heads_;  // on this rank
   double scale_;
 };
 TORCH_MODULE(MlaAttention);

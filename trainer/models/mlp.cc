@@ -7,16 +7,18 @@ MlpImpl::MlpImpl(const ModelConfig& config, const torch::TensorOptions& options,
     : MlpImpl(config.hidden_size, config.intermediate_size, config.mlp_bias, options, parallel) {}
 
 MlpImpl::MlpImpl(int64_t hidden, int64_t inter, bool bias, const torch::TensorOptions& options,
-                 const ModelParallel& parallel, const SwiGluNames& names) {
+                 const ModelParallel& parallel, const SwiGluNames& names, bool region_by_caller) {
   // The tp role follows the HF role (gate/up column, down row), whatever the name.
-  gate_proj = register_module(
-      names.gate,
-      lora::LoraLinear(hidden, inter, bias, options, ProjectionParallel("gate_proj", parallel)));
-  up_proj = register_module(names.up, lora::LoraLinear(hidden, inter, bias, options,
-                                                       ProjectionParallel("up_proj", parallel)));
-  down_proj = register_module(
-      names.down,
-      lora::LoraLinear(inter, hidden, bias, options, ProjectionParallel("down_proj", parallel)));
+  const auto role = [&](const char* hf_name) {
+    lora::LinearParallel out = ProjectionParallel(hf_name, parallel);
+    out.region_by_caller = region_by_caller;
+    return out;
+  };
+  gate_proj =
+      register_module(names.gate, lora::LoraLinear(hidden, inter, bias, options, role("gate_proj")));
+  up_proj = register_module(names.up, lora::LoraLinear(hidden, inter, bias, options, role("up_proj")));
+  down_proj = register_module(names.down,
+                              lora::LoraLinear(inter, hidden, bias, options, role("down_proj")));
 }
 
 torch::Tensor MlpImpl::forward(const torch::Tensor& x) {

@@ -23,10 +23,12 @@ class MlpImpl : public torch::nn::Module {
   MlpImpl(const ModelConfig& config, const torch::TensorOptions& options,
           const ModelParallel& parallel = {});
   // Any width (MoE experts and shared experts: moe_intermediate_size, ...),
-  // any projection names; tp roles as above.
+  // any projection names; tp roles as above. With region_by_caller (MoE
+  // blocks, see LinearParallel) under tp, forward takes x already in the tp
+  // region, full sequence also under sp, and returns this rank's partial sum.
   MlpImpl(int64_t hidden_size, int64_t intermediate_size, bool bias,
           const torch::TensorOptions& options, const ModelParallel& parallel = {},
-          const SwiGluNames& names = {});
+          const SwiGluNames& names = {}, bool region_by_caller = false);
   // x [B, T, hidden] -> [B, T, hidden] (under sp [B, T/tp, hidden] both)
   torch::Tensor forward(const torch::Tensor& x);
 

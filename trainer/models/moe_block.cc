@@ -5,6 +5,7 @@
 #include "absl/strings/match.h"
 #include "core/check.h"
 #include "parallel/expert/token_permutation.h"
+#include "parallel/tensor/tp_ops.h"
 
 namespace fulcrum::models {
 namespace {
@@ -38,10 +39,10 @@ void ExpertStackImpl::Append(int64_t index, Mlp expert) {
 
 MoeBlockImpl::MoeBlockImpl(const ModelConfig& config, const torch::TensorOptions& options,
                            const ModelParallel& parallel)
-    : moe_(config.moe), dispatcher_(CheckedExperts(config.moe), parallel.expert_parallel) {
-  // Pipelining does not touch the block (a stage holds whole layers); tp and
-  // ep inside the experts come with the expert-parallel increment.
-  FULCRUM_CHECK(!parallel.tp.active(), "MoE blocks under tensor parallelism are not supported yet");
+    : moe_(config.moe),
+      tp_(parallel.tp),
+      dispatcher_(CheckedExperts(config.moe), parallel.expert_parallel) {
+  // Pipelining does not touch the block (a stage holds whole layers).
   FULCRUM_CHECK(moe_.enabled() && moe_.style != MoeStyle::kNone,
                 "MoeBlock built for a dense config (num_experts=", moe_.num_experts, ")");
   FULCRUM_CHECK(moe_.expert_intermediate_size > 0,
@@ -56,7 +57,8 @@ MoeBlockImpl::MoeBlockImpl(const ModelConfig& config, const torch::TensorOptions
     for (int64_t e = 0; e < dispatcher_.num_local_experts(); ++e) {
       experts->Append(
           dispatcher_.first_local_expert() + e,
-          Mlp(hidden, moe_.expert_intermediate_size, /*bias=*/false, options, parallel, names));
+          Mlp(hidden, moe_.expert_intermediate_size, /*bias=*/false, options, parallel, names,
+              /*region_by_caller=*/true));
     }
   };
   const auto register_gate = [&] {
@@ -73,8 +75,9 @@ MoeBlockImpl::MoeBlockImpl(const ModelConfig& config, const torch::TensorOptions
   if (moe_.shared_intermediate_size > 0) {
     FULCRUM_CHECK(moe_.style != MoeStyle::kMixtral, "Mixtral has no shared expert");
     const std::string name = moe_.style == MoeStyle::kDeepSeek ? "shared_experts" : "shared_expert";
-    shared = register_module(
-        name, Mlp(hidden, moe_.shared_intermediate_size, /*bias=*/false, options, parallel));
+    shared = register_module(name, Mlp(hidden, moe_.shared_intermediate_size, /*bias=*/false,
+                                       options, parallel, SwiGluNames{},
+                                       /*region_by_caller=*/true));
     if (moe_.style == MoeStyle::kQwenMoe && moe_.shared_expert_gate) {
       shared_expert_gate = register_module("shared_expert_gate",
                                            lora::LoraLinear(hidden, 1, /*bias=*/false, options));
@@ -85,7 +88,20 @@ MoeBlockImpl::MoeBlockImpl(const ModelConfig& config, const torch::TensorOptions
 torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x) {
   FULCRUM_CHECK(x.dim() == 3, "MoeBlock input must be [B, T, hidden], got ", x.dim(), " dims");
   const int64_t hidden = x.size(2);
-  const torch::Tensor flat = x.reshape({-1, hidden});  // [N, hidden]
+  // Under tp every rank routes every token of its tp group (under sp the
+  // sequence is gathered first, its gradient complete on every rank), so the
+  // routing, the loads and the balance loss are the single-rank ones. The
+  // experts run on their tp shards: their outputs are partial sums, reduced
+  // once for the whole block (scattered back to sequence shards under sp).
+  const bool tp = tp_.active();
+  const torch::Tensor tokens =
+      tp && tp_.sequence_parallel ? parallel::tensor::GatherSpToReplicated(x, *tp_.group) : x;
+  const torch::Tensor flat = tokens.reshape({-1, hidden});  // [N, hidden]
+  // Into the tp region: the experts' input gradients are partial sums.
+  const auto into_region = [&](const torch::Tensor& t) {
+    return tp ? parallel::tensor::CopyToTpRegion(t, *tp_.group) : t;
+  };
+  const torch::Tensor expert_in = into_region(flat);
   last_routing_ = gate->forward(flat);
   torch::Tensor balance_loss;
   if (is_training()) {
@@ -102,9 +118,10 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x) {
   // NOTE: the routing weights are cast to x's dtype before the product, as
   // Mixtral / Qwen do; HF DeepSeek multiplies in fp32 and casts the sum (the
   // same in fp32, one rounding apart in bf16).
-  // Without ep the dispatch is the local permutation by expert alone.
+  // Without ep the dispatch is the local permutation by expert alone. The
+  // weights scale partial sums under tp: their gradient is one too.
   const parallel::expert::Dispatched dispatched =
-      dispatcher_.Dispatch(flat, last_routing_.expert_ids, last_routing_.weights);
+      dispatcher_.Dispatch(expert_in, last_routing_.expert_ids, into_region(last_routing_.weights));
 
   // Each held expert on its contiguous slice [n_e, hidden]; zero rows
   // included so that every expert weight gets a (zero) gradient.
@@ -120,17 +137,22 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x) {
   torch::Tensor y = dispatcher_.Combine(expert_out, dispatched.handle).to(x.dtype());
 
   if (shared) {
-    torch::Tensor shared_out = shared->forward(flat);  // [N, hidden]
+    torch::Tensor shared_out = shared->forward(expert_in);  // [N, hidden]
     if (shared_expert_gate) {
       // Qwen2-MoE: a per-token sigmoid gate [N, 1] on the shared expert.
-      shared_out = torch::sigmoid(shared_expert_gate->forward(flat)) * shared_out;
+      shared_out = torch::sigmoid(into_region(shared_expert_gate->forward(flat))) * shared_out;
     }
     y = y + shared_out;
+  }
+  y = y.view(tokens.sizes());
+  if (tp) {
+    y = tp_.sequence_parallel ? parallel::tensor::ReduceScatterToSpRegion(y, *tp_.group)
+                              : parallel::tensor::ReduceFromTpRegion(y, *tp_.group);
   }
   if (balance_loss.defined()) {
     y = AttachAuxLossGradient(y, balance_loss, balance_.micro_batch_weight);
   }
-  return y.view(x.sizes());
+  return y;
 }
 
 MoeBlockImpl::StepStats MoeBlockImpl::TakeStepStats() {

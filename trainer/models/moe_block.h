@@ -42,15 +42,16 @@ class MoeBlockImpl : public torch::nn::Module {
   // Under expert parallelism (parallel.expert_parallel of size ep) this rank
   // holds experts [rank * E/ep, (rank + 1) * E/ep) and exchanges tokens with
   // the other ep ranks in forward and backward (TokenDispatcher); router and
-  // shared experts are replicated. Not under tp yet (FULCRUM_CHECK; the
-  // recipe validation refuses it).
+  // shared experts are replicated over ep. Under tp (parallel.tp) the router
+  // is replicated and every expert, shared ones included, is split as a dense
+  // MLP is (gate/up column, down row: expert TP = tp).
   MoeBlockImpl(const ModelConfig& config, const torch::TensorOptions& options,
                const ModelParallel& parallel = {});
-  // x [B, T, hidden] -> [B, T, hidden]. Collective over the ep group. Every
-  // held expert runs, on zero rows when
-  // no token chose it, so each expert weight always gets a gradient (zeros
-  // then): AdamW then treats it as HF does, and the dp gradient buckets see
-  // every parameter once per backward.
+  // x [B, T, hidden] -> [B, T, hidden] (under sp [B, T/tp, hidden] both).
+  // Collective over the ep group (and the tp group under tp). Every held
+  // expert runs, on zero rows when no token chose it, so each expert weight
+  // always gets a gradient (zeros then): AdamW then treats it as HF does, and
+  // the dp gradient buckets see every parameter once per backward.
   torch::Tensor forward(const torch::Tensor& x);
 
   // The routing of the last forward (for load metrics and balancing losses).
@@ -79,6 +80,7 @@ class MoeBlockImpl : public torch::nn::Module {
 
  private:
   MoeConfig moe_;
+  parallel::tensor::TensorParallel tp_;
   parallel::expert::TokenDispatcher dispatcher_;
   Routing last_routing_;
   MoeBalanceOptions balance_;

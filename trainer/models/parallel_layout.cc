@@ -57,10 +57,22 @@ void LayoutOfLinear(ParamLayout& layout, const lora::LoraLinearImpl& linear,
     if (what == "lora_A") return SetReplicated(layout, /*partial=*/true);  // x_in full, B_r partial
     return SetSharded(layout, ShardKind::kColumn, 0, replicas);
   }
-  FULCRUM_CHECK(linear.parallel().shard == lora::LinearShard::kRow, "unsharded linear under tp");
+  if (linear.parallel().shard == lora::LinearShard::kNone) {
+    // Replicated linears in a tp model (MLA's latent projections, Qwen2-MoE's
+    // shared-expert gate) run on the full sequence on every rank.
+    return SetReplicated(layout, /*partial=*/false);
+  }
   if (what == "weight" || what == "lora_A") return SetSharded(layout, ShardKind::kRow, 1, 1);
-  // Bias and lora_B act after the reduction: partial only on sequence shards.
-  return SetReplicated(layout, sp);
+  // Bias and lora_B act after the reduction: partial only on sequence
+  // shards, or always when the caller reduces (they then see partial sums).
+  return SetReplicated(layout, sp || linear.parallel().region_by_caller);
+}
+
+// Replicated modules that see the full sequence on every tp rank also under
+// sp (MoE routers, MLA's latent norms): their gradients are complete.
+bool RunsOnFullSequence(const std::string& module_path) {
+  return absl::EndsWith(module_path, ".gate") || absl::EndsWith(module_path, "q_a_layernorm") ||
+         absl::EndsWith(module_path, "kv_a_layernorm");
 }
 
 // Under pp with tied embeddings the first and the last stage each hold a copy
@@ -110,7 +122,7 @@ std::vector<ParamLayout> ParallelLayouts(CausalLMImpl& model) {
       // Norms. q/k norms see only this rank's heads; the others see only the
       // sequence shard under sp.
       const bool per_head = absl::EndsWith(path, "q_norm") || absl::EndsWith(path, "k_norm");
-      SetReplicated(layout, per_head || tp.sequence_parallel);
+      SetReplicated(layout, per_head || (tp.sequence_parallel && !RunsOnFullSequence(path)));
     }
     out.push_back(layout);
   }

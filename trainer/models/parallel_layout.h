@@ -51,9 +51,12 @@ struct ParamLayout {
 //   vocab / column / row shards: complete grads, counted on every rank;
 //   kv-replicated k/v weight, bias, lora_B: kKvReplicas, counted where
 //     tp_rank % kv_replicas == 0;
-//   replicated (norms, row biases, column lora_A, row lora_B): counted on tp
-//     rank 0; kTp for column lora_A, q/k norms (per-head, local heads only),
-//     and under sp for norms, row biases and row lora_B.
+//   replicated (norms, row biases, column lora_A, row lora_B, unsharded
+//     linears, MoE routers): counted on tp rank 0; kTp for column lora_A,
+//     q/k norms (per-head, local heads only), the row lora_B of MoE experts
+//     (whose block reduces their partial sums), and under sp for norms, row
+//     biases and row lora_B; never for the routers, MLA's latent norms and
+//     the unsharded linears (they run on the full sequence on every rank).
 // Without tp: every parameter replicated, kNone, counted.
 // Under pp with tied embeddings, when the first and the last stage are
 // different ranks: model.embed_tokens.weight is kEmbedding on both, counted

@@ -214,10 +214,11 @@ absl::Status ValidateParallelForModel(const Recipe& recipe, int64_t num_heads, i
 // ValidateParallelForModel with `config`'s numbers, plus what the model's
 // features need, every problem collected: a config with multi-token-prediction
 // layers (num_mtp_layers > 0) needs model.mtp_layers (skip; load is "not
-// supported yet"); mixture-of-experts and latent-attention families refuse
-// parallel.tp > 1 and parallel.pp > 1 ("not supported yet: parallel.tp with
-// DeepseekV2ForCausalLM (mixture of experts / latent attention)"). Messages
-// name the recipe, the key and the config file.
+// supported yet"); under tp the routed and shared experts' intermediate
+// sizes divide by tp too (MLA has no kv heads to check, and a dense size no
+// layer uses is not checked); parallel.ep needs a mixture-of-experts model
+// whose experts split evenly over it. Messages name the recipe, the key and
+// the config file.
 absl::Status ValidateRecipeForModel(const Recipe& recipe, const models::ModelConfig& config);
 
 // True when the data is tokenized by fulcrum (any format but pretokenized, or data.datasets).

@@ -322,6 +322,35 @@ void CheckHeadsForTensorParallel(int64_t tp, int64_t num_heads, int64_t num_kv_h
   }
 }
 
+// Tensor parallelism splits attention heads (MLA's too), every MLP's
+// intermediate size (routed and shared experts included) and the vocabulary.
+void CheckModelForTensorParallel(int64_t tp, const models::ModelConfig& config,
+                                 const std::string& config_path, Problems& problems) {
+  if (tp <= 1) return;
+  bool dense_layers = false;
+  for (int64_t layer = 0; layer < config.num_layers; ++layer) {
+    dense_layers = dense_layers || !models::IsMoeLayer(config, layer);
+  }
+  // MLA has no kv heads to split (each head decompresses its own keys); a
+  // dense MLP size that no layer uses need not divide.
+  const int64_t kv_heads = config.mla.enabled() ? config.num_heads : config.num_kv_heads;
+  const int64_t intermediate = dense_layers ? config.intermediate_size : tp;
+  CheckHeadsForTensorParallel(tp, config.num_heads, kv_heads, intermediate, config.vocab_size,
+                              config_path, problems);
+  if (!config.moe.enabled()) return;
+  const std::string key = absl::StrCat("parallel.tp=", tp);
+  const std::pair<const char*, int64_t> sizes[] = {
+      {"the routed experts' intermediate size", config.moe.expert_intermediate_size},
+      {"the shared experts' intermediate size", config.moe.shared_intermediate_size}};
+  for (const auto& [what, size] : sizes) {
+    if (size % tp != 0) {
+      problems.Add(key, absl::StrCat(what, " ", size, " of ", config_path,
+                                     " is not divisible by ", tp, " (", size, " % ", tp, " = ",
+                                     size % tp, ")"));
+    }
+  }
+}
+
 // The config.json the recipe's model comes from (for messages).
 std::string ConfigPath(const Recipe& recipe) {
   return recipe.model.path.empty()
@@ -414,20 +443,7 @@ absl::Status ValidateRecipeForModel(const Recipe& recipe, const models::ModelCon
   const std::string config_path = ConfigPath(recipe);
   Problems problems(recipe.source);
   CheckMtpLayers(recipe.model, config, config_path, problems);
-  // The features tp cannot split yet; its divisibility is moot then.
-  std::vector<std::string> features;
-  if (config.moe.enabled()) features.push_back("mixture of experts");
-  if (config.mla.enabled()) features.push_back("latent attention");
-  const std::string what =
-      absl::StrCat(config.architecture, " (", absl::StrJoin(features, " / "), ")");
-  if (!features.empty() && recipe.parallel.tp > 1) {
-    problems.Add("parallel.tp",
-                 absl::StrCat("not supported yet: parallel.tp with ", what,
-                              " (parallel.tp=", recipe.parallel.tp, ", ", config_path, ")"));
-  } else {
-    CheckHeadsForTensorParallel(recipe.parallel.tp, config.num_heads, config.num_kv_heads,
-                                config.intermediate_size, config.vocab_size, config_path, problems);
-  }
+  CheckModelForTensorParallel(recipe.parallel.tp, config, config_path, problems);
   const int64_t ep = recipe.parallel.ep;
   if (ep > 1 && !config.moe.enabled()) {
     problems.Add("parallel.ep",

@@ -95,6 +95,17 @@ TEST_F(TpOpsTest, GatherFromSpRegionGathersSequenceAndReduceScattersGrad) {
   EXPECT_LT(MaxAbsDiff(x.grad(), w.narrow(1, 2 * r_, 2) * SumOfRankPlusOne(s_)), 1e-5);
 }
 
+TEST_F(TpOpsTest, GatherSpToReplicatedGathersSequenceAndKeepsOwnGradChunk) {
+  const torch::Tensor full = torch::randn({2, 2 * s_, 3});
+  const torch::Tensor w = torch::randn({2, 2 * s_, 3});
+  const torch::Tensor x = Leaf(full.narrow(1, 2 * r_, 2));
+  const torch::Tensor y = GatherSpToReplicated(x, *world_);
+  EXPECT_TRUE(torch::equal(y, full));
+  // The consumer's gradient is complete on every rank: no sum, own chunk.
+  (y * w).sum().backward();
+  EXPECT_TRUE(torch::equal(x.grad(), w.narrow(1, 2 * r_, 2)));
+}
+
 TEST_F(TpOpsTest, ReduceScatterToSpRegionSumsOwnSequenceChunkAndGathersGrad) {
   const torch::Tensor full = torch::randn({2, 2 * s_, 3});
   const torch::Tensor w = torch::randn({2, 2 * s_, 3});
@@ -140,7 +151,7 @@ TEST_F(TpOpsTest, EveryOpIsIdentityOnAOneRankGroup) {
   using Op = torch::Tensor (*)(const torch::Tensor&, Communicator&);
   const std::vector<Op> ops = {CopyToTpRegion,         ReduceFromTpRegion, GatherFromTpRegion,
                                ScatterToTpRegion,      ScatterToSpRegion,  GatherFromSpRegion,
-                               ReduceScatterToSpRegion};
+                               ReduceScatterToSpRegion, GatherSpToReplicated};
   const torch::Tensor w = torch::randn({2, 3, 4});
   for (size_t i = 0; i < ops.size(); ++i) {
     const torch::Tensor x = Leaf(torch::randn({2, 3, 4}));

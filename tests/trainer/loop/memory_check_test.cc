@@ -42,6 +42,10 @@ TEST(MemoryCheckTest, FullFineTuneCountsWeightsGradientsAndAdam) {
   e = EstimateTrainingState(Counts(), r);
   EXPECT_DOUBLE_EQ(e.params_per_rank, 500 + 2000);
   EXPECT_DOUBLE_EQ(e.bytes_per_rank, 2500 * 8 + 500 * 8 / 4.0 + 2000 * 8 / 2.0);
+  r.parallel.tp = 2;  // and every count halves again
+  e = EstimateTrainingState(Counts(), r);
+  EXPECT_DOUBLE_EQ(e.params_per_rank, 250 + 1000);
+  EXPECT_DOUBLE_EQ(e.bytes_per_rank, 1250 * 8 + 250 * 8 / 4.0 + 1000 * 8 / 2.0);
   r.parallel = recipe::ParallelSection();
   r.precision.dtype = "bf16";  // 2-byte weights and gradients, fp32 master
   EXPECT_DOUBLE_EQ(EstimateTrainingState(Counts(), r).bytes_per_rank, 9000 * (2 + 2 + 12));
@@ -71,7 +75,7 @@ TEST(MemoryCheckTest, ALayoutThatCannotFitNamesTheKeysAndTheNumbers) {
   EXPECT_NE(message.find("4e+03 of 8e+03 routed-expert parameters per rank at ep=2"),
             std::string::npos)
       << message;
-  EXPECT_NE(message.find("raise parallel.ep, parallel.pp, set parallel.zero: 1"), std::string::npos)
+  EXPECT_NE(message.find("raise parallel.ep, parallel.tp, parallel.pp, set parallel.zero: 1"), std::string::npos)
       << message;
 }
 

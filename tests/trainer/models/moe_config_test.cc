@@ -90,7 +90,12 @@ TEST(MoeConfigTest, MixtralFixture) {
   const std::vector<WeightPlanEntry> plan = WeightPlan(*c);
   EXPECT_EQ(plan[5].name, "model.layers.0.block_sparse_moe.gate.weight");  // HF order
   EXPECT_EQ(plan[6].name, "model.layers.0.block_sparse_moe.experts.0.w1.weight");
-  EXPECT_EQ(plan[6].split, TpSplit::kReplicated);
+  // Experts split under tp as a dense MLP (w1 gate, w2 down, w3 up).
+  EXPECT_EQ(plan[6].split, TpSplit::kColumn);
+  EXPECT_EQ(plan[7].name, "model.layers.0.block_sparse_moe.experts.0.w2.weight");
+  EXPECT_EQ(plan[7].split, TpSplit::kRow);
+  EXPECT_EQ(plan[8].split, TpSplit::kColumn);
+  EXPECT_EQ(plan[5].split, TpSplit::kReplicated);  // the router
 }
 
 TEST(MoeConfigTest, DeepseekV2Fixture) {

@@ -95,35 +95,48 @@ TEST(ModelFeatures, MtpLayersNeedAnExplicitChoice) {
   EXPECT_TRUE(ValidateRecipeForModel(r, DeepseekV3()).ok());
 }
 
-TEST(ModelFeatures, MoeAndMlaRefuseTpButSplitIntoPipelineStages) {
+// MoE and MLA models split over tp (experts and heads) and pp (whole
+// layers); what tp splits must divide, experts' sizes included.
+TEST(ModelFeatures, MoeAndMlaSplitOverTpAndPipelineStages) {
   Recipe r = Valid();
   r.model.mtp_layers = "skip";
   r.parallel.tp = 2;
   r.parallel.pp = 2;
-  const absl::Status status = ValidateRecipeForModel(r, DeepseekV3());
-  ASSERT_FALSE(status.ok());
-  const std::string message(status.message());
-  const std::vector<std::string> lines = absl::StrSplit(message, '\n');
-  EXPECT_EQ(lines.size(), 1u) << message;
-  EXPECT_CONTAINS(message,
-                  "r.yaml: parallel.tp: not supported yet: parallel.tp with DeepseekV3ForCausalLM "
-                  "(mixture of experts / latent attention)");
-  r.parallel.tp = 1;
-  EXPECT_TRUE(ValidateRecipeForModel(r, DeepseekV3()).ok());
+  models::ModelConfig v3 = DeepseekV3();
+  v3.moe.style = models::MoeStyle::kDeepSeek;
+  v3.moe.expert_intermediate_size = 8;
+  v3.moe.shared_intermediate_size = 16;
+  v3.moe.first_k_dense_replace = 1;
+  EXPECT_TRUE(ValidateRecipeForModel(r, v3).ok()) << ValidateRecipeForModel(r, v3);
   r.parallel.pp = 3;  // 4 layers do not split into 3 stages
-  const absl::Status layers = ValidateRecipeForModel(r, DeepseekV3());
+  const absl::Status layers = ValidateRecipeForModel(r, v3);
   ASSERT_FALSE(layers.ok());
   EXPECT_CONTAINS(std::string(layers.message()), "r.yaml: parallel.pp=3");
-  r.parallel.pp = 2;
-  r.parallel.tp = 2;
-  models::ModelConfig mixtral = Dense();
-  mixtral.architecture = "MixtralForCausalLM";
-  mixtral.moe.num_experts = 8;
   r.parallel.pp = 1;
-  const absl::Status moe_only = ValidateRecipeForModel(r, mixtral);
-  ASSERT_FALSE(moe_only.ok());
-  EXPECT_CONTAINS(std::string(moe_only.message()),
-                  "parallel.tp with MixtralForCausalLM (mixture of experts)");
+  v3.moe.expert_intermediate_size = 6;
+  v3.moe.shared_intermediate_size = 10;
+  r.parallel.tp = 4;
+  const absl::Status sizes = ValidateRecipeForModel(r, v3);
+  ASSERT_FALSE(sizes.ok());
+  const std::string message(sizes.message());
+  EXPECT_CONTAINS(message,
+                  "r.yaml: parallel.tp=4: the routed experts' intermediate size 6 of "
+                  "model/config.json is not divisible by 4 (6 % 4 = 2)");
+  EXPECT_CONTAINS(message, "the shared experts' intermediate size 10 of model/config.json");
+  EXPECT_EQ(message.find("num_attention_heads"), std::string::npos) << message;
+  // MLA has no kv heads to replicate; the dense size counts only when a
+  // layer is dense.
+  v3.moe.expert_intermediate_size = 8;
+  v3.moe.shared_intermediate_size = 16;
+  v3.num_kv_heads = 3;
+  v3.intermediate_size = 6;
+  const absl::Status dense = ValidateRecipeForModel(r, v3);
+  ASSERT_FALSE(dense.ok());
+  EXPECT_CONTAINS(std::string(dense.message()), "intermediate_size 6 of model/config.json");
+  EXPECT_EQ(std::string(dense.message()).find("num_key_value_heads"), std::string::npos)
+      << dense.message();
+  v3.moe.first_k_dense_replace = 0;
+  EXPECT_TRUE(ValidateRecipeForModel(r, v3).ok()) << ValidateRecipeForModel(r, v3);
 }
 
 TEST(ModelFeatures, ExpertParallelismNeedsExpertsThatSplitEvenly) {
