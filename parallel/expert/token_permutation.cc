@@ -20,24 +20,28 @@ PermutedTokens PermuteByExpert(const torch::Tensor& hidden, const torch::Tensor&
   // Flattened (token, choice) pairs: pair p = t * k + c. Sorting the unique key
   // id * M + p is a stable sort by expert with any sort kernel (LibTorch 1.13
   // and 2.x alike), so rows within an expert stay in (token, choice) order.
-  const torch::Tensor flat_ids = expert_ids.reshape({m});  // [M]
+  const torch::Tensor flat_ids = expert_ids.reshape({m});  // [N * k]
   const torch::Tensor positions = torch::arange(m, flat_ids.options());
-  const torch::Tensor order = torch::argsort(flat_ids * m + positions);  // [M]
+  // One host copy: the expert loop slices rows with these counts. Bin 0
+  // counts the dropped choices (id -1).
+  const torch::Tensor counts =
+      torch::bincount(flat_ids + 1, /*weights=*/{}, num_experts + 1).to(torch::kCPU).contiguous();
+  FULCRUM_CHECK(counts.size(0) == num_experts + 1, "an expert id is >= num_experts (", num_experts,
+                "): bincount has ", counts.size(0) - 1, " expert bins");
+  const int64_t* data = counts.data_ptr<int64_t>();
+  // Dropped choices sort first (negative keys) and are cut off.
+  const int64_t dropped = data[0];
+  const torch::Tensor order =
+      torch::argsort(flat_ids * m + positions).narrow(0, dropped, m - dropped);  // [M]
 
   PermutedTokens out;
   out.num_tokens = n;
+  out.dropped = dropped;
+  out.tokens_per_expert.assign(data + 1, data + 1 + num_experts);
   // Pair p belongs to token p / k.
   out.source_rows = order.div(k, /*rounding_mode=*/"floor");
   out.tokens = hidden.index_select(0, out.source_rows);
   out.weights = weights.reshape({m}).to(hidden.scalar_type()).index_select(0, order);
-
-  // One host copy: the expert loop slices rows with these counts.
-  const torch::Tensor counts =
-      torch::bincount(flat_ids, /*weights=*/{}, num_experts).to(torch::kCPU).contiguous();
-  FULCRUM_CHECK(counts.size(0) == num_experts, "an expert id is >= num_experts (", num_experts,
-                "): bincount has ", counts.size(0), " bins");
-  const int64_t* data = counts.data_ptr<int64_t>();
-  out.tokens_per_expert.assign(data, data + num_experts);
   return out;
 }
 

@@ -15,7 +15,7 @@
 namespace fulcrum::parallel::expert {
 
 struct PermutedTokens {
-  // [M, hidden], M = N * k rows: row j is hidden[source_rows[j]], rows of
+  // [M, hidden], M = N * k - dropped rows: row j is hidden[source_rows[j]], rows of
   // expert 0 first, then expert 1, ...; within an expert in (token, choice)
   // order (a stable sort, so the result does not depend on the sort kernel).
   // Differentiable with respect to the input hidden states.
@@ -26,10 +26,13 @@ struct PermutedTokens {
   // sum = M; size = num_experts; experts without a token have 0.
   std::vector<int64_t> tokens_per_expert;
   int64_t num_tokens = 0;  // N
+  int64_t dropped = 0;     // (token, choice) pairs with expert id -1
 };
 
-// hidden [N, hidden], expert_ids [N, k] int64 in [0, num_experts), weights
-// [N, k] (any float dtype; cast to hidden's dtype) -> the permutation above.
+// hidden [N, hidden], expert_ids [N, k] int64 in [0, num_experts), or -1 for
+// a choice dropped over an expert's capacity (it gets no row and adds
+// nothing to its token), weights [N, k] (any float dtype; cast to hidden's
+// dtype) -> the permutation above.
 PermutedTokens PermuteByExpert(const torch::Tensor& hidden, const torch::Tensor& expert_ids,
                                const torch::Tensor& weights, int64_t num_experts);
 

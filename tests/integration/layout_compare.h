@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <fstream>
@@ -33,6 +34,7 @@ struct StepLog {
   // MoE models: per step, the balance loss and each layer's max/mean load.
   std::vector<double> balance_losses;
   std::vector<std::vector<double>> expert_loads;
+  std::vector<std::vector<int64_t>> tokens_dropped;  // per layer, over capacity
 };
 
 // The step lines of a metrics JSONL, and the eval lines' val_loss.
@@ -51,13 +53,14 @@ inline StepLog ReadStepLog(const std::string& path) {
     if (j.contains("moe_balance_loss")) {
       log.balance_losses.push_back(j.at("moe_balance_loss").get<double>());
       log.expert_loads.push_back(j.at("expert_load_max_over_mean").get<std::vector<double>>());
+      log.tokens_dropped.push_back(j.at("moe_tokens_dropped").get<std::vector<int64_t>>());
     }
   }
   return log;
 }
 
 // Per-step losses, validation and balance losses within 1e-5 relative, grad
-// norms within 1e-4, the same expert loads.
+// norms within 1e-4, the same expert loads and dropped choices.
 inline void ExpectSameCurve(const StepLog& got, const StepLog& ref, const std::string& what) {
   ASSERT_EQ(got.losses.size(), ref.losses.size()) << what;
   ASSERT_EQ(got.balance_losses.size(), ref.balance_losses.size()) << what;
@@ -66,6 +69,8 @@ inline void ExpectSameCurve(const StepLog& got, const StepLog& ref, const std::s
                 1e-5 * std::abs(ref.balance_losses[s]))
         << what << " balance loss, step " << s + 1;
     EXPECT_EQ(got.expert_loads[s], ref.expert_loads[s]) << what << " expert loads, step " << s + 1;
+    EXPECT_EQ(got.tokens_dropped[s], ref.tokens_dropped[s])
+        << what << " tokens dropped, step " << s + 1;
   }
   ASSERT_EQ(got.val_losses.size(), ref.val_losses.size()) << what;
   for (size_t e = 0; e < ref.val_losses.size(); ++e) {
@@ -78,6 +83,17 @@ inline void ExpectSameCurve(const StepLog& got, const StepLog& ref, const std::s
     EXPECT_NEAR(got.grad_norms[s], ref.grad_norms[s], 1e-4 * ref.grad_norms[s])
         << what << " step " << s + 1;
   }
+}
+
+// The largest per-step loss difference of two runs of the same length (a
+// setting that must change the training leaves the other curve).
+inline double LargestLossGap(const StepLog& a, const StepLog& b) {
+  EXPECT_EQ(a.losses.size(), b.losses.size());
+  double largest = 0.0;
+  for (size_t s = 0; s < std::min(a.losses.size(), b.losses.size()); ++s) {
+    largest = std::max(largest, std::abs(a.losses[s] - b.losses[s]));
+  }
+  return largest;
 }
 
 // max|got - ref| <= 1e-5 max|ref| (+ 1e-7 for tensors that are ~0).

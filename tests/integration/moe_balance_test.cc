@@ -4,7 +4,8 @@
 // balance loss and expert loads under dp 2 and ep 2; DeepSeek-V3's
 // aux-loss-free bias update moves the correction biases identically under
 // ep 2, checkpoints keep them (a resumed run ends with the uninterrupted
-// run's biases), and the moe keys are refused on a dense model.
+// run's biases), an expert capacity drops the same choices under ep 2 and
+// tp 2, and the moe keys are refused on a dense model.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "tests/integration/fixture_compare.h"
@@ -47,11 +49,7 @@ TEST_P(MoeBalanceLayoutTest, BalanceLossReproducesTheSingleRankRun) {
   EXPECT_GT(*std::max_element(plain.expert_loads.front().begin(), plain.expert_loads.front().end()),
             1.0);
   // The balance loss is in the objective: the curve leaves the plain one.
-  double largest = 0.0;
-  for (size_t s = 0; s < single.losses.size(); ++s) {
-    largest = std::max(largest, std::abs(single.losses[s] - plain.losses[s]));
-  }
-  EXPECT_GT(largest, 1e-4);
+  EXPECT_GT(LargestLossGap(single, plain), 1e-4);
   EXPECT_EQ(plain.balance_losses.front(), 0.0);
   ExpectSameCurve(run("dp2", c.balance + " parallel.dp=2", 2), single, "dp2 " + c.balance);
   ExpectSameCurve(run("ep2", c.balance + " parallel.dp=2 parallel.ep=2", 2), single,
@@ -64,6 +62,39 @@ INSTANTIATE_TEST_SUITE_P(
         BalanceCase{"mixtral", "moe.aux_loss=switch moe.aux_loss_coeff=0.5 moe.z_loss_coeff=0.01"},
         BalanceCase{"deepseek_v2", "moe.aux_loss=seq moe.aux_loss_coeff=0.5"}),
     [](const auto& info) { return info.param.family; });
+
+// An expert capacity drops the same choices under every layout: each source
+// rank applies it to its own micro-batch's tokens before dispatch, and tp
+// ranks route the whole sequence. Dropping changes the training (the curve
+// leaves the dropless one) and the drops are counted per layer.
+TEST(MoeCapacityTest, CapacityDropsTheSameChoicesUnderEveryLayout) {
+  const std::string root = ScratchDir();
+  const std::string data = root + "/data.jsonl";
+  WriteTinyData(data, 64, 512);
+  const std::string model = FixturesDir() + "/mixtral/model";
+  auto run = [&](const std::string& name, const std::string& overrides, int ranks) {
+    return TrainLayout(model, data, "full", root + "/" + name, overrides, ranks);
+  };
+  const StepLog dropless = run("dropless", "", 1);
+  // 16 tokens x top-2 over 8 experts: at most 4 choices per expert.
+  const std::string capacity = "moe.capacity_factor=1.0";
+  const StepLog single = run("single", capacity, 1);
+  ASSERT_EQ(single.tokens_dropped.size(), 10u);
+  ASSERT_EQ(single.tokens_dropped.front().size(), 2u);  // one count per MoE layer
+  int64_t total = 0;
+  for (const auto& step : single.tokens_dropped) {
+    for (int64_t layer : step) total += layer;
+  }
+  EXPECT_GT(total, 0);
+  for (const auto& step : dropless.tokens_dropped) {
+    EXPECT_EQ(step, (std::vector<int64_t>{0, 0}));
+  }
+  EXPECT_GT(LargestLossGap(single, dropless), 1e-4);
+  ExpectSameCurve(run("ep2", capacity + " parallel.dp=2 parallel.ep=2", 2), single,
+                  "ep2 " + capacity);
+  ExpectSameCurve(run("tp2", capacity + " parallel.tp=2 parallel.sequence_parallel=true", 2),
+                  single, "tp2 sp " + capacity);
+}
 
 // A DeepSeek-V3-style model (sigmoid scores, noaux_tc routing with the
 // correction bias) made from the deepseek_v2 fixture's shape by fulcrum init.
@@ -151,6 +182,9 @@ TEST(MoeBalanceValidationTest, MoeKeysNeedTheRightModel) {
       {"mixtral", "moe.bias_update_rate=0.001",
        "moe.bias_update_rate: needs routers with e_score_correction_bias"},
       {"mixtral", "moe.aux_loss=sinkhorn", "moe.aux_loss"},
+      {"llama", "moe.capacity_factor=1.25",
+       "moe.capacity_factor: needs a mixture-of-experts model"},
+      {"mixtral", "moe.capacity_factor=-1", "moe.capacity_factor"},
   };
   for (const Case& c : cases) {
     const std::string dir = root + "/" + c.family;

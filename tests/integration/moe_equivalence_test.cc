@@ -12,6 +12,7 @@
 // rank: its zero gradient must still join the reduction.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -151,6 +152,36 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, MoeTensorParallelTest,
                            return std::get<0>(info.param) + "_" + std::get<1>(info.param);
                          });
 
+// LoRA on the routers when the recipe names "gate": the adapted routing
+// trains (the curve leaves all-linear's), ep 2 x tp 2 reproduces it, and a
+// PEFT export carries the router adapters with a warning about where they
+// load.
+TEST(MoeRouterLoraTest, NamedRouterAdaptersTrainAlikeUnderExpertAndTensorParallelism) {
+  const std::string root = ScratchDir();
+  const std::string data = root + "/data.jsonl";
+  WriteTinyData(data, 64, 512);
+  const std::string model = FixturesDir() + "/mixtral/model";
+  auto run = [&](const std::string& name, const std::string& overrides, int ranks) {
+    const std::string dir = root + "/" + name;
+    return TrainLayout(model, data, "lora", dir, "checkpoint.dir=" + dir + "/ckpt " + overrides,
+                       ranks);
+  };
+  const StepLog plain = run("plain", "", 1);
+  const std::string targets = "'finetune.lora.targets=[all-linear,gate]'";
+  const StepLog single = run("single", targets, 1);
+  EXPECT_GT(LargestLossGap(single, plain), 1e-6) << "the router adapters must change the training";
+  ExpectSameCurve(run("ep2_tp2", targets + " parallel.dp=2 parallel.ep=2 parallel.tp=2", 4), single,
+                  "ep2 x tp2 with router adapters");
+  const std::string out = root + "/peft";
+  const CommandResult r =
+      RunFulcrum("export --checkpoint " + root + "/ep2_tp2/ckpt --format peft --out " + out);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("are MoE routers"), std::string::npos) << r.output;
+  const Tensors adapter = ReadTensors(out + "/adapter_model.safetensors");
+  EXPECT_EQ(adapter.count("base_model.model.model.layers.1.block_sparse_moe.gate.lora_B.weight"),
+            1u);
+}
+
 // A checkpoint written under ep 2 x dp 4 with ZeRO-1 holds every expert and
 // its optimizer state: the merged export equals the single-rank run's, and
 // resuming it under ep 2 on two ranks continues the single-rank loss curve.
@@ -244,10 +275,9 @@ TEST(MoeValidationTest, UnsupportedLayoutsAreRefusedAtValidation) {
     const bool moe = family != "llama";
     // 4 heads do not split over 3 tp ranks.
     const std::string overrides = moe ? "parallel.tp=3" : "parallel.dp=2 parallel.ep=2";
-    const std::string expected =
-        moe ? "num_attention_heads 4 of " + FixturesDir() + "/" + family +
-                  "/model/config.json is not divisible by 3"
-            : "needs a mixture-of-experts model";
+    const std::string expected = moe ? "num_attention_heads 4 of " + FixturesDir() + "/" + family +
+                                           "/model/config.json is not divisible by 3"
+                                     : "needs a mixture-of-experts model";
     const CommandResult r = RunFulcrum("train " + dir + "/recipe.yaml " + overrides, moe ? 3 : 2);
     EXPECT_NE(r.exit_code, 0) << family << "\n" << r.output;
     EXPECT_NE(r.output.find(expected), std::string::npos) << r.output;

@@ -102,14 +102,24 @@ absl::StatusOr<ExportSource> LoadSource(const std::string& checkpoint_path,
 
 // Adapters on routed experts are valid PEFT (transformers' per-expert
 // modules load them), but engines that fuse the experts into one tensor may
-// not: say so rather than let a serving stack drop them silently.
+// not, and adapters on routers load only where the router is an nn.Linear:
+// say so rather than let a serving stack drop them silently.
 void WarnAboutRoutedExpertAdapters(torch::nn::Module& model, const parallel::World& world) {
   int64_t adapted = 0;
-  std::vector<std::string> experts;
+  std::vector<std::string> experts, routers;
   for (const lora::LoraLayer& layer : lora::LoraLayers(model)) {
     if (!layer.layer->has_adapter()) continue;
     ++adapted;
     if (models::IsRoutedExpertParameter(layer.path)) experts.push_back(layer.path);
+    if (lora::LastComponent(layer.path) == "gate") routers.push_back(layer.path);
+  }
+  if (!routers.empty()) {
+    parallel::Logger(world.rank(), false)
+        .Warn("fulcrum export --format peft: ", routers.size(),
+              " adapted modules are MoE routers (", routers.front(),
+              ", ...). PEFT loads them where the router is an nn.Linear (Mixtral, Qwen-MoE) but "
+              "not on DeepSeek's gate, and inference engines do not apply LoRA to routers: for "
+              "those, export --format merged.");
   }
   if (experts.empty()) return;
   parallel::Logger(world.rank(), false)

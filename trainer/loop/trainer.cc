@@ -137,7 +137,10 @@ absl::Status Trainer::BuildModelAndOptimizer() {
     balance.z_loss_coeff = recipe_.moe.z_loss_coeff;
     balance.micro_batch_weight = static_cast<double>(recipe_.batch.micro_batch) /
                                  static_cast<double>(recipe_.batch.global_batch);
-    for (models::MoeBlockImpl* block : moe_blocks_) block->SetBalance(balance);
+    for (models::MoeBlockImpl* block : moe_blocks_) {
+      block->SetBalance(balance);
+      block->SetCapacityFactor(recipe_.moe.capacity_factor);
+    }
   }
   // Dropout streams differ per dp rank (a tp group shares its inputs);
   // everything above is already fixed.
@@ -413,21 +416,27 @@ metrics::StepMetrics Trainer::Step(int64_t step_index) {
 
 void Trainer::FinishMoeStep(metrics::StepMetrics& m) {
   if (!built_.config.moe.enabled()) return;
-  // One reduction for every layer: [loads of layer 0, ..., balance sums].
+  // One reduction for every layer: [loads of layer 0, ..., balance sums,
+  // dropped choices].
   std::vector<torch::Tensor> parts;
   std::vector<torch::Tensor> sums;
+  std::vector<torch::Tensor> dropped;
   for (models::MoeBlockImpl* block : moe_blocks_) {
     models::MoeBlockImpl::StepStats stats = block->TakeStepStats();
     parts.push_back(stats.loads);
     sums.push_back(stats.balance_loss_sum.reshape({1}));
+    dropped.push_back(stats.dropped.reshape({1}));
   }
   parts.insert(parts.end(), sums.begin(), sums.end());
+  parts.insert(parts.end(), dropped.begin(), dropped.end());
   torch::Tensor all = parts.empty() ? torch::zeros({0}, torch::kDouble) : torch::cat(parts);
   parallel_.dp().AllReduce(all);
   // Per layer of the whole model (a stage fills its own; summed over pp):
-  // max/mean load, then the balance losses' sum in the last slot.
+  // max/mean load, the balance losses' sum in slot num_layers, then the
+  // dropped choices per layer.
   const int64_t num_layers = built_.config.num_layers;
-  torch::Tensor per_layer = torch::zeros({num_layers + 1}, torch::kDouble);
+  const int64_t blocks = static_cast<int64_t>(moe_blocks_.size());
+  torch::Tensor per_layer = torch::zeros({2 * num_layers + 1}, torch::kDouble);
   int64_t offset = 0;
   for (size_t b = 0; b < moe_blocks_.size(); ++b) {
     models::MoeBlockImpl* block = moe_blocks_[b];
@@ -440,11 +449,15 @@ void Trainer::FinishMoeStep(metrics::StepMetrics& m) {
                                    recipe_.moe.bias_update_rate);
     }
   }
-  per_layer[num_layers] = all.narrow(0, offset, static_cast<int64_t>(moe_blocks_.size())).sum();
+  per_layer[num_layers] = all.narrow(0, offset, blocks).sum();
+  for (int64_t b = 0; b < blocks; ++b) {
+    per_layer[num_layers + 1 + moe_layers_[static_cast<size_t>(b)]] = all[offset + blocks + b];
+  }
   if (pipeline_) parallel_.pp().AllReduce(per_layer);
   for (int64_t layer = 0; layer < num_layers; ++layer) {
     if (models::IsMoeLayer(built_.config, layer)) {
       m.expert_load_max_over_mean.push_back(per_layer[layer].item<double>());
+      m.moe_tokens_dropped.push_back(per_layer[num_layers + 1 + layer].item<int64_t>());
     }
   }
   m.moe_balance_loss = per_layer[num_layers].item<double>() *

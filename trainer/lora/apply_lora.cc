@@ -13,6 +13,8 @@ namespace {
 
 constexpr char kAllLinear[] = "all-linear";
 constexpr char kLmHead[] = "lm_head";
+// MoE routers: adapted only when named (changing the routing is a choice).
+constexpr char kRouter[] = "gate";
 
 }  // namespace
 
@@ -114,7 +116,7 @@ absl::StatusOr<int64_t> ApplyLora(torch::nn::Module& model, const LoraOptions& o
       model, options.spec,
       [&](const std::string& path) {
         const std::string name = LastComponent(path);
-        return targets.count(name) > 0 || (all_linear && name != kLmHead);
+        return targets.count(name) > 0 || (all_linear && name != kLmHead && name != kRouter);
       },
       options.seed);
 }

@@ -58,7 +58,8 @@ std::string LastComponent(const std::string& path);
 absl::Status ValidateLoraSpec(const LoraSpec& spec);
 
 // Attaches adapters to every LoraLinear whose name's last component is in
-// targets ("all-linear": every LoraLinear except lm_head), then freezes every
+// targets ("all-linear": every LoraLinear except lm_head and the MoE routers,
+// "gate", which are adapted only when named), then freezes every
 // non-adapter parameter (requires_grad false). A target matching no module ->
 // InvalidArgument "finetune.lora.targets: 'qproj' matches no linear layer
 // (available: down_proj, gate_proj, ...)". A layer that already has an

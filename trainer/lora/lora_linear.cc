@@ -83,6 +83,13 @@ torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
   return y.add_(h, scaling_);
 }
 
+torch::Tensor LoraLinearImpl::AdapterDelta(const torch::Tensor& x) {
+  FULCRUM_CHECK(has_adapter() && !sharded(), "AdapterDelta needs an unsharded adapted layer");
+  const torch::Tensor in = dropout_ > 0.0 ? torch::dropout(x, dropout_, is_training()) : x;
+  const torch::Tensor low = torch::matmul(in, lora_a_.to(x.scalar_type()).t());
+  return torch::matmul(low, lora_b_.to(x.scalar_type()).t()) * scaling_;
+}
+
 void LoraLinearImpl::AttachAdapter(const LoraSpec& spec, at::Generator generator) {
   FULCRUM_CHECK(!has_adapter(), "adapter attached twice");
   FULCRUM_CHECK(spec.rank > 0, "rank=", spec.rank);

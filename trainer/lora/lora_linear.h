@@ -103,6 +103,10 @@ class LoraLinearImpl : public torch::nn::Module {
   torch::Tensor LocalLoraA(const torch::Tensor& full_a) const;
   torch::Tensor LocalLoraB(const torch::Tensor& full_b) const;
 
+  // Unsharded layers with an adapter: scaling * B(A(dropout(x))) in x's
+  // dtype (for callers that run the base product themselves, in another dtype).
+  torch::Tensor AdapterDelta(const torch::Tensor& x);
+
   torch::Tensor lora_a() const { return lora_a_; }  // [r, in] (kRow [r, in/tp])
   torch::Tensor lora_b() const { return lora_b_; }  // [out, r] (kColumn [out_r, r])
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <numeric>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -59,6 +60,7 @@ void MetricsSink::Record(const StepMetrics& m) {
     if (!m.expert_load_max_over_mean.empty()) {
       line["expert_load_max_over_mean"] = m.expert_load_max_over_mean;
       line["moe_balance_loss"] = m.moe_balance_loss;
+      line["moe_tokens_dropped"] = m.moe_tokens_dropped;
     }
     jsonl_ << line.dump() << "\n";
     jsonl_.flush();
@@ -72,6 +74,9 @@ void MetricsSink::Record(const StepMetrics& m) {
         *std::max_element(m.expert_load_max_over_mean.begin(), m.expert_load_max_over_mean.end()));
     if (m.moe_balance_loss > 0)
       absl::StrAppendFormat(&moe, " | balance loss %.4f", m.moe_balance_loss);
+    const int64_t dropped =
+        std::accumulate(m.moe_tokens_dropped.begin(), m.moe_tokens_dropped.end(), int64_t{0});
+    if (dropped > 0) absl::StrAppendFormat(&moe, " | dropped %d", dropped);
   }
   logger_.Info(absl::StrFormat(
       "step %d/%d | loss %.4f | lr %.3e | grad_norm %.3f%s | %.0f tok/s | %.2f GFLOP/s/rank "

@@ -32,8 +32,11 @@ struct StepMetrics {
   // Mixture-of-experts models only (empty / 0 otherwise): per MoE layer, in
   // layer order, the most loaded expert's tokens over the mean (1 = balanced)
   // over the step's global batch, and the balance loss the objective added
-  // (summed over layers, mean over micro-batches; not part of `loss`).
+  // (summed over layers, mean over micro-batches; not part of `loss`), and
+  // per MoE layer the (token, expert) choices dropped over capacity
+  // (moe.capacity_factor; 0 when dropless).
   std::vector<double> expert_load_max_over_mean;
+  std::vector<int64_t> moe_tokens_dropped;
   double moe_balance_loss = 0.0;
 };
 

@@ -238,7 +238,8 @@ void AppendMoe(const ModelConfig& config, const std::string& p,
     for (int64_t e = 0; e < moe.num_experts; ++e) {
       const std::string prefix = absl::StrCat(block, "experts.", e, ".");
       if (mixtral) {
-        AppendSwiGlu(prefix, {"w1", "w2", "w3"}, false, plan, {"gate_proj", "down_proj", "up_proj"});
+        AppendSwiGlu(prefix, {"w1", "w2", "w3"}, false, plan,
+                     {"gate_proj", "down_proj", "up_proj"});
       } else {
         AppendSwiGlu(prefix, {"gate_proj", "up_proj", "down_proj"}, bias, plan);
       }

@@ -100,10 +100,10 @@ MlaAttentionImpl::MlaAttentionImpl(const ModelConfig& config, const torch::Tenso
       lora::LoraLinear(hidden, mla_.kv_lora_rank + mla_.qk_rope_head_dim, bias, options));
   kv_a_layernorm =
       register_module("kv_a_layernorm", RMSNorm(mla_.kv_lora_rank, kLatentNormEps, options));
-  kv_b_proj = register_module(
-      "kv_b_proj",
-      lora::LoraLinear(mla_.kv_lora_rank, h * (mla_.qk_nope_head_dim + mla_.v_head_dim), false,
-                       options, by_heads));
+  kv_b_proj =
+      register_module("kv_b_proj", lora::LoraLinear(mla_.kv_lora_rank,
+                                                    h * (mla_.qk_nope_head_dim + mla_.v_head_dim),
+                                                    false, options, by_heads));
   o_proj = register_module("o_proj", lora::LoraLinear(h * mla_.v_head_dim, hidden, bias, options,
                                                       ProjectionParallel("o_proj", parallel)));
 }

@@ -14,9 +14,10 @@ MlpImpl::MlpImpl(int64_t hidden, int64_t inter, bool bias, const torch::TensorOp
     out.region_by_caller = region_by_caller;
     return out;
   };
-  gate_proj =
-      register_module(names.gate, lora::LoraLinear(hidden, inter, bias, options, role("gate_proj")));
-  up_proj = register_module(names.up, lora::LoraLinear(hidden, inter, bias, options, role("up_proj")));
+  gate_proj = register_module(names.gate,
+                              lora::LoraLinear(hidden, inter, bias, options, role("gate_proj")));
+  up_proj =
+      register_module(names.up, lora::LoraLinear(hidden, inter, bias, options, role("up_proj")));
   down_proj = register_module(names.down,
                               lora::LoraLinear(inter, hidden, bias, options, role("down_proj")));
 }

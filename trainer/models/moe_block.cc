@@ -6,6 +6,7 @@
 #include "core/check.h"
 #include "parallel/expert/token_permutation.h"
 #include "parallel/tensor/tp_ops.h"
+#include "trainer/models/expert_capacity.h"
 
 namespace fulcrum::models {
 namespace {
@@ -120,8 +121,15 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x) {
   // same in fp32, one rounding apart in bf16).
   // Without ep the dispatch is the local permutation by expert alone. The
   // weights scale partial sums under tp: their gradient is one too.
+  torch::Tensor expert_ids = last_routing_.expert_ids;
+  if (is_training() && capacity_factor_ > 0) {
+    const int64_t capacity =
+        ExpertCapacity(flat.size(0), expert_ids.size(1), moe_.num_experts, capacity_factor_);
+    expert_ids = DropOverCapacity(expert_ids, moe_.num_experts, capacity);
+  }
   const parallel::expert::Dispatched dispatched =
-      dispatcher_.Dispatch(expert_in, last_routing_.expert_ids, into_region(last_routing_.weights));
+      dispatcher_.Dispatch(expert_in, expert_ids, into_region(last_routing_.weights));
+  if (is_training()) dropped_ += dispatched.handle.local.dropped;
 
   // Each held expert on its contiguous slice [n_e, hidden]; zero rows
   // included so that every expert weight gets a (zero) gradient.
@@ -161,8 +169,10 @@ MoeBlockImpl::StepStats MoeBlockImpl::TakeStepStats() {
   stats.loads = loads_.defined() ? loads_.to(torch::kCPU) : torch::zeros({moe_.num_experts}, f64);
   stats.balance_loss_sum =
       balance_sum_.defined() ? balance_sum_.to(torch::kCPU) : torch::zeros({}, f64);
+  stats.dropped = torch::full({}, static_cast<double>(dropped_), f64);
   loads_ = torch::Tensor();
   balance_sum_ = torch::Tensor();
+  dropped_ = 0;
   return stats;
 }
 

@@ -61,14 +61,21 @@ class MoeBlockImpl : public torch::nn::Module {
   // `options` to the objective (AttachAuxLossGradient) and every training
   // forward counts the tokens routed to each expert. Off by default.
   void SetBalance(const MoeBalanceOptions& options) { balance_ = options; }
+  // > 0: training forwards drop each expert's choices over its capacity
+  // (ExpertCapacity of this forward's tokens, before dispatch: the same on
+  // every layout) and count them. Evaluation, `score` and the HF models an
+  // export loads stay dropless. 0 (the default): dropless.
+  void SetCapacityFactor(double capacity_factor) { capacity_factor_ = capacity_factor; }
   // What the training forwards since the last call accumulated, then reset:
   // loads [E] float64 (tokens this rank routed to each expert; routing is
   // before dispatch, so the sum over dp counts every token once) and the sum
   // of the micro-batches' balance losses (0-dim float64, coefficients
-  // applied, micro_batch_weight not; 0 when inactive).
+  // applied, micro_batch_weight not; 0 when inactive) and the choices
+  // dropped over capacity (0-dim float64).
   struct StepStats {
     torch::Tensor loads;
     torch::Tensor balance_loss_sum;
+    torch::Tensor dropped;
   };
   StepStats TakeStepStats();
   int64_t num_experts() const { return moe_.num_experts; }
@@ -84,8 +91,10 @@ class MoeBlockImpl : public torch::nn::Module {
   parallel::expert::TokenDispatcher dispatcher_;
   Routing last_routing_;
   MoeBalanceOptions balance_;
+  double capacity_factor_ = 0.0;
   torch::Tensor loads_;        // [E] float64, since the last TakeStepStats
   torch::Tensor balance_sum_;  // 0-dim float64
+  int64_t dropped_ = 0;        // choices dropped over capacity since then
 };
 TORCH_MODULE(MoeBlock);
 

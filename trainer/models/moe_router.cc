@@ -1,5 +1,7 @@
 #include "trainer/models/moe_router.h"
 
+#include <algorithm>
+
 #include "core/check.h"
 
 namespace fulcrum::models {
@@ -94,9 +96,10 @@ Routing RouteTokens(const torch::Tensor& logits, const MoeConfig& moe,
 
 MoeRouterImpl::MoeRouterImpl(int64_t hidden_size, const MoeConfig& moe,
                              const torch::TensorOptions& options)
-    : moe_(moe) {
+    : lora::LoraLinearImpl(hidden_size, std::max<int64_t>(moe.num_experts, 1), /*bias=*/false,
+                           options),
+      moe_(moe) {
   FULCRUM_CHECK(moe.enabled(), "MoeRouter built for a dense config");
-  weight = register_parameter("weight", torch::empty({moe.num_experts, hidden_size}, options));
   if (moe.correction_bias) {
     // fp32 whatever the model dtype (HF keeps the buffer in fp32 for its
     // tiny updates); persistent, so it is loaded and exported.
@@ -111,10 +114,12 @@ Routing MoeRouterImpl::forward(const torch::Tensor& x) {
   torch::Tensor logits;  // [N, E]
   if (moe_.style == MoeStyle::kDeepSeek) {
     // DeepSeek's gate runs the projection itself in fp32.
-    logits = torch::nn::functional::linear(x.to(torch::kFloat32), weight.to(torch::kFloat32));
+    const torch::Tensor x32 = x.to(torch::kFloat32);
+    logits = torch::nn::functional::linear(x32, weight.to(torch::kFloat32));
+    if (has_adapter()) logits = logits + AdapterDelta(x32);
   } else {
     // Mixtral / Qwen: nn.Linear in the model dtype, softmax in fp32.
-    logits = torch::nn::functional::linear(x, weight);
+    logits = lora::LoraLinearImpl::forward(x);
   }
   return RouteTokens(logits, moe_, e_score_correction_bias);
 }

@@ -9,6 +9,7 @@
 
 #include <torch/torch.h>
 
+#include "trainer/lora/lora_linear.h"
 #include "trainer/models/model_config.h"
 
 namespace fulcrum::models {
@@ -29,13 +30,17 @@ struct Routing {
 Routing RouteTokens(const torch::Tensor& logits, const MoeConfig& moe,
                     const torch::Tensor& correction_bias = {});
 
-class MoeRouterImpl : public torch::nn::Module {
+// The router is a linear layer [E, hidden] (parameter "weight", HF's gate),
+// so LoRA adapts it when the recipe names it ("gate" in
+// finetune.lora.targets); all-linear leaves it frozen: changing the routing
+// is a choice, not a default.
+class MoeRouterImpl : public lora::LoraLinearImpl {
  public:
   MoeRouterImpl(int64_t hidden_size, const MoeConfig& moe, const torch::TensorOptions& options);
-  // x [N, hidden] -> Routing (logits computed in fp32 as HF does).
+  // x [N, hidden] -> Routing (logits computed as HF does: DeepSeek in fp32,
+  // adapter included; Mixtral / Qwen in the model dtype).
   Routing forward(const torch::Tensor& x);
 
-  torch::Tensor weight;  // [E, hidden] parameter "weight"
   // [E] fp32 persistent buffer "e_score_correction_bias" (DeepSeek-V3 only):
   // loaded and exported with the weights, never trained by the optimizer
   // (the aux-loss-free balancing updates it between steps).

@@ -134,6 +134,11 @@ struct MoeSection {
   // DeepSeek-V3's aux-loss-free balancing: after each step every router's
   // e_score_correction_bias moves by this much towards balance (0 = off).
   double bias_update_rate = 0.0;
+  // Expert capacity in training forwards: each expert takes at most
+  // ceil(capacity_factor * tokens * top_k / experts) choices of a forward's
+  // tokens, first choices before second ones, the rest dropped and counted
+  // (0 = dropless).
+  double capacity_factor = 0.0;
 };
 
 struct CheckpointSection {

@@ -123,8 +123,15 @@ void CheckFinetuneAndOptim(const Recipe& r, Problems& p) {
   if (lora.targets.empty()) p.Add("finetune.lora.targets", "must name at least one module");
   const bool all_linear =
       std::find(lora.targets.begin(), lora.targets.end(), "all-linear") != lora.targets.end();
-  if (all_linear && lora.targets.size() > 1) {
-    p.Add("finetune.lora.targets", "all-linear must be the only target");
+  // all-linear leaves out lm_head and the MoE routers; only the routers may
+  // be added to it.
+  const bool plus_routers =
+      lora.targets.size() == 2 &&
+      std::find(lora.targets.begin(), lora.targets.end(), "gate") != lora.targets.end();
+  if (all_linear && lora.targets.size() > 1 && !plus_routers) {
+    p.Add("finetune.lora.targets",
+          "all-linear must be the only target (or come with gate alone, the MoE routers it "
+          "leaves out)");
   }
   for (const std::string& target : lora.targets) {
     if (target.empty()) p.Add("finetune.lora.targets", "contains an empty name");
@@ -267,6 +274,7 @@ void CheckRest(const Recipe& r, Problems& p) {
   p.NonNegative("moe.aux_loss_coeff", r.moe.aux_loss_coeff);
   p.NonNegative("moe.z_loss_coeff", r.moe.z_loss_coeff);
   p.NonNegative("moe.bias_update_rate", r.moe.bias_update_rate);
+  p.NonNegative("moe.capacity_factor", r.moe.capacity_factor);
   p.OneOf("precision.dtype", r.precision.dtype, KnownDtypes());
   p.OneOf("device", r.device, KnownDevices());
   p.NonNegative("seed", r.seed);
@@ -344,9 +352,8 @@ void CheckModelForTensorParallel(int64_t tp, const models::ModelConfig& config,
       {"the shared experts' intermediate size", config.moe.shared_intermediate_size}};
   for (const auto& [what, size] : sizes) {
     if (size % tp != 0) {
-      problems.Add(key, absl::StrCat(what, " ", size, " of ", config_path,
-                                     " is not divisible by ", tp, " (", size, " % ", tp, " = ",
-                                     size % tp, ")"));
+      problems.Add(key, absl::StrCat(what, " ", size, " of ", config_path, " is not divisible by ",
+                                     tp, " (", size, " % ", tp, " = ", size % tp, ")"));
     }
   }
 }
@@ -420,7 +427,8 @@ void CheckMoeSection(const MoeSection& moe, const models::ModelConfig& config,
     const std::pair<const char*, bool> keys[] = {
         {"moe.aux_loss", moe.aux_loss != defaults.aux_loss},
         {"moe.z_loss_coeff", moe.z_loss_coeff != defaults.z_loss_coeff},
-        {"moe.bias_update_rate", moe.bias_update_rate != defaults.bias_update_rate}};
+        {"moe.bias_update_rate", moe.bias_update_rate != defaults.bias_update_rate},
+        {"moe.capacity_factor", moe.capacity_factor != defaults.capacity_factor}};
     for (const auto& [key, set] : keys) {
       if (set) {
         problems.Add(key, absl::StrCat("needs a mixture-of-experts model; ", model,

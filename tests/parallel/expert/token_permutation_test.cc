@@ -45,6 +45,21 @@ TEST(TokenPermutationTest, StableWithinAnExpertWhenATokenChoosesItTwice) {
   EXPECT_TRUE(torch::allclose(p.weights, torch::tensor({0.4f, 0.1f, 0.2f, 0.3f})));
 }
 
+TEST(TokenPermutationTest, DroppedChoicesGetNoRowAndAddNothing) {
+  // Expert id -1: a choice dropped over capacity.
+  const torch::Tensor ids = Ids({{0, -1}, {1, 0}, {-1, -1}});
+  const torch::Tensor hidden = torch::tensor({{1.0f}, {2.0f}, {3.0f}});
+  const torch::Tensor weights = torch::tensor({{0.5f, 0.5f}, {0.25f, 0.75f}, {0.5f, 0.5f}});
+  const PermutedTokens p = PermuteByExpert(hidden, ids, weights, 2);
+  EXPECT_EQ(p.dropped, 3);
+  EXPECT_EQ(p.tokens_per_expert, (std::vector<int64_t>{2, 1}));
+  EXPECT_EQ(ToVector(p.source_rows), (std::vector<int64_t>{0, 1, 1}));
+  EXPECT_TRUE(torch::allclose(p.weights, torch::tensor({0.5f, 0.75f, 0.25f})));
+  // Identity experts: each token gets the weights of its kept choices only.
+  const torch::Tensor back = UnpermuteAndCombine(p.tokens, p);
+  EXPECT_TRUE(torch::allclose(back, torch::tensor({{0.5f}, {2.0f}, {0.0f}})));
+}
+
 TEST(TokenPermutationTest, UnitWeightsAndIdentityExpertsGiveKTimesX) {
   torch::manual_seed(3);
   const int64_t n = 7, k = 3, e = 6;

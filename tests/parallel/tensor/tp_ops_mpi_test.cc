@@ -149,8 +149,8 @@ TEST_F(TpOpsTest, EveryOpIsIdentityOnAOneRankGroup) {
   ASSERT_NE(self, nullptr);
   ASSERT_EQ(self->size(), 1);
   using Op = torch::Tensor (*)(const torch::Tensor&, Communicator&);
-  const std::vector<Op> ops = {CopyToTpRegion,         ReduceFromTpRegion, GatherFromTpRegion,
-                               ScatterToTpRegion,      ScatterToSpRegion,  GatherFromSpRegion,
+  const std::vector<Op> ops = {CopyToTpRegion,          ReduceFromTpRegion,  GatherFromTpRegion,
+                               ScatterToTpRegion,       ScatterToSpRegion,   GatherFromSpRegion,
                                ReduceScatterToSpRegion, GatherSpToReplicated};
   const torch::Tensor w = torch::randn({2, 3, 4});
   for (size_t i = 0; i < ops.size(); ++i) {

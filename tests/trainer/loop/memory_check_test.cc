@@ -75,7 +75,8 @@ TEST(MemoryCheckTest, ALayoutThatCannotFitNamesTheKeysAndTheNumbers) {
   EXPECT_NE(message.find("4e+03 of 8e+03 routed-expert parameters per rank at ep=2"),
             std::string::npos)
       << message;
-  EXPECT_NE(message.find("raise parallel.ep, parallel.tp, parallel.pp, set parallel.zero: 1"), std::string::npos)
+  EXPECT_NE(message.find("raise parallel.ep, parallel.tp, parallel.pp, set parallel.zero: 1"),
+            std::string::npos)
       << message;
 }
 

@@ -5,7 +5,11 @@
 #include <algorithm>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include "trainer/lora/apply_lora.h"
+#include "trainer/models/expert_capacity.h"
 
 namespace fulcrum::models {
 namespace {
@@ -155,6 +159,109 @@ TEST(MoeBlockTest, DeepSeekV2MatchesNaiveReference) {
   ExpectMatchesNaive(Config(MoeStyle::kDeepSeek), 4);
 }
 TEST(MoeBlockTest, DeepSeekV3MatchesNaiveReference) { ExpectMatchesNaive(DeepSeekV3(), 5); }
+
+TEST(ExpertCapacityTest, CapacityIsTheCeilingOfTheFactorsShare) {
+  EXPECT_EQ(ExpertCapacity(16, 2, 8, 1.0), 4);
+  EXPECT_EQ(ExpertCapacity(6, 2, 8, 1.0), 2);  // 1.5 -> 2
+  EXPECT_EQ(ExpertCapacity(6, 2, 8, 0.5), 1);  // 0.75 -> 1
+  EXPECT_EQ(ExpertCapacity(6, 2, 8, 2.0), 3);
+}
+
+TEST(ExpertCapacityTest, FirstChoicesComeBeforeSecondChoicesThenTokenOrder) {
+  const torch::Tensor ids = torch::tensor({0, 1, 0, 2, 1, 0, 1, 0}, torch::kInt64).view({4, 2});
+  // Expert 0: first choices of tokens 0 and 1 fill it; token 2's and 3's
+  // second choices drop. Expert 1: token 2's and 3's first choices beat
+  // token 0's second choice.
+  const torch::Tensor expected =
+      torch::tensor({0, -1, 0, 2, 1, -1, 1, -1}, torch::kInt64).view({4, 2});
+  EXPECT_TRUE(torch::equal(DropOverCapacity(ids, 3, 2), expected));
+  // Room for 3: token 0's second choice joins expert 1 and token 2's joins
+  // expert 0; token 3's second choice still drops.
+  EXPECT_TRUE(torch::equal(DropOverCapacity(ids, 3, 3),
+                           torch::tensor({0, 1, 0, 2, 1, 0, 1, -1}, torch::kInt64).view({4, 2})));
+  EXPECT_TRUE(torch::equal(DropOverCapacity(ids, 3, 4), ids));
+}
+
+// With a capacity factor, training forwards drop each expert's choices over
+// its capacity (the naive reference ranks them one by one: first choices,
+// then second, token order within) and count them; evaluation forwards stay
+// dropless and count nothing.
+TEST(MoeBlockTest, CapacityDropsChoicesInTrainingForwardsOnly) {
+  const ModelConfig config = Config(MoeStyle::kMixtral);
+  MoeBlock block(config, torch::TensorOptions());
+  InitRandom(block, 11);
+  block->SetCapacityFactor(0.5);  // ceil(0.5 * 6 * 2 / 8) = 1 choice per expert
+  const torch::Tensor x = torch::randn({2, 3, kHidden});
+  torch::NoGradGuard no_grad;
+  const torch::Tensor y = block->forward(x);
+  const Routing r = block->last_routing();
+  const torch::Tensor flat = x.reshape({-1, kHidden});
+  torch::Tensor expected = torch::zeros({6, kHidden});
+  int64_t dropped = 0;
+  for (int64_t e = 0; e < config.moe.num_experts; ++e) {
+    // This expert's first choices in token order, then its second choices.
+    int64_t taken = 0;
+    for (int64_t c = 0; c < 2; ++c) {
+      for (int64_t t = 0; t < 6; ++t) {
+        if (r.expert_ids[t][c].item<int64_t>() != e) continue;
+        if (taken++ >= 1) {
+          ++dropped;
+          continue;
+        }
+        expected[t] += r.weights[t][c] * SwiGlu(block->experts->at(e), flat[t]);
+      }
+    }
+  }
+  ASSERT_GT(dropped, 0);
+  EXPECT_TRUE(torch::allclose(y.reshape({6, kHidden}), expected, 1e-5, 1e-5))
+      << (y.reshape({6, kHidden}) - expected).abs().max();
+  EXPECT_EQ(block->TakeStepStats().dropped.item<double>(), static_cast<double>(dropped));
+
+  block->eval();
+  const torch::Tensor dropless = block->forward(x);
+  EXPECT_TRUE(torch::allclose(dropless, NaiveMoe(block, config.moe, x), 1e-5, 1e-5));
+  EXPECT_EQ(block->TakeStepStats().dropped.item<double>(), 0.0);
+}
+
+// LoRA adapts a router only when named: all-linear leaves it frozen; with
+// "gate" its logits gain scaling * B A x (DeepSeek's in fp32, as its base
+// product) and the adapter trains.
+TEST(MoeBlockTest, RouterLoraOnlyWhenNamed) {
+  for (const MoeStyle style : {MoeStyle::kMixtral, MoeStyle::kDeepSeek}) {
+    const ModelConfig config = Config(style);
+    MoeBlock block(config, torch::TensorOptions());
+    InitRandom(block, 5);
+    lora::LoraOptions all;
+    all.targets = {"all-linear"};
+    ASSERT_TRUE(lora::ApplyLora(*block, all).ok());
+    EXPECT_FALSE(block->gate->has_adapter());
+    EXPECT_TRUE(block->experts->at(0).up_proj->has_adapter());
+
+    MoeBlock named(config, torch::TensorOptions());
+    InitRandom(named, 5);
+    lora::LoraOptions gate;
+    gate.targets = {"gate"};
+    gate.spec.rank = 2;
+    ASSERT_TRUE(lora::ApplyLora(*named, gate).ok());
+    ASSERT_TRUE(named->gate->has_adapter());
+    EXPECT_FALSE(named->gate->weight.requires_grad());
+    {
+      torch::NoGradGuard no_grad;
+      named->gate->lora_b().copy_(torch::randn_like(named->gate->lora_b()));
+    }
+    const torch::Tensor x = torch::randn({5, kHidden});
+    const Routing r = named->gate->forward(x);
+    const torch::Tensor expected =
+        torch::matmul(x, named->gate->weight.t()) +
+        named->gate->scaling() *
+            torch::matmul(torch::matmul(x, named->gate->lora_a().t()), named->gate->lora_b().t());
+    EXPECT_TRUE(torch::allclose(r.logits, expected, 1e-5, 1e-5));
+    named->forward(x.view({1, 5, kHidden})).sum().backward();
+    ASSERT_TRUE(named->gate->lora_a().grad().defined());
+    EXPECT_GT(named->gate->lora_a().grad().abs().sum().item<double>(), 0.0);
+    EXPECT_FALSE(named->gate->weight.grad().defined());
+  }
+}
 
 TEST(MoeBlockTest, AnExpertWithoutTokensGetsAZeroGradient) {
   MoeBlock block(Config(MoeStyle::kMixtral), torch::TensorOptions());

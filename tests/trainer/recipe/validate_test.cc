@@ -274,5 +274,13 @@ TEST(ShippedRecipes, TinyDataIsPretokenizedInVocab) {
   EXPECT_EQ(lines, 400);
 }
 
+TEST(ValidateRecipe, AllLinearMayAddTheRoutersOnly) {
+  Recipe r = Valid();
+  r.finetune.lora.targets = {"all-linear", "gate"};
+  EXPECT_TRUE(ValidateRecipe(r, 1).ok()) << ValidateRecipe(r, 1);
+  r.finetune.lora.targets = {"all-linear", "gate", "q_proj"};
+  EXPECT_CONTAINS(Problems(r), "finetune.lora.targets: all-linear must be the only target");
+}
+
 }  // namespace
 }  // namespace fulcrum::recipe
