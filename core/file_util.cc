@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -29,6 +30,20 @@ absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
   std::ostringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+absl::Status WriteAllToFd(int fd, const void* data, size_t size, const std::string& path) {
+  const auto* bytes = static_cast<const uint8_t*>(data);
+  while (size > 0) {
+    const ssize_t n = ::write(fd, bytes, size);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError("write", path);
+    }
+    bytes += n;
+    size -= static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
 }
 
 absl::Status SyncDirectory(const std::string& dir) {

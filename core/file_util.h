@@ -2,6 +2,7 @@
 // fsync), so that a reader never sees a half-written file.
 #pragma once
 
+#include <cstddef>
 #include <string>
 
 #include "absl/status/status.h"
@@ -14,6 +15,10 @@ absl::StatusOr<std::string> ReadFileToString(const std::string& path);
 
 // Writes `contents` to `path` atomically; the parent directory must exist.
 absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents);
+
+// Writes all `size` bytes to the open `fd`, retrying short and interrupted
+// writes; errors (disk full) name `path`.
+absl::Status WriteAllToFd(int fd, const void* data, size_t size, const std::string& path);
 
 // fsyncs a directory so that a rename inside it is durable.
 absl::Status SyncDirectory(const std::string& dir);

@@ -84,6 +84,20 @@ absl::Status World::AgreeOn(const absl::Status& local) const {
   return absl::Status(static_cast<absl::StatusCode>(code), message);
 }
 
+std::vector<std::string> World::AllGatherStrings(const std::string& mine) const {
+  if (size_ == 1) return {mine};
+  const int length = static_cast<int>(mine.size());
+  std::vector<int> lengths(size_), displacements(size_, 0);
+  FULCRUM_MPI_CHECK(MPI_Allgather(&length, 1, MPI_INT, lengths.data(), 1, MPI_INT, MPI_COMM_WORLD));
+  for (int r = 1; r < size_; ++r) displacements[r] = displacements[r - 1] + lengths[r - 1];
+  std::string all(static_cast<size_t>(displacements.back() + lengths.back()), '\0');
+  FULCRUM_MPI_CHECK(MPI_Allgatherv(mine.data(), length, MPI_CHAR, all.data(), lengths.data(),
+                                   displacements.data(), MPI_CHAR, MPI_COMM_WORLD));
+  std::vector<std::string> out;
+  for (int r = 0; r < size_; ++r) out.push_back(all.substr(displacements[r], lengths[r]));
+  return out;
+}
+
 void World::Abort(const absl::Status& status, int code) const {
   std::fprintf(stderr, "[fulcrum r%d] error: %s\n", rank_, std::string(status.message()).c_str());
   std::fflush(stderr);

@@ -10,6 +10,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -43,6 +44,10 @@ class World {
   // Agrees on a status across ranks: if any rank failed, every rank returns
   // the first failing rank's status (so all exit non-zero with the message).
   absl::Status AgreeOn(const absl::Status& local) const;
+
+  // Every rank's string, in rank order, on every rank (small host-side
+  // messages: checkpoint plans and file lists).
+  std::vector<std::string> AllGatherStrings(const std::string& mine) const;
 
   // Prints the error on this rank and ends every rank with exit code `code`.
   [[noreturn]] void Abort(const absl::Status& status, int code = 1) const;

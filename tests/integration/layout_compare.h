@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "tests/integration/fixture_compare.h"
 #include "tests/test_support.h"
+#include "trainer/checkpoint/sharded_checkpoint.h"
 
 namespace fulcrum::testing {
 
@@ -170,6 +171,22 @@ inline void ExpectSameMergedExports(const std::string& ref_dir, const std::strin
     const double diff = (got.at(name) - tensor).abs().max().item<double>();
     EXPECT_LE(diff, 1e-7 + 1e-4 * tensor.abs().max().item<double>()) << name;
   }
+}
+
+// Every tensor of a sharded training checkpoint (model/..., optimizer/...)
+// but the generators', assembled whole.
+inline Tensors ReadCheckpointTensors(const std::string& step_dir) {
+  Tensors out;
+  auto reader = checkpoint::ShardedCheckpointReader::Open(step_dir);
+  EXPECT_TRUE(reader.ok()) << reader.status();
+  if (!reader.ok()) return out;
+  for (const auto& [name, saved] : (*reader)->metadata().tensors) {
+    if (name.rfind("rng/", 0) == 0) continue;
+    auto tensor = (*reader)->ReadWhole(name);
+    EXPECT_TRUE(tensor.ok()) << tensor.status();
+    if (tensor.ok()) out[name] = *tensor;
+  }
+  return out;
 }
 
 // Trains `model` on `data` with LayoutRecipe(method) in `dir` under the

@@ -118,8 +118,9 @@ std::string V3Model(const std::string& root) {
 
 Tensors Biases(const std::string& checkpoint) {
   Tensors out;
-  for (const auto& [name, tensor] : ReadTensors(checkpoint + "/model.safetensors")) {
-    if (absl::EndsWith(name, "e_score_correction_bias")) out[name] = tensor;
+  // Under the model's (HF) names: the checkpoint's "model/<name>".
+  for (const auto& [name, tensor] : ReadCheckpointTensors(checkpoint)) {
+    if (absl::EndsWith(name, "e_score_correction_bias")) out[name.substr(6)] = tensor;
   }
   return out;
 }

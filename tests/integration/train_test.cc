@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "tests/integration/fixture_compare.h"
+#include "tests/integration/layout_compare.h"
 #include "tests/integration/train_recipes.h"
 #include "tests/test_support.h"
 
@@ -71,8 +72,8 @@ TEST(TrainTest, ExactResumeReproducesUninterruptedLosses) {
   ASSERT_EQ(b.size(), 5u);
   for (int i = 0; i < 5; ++i) EXPECT_EQ(a[5 + i], b[i]) << "step " << 6 + i;  // bit for bit
   // The resumed run's final state equals the uninterrupted run's.
-  const Tensors final_a = ReadTensors(dir + "/ckpt_a/step-00000010/model.safetensors");
-  const Tensors final_b = ReadTensors(dir + "/ckpt_b/step-00000010/model.safetensors");
+  const Tensors final_a = ReadCheckpointTensors(dir + "/ckpt_a/step-00000010");
+  const Tensors final_b = ReadCheckpointTensors(dir + "/ckpt_b/step-00000010");
   ASSERT_EQ(final_a.size(), final_b.size());
   for (const auto& [name, t] : final_a) EXPECT_TRUE(torch::equal(t, final_b.at(name))) << name;
 }

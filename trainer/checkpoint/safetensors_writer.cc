@@ -54,33 +54,19 @@ absl::Status ValidateTensors(const std::vector<NamedTensor>& tensors) {
   return absl::OkStatus();
 }
 
-// Writes all of `data` to `fd`, retrying short writes.
-absl::Status WriteAll(int fd, const void* data, size_t size, const std::string& path) {
-  const auto* bytes = static_cast<const uint8_t*>(data);
-  while (size > 0) {
-    const ssize_t n = ::write(fd, bytes, size);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoError("write", path);
-    }
-    bytes += n;
-    size -= static_cast<size_t>(n);
-  }
-  return absl::OkStatus();
-}
-
 // Streams header and tensor bytes into the open temp file `fd`.
 absl::Status WriteContents(int fd, const std::string& tmp, const std::string& header,
                            const std::vector<NamedTensor>& tensors) {
   uint8_t length[8];
   uint64_t n = header.size();
   for (int i = 0; i < 8; ++i, n >>= 8) length[i] = static_cast<uint8_t>(n & 0xff);
-  FULCRUM_RETURN_IF_ERROR(WriteAll(fd, length, sizeof(length), tmp));
-  FULCRUM_RETURN_IF_ERROR(WriteAll(fd, header.data(), header.size(), tmp));
+  FULCRUM_RETURN_IF_ERROR(WriteAllToFd(fd, length, sizeof(length), tmp));
+  FULCRUM_RETURN_IF_ERROR(WriteAllToFd(fd, header.data(), header.size(), tmp));
   for (const NamedTensor* t : SortedByName(tensors)) {
     try {
       const torch::Tensor cpu = t->tensor.to(torch::kCPU).contiguous();
-      FULCRUM_RETURN_IF_ERROR(WriteAll(fd, cpu.data_ptr(), cpu.numel() * cpu.element_size(), tmp));
+      FULCRUM_RETURN_IF_ERROR(
+          WriteAllToFd(fd, cpu.data_ptr(), cpu.numel() * cpu.element_size(), tmp));
     } catch (const c10::Error& e) {
       return absl::InternalError(absl::StrCat(
           tmp, ": tensor \"", t->name, "\": cannot copy to CPU: ", e.what_without_backtrace()));

@@ -7,13 +7,14 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "core/file_util.h"
 #include "core/status.h"
 #include "parallel/runtime/logger.h"
 #include "trainer/checkpoint/hf_export.h"
-#include "trainer/checkpoint/train_checkpoint.h"
+#include "trainer/checkpoint/sharded_checkpoint.h"
 #include "trainer/cli/commands.h"
 #include "trainer/cli/flags.h"
 #include "trainer/loop/model_factory.h"
@@ -37,10 +38,11 @@ struct ExportSource {
 // A training checkpoint: its recipe rebuilds the model, the checkpoint
 // supplies the trained tensors.
 absl::StatusOr<ExportSource> LoadFromTrainCheckpoint(const std::string& dir) {
-  FULCRUM_ASSIGN_OR_RETURN(const checkpoint::LoadedTrainCheckpoint loaded,
-                           checkpoint::LoadTrainCheckpoint(dir));
-  FULCRUM_ASSIGN_OR_RETURN(const recipe::Recipe recipe,
-                           recipe::ParseRecipe(loaded.recipe_yaml, dir + "/recipe.yaml"));
+  FULCRUM_ASSIGN_OR_RETURN(std::unique_ptr<checkpoint::ShardedCheckpointReader> reader,
+                           checkpoint::ShardedCheckpointReader::Open(dir));
+  FULCRUM_ASSIGN_OR_RETURN(
+      const recipe::Recipe recipe,
+      recipe::ParseRecipe(reader->metadata().header.recipe_yaml, dir + "/recipe.yaml"));
   ExportSource source;
   loop::ModelRequest request;
   request.path = recipe.model.path;
@@ -59,14 +61,19 @@ absl::StatusOr<ExportSource> LoadFromTrainCheckpoint(const std::string& dir) {
   torch::NoGradGuard no_grad;
   auto params = source.built.model->named_parameters();
   auto buffers = source.built.model->named_buffers();
-  for (const auto& [name, tensor] : loaded.model) {
+  // One trained tensor at a time, assembled from the ranks' pieces.
+  constexpr absl::string_view kModel = "model/";
+  for (const auto& [key, saved] : reader->metadata().tensors) {
+    if (!absl::StartsWith(key, kModel)) continue;
+    const std::string name = key.substr(kModel.size());
     // The routers' correction biases are buffers the training may have moved.
     torch::Tensor* param =
         models::IsPersistentBuffer(name) ? buffers.find(name) : params.find(name);
-    if (param == nullptr || param->sizes() != tensor.sizes()) {
-      return absl::DataLossError(absl::StrCat(dir, "/model.safetensors: tensor ", name,
+    if (param == nullptr || param->sizes().vec() != saved.shape) {
+      return absl::DataLossError(absl::StrCat(dir, "/metadata.json: tensor ", key,
                                               " does not fit the model its recipe builds"));
     }
+    FULCRUM_ASSIGN_OR_RETURN(const torch::Tensor tensor, reader->ReadWhole(key));
     param->copy_(tensor);
   }
   return source;

@@ -1,10 +1,11 @@
 #include "trainer/loop/trainer.h"
 
-#include <ATen/CPUGeneratorImpl.h>
 #include <torch/csrc/autograd/profiler_legacy.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -14,11 +15,10 @@
 #include "core/check.h"
 #include "core/status.h"
 #include "parallel/pipeline/forward_only.h"
-#include "trainer/checkpoint/train_checkpoint.h"
+#include "trainer/checkpoint/sharded_checkpoint.h"
+#include "trainer/loop/checkpoint_state.h"
 #include "trainer/loop/data_factory.h"
-#include "trainer/loop/full_state.h"
 #include "trainer/loop/memory_check.h"
-#include "trainer/loop/stage_gather.h"
 #include "trainer/lora/apply_lora.h"
 #include "trainer/metrics/memory.h"
 #include "trainer/models/hf_loading.h"
@@ -30,8 +30,6 @@
 
 namespace fulcrum::loop {
 namespace {
-
-constexpr char kCpuGeneratorKey[] = "torch.cpu_generator";
 
 optim::ScheduleOptions ScheduleFrom(const recipe::ScheduleSection& section) {
   optim::ScheduleOptions options;
@@ -286,58 +284,27 @@ absl::Status Trainer::BuildLoader() {
 
 absl::Status Trainer::Resume() {
   if (recipe_.checkpoint.resume.empty()) return absl::OkStatus();
-  FULCRUM_ASSIGN_OR_RETURN(
-      const std::string dir,
-      checkpoint::ResolveCheckpoint(recipe_.checkpoint.dir, recipe_.checkpoint.resume));
-  FULCRUM_ASSIGN_OR_RETURN(checkpoint::LoadedTrainCheckpoint loaded,
-                           checkpoint::LoadTrainCheckpoint(dir));
-  // The checkpoint holds full tensors: each rank takes its tp shard.
-  const LayoutIndex layouts = IndexLayouts(optimizer_->parameters(), trainable_layouts_);
-  {
-    torch::NoGradGuard no_grad;
-    for (const auto& p : optimizer_->parameters()) {
-      auto it = loaded.model.find(p.name);
-      if (it == loaded.model.end()) {
-        return absl::DataLossError(absl::StrCat(dir, "/model.safetensors: missing tensor ", p.name,
-                                                " (was the run's finetune section changed?)"));
-      }
-      const models::ParamLayout& layout = *layouts.at(p.name);
-      const std::vector<int64_t> full_shape = models::FullShape(layout);
-      if (it->second.sizes().vec() != full_shape) {
-        return absl::DataLossError(absl::StrCat(dir, "/model.safetensors: ", p.name, " has shape ",
-                                                c10::str(it->second.sizes()), ", the model needs ",
-                                                c10::str(full_shape)));
-      }
-      p.param.copy_(models::NarrowToShard(layout, it->second));
-    }
-    // Checkpoints written before buffers were saved keep the model's own.
-    for (const auto& item : built_.model->named_buffers()) {
-      auto it = loaded.model.find(item.key());
-      if (!models::IsPersistentBuffer(item.key()) || it == loaded.model.end()) continue;
-      if (it->second.sizes() != item.value().sizes()) {
-        return absl::DataLossError(absl::StrCat(
-            dir, "/model.safetensors: ", item.key(), " has shape ", c10::str(it->second.sizes()),
-            ", the model needs ", c10::str(item.value().sizes())));
-      }
-      item.value().copy_(it->second);
-    }
-  }
-  // Under pp (ep) the checkpoint holds every stage's (expert's) state: keep
-  // this rank's.
-  const std::map<std::string, torch::Tensor> state =
-      parallel_.pp_size() > 1 || parallel_.ep_size() > 1
-          ? StateOfParameters(loaded.optimizer, layouts)
-          : loaded.optimizer;
-  FULCRUM_RETURN_IF_ERROR(Annotate(optimizer_->LoadStateDict(ShardOptimizerState(state, layouts)),
-                                   dir + "/optimizer.safetensors"));
-  auto rng = loaded.rng.find(absl::StrCat(kCpuGeneratorKey, ".", world_.rank()));
-  if (rng != loaded.rng.end()) {
-    at::Generator generator = at::detail::getDefaultCPUGenerator();
-    generator.set_state(rng->second);
-  }
+  const auto start = std::chrono::steady_clock::now();
+  // Each rank reads the regions its own layout holds, whatever the saving
+  // layout was; every rank must succeed before any trains.
+  std::unique_ptr<checkpoint::ShardedCheckpointReader> reader;
+  const absl::Status status = [&]() -> absl::Status {
+    FULCRUM_ASSIGN_OR_RETURN(
+        const std::string dir,
+        checkpoint::ResolveCheckpoint(recipe_.checkpoint.dir, recipe_.checkpoint.resume));
+    FULCRUM_ASSIGN_OR_RETURN(reader, checkpoint::ShardedCheckpointReader::Open(dir));
+    const LayoutIndex layouts = IndexLayouts(optimizer_->parameters(), trainable_layouts_);
+    return RestoreTrainingState(*reader, layouts, *optimizer_, *built_.model, world_.rank());
+  }();
+  FULCRUM_RETURN_IF_ERROR(world_.AgreeOn(status));
+  const checkpoint::CheckpointHeader& loaded = reader->metadata().header;
   loader_->SetStep(loaded.data_step);
   start_step_ = loaded.step;
-  logger_.Info("resumed from ", dir, " at step ", start_step_);
+  const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
+  logger_.Info(absl::StrFormat(
+      "resumed from %s at step %d: read %.1f MiB for the %.1f MiB this rank holds in %.2f s",
+      reader->dir(), start_step_, reader->bytes_read() / 1048576.0,
+      reader->bytes_needed() / 1048576.0, elapsed.count()));
   return absl::OkStatus();
 }
 
@@ -372,7 +339,7 @@ metrics::FlopsModel Trainer::CountFlopsModel() {
   return model;
 }
 
-metrics::StepMetrics Trainer::Step(int64_t step_index) {
+absl::StatusOr<metrics::StepMetrics> Trainer::Step(int64_t step_index) {
   const auto start = std::chrono::steady_clock::now();
   built_.model->train();
   const data::StepBatch batch = loader_->Next();
@@ -381,7 +348,22 @@ metrics::StepMetrics Trainer::Step(int64_t step_index) {
   const torch::Tensor grad_norm = ReduceAndClipGradients();
   const double lr = optim::LearningRate(ScheduleFrom(recipe_.schedule), recipe_.optim.lr,
                                         step_index, recipe_.train.steps);
-  optimizer_->Step(lr);
+  // A host synchronisation before the update: every rank holds the same
+  // global norm, so every rank takes the same branch.
+  const double norm = grad_norm.item<double>();
+  const bool finite = std::isfinite(norm);
+  if (!finite && recipe_.train.on_nonfinite == "abort") {
+    return absl::DataLossError(absl::StrFormat(
+        "step %d: the gradient norm is %f (a non-finite loss or gradient); "
+        "train.on_nonfinite: abort stops before this update, so the last checkpoint stays the "
+        "latest state (train.on_nonfinite: skip drops such steps instead)",
+        step_index + 1, norm));
+  }
+  if (finite) {
+    optimizer_->Step(lr);
+  } else {
+    ++skipped_steps_;
+  }
   buckets_->ZeroGrads();
   if (expert_buckets_) expert_buckets_->ZeroGrads();
 
@@ -398,7 +380,9 @@ metrics::StepMetrics Trainer::Step(int64_t step_index) {
   m.total_steps = recipe_.train.steps;
   m.loss = loss / denominator;
   m.lr = lr;
-  m.grad_norm = grad_norm.item<double>();
+  m.grad_norm = norm;
+  m.skipped = !finite;
+  m.skipped_steps = skipped_steps_;
   m.tokens = recipe_.batch.global_batch * recipe_.batch.seq_len;
   m.step_seconds = elapsed.count();
   m.tokens_per_second = static_cast<double>(m.tokens) / m.step_seconds;
@@ -444,7 +428,7 @@ void Trainer::FinishMoeStep(metrics::StepMetrics& m) {
     offset += block->num_experts();
     const double mean = loads.mean().item<double>();
     per_layer[moe_layers_[b]] = mean > 0 ? loads.max().item<double>() / mean : 0.0;
-    if (recipe_.moe.bias_update_rate > 0) {
+    if (recipe_.moe.bias_update_rate > 0 && !m.skipped) {
       models::UpdateCorrectionBias(block->gate->e_score_correction_bias, loads,
                                    recipe_.moe.bias_update_rate);
     }
@@ -539,51 +523,30 @@ torch::Tensor Trainer::ReduceAndClipGradients() {
   return optim::ClipGradNormDistributed(counted, to_scale, recipe_.optim.grad_clip, sum_over);
 }
 
-absl::StatusOr<std::string> Trainer::SaveCheckpoint(int64_t completed_steps) {
-  checkpoint::TrainCheckpoint ckpt;
-  ckpt.step = completed_steps;
-  ckpt.data_step = loader_->step();
-  ckpt.world_size = world_.size();
-  ckpt.recipe_yaml = recipe::RecipeToYaml(recipe_);
-  // Full tensors (gathered over tp, and over dp for ZeRO-1 state): a
-  // checkpoint does not depend on the layout that wrote it.
+absl::Status Trainer::SaveCheckpoint(int64_t completed_steps) {
+  checkpoint::CheckpointHeader header;
+  header.step = completed_steps;
+  header.data_step = loader_->step();
+  header.optimizer_step = optimizer_->step_count();
+  header.world_size = world_.size();
+  header.mesh = {{"dp", parallel_.dp_size()},
+                 {"tp", parallel_.tp_size()},
+                 {"pp", parallel_.pp_size()},
+                 {"ep", parallel_.ep_size()},
+                 {"zero", recipe_.parallel.zero}};
+  header.recipe_yaml = recipe::RecipeToYaml(recipe_);
+  // Each rank writes what it holds; a piece several ranks hold is written once.
   const LayoutIndex layouts = IndexLayouts(optimizer_->parameters(), trainable_layouts_);
-  // Under ep the first ep rank collects the others' experts; under pp stage 0
-  // (where rank 0 lives) collects every stage's tensors.
-  auto gather_experts = [&](std::vector<checkpoint::NamedTensor> mine) {
-    if (parallel_.ep_size() == 1) return mine;
-    if (parallel_.ep_rank() > 0) mine = RoutedExpertEntries(std::move(mine), layouts);
-    return GatherAcrossStages(std::move(mine), parallel_.ep());
-  };
-  // The persistent buffers (routers' correction biases, which the bias
-  // update trains) go with the parameters.
-  std::vector<checkpoint::NamedTensor> model_state =
-      GatherTrainables(optimizer_->parameters(), layouts);
-  for (const auto& item : built_.model->named_buffers()) {
-    if (models::IsPersistentBuffer(item.key())) {
-      model_state.push_back({item.key(), item.value().detach().to(torch::kCPU).contiguous()});
-    }
-  }
-  ckpt.model = GatherAcrossStages(gather_experts(std::move(model_state)), parallel_.pp());
-  ckpt.optimizer = GatherAcrossStages(
-      gather_experts(GatherOptimizerState(optimizer_->StateDict(), layouts)), parallel_.pp());
-  // Every rank's generator state, gathered so that rank r resumes its own.
-  const torch::Tensor state = at::detail::getDefaultCPUGenerator().get_state();
-  torch::Tensor all = torch::empty({world_.size(), state.numel()}, state.options());
-  FULCRUM_CHECK(state.is_contiguous() && state.scalar_type() == torch::kByte);
-  MPI_Allgather(state.data_ptr(), static_cast<int>(state.numel()), MPI_BYTE, all.data_ptr(),
-                static_cast<int>(state.numel()), MPI_BYTE, world_.comm());
-  for (int r = 0; r < world_.size(); ++r) {
-    ckpt.rng.push_back({absl::StrCat(kCpuGeneratorKey, ".", r), all[r].clone()});
-  }
-  absl::StatusOr<std::string> dir = std::string();
-  if (world_.is_root()) {
-    dir =
-        checkpoint::SaveTrainCheckpoint(recipe_.checkpoint.dir, ckpt, recipe_.checkpoint.keep_last);
-  }
-  FULCRUM_RETURN_IF_ERROR(world_.AgreeOn(dir.status()));
-  if (world_.is_root()) logger_.Info("checkpoint: ", *dir);
-  return dir;
+  return saver_.Save(header, TrainingStatePieces(layouts, *optimizer_, *built_.model, world_.rank(),
+                                                 parallel_.pp_rank()));
+}
+
+Trainer::StepBoundary Trainer::AgreeAtStepBoundary() {
+  torch::Tensor state =
+      torch::tensor({stop_signals_.received(), saver_.writing() ? 1 : 0}, torch::kInt).to(device_);
+  if (world_.size() > 1) parallel_.mesh->world().comm().AllReduce(state, parallel::ReduceOp::kMax);
+  state = state.to(torch::kCPU);
+  return {state[0].item<int>(), state[1].item<int>() != 0};
 }
 
 namespace {
@@ -697,7 +660,7 @@ absl::StatusOr<TrainingSummary> Trainer::Run() {
     if (profile_path != nullptr && step == start_step_ + 3 && world_.is_root()) {
       profile = std::make_unique<torch::autograd::profiler::RecordProfile>(profile_path);
     }
-    const metrics::StepMetrics m = Step(step);
+    FULCRUM_ASSIGN_OR_RETURN(const metrics::StepMetrics m, Step(step));
     profile.reset();
     summary.losses.push_back(m.loss);
     summary.last_step = m.step;
@@ -710,10 +673,24 @@ absl::StatusOr<TrainingSummary> Trainer::Run() {
       RecordEval(m.step, val_loss);
     }
     const bool due = every > 0 ? m.step % every == 0 : false;
-    if (!recipe_.checkpoint.dir.empty() && (due || m.step == total)) {
-      FULCRUM_ASSIGN_OR_RETURN(summary.last_checkpoint, SaveCheckpoint(m.step));
+    const StepBoundary boundary = AgreeAtStepBoundary();
+    if (!boundary.any_rank_writing) FULCRUM_RETURN_IF_ERROR(saver_.FinishPending());
+    summary.stop_signal = boundary.stop_signal;
+    const bool stopping = summary.stop_signal > 0 && m.step < total;
+    if (!recipe_.checkpoint.dir.empty() && (due || m.step == total || stopping)) {
+      FULCRUM_RETURN_IF_ERROR(SaveCheckpoint(m.step));
+    }
+    if (stopping) {
+      logger_.Warn(absl::StrFormat(
+          "stopping after step %d of %d: signal %d (%s) received; %s", m.step, total,
+          summary.stop_signal, strsignal(summary.stop_signal),
+          recipe_.checkpoint.dir.empty() ? "no checkpoint.dir is set, so nothing was saved"
+                                         : "resume with checkpoint.resume=latest"));
+      break;
     }
   }
+  FULCRUM_RETURN_IF_ERROR(saver_.FinishPending());
+  summary.last_checkpoint = saver_.last_checkpoint();
   return summary;
 }
 

@@ -20,12 +20,13 @@
 // summed over the expert-data-parallel group (ranks holding the same experts,
 // by their own buckets, and with ZeRO-1 their own ShardedAdamW), everything
 // else over dp; the grad norm counts the replicated part once and every
-// expert once; checkpoints gather the experts to the first ep rank.
+// expert once.
 //
 // Every group comes from the ParallelRuntime (parallel_setup.h): the model's
-// tp layers, the buckets' dp group, the loader's dp rank. Checkpoints hold
-// full (unsharded) tensors, gathered over tp and dp, so any layout resumes
-// them.
+// tp layers, the buckets' dp group, the loader's dp rank. Checkpoints are
+// sharded: each rank writes the parameter boxes, optimizer segments and
+// generator it holds (checkpoint_state.h), and on resume reads the regions
+// its own layout holds, so any layout resumes any checkpoint.
 //
 // MoE models: each training forward's routers add the recipe's balance loss
 // (moe.aux_loss, moe.z_loss_coeff) to the objective, the mean over the
@@ -33,6 +34,16 @@
 // experts' tokens; after the step the loads are summed over dp for the
 // metrics and, with moe.bias_update_rate, DeepSeek-V3's correction biases
 // move towards balance (checkpoints keep them).
+//
+// Non-finite steps: the gradient norm (global, the same on every rank) is
+// read before the update; when it is NaN or inf, train.on_nonfinite decides:
+// abort returns an error before anything changes, skip drops the update
+// (parameters, optimizer state and correction biases unchanged; the data
+// and the learning-rate schedule move on) and logs it.
+//
+// Preemption: after every step the ranks agree whether any received
+// SIGTERM or SIGUSR1 (StopSignals); if so all save a checkpoint (when
+// checkpoint.dir is set) and Run returns normally with the signal.
 //
 // Validation (train.eval_every > 0 and a data.validation split): every
 // eval_every steps and after the last, the whole validation set runs forward
@@ -55,8 +66,10 @@
 #include "parallel/runtime/logger.h"
 #include "parallel/runtime/world.h"
 #include "trainer/loop/causal_lm_stage.h"
+#include "trainer/loop/checkpoint_saver.h"
 #include "trainer/loop/model_factory.h"
 #include "trainer/loop/parallel_setup.h"
+#include "trainer/loop/stop_signals.h"
 #include "trainer/metrics/flops.h"
 #include "trainer/metrics/step_metrics.h"
 #include "trainer/models/moe_block.h"
@@ -73,6 +86,7 @@ struct TrainingSummary {
   std::vector<double> losses;                          // one per step run here
   std::vector<std::pair<int64_t, double>> val_losses;  // (step, val_loss) per eval pass
   std::string last_checkpoint;
+  int stop_signal = 0;  // > 0: stopped early by this signal (after saving)
 };
 
 class Trainer {
@@ -87,16 +101,24 @@ class Trainer {
  private:
   Trainer(const recipe::Recipe& recipe, const parallel::World& world,
           const parallel::Logger& logger)
-      : recipe_(recipe), world_(world), logger_(logger) {}
+      : recipe_(recipe), world_(world), logger_(logger), saver_(world, logger, recipe.checkpoint) {}
 
   absl::Status BuildParallel();
   absl::Status BuildModelAndOptimizer();
   absl::Status BuildPipeline();
   absl::Status BuildLoader();
   absl::Status Resume();
-  // Runs one optimizer step; returns its metrics.
-  metrics::StepMetrics Step(int64_t step_index);
-  absl::StatusOr<std::string> SaveCheckpoint(int64_t completed_steps);
+  // Runs one optimizer step; returns its metrics, or the train.on_nonfinite:
+  // abort error (the same on every rank) before updating anything.
+  absl::StatusOr<metrics::StepMetrics> Step(int64_t step_index);
+  absl::Status SaveCheckpoint(int64_t completed_steps);
+  // One all-reduce after every step: the largest stop signal any rank
+  // received, and whether any rank's background checkpoint write runs.
+  struct StepBoundary {
+    int stop_signal = 0;
+    bool any_rank_writing = false;
+  };
+  StepBoundary AgreeAtStepBoundary();
   metrics::FlopsModel CountFlopsModel();
   // Forward and backward of the step's micro-batches (through the pipeline
   // schedule under pp); returns this rank's summed target loss.
@@ -136,6 +158,9 @@ class Trainer {
   int64_t validation_targets_ = 0;          // over all validation rows
   std::unique_ptr<metrics::MetricsSink> sink_;
   int64_t start_step_ = 0;
+  int64_t skipped_steps_ = 0;  // train.on_nonfinite: skip, in this run
+  StopSignals stop_signals_;
+  CheckpointSaver saver_;
   double flops_per_token_ = 0.0;
   double peak_flops_ = 0.0;
 };

@@ -62,10 +62,14 @@ void MetricsSink::Record(const StepMetrics& m) {
       line["moe_balance_loss"] = m.moe_balance_loss;
       line["moe_tokens_dropped"] = m.moe_tokens_dropped;
     }
+    if (m.skipped_steps > 0) {
+      line["skipped"] = m.skipped;
+      line["skipped_steps"] = m.skipped_steps;
+    }
     jsonl_ << line.dump() << "\n";
     jsonl_.flush();
   }
-  if (m.step % console_every_ != 0 && m.step != m.total_steps) return;
+  if (m.step % console_every_ != 0 && m.step != m.total_steps && !m.skipped) return;
   const double eta = elapsed_seconds_ / recorded_ * static_cast<double>(m.total_steps - m.step);
   std::string moe;
   if (!m.expert_load_max_over_mean.empty()) {
@@ -77,6 +81,10 @@ void MetricsSink::Record(const StepMetrics& m) {
     const int64_t dropped =
         std::accumulate(m.moe_tokens_dropped.begin(), m.moe_tokens_dropped.end(), int64_t{0});
     if (dropped > 0) absl::StrAppendFormat(&moe, " | dropped %d", dropped);
+  }
+  if (m.skipped) {
+    absl::StrAppendFormat(&moe, " | SKIPPED: non-finite gradient norm (%d skipped so far)",
+                          m.skipped_steps);
   }
   logger_.Info(absl::StrFormat(
       "step %d/%d | loss %.4f | lr %.3e | grad_norm %.3f%s | %.0f tok/s | %.2f GFLOP/s/rank "

@@ -28,7 +28,11 @@ struct StepMetrics {
   double mfu = 0.0;  // achieved / peak
   int64_t rss_bytes = 0;
   int64_t peak_rss_bytes = 0;
-  int64_t optimizer_state_bytes = 0;  // this rank's moments and masters (1/dp of it under ZeRO-1)
+  int64_t optimizer_state_bytes = 0;
+  // train.on_nonfinite: skip: this step's update was dropped (its gradient
+  // norm was not finite), and how many steps of the run were, so far.
+  bool skipped = false;
+  int64_t skipped_steps = 0;  // this rank's moments and masters (1/dp of it under ZeRO-1)
   // Mixture-of-experts models only (empty / 0 otherwise): per MoE layer, in
   // layer order, the most loaded expert's tokens over the mean (1 = balanced)
   // over the step's global batch, and the balance loss the objective added

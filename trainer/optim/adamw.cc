@@ -82,6 +82,21 @@ std::vector<checkpoint::NamedTensor> AdamW::StateDict() {
   return static_cast<const AdamW*>(this)->StateDict();
 }
 
+std::vector<LocalStateShard> AdamW::LocalState() {
+  std::vector<LocalStateShard> out;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const std::string& name = params_[i].name;
+    out.push_back({"exp_avg." + name, name, 0, exp_avg_[i]});
+    out.push_back({"exp_avg_sq." + name, name, 0, exp_avg_sq_[i]});
+    if (params_[i].param.scalar_type() != torch::kFloat) {
+      out.push_back({"master." + name, name, 0, master_[i]});
+    }
+  }
+  return out;
+}
+
+void AdamW::RestoreStepCount(int64_t step) { step_ = step; }
+
 int64_t AdamW::state_bytes() const {
   int64_t bytes = 0;
   for (size_t i = 0; i < params_.size(); ++i) {

@@ -49,6 +49,8 @@ class AdamW : public Optimizer {
   // copies; on error nothing is changed. Unknown or missing keys are errors.
   absl::Status LoadStateDict(const std::map<std::string, torch::Tensor>& state) override;
   // exp_avg + exp_avg_sq + masters of non-fp32 params.
+  std::vector<LocalStateShard> LocalState() override;
+  void RestoreStepCount(int64_t step) override;
   int64_t state_bytes() const override;
 
  private:

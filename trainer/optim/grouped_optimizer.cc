@@ -71,6 +71,18 @@ absl::Status GroupedOptimizer::LoadStateDict(const std::map<std::string, torch::
   return absl::OkStatus();
 }
 
+std::vector<LocalStateShard> GroupedOptimizer::LocalState() {
+  std::vector<LocalStateShard> out;
+  for (const auto& group : groups_) {
+    for (LocalStateShard& shard : group->LocalState()) out.push_back(std::move(shard));
+  }
+  return out;
+}
+
+void GroupedOptimizer::RestoreStepCount(int64_t step) {
+  for (const auto& group : groups_) group->RestoreStepCount(step);
+}
+
 int64_t GroupedOptimizer::state_bytes() const {
   int64_t bytes = 0;
   for (const auto& group : groups_) bytes += group->state_bytes();

@@ -31,6 +31,8 @@ class GroupedOptimizer : public Optimizer {
   // error stops the load after the groups before it loaded (the trainer
   // aborts on it, so a half-loaded state is never trained on).
   absl::Status LoadStateDict(const std::map<std::string, torch::Tensor>& state) override;
+  std::vector<LocalStateShard> LocalState() override;
+  void RestoreStepCount(int64_t step) override;
   int64_t state_bytes() const override;
 
  private:

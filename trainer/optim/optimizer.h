@@ -21,6 +21,18 @@ struct NamedParameter {
   bool decay = true;    // whether weight decay applies
 };
 
+// A part of the optimizer state this rank holds: elements [flat_begin,
+// flat_begin + values.numel()) of the flattened state `key` of `param` (of
+// this rank's shard of the parameter, as the parameter tensor it updates).
+// `values` is the live state: a sharded checkpoint writes it as it is and
+// reads into it.
+struct LocalStateShard {
+  std::string key;    // "exp_avg.<param>", "exp_avg_sq.<param>" or "master.<param>"
+  std::string param;  // the parameter's name
+  int64_t flat_begin = 0;
+  torch::Tensor values;  // contiguous fp32
+};
+
 class Optimizer {
  public:
   virtual ~Optimizer();
@@ -35,6 +47,10 @@ class Optimizer {
   // Full-shape tensors as StateDict returns; validated before anything
   // changes (the error names the key).
   virtual absl::Status LoadStateDict(const std::map<std::string, torch::Tensor>& state) = 0;
+  // Every piece of state this rank holds (no communication), and the step
+  // count that goes with it (RestoreStepCount after reading into them).
+  virtual std::vector<LocalStateShard> LocalState() = 0;
+  virtual void RestoreStepCount(int64_t step) = 0;
   // Bytes of optimizer state (moments + fp32 masters) held on this rank.
   virtual int64_t state_bytes() const = 0;
 };

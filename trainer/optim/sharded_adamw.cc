@@ -122,6 +122,22 @@ absl::Status ShardedAdamW::LoadStateDict(const std::map<std::string, torch::Tens
   return absl::OkStatus();
 }
 
+std::vector<LocalStateShard> ShardedAdamW::LocalState() {
+  std::vector<LocalStateShard> out;
+  for (size_t i = 0; i < owned_.size(); ++i) {
+    const parallel::BucketSegment& s = owned_[i].segment;
+    const std::string& name = params_[s.param_index].name;
+    out.push_back({"exp_avg." + name, name, s.param_offset, exp_avg_[i]});
+    out.push_back({"exp_avg_sq." + name, name, s.param_offset, exp_avg_sq_[i]});
+    if (params_[s.param_index].param.scalar_type() != torch::kFloat) {
+      out.push_back({"master." + name, name, s.param_offset, master_[i]});
+    }
+  }
+  return out;
+}
+
+void ShardedAdamW::RestoreStepCount(int64_t step) { step_ = step; }
+
 int64_t ShardedAdamW::state_bytes() const {
   int64_t bytes = 0;
   for (size_t i = 0; i < owned_.size(); ++i) {

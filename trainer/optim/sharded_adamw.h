@@ -45,6 +45,8 @@ class ShardedAdamW : public Optimizer {
   std::vector<checkpoint::NamedTensor> StateDict() override;
   // Full tensors; keeps this rank's segments. Validated before any change.
   absl::Status LoadStateDict(const std::map<std::string, torch::Tensor>& state) override;
+  std::vector<LocalStateShard> LocalState() override;
+  void RestoreStepCount(int64_t step) override;
   int64_t state_bytes() const override;
 
  private:

@@ -114,6 +114,8 @@ absl::Status ReadScheduleBatchTrain(MapReader& top, Recipe* recipe) {
   FULCRUM_ASSIGN_OR_RETURN(MapReader train, top.Section("train"));
   FULCRUM_RETURN_IF_ERROR(train.Read("steps", &recipe->train.steps));
   FULCRUM_RETURN_IF_ERROR(train.Read("eval_every", &recipe->train.eval_every));
+  FULCRUM_RETURN_IF_ERROR(
+      train.ReadEnum("on_nonfinite", KnownNonfinitePolicies(), &recipe->train.on_nonfinite));
   return train.Finish();
 }
 
@@ -158,6 +160,7 @@ absl::Status ReadCheckpointLogging(MapReader& top, Recipe* recipe) {
   FULCRUM_RETURN_IF_ERROR(checkpoint.Read("every", &c.every));
   FULCRUM_RETURN_IF_ERROR(checkpoint.Read("resume", &c.resume));
   FULCRUM_RETURN_IF_ERROR(checkpoint.Read("keep_last", &c.keep_last));
+  FULCRUM_RETURN_IF_ERROR(checkpoint.Read("async", &c.async));
   FULCRUM_RETURN_IF_ERROR(checkpoint.Finish());
 
   FULCRUM_ASSIGN_OR_RETURN(MapReader logging, top.Section("logging"));

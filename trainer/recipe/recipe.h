@@ -105,6 +105,10 @@ struct BatchSection {
 struct TrainSection {
   int64_t steps = 100;     // optimizer steps
   int64_t eval_every = 0;  // steps between validation-loss passes (0 = never)
+  // A step whose gradient norm is not finite (NaN/inf loss or gradients):
+  // abort ends the run with an error before the update (nothing of it is
+  // saved); skip drops the update, counts and logs it, and trains on.
+  std::string on_nonfinite = "abort";
 };
 
 struct PrecisionSection {
@@ -122,7 +126,7 @@ struct ParallelSection {
   bool sequence_parallel = false;    // norms run on sequence shards inside tp (needs tp > 1)
   int64_t zero = 0;                  // 0 | 1: ZeRO-1 shards optimizer state over dp
   double bucket_mb = 25.0;           // gradient bucket size for the overlapped dp reduction
-  double comm_timeout_s = 1800.0;    // a collective not done by then ends the run, naming the rank
+  double comm_timeout_s = 60.0;      // a collective not done by then ends the run, naming the rank
 };
 
 // Router balancing for mixture-of-experts models (models/moe_balance.h has
@@ -146,6 +150,10 @@ struct CheckpointSection {
   int64_t every = 0;      // steps between checkpoints (0 = only at the end when dir is set)
   std::string resume;     // "" | "latest" | a checkpoint path
   int64_t keep_last = 0;  // 0 keeps all
+  // Copy the state to host memory at the step boundary and write it on a
+  // background thread while training goes on; a save still being written
+  // when the next one is due is waited for first (back-pressure).
+  bool async = false;
 };
 
 struct LoggingSection {

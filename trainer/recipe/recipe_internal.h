@@ -35,6 +35,11 @@ inline const std::vector<std::string>& KnownScheduleTypes() {
   static const std::vector<std::string> kValues = {"constant", "linear", "cosine"};
   return kValues;
 }
+inline const std::vector<std::string>& KnownNonfinitePolicies() {
+  static const std::vector<std::string> kValues = {"abort", "skip"};
+  return kValues;
+}
+
 inline const std::vector<std::string>& KnownDtypes() {
   static const std::vector<std::string> kValues = {"fp32", "bf16"};
   return kValues;

@@ -114,6 +114,7 @@ void EmitRunShape(YAML::Emitter& out, const Recipe& r) {
   BeginSection(out, "train");
   Field(out, "steps", r.train.steps);
   Field(out, "eval_every", r.train.eval_every);
+  Field(out, "on_nonfinite", r.train.on_nonfinite);
   out << YAML::EndMap;
   BeginSection(out, "precision");
   Field(out, "dtype", r.precision.dtype);
@@ -148,6 +149,7 @@ void EmitCheckpointLogging(YAML::Emitter& out, const Recipe& r) {
   Field(out, "every", r.checkpoint.every);
   Field(out, "resume", r.checkpoint.resume);
   Field(out, "keep_last", r.checkpoint.keep_last);
+  Field(out, "async", r.checkpoint.async);
   out << YAML::EndMap;
   BeginSection(out, "logging");
   Field(out, "every", r.logging.every);

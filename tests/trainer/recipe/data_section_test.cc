@@ -1,5 +1,6 @@
 // The recipe's data section for text datasets: each key parsed, its errors,
-// relative paths, and the validation rules.
+// relative paths, and the validation rules; train.on_nonfinite and
+// checkpoint.async.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -129,6 +130,24 @@ TEST(DataSection, TyposAndBadValuesNameTheKey) {
                   "train.eval_every: expected an integer");
   EXPECT_CONTAINS(ParseError("data: {mask_history: 1}\n"),
                   "data.mask_history: expected true or false");
+}
+
+// train.on_nonfinite and checkpoint.async (the checkpoint issue's keys).
+TEST(DataSection, NonfinitePolicyAndAsyncCheckpoints) {
+  const Recipe defaults = ParseOk(std::string(kModel) + "data: {path: d.jsonl}\n");
+  EXPECT_EQ(defaults.train.on_nonfinite, "abort");
+  EXPECT_FALSE(defaults.checkpoint.async);
+  const Recipe set = ParseOk(std::string(kModel) + "data: {path: d.jsonl}\n",
+                             {"train.on_nonfinite=skip", "checkpoint.async=true"});
+  EXPECT_EQ(set.train.on_nonfinite, "skip");
+  EXPECT_TRUE(set.checkpoint.async);
+  const Recipe round_trip = ParseOk(RecipeToYaml(set));
+  EXPECT_EQ(round_trip.train.on_nonfinite, "skip");
+  EXPECT_TRUE(round_trip.checkpoint.async);
+  EXPECT_CONTAINS(ParseError("train: {on_nonfinite: ignore}\n"),
+                  "train.on_nonfinite: expected one of abort | skip");
+  EXPECT_CONTAINS(ParseError("checkpoint: {async: soon}\n"),
+                  "checkpoint.async: expected true or false");
 }
 
 TEST(DataSection, ValidationRules) {

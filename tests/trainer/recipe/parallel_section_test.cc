@@ -35,7 +35,7 @@ TEST(ParallelSection, DefaultsOfTheNewKeys) {
   EXPECT_FALSE(r->parallel.sequence_parallel);
   EXPECT_EQ(r->parallel.zero, 0);
   EXPECT_EQ(r->parallel.bucket_mb, 25.0);
-  EXPECT_EQ(r->parallel.comm_timeout_s, 1800.0);
+  EXPECT_EQ(r->parallel.comm_timeout_s, 60.0);
 }
 
 struct ParseCase {

@@ -1,0 +1,82 @@
+#include "trainer/loop/checkpoint_saver.h"
+
+#include <chrono>
+#include <cstdlib>
+
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "core/status.h"
+
+namespace fulcrum::loop {
+namespace {
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace
+
+CheckpointSaver::~CheckpointSaver() {
+  if (writer_.joinable()) writer_.join();
+}
+
+checkpoint::SaveOptions CheckpointSaver::OptionsFor(int64_t step) const {
+  checkpoint::SaveOptions options;
+  options.keep_last = section_.keep_last;
+  if (const char* crash = std::getenv("FULCRUM_TEST_CRASH_SAVE")) {
+    const std::vector<std::string> parts = absl::StrSplit(crash, absl::MaxSplits(':', 1));
+    if (parts.size() == 2 && parts[0] == std::to_string(step)) options.crash_at = parts[1];
+  }
+  return options;
+}
+
+absl::Status CheckpointSaver::Save(const checkpoint::CheckpointHeader& header,
+                                   const std::vector<checkpoint::LocalPiece>& pieces) {
+  const auto waited_from = std::chrono::steady_clock::now();
+  FULCRUM_RETURN_IF_ERROR(FinishPending());  // back-pressure
+  const double waited = SecondsSince(waited_from);
+  const auto start = std::chrono::steady_clock::now();
+  if (!section_.async) {
+    FULCRUM_ASSIGN_OR_RETURN(const checkpoint::SavedCheckpoint saved,
+                             checkpoint::SaveShardedCheckpoint(world_, section_.dir, header, pieces,
+                                                               OptionsFor(header.step)));
+    const double seconds = SecondsSince(start);
+    logger_.Info(absl::StrFormat("checkpoint: %s (%.1f MiB in %.2f s, %.2f GB/s)", saved.dir,
+                                 saved.bytes / 1048576.0, seconds,
+                                 saved.bytes / 1e9 / std::max(seconds, 1e-9)));
+    last_checkpoint_ = saved.dir;
+    return absl::OkStatus();
+  }
+  FULCRUM_ASSIGN_OR_RETURN(pending_,
+                           checkpoint::ShardedSave::Begin(world_, section_.dir, header, pieces,
+                                                          OptionsFor(header.step), &snapshot_));
+  written_ = false;
+  writer_ = std::thread([this] {
+    pending_->Write();
+    written_ = true;
+  });
+  pending_blocked_seconds_ = SecondsSince(start);
+  logger_.Info(
+      absl::StrFormat("checkpoint: step %d copied to host memory in %.2f s, writing in "
+                      "the background (the previous save held training %.2f s)",
+                      header.step, pending_blocked_seconds_, waited));
+  return absl::OkStatus();
+}
+
+absl::Status CheckpointSaver::FinishPending() {
+  if (pending_ == nullptr) return absl::OkStatus();
+  const auto start = std::chrono::steady_clock::now();
+  writer_.join();
+  const absl::StatusOr<checkpoint::SavedCheckpoint> saved = pending_->Finish();
+  pending_.reset();
+  FULCRUM_RETURN_IF_ERROR(saved.status());
+  const double blocked = SecondsSince(start);
+  logger_.Info(absl::StrFormat(
+      "checkpoint: %s (%.1f MiB written in the background; training waited %.2f s to start "
+      "it and %.2f s to publish it)",
+      saved->dir, saved->bytes / 1048576.0, pending_blocked_seconds_, blocked));
+  last_checkpoint_ = saved->dir;
+  return absl::OkStatus();
+}
+
+}  // namespace fulcrum::loop
