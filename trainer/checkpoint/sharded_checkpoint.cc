@@ -205,7 +205,8 @@ CheckpointMetadata AssembleMetadata(const CheckpointHeader& header,
 
 // Rank 0, once every rank's file is written: metadata.json and recipe.yaml
 // into the staging directory, then the directory renamed into place, then
-// `latest` replaced, then old directories pruned; each step durable before
+// `latest` replaced, then old directories (and the staging directories of
+// killed saves) pruned; each step durable before
 // the next, so a crash at any moment leaves `latest` naming a complete one.
 absl::Status Publish(const std::string& root, const std::string& name,
                      const CheckpointHeader& header, const std::vector<std::string>& files,
@@ -251,6 +252,14 @@ absl::Status Publish(const std::string& root, const std::string& name,
   moment("latest-renamed");
   FULCRUM_RETURN_IF_ERROR(SyncDirectory(root));
   moment("latest-synced");
+  // Staging directories of saves that were killed (one save runs at a time).
+  for (const auto& entry : fs::directory_iterator(root, ec)) {
+    const std::string other = entry.path().filename().string();
+    if (entry.is_directory() && absl::StartsWith(other, kStepPrefix) &&
+        absl::EndsWith(other, ".tmp")) {
+      fs::remove_all(entry.path(), ec);
+    }
+  }
   if (options.keep_last > 0) {
     const std::vector<std::string> dirs = StepDirs(root);
     const int64_t excess = static_cast<int64_t>(dirs.size()) - options.keep_last;
