@@ -307,6 +307,19 @@ void ShardedSave::Moment(const char* name) const {
   std::raise(SIGKILL);
 }
 
+std::vector<bool> PlanOwnWrites(const parallel::World& world,
+                                const std::vector<LocalPiece>& pieces) {
+  std::vector<std::vector<PieceKey>> all;
+  for (const std::string& text : world.AllGatherStrings(KeysJson(pieces))) {
+    std::vector<PieceKey>& keys = all.emplace_back();
+    for (const nlohmann::json& j : nlohmann::json::parse(text)) {
+      keys.push_back(
+          {j.at("tensor").get<std::string>(), RegionFromJson(j), j.at("bytes").get<int64_t>()});
+    }
+  }
+  return PlanWrites(all, world.rank());
+}
+
 absl::StatusOr<std::unique_ptr<ShardedSave>> ShardedSave::Begin(
     const parallel::World& world, const std::string& root, const CheckpointHeader& header,
     const std::vector<LocalPiece>& pieces, const SaveOptions& options,
@@ -319,15 +332,7 @@ absl::StatusOr<std::unique_ptr<ShardedSave>> ShardedSave::Begin(
   save->name_ = StepDirName(header.step);
   save->Moment("begin");
   // 1. Who writes what.
-  std::vector<std::vector<PieceKey>> all;
-  for (const std::string& text : world.AllGatherStrings(KeysJson(pieces))) {
-    std::vector<PieceKey>& keys = all.emplace_back();
-    for (const nlohmann::json& j : nlohmann::json::parse(text)) {
-      keys.push_back(
-          {j.at("tensor").get<std::string>(), RegionFromJson(j), j.at("bytes").get<int64_t>()});
-    }
-  }
-  const std::vector<bool> writes = PlanWrites(all, world.rank());
+  const std::vector<bool> writes = PlanOwnWrites(world, pieces);
   for (size_t i = 0; i < pieces.size(); ++i) {
     if (!writes[i]) continue;
     LocalPiece piece = pieces[i];

@@ -89,6 +89,11 @@ struct PieceKey {
 };
 std::vector<bool> PlanWrites(const std::vector<std::vector<PieceKey>>& all, int rank);
 
+// Collective over the world: PlanWrites over every rank's `pieces` -> which
+// of this rank's pieces it writes (what a save of them would write).
+std::vector<bool> PlanOwnWrites(const parallel::World& world,
+                                const std::vector<LocalPiece>& pieces);
+
 struct SavedCheckpoint {
   std::string dir;     // root/step-NNNNNNNN
   uint64_t bytes = 0;  // of all ranks' files

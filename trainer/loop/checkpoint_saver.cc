@@ -17,6 +17,7 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 }  // namespace
 
 CheckpointSaver::~CheckpointSaver() {
+  // A write (never published then) or the buffers' preparation.
   if (writer_.joinable()) writer_.join();
 }
 
@@ -30,9 +31,42 @@ checkpoint::SaveOptions CheckpointSaver::OptionsFor(int64_t step) const {
   return options;
 }
 
+void CheckpointSaver::PrepareBuffers(const std::vector<checkpoint::LocalPiece>& pieces) {
+  if (!section_.async || prepared_ || pending_ != nullptr) return;
+  prepared_ = true;
+  const std::vector<bool> writes = checkpoint::PlanOwnWrites(world_, pieces);
+  std::vector<torch::Tensor> shapes;  // numel and dtype of each piece ShardedSave copies
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    if (!writes[i]) continue;
+    shapes.push_back(
+        torch::empty({pieces[i].values.numel()}, pieces[i].values.options().device(torch::kMeta)));
+  }
+  writer_ = std::thread([this, shapes = std::move(shapes)] {
+    const auto start = std::chrono::steady_clock::now();
+    snapshot_.clear();
+    for (const torch::Tensor& shape : shapes) {
+      // zeros, not empty: the pages are faulted in here, not at the save.
+      snapshot_.push_back(torch::zeros({shape.numel()}, shape.options().device(torch::kCPU)));
+    }
+    prepare_seconds_ = SecondsSince(start);
+  });
+}
+
+void CheckpointSaver::WaitForBuffers() {
+  if (pending_ != nullptr || !writer_.joinable()) return;
+  writer_.join();
+  int64_t bytes = 0;
+  for (const torch::Tensor& t : snapshot_) bytes += t.numel() * t.element_size();
+  logger_.Info(absl::StrFormat(
+      "checkpoint: %.1f MiB of host buffers for asynchronous saves were prepared in the "
+      "background in %.2f s",
+      bytes / 1048576.0, prepare_seconds_));
+}
+
 absl::Status CheckpointSaver::Save(const checkpoint::CheckpointHeader& header,
                                    const std::vector<checkpoint::LocalPiece>& pieces) {
   const auto waited_from = std::chrono::steady_clock::now();
+  WaitForBuffers();
   FULCRUM_RETURN_IF_ERROR(FinishPending());  // back-pressure
   const double waited = SecondsSince(waited_from);
   const auto start = std::chrono::steady_clock::now();

@@ -3,6 +3,7 @@
 // boundary and this rank's file written by a background thread while
 // training goes on, published once every rank's write is done.
 //
+//   saver.PrepareBuffers(pieces);            // async: collective, once
 //   saver.Save(header, pieces);              // collective
 //   ... each step boundary, agreed over ranks:
 //   if (!any_rank_writing) saver.FinishPending();  // collective
@@ -40,6 +41,13 @@ class CheckpointSaver {
   // with checkpoint.async begins saving them (snapshot, background write).
   absl::Status Save(const checkpoint::CheckpointHeader& header,
                     const std::vector<checkpoint::LocalPiece>& pieces);
+  // With checkpoint.async, collective: plans a save of `pieces` and
+  // allocates (and touches) the host buffers it would copy them into on a
+  // background thread, so that the first save does not stall training on
+  // fresh memory. Call once the pieces have their final shapes (after a
+  // step: optimizer state exists); a no-op otherwise and after the first.
+  void PrepareBuffers(const std::vector<checkpoint::LocalPiece>& pieces);
+  bool buffers_prepared() const { return prepared_; }
   // This rank's background write is still running.
   bool writing() const { return pending_ != nullptr && !written_; }
   // Collective: waits for the pending save's write and publishes it; no-op
@@ -50,6 +58,8 @@ class CheckpointSaver {
 
  private:
   checkpoint::SaveOptions OptionsFor(int64_t step) const;
+  // Joins the thread preparing the buffers, if it runs.
+  void WaitForBuffers();
 
   const parallel::World& world_;
   const parallel::Logger& logger_;
@@ -58,6 +68,8 @@ class CheckpointSaver {
   std::vector<torch::Tensor> snapshot_;  // host copies, reused by every async save
   std::thread writer_;
   std::atomic<bool> written_{false};
+  bool prepared_ = false;
+  double prepare_seconds_ = 0.0;          // the background allocation's time (read after join)
   double pending_blocked_seconds_ = 0.0;  // the pending save's stall at its start
   std::string last_checkpoint_;
 };

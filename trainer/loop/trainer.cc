@@ -535,10 +535,14 @@ absl::Status Trainer::SaveCheckpoint(int64_t completed_steps) {
                  {"ep", parallel_.ep_size()},
                  {"zero", recipe_.parallel.zero}};
   header.recipe_yaml = recipe::RecipeToYaml(recipe_);
+  return saver_.Save(header, CheckpointPieces());
+}
+
+std::vector<checkpoint::LocalPiece> Trainer::CheckpointPieces() {
   // Each rank writes what it holds; a piece several ranks hold is written once.
   const LayoutIndex layouts = IndexLayouts(optimizer_->parameters(), trainable_layouts_);
-  return saver_.Save(header, TrainingStatePieces(layouts, *optimizer_, *built_.model, world_.rank(),
-                                                 parallel_.pp_rank()));
+  return TrainingStatePieces(layouts, *optimizer_, *built_.model, world_.rank(),
+                             parallel_.pp_rank());
 }
 
 Trainer::StepBoundary Trainer::AgreeAtStepBoundary() {
@@ -679,6 +683,10 @@ absl::StatusOr<TrainingSummary> Trainer::Run() {
     const bool stopping = summary.stop_signal > 0 && m.step < total;
     if (!recipe_.checkpoint.dir.empty() && (due || m.step == total || stopping)) {
       FULCRUM_RETURN_IF_ERROR(SaveCheckpoint(m.step));
+    } else if (!recipe_.checkpoint.dir.empty() && recipe_.checkpoint.async &&
+               !saver_.buffers_prepared()) {
+      // After a step the optimizer state exists: the pieces have their shapes.
+      saver_.PrepareBuffers(CheckpointPieces());
     }
     if (stopping) {
       logger_.Warn(absl::StrFormat(

@@ -112,6 +112,8 @@ class Trainer {
   // abort error (the same on every rank) before updating anything.
   absl::StatusOr<metrics::StepMetrics> Step(int64_t step_index);
   absl::Status SaveCheckpoint(int64_t completed_steps);
+  // This rank's training state as checkpoint pieces (views of the live tensors).
+  std::vector<checkpoint::LocalPiece> CheckpointPieces();
   // One all-reduce after every step: the largest stop signal any rank
   // received, and whether any rank's background checkpoint write runs.
   struct StepBoundary {
