@@ -11,6 +11,9 @@
 #     the page cache is dropped before each load when this user may.
 #   - asynchronous save: the time training waits at a save (copy to host
 #     memory, publishing) against a step, and the steps written under.
+#   - export of the checkpoint to HF safetensors (fp32 and bf16, shards of
+#     500 MB) with its self-check: time, throughput, and the exporting
+#     process's peak memory against the size of the model it streams.
 # Goals: synchronous save >= 50% of the dd bandwidth; async stall <= 10%.
 #   scripts/bench_checkpoint.sh [work dir, default build/bench_checkpoint]
 set -euo pipefail
@@ -61,6 +64,12 @@ run reshard_tp.log 2 parallel.tp=2 checkpoint.dir="$work/ckpt" checkpoint.resume
 cache_pp=$(drop_caches)
 run reshard_pp.log 2 parallel.pp=2 checkpoint.dir="$work/ckpt" checkpoint.resume=latest \
   logging.all_ranks=true
+for dtype in fp32 bf16; do
+  rm -rf "$work/export_$dtype"
+  build/fulcrum export --checkpoint "$work/ckpt" --format hf --dtype $dtype \
+    --max-shard-size 500000000 --out "$work/export_$dtype" >"$work/export_$dtype.log" 2>&1 ||
+    { cat "$work/export_$dtype.log"; exit 1; }
+done
 python3 - "$work" "$dd_line" "$dd_after" "$cache_same" "$cache_tp" "$cache_pp" <<'PY'
 import json, re, sys
 work, dd_line, dd_after, caches = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
@@ -98,5 +107,17 @@ for (name, log), cache in zip((("same layout (dp2 zero1)", "load"), ("reshard to
         read, need, sec = float(read), float(need), float(sec)
         print(f"{name:22s} {rank:>4s} {read:9.1f} {need:10.1f} {read/need:10.3f}x {sec:6.2f} "
               f"{read*2**20/1e9/sec:6.2f} {cache}")
+model_mb = None
+for dtype in ("fp32", "bf16"):
+    log = open(f"{work}/export_{dtype}.log").read()
+    m = re.search(r"fulcrum export: (\d+) tensors \(([\d.]+) MB, (\w+)\) in (\d+) file\(s\) to \S+ in ([\d.]+) s; "
+                  r"([\d.]+) MB read from the checkpoint; peak memory ([\d.]+) MB", log)
+    c = re.search(r"max \|diff\| (\S+) \(largest logit (\S+), tolerance (\S+)\)", log)
+    n, mb, dt, files, sec, read, peak = m.groups()
+    if model_mb is None: model_mb = float(mb)
+    print(f"export {dtype}: {n} tensors, {float(mb):.0f} MB in {files} files in {float(sec):.1f} s "
+          f"({float(mb)/1e3/float(sec):.2f} GB/s written, self-check included); read {float(read):.0f} MB of the checkpoint; "
+          f"peak memory {float(peak):.0f} MB = {100*float(peak)/model_mb:.0f}% of the {model_mb:.0f} MB fp32 model; "
+          f"self-check max |diff| {c.group(1)} (largest logit {c.group(2)}, tolerance {c.group(3)})")
 print("goals: sync save >= 50% of dd; async stall <= 10% of a step; bytes read <= 1.2x needed")
 PY

@@ -5,7 +5,6 @@
 #include "absl/strings/str_cat.h"
 #include "core/file_util.h"
 #include "core/status.h"
-#include "trainer/checkpoint/hf_weights.h"
 
 namespace fulcrum::checkpoint {
 namespace fs = std::filesystem;
@@ -48,41 +47,26 @@ absl::StatusOr<std::optional<torch::ScalarType>> ParseExportDtype(const std::str
       absl::StrCat("--dtype: unknown dtype '", text, "' (expected auto, fp32, bf16 or fp16)"));
 }
 
-absl::Status ExportHfModel(const std::vector<NamedTensor>& weights, nlohmann::json config,
-                           const HfExportOptions& options) {
-  FULCRUM_ASSIGN_OR_RETURN(const std::string staged, MakeStagingDirectory(options.out_dir));
-  std::vector<NamedTensor> converted;
-  converted.reserve(weights.size());
-  for (const NamedTensor& w : weights) {
-    converted.push_back({w.name, options.dtype ? w.tensor.to(*options.dtype) : w.tensor});
-  }
-  // The weights written are never FP8 (a quantized checkpoint is dequantized
-  // at load), so its quantization_config no longer describes them.
+absl::Status WriteHfConfigAndSideFiles(const std::string& dir, nlohmann::json config,
+                                       std::optional<torch::ScalarType> written,
+                                       const std::string& source_dir) {
   config.erase("quantization_config");
-  // config.json states the dtype of the weights written (transformers 4.56+
-  // names it "dtype", older versions "torch_dtype").
-  std::optional<torch::ScalarType> written = options.dtype;
-  for (const NamedTensor& w : converted) {
-    if (!written && w.tensor.is_floating_point()) written = w.tensor.scalar_type();
-  }
   if (written) {
     const std::string name = HfDtypeName(*written);
     if (config.contains("dtype")) config["dtype"] = name;
     if (config.contains("torch_dtype") || !config.contains("dtype")) config["torch_dtype"] = name;
   }
-  FULCRUM_RETURN_IF_ERROR(WriteHfWeights(staged, converted, options.max_shard_bytes));
   FULCRUM_RETURN_IF_ERROR(
-      WriteFileAtomically((fs::path(staged) / "config.json").string(), config.dump(2) + "\n"));
-  if (!options.source_dir.empty()) {
-    for (const std::string& name : HfSideFiles()) {
-      const fs::path from = fs::path(options.source_dir) / name;
-      std::error_code ec;
-      if (!fs::is_regular_file(from, ec)) continue;
-      fs::copy_file(from, fs::path(staged) / name, fs::copy_options::overwrite_existing, ec);
-      if (ec) return absl::InternalError(absl::StrCat("copy ", from.string(), ": ", ec.message()));
-    }
+      WriteFileAtomically((fs::path(dir) / "config.json").string(), config.dump(2) + "\n"));
+  if (source_dir.empty()) return absl::OkStatus();
+  for (const std::string& name : HfSideFiles()) {
+    const fs::path from = fs::path(source_dir) / name;
+    std::error_code ec;
+    if (!fs::is_regular_file(from, ec)) continue;
+    fs::copy_file(from, fs::path(dir) / name, fs::copy_options::overwrite_existing, ec);
+    if (ec) return absl::InternalError(absl::StrCat("copy ", from.string(), ": ", ec.message()));
   }
-  return PublishDirectory(staged, options.out_dir);
+  return absl::OkStatus();
 }
 
 }  // namespace fulcrum::checkpoint

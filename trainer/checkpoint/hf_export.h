@@ -1,7 +1,6 @@
-// Writes a Hugging Face model directory: config.json, the weights (one
-// safetensors file, or shards with model.safetensors.index.json), and from the
-// source model directory generation_config.json and the tokenizer files.
-// The directory appears only when complete (staged, then renamed).
+// The parts of a Hugging Face model directory besides its weights:
+// config.json, and from the source model directory generation_config.json
+// and the tokenizer files. (trainer/export writes whole directories.)
 #pragma once
 
 #include <torch/torch.h>
@@ -12,19 +11,17 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "trainer/checkpoint/safetensors_writer.h"
+#include "absl/status/statusor.h"
 
 namespace fulcrum::checkpoint {
 
-struct HfExportOptions {
-  std::string out_dir;
-  std::string source_dir;                  // "" when the model was not loaded from a directory
-  std::optional<torch::ScalarType> dtype;  // unset: keep each tensor's dtype
-  int64_t max_shard_bytes = int64_t{5} << 30;
-};
-
-absl::Status ExportHfModel(const std::vector<NamedTensor>& weights, nlohmann::json config,
-                           const HfExportOptions& options);
+// Writes dir/config.json, `config` with its quantization_config dropped (the
+// weights written are never FP8) and its dtype ("dtype" for transformers
+// 4.56+, "torch_dtype" before) set to `written` when given, then copies
+// HfSideFiles() present in `source_dir` ("" = none) into `dir`.
+absl::Status WriteHfConfigAndSideFiles(const std::string& dir, nlohmann::json config,
+                                       std::optional<torch::ScalarType> written,
+                                       const std::string& source_dir);
 
 // Files other than weights and config that a model directory carries along.
 const std::vector<std::string>& HfSideFiles();

@@ -166,6 +166,14 @@ absl::StatusOr<torch::Tensor> HfWeights::ReadSlice(const std::string& name, int6
 
 absl::Status WriteHfWeights(const std::string& dir, const std::vector<NamedTensor>& tensors,
                             int64_t max_shard_bytes, const std::string& prefix) {
+  return WriteHfWeightsStreamed(
+      dir, tensors, [&](size_t i) -> absl::StatusOr<torch::Tensor> { return tensors[i].tensor; },
+      max_shard_bytes, prefix);
+}
+
+absl::Status WriteHfWeightsStreamed(const std::string& dir, const std::vector<NamedTensor>& specs,
+                                    const TensorProducer& produce, int64_t max_shard_bytes,
+                                    const std::string& prefix) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) {
     return absl::NotFoundError(absl::StrCat(dir, ": output directory does not exist"));
@@ -175,34 +183,34 @@ absl::Status WriteHfWeights(const std::string& dir, const std::vector<NamedTenso
         absl::StrCat(dir, ": max_shard_bytes must be positive, got ", max_shard_bytes));
   }
   // Validate everything (names, dtypes) before writing any file.
-  FULCRUM_RETURN_IF_ERROR(Annotate(SafetensorsHeader(tensors, {}).status(), dir));
+  FULCRUM_RETURN_IF_ERROR(Annotate(SafetensorsHeader(specs, {}).status(), dir));
   const std::map<std::string, std::string> metadata = {{"format", "pt"}};
-  const std::vector<std::vector<size_t>> shards = PlanShards(tensors, max_shard_bytes);
-  if (shards.size() <= 1) {
-    const std::string file = prefix + ".safetensors";
-    FULCRUM_RETURN_IF_ERROR(WriteSafetensors(JoinPath(dir, file), tensors, metadata));
-    return RemoveStaleFiles(dir, prefix, {file});
-  }
-  nlohmann::json weight_map = nlohmann::json::object();
+  std::vector<std::vector<size_t>> shards = PlanShards(specs, max_shard_bytes);
+  if (shards.empty()) shards.emplace_back();  // no tensors: one empty file
   std::set<std::string> written;
+  nlohmann::json weight_map = nlohmann::json::object();
   int64_t total_size = 0;
   for (size_t s = 0; s < shards.size(); ++s) {
-    const std::string file =
-        absl::StrFormat("%s-%05d-of-%05d.safetensors", prefix, s + 1, shards.size());
+    const std::string file = shards.size() == 1 ? prefix + ".safetensors"
+                                                : absl::StrFormat("%s-%05d-of-%05d.safetensors",
+                                                                  prefix, s + 1, shards.size());
     std::vector<NamedTensor> shard;
     for (size_t i : shards[s]) {
-      shard.push_back(tensors[i]);
-      weight_map[tensors[i].name] = file;
-      total_size += tensors[i].tensor.numel() * tensors[i].tensor.element_size();
+      shard.push_back(specs[i]);
+      weight_map[specs[i].name] = file;
+      total_size += specs[i].tensor.numel() * specs[i].tensor.element_size();
     }
-    FULCRUM_RETURN_IF_ERROR(WriteSafetensors(JoinPath(dir, file), shard, metadata));
+    FULCRUM_RETURN_IF_ERROR(WriteSafetensorsStreamed(
+        JoinPath(dir, file), shard, [&](size_t j) { return produce(shards[s][j]); }, metadata));
     written.insert(file);
   }
-  const nlohmann::json index = {{"metadata", {{"total_size", total_size}}},
-                                {"weight_map", weight_map}};
-  const std::string index_file = prefix + ".safetensors.index.json";
-  FULCRUM_RETURN_IF_ERROR(WriteFileAtomically(JoinPath(dir, index_file), index.dump(2) + "\n"));
-  written.insert(index_file);
+  if (shards.size() > 1) {
+    const nlohmann::json index = {{"metadata", {{"total_size", total_size}}},
+                                  {"weight_map", weight_map}};
+    const std::string index_file = prefix + ".safetensors.index.json";
+    FULCRUM_RETURN_IF_ERROR(WriteFileAtomically(JoinPath(dir, index_file), index.dump(2) + "\n"));
+    written.insert(index_file);
+  }
   return RemoveStaleFiles(dir, prefix, written);
 }
 

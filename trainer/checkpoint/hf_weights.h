@@ -4,7 +4,7 @@
 //   <prefix>.safetensors.index.json                    {"metadata": {"total_size": N},
 //   <prefix>-00001-of-0000K.safetensors ...             "weight_map": {name: file}}
 //
-// Defines: HfWeights, WriteHfWeights.
+// Defines: HfWeights, WriteHfWeights, WriteHfWeightsStreamed.
 #pragma once
 
 #include <torch/torch.h>
@@ -61,5 +61,13 @@ class HfWeights {
 // count) are removed after the new ones are in place.
 absl::Status WriteHfWeights(const std::string& dir, const std::vector<NamedTensor>& tensors,
                             int64_t max_shard_bytes, const std::string& prefix = "model");
+
+// As WriteHfWeights, but `specs` announce the tensors (meta tensors will do)
+// and produce(i) gives the i-th value when it is due (WriteSafetensorsStreamed):
+// values are asked for once each, in the order of `specs`, and one is alive
+// at a time.
+absl::Status WriteHfWeightsStreamed(const std::string& dir, const std::vector<NamedTensor>& specs,
+                                    const TensorProducer& produce, int64_t max_shard_bytes,
+                                    const std::string& prefix = "model");
 
 }  // namespace fulcrum::checkpoint

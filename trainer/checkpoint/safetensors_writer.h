@@ -1,11 +1,13 @@
 // Writes .safetensors files that the Python `safetensors` library and HF
 // transformers read.
 //
-// Defines: NamedTensor, WriteSafetensors, SafetensorsHeader.
+// Defines: NamedTensor, WriteSafetensors, TensorProducer,
+// WriteSafetensorsStreamed, SafetensorsHeader.
 #pragma once
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -28,6 +30,20 @@ struct NamedTensor {
 // a safetensors name are InvalidArgument.
 absl::Status WriteSafetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
                               const std::map<std::string, std::string>& metadata = {});
+
+// The value of the tensor `index` of a streamed write, asked for when its
+// bytes are due; it must have the dtype and shape its spec announced.
+using TensorProducer = std::function<absl::StatusOr<torch::Tensor>(size_t index)>;
+
+// As WriteSafetensors, but `specs` only announce names, dtypes and shapes
+// (meta tensors will do) and the data is laid out in the given order: each
+// value is produced, written and released before the next is asked for, so
+// a file of any size passes through the memory of one tensor. A value whose
+// dtype or shape differs from its spec is an error naming the tensor.
+absl::Status WriteSafetensorsStreamed(const std::string& path,
+                                      const std::vector<NamedTensor>& specs,
+                                      const TensorProducer& produce,
+                                      const std::map<std::string, std::string>& metadata = {});
 
 // The padded header bytes (without the 8-byte length) WriteSafetensors
 // writes for `tensors`; exposed for tests and for size planning.

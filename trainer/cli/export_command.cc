@@ -1,86 +1,36 @@
 // fulcrum export --checkpoint CKPT --format hf|merged|peft --out DIR
-//                [--adapter DIR] [--dtype auto|fp32|bf16] [--max-shard-size BYTES]
+//                [--adapter DIR] [--dtype auto|fp32|bf16|fp16] [--max-shard-size BYTES]
+//                [--self-check true|false] [--self-check-tolerance X]
 //
 // CKPT is a training checkpoint (step directory, or a checkpoint.dir holding
-// `latest`) or an HF model directory (with an optional PEFT --adapter).
+// `latest`) or an HF model directory (with an optional PEFT --adapter). The
+// export streams tensor by tensor (trainer/export): rank 0 does the work,
+// other ranks of an mpirun return at once.
+#include <chrono>
 #include <filesystem>
 #include <string>
 #include <vector>
 
-#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "core/file_util.h"
+#include "absl/strings/str_format.h"
 #include "core/status.h"
 #include "parallel/runtime/logger.h"
 #include "trainer/checkpoint/hf_export.h"
 #include "trainer/checkpoint/sharded_checkpoint.h"
 #include "trainer/cli/commands.h"
 #include "trainer/cli/flags.h"
-#include "trainer/loop/model_factory.h"
-#include "trainer/lora/apply_lora.h"
-#include "trainer/lora/peft_adapter.h"
-#include "trainer/models/hf_loading.h"
+#include "trainer/export/export_source.h"
+#include "trainer/export/model_export.h"
+#include "trainer/metrics/memory.h"
 #include "trainer/models/moe_block.h"
-#include "trainer/recipe/recipe.h"
 
 namespace fulcrum::cli {
 namespace fs = std::filesystem;
 namespace {
 
-struct ExportSource {
-  loop::BuiltModel built;
-  bool has_adapter = false;
-  lora::LoraOptions lora;
-  std::string base_path;  // what adapter_config.json names as its base
-};
-
-// A training checkpoint: its recipe rebuilds the model, the checkpoint
-// supplies the trained tensors.
-absl::StatusOr<ExportSource> LoadFromTrainCheckpoint(const std::string& dir) {
-  FULCRUM_ASSIGN_OR_RETURN(std::unique_ptr<checkpoint::ShardedCheckpointReader> reader,
-                           checkpoint::ShardedCheckpointReader::Open(dir));
-  FULCRUM_ASSIGN_OR_RETURN(
-      const recipe::Recipe recipe,
-      recipe::ParseRecipe(reader->metadata().header.recipe_yaml, dir + "/recipe.yaml"));
-  ExportSource source;
-  loop::ModelRequest request;
-  request.path = recipe.model.path;
-  request.config = recipe.model.config;
-  request.dtype = loop::ParamDtype(recipe.precision);
-  request.seed = static_cast<uint64_t>(recipe.seed);
-  request.load.skip_mtp_layers = recipe.model.mtp_layers == "skip";
-  torch::manual_seed(recipe.seed);  // the run's random init, if any
-  FULCRUM_ASSIGN_OR_RETURN(source.built, loop::BuildModel(request));
-  if (recipe.finetune.method == "lora") {
-    source.lora = loop::LoraOptionsFrom(recipe.finetune.lora).WithSeed(recipe.seed);
-    FULCRUM_RETURN_IF_ERROR(lora::ApplyLora(*source.built.model, source.lora).status());
-    source.has_adapter = true;
-  }
-  source.base_path = recipe.model.path;
-  torch::NoGradGuard no_grad;
-  auto params = source.built.model->named_parameters();
-  auto buffers = source.built.model->named_buffers();
-  // One trained tensor at a time, assembled from the ranks' pieces.
-  constexpr absl::string_view kModel = "model/";
-  for (const auto& [key, saved] : reader->metadata().tensors) {
-    if (!absl::StartsWith(key, kModel)) continue;
-    const std::string name = key.substr(kModel.size());
-    // The routers' correction biases are buffers the training may have moved.
-    torch::Tensor* param =
-        models::IsPersistentBuffer(name) ? buffers.find(name) : params.find(name);
-    if (param == nullptr || param->sizes().vec() != saved.shape) {
-      return absl::DataLossError(absl::StrCat(dir, "/metadata.json: tensor ", key,
-                                              " does not fit the model its recipe builds"));
-    }
-    FULCRUM_ASSIGN_OR_RETURN(const torch::Tensor tensor, reader->ReadWhole(key));
-    param->copy_(tensor);
-  }
-  return source;
-}
-
-absl::StatusOr<ExportSource> LoadSource(const std::string& checkpoint_path,
-                                        const std::string& adapter) {
+absl::StatusOr<std::unique_ptr<exporter::ExportSource>> OpenSource(
+    const std::string& checkpoint_path, const std::string& adapter) {
   if (!fs::exists(checkpoint_path)) {
     return absl::NotFoundError(absl::StrCat("--checkpoint: ", checkpoint_path, ": no such path"));
   }
@@ -93,97 +43,99 @@ absl::StatusOr<ExportSource> LoadSource(const std::string& checkpoint_path,
     }
     FULCRUM_ASSIGN_OR_RETURN(const std::string dir,
                              checkpoint::ResolveCheckpoint(checkpoint_path, checkpoint_path));
-    return LoadFromTrainCheckpoint(dir);
+    return exporter::ExportSource::FromTrainCheckpoint(dir);
   }
-  ExportSource source;
-  loop::ModelRequest request;
-  request.path = checkpoint_path;
-  FULCRUM_ASSIGN_OR_RETURN(source.built, loop::BuildModel(request));
-  source.base_path = checkpoint_path;
-  if (!adapter.empty()) {
-    FULCRUM_ASSIGN_OR_RETURN(source.lora, lora::LoadPeftAdapter(*source.built.model, adapter));
-    source.has_adapter = true;
-  }
-  return source;
+  return exporter::ExportSource::FromHfDirectory(checkpoint_path, adapter);
 }
 
 // Adapters on routed experts are valid PEFT (transformers' per-expert
 // modules load them), but engines that fuse the experts into one tensor may
 // not, and adapters on routers load only where the router is an nn.Linear:
 // say so rather than let a serving stack drop them silently.
-void WarnAboutRoutedExpertAdapters(torch::nn::Module& model, const parallel::World& world) {
-  int64_t adapted = 0;
+void WarnAboutMoeAdapters(const exporter::ExportSource& source, const parallel::Logger& log) {
   std::vector<std::string> experts, routers;
-  for (const lora::LoraLayer& layer : lora::LoraLayers(model)) {
-    if (!layer.layer->has_adapter()) continue;
-    ++adapted;
-    if (models::IsRoutedExpertParameter(layer.path)) experts.push_back(layer.path);
-    if (lora::LastComponent(layer.path) == "gate") routers.push_back(layer.path);
+  for (const std::string& path : source.adapted_modules()) {
+    if (models::IsRoutedExpertParameter(path)) experts.push_back(path);
+    if (lora::LastComponent(path) == "gate") routers.push_back(path);
   }
   if (!routers.empty()) {
-    parallel::Logger(world.rank(), false)
-        .Warn("fulcrum export --format peft: ", routers.size(),
-              " adapted modules are MoE routers (", routers.front(),
-              ", ...). PEFT loads them where the router is an nn.Linear (Mixtral, Qwen-MoE) but "
-              "not on DeepSeek's gate, and inference engines do not apply LoRA to routers: for "
-              "those, export --format merged.");
+    log.Warn("fulcrum export --format peft: ", routers.size(), " adapted modules are MoE routers (",
+             routers.front(),
+             ", ...). PEFT loads them where the router is an nn.Linear (Mixtral, Qwen-MoE) but "
+             "not on DeepSeek's gate, and inference engines do not apply LoRA to routers: for "
+             "those, export --format merged.");
   }
   if (experts.empty()) return;
-  parallel::Logger(world.rank(), false)
-      .Warn("fulcrum export --format peft: ", experts.size(), " of the adapter's ", adapted,
-            " adapted modules are routed experts (", experts.front(),
-            ", ...). Hugging Face PEFT loads them onto transformers' per-expert modules, but "
-            "inference engines that fuse the experts into one weight (vLLM, SGLang) may not "
-            "apply LoRA to routed experts: for those, export --format merged, or train with "
-            "finetune.lora.targets that leave the experts out.");
+  log.Warn("fulcrum export --format peft: ", experts.size(), " of the adapter's ",
+           source.adapted_modules().size(), " adapted modules are routed experts (",
+           experts.front(),
+           ", ...). Hugging Face PEFT loads them onto transformers' per-expert modules, but "
+           "inference engines that fuse the experts into one weight (vLLM, SGLang) may not "
+           "apply LoRA to routed experts: for those, export --format merged, or train with "
+           "finetune.lora.targets that leave the experts out.");
 }
 
-}  // namespace
-
-absl::Status RunExport(const Args& args, const parallel::World& world) {
-  FlagSpec spec;
-  spec.valued = {"checkpoint", "format", "out", "adapter", "dtype", "max-shard-size"};
-  spec.required = {"checkpoint", "format", "out"};
-  FULCRUM_ASSIGN_OR_RETURN(const ParsedFlags flags, ParseFlags("export", args, spec));
-  const std::string format = flags.Get("format");
-  if (format != "hf" && format != "merged" && format != "peft") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("fulcrum export: --format: '", format, "' is not one of hf, merged, peft"));
-  }
-  checkpoint::HfExportOptions options;
+absl::StatusOr<exporter::ExportOptions> ParseOptions(const ParsedFlags& flags) {
+  exporter::ExportOptions options;
+  FULCRUM_ASSIGN_OR_RETURN(options.format, exporter::ParseExportFormat(flags.Get("format")));
   FULCRUM_ASSIGN_OR_RETURN(options.dtype, checkpoint::ParseExportDtype(flags.Get("dtype")));
   if (!flags.Get("max-shard-size").empty() &&
       (!absl::SimpleAtoi(flags.Get("max-shard-size"), &options.max_shard_bytes) ||
        options.max_shard_bytes <= 0)) {
     return absl::InvalidArgumentError("fulcrum export: --max-shard-size: expected bytes > 0");
   }
+  const std::string self_check = flags.Get("self-check", "true");
+  if (self_check != "true" && self_check != "false") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("fulcrum export: --self-check: '", self_check, "' is not true or false"));
+  }
+  options.self_check = self_check == "true";
+  if (!flags.Get("self-check-tolerance").empty()) {
+    double tolerance = 0.0;
+    if (!absl::SimpleAtod(flags.Get("self-check-tolerance"), &tolerance) || !(tolerance > 0.0)) {
+      return absl::InvalidArgumentError(
+          "fulcrum export: --self-check-tolerance: expected a number > 0");
+    }
+    options.self_check_tolerance = tolerance;
+  }
   options.out_dir = flags.Get("out");
-  FULCRUM_ASSIGN_OR_RETURN(ExportSource source,
-                           LoadSource(flags.Get("checkpoint"), flags.Get("adapter")));
-  options.source_dir = source.built.source_dir;
+  return options;
+}
+
+}  // namespace
+
+absl::Status RunExport(const Args& args, const parallel::World& world) {
+  FlagSpec spec;
+  spec.valued = {"checkpoint", "format",         "out",        "adapter",
+                 "dtype",      "max-shard-size", "self-check", "self-check-tolerance"};
+  spec.required = {"checkpoint", "format", "out"};
+  FULCRUM_ASSIGN_OR_RETURN(const ParsedFlags flags, ParseFlags("export", args, spec));
+  FULCRUM_ASSIGN_OR_RETURN(const exporter::ExportOptions options, ParseOptions(flags));
+  FULCRUM_ASSIGN_OR_RETURN(std::unique_ptr<exporter::ExportSource> source,
+                           OpenSource(flags.Get("checkpoint"), flags.Get("adapter")));
   if (!world.is_root()) return absl::OkStatus();
 
-  if (format == "peft") {
-    if (!source.has_adapter) {
-      return absl::InvalidArgumentError(
-          "fulcrum export --format peft: the checkpoint has no LoRA adapter (full fine-tune: use "
-          "hf)");
-    }
-    FULCRUM_ASSIGN_OR_RETURN(const std::string staged, MakeStagingDirectory(options.out_dir));
-    FULCRUM_RETURN_IF_ERROR(
-        lora::WritePeftAdapter(*source.built.model, source.lora, source.base_path, staged));
-    FULCRUM_RETURN_IF_ERROR(PublishDirectory(staged, options.out_dir));
-    WarnAboutRoutedExpertAdapters(*source.built.model, world);
-    return absl::OkStatus();
+  const auto start = std::chrono::steady_clock::now();
+  FULCRUM_ASSIGN_OR_RETURN(const exporter::ExportReport report,
+                           exporter::ExportModel(*source, options));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const parallel::Logger log(world.rank(), false);
+  log.Info(absl::StrFormat(
+      "fulcrum export: %d tensors (%.1f MB, %s) in %d file(s) to %s in %.2f s; %.1f MB read from "
+      "the checkpoint; peak memory %.1f MB",
+      report.tensors, report.bytes / 1e6, exporter::DtypeFlagName(report.written), report.files,
+      options.out_dir, seconds, report.checkpoint_bytes_read / 1e6,
+      metrics::CurrentMemoryUsage().peak_rss_bytes / 1e6));
+  if (report.self_check) {
+    log.Info(absl::StrFormat(
+        "export self-check: logits of a fixed %d-token prompt, max |diff| %.3g (largest logit "
+        "%.3g, tolerance %.3g)",
+        report.self_check->tokens, report.self_check->max_abs_diff,
+        report.self_check->max_abs_logit, report.tolerance));
   }
-  if (format == "hf" && source.has_adapter) {
-    return absl::InvalidArgumentError(
-        "fulcrum export --format hf: the model has LoRA adapters; use --format merged (folded into "
-        "the weights) or --format peft (the adapter alone)");
-  }
-  if (source.has_adapter) lora::MergeLora(*source.built.model);
-  return checkpoint::ExportHfModel(models::HfStateDict(*source.built.model),
-                                   source.built.config.raw, options);
+  if (options.format == exporter::ExportFormat::kPeft) WarnAboutMoeAdapters(*source, log);
+  return absl::OkStatus();
 }
 
 }  // namespace fulcrum::cli

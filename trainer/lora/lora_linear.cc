@@ -120,15 +120,18 @@ void LoraLinearImpl::AttachAdapter(const LoraSpec& spec, at::Generator generator
   dropout_ = spec.dropout;
 }
 
+torch::Tensor LoraDelta(const torch::Tensor& a, const torch::Tensor& b, double scaling,
+                        torch::ScalarType dtype) {
+  return torch::matmul(b.to(torch::kFloat), a.to(torch::kFloat)).mul_(scaling).to(dtype);
+}
+
 void LoraLinearImpl::MergeAdapter() {
   if (!has_adapter()) return;
   {
     torch::NoGradGuard no_grad;
     // Shapes make the shard product right in every role: column B_r A,
     // row B A_r, unsharded B A.
-    weight.add_(torch::matmul(lora_b_.to(torch::kFloat), lora_a_.to(torch::kFloat))
-                    .mul_(scaling_)
-                    .to(weight.scalar_type()));
+    weight.add_(LoraDelta(lora_a_, lora_b_, scaling_, weight.scalar_type()));
   }
   unregister_module("lora_A");
   unregister_module("lora_B");

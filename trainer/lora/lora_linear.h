@@ -48,6 +48,11 @@ struct LoraSpec {
   double Scaling() const;
 };
 
+// What merging adds to a base weight [out, in]: scaling * B A, computed in
+// fp32 from a [r, in] and b [out, r], returned in `dtype`.
+torch::Tensor LoraDelta(const torch::Tensor& a, const torch::Tensor& b, double scaling,
+                        torch::ScalarType dtype);
+
 // Holds one adapter matrix under the name "weight" (PEFT's lora_A.weight).
 class AdapterMatrixImpl : public torch::nn::Module {
  public:

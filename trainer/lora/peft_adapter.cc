@@ -194,18 +194,33 @@ std::vector<checkpoint::NamedTensor> AdapterStateDict(torch::nn::Module& model) 
 
 absl::Status WritePeftAdapter(torch::nn::Module& model, const LoraOptions& options,
                               const std::string& base_model_path, const std::string& dir) {
-  std::set<std::string> names;
+  std::vector<AdapterValues> adapters;
   for (const LoraLayer& l : LoraLayers(model)) {
-    if (l.layer->has_adapter()) names.insert(LastComponent(l.path));
+    if (!l.layer->has_adapter()) continue;
+    adapters.push_back({l.path, l.layer->lora_a().detach(), l.layer->lora_b().detach()});
+  }
+  if (adapters.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(dir, ": the model has no LoRA adapter"));
+  }
+  return WritePeftAdapterFiles(adapters, options.spec, base_model_path, dir);
+}
+
+absl::Status WritePeftAdapterFiles(const std::vector<AdapterValues>& adapters, const LoraSpec& spec,
+                                   const std::string& base_model_path, const std::string& dir) {
+  std::set<std::string> names;
+  std::vector<checkpoint::NamedTensor> tensors;
+  for (const AdapterValues& adapter : adapters) {
+    names.insert(LastComponent(adapter.module_path));
+    tensors.push_back({PeftKey(adapter.module_path, false), adapter.a});
+    tensors.push_back({PeftKey(adapter.module_path, true), adapter.b});
   }
   if (names.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat(dir, ": the model has no LoRA adapter"));
+    return absl::FailedPreconditionError(absl::StrCat(dir, ": no LoRA adapter to write"));
   }
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) return absl::InternalError(absl::StrCat(dir, ": cannot create: ", ec.message()));
 
-  const LoraSpec& spec = options.spec;
   nlohmann::json config = {{"alpha_pattern", nlohmann::json::object()},
                            {"auto_mapping", nullptr},
                            {"base_model_name_or_path", base_model_path},
@@ -238,14 +253,13 @@ absl::Status WritePeftAdapter(torch::nn::Module& model, const LoraOptions& optio
     config["lora_alpha"] = spec.alpha;
   }
   // Tensors first: a directory with a config is complete.
-  FULCRUM_RETURN_IF_ERROR(
-      checkpoint::WriteSafetensors((std::filesystem::path(dir) / kWeightsFile).string(),
-                                   AdapterStateDict(model), {{"format", "pt"}}));
+  FULCRUM_RETURN_IF_ERROR(checkpoint::WriteSafetensors(
+      (std::filesystem::path(dir) / kWeightsFile).string(), tensors, {{"format", "pt"}}));
   return WriteFileAtomically((std::filesystem::path(dir) / kConfigFile).string(),
                              config.dump(2) + "\n");
 }
 
-absl::StatusOr<LoraOptions> LoadPeftAdapter(
+absl::StatusOr<PeftAdapter> ReadPeftAdapter(
     torch::nn::Module& model, const std::string& dir,
     const std::function<bool(const std::string& module_path)>& held_elsewhere) {
   const std::string config_path = (std::filesystem::path(dir) / kConfigFile).string();
@@ -261,21 +275,23 @@ absl::StatusOr<LoraOptions> LoadPeftAdapter(
 
   const std::string weights_path = (std::filesystem::path(dir) / kWeightsFile).string();
   FULCRUM_ASSIGN_OR_RETURN(auto reader, checkpoint::SafetensorsReader::Open(weights_path));
-  // Read and check every tensor before the model changes.
   const int64_t r = config.spec.rank;
   std::set<std::string> consumed;
-  std::map<std::string, torch::Tensor> values;  // PeftKey -> file tensor
+  PeftAdapter adapter;
+  std::set<std::string> names;
   for (const LoraLayer& l : layers) {
     if (l.layer->has_adapter()) {
       return absl::FailedPreconditionError(
           absl::StrCat(dir, ": layer '", l.path, "' already has an adapter"));
     }
+    AdapterValues values;
+    values.module_path = l.path;
     FULCRUM_ASSIGN_OR_RETURN(
-        values[PeftKey(l.path, false)],
-        ReadAdapterTensor(*reader, l.path, false, {r, l.layer->in_features()}, consumed));
+        values.a, ReadAdapterTensor(*reader, l.path, false, {r, l.layer->in_features()}, consumed));
     FULCRUM_ASSIGN_OR_RETURN(
-        values[PeftKey(l.path, true)],
-        ReadAdapterTensor(*reader, l.path, true, {l.layer->out_features(), r}, consumed));
+        values.b, ReadAdapterTensor(*reader, l.path, true, {l.layer->out_features(), r}, consumed));
+    adapter.adapters.push_back(std::move(values));
+    names.insert(LastComponent(l.path));
   }
   for (const std::string& name : reader->Names()) {
     if (consumed.count(name) == 0 && held_elsewhere && held_elsewhere(ModulePathOfPeftKey(name))) {
@@ -286,26 +302,32 @@ absl::StatusOr<LoraOptions> LoadPeftAdapter(
                                                      "' matches no adapted layer of the model"));
     }
   }
+  adapter.options = LoraOptions{config.spec, std::vector<std::string>(names.begin(), names.end()),
+                                /*seed=*/std::nullopt};
+  return adapter;
+}
 
-  std::set<std::string> paths;
-  std::set<std::string> names;
-  for (const LoraLayer& l : layers) {
-    paths.insert(l.path);
-    names.insert(LastComponent(l.path));
-  }
-  FULCRUM_ASSIGN_OR_RETURN(int64_t adapted,
-                           ApplyLoraWhere(model, config.spec, [&](const std::string& path) {
-                             return paths.count(path) > 0;
-                           }));
-  FULCRUM_CHECK(adapted == static_cast<int64_t>(layers.size()), "adapted ", adapted);
+absl::StatusOr<LoraOptions> LoadPeftAdapter(
+    torch::nn::Module& model, const std::string& dir,
+    const std::function<bool(const std::string& module_path)>& held_elsewhere) {
+  // Read and check every tensor before the model changes.
+  FULCRUM_ASSIGN_OR_RETURN(const PeftAdapter adapter, ReadPeftAdapter(model, dir, held_elsewhere));
+  std::map<std::string, const AdapterValues*> by_path;
+  for (const AdapterValues& values : adapter.adapters) by_path[values.module_path] = &values;
+  FULCRUM_ASSIGN_OR_RETURN(
+      int64_t adapted, ApplyLoraWhere(model, adapter.options.spec, [&](const std::string& path) {
+        return by_path.count(path) > 0;
+      }));
+  FULCRUM_CHECK(adapted == static_cast<int64_t>(by_path.size()), "adapted ", adapted);
   torch::NoGradGuard no_grad;
-  for (const LoraLayer& l : layers) {
-    // Full file tensors (checked above); under tp each rank keeps its slice.
-    l.layer->lora_a().copy_(l.layer->LocalLoraA(values.at(PeftKey(l.path, false))));
-    l.layer->lora_b().copy_(l.layer->LocalLoraB(values.at(PeftKey(l.path, true))));
+  for (const LoraLayer& l : LoraLayers(model)) {
+    const auto it = by_path.find(l.path);
+    if (it == by_path.end()) continue;
+    // Full file tensors (checked); under tp each rank keeps its slice.
+    l.layer->lora_a().copy_(l.layer->LocalLoraA(it->second->a));
+    l.layer->lora_b().copy_(l.layer->LocalLoraB(it->second->b));
   }
-  return LoraOptions{config.spec, std::vector<std::string>(names.begin(), names.end()),
-                     /*seed=*/std::nullopt};
+  return adapter.options;
 }
 
 }  // namespace fulcrum::lora

@@ -142,18 +142,20 @@ absl::StatusOr<Sources> ReadSources(const std::vector<ParamLayout>& targets,
       sources.tensors.emplace_back();
       continue;
     }
-    torch::Tensor view;
-    if (checkpoint::IsFloat8(entry.dtype)) {
-      FULCRUM_ASSIGN_OR_RETURN(view, DequantizedFp8(weights, p.name, config));
-    } else {
-      FULCRUM_ASSIGN_OR_RETURN(view, weights.View(p.name));
-    }
+    FULCRUM_ASSIGN_OR_RETURN(const torch::Tensor view, ReadHfTensor(weights, p.name, config));
     sources.tensors.push_back(NarrowToShard(p, view));
   }
   return sources;
 }
 
 }  // namespace
+
+absl::StatusOr<torch::Tensor> ReadHfTensor(const checkpoint::HfWeights& weights,
+                                           const std::string& name, const ModelConfig& config) {
+  FULCRUM_ASSIGN_OR_RETURN(const checkpoint::TensorEntry entry, weights.Entry(name));
+  if (checkpoint::IsFloat8(entry.dtype)) return DequantizedFp8(weights, name, config);
+  return weights.View(name);
+}
 
 bool IsPersistentBuffer(const std::string& name) {
   return absl::EndsWith(name, "e_score_correction_bias");

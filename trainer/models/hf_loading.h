@@ -33,6 +33,12 @@ struct HfLoadOptions {
 absl::Status LoadHfWeights(CausalLMImpl& model, const checkpoint::HfWeights& weights,
                            const HfLoadOptions& options = {});
 
+// The whole value of the checkpoint tensor `name`: a view in its stored
+// dtype, or for an F8_E4M3 weight its dequantized fp32 value (as
+// LoadHfWeights loads it). Errors name the tensor and the file.
+absl::StatusOr<torch::Tensor> ReadHfTensor(const checkpoint::HfWeights& weights,
+                                           const std::string& name, const ModelConfig& config);
+
 // Base parameters and persistent buffers under their HF names (no lora_*
 // tensors; no lm_head when tied), in a stable order (HF's state_dict order:
 // per module its parameters, then its buffers, then its children). The

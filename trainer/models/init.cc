@@ -35,19 +35,41 @@ void ZeroPersistentBuffers(CausalLMImpl& model) {
 
 }  // namespace
 
-void ForEachInitialValue(
-    const ModelConfig& config, uint64_t seed,
-    const std::function<void(const std::string& name, const torch::Tensor& value)>& sink) {
+InitialValueStream::InitialValueStream(const ModelConfig& config, uint64_t seed)
+    : std_(config.initializer_range),
+      seed_(seed),
+      generator_(at::detail::createCPUGenerator(seed)) {
   torch::NoGradGuard no_grad;
   CausalLM shapes(config, torch::TensorOptions().dtype(torch::kFloat).device(torch::kMeta));
-  at::Generator generator = at::detail::createCPUGenerator(seed);
   // HfStateDict's order: the parameters in named_parameters order, each
   // module's persistent buffers after its parameters (zeros: they do not
   // advance the generator).
-  for (const checkpoint::NamedTensor& item : HfStateDict(*shapes)) {
-    sink(item.name,
-         InitialValue(item.name, item.tensor.sizes(), config.initializer_range, generator));
+  specs_ = HfStateDict(*shapes);
+  for (size_t i = 0; i < specs_.size(); ++i) index_[specs_[i].name] = i;
+}
+
+torch::Tensor InitialValueStream::ValueOf(const std::string& name) {
+  const auto it = index_.find(name);
+  FULCRUM_CHECK(it != index_.end(), "no initial value for ", name);
+  if (it->second < next_) {
+    generator_ = at::detail::createCPUGenerator(seed_);
+    next_ = 0;
   }
+  torch::NoGradGuard no_grad;
+  torch::Tensor value;
+  while (next_ <= it->second) {
+    const checkpoint::NamedTensor& spec = specs_[next_++];
+    value = InitialValue(spec.name, spec.tensor.sizes(), std_, generator_);
+  }
+  return value;
+}
+
+void ForEachInitialValue(
+    const ModelConfig& config, uint64_t seed,
+    const std::function<void(const std::string& name, const torch::Tensor& value)>& sink) {
+  InitialValueStream stream(config, seed);
+  for (const checkpoint::NamedTensor& spec : stream.specs())
+    sink(spec.name, stream.ValueOf(spec.name));
 }
 
 void InitializeWeights(CausalLMImpl& model, uint64_t seed) {

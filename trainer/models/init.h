@@ -2,10 +2,15 @@
 // from-scratch training).
 #pragma once
 
+#include <ATen/core/Generator.h>
+
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
+#include <vector>
 
+#include "trainer/checkpoint/safetensors_writer.h"
 #include "trainer/models/causal_lm.h"
 #include "trainer/models/model_config.h"
 
@@ -27,5 +32,26 @@ void InitializeWeights(CausalLMImpl& model, uint64_t seed);
 void ForEachInitialValue(
     const ModelConfig& config, uint64_t seed,
     const std::function<void(const std::string& name, const torch::Tensor& value)>& sink);
+
+// ForEachInitialValue as a cursor: the values in the same order, one at a
+// time, on demand (an exporter pulls them while it writes).
+class InitialValueStream {
+ public:
+  InitialValueStream(const ModelConfig& config, uint64_t seed);
+  // The names and meta-device shapes of every value, in order.
+  const std::vector<checkpoint::NamedTensor>& specs() const { return specs_; }
+  // The value of `name`. Asking in order costs one draw per value; asking
+  // for an earlier one restarts the generator and draws up to it again.
+  // FULCRUM_CHECK that `name` is one of specs().
+  torch::Tensor ValueOf(const std::string& name);
+
+ private:
+  std::vector<checkpoint::NamedTensor> specs_;
+  std::map<std::string, size_t> index_;
+  double std_ = 0.0;
+  uint64_t seed_ = 0;
+  size_t next_ = 0;  // the index of the value the generator draws next
+  at::Generator generator_;
+};
 
 }  // namespace fulcrum::models

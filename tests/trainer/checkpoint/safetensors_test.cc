@@ -152,6 +152,45 @@ TEST(SafetensorsWriterTest, RejectsBadInputsWithoutWriting) {
   EXPECT_FALSE(WriteSafetensors(ScratchDir() + "/no/such/dir/x.safetensors", {}).ok());
 }
 
+// Values asked for one at a time, in the order given, and laid out so;
+// a value that is not what its spec announced is refused and nothing is left.
+TEST(SafetensorsWriterTest, StreamedWriteProducesInOrder) {
+  const std::string dir = ScratchDir();
+  const std::string path = dir + "/streamed.safetensors";
+  const auto meta = [](std::vector<int64_t> shape, torch::ScalarType dtype) {
+    return torch::empty(shape, torch::TensorOptions().dtype(dtype).device(torch::kMeta));
+  };
+  const std::vector<NamedTensor> specs = {{"z", meta({2, 3}, torch::kFloat)},
+                                          {"a", meta({4}, torch::kBFloat16)}};
+  const std::vector<torch::Tensor> values = {torch::arange(6, torch::kFloat).view({2, 3}),
+                                             torch::ones({4}, torch::kBFloat16)};
+  std::vector<size_t> asked;
+  const auto produce = [&](size_t i) -> absl::StatusOr<torch::Tensor> {
+    asked.push_back(i);
+    return values[i];
+  };
+  ASSERT_TRUE(WriteSafetensorsStreamed(path, specs, produce).ok());
+  EXPECT_EQ(asked, (std::vector<size_t>{0, 1}));
+  auto reader = OpenOrDie(path);
+  ASSERT_NE(reader, nullptr);
+  EXPECT_TRUE(BitEqual(*reader->View("z"), values[0]));
+  EXPECT_TRUE(BitEqual(*reader->View("a"), values[1]));
+  EXPECT_LT(reader->Entry("z")->begin, reader->Entry("a")->begin);  // not sorted by name
+
+  const std::string bad = dir + "/bad_streamed.safetensors";
+  const absl::Status wrong = WriteSafetensorsStreamed(
+      bad, specs, [&](size_t i) -> absl::StatusOr<torch::Tensor> { return values[0]; });
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_NE(wrong.message().find("tensor \"a\""), std::string::npos) << wrong;
+  const absl::Status failed = WriteSafetensorsStreamed(
+      bad, specs,
+      [](size_t) -> absl::StatusOr<torch::Tensor> { return absl::DataLossError("source gone"); });
+  EXPECT_NE(failed.message().find("source gone"), std::string::npos) << failed;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    EXPECT_EQ(entry.path().filename().string().find("bad_streamed"), std::string::npos);
+  }
+}
+
 TEST(SafetensorsWriterTest, OverwritesAtomically) {
   const std::string path = ScratchDir() + "/w.safetensors";
   ASSERT_TRUE(WriteSafetensors(path, {{"x", torch::ones({4})}}).ok());

@@ -283,14 +283,14 @@ TEST(Fp8LoadingTest, InitAndExportDropQuantizationConfig) {
   const nlohmann::json written = ReadJson(dir + "/init/config.json");
   EXPECT_FALSE(written.contains("quantization_config"));
   EXPECT_EQ(written.at("vocab_size"), 512);
-  checkpoint::HfExportOptions options;
-  options.out_dir = dir + "/export";
-  const absl::Status exported = checkpoint::ExportHfModel({{"w", torch::ones({2, 2})}},
-                                                          ReadJson(dir + "/config.json"), options);
+  std::filesystem::create_directories(dir + "/export");
+  const absl::Status exported = checkpoint::WriteHfConfigAndSideFiles(
+      dir + "/export", ReadJson(dir + "/config.json"), torch::kBFloat16, dir);
   ASSERT_TRUE(exported.ok()) << exported;
   const nlohmann::json export_config = ReadJson(dir + "/export/config.json");
   EXPECT_FALSE(export_config.contains("quantization_config"));
   EXPECT_EQ(export_config.at("hidden_size"), 64);
+  EXPECT_EQ(export_config.value("torch_dtype", export_config.value("dtype", "")), "bfloat16");
 }
 
 // A checkpoint with one more layer than num_hidden_layers, the config saying

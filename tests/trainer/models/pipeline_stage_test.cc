@@ -261,6 +261,13 @@ TEST_P(PipelineStageTest, RandomInitEqualsTheWholeModels) {
     EXPECT_TRUE(torch::equal(value, full_params[name])) << name;
   });
   EXPECT_EQ(names, full_params.keys());
+  // As a cursor: in order, then backwards (a restart), then skipping ahead.
+  InitialValueStream stream(config, 21);
+  for (const std::string& name : names) {
+    EXPECT_TRUE(torch::equal(stream.ValueOf(name), full_params[name])) << name;
+  }
+  EXPECT_TRUE(torch::equal(stream.ValueOf(names[1]), full_params[names[1]]));
+  EXPECT_TRUE(torch::equal(stream.ValueOf(names.back()), full_params[names.back()]));
 }
 
 TEST_P(PipelineStageTest, SeededLoraAEqualsTheWholeModels) {
