@@ -96,9 +96,13 @@ print(f"async: steps 1-6 take {', '.join(f'{s:.2f}' for s in steps_async)} s (sy
       f"{', '.join(f'{s:.2f}' for s in steps)} s)")
 for i, (st, pub) in enumerate(zip(starts, publishes)):
     overlapped = steps_async[2 * i + 2] if 2 * i + 2 < len(steps_async) else None
-    extra = "" if overlapped is None else f"; the step written under took {overlapped:.2f} s ({100*(overlapped/base-1):+.0f}% vs {base:.2f})"
+    if overlapped is None:  # after the last step: the run ends once it is written
+        print(f"async save after step {2*i+2} (the last): {st:.2f} s to copy, then the run waits "
+              f"{pub:.2f} s for the write to finish before it ends")
+        continue
     print(f"async save after step {2*i+2}: training blocked {st:.2f} s to copy + {pub:.2f} s to publish it"
-          f" = {100*(st+pub)/base:.1f}% of a step{extra}")
+          f" = {100*(st+pub)/base:.1f}% of a step; the step written under took {overlapped:.2f} s "
+          f"({100*(overlapped/base-1):+.0f}% vs {base:.2f})")
 print(f"{'load':22s} {'rank':>4s} {'read MiB':>9s} {'needed MiB':>10s} {'read/needed':>11s} {'s':>6s} {'GB/s':>6s} page cache")
 pattern = re.compile(r"\[fulcrum r(\d+)\].*resumed from \S+ at step \d+: read ([\d.]+) MiB for the ([\d.]+) MiB this rank holds in ([\d.]+) s")
 for (name, log), cache in zip((("same layout (dp2 zero1)", "load"), ("reshard to tp 2", "reshard_tp"),

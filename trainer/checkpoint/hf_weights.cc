@@ -164,6 +164,13 @@ absl::StatusOr<torch::Tensor> HfWeights::ReadSlice(const std::string& name, int6
   return reader->ReadSlice(name, dim, start, length);
 }
 
+void HfWeights::DropResidentPages() const {
+  std::set<const SafetensorsReader*> dropped;
+  for (const auto& [name, reader] : readers_) {
+    if (dropped.insert(reader.get()).second) reader->DropResidentPages();
+  }
+}
+
 absl::Status WriteHfWeights(const std::string& dir, const std::vector<NamedTensor>& tensors,
                             int64_t max_shard_bytes, const std::string& prefix) {
   return WriteHfWeightsStreamed(

@@ -42,6 +42,8 @@ class HfWeights {
   absl::StatusOr<torch::Tensor> ReadSlice(const std::string& name, int64_t dim, int64_t start,
                                           int64_t length) const;
   const std::string& dir() const { return dir_; }
+  // SafetensorsReader::DropResidentPages of every shard.
+  void DropResidentPages() const;
   // The reader holding `name` (e.g. for its path in error messages).
   absl::StatusOr<std::shared_ptr<SafetensorsReader>> ReaderOf(const std::string& name) const;
 

@@ -197,6 +197,12 @@ absl::StatusOr<std::shared_ptr<SafetensorsReader>> SafetensorsReader::Open(
   return reader;
 }
 
+void SafetensorsReader::DropResidentPages() const {
+  // A private read-only file mapping is never dirty: its pages can be
+  // dropped and re-read from the file.
+  ::madvise(mapping_, mapping_size_, MADV_DONTNEED);
+}
+
 SafetensorsReader::~SafetensorsReader() {
   if (mapping_ != nullptr) ::munmap(mapping_, mapping_size_);
 }

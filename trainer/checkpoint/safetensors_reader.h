@@ -53,6 +53,12 @@ class SafetensorsReader : public std::enable_shared_from_this<SafetensorsReader>
   // This is how F8 tensors can be read undecoded.
   absl::StatusOr<torch::Tensor> ViewBytes(const std::string& name) const;
 
+  // Drops the pages of the mapping from this process's resident memory (they
+  // stay in the page cache; a later access faults them back in). Views stay
+  // valid. A reader that streams a file larger than memory calls it as it
+  // goes, so its RSS does not grow with the file.
+  void DropResidentPages() const;
+
   // A copy of rows [start, start+length) along `dim` (negative dims count
   // from the end) reading only the bytes needed: one contiguous range for
   // dim 0, one strided run per outer index otherwise. F8: float32.

@@ -21,6 +21,7 @@
 #include "core/file_util.h"
 #include "core/status.h"
 #include "trainer/checkpoint/dtype.h"
+#include "trainer/checkpoint/host_buffer.h"
 
 namespace fulcrum::checkpoint {
 namespace fs = std::filesystem;
@@ -343,7 +344,7 @@ absl::StatusOr<std::unique_ptr<ShardedSave>> ShardedSave::Begin(
       torch::Tensor& copy = (*snapshot)[k];
       const torch::Tensor values = piece.values.detach().reshape({-1});
       if (!copy.defined() || copy.numel() != values.numel() || copy.dtype() != values.dtype()) {
-        copy = torch::empty({values.numel()}, values.options().device(torch::kCPU));
+        copy = NewHostBuffer(values.numel(), values.scalar_type());
       }
       copy.copy_(values);
       piece.values = copy;

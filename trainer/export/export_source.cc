@@ -151,6 +151,8 @@ absl::StatusOr<torch::Tensor> ExportSource::BaseValue(const std::string& name) {
     if (!opened.ok()) return Annotate(opened.status(), "the base model (the recipe's model.path)");
     base_ = std::move(*opened);
   }
+  // The previous value has been written: its pages need not stay resident.
+  base_->DropResidentPages();
   if (!base_->Contains(name)) {
     return absl::NotFoundError(absl::StrCat(base_dir_, ": missing tensor ", name));
   }

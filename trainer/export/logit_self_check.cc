@@ -109,7 +109,9 @@ absl::StatusOr<SelfCheckReport> CompareExportLogits(ExportSource& source,
   } else {
     FULCRUM_ASSIGN_OR_RETURN(weights, checkpoint::HfWeights::Open(written));
     load_written = [&](models::CausalLMImpl& stage) {
-      return models::LoadHfWeights(stage, *weights);
+      const absl::Status loaded = models::LoadHfWeights(stage, *weights);
+      weights->DropResidentPages();  // copied into the stage
+      return loaded;
     };
   }
   absl::StatusOr<torch::Tensor> actual = LayerByLayerLogits(config, ids, load_written);

@@ -6,6 +6,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "core/status.h"
+#include "trainer/checkpoint/host_buffer.h"
 
 namespace fulcrum::loop {
 namespace {
@@ -45,8 +46,7 @@ void CheckpointSaver::PrepareBuffers(const std::vector<checkpoint::LocalPiece>& 
     const auto start = std::chrono::steady_clock::now();
     snapshot_.clear();
     for (const torch::Tensor& shape : shapes) {
-      // zeros, not empty: the pages are faulted in here, not at the save.
-      snapshot_.push_back(torch::zeros({shape.numel()}, shape.options().device(torch::kCPU)));
+      snapshot_.push_back(checkpoint::NewHostBuffer(shape.numel(), shape.scalar_type()));
     }
     prepare_seconds_ = SecondsSince(start);
   });
