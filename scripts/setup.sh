@@ -14,6 +14,7 @@ packages=(
   libicu-dev  # NFC/NFKC normalizers of tokenizer.json
   libgtest-dev libbenchmark-dev
   cmake ninja-build g++ python3 pkg-config
+  python3-matplotlib  # scripts/plot_metrics
 )
 missing=()
 for p in "${packages[@]}"; do

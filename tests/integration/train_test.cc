@@ -1,5 +1,6 @@
 // `fulcrum train` end to end: the AdamW curve of transformers, LoRA export
-// consistency, exact resume, and data-parallel layout equivalence.
+// consistency, exact resume, data-parallel layout equivalence, and the
+// TensorBoard and plotted metrics.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -152,6 +153,45 @@ TEST(TrainTest, Bf16TrainingExportsBf16Model) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(nlohmann::json::parse(ReadFile(dir + "/hf32/config.json")).at("torch_dtype"),
             "float32");
+}
+
+// logging.tensorboard_dir under 2 ranks: one event file, rank 0's (its
+// records are decoded in tests/trainer/metrics/tensorboard_writer_test.cc);
+// scripts/plot_metrics draws the JSONL as a PNG.
+TEST(TrainTest, TensorBoardEventsAndMetricsPlot) {
+  const std::string dir = ScratchDir();
+  WriteTinyData(dir + "/data.jsonl", 64, 512);
+  WriteFile(dir + "/r.yaml",
+            TinyTrainRecipe(FixturesDir() + "/llama/model", dir + "/data.jsonl", "lora", 6));
+  CommandResult r =
+      RunFulcrum("train " + dir + "/r.yaml parallel.dp=2 logging.metrics_file=" + dir +
+                     "/m.jsonl logging.tensorboard_dir=" + dir + "/tb",
+                 2);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::vector<fs::path> events;
+  for (const auto& entry : fs::directory_iterator(dir + "/tb")) events.push_back(entry.path());
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].filename().string().rfind("events.out.tfevents.", 0), 0u) << events[0];
+  EXPECT_GT(fs::file_size(events[0]), 6u * 200);  // 6 steps of 9 scalars, plus the header event
+
+  r = RunCommand(SourceDir() + "/scripts/plot_metrics " + dir + "/m.jsonl --out " + dir +
+                 "/curves.png");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string png = ReadFile(dir + "/curves.png");
+  ASSERT_GT(png.size(), 24u);
+  EXPECT_EQ(png.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));
+  const auto be32 = [&](size_t at) {
+    return (static_cast<uint32_t>(static_cast<uint8_t>(png[at])) << 24) |
+           (static_cast<uint32_t>(static_cast<uint8_t>(png[at + 1])) << 16) |
+           (static_cast<uint32_t>(static_cast<uint8_t>(png[at + 2])) << 8) |
+           static_cast<uint32_t>(static_cast<uint8_t>(png[at + 3]));
+  };
+  EXPECT_EQ(be32(16), 1500u);  // IHDR width: 15 in at 100 dpi
+  EXPECT_EQ(be32(20), 450u);
+  EXPECT_GT(png.size(), 20000u);  // three panels of curves, not a blank image
+  r = RunCommand(SourceDir() + "/scripts/plot_metrics " + dir + "/r.yaml --out " + dir + "/x.png");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("r.yaml:1: not JSON"), std::string::npos) << r.output;
 }
 
 TEST(TrainTest, DataParallelTwoRanksReproducesOneRank) {

@@ -67,7 +67,9 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const recipe::Recipe& r
   if (world.is_root() || recipe.logging.all_ranks) {
     FULCRUM_ASSIGN_OR_RETURN(
         trainer->sink_,
-        metrics::MetricsSink::Create(recipe.logging.metrics_file, logger, recipe.logging.every));
+        metrics::MetricsSink::Create(recipe.logging.metrics_file,
+                                     world.is_root() ? recipe.logging.tensorboard_dir : "", logger,
+                                     recipe.logging.every));
   }
   return trainer;
 }

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/status.h"
 
 namespace fulcrum::metrics {
 namespace {
@@ -21,9 +22,16 @@ std::string FormatDuration(double seconds) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<MetricsSink>> MetricsSink::Create(const std::string& jsonl_path,
+                                                                 const std::string& tensorboard_dir,
                                                                  const parallel::Logger& logger,
                                                                  int64_t console_every) {
   std::unique_ptr<MetricsSink> sink(new MetricsSink(logger, std::max<int64_t>(1, console_every)));
+  if (!tensorboard_dir.empty()) {
+    absl::StatusOr<std::unique_ptr<TensorBoardWriter>> writer =
+        TensorBoardWriter::Create(tensorboard_dir);
+    if (!writer.ok()) return Annotate(writer.status(), "logging.tensorboard_dir");
+    sink->tensorboard_ = std::move(*writer);
+  }
   if (!jsonl_path.empty()) {
     const std::filesystem::path path(jsonl_path);
     std::error_code ec;
@@ -35,6 +43,31 @@ absl::StatusOr<std::unique_ptr<MetricsSink>> MetricsSink::Create(const std::stri
     }
   }
   return sink;
+}
+
+void MetricsSink::RecordTensorBoard(const StepMetrics& m) {
+  std::vector<std::pair<std::string, double>> scalars = {
+      {"train/loss", m.loss},
+      {"train/lr", m.lr},
+      {"train/grad_norm", m.grad_norm},
+      {"throughput/tokens_per_second", m.tokens_per_second},
+      {"throughput/tokens_per_second_per_rank", m.tokens_per_second_per_rank},
+      {"throughput/mfu", m.mfu},
+      {"throughput/step_seconds", m.step_seconds},
+      {"memory/rss_bytes", static_cast<double>(m.rss_bytes)},
+      {"memory/peak_rss_bytes", static_cast<double>(m.peak_rss_bytes)},
+  };
+  for (size_t i = 0; i < m.expert_load_max_over_mean.size(); ++i) {
+    scalars.emplace_back(absl::StrCat("moe/expert_load_max_over_mean/", i),
+                         m.expert_load_max_over_mean[i]);
+  }
+  if (!m.expert_load_max_over_mean.empty()) {
+    scalars.emplace_back("moe/balance_loss", m.moe_balance_loss);
+  }
+  if (m.skipped_steps > 0) {
+    scalars.emplace_back("train/skipped_steps", static_cast<double>(m.skipped_steps));
+  }
+  tensorboard_->AddScalars(m.step, scalars);
 }
 
 void MetricsSink::Record(const StepMetrics& m) {
@@ -69,6 +102,7 @@ void MetricsSink::Record(const StepMetrics& m) {
     jsonl_ << line.dump() << "\n";
     jsonl_.flush();
   }
+  if (tensorboard_ != nullptr) RecordTensorBoard(m);
   if (m.step % console_every_ != 0 && m.step != m.total_steps && !m.skipped) return;
   const double eta = elapsed_seconds_ / recorded_ * static_cast<double>(m.total_steps - m.step);
   std::string moe;

@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "parallel/runtime/logger.h"
+#include "trainer/metrics/tensorboard_writer.h"
 
 namespace fulcrum::metrics {
 
@@ -46,19 +47,26 @@ struct StepMetrics {
 
 class MetricsSink {
  public:
-  // jsonl_path "" = console only. Only the rank that logs should create it.
+  // jsonl_path "" = no JSONL, tensorboard_dir "" = no event file; the
+  // console always. Only the rank that logs should create it.
   static absl::StatusOr<std::unique_ptr<MetricsSink>> Create(const std::string& jsonl_path,
+                                                             const std::string& tensorboard_dir,
                                                              const parallel::Logger& logger,
                                                              int64_t console_every);
+  // The JSONL line, the TensorBoard scalars, and every `console_every`
+  // steps the console line.
   void Record(const StepMetrics& metrics);
 
  private:
   MetricsSink(const parallel::Logger& logger, int64_t console_every)
       : logger_(logger), console_every_(console_every) {}
 
+  void RecordTensorBoard(const StepMetrics& metrics);
+
   const parallel::Logger& logger_;
   int64_t console_every_;
   std::ofstream jsonl_;
+  std::unique_ptr<TensorBoardWriter> tensorboard_;
   double elapsed_seconds_ = 0.0;
   int64_t recorded_ = 0;
 };

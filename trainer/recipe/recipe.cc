@@ -167,6 +167,7 @@ absl::Status ReadCheckpointLogging(MapReader& top, Recipe* recipe) {
   LoggingSection& l = recipe->logging;
   FULCRUM_RETURN_IF_ERROR(logging.Read("every", &l.every));
   FULCRUM_RETURN_IF_ERROR(logging.Read("metrics_file", &l.metrics_file));
+  FULCRUM_RETURN_IF_ERROR(logging.Read("tensorboard_dir", &l.tensorboard_dir));
   FULCRUM_RETURN_IF_ERROR(logging.Read("all_ranks", &l.all_ranks));
   FULCRUM_RETURN_IF_ERROR(logging.Read("peak_flops", &l.peak_flops));
   return logging.Finish();

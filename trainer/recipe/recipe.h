@@ -157,10 +157,11 @@ struct CheckpointSection {
 };
 
 struct LoggingSection {
-  int64_t every = 1;         // steps between console lines
-  std::string metrics_file;  // JSONL metrics ("" = none)
-  bool all_ranks = false;    // every rank logs
-  double peak_flops = 0.0;   // FLOP/s per rank for MFU; 0 = measure a GEMM at start
+  int64_t every = 1;            // steps between console lines
+  std::string metrics_file;     // JSONL metrics ("" = none)
+  std::string tensorboard_dir;  // TensorBoard event files, written by rank 0 ("" = none)
+  bool all_ranks = false;       // every rank logs
+  double peak_flops = 0.0;      // FLOP/s per rank for MFU; 0 = measure a GEMM at start
 };
 
 struct Recipe {

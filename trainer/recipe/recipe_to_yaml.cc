@@ -154,6 +154,7 @@ void EmitCheckpointLogging(YAML::Emitter& out, const Recipe& r) {
   BeginSection(out, "logging");
   Field(out, "every", r.logging.every);
   Field(out, "metrics_file", r.logging.metrics_file);
+  Field(out, "tensorboard_dir", r.logging.tensorboard_dir);
   Field(out, "all_ranks", r.logging.all_ranks);
   Field(out, "peak_flops", r.logging.peak_flops);
   out << YAML::EndMap;

@@ -89,7 +89,7 @@ train: {steps: 7}
 precision: {dtype: bf16}
 parallel: {dp: 2, tp: 1, pp: 1, ep: 1}
 checkpoint: {dir: ck, every: 3, resume: latest, keep_last: 2}
-logging: {every: 5, metrics_file: m.jsonl, all_ranks: true, peak_flops: 1.5e12}
+logging: {every: 5, metrics_file: m.jsonl, tensorboard_dir: tb, all_ranks: true, peak_flops: 1.5e12}
 seed: 7
 device: cuda
 )");
@@ -124,6 +124,7 @@ device: cuda
   EXPECT_EQ(r.checkpoint.keep_last, 2);
   EXPECT_EQ(r.logging.every, 5);
   EXPECT_EQ(r.logging.metrics_file, "m.jsonl");
+  EXPECT_EQ(r.logging.tensorboard_dir, "tb");
   EXPECT_TRUE(r.logging.all_ranks);
   EXPECT_DOUBLE_EQ(r.logging.peak_flops, 1.5e12);
   EXPECT_EQ(r.seed, 7);
@@ -364,7 +365,7 @@ Recipe EveryFieldChanged() {
   r.parallel.sequence_parallel = true, r.parallel.zero = 1;
   r.parallel.bucket_mb = 12.5, r.parallel.comm_timeout_s = 0.75;
   r.checkpoint = {"", 9, "latest", 4};
-  r.logging = {7, "null", true, 3.125e14};
+  r.logging = {7, "null", "~", true, 3.125e14};
   r.seed = 99;
   r.device = "cuda";
   return r;
@@ -439,6 +440,7 @@ TEST(RecipeToYaml, RoundTripsEveryField) {
   EXPECT_EQ(out->checkpoint.keep_last, in.checkpoint.keep_last);
   EXPECT_EQ(out->logging.every, in.logging.every);
   EXPECT_EQ(out->logging.metrics_file, in.logging.metrics_file);
+  EXPECT_EQ(out->logging.tensorboard_dir, in.logging.tensorboard_dir);
   EXPECT_EQ(out->logging.all_ranks, in.logging.all_ranks);
   EXPECT_EQ(out->logging.peak_flops, in.logging.peak_flops);
   EXPECT_EQ(out->seed, in.seed);
