@@ -182,23 +182,36 @@ std::string PeftKey(const std::string& module_path, bool lora_b) {
   return absl::StrCat(kPrefix, module_path, lora_b ? ".lora_B.weight" : ".lora_A.weight");
 }
 
-std::vector<checkpoint::NamedTensor> AdapterStateDict(torch::nn::Module& model) {
-  std::vector<checkpoint::NamedTensor> out;
-  for (const LoraLayer& l : LoraLayers(model)) {
-    if (!l.layer->has_adapter()) continue;
-    out.push_back({PeftKey(l.path, false), l.layer->lora_a().detach()});
-    out.push_back({PeftKey(l.path, true), l.layer->lora_b().detach()});
-  }
-  return out;
-}
+namespace {
 
-absl::Status WritePeftAdapter(torch::nn::Module& model, const LoraOptions& options,
-                              const std::string& base_model_path, const std::string& dir) {
+// The live adapters of `model` (detached), in layer order.
+std::vector<AdapterValues> LiveAdapters(torch::nn::Module& model) {
   std::vector<AdapterValues> adapters;
   for (const LoraLayer& l : LoraLayers(model)) {
     if (!l.layer->has_adapter()) continue;
     adapters.push_back({l.path, l.layer->lora_a().detach(), l.layer->lora_b().detach()});
   }
+  return adapters;
+}
+
+std::vector<checkpoint::NamedTensor> PeftTensors(const std::vector<AdapterValues>& adapters) {
+  std::vector<checkpoint::NamedTensor> out;
+  for (const AdapterValues& adapter : adapters) {
+    out.push_back({PeftKey(adapter.module_path, false), adapter.a});
+    out.push_back({PeftKey(adapter.module_path, true), adapter.b});
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<checkpoint::NamedTensor> AdapterStateDict(torch::nn::Module& model) {
+  return PeftTensors(LiveAdapters(model));
+}
+
+absl::Status WritePeftAdapter(torch::nn::Module& model, const LoraOptions& options,
+                              const std::string& base_model_path, const std::string& dir) {
+  const std::vector<AdapterValues> adapters = LiveAdapters(model);
   if (adapters.empty()) {
     return absl::FailedPreconditionError(absl::StrCat(dir, ": the model has no LoRA adapter"));
   }
@@ -208,12 +221,7 @@ absl::Status WritePeftAdapter(torch::nn::Module& model, const LoraOptions& optio
 absl::Status WritePeftAdapterFiles(const std::vector<AdapterValues>& adapters, const LoraSpec& spec,
                                    const std::string& base_model_path, const std::string& dir) {
   std::set<std::string> names;
-  std::vector<checkpoint::NamedTensor> tensors;
-  for (const AdapterValues& adapter : adapters) {
-    names.insert(LastComponent(adapter.module_path));
-    tensors.push_back({PeftKey(adapter.module_path, false), adapter.a});
-    tensors.push_back({PeftKey(adapter.module_path, true), adapter.b});
-  }
+  for (const AdapterValues& adapter : adapters) names.insert(LastComponent(adapter.module_path));
   if (names.empty()) {
     return absl::FailedPreconditionError(absl::StrCat(dir, ": no LoRA adapter to write"));
   }
@@ -253,8 +261,9 @@ absl::Status WritePeftAdapterFiles(const std::vector<AdapterValues>& adapters, c
     config["lora_alpha"] = spec.alpha;
   }
   // Tensors first: a directory with a config is complete.
-  FULCRUM_RETURN_IF_ERROR(checkpoint::WriteSafetensors(
-      (std::filesystem::path(dir) / kWeightsFile).string(), tensors, {{"format", "pt"}}));
+  FULCRUM_RETURN_IF_ERROR(
+      checkpoint::WriteSafetensors((std::filesystem::path(dir) / kWeightsFile).string(),
+                                   PeftTensors(adapters), {{"format", "pt"}}));
   return WriteFileAtomically((std::filesystem::path(dir) / kConfigFile).string(),
                              config.dump(2) + "\n");
 }

@@ -67,7 +67,12 @@ void MetricsSink::RecordTensorBoard(const StepMetrics& m) {
   if (m.skipped_steps > 0) {
     scalars.emplace_back("train/skipped_steps", static_cast<double>(m.skipped_steps));
   }
-  tensorboard_->AddScalars(m.step, scalars);
+  const absl::Status written = tensorboard_->AddScalars(m.step, scalars);
+  if (!written.ok()) {
+    // Metrics are not worth ending a training run for: say so once, stop writing.
+    logger_.Warn("logging.tensorboard_dir: ", written.message(), "; no more TensorBoard events");
+    tensorboard_.reset();
+  }
 }
 
 void MetricsSink::Record(const StepMetrics& m) {

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/crc32c.h"
+#include "core/status.h"
 
 namespace fulcrum::metrics {
 namespace {
@@ -75,12 +76,12 @@ absl::StatusOr<std::unique_ptr<TensorBoardWriter>> TensorBoardWriter::Create(
   }
   std::string event = EventHeader(0);
   AppendBytesField(event, 3, "brain.Event:2");  // file_version
-  writer->WriteRecord(event);
+  FULCRUM_RETURN_IF_ERROR(writer->WriteRecord(event));
   return writer;
 }
 
-void TensorBoardWriter::AddScalars(int64_t step,
-                                   const std::vector<std::pair<std::string, double>>& scalars) {
+absl::Status TensorBoardWriter::AddScalars(
+    int64_t step, const std::vector<std::pair<std::string, double>>& scalars) {
   std::string summary;
   for (const auto& [tag, value] : scalars) {
     std::string entry;
@@ -92,10 +93,10 @@ void TensorBoardWriter::AddScalars(int64_t step,
   }
   std::string event = EventHeader(step);
   AppendBytesField(event, 5, summary);
-  WriteRecord(event);
+  return WriteRecord(event);
 }
 
-void TensorBoardWriter::WriteRecord(const std::string& data) {
+absl::Status TensorBoardWriter::WriteRecord(const std::string& data) {
   const uint64_t length = data.size();
   const uint32_t length_crc = MaskedCrc32c(&length, sizeof(length));
   const uint32_t data_crc = MaskedCrc32c(data.data(), data.size());
@@ -104,6 +105,8 @@ void TensorBoardWriter::WriteRecord(const std::string& data) {
   out_.write(data.data(), static_cast<std::streamsize>(data.size()));
   out_.write(reinterpret_cast<const char*>(&data_crc), sizeof(data_crc));
   out_.flush();
+  if (!out_) return absl::InternalError(absl::StrCat(path_, ": write failed"));
+  return absl::OkStatus();
 }
 
 }  // namespace fulcrum::metrics

@@ -26,13 +26,14 @@ class TensorBoardWriter {
   static absl::StatusOr<std::unique_ptr<TensorBoardWriter>> Create(const std::string& dir);
 
   // One event at `step` holding every (tag, value); flushed, so that a
-  // running TensorBoard sees it.
-  void AddScalars(int64_t step, const std::vector<std::pair<std::string, double>>& scalars);
+  // running TensorBoard sees it. A failed write (disk full) is an error
+  // naming the file.
+  absl::Status AddScalars(int64_t step, const std::vector<std::pair<std::string, double>>& scalars);
   const std::string& path() const { return path_; }
 
  private:
   explicit TensorBoardWriter(std::string path) : path_(std::move(path)) {}
-  void WriteRecord(const std::string& data);
+  absl::Status WriteRecord(const std::string& data);
 
   std::string path_;
   std::ofstream out_;

@@ -143,8 +143,8 @@ TEST(TensorBoardWriterTest, ScalarsReadBack) {
   const std::string dir = testing::ScratchDir() + "/tb";
   auto writer = TensorBoardWriter::Create(dir);
   ASSERT_TRUE(writer.ok()) << writer.status();
-  (*writer)->AddScalars(3, {{"train/loss", 2.5}, {"train/lr", 1e-4}});
-  (*writer)->AddScalars(300, {{"train/loss", 1.25}});
+  ASSERT_TRUE((*writer)->AddScalars(3, {{"train/loss", 2.5}, {"train/lr", 1e-4}}).ok());
+  ASSERT_TRUE((*writer)->AddScalars(300, {{"train/loss", 1.25}}).ok());
   const std::vector<Event> events = ReadEvents(OnlyEventFile(dir));
   ASSERT_EQ(events.size(), 3u);
   EXPECT_EQ(events[0].file_version, "brain.Event:2");
