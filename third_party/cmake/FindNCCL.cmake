@@ -1,9 +1,10 @@
 # FindNCCL: locates NCCL headers and library.
 # Looks in NCCL_ROOT, $NCCL_ROOT, CUDA_HOME, /usr/local/cuda and the system.
+# The nvidia-nccl pip wheels ship only the versioned libnccl.so.2.
 # Sets NCCL_FOUND, NCCL_INCLUDE_DIRS, NCCL_LIBRARIES, NCCL_VERSION.
 set(_nccl_hints ${NCCL_ROOT} $ENV{NCCL_ROOT} $ENV{CUDA_HOME} /usr/local/cuda)
 find_path(NCCL_INCLUDE_DIR nccl.h HINTS ${_nccl_hints} PATH_SUFFIXES include)
-find_library(NCCL_LIBRARY NAMES nccl HINTS ${_nccl_hints} PATH_SUFFIXES lib64 lib)
+find_library(NCCL_LIBRARY NAMES nccl libnccl.so.2 HINTS ${_nccl_hints} PATH_SUFFIXES lib64 lib)
 find_path(CUDART_INCLUDE_DIR cuda_runtime_api.h HINTS ${_nccl_hints} PATH_SUFFIXES include)
 find_library(CUDART_LIBRARY NAMES cudart HINTS ${_nccl_hints} PATH_SUFFIXES lib64 lib)
 

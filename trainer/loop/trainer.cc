@@ -62,8 +62,13 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const recipe::Recipe& r
   FULCRUM_RETURN_IF_ERROR(trainer->Resume());
   const metrics::FlopsModel flops_model = trainer->CountFlopsModel();
   trainer->flops_per_token_ = metrics::TrainingFlopsPerToken(flops_model, recipe.batch.seq_len);
-  trainer->peak_flops_ =
-      recipe.logging.peak_flops > 0 ? recipe.logging.peak_flops : metrics::MeasureGemmFlops();
+  // MFU against the GEMM peak of the training's dtype on a GPU (bf16 tensor
+  // cores); on the CPU against fp32, whose kernels are the fast ones there.
+  const torch::ScalarType gemm_dtype =
+      trainer->device_.is_cuda() ? ParamDtype(recipe.precision) : torch::kFloat;
+  trainer->peak_flops_ = recipe.logging.peak_flops > 0
+                             ? recipe.logging.peak_flops
+                             : metrics::MeasureGemmFlops(trainer->device_, gemm_dtype);
   if (world.is_root() || recipe.logging.all_ranks) {
     FULCRUM_ASSIGN_OR_RETURN(
         trainer->sink_,

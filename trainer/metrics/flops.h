@@ -9,6 +9,8 @@
 // The embedding lookup is not a matmul and is not counted; lm_head is.
 #pragma once
 
+#include <torch/torch.h>
+
 #include <cstdint>
 
 namespace fulcrum::metrics {
@@ -24,7 +26,11 @@ struct FlopsModel {
 // Training FLOPs for one token in a sequence of length seq_len.
 double TrainingFlopsPerToken(const FlopsModel& model, int64_t seq_len);
 
-// Measured peak of this process: torch::mm of two n x n fp32 matrices.
-double MeasureGemmFlops(int64_t n = 2048, int repeats = 3);
+// Measured peak of this process on `device`: the best of `repeats` torch::mm
+// of two n x n matrices of `dtype` (the training's parameter dtype, so that
+// MFU is against what the hardware gives that dtype: fp32 on the CPU, bf16
+// tensor cores on a GPU). n = 0: 2048 on the CPU, 8192 on CUDA.
+double MeasureGemmFlops(const torch::Device& device = torch::kCPU,
+                        torch::ScalarType dtype = torch::kFloat, int64_t n = 0, int repeats = 3);
 
 }  // namespace fulcrum::metrics

@@ -19,7 +19,10 @@ TEST(FlopsTest, FullAndLoraAccounting) {
   EXPECT_DOUBLE_EQ(TrainingFlopsPerToken(lora, 16), 4000.0 + 60.0 + 12.0 * 16 * 4 * 8 * 2);
 }
 
-TEST(FlopsTest, GemmPeakIsPositive) { EXPECT_GT(MeasureGemmFlops(128, 1), 0.0); }
+TEST(FlopsTest, GemmPeakIsPositive) {
+  EXPECT_GT(MeasureGemmFlops(torch::kCPU, torch::kFloat, 128, 1), 0.0);
+  EXPECT_GT(MeasureGemmFlops(torch::kCPU, torch::kBFloat16, 64, 1), 0.0);
+}
 
 }  // namespace
 }  // namespace fulcrum::metrics
