@@ -158,6 +158,47 @@ TEST(TrainTest, Bf16TrainingExportsBf16Model) {
 // logging.tensorboard_dir under 2 ranks: one event file, rank 0's (its
 // records are decoded in tests/trainer/metrics/tensorboard_writer_test.cc);
 // scripts/plot_metrics draws the JSONL as a PNG.
+// Each JSONL step line breaks step_seconds down into phases that add up to
+// no more than the step, with forward, backward and optimizer time measured.
+void ExpectStepTimeBreakdown(const std::string& jsonl, int steps) {
+  std::istringstream lines(ReadFile(jsonl));
+  std::string line;
+  int seen = 0;
+  while (std::getline(lines, line)) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    if (!j.contains("step_seconds")) continue;
+    ++seen;
+    double sum = 0.0;
+    for (const char* key : {"data_wait_seconds", "forward_seconds", "backward_seconds",
+                            "comm_wait_seconds", "optimizer_seconds"}) {
+      ASSERT_TRUE(j.contains(key)) << key << " missing in " << line;
+      EXPECT_GE(j.at(key).get<double>(), 0.0) << key;
+      sum += j.at(key).get<double>();
+    }
+    for (const char* key : {"forward_seconds", "backward_seconds", "optimizer_seconds"}) {
+      EXPECT_GT(j.at(key).get<double>(), 0.0) << key << " in " << line;
+    }
+    EXPECT_LE(sum, j.at("step_seconds").get<double>() * 1.001 + 1e-4) << line;
+    EXPECT_GT(sum, 0.5 * j.at("step_seconds").get<double>()) << "most of the step unaccounted";
+  }
+  EXPECT_EQ(seen, steps);
+}
+
+// Under pp 2 the schedule's compute actions are the forward and backward
+// time, the rest of the schedule (sends, receives, bubble) exposed waiting.
+TEST(TrainTest, PipelineStepTimeBreakdown) {
+  const std::string dir = ScratchDir();
+  WriteTinyData(dir + "/data.jsonl", 64, 512);
+  WriteFile(dir + "/r.yaml",
+            TinyTrainRecipe(FixturesDir() + "/llama/model", dir + "/data.jsonl", "full", 3));
+  const CommandResult r = RunFulcrum(
+      "train " + dir + "/r.yaml parallel.pp=2 batch.micro_batch=1 logging.metrics_file=" + dir +
+          "/m.jsonl",
+      2);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  ExpectStepTimeBreakdown(dir + "/m.jsonl", 3);
+}
+
 TEST(TrainTest, TensorBoardEventsAndMetricsPlot) {
   const std::string dir = ScratchDir();
   WriteTinyData(dir + "/data.jsonl", 64, 512);
@@ -172,7 +213,8 @@ TEST(TrainTest, TensorBoardEventsAndMetricsPlot) {
   for (const auto& entry : fs::directory_iterator(dir + "/tb")) events.push_back(entry.path());
   ASSERT_EQ(events.size(), 1u);
   EXPECT_EQ(events[0].filename().string().rfind("events.out.tfevents.", 0), 0u) << events[0];
-  EXPECT_GT(fs::file_size(events[0]), 6u * 200);  // 6 steps of 9 scalars, plus the header event
+  EXPECT_GT(fs::file_size(events[0]), 6u * 200);  // 6 steps of 14 scalars, plus the header event
+  ExpectStepTimeBreakdown(dir + "/m.jsonl", 6);
 
   r = RunCommand(SourceDir() + "/scripts/plot_metrics " + dir + "/m.jsonl --out " + dir +
                  "/curves.png");

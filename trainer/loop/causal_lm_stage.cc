@@ -65,7 +65,10 @@ models::ForwardInputs CausalLmStage::InputsOf(int micro_batch) const {
                     micro_batch < static_cast<int>(micro_batches_->size()),
                 "micro-batch ", micro_batch, " of a step without it");
   const data::MicroBatch& micro = (*micro_batches_)[static_cast<size_t>(micro_batch)];
-  auto on_device = [this](const torch::Tensor& t) { return t.defined() ? t.to(device_) : t; };
+  // Asynchronous from pinned batches (PrefetchingLoader pins them on CUDA).
+  auto on_device = [this](const torch::Tensor& t) {
+    return t.defined() ? t.to(torch::TensorOptions().device(device_), /*non_blocking=*/true) : t;
+  };
   models::ForwardInputs inputs;
   inputs.input_ids = on_device(micro.input_ids);
   inputs.attention_mask = on_device(micro.attention_mask);

@@ -48,6 +48,16 @@ optim::AdamWOptions AdamWFrom(const recipe::OptimSection& section) {
   return options;
 }
 
+// Page-locks a batch's tensors: copies from them to a GPU are asynchronous.
+void PinBatch(data::StepBatch& batch) {
+  for (data::MicroBatch& m : batch.micro_batches) {
+    for (torch::Tensor* t :
+         {&m.input_ids, &m.labels, &m.attention_mask, &m.position_ids, &m.document_ids}) {
+      if (t->defined()) *t = t->pin_memory();
+    }
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const recipe::Recipe& recipe,
@@ -55,6 +65,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const recipe::Recipe& r
                                                          const parallel::Logger& logger) {
   std::unique_ptr<Trainer> trainer(new Trainer(recipe, world, logger));
   FULCRUM_ASSIGN_OR_RETURN(trainer->device_, world.DeviceFor(recipe.device));
+  trainer->timer_ = metrics::PhaseTimer(trainer->device_);
   FULCRUM_RETURN_IF_ERROR(trainer->BuildParallel());
   FULCRUM_RETURN_IF_ERROR(trainer->BuildModelAndOptimizer());
   FULCRUM_RETURN_IF_ERROR(trainer->BuildPipeline());
@@ -243,8 +254,11 @@ absl::Status Trainer::BuildPipeline() {
   FULCRUM_ASSIGN_OR_RETURN(parallel::pipeline::Schedule schedule,
                            parallel::pipeline::BuildSchedule(kind, shape));
   stage_ = std::make_unique<CausalLmStage>(*built_.model, parallel_.model.pipeline_chunks, device_);
+  // Timings of the compute actions: the step's forward and backward time;
+  // the rest of the schedule is waiting on sends, receives and the bubble.
   pipeline_ = std::make_unique<parallel::pipeline::PipelineExecutor>(
-      std::move(schedule), parallel_.pp_rank(), parallel_.pipeline_channels());
+      std::move(schedule), parallel_.pp_rank(), parallel_.pipeline_channels(),
+      /*record_timings=*/true);
   std::string layers;
   for (const auto& chunk : parallel_.model.pipeline_chunks) {
     absl::StrAppend(&layers, layers.empty() ? "" : ", ", chunk.layers.first, "-",
@@ -271,7 +285,11 @@ absl::Status Trainer::BuildLoader() {
                            BuildTrainingData(recipe_, built_.config.vocab_size, parallel_.dp_rank(),
                                              parallel_.dp_size(), quiet,
                                              /*allow_build=*/!text));
-  loader_ = std::make_unique<data::DataLoader>(std::move(data.loader));
+  // One step ahead on a background thread; on CUDA the batches are pinned so
+  // that their copies to the device are asynchronous.
+  data::PrefetchingLoader::Prepare pin;
+  if (device_.is_cuda()) pin = PinBatch;
+  loader_ = std::make_unique<data::PrefetchingLoader>(std::move(data.loader), std::move(pin));
   logger_.Info("data: ", data.description, ": ", loader_->rows_per_epoch(), " rows of ",
                recipe_.batch.seq_len, " tokens per epoch");
   if (recipe_.train.eval_every > 0 && !data.validation.empty()) {
@@ -349,7 +367,11 @@ metrics::FlopsModel Trainer::CountFlopsModel() {
 absl::StatusOr<metrics::StepMetrics> Trainer::Step(int64_t step_index) {
   const auto start = std::chrono::steady_clock::now();
   built_.model->train();
-  const data::StepBatch batch = loader_->Next();
+  timer_.Take();  // time outside steps (evaluation, checkpoints) is not the step's
+  const data::StepBatch batch = [&] {
+    const auto measured = timer_.Measure(metrics::StepPhase::kDataWait);
+    return loader_->Next();
+  }();
   const double denominator = static_cast<double>(std::max<int64_t>(1, batch.global_num_targets));
   torch::Tensor loss_sum = ForwardBackward(batch, denominator);
   const torch::Tensor grad_norm = ReduceAndClipGradients();
@@ -366,20 +388,27 @@ absl::StatusOr<metrics::StepMetrics> Trainer::Step(int64_t step_index) {
         "latest state (train.on_nonfinite: skip drops such steps instead)",
         step_index + 1, norm));
   }
-  if (finite) {
-    optimizer_->Step(lr);
-  } else {
-    ++skipped_steps_;
+  {
+    const auto measured = timer_.Measure(metrics::StepPhase::kOptimizer);
+    if (finite) {
+      optimizer_->Step(lr);
+    } else {
+      ++skipped_steps_;
+    }
+    buckets_->ZeroGrads();
+    if (expert_buckets_) expert_buckets_->ZeroGrads();
   }
-  buckets_->ZeroGrads();
-  if (expert_buckets_) expert_buckets_->ZeroGrads();
 
   // The step's one host synchronisation: loss and norm for the logs. Every
   // tp rank holds the same loss; the dp ranks hold parts of it; under pp the
   // last stage holds it and the others zero.
-  parallel_.dp().AllReduce(loss_sum);
-  if (pipeline_) parallel_.pp().AllReduce(loss_sum);
-  const double loss = loss_sum.item<double>();
+  double loss = 0.0;
+  {
+    const auto measured = timer_.Measure(metrics::StepPhase::kCommWait);
+    parallel_.dp().AllReduce(loss_sum);
+    if (pipeline_) parallel_.pp().AllReduce(loss_sum);
+    loss = loss_sum.item<double>();
+  }
   const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
 
   metrics::StepMetrics m;
@@ -392,6 +421,7 @@ absl::StatusOr<metrics::StepMetrics> Trainer::Step(int64_t step_index) {
   m.skipped_steps = skipped_steps_;
   m.tokens = recipe_.batch.global_batch * recipe_.batch.seq_len;
   m.step_seconds = elapsed.count();
+  m.times = timer_.Take();
   m.tokens_per_second = static_cast<double>(m.tokens) / m.step_seconds;
   m.tokens_per_second_per_rank = m.tokens_per_second / world_.size();
   m.flops_per_second_per_rank = m.tokens_per_second_per_rank * flops_per_token_;
@@ -464,33 +494,54 @@ torch::Tensor Trainer::ForwardBackward(const data::StepBatch& batch, double deno
     if (overlap_dp_reduction_) {
       buckets_->ArmForLastBackward(static_cast<int>(batch.micro_batches.size()));
     }
-    pipeline_->Run(*stage_);
+    const parallel::pipeline::PipelineStepResult result = pipeline_->Run(*stage_);
+    double compute = 0.0;
+    for (const parallel::pipeline::ActionTiming& t : result.timings) {
+      const bool forward = t.action.type == parallel::pipeline::ActionType::kForward;
+      timer_.Add(forward ? metrics::StepPhase::kForward : metrics::StepPhase::kBackward,
+                 t.end - t.start);
+      compute += t.end - t.start;
+    }
+    timer_.Add(metrics::StepPhase::kCommWait, std::max(0.0, result.step_seconds - compute));
     return stage_->loss_sum().clone();
   }
   torch::Tensor loss_sum =
       torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat).device(device_));
   for (const data::MicroBatch& micro : batch.micro_batches) {
+    const auto on_device = [&](const torch::Tensor& t) {
+      return t.to(torch::TensorOptions().device(device_), /*non_blocking=*/true);
+    };
     models::ForwardInputs inputs;
-    inputs.input_ids = micro.input_ids.to(device_);
-    inputs.attention_mask = micro.attention_mask.to(device_);
-    inputs.position_ids = micro.position_ids.to(device_);
-    inputs.document_ids = micro.document_ids.to(device_);
+    inputs.input_ids = on_device(micro.input_ids);
+    inputs.attention_mask = on_device(micro.attention_mask);
+    inputs.position_ids = on_device(micro.position_ids);
+    inputs.document_ids = on_device(micro.document_ids);
     if (overlap_dp_reduction_ && &micro == &batch.micro_batches.back()) {
       buckets_->ArmForLastBackward();
     }
-    const torch::Tensor logits = built_.model->forward(inputs);
-    const torch::Tensor micro_loss =
-        models::TrainingLossSum(*built_.model, logits, micro.labels.to(device_));
-    (micro_loss / denominator).backward();
+    torch::Tensor micro_loss;
+    {
+      const auto measured = timer_.Measure(metrics::StepPhase::kForward);
+      const torch::Tensor logits = built_.model->forward(inputs);
+      micro_loss = models::TrainingLossSum(*built_.model, logits, on_device(micro.labels));
+    }
+    {
+      const auto measured = timer_.Measure(metrics::StepPhase::kBackward);
+      (micro_loss / denominator).backward();
+    }
     loss_sum += micro_loss.detach();
   }
   return loss_sum;
 }
 
 torch::Tensor Trainer::ReduceAndClipGradients() {
-  models::SyncPartialGradients(*built_.model);
-  buckets_->FinishReduction();
-  if (expert_buckets_) expert_buckets_->FinishReduction();
+  {
+    const auto measured = timer_.Measure(metrics::StepPhase::kCommWait);
+    models::SyncPartialGradients(*built_.model);
+    buckets_->FinishReduction();
+    if (expert_buckets_) expert_buckets_->FinishReduction();
+  }
+  const auto measured = timer_.Measure(metrics::StepPhase::kOptimizer);  // clipping
   // Each element counted once: over tp by the layout's rule; over dp by the
   // ZeRO-1 owner (all-reduced gradients are the same on every dp rank; an
   // expert's chunk has one owner among the expert-dp ranks holding it, and

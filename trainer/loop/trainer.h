@@ -61,6 +61,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "data/dataset/loader.h"
+#include "data/dataset/prefetching_loader.h"
 #include "parallel/data_parallel/gradient_buckets.h"
 #include "parallel/pipeline/pipeline_executor.h"
 #include "parallel/runtime/logger.h"
@@ -138,6 +139,7 @@ class Trainer {
   const parallel::World& world_;
   const parallel::Logger& logger_;
   torch::Device device_ = torch::kCPU;
+  metrics::PhaseTimer timer_;  // this step's time by phase
   ParallelRuntime parallel_;
   BuiltModel built_;
   std::unique_ptr<optim::Optimizer> optimizer_;
@@ -155,7 +157,7 @@ class Trainer {
   // Under pp: this rank's chunks and the schedule that runs them.
   std::unique_ptr<CausalLmStage> stage_;
   std::unique_ptr<parallel::pipeline::PipelineExecutor> pipeline_;
-  std::unique_ptr<data::DataLoader> loader_;
+  std::unique_ptr<data::PrefetchingLoader> loader_;
   std::vector<data::Row> validation_rows_;  // all of them, [seq_len] each; every rank holds all
   int64_t validation_targets_ = 0;          // over all validation rows
   std::unique_ptr<metrics::MetricsSink> sink_;

@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "parallel/runtime/logger.h"
+#include "trainer/metrics/phase_timer.h"
 #include "trainer/metrics/tensorboard_writer.h"
 
 namespace fulcrum::metrics {
@@ -22,6 +23,7 @@ struct StepMetrics {
   double grad_norm = 0.0;  // before clipping
   int64_t tokens = 0;      // tokens processed by all ranks in this step
   double step_seconds = 0.0;
+  StepTimes times;                 // step_seconds broken down (the rest: host bookkeeping)
   double tokens_per_second = 0.0;  // all ranks
   double tokens_per_second_per_rank = 0.0;
   double flops_per_second_per_rank = 0.0;  // achieved, model FLOPs

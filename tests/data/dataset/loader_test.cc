@@ -5,6 +5,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "data/dataset/prefetching_loader.h"
 #include "data/dataset/sampler.h"
 #include "tests/test_support.h"
 
@@ -197,6 +198,31 @@ TEST(DataLoaderTest, SetStepResumesIdentically) {
   resumed.SetStep(0);
   ExpectSameBatch(resumed.Next(), expected[0]);
   EXPECT_EQ(resumed.step(), 1);
+}
+
+// One step ahead on a background thread, the same batches in the same order
+// across epochs; step() and SetStep() as DataLoader's, so checkpoints record
+// the same data position; `prepare` sees each batch before it is handed out.
+TEST(PrefetchingLoaderTest, SameBatchesStepsAndResume) {
+  DataLoader plain = MakeLoader(Options(4, 2, 1, 2));
+  std::vector<StepBatch> expected;
+  for (int i = 0; i < 12; ++i) expected.push_back(plain.Next());  // several epochs
+  int prepared = 0;
+  PrefetchingLoader prefetching(MakeLoader(Options(4, 2, 1, 2)), [&](StepBatch& batch) {
+    ++prepared;
+    batch.micro_batches[0].input_ids = batch.micro_batches[0].input_ids.clone();
+  });
+  EXPECT_EQ(prefetching.step(), 0);
+  for (int i = 0; i < 7; ++i) {
+    ExpectSameBatch(prefetching.Next(), expected[i]);
+    EXPECT_EQ(prefetching.step(), i + 1);
+  }
+  prefetching.SetStep(3);  // drops the prefetched step 7
+  EXPECT_EQ(prefetching.step(), 3);
+  for (int i = 3; i < 12; ++i) ExpectSameBatch(prefetching.Next(), expected[i]);
+  EXPECT_EQ(prefetching.step(), 12);
+  EXPECT_GE(prepared, 16);  // every batch handed out, and the prefetched ones
+  EXPECT_EQ(prefetching.rows_per_epoch(), plain.rows_per_epoch());
 }
 
 TEST(DataLoaderTest, NoPackRowsAreSamples) {

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Training throughput table (issue 8): for the 55M bench Llama, a ~290M Llama
+# and the small DeepSeek-V2-shaped MoE, full fine-tuning and LoRA (r 16, all
+# linear layers), on 1 rank (2 threads) and 2 ranks (dp 2, ep 2 for the MoE; 1
+# thread each): tokens/s, achieved model FLOP/s per rank, MFU against the fp32
+# GEMM peak each rank measures at start (torch::mm 2048^3 with its threads),
+# and peak RSS per rank. Random init from the configs, seq 256, median over the
+# steps after the warm-up ones. Run it on an otherwise idle machine.
+#   scripts/bench.sh [model...]     models: llama55m llama290m moe (default all)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x build/fulcrum ] || scripts/setup.sh
+work=build/bench_table
+mkdir -p "$work"
+models=("$@")
+((${#models[@]})) || models=(llama55m llama290m moe)
+
+python3 - "$work/data.jsonl" <<'PY'
+import json, random, sys
+rng = random.Random(0)
+with open(sys.argv[1], "w") as f:
+    for _ in range(200):
+        f.write(json.dumps({"input_ids": [rng.randrange(3, 4096) for _ in range(256)]}) + "\n")
+PY
+
+# model -> config, global batch, steps, warm-up steps skipped in the median
+declare -A config=([llama55m]=recipes/bench/config.json [llama290m]=recipes/bench/checkpoint_config.json
+  [moe]=recipes/bench/moe_config.json)
+declare -A batch=([llama55m]=8 [llama290m]=4 [moe]=8)
+declare -A steps=([llama55m]=9 [llama290m]=6 [moe]=9)
+declare -A warmup=([llama55m]=3 [llama290m]=2 [moe]=3)
+
+for model in "${models[@]}"; do
+  [ -n "${config[$model]:-}" ] || { echo "bench: unknown model '$model'" >&2; exit 2; }
+  for method in full lora; do
+    for ranks in 1 2; do
+      name=${model}_${method}_${ranks}
+      rm -f "$work/$name.jsonl"
+      global=${batch[$model]}
+      layout=()
+      if [ "$ranks" = 2 ]; then
+        layout=(parallel.dp=2)
+        [ "$model" = moe ] && layout+=(parallel.ep=2)
+        micro=$((global / 2))
+        threads=1
+      else
+        micro=$global
+        threads=2
+      fi
+      echo "bench: $name" >&2
+      OMP_NUM_THREADS=$threads scripts/mpirun.sh "$ranks" build/fulcrum train recipes/bench/step.yaml \
+        model.path= model.config="${config[$model]}" data.path="$work/data.jsonl" \
+        finetune.method=$method batch.global_batch="$global" batch.micro_batch="$micro" \
+        train.steps="${steps[$model]}" logging.metrics_file="$work/$name.jsonl" logging.every=100 \
+        "${layout[@]}" >"$work/$name.log" 2>&1 ||
+        { echo "bench: $name failed, see $work/$name.log" >&2; tail -n 5 "$work/$name.log" >&2; }
+    done
+  done
+done
+
+python3 - "$work" "${models[@]}" <<'PY'
+import json, os, statistics, sys
+work, models = sys.argv[1], sys.argv[2:]
+warmup = {"llama55m": 3, "llama290m": 2, "moe": 3}
+rows = {}
+print(f"{'model':10s} {'method':6s} {'ranks':>5s} {'tokens/s':>9s} {'GFLOP/s/rank':>12s} "
+      f"{'peak/rank':>9s} {'MFU':>6s} {'peak RSS/rank':>13s}")
+for model in models:
+    for method in ("full", "lora"):
+        for ranks in (1, 2):
+            path = f"{work}/{model}_{method}_{ranks}.jsonl"
+            if not os.path.exists(path):
+                print(f"{model:10s} {method:6s} {ranks:5d}   (failed)")
+                continue
+            steps = [r for r in map(json.loads, open(path)) if "tokens_per_second" in r]
+            steps = steps[warmup[model]:]
+            tps = statistics.median(r["tokens_per_second"] for r in steps)
+            flops = statistics.median(r["flops_per_second_per_rank"] for r in steps)
+            peak = steps[0]["peak_flops_per_rank"]
+            rss = max(r["peak_rss_bytes"] for r in steps)
+            rows[(model, method, ranks)] = (tps, flops / peak, rss)
+            print(f"{model:10s} {method:6s} {ranks:5d} {tps:9.1f} {flops / 1e9:12.1f} "
+                  f"{peak / 1e9:9.1f} {flops / peak:6.1%} {rss / 2**20:9.0f} MiB")
+print()
+def goal(text, ok):
+    print(f"{'met ' if ok else 'MISSED'}  {text}")
+if ("llama55m", "full", 1) in rows:
+    mfu = rows[("llama55m", "full", 1)][1]
+    goal(f"55M full fine-tuning at >= 75% of the fp32 GEMM peak: {mfu:.1%} "
+         "(HF transformers on PyTorch 2.6: 57%)", mfu >= 0.75)
+if ("llama290m", "full", 1) in rows:
+    mfu = rows[("llama290m", "full", 1)][1]
+    goal(f"290M full fine-tuning at >= 80% of the fp32 GEMM peak: {mfu:.1%}", mfu >= 0.80)
+    if ("llama290m", "lora", 1) in rows:
+        full, lora = rows[("llama290m", "full", 1)], rows[("llama290m", "lora", 1)]
+        goal(f"290M LoRA >= 1.4x full tokens/s: {lora[0] / full[0]:.2f}x", lora[0] / full[0] >= 1.4)
+        goal(f"290M LoRA peak memory <= 40% of full: {lora[2] / full[2]:.0%}", lora[2] / full[2] <= 0.4)
+PY
