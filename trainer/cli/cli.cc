@@ -17,6 +17,9 @@ constexpr char kUsage[] =
     "  fulcrum train RECIPE.yaml [key.path=value ...]\n"
     "  fulcrum validate RECIPE.yaml [key.path=value ...]\n"
     "  fulcrum prepare RECIPE.yaml [key.path=value ...]   (tokenize text data into the cache)\n"
+    "  fulcrum plan RECIPE.yaml [key.path=value ...] [--gpus N --gpus-per-node G --gpu-memory 80GiB "
+    "--gpu-tflops 989 --intra-node-gbps 450 --inter-node-gbps 50 --efficiency 0.5] "
+    "[--search [--top 10]]\n"
     "  fulcrum init --config config.json --out DIR [--seed N]\n"
     "  fulcrum score --model DIR [--adapter DIR] --batch IN.safetensors --out OUT.safetensors "
     "[--grads]\n"
@@ -32,7 +35,7 @@ const std::map<std::string, Command>& Commands() {
   static const std::map<std::string, Command> kCommands = {
       {"train", RunTrain},     {"validate", RunValidate}, {"init", RunInit},
       {"score", RunScore},     {"export", RunExport},     {"tokenize", RunTokenize},
-      {"prepare", RunPrepare}, {"generate", RunGenerate}};
+      {"prepare", RunPrepare}, {"generate", RunGenerate}, {"plan", RunPlan}};
   return kCommands;
 }
 

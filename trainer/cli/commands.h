@@ -21,5 +21,6 @@ absl::Status RunExport(const Args& args, const parallel::World& world);
 absl::Status RunTokenize(const Args& args, const parallel::World& world);
 absl::Status RunPrepare(const Args& args, const parallel::World& world);
 absl::Status RunGenerate(const Args& args, const parallel::World& world);
+absl::Status RunPlan(const Args& args, const parallel::World& world);
 
 }  // namespace fulcrum::cli

@@ -1,33 +1,34 @@
-// A rough check, before any tensor is allocated, that a layout can hold the
-// model's training state: weights, gradients and AdamW moments (and fp32
-// masters) per rank, with the routed experts divided by ep, the layers by pp
-// and the optimizer state by ZeRO-1's group. Activations and buffers are left
-// out: a layout refused here cannot fit; one accepted may still not (the
-// planner refines it). Checked against the host memory on CPU runs.
+// The memory check of `fulcrum train`, before any tensor is allocated: every
+// rank's peak predicted by the planner's memory model (plan/memory_model.h,
+// the same numbers `fulcrum plan` prints) against the memory each rank may
+// use; a layout that cannot fit is refused, naming the recipe, the parallel
+// keys and the predicted and available bytes.
 #pragma once
 
-#include <cstdint>
+#include <torch/torch.h>
+
+#include <string>
 
 #include "absl/status/status.h"
-#include "trainer/metrics/parameter_count.h"
+#include "trainer/models/model_config.h"
 #include "trainer/recipe/recipe.h"
 
 namespace fulcrum::loop {
 
-struct TrainingStateEstimate {
-  double params_per_rank = 0;         // base parameters this rank holds
-  double expert_params_per_rank = 0;  // of which routed experts
-  double bytes_per_rank = 0;          // weights + gradients + optimizer state
+struct AvailableMemory {
+  double bytes = 0;  // per rank; 0 = unknown (no check)
+  std::string from;  // where the number comes from, for the message
 };
 
-TrainingStateEstimate EstimateTrainingState(const metrics::ParameterCounts& counts,
-                                            const recipe::Recipe& recipe);
+// On the CPU, the host's MemAvailable shared by the node's `local_ranks`;
+// on CUDA, the device's free memory (0 when this LibTorch has no CUDA
+// runtime).
+AvailableMemory AvailableMemoryPerRank(const torch::Device& device, int local_ranks);
 
-// An error naming the recipe and the parallel keys when the estimate exceeds
-// `available_bytes_per_rank`.
-absl::Status CheckTrainingStateFits(const TrainingStateEstimate& estimate,
-                                    const metrics::ParameterCounts& counts,
-                                    const recipe::Recipe& recipe, double available_bytes_per_rank);
+// The memory model's peak (with the runtime of `device`'s process) against
+// `available`; errors name the recipe and the parallel keys.
+absl::Status CheckLayoutFits(const models::ModelConfig& config, const recipe::Recipe& recipe,
+                             const torch::Device& device, const AvailableMemory& available);
 
 // MemAvailable of /proc/meminfo in bytes (0 when unreadable).
 double AvailableHostMemory();

@@ -93,15 +93,10 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const recipe::Recipe& r
 absl::Status Trainer::BuildParallel() {
   FULCRUM_ASSIGN_OR_RETURN(const models::ModelConfig config, LoadRequestedConfig(recipe_.model));
   FULCRUM_RETURN_IF_ERROR(recipe::ValidateRecipeForModel(recipe_, config));
-  if (recipe_.device == "cpu") {
-    // Before anything is allocated: a layout whose training state alone
-    // exceeds the host's memory would only end in the kernel's OOM killer.
-    const metrics::ParameterCounts counts = metrics::CountParameters(config);
-    const double available =
-        AvailableHostMemory() / static_cast<double>(std::max(1, world_.local_size()));
-    FULCRUM_RETURN_IF_ERROR(world_.AgreeOn(CheckTrainingStateFits(
-        EstimateTrainingState(counts, recipe_), counts, recipe_, available)));
-  }
+  // Before anything is allocated: a layout that cannot fit would only end in
+  // the kernel's OOM killer, or a CUDA out-of-memory error in the first step.
+  FULCRUM_RETURN_IF_ERROR(world_.AgreeOn(CheckLayoutFits(
+      config, recipe_, device_, AvailableMemoryPerRank(device_, world_.local_size()))));
   FULCRUM_ASSIGN_OR_RETURN(parallel_,
                            BuildParallelRuntime(recipe_.parallel, recipe_.device, config, world_));
   if (world_.is_root()) {

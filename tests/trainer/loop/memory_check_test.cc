@@ -1,19 +1,29 @@
-// The training-state estimate per rank (weights, gradients, AdamW state;
-// experts split by ep, layers by pp, optimizer state by ZeRO-1) and the
-// message of a layout that cannot fit.
+// The train-start memory check: the planner's model against the memory a
+// rank may use, and the message of a layout that cannot fit.
 #include "trainer/loop/memory_check.h"
 
 #include <gtest/gtest.h>
 
 #include <string>
 
+#include "trainer/plan/memory_model.h"
+
 namespace fulcrum::loop {
 namespace {
 
-metrics::ParameterCounts Counts() {
-  metrics::ParameterCounts c;
-  c.other = 1000;
-  c.routed_experts = 8000;
+models::ModelConfig Moe() {
+  models::ModelConfig c;
+  c.vocab_size = 64;
+  c.hidden_size = 16;
+  c.intermediate_size = 32;
+  c.num_layers = 2;
+  c.num_heads = 2;
+  c.num_kv_heads = 2;
+  c.head_dim = 8;
+  c.moe.style = models::MoeStyle::kMixtral;
+  c.moe.num_experts = 8;
+  c.moe.experts_per_token = 2;
+  c.moe.expert_intermediate_size = 32;
   return c;
 }
 
@@ -21,66 +31,42 @@ recipe::Recipe Full() {
   recipe::Recipe r;
   r.source = "r.yaml";
   r.finetune.method = "full";
+  r.batch.global_batch = 4;
+  r.batch.micro_batch = 2;
+  r.batch.seq_len = 8;
+  r.parallel.dp = 2;
+  r.parallel.ep = 2;
   return r;
 }
 
-TEST(MemoryCheckTest, FullFineTuneCountsWeightsGradientsAndAdam) {
-  recipe::Recipe r = Full();
-  TrainingStateEstimate e = EstimateTrainingState(Counts(), r);
-  EXPECT_DOUBLE_EQ(e.params_per_rank, 9000);
-  EXPECT_DOUBLE_EQ(e.bytes_per_rank, 9000 * (4 + 4 + 8));
-  r.parallel.dp = 4;
-  r.parallel.ep = 4;  // experts / 4
-  e = EstimateTrainingState(Counts(), r);
-  EXPECT_DOUBLE_EQ(e.expert_params_per_rank, 2000);
-  EXPECT_DOUBLE_EQ(e.bytes_per_rank, 3000 * 16);
-  r.parallel.zero = 1;  // dense state / dp 4, experts' / (dp / ep) = 1
-  e = EstimateTrainingState(Counts(), r);
-  EXPECT_DOUBLE_EQ(e.bytes_per_rank, 3000 * 8 + 1000 * 8 / 4.0 + 2000 * 8);
-  r.parallel.ep = 2;  // experts' state over 2 ranks
-  r.parallel.pp = 2;  // every layer count halves
-  e = EstimateTrainingState(Counts(), r);
-  EXPECT_DOUBLE_EQ(e.params_per_rank, 500 + 2000);
-  EXPECT_DOUBLE_EQ(e.bytes_per_rank, 2500 * 8 + 500 * 8 / 4.0 + 2000 * 8 / 2.0);
-  r.parallel.tp = 2;  // and every count halves again
-  e = EstimateTrainingState(Counts(), r);
-  EXPECT_DOUBLE_EQ(e.params_per_rank, 250 + 1000);
-  EXPECT_DOUBLE_EQ(e.bytes_per_rank, 1250 * 8 + 250 * 8 / 4.0 + 1000 * 8 / 2.0);
-  r.parallel = recipe::ParallelSection();
-  r.precision.dtype = "bf16";  // 2-byte weights and gradients, fp32 master
-  EXPECT_DOUBLE_EQ(EstimateTrainingState(Counts(), r).bytes_per_rank, 9000 * (2 + 2 + 12));
-}
-
-TEST(MemoryCheckTest, LoraHoldsTheFrozenBaseOnly) {
-  recipe::Recipe r = Full();
-  r.finetune.method = "lora";
-  r.parallel.dp = 2;
-  r.parallel.ep = 2;
-  EXPECT_DOUBLE_EQ(EstimateTrainingState(Counts(), r).bytes_per_rank, (1000 + 4000) * 4);
-}
-
 TEST(MemoryCheckTest, ALayoutThatCannotFitNamesTheKeysAndTheNumbers) {
-  recipe::Recipe r = Full();
-  r.parallel.dp = 2;
-  r.parallel.ep = 2;
-  const TrainingStateEstimate e = EstimateTrainingState(Counts(), r);
-  EXPECT_TRUE(CheckTrainingStateFits(e, Counts(), r, e.bytes_per_rank).ok());
-  EXPECT_TRUE(CheckTrainingStateFits(e, Counts(), r, 0).ok());  // unknown: no check
-  const absl::Status status = CheckTrainingStateFits(e, Counts(), r, e.bytes_per_rank / 2);
+  const models::ModelConfig config = Moe();
+  const recipe::Recipe r = Full();
+  const double need = plan::PlanMemory(config, r, plan::MemoryOptionsFor("cpu"))->peak_bytes();
+  const torch::Device cpu(torch::kCPU);
+  EXPECT_TRUE(CheckLayoutFits(config, r, cpu, AvailableMemory{need, "test"}).ok());
+  EXPECT_TRUE(CheckLayoutFits(config, r, cpu, AvailableMemory{0, "unknown"}).ok());  // no check
+  const absl::Status status = CheckLayoutFits(config, r, cpu, AvailableMemory{need / 2, "half"});
   ASSERT_FALSE(status.ok());
   EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
   const std::string message(status.message());
-  EXPECT_NE(message.find("r.yaml: parallel: this layout needs about"), std::string::npos)
-      << message;
-  EXPECT_NE(message.find("4e+03 of 8e+03 routed-expert parameters per rank at ep=2"),
-            std::string::npos)
-      << message;
-  EXPECT_NE(message.find("raise parallel.ep, parallel.tp, parallel.pp, set parallel.zero: 1"),
-            std::string::npos)
-      << message;
+  for (const std::string fragment :
+       {"r.yaml: parallel: this layout needs about", "parallel.dp=2", "parallel.ep=2",
+        "parallel.zero=0", "batch.micro_batch=2", "routed-expert parameters per rank at ep=2",
+        "available to each rank (half)",
+        "raise parallel.ep, parallel.tp, parallel.pp, set "
+        "parallel.zero: 1"}) {
+    EXPECT_NE(message.find(fragment), std::string::npos) << fragment << "\n" << message;
+  }
+  EXPECT_NE(message.find(plan::FormatBytes(need)), std::string::npos) << message;
 }
 
-TEST(MemoryCheckTest, HostMemoryIsRead) { EXPECT_GT(AvailableHostMemory(), 0.0); }
+TEST(MemoryCheckTest, HostMemoryIsRead) {
+  EXPECT_GT(AvailableHostMemory(), 0.0);
+  const AvailableMemory host = AvailableMemoryPerRank(torch::kCPU, 2);
+  EXPECT_NEAR(host.bytes, AvailableHostMemory() / 2, AvailableHostMemory() * 0.05);
+  EXPECT_EQ(host.from, "host MemAvailable / 2 local rank(s)");
+}
 
 }  // namespace
 }  // namespace fulcrum::loop

@@ -1,0 +1,120 @@
+// `fulcrum plan`: the per-rank breakdown of a recipe's layout, --search's
+// table of valid layouts only, bad flag values; and `fulcrum train`
+// refusing a layout the same memory model says cannot fit, on every rank,
+// before the model is built.
+#include <gtest/gtest.h>
+
+#include <regex>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "tests/integration/train_recipes.h"
+#include "tests/test_support.h"
+
+namespace fulcrum::testing {
+namespace {
+
+class PlanTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = ScratchDir();
+    WriteTinyData(dir_ + "/data.jsonl", 16, 512);
+    // Random init from the tiny config (4 heads, 2 kv heads, ffn 128, vocab
+    // 512, 2 layers): plan reads only the config.
+    WriteFile(dir_ + "/r.yaml",
+              absl::StrCat("model:\n  config: ", SourceDir(), "/recipes/tiny/config.json\n",
+                           "data:\n  path: ", dir_, "/data.jsonl\n", "finetune:\n  method: full\n",
+                           "batch:\n  global_batch: 8\n  micro_batch: 2\n  seq_len: 32\n"
+                           "train:\n  steps: 2\nlogging:\n  peak_flops: 1.0e9\n"));
+  }
+  std::string dir_;
+};
+
+TEST_F(PlanTest, PrintsThePerRankBreakdown) {
+  const CommandResult r =
+      RunFulcrum("plan " + dir_ + "/r.yaml parallel.pp=2 --gpu-tflops 0.01 --gpu-memory 4GiB");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const char* fragment :
+       {"layout: tp 1 x pp 2 (1f1b) x dp 1, micro-batch 2, recompute none",
+        "worst rank = pipeline stage", "parameters", "gradients", "optimizer states",
+        "LoRA adapters + state", "activations", "loss / backward peak", "communication buffers",
+        "runtime (process)", "total", "stage 0:", "stage 1:", "fits: yes", "of 4.00 GiB available",
+        "pipeline bubble: 20.0%", "step time:", "tokens/s"}) {
+    EXPECT_NE(r.output.find(fragment), std::string::npos) << fragment << "\n" << r.output;
+  }
+  // Too little memory: the plan says so, with the margin.
+  const CommandResult small = RunFulcrum("plan " + dir_ + "/r.yaml --gpu-memory 1MiB");
+  ASSERT_EQ(small.exit_code, 0) << small.output;
+  EXPECT_NE(small.output.find("fits: NO"), std::string::npos) << small.output;
+}
+
+TEST_F(PlanTest, SearchRanksValidLayoutsOnly) {
+  const CommandResult r =
+      RunFulcrum("plan " + dir_ + "/r.yaml --search --gpus 8 --gpu-memory 80GiB --top 100");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("search: "), std::string::npos) << r.output;
+  // "   1   123.4   0.123   1.2 GiB   0.0%  tp 2 x pp 2 (1f1b) x dp 2, ..."
+  const std::regex row(
+      R"(^\s*(\d+)\s+([\d.]+)\s+\S+\s+[\d.]+ [MG]iB\s+[\d.]+%\s+tp (\d+) x pp (\d+).* x dp (\d+))");
+  std::istringstream lines(r.output);
+  std::string line;
+  int rows = 0;
+  double previous = 1e300;
+  while (std::getline(lines, line)) {
+    std::smatch m;
+    if (!std::regex_search(line, m, row)) continue;
+    ++rows;
+    const int tp = std::stoi(m[3]), pp = std::stoi(m[4]), dp = std::stoi(m[5]);
+    EXPECT_EQ(tp * pp * dp, 8) << line;
+    // 4 heads and 2 layers: tp 8 and pp 4 or 8 are invalid for this model.
+    EXPECT_LE(tp, 4) << line;
+    EXPECT_LE(pp, 2) << line;
+    const double tokens = std::stod(m[2]);
+    EXPECT_LE(tokens, previous) << "not ranked by tokens/s: " << line;
+    previous = tokens;
+  }
+  EXPECT_GT(rows, 5) << r.output;
+}
+
+TEST_F(PlanTest, BadFlagValuesAreRejectedClearly) {
+  const std::pair<std::string, std::string> cases[] = {
+      {"--gpus 0", "--gpus: expected a positive whole number, got '0'"},
+      {"--gpus 8 --gpu-memory lots", "--gpu-memory: expected a size like 80GiB"},
+      {"--gpus 8 --gpu-tflops -3", "--gpu-tflops: expected a positive number, got '-3'"},
+      {"--gpus 8 --efficiency 2", "--efficiency: a fraction of the peak in (0, 1]"},
+      {"--gpus 8 --intra-node-gbps fast", "--intra-node-gbps: expected a positive number"},
+      {"--bogus 1", "unknown flag --bogus"},
+      // Without --search the recipe's layout must use every GPU.
+      {"--gpus 3", "dp(1) x tp(1) x pp(1) = 1 != world size 3"},
+  };
+  for (const auto& [flags, message] : cases) {
+    const CommandResult r = RunFulcrum("plan " + dir_ + "/r.yaml " + flags);
+    EXPECT_EQ(r.exit_code, 1) << flags << "\n" << r.output;
+    EXPECT_NE(r.output.find(message), std::string::npos) << flags << "\n" << r.output;
+  }
+}
+
+TEST_F(PlanTest, TrainRefusesALayoutThatCannotFitOnEveryRank) {
+  // ~137B parameters: no host holds them, whatever its memory.
+  WriteFile(dir_ + "/huge.json", R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+    "vocab_size": 128000, "hidden_size": 16384, "intermediate_size": 53248,
+    "num_hidden_layers": 40, "num_attention_heads": 128, "num_key_value_heads": 8,
+    "head_dim": 128, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0, "tie_word_embeddings": false})");
+  const CommandResult r = RunFulcrum(
+      "train " + dir_ + "/r.yaml model.config=" + dir_ + "/huge.json parallel.dp=2 parallel.zero=1",
+      2);
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  for (const char* fragment :
+       {"r.yaml: parallel: this layout needs about", "parallel.tp=1, parallel.pp=1",
+        "parallel.dp=2", "parallel.zero=1", "available to each rank (host MemAvailable / 2",
+        "raise parallel.tp, parallel.pp"}) {
+    EXPECT_NE(r.output.find(fragment), std::string::npos) << fragment << "\n" << r.output;
+  }
+  // Refused before the model is built: no parameter count, no step.
+  EXPECT_EQ(r.output.find("parameters, "), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("training steps"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace fulcrum::testing

@@ -1,0 +1,232 @@
+// The memory model's terms against numbers computed by hand for a small
+// Llama-shaped config (hidden 8, 2 heads of 4, 1 kv head, ffn 16, vocab 32,
+// 2 layers) at micro-batch 2 x seq 4 (N = 8 tokens), fp32; the step-time
+// model's FLOPs and bubble; the layout search's validity.
+#include "trainer/plan/memory_model.h"
+
+#include <gtest/gtest.h>
+
+#include "trainer/plan/layout_search.h"
+#include "trainer/plan/step_time_model.h"
+
+namespace fulcrum::plan {
+namespace {
+
+models::ModelConfig Small() {
+  models::ModelConfig c;
+  c.architecture = "LlamaForCausalLM";
+  c.vocab_size = 32;
+  c.hidden_size = 8;
+  c.intermediate_size = 16;
+  c.num_layers = 2;
+  c.num_heads = 2;
+  c.num_kv_heads = 1;
+  c.head_dim = 4;
+  c.max_position_embeddings = 64;
+  return c;
+}
+
+recipe::Recipe Full() {
+  recipe::Recipe r;
+  r.source = "r.yaml";
+  r.finetune.method = "full";
+  r.batch.global_batch = 4;
+  r.batch.micro_batch = 2;
+  r.batch.seq_len = 4;
+  return r;
+}
+
+MemoryOptions Exact() { return MemoryOptions{}; }  // no runtime, no heap factor
+
+// `ranks` ranks in one node, every rate `rate` (FLOP/s and bytes/s).
+Hardware Node(int64_t ranks, double rate) {
+  Hardware hw;
+  hw.ranks = hw.ranks_per_node = ranks;
+  hw.memory_bytes = 1e9;
+  hw.peak_flops = hw.intra_node_bytes_per_s = hw.inter_node_bytes_per_s = rate;
+  return hw;
+}
+
+// Per layer, one micro-batch, fp32 (x4 bytes), N = 8, h = 8, q = 8, kv = 4,
+// f = 16, probs b x H x T x T = 2 x 2 x 4 x 4 = 64 floats:
+//   norms      2 x (fp32 input 64 + normalised 64) floats        = 1024 B
+//   attention  input 64 + q 64 + k 32 + v 32 + probs 64 + o in 64 = 1280 B
+//   mlp        input 64 + gate, silu, up 3 x 128 + down in 128    = 2304 B
+constexpr double kLayerFull = 1024 + 1280 + 2304;
+
+TEST(MemoryModelTest, ActivationsOfOneLayerByHand) {
+  const models::ModelConfig c = Small();
+  recipe::Recipe r = Full();
+  EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0), kLayerFull);
+  // selective: norms keep their input only (2 x 64 floats), no probabilities.
+  EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "selective", 0), kLayerFull - 2 * 256 - 256);
+  // full: the layer's input [N, h].
+  EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "full", 0), 8 * 8 * 4);
+  // bf16: 2-byte tensors, fp32 norm inputs and probabilities plus their bf16 copy.
+  r.precision.dtype = "bf16";
+  EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0),
+                   2 * (256 + 128) + (128 + 128 + 64 + 64 + 64 * 6 + 128) + (128 + 3 * 256 + 256));
+  // tp 2: heads, kv heads (1 replicated), ffn split; the norms' and the
+  // projections' inputs stay whole; sequence parallel splits the norms.
+  r = Full();
+  r.parallel.tp = 2;
+  const double tp2 =
+      1024 + (256 + 8 * (4 + 2 * 4) * 4 + 32 * 4 + 8 * 4 * 4) + (256 + 3 * 256 + 256);
+  EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0), tp2);
+  r.parallel.sequence_parallel = true;
+  EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0), tp2 - 512);
+}
+
+TEST(MemoryModelTest, LoraKeepsTheInputsOfAdaptedLayersOnly) {
+  const models::ModelConfig c = Small();
+  recipe::Recipe r = Full();
+  r.finetune.method = "lora";
+  r.finetune.lora.rank = 2;
+  r.finetune.lora.targets = {"q_proj", "v_proj"};
+  // Norms: fp32 inputs only (frozen weights). Attention: q/v's input, q, k,
+  // v, probs, and the [N, r] intermediates of 2 adapters; o's input is not
+  // kept. MLP: gate, silu, up only.
+  EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0),
+                   2 * 256 + (256 + 512 + 256 + 2 * 8 * 2 * 4) + 3 * 512);
+  // Adapters: q [2, 8] + [8, 2], v [2, 8] + [4, 2] per layer.
+  EXPECT_DOUBLE_EQ(LayerAdapterParams(c, r, 0), 32 + 24);
+}
+
+TEST(MemoryModelTest, StateAndPeakOfOneRankByHand) {
+  const models::ModelConfig c = Small();
+  recipe::Recipe r = Full();
+  // Layer: q 64 + k 32 + v 32 + o 64 + mlp 384 + norms 16 = 592; embedding
+  // and lm_head 256 each, final norm 8: 1704 parameters.
+  const absl::StatusOr<MemoryPlan> plan = PlanMemory(c, r, Exact());
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  ASSERT_EQ(plan->stages.size(), 1u);
+  const MemoryBreakdown& b = plan->worst_stage().bytes;
+  EXPECT_DOUBLE_EQ(b.parameters, 1704 * 4);
+  EXPECT_DOUBLE_EQ(b.gradients, 1704 * 4);
+  EXPECT_DOUBLE_EQ(b.optimizer, 1704 * 8);
+  EXPECT_DOUBLE_EQ(b.lora, 0);
+  // Two layers + the rope tables (cos, sin [N, head_dim]).
+  EXPECT_DOUBLE_EQ(b.activations, 2 * kLayerFull + 2 * 8 * 4 * 4);
+  // Loss: final norm 512 + lm_head input 256 + logits [8, 32] 1024 + three
+  // fp32 [8, 32] buffers 3072.
+  EXPECT_DOUBLE_EQ(b.loss, 512 + 256 + 1024 + 3072);
+  EXPECT_DOUBLE_EQ(b.communication, 0);
+
+  // dp 2 + ZeRO-1: AdamW state halves; a bucket and the reduce-scatter chunk.
+  r.parallel.dp = 2;
+  r.parallel.zero = 1;
+  r.batch.micro_batch = 2;
+  const MemoryBreakdown z = PlanMemory(c, r, Exact())->worst_stage().bytes;
+  EXPECT_DOUBLE_EQ(z.optimizer, 1704 * 8 / 2.0);
+  EXPECT_DOUBLE_EQ(z.communication, 1704 * 4 + 1704 * 4 / 2.0);
+
+  // bf16: 2-byte weights and gradients; moments and an fp32 master.
+  r = Full();
+  r.precision.dtype = "bf16";
+  const MemoryBreakdown h = PlanMemory(c, r, Exact())->worst_stage().bytes;
+  EXPECT_DOUBLE_EQ(h.parameters, 1704 * 2);
+  EXPECT_DOUBLE_EQ(h.optimizer, 1704 * 12);
+}
+
+TEST(MemoryModelTest, PipelineStagesHoldTheirLayersAndInFlightMicroBatches) {
+  const models::ModelConfig c = Small();
+  recipe::Recipe r = Full();
+  r.parallel.pp = 2;
+  r.batch.global_batch = 8;
+  r.batch.micro_batch = 2;  // 4 micro-batches
+  MemoryPlan plan = *PlanMemory(c, r, Exact());
+  ASSERT_EQ(plan.stages.size(), 2u);
+  // 1F1B: the first stage holds pp = 2 micro-batches, the last one.
+  EXPECT_EQ(plan.stages[0].in_flight, 2);
+  EXPECT_EQ(plan.stages[1].in_flight, 1);
+  EXPECT_DOUBLE_EQ(plan.stages[0].bytes.parameters, (592 + 256) * 4);
+  EXPECT_DOUBLE_EQ(plan.stages[1].bytes.parameters, (592 + 256 + 8) * 4);
+  EXPECT_DOUBLE_EQ(plan.stages[0].bytes.activations, 2 * (kLayerFull + 256));
+  // GPipe: every micro-batch in flight on both.
+  r.parallel.pp_schedule = "gpipe";
+  plan = *PlanMemory(c, r, Exact());
+  EXPECT_EQ(plan.stages[0].in_flight, 4);
+  EXPECT_EQ(plan.stages[1].in_flight, 4);
+  // A heap factor and a runtime scale and add as documented.
+  MemoryOptions options;
+  options.runtime_bytes = 1000;
+  options.transient_factor = 2;
+  const MemoryPlan scaled = *PlanMemory(c, r, options);
+  EXPECT_DOUBLE_EQ(scaled.stages[0].bytes.activations, 2 * plan.stages[0].bytes.activations);
+  EXPECT_DOUBLE_EQ(scaled.stages[0].bytes.total(),
+                   plan.stages[0].bytes.total() + 1000 + plan.stages[0].bytes.activations +
+                       plan.stages[0].bytes.loss + plan.stages[0].bytes.communication);
+}
+
+TEST(MemoryModelTest, ExpertsSplitOverEp) {
+  models::ModelConfig c = Small();
+  c.moe.style = models::MoeStyle::kMixtral;
+  c.moe.num_experts = 4;
+  c.moe.experts_per_token = 2;
+  c.moe.expert_intermediate_size = 16;
+  recipe::Recipe r = Full();
+  r.parallel.dp = 2;
+  r.parallel.ep = 2;
+  r.batch.micro_batch = 2;
+  const MemoryBreakdown b = PlanMemory(c, r, Exact())->worst_stage().bytes;
+  // Per layer: attention 192 + norms 16 + router 32 + 2 of 4 experts x 384.
+  EXPECT_DOUBLE_EQ(b.parameters, (2 * (192 + 16 + 32 + 2 * 384) + 520) * 4);
+  // MoE activations: tokens 64 + router scores 2 x 8 x 4 floats, the 16
+  // dispatched rows in and out (2 x 128), their SwiGLU 4 x 16 x 16.
+  r.parallel.ep = 1;
+  EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0),
+                   1024 + 1280 + (64 + 64 + 2 * 128 + 4 * 256) * 4);
+}
+
+TEST(StepTimeModelTest, FlopsBubbleAndCommunication) {
+  const models::ModelConfig c = Small();
+  recipe::Recipe r = Full();
+  // Matmul weights: 2 x 576 + lm_head 256 = 1408, 6 FLOPs each per token,
+  // attention 12 x T x head_dim x heads x layers = 12 x 4 x 4 x 2 x 2.
+  Hardware hw = Node(1, 1e6);
+  hw.efficiency = 0.5;
+  StepTime t = *EstimateStepTime(c, r, hw);
+  EXPECT_DOUBLE_EQ(t.flops_per_token, 6 * 1408 + 12 * 4 * 4 * 2 * 2);
+  EXPECT_DOUBLE_EQ(t.compute_s, t.flops_per_token * 16 / 0.5e6);
+  EXPECT_DOUBLE_EQ(t.tokens_per_s, 16 / t.step_s);
+  // dp 2: a ring all-reduce of the 1704 fp32 gradients, half the compute each.
+  r.parallel.dp = 2;
+  hw.ranks = hw.ranks_per_node = 2;
+  const StepTime dp = *EstimateStepTime(c, r, hw);
+  EXPECT_DOUBLE_EQ(dp.compute_s, t.compute_s / 2);
+  EXPECT_DOUBLE_EQ(dp.dp_comm_s, 1704 * 4 / 1e6);
+  // pp 2 1F1B with 4 micro-batches: bubble (p - 1) / (m + p - 1) = 1 / 5.
+  r = Full();
+  r.parallel.pp = 2;
+  r.batch.global_batch = 8;
+  const StepTime pp = *EstimateStepTime(c, r, hw);
+  EXPECT_DOUBLE_EQ(pp.bubble_fraction, 0.2);
+}
+
+TEST(LayoutSearchTest, OnlyValidLayoutsFastestFirst) {
+  const models::ModelConfig c = Small();
+  recipe::Recipe r = Full();
+  r.model.config = "config.json";  // ValidateRecipe reads no file
+  r.data.path = "data.jsonl";
+  r.batch.global_batch = 8;
+  Hardware hw = Node(4, 1e9);
+  const absl::StatusOr<LayoutSearch> search = SearchLayouts(c, r, hw, MemoryOptions{});
+  ASSERT_TRUE(search.ok()) << search.status();
+  EXPECT_GT(search->considered, search->valid);  // tp 4 does not split 2 heads
+  ASSERT_FALSE(search->fitting.empty());
+  for (size_t i = 0; i < search->fitting.size(); ++i) {
+    const recipe::Recipe& l = search->fitting[i].recipe;
+    EXPECT_EQ(l.parallel.tp * l.parallel.pp * l.parallel.dp, 4);
+    EXPECT_NE(l.parallel.tp, 4) << "2 heads do not split over tp 4";
+    EXPECT_TRUE(recipe::ValidateRecipe(l, 4).ok()) << DescribeLayout(l);
+    if (i > 0) {
+      EXPECT_LE(search->fitting[i].time.tokens_per_s, search->fitting[i - 1].time.tokens_per_s);
+    }
+  }
+  // Too little memory: nothing fits.
+  hw.memory_bytes = 1000;
+  EXPECT_TRUE(SearchLayouts(c, r, hw, MemoryOptions{})->fitting.empty());
+}
+
+}  // namespace
+}  // namespace fulcrum::plan

@@ -1,0 +1,133 @@
+#include "trainer/plan/step_time_model.h"
+
+#include <algorithm>
+
+#include "core/status.h"
+#include "parallel/pipeline/schedule.h"
+#include "parallel/pipeline/schedule_simulator.h"
+#include "trainer/metrics/parameter_count.h"
+#include "trainer/plan/memory_model.h"
+
+namespace fulcrum::plan {
+namespace {
+
+namespace pipeline = fulcrum::parallel::pipeline;
+
+// Bytes leaving a rank in a ring all-reduce (or reduce-scatter + all-gather)
+// of `bytes` over `n` ranks.
+double RingBytes(double bytes, int64_t n) {
+  return n > 1 ? 2.0 * static_cast<double>(n - 1) / static_cast<double>(n) * bytes : 0.0;
+}
+
+// A group of `span` consecutive ranks (its stride included) stays in a node
+// when it fits in one.
+double Bandwidth(const Hardware& hw, int64_t span) {
+  return span <= hw.ranks_per_node ? hw.intra_node_bytes_per_s : hw.inter_node_bytes_per_s;
+}
+
+// Forward FLOPs per token that recomputation repeats: a whole layer's
+// forward (full) or the attention core's two matmuls (selective).
+double RecomputeFlopsPerToken(const metrics::FlopsModel& m, const models::ModelConfig& config,
+                              const std::string& recompute, int64_t seq_len) {
+  const double attention = 2.0 * 2.0 * static_cast<double>(seq_len) *
+                           static_cast<double>(m.head_dim * m.num_heads * m.num_layers);
+  if (recompute == "selective") return attention;
+  if (recompute != "full") return 0.0;
+  // The layers' matmuls (not lm_head) once more.
+  const double lm_head = static_cast<double>(config.vocab_size * config.hidden_size);
+  const double matmul =
+      static_cast<double>(m.frozen_matmul_params + m.trainable_matmul_params) - lm_head;
+  return 2.0 * matmul + attention;
+}
+
+}  // namespace
+
+metrics::FlopsModel FlopsModelFor(const models::ModelConfig& c, const recipe::Recipe& recipe) {
+  recipe::Recipe whole = recipe;  // the whole model: one tp shard, every expert
+  whole.parallel.tp = 1;
+  whole.parallel.ep = 1;
+  double matmul = static_cast<double>(c.vocab_size * c.hidden_size);  // lm_head (or tied)
+  double adapters = 0;
+  for (int64_t layer = 0; layer < c.num_layers; ++layer) {
+    const metrics::LayerParameterCounts counts = metrics::CountLayerParameters(c, layer);
+    // A token visits k of the routed experts; norms are no matmul.
+    const double experts = c.moe.num_experts > 0
+                               ? static_cast<double>(counts.routed_experts) *
+                                     static_cast<double>(c.moe.experts_per_token) /
+                                     static_cast<double>(c.moe.num_experts)
+                               : 0.0;
+    matmul +=
+        static_cast<double>(counts.tp_split + counts.replicated - 2 * c.hidden_size) + experts;
+    adapters += LayerAdapterParams(c, whole, layer);
+  }
+  metrics::FlopsModel m;
+  if (recipe.finetune.method == "lora") {
+    m.frozen_matmul_params = static_cast<int64_t>(matmul);
+    m.trainable_matmul_params = static_cast<int64_t>(adapters);
+  } else {
+    m.trainable_matmul_params = static_cast<int64_t>(matmul);
+  }
+  m.num_layers = c.num_layers;
+  m.num_heads = c.num_heads;
+  // MLA: scores over qk, values over v.
+  m.head_dim = c.mla.enabled() ? (c.mla.qk_head_dim() + c.mla.v_head_dim) / 2 : c.head_dim;
+  return m;
+}
+
+absl::StatusOr<StepTime> EstimateStepTime(const models::ModelConfig& c,
+                                          const recipe::Recipe& recipe, const Hardware& hw) {
+  const recipe::ParallelSection& par = recipe.parallel;
+  const int64_t seq = recipe.batch.seq_len;
+  const int64_t micro_batches = recipe::GradAccumulationSteps(recipe.batch, par.dp);
+  const double ranks = static_cast<double>(par.dp * par.tp * par.pp);
+  const double s = recipe.precision.dtype == "bf16" ? 2.0 : 4.0;
+  const double tokens_per_step = static_cast<double>(recipe.batch.global_batch * seq);
+  // One micro-batch's activation [B, T, hidden] on a rank.
+  const double activation = static_cast<double>(recipe.batch.micro_batch * seq * c.hidden_size) * s;
+
+  StepTime t;
+  const metrics::FlopsModel flops = FlopsModelFor(c, recipe);
+  t.flops_per_token = metrics::TrainingFlopsPerToken(flops, seq) +
+                      RecomputeFlopsPerToken(flops, c, RecomputeMode(recipe), seq);
+  t.compute_s = t.flops_per_token * tokens_per_step / ranks / (hw.peak_flops * hw.efficiency);
+
+  const double stage_layers = static_cast<double>(c.num_layers) / static_cast<double>(par.pp);
+  const double micro = static_cast<double>(micro_batches);
+  if (par.tp > 1) {
+    t.tp_comm_s =
+        4.0 * stage_layers * micro * RingBytes(activation, par.tp) / Bandwidth(hw, par.tp);
+  }
+  if (par.ep > 1 && c.moe.enabled()) {
+    int64_t moe_layers = 0;
+    for (int64_t layer = 0; layer < c.num_layers; ++layer)
+      moe_layers += models::IsMoeLayer(c, layer);
+    const double routed = activation * static_cast<double>(c.moe.experts_per_token) *
+                          static_cast<double>(par.ep - 1) / static_cast<double>(par.ep);
+    t.ep_comm_s = 4.0 * static_cast<double>(moe_layers) / static_cast<double>(par.pp) * micro *
+                  routed / Bandwidth(hw, par.tp * par.ep);
+  }
+  if (par.pp > 1) {
+    t.pp_comm_s = 2.0 * micro * activation / Bandwidth(hw, par.tp * par.dp * par.pp);
+  }
+  if (par.dp > 1) {
+    MemoryOptions none;
+    FULCRUM_ASSIGN_OR_RETURN(const MemoryPlan memory, PlanMemory(c, recipe, none));
+    const double grads = memory.worst_stage().trainable_params * s;
+    t.dp_comm_s = RingBytes(grads, par.dp) / Bandwidth(hw, par.tp * par.dp);
+  }
+  if (par.pp > 1) {
+    FULCRUM_ASSIGN_OR_RETURN(const pipeline::ScheduleKind kind,
+                             pipeline::ParseScheduleKind(par.pp_schedule));
+    pipeline::ScheduleShape shape;
+    shape.stages = static_cast<int>(par.pp);
+    shape.micro_batches = static_cast<int>(micro_batches);
+    shape.virtual_stages = static_cast<int>(par.pp_virtual);
+    t.bubble_fraction = pipeline::TheoreticalBubbleFraction(kind, shape);
+  }
+  const double busy = t.compute_s + t.tp_comm_s + t.ep_comm_s + t.pp_comm_s;
+  t.step_s = busy / std::max(1e-9, 1.0 - t.bubble_fraction) + t.dp_comm_s;
+  t.tokens_per_s = t.step_s > 0 ? tokens_per_step / t.step_s : 0.0;
+  return t;
+}
+
+}  // namespace fulcrum::plan

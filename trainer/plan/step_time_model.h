@@ -1,0 +1,59 @@
+// The time of one optimizer step of a layout, predicted from the model's
+// FLOPs and the layout's communication volume:
+//
+//   step = (compute + tp + ep + pp transfers) / (1 - bubble) + dp reduction
+//
+// compute: training FLOPs per token (metrics/flops.h, from the config's
+// parameter counts: the top-k experts a token visits, LoRA's frozen base at 4
+// FLOPs per weight), plus the forwards recomputation repeats, over the ranks,
+// at `efficiency` of the per-rank peak. Communication: bytes leaving a rank
+// over the bandwidth of the link its group spans (inside a node when the
+// group's ranks fit in gpus_per_node; tp is the fastest axis, then dp, then
+// pp): tp all-reduces (or sp gather/scatter) of [B, T, hidden] 4 per layer
+// per micro-batch, ep all-to-alls of the k routed copies 4 per MoE layer,
+// pp sends of one activation and one gradient per micro-batch, the dp ring
+// all-reduce (or ZeRO-1 reduce-scatter + all-gather) of the gradients, each
+// 2 (n-1)/n of the bytes. Bubble: the schedule's textbook fraction
+// (parallel/pipeline/schedule_simulator.h).
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/statusor.h"
+#include "trainer/metrics/flops.h"
+#include "trainer/models/model_config.h"
+#include "trainer/recipe/recipe.h"
+
+namespace fulcrum::plan {
+
+// The machines a layout runs on; per rank (one GPU, or one CPU rank).
+struct Hardware {
+  int64_t ranks = 1;                  // GPUs (or CPU ranks) in all
+  int64_t ranks_per_node = 1;         // GPUs per node
+  double memory_bytes = 0;            // per rank
+  double peak_flops = 0;              // per rank, in the training dtype
+  double intra_node_bytes_per_s = 0;  // per rank, inside a node (NVLink; shared memory)
+  double inter_node_bytes_per_s = 0;  // per rank, between nodes (IB/RoCE)
+  double efficiency = 0.5;            // achieved matmul FLOP/s over the peak
+};
+
+struct StepTime {
+  double flops_per_token = 0;  // model FLOPs of training one token (recomputation included)
+  double compute_s = 0;        // per rank
+  double tp_comm_s = 0;
+  double ep_comm_s = 0;
+  double pp_comm_s = 0;
+  double dp_comm_s = 0;
+  double bubble_fraction = 0;  // idle share of the pipeline's makespan
+  double step_s = 0;
+  double tokens_per_s = 0;  // all ranks together
+};
+
+// FLOPs model of the whole model as `recipe` trains it (full or LoRA).
+metrics::FlopsModel FlopsModelFor(const models::ModelConfig& config, const recipe::Recipe& recipe);
+
+// Errors: a pipeline shape the schedule refuses.
+absl::StatusOr<StepTime> EstimateStepTime(const models::ModelConfig& config,
+                                          const recipe::Recipe& recipe, const Hardware& hardware);
+
+}  // namespace fulcrum::plan
