@@ -153,11 +153,12 @@ for method in ("full", "lora"):
     tps = statistics.median(r["tokens_per_second"] for r in rows)
     flops = statistics.median(r["flops_per_second_per_rank"] for r in rows)
     peak = rows[0]["peak_flops_per_rank"]
+    tensors = max(r.get("peak_device_bytes", 0) for r in rows) / 2**30
     try:
-        mem = max(int(l) for l in open(f"{work}/{method}.gpu_mem") if l.strip().isdigit())
-        mem = f"{mem / 1024:5.1f} GiB device memory at peak"
+        used = max(int(l) for l in open(f"{work}/{method}.gpu_mem") if l.strip().isdigit())
+        mem = f"peak {tensors:5.1f} GiB in tensors, {used / 1024:5.1f} GiB used on the device"
     except (OSError, ValueError):
-        mem = "device memory not sampled"
+        mem = f"peak {tensors:5.1f} GiB in tensors"
     print(f"{method:5s}: {tps:9.0f} tokens/s  {flops / 1e12:6.1f} TFLOP/s achieved  "
           f"measured bf16 GEMM peak {peak / 1e12:6.1f} TFLOP/s  MFU {flops / peak:5.1%}  "
           f"vs 989 TFLOP/s datasheet {flops / 989e12:5.1%}  {mem}  ({len(rows)} steps)")

@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "trainer/metrics/device_memory.h"
 #include "trainer/models/attention.h"
 #include "trainer/models/attention_mask.h"
 #include "trainer/models/causal_lm.h"
@@ -206,6 +207,25 @@ TEST(CudaParityTest, Bf16LossIsNearFp32) {
   EXPECT_EQ(logits.scalar_type(), torch::kBFloat16);
   const double got = CausalLmLoss(logits, batch.labels.to(cuda)).item<double>();
   EXPECT_NEAR(got, want, 2e-2 * want);
+}
+
+// The step metrics' device memory comes from the caching allocator.
+TEST(CudaMemoryTest, AllocatorStatisticsSeeATensorAndItsPeak) {
+  ASSERT_TRUE(torch::cuda::is_available()) << "this test needs a CUDA device";
+  const torch::Device cuda(torch::kCUDA, 0);
+  metrics::ResetDevicePeak(cuda);
+  const metrics::DeviceMemoryUsage before = metrics::CurrentDeviceMemory(cuda);
+  constexpr int64_t kBytes = int64_t{64} << 20;
+  {
+    const torch::Tensor t = torch::empty({kBytes}, torch::TensorOptions(torch::kByte).device(cuda));
+    const metrics::DeviceMemoryUsage during = metrics::CurrentDeviceMemory(cuda);
+    EXPECT_GE(during.allocated_bytes - before.allocated_bytes, kBytes);
+    EXPECT_GE(during.reserved_bytes, during.allocated_bytes);
+  }
+  const metrics::DeviceMemoryUsage after = metrics::CurrentDeviceMemory(cuda);
+  EXPECT_LT(after.allocated_bytes, before.allocated_bytes + kBytes);
+  EXPECT_GE(after.peak_allocated_bytes, before.allocated_bytes + kBytes);
+  EXPECT_EQ(metrics::CurrentDeviceMemory(torch::kCPU).peak_allocated_bytes, 0);
 }
 
 }  // namespace

@@ -20,6 +20,7 @@
 #include "trainer/loop/data_factory.h"
 #include "trainer/loop/memory_check.h"
 #include "trainer/lora/apply_lora.h"
+#include "trainer/metrics/device_memory.h"
 #include "trainer/metrics/memory.h"
 #include "trainer/models/hf_loading.h"
 #include "trainer/models/loss.h"
@@ -363,6 +364,7 @@ absl::StatusOr<metrics::StepMetrics> Trainer::Step(int64_t step_index) {
   const auto start = std::chrono::steady_clock::now();
   built_.model->train();
   timer_.Take();  // time outside steps (evaluation, checkpoints) is not the step's
+  metrics::ResetDevicePeak(device_);
   const data::StepBatch batch = [&] {
     const auto measured = timer_.Measure(metrics::StepPhase::kDataWait);
     return loader_->Next();
@@ -425,6 +427,10 @@ absl::StatusOr<metrics::StepMetrics> Trainer::Step(int64_t step_index) {
   const metrics::MemoryUsage memory = metrics::CurrentMemoryUsage();
   m.rss_bytes = memory.rss_bytes;
   m.peak_rss_bytes = memory.peak_rss_bytes;
+  const metrics::DeviceMemoryUsage device_memory = metrics::CurrentDeviceMemory(device_);
+  m.device_bytes = device_memory.allocated_bytes;
+  m.peak_device_bytes = device_memory.peak_allocated_bytes;
+  m.reserved_device_bytes = device_memory.reserved_bytes;
   m.optimizer_state_bytes = optimizer_->state_bytes();
   FinishMoeStep(m);
   return m;

@@ -62,6 +62,12 @@ void MetricsSink::RecordTensorBoard(const StepMetrics& m) {
       {"memory/rss_bytes", static_cast<double>(m.rss_bytes)},
       {"memory/peak_rss_bytes", static_cast<double>(m.peak_rss_bytes)},
   };
+  if (m.peak_device_bytes > 0) {
+    scalars.emplace_back("memory/device_bytes", static_cast<double>(m.device_bytes));
+    scalars.emplace_back("memory/peak_device_bytes", static_cast<double>(m.peak_device_bytes));
+    scalars.emplace_back("memory/reserved_device_bytes",
+                         static_cast<double>(m.reserved_device_bytes));
+  }
   for (size_t i = 0; i < m.expert_load_max_over_mean.size(); ++i) {
     scalars.emplace_back(absl::StrCat("moe/expert_load_max_over_mean/", i),
                          m.expert_load_max_over_mean[i]);
@@ -105,6 +111,11 @@ void MetricsSink::Record(const StepMetrics& m) {
         {"peak_rss_bytes", m.peak_rss_bytes},
         {"optimizer_state_bytes", m.optimizer_state_bytes},
     };
+    if (m.peak_device_bytes > 0) {
+      line["device_bytes"] = m.device_bytes;
+      line["peak_device_bytes"] = m.peak_device_bytes;
+      line["reserved_device_bytes"] = m.reserved_device_bytes;
+    }
     if (!m.expert_load_max_over_mean.empty()) {
       line["expert_load_max_over_mean"] = m.expert_load_max_over_mean;
       line["moe_balance_loss"] = m.moe_balance_loss;
@@ -135,11 +146,15 @@ void MetricsSink::Record(const StepMetrics& m) {
     absl::StrAppendFormat(&moe, " | SKIPPED: non-finite gradient norm (%d skipped so far)",
                           m.skipped_steps);
   }
+  const std::string device_memory =
+      m.peak_device_bytes > 0
+          ? absl::StrFormat(" | device peak %.2f GiB", m.peak_device_bytes / 1073741824.0)
+          : std::string();
   logger_.Info(absl::StrFormat(
       "step %d/%d | loss %.4f | lr %.3e | grad_norm %.3f%s | %.0f tok/s | %.2f GFLOP/s/rank "
-      "(MFU %.1f%%) | rss %.0f MiB | eta %s",
+      "(MFU %.1f%%) | rss %.0f MiB%s | eta %s",
       m.step, m.total_steps, m.loss, m.lr, m.grad_norm, moe, m.tokens_per_second,
-      m.flops_per_second_per_rank / 1e9, 100.0 * m.mfu, m.rss_bytes / 1048576.0,
+      m.flops_per_second_per_rank / 1e9, 100.0 * m.mfu, m.rss_bytes / 1048576.0, device_memory,
       FormatDuration(eta)));
 }
 

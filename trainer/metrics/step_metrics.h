@@ -31,6 +31,11 @@ struct StepMetrics {
   double mfu = 0.0;  // achieved / peak
   int64_t rss_bytes = 0;
   int64_t peak_rss_bytes = 0;
+  // On a GPU (0 on the CPU): the caching allocator's tensor bytes now and at
+  // this step's peak, and what it holds from the device.
+  int64_t device_bytes = 0;
+  int64_t peak_device_bytes = 0;
+  int64_t reserved_device_bytes = 0;
   int64_t optimizer_state_bytes = 0;
   // train.on_nonfinite: skip: this step's update was dropped (its gradient
   // norm was not finite), and how many steps of the run were, so far.
