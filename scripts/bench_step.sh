@@ -12,11 +12,17 @@
 # rank, peak RSS per rank and optimizer-state bytes per rank; and two
 # independent one-rank runs at once, the ceiling the 2 cores allow.
 #   scripts/bench_step.sh layouts
+#
+# With `recompute`, full fine-tuning with train.recompute none, selective and
+# full (2 threads, 10 steps): median tokens/s after 3 warm-up steps, peak RSS
+# and its drop from none (the activations not kept for backward).
+#   scripts/bench_step.sh recompute
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-2}
 threads=$mode
 [ "$mode" = layouts ] && threads=1
+[ "$mode" = recompute ] && threads=2
 [ -x build/fulcrum ] || scripts/setup.sh
 work=build/bench_step
 mkdir -p "$work"
@@ -71,6 +77,29 @@ for i in (1, 2):
     pair += statistics.median(r["tokens_per_second"] for r in rows)
 print(f"{'2 x 1 rank':10s} {2:5d} {pair:9.1f} {pair/base:8.2f}x   (two independent one-rank runs at once: the machine's ceiling)")
 print("goal: dp2 >= 1.8x one rank with one thread")
+PY
+  exit 0
+fi
+if [ "$mode" = recompute ]; then
+  for recompute in none selective full; do
+    rm -f "$work/recompute_$recompute.jsonl"
+    OMP_NUM_THREADS=$threads build/fulcrum train recipes/bench/step.yaml \
+      model.path="$work/model" data.path="$work/data.jsonl" train.steps=10 \
+      train.recompute=$recompute logging.metrics_file="$work/recompute_$recompute.jsonl" \
+      logging.every=100 >/dev/null
+  done
+  python3 - "$work" <<'PY'
+import json, statistics, sys
+work = sys.argv[1]
+print(f"{'recompute':10s} {'tokens/s':>9s} {'vs none':>8s} {'peak RSS':>10s} {'saved vs none':>14s}")
+base_tps = base_rss = None
+for mode in ("none", "selective", "full"):
+    rows = [json.loads(l) for l in open(f"{work}/recompute_{mode}.jsonl")]
+    rows = [r for r in rows if "tokens_per_second" in r]
+    tps = statistics.median(r["tokens_per_second"] for r in rows[3:])
+    rss = max(r["peak_rss_bytes"] for r in rows) / 2**20
+    base_tps, base_rss = base_tps or tps, base_rss or rss
+    print(f"{mode:10s} {tps:9.1f} {tps/base_tps:7.2f}x {rss:6.0f} MiB {base_rss - rss:10.0f} MiB")
 PY
   exit 0
 fi

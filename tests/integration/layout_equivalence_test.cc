@@ -2,7 +2,8 @@
 // (tp, tp with kv-head replication, dp, dp with ZeRO-1, tp x dp, sequence
 // parallel) reproduces the single-rank run of the llama and qwen2 fixtures:
 // the per-step losses of 10 AdamW steps with gradient clipping active within
-// 1e-5 relative, and `fulcrum score --grads` logits, loss and gradients.
+// 1e-5 relative (also dp and tp with activation recomputation), and
+// `fulcrum score --grads` logits, loss and gradients.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -32,6 +33,15 @@ const std::vector<Layout>& Layouts() {
   return kLayouts;
 }
 
+// Training only: Layouts() with recomputed activations (the overlapped dp
+// buckets, the tp/sp collectives run again in backward).
+std::vector<Layout> TrainingLayouts() {
+  std::vector<Layout> layouts = Layouts();
+  layouts.push_back({"parallel.dp=2 train.recompute=full", 2});
+  layouts.push_back({"parallel.tp=2 parallel.sequence_parallel=true train.recompute=selective", 2});
+  return layouts;
+}
+
 class LayoutEquivalenceTest
     : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
 
@@ -47,8 +57,9 @@ TEST_P(LayoutEquivalenceTest, EveryLayoutReproducesTheSingleRankLossCurve) {
   const StepLog single = run("single", "", 1);
   ASSERT_EQ(single.losses.size(), 10u);
   ASSERT_GT(single.grad_norms.front(), 0.5) << "clipping must be active in this test";
-  for (size_t i = 0; i < Layouts().size(); ++i) {
-    const Layout& layout = Layouts()[i];
+  const std::vector<Layout> layouts = TrainingLayouts();
+  for (size_t i = 0; i < layouts.size(); ++i) {
+    const Layout& layout = layouts[i];
     const StepLog got = run(absl::StrCat("layout", i), layout.overrides, layout.ranks);
     ExpectSameCurve(got, single, layout.overrides);
     if (layout.overrides == "parallel.dp=4 parallel.zero=1") {

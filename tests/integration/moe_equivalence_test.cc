@@ -56,8 +56,9 @@ TEST_P(MoeLayoutTest, DataParallelReproducesTheSingleRankLossCurve) {
 
 // Pipeline stages hold whole MoE / latent-attention layers: pp 2 under 1F1B
 // and zero-bubble (whose split backward defers the experts' weight
-// gradients), and pp 2 x ep 2 with the switch balance loss on 4 ranks, give
-// the single-rank curve, balance loss and expert loads.
+// gradients; also with every layer recomputed), and pp 2 x ep 2 with the
+// switch balance loss on 4 ranks, give the single-rank curve, balance loss
+// and expert loads.
 class MoePipelineLayoutTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(MoePipelineLayoutTest, PipelineStagesReproduceTheSingleRankLossCurve) {
@@ -78,6 +79,9 @@ TEST_P(MoePipelineLayoutTest, PipelineStagesReproduceTheSingleRankLossCurve) {
     const std::string layout = pp + " parallel.pp_schedule=" + schedule;
     ExpectSameCurve(run(schedule, layout, 2), single, layout);
   }
+  // Recomputed MoE layers count their loads and balance loss once.
+  const std::string recomputed = pp + " parallel.pp_schedule=zb_h1 train.recompute=full";
+  ExpectSameCurve(run("zb_h1_recompute", recomputed, 2), single, recomputed);
   const std::string layout = pp + " parallel.dp=2 parallel.ep=2";
   ExpectSameCurve(run("pp2_ep2", layout, 4), single, layout);
 }

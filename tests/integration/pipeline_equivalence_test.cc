@@ -4,7 +4,8 @@
 // sequence parallelism: the stages then exchange sequence shards), dp +
 // ZeRO-1 and both (8 ranks) reproduce the single-rank run's per-step losses
 // (10 AdamW steps, clipping active) within 1e-5 relative, for tied and
-// untied embeddings, full and LoRA. (Score and checkpoints under pp:
+// untied embeddings, full and LoRA; also with activation recomputation
+// (zero-bubble with full, pp x tp with selective). (Score and checkpoints under pp:
 // pipeline_score_checkpoint_test.cc.)
 #include <gtest/gtest.h>
 
@@ -65,6 +66,8 @@ const std::vector<Layout> kEverySchedule = {
     {"parallel.pp=4 parallel.pp_schedule=zb_h1", 4},
     {"parallel.pp=4 parallel.pp_schedule=interleaved_1f1b parallel.pp_virtual=2", 4},
     {"parallel.pp=2 parallel.pp_layers=[3,5]", 2},
+    // The split backward re-enters each recomputed layer per phase.
+    {"parallel.pp=2 parallel.pp_schedule=zb_h1 train.recompute=full", 2},
 };
 
 const std::vector<Layout> kComposed = {
@@ -72,6 +75,7 @@ const std::vector<Layout> kComposed = {
     {"parallel.pp=2 parallel.tp=2 parallel.sequence_parallel=true", 4},
     {"parallel.pp=2 parallel.dp=2 parallel.zero=1", 4},
     {"parallel.pp=2 parallel.tp=2 parallel.dp=2 parallel.pp_schedule=zb_h1", 8},
+    {"parallel.pp=2 parallel.tp=2 parallel.sequence_parallel=true train.recompute=selective", 4},
 };
 
 INSTANTIATE_TEST_SUITE_P(

@@ -24,6 +24,7 @@
 #include "trainer/metrics/memory.h"
 #include "trainer/models/hf_loading.h"
 #include "trainer/models/loss.h"
+#include "trainer/models/recompute.h"
 #include "trainer/optim/grad_clip.h"
 #include "trainer/optim/grouped_optimizer.h"
 #include "trainer/optim/lr_schedule.h"
@@ -133,6 +134,9 @@ absl::Status Trainer::BuildModelAndOptimizer() {
                         LoraOptionsFrom(recipe_.finetune.lora).WithSeed(recipe_.seed)));
     logger_.Info("LoRA: ", adapted, " adapted linear layers, rank ", recipe_.finetune.lora.rank);
   }
+  FULCRUM_ASSIGN_OR_RETURN(const models::Recompute recompute,
+                           models::ParseRecompute(recipe_.train.recompute));
+  built_.model->SetRecompute(recompute);
   moe_blocks_ = models::MoeBlocks(*built_.model);
   for (int64_t layer = 0; layer < built_.config.num_layers; ++layer) {
     if (models::IsMoeLayer(built_.config, layer) &&

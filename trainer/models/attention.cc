@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/check.h"
+#include "trainer/models/recompute.h"
 #include "trainer/models/torch_compat.h"
 
 namespace fulcrum::models {
@@ -28,6 +29,17 @@ torch::Tensor GroupedAttention(const torch::Tensor& q, const torch::Tensor& k,
   const torch::Tensor probs = torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
   const torch::Tensor out = torch::matmul(probs.view({b, hkv, g * t, s}), v);  // [B, Hkv, G*T, D]
   return out.view({b, h, t, d});
+}
+
+torch::Tensor RunAttentionCore(AttentionCore core, bool recompute, const torch::Tensor& q,
+                               const torch::Tensor& k, const torch::Tensor& v,
+                               const torch::Tensor& mask, double scale) {
+  if (!recompute || (compat::kHasFusedAttention && q.is_cuda())) return core(q, k, v, mask, scale);
+  RecomputedRegion region;
+  region.fn = [core, scale](const std::vector<torch::Tensor>& in, ForwardPass) {
+    return core(in[0], in[1], in[2], in[3], scale);
+  };
+  return RunRecomputed(region, {q, k, v, mask});
 }
 
 AttentionImpl::AttentionImpl(const ModelConfig& config, const torch::TensorOptions& options,
@@ -81,11 +93,17 @@ torch::Tensor AttentionImpl::Output(const torch::Tensor& attended) {
   return o_proj->forward(attended.transpose(1, 2).reshape({b, t, num_heads_ * head_dim_}));
 }
 
+void AttentionImpl::SetRecompute(bool recompute) {
+  recompute_ = recompute;
+  if (q_norm) q_norm->SetRecompute(recompute);
+  if (k_norm) k_norm->SetRecompute(recompute);
+}
+
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const RopeCosSin& rope,
                                      const torch::Tensor& mask) {
   const Projected p = Project(x, rope);
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
-  return Output(GroupedAttention(p.q, p.k, p.v, mask, scale));
+  return Output(RunAttentionCore(GroupedAttention, recompute_, p.q, p.k, p.v, mask, scale));
 }
 
 torch::Tensor AttentionImpl::ForwardCached(const torch::Tensor& x, const RopeCosSin& rope,

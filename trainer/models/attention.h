@@ -23,6 +23,20 @@ namespace fulcrum::models {
 torch::Tensor GroupedAttention(const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v, const torch::Tensor& mask, double scale);
 
+// An attention core: q, k, v, mask, scale -> attended (GroupedAttention,
+// MLA's latent attention).
+using AttentionCore = torch::Tensor (*)(const torch::Tensor& q, const torch::Tensor& k,
+                                        const torch::Tensor& v, const torch::Tensor& mask,
+                                        double scale);
+
+// core(q, k, v, mask, scale). With `recompute` (train.recompute: selective)
+// a training forward keeps only q, k, v and the mask for backward, which
+// recomputes the scores and probabilities ([B, H, T, S] each) there. The
+// fused kernel (CUDA, LibTorch >= 2.1) keeps no probabilities: it runs as is.
+torch::Tensor RunAttentionCore(AttentionCore core, bool recompute, const torch::Tensor& q,
+                               const torch::Tensor& k, const torch::Tensor& v,
+                               const torch::Tensor& mask, double scale);
+
 class AttentionImpl : public torch::nn::Module {
  public:
   // Under tp this rank holds H/tp query heads and its kv heads (ShardHeads);
@@ -38,6 +52,8 @@ class AttentionImpl : public torch::nn::Module {
   torch::Tensor ForwardCached(const torch::Tensor& x, const RopeCosSin& rope,
                               const torch::Tensor& mask, generate::KvCache& cache,
                               int64_t layer_index);
+  // train.recompute: selective (the core and the q/k norms; see recompute.h).
+  void SetRecompute(bool recompute);
 
   // Shapes unsharded; under tp H -> H/tp, Hkv -> this rank's kv heads.
   lora::LoraLinear q_proj{nullptr};  // [H * D, hidden]
@@ -61,6 +77,7 @@ class AttentionImpl : public torch::nn::Module {
   int64_t num_heads_;     // on this rank
   int64_t num_kv_heads_;  // on this rank
   int64_t head_dim_;
+  bool recompute_ = false;
 };
 TORCH_MODULE(Attention);
 

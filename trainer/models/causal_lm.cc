@@ -241,6 +241,11 @@ torch::Tensor CausalLMImpl::Logits(const torch::Tensor& h) {
 
 const ModelConfig& CausalLMImpl::config() const { return config_; }
 
+void CausalLMImpl::SetRecompute(Recompute mode) {
+  for (int64_t i = 0; i < model->layers->size(); ++i) model->layers->at(i).SetRecompute(mode);
+  if (model->norm) model->norm->SetRecompute(mode == Recompute::kSelective);
+}
+
 int64_t CausalLMImpl::vocab_start() const {
   if (lm_head) return lm_head->local_range().start;
   FULCRUM_CHECK(model->embed_tokens, "vocab_start() on a stage without the lm_head");

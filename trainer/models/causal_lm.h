@@ -150,6 +150,8 @@ class CausalLMImpl : public torch::nn::Module {
   generate::KvCache NewKvCache(int64_t batch, int64_t capacity) const;
   const ModelConfig& config() const;
   const ModelParallel& parallel() const { return parallel_; }
+  // train.recompute for every held layer (and, selective, the final norm).
+  void SetRecompute(Recompute mode);
   // The first vocab row of this rank's logits / embedding shard (0 without tp).
   int64_t vocab_start() const;
 

@@ -23,25 +23,51 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& config, int64_t layer_inde
       "post_attention_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps, options));
 }
 
-torch::Tensor DecoderLayerImpl::FeedForward(const torch::Tensor& h) {
+void DecoderLayerImpl::SetRecompute(Recompute mode) {
+  recompute_ = mode;
+  const bool selective = mode == Recompute::kSelective;
+  if (latent_attn) {
+    latent_attn->SetRecompute(selective);
+  } else {
+    self_attn->SetRecompute(selective);
+  }
+  input_layernorm->SetRecompute(selective);
+  post_attention_layernorm->SetRecompute(selective);
+}
+
+torch::Tensor DecoderLayerImpl::FeedForward(const torch::Tensor& h, ForwardPass pass) {
   const torch::Tensor normed = post_attention_layernorm->forward(h);
-  return h + (moe ? moe->forward(normed) : mlp->forward(normed));
+  return h + (moe ? moe->forward(normed, pass) : mlp->forward(normed));
+}
+
+torch::Tensor DecoderLayerImpl::Compute(const torch::Tensor& x, const RopeCosSin& rope,
+                                        const torch::Tensor& mask, ForwardPass pass) {
+  const torch::Tensor normed = input_layernorm->forward(x);
+  return FeedForward(x + (latent_attn ? latent_attn->forward(normed, rope, mask)
+                                      : self_attn->forward(normed, rope, mask)),
+                     pass);
 }
 
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const RopeCosSin& rope,
                                         const torch::Tensor& mask) {
-  const torch::Tensor normed = input_layernorm->forward(x);
-  return FeedForward(x + (latent_attn ? latent_attn->forward(normed, rope, mask)
-                                      : self_attn->forward(normed, rope, mask)));
+  if (recompute_ != Recompute::kFull) return Compute(x, rope, mask, ForwardPass::kNormal);
+  RecomputedRegion region;
+  region.fn = [this, rope, mask](const std::vector<torch::Tensor>& in, ForwardPass pass) {
+    return Compute(in[0], rope, mask, pass);
+  };
+  region.params = ParametersRequiringGrad(*this);
+  region.preserve_rng = true;  // LoRA dropout
+  return RunRecomputed(region, {x});
 }
 
 torch::Tensor DecoderLayerImpl::ForwardCached(const torch::Tensor& x, const RopeCosSin& rope,
                                               const torch::Tensor& mask, generate::KvCache& cache,
                                               int64_t layer_index) {
   const torch::Tensor normed = input_layernorm->forward(x);
-  return FeedForward(x + (latent_attn
-                              ? latent_attn->ForwardCached(normed, rope, mask, cache, layer_index)
-                              : self_attn->ForwardCached(normed, rope, mask, cache, layer_index)));
+  return FeedForward(
+      x + (latent_attn ? latent_attn->ForwardCached(normed, rope, mask, cache, layer_index)
+                       : self_attn->ForwardCached(normed, rope, mask, cache, layer_index)),
+      ForwardPass::kNormal);
 }
 
 }  // namespace fulcrum::models

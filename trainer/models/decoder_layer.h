@@ -13,6 +13,7 @@
 #include "trainer/models/mlp.h"
 #include "trainer/models/model_config.h"
 #include "trainer/models/moe_block.h"
+#include "trainer/models/recompute.h"
 #include "trainer/models/rms_norm.h"
 
 namespace fulcrum::models {
@@ -31,6 +32,10 @@ class DecoderLayerImpl : public torch::nn::Module {
   torch::Tensor ForwardCached(const torch::Tensor& x, const RopeCosSin& rope,
                               const torch::Tensor& mask, generate::KvCache& cache,
                               int64_t layer_index);
+  // train.recompute: full makes training forwards keep only x and recompute
+  // the whole layer in backward (random draws replayed); selective passes
+  // to the attention core and the norms (recompute.h).
+  void SetRecompute(Recompute mode);
 
   // Exactly one attention, registered as "self_attn" either way.
   Attention self_attn{nullptr};       // grouped-query families
@@ -43,7 +48,12 @@ class DecoderLayerImpl : public torch::nn::Module {
   RMSNorm post_attention_layernorm{nullptr};  // [hidden]
 
  private:
-  torch::Tensor FeedForward(const torch::Tensor& h);
+  // forward's computation; `pass` reaches the MoE block's bookkeeping.
+  torch::Tensor Compute(const torch::Tensor& x, const RopeCosSin& rope, const torch::Tensor& mask,
+                        ForwardPass pass);
+  torch::Tensor FeedForward(const torch::Tensor& h, ForwardPass pass);
+
+  Recompute recompute_ = Recompute::kNone;
 };
 TORCH_MODULE(DecoderLayer);
 

@@ -5,6 +5,7 @@
 
 #include "core/check.h"
 #include "parallel/tensor/tp_ops.h"
+#include "trainer/models/attention.h"
 #include "trainer/models/torch_compat.h"
 
 namespace fulcrum::models {
@@ -152,10 +153,16 @@ torch::Tensor MlaAttentionImpl::Output(const torch::Tensor& attended) {
   return o_proj->forward(attended.transpose(1, 2).reshape({b, t, num_heads_ * mla_.v_head_dim}));
 }
 
+void MlaAttentionImpl::SetRecompute(bool recompute) {
+  recompute_ = recompute;
+  if (q_a_layernorm) q_a_layernorm->SetRecompute(recompute);
+  kv_a_layernorm->SetRecompute(recompute);
+}
+
 torch::Tensor MlaAttentionImpl::forward(const torch::Tensor& x, const RopeCosSin& rope,
                                         const torch::Tensor& mask) {
   const Projected p = Project(x, rope);
-  return Output(LatentAttention(p.q, p.k, p.v, mask, scale_));
+  return Output(RunAttentionCore(LatentAttention, recompute_, p.q, p.k, p.v, mask, scale_));
 }
 
 torch::Tensor MlaAttentionImpl::ForwardCached(const torch::Tensor& x, const RopeCosSin& rope,

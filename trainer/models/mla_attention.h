@@ -43,6 +43,8 @@ class MlaAttentionImpl : public torch::nn::Module {
   torch::Tensor ForwardCached(const torch::Tensor& x, const RopeCosSin& rope,
                               const torch::Tensor& mask, generate::KvCache& cache,
                               int64_t layer_index);
+  // train.recompute: selective (the core and the latent norms; see recompute.h).
+  void SetRecompute(bool recompute);
 
   lora::LoraLinear q_proj{nullptr};              // [H * qk_head, hidden] when q_lora_rank == 0
   lora::LoraLinear q_a_proj{nullptr};            // [q_lora_rank, hidden]
@@ -66,6 +68,7 @@ class MlaAttentionImpl : public torch::nn::Module {
   parallel::tensor::TensorParallel tp_;
   int64_t num_heads_;  // on this rank
   double scale_;
+  bool recompute_ = false;
 };
 TORCH_MODULE(MlaAttention);
 

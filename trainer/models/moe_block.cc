@@ -86,7 +86,7 @@ MoeBlockImpl::MoeBlockImpl(const ModelConfig& config, const torch::TensorOptions
   }
 }
 
-torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x) {
+torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x, ForwardPass pass) {
   FULCRUM_CHECK(x.dim() == 3, "MoeBlock input must be [B, T, hidden], got ", x.dim(), " dims");
   const int64_t hidden = x.size(2);
   // Under tp every rank routes every token of its tp group (under sp the
@@ -103,16 +103,26 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x) {
     return tp ? parallel::tensor::CopyToTpRegion(t, *tp_.group) : t;
   };
   const torch::Tensor expert_in = into_region(flat);
-  last_routing_ = gate->forward(flat);
+  const Routing routing = gate->forward(flat);
+  // Once per micro-batch: a recomputation repeats none of the bookkeeping.
+  const bool count = is_training() && pass != ForwardPass::kRecompute;
+  if (pass != ForwardPass::kRecompute) last_routing_ = routing;
   torch::Tensor balance_loss;
+  // A forward whose backward follows: with a graph, or the first run of a
+  // recomputed layer (no graph yet; its loss value is counted here).
+  const bool backward_follows = torch::GradMode::is_enabled() || pass == ForwardPass::kFirst;
   if (is_training()) {
-    const torch::Tensor loads = ExpertLoads(last_routing_.expert_ids, moe_.num_experts);
-    loads_ = loads_.defined() ? loads_ + loads : loads;
-    if (balance_.active() && torch::GradMode::is_enabled()) {
-      balance_loss = RouterBalanceLoss(last_routing_, moe_.num_experts, x.size(0),
+    if (count) {
+      const torch::Tensor loads = ExpertLoads(routing.expert_ids, moe_.num_experts);
+      loads_ = loads_.defined() ? loads_ + loads : loads;
+    }
+    if (balance_.active() && backward_follows) {
+      balance_loss = RouterBalanceLoss(routing, moe_.num_experts, x.size(0),
                                        moe_.scoring == "sigmoid", balance_);
-      const torch::Tensor value = balance_loss.detach().to(torch::kDouble);
-      balance_sum_ = balance_sum_.defined() ? balance_sum_ + value : value;
+      if (count) {
+        const torch::Tensor value = balance_loss.detach().to(torch::kDouble);
+        balance_sum_ = balance_sum_.defined() ? balance_sum_ + value : value;
+      }
     }
   }
 
@@ -121,15 +131,15 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x) {
   // same in fp32, one rounding apart in bf16).
   // Without ep the dispatch is the local permutation by expert alone. The
   // weights scale partial sums under tp: their gradient is one too.
-  torch::Tensor expert_ids = last_routing_.expert_ids;
+  torch::Tensor expert_ids = routing.expert_ids;
   if (is_training() && capacity_factor_ > 0) {
     const int64_t capacity =
         ExpertCapacity(flat.size(0), expert_ids.size(1), moe_.num_experts, capacity_factor_);
     expert_ids = DropOverCapacity(expert_ids, moe_.num_experts, capacity);
   }
   const parallel::expert::Dispatched dispatched =
-      dispatcher_.Dispatch(expert_in, expert_ids, into_region(last_routing_.weights));
-  if (is_training()) dropped_ += dispatched.handle.local.dropped;
+      dispatcher_.Dispatch(expert_in, expert_ids, into_region(routing.weights));
+  if (count) dropped_ += dispatched.handle.local.dropped;
 
   // Each held expert on its contiguous slice [n_e, hidden]; zero rows
   // included so that every expert weight gets a (zero) gradient.
@@ -157,7 +167,7 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x) {
     y = tp_.sequence_parallel ? parallel::tensor::ReduceScatterToSpRegion(y, *tp_.group)
                               : parallel::tensor::ReduceFromTpRegion(y, *tp_.group);
   }
-  if (balance_loss.defined()) {
+  if (balance_loss.defined() && torch::GradMode::is_enabled()) {
     y = AttachAuxLossGradient(y, balance_loss, balance_.micro_batch_weight);
   }
   return y;

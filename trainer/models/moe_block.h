@@ -16,6 +16,7 @@
 #include "trainer/models/model_parallel.h"
 #include "trainer/models/moe_balance.h"
 #include "trainer/models/moe_router.h"
+#include "trainer/models/recompute.h"
 
 namespace fulcrum::models {
 
@@ -52,7 +53,10 @@ class MoeBlockImpl : public torch::nn::Module {
   // expert runs, on zero rows when no token chose it, so each expert weight
   // always gets a gradient (zeros then): AdamW then treats it as HF does, and
   // the dp gradient buckets see every parameter once per backward.
-  torch::Tensor forward(const torch::Tensor& x);
+  // `pass`: inside a recomputed decoder layer (train.recompute: full) the
+  // first run counts (loads, balance loss sum, drops, last routing) and the
+  // recomputation in backward only attaches the balance loss's gradient.
+  torch::Tensor forward(const torch::Tensor& x, ForwardPass pass = ForwardPass::kNormal);
 
   // The routing of the last forward (for load metrics and balancing losses).
   const Routing& last_routing() const { return last_routing_; }

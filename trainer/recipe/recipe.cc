@@ -116,6 +116,8 @@ absl::Status ReadScheduleBatchTrain(MapReader& top, Recipe* recipe) {
   FULCRUM_RETURN_IF_ERROR(train.Read("eval_every", &recipe->train.eval_every));
   FULCRUM_RETURN_IF_ERROR(
       train.ReadEnum("on_nonfinite", KnownNonfinitePolicies(), &recipe->train.on_nonfinite));
+  FULCRUM_RETURN_IF_ERROR(
+      train.ReadEnum("recompute", KnownRecomputeModes(), &recipe->train.recompute));
   return train.Finish();
 }
 

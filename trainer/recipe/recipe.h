@@ -109,6 +109,11 @@ struct TrainSection {
   // abort ends the run with an error before the update (nothing of it is
   // saved); skip drops the update, counts and logs it, and trains on.
   std::string on_nonfinite = "abort";
+  // Activation recomputation (models/recompute.h): none keeps every
+  // activation for backward; selective recomputes the attention core
+  // (scores, probabilities) and the RMSNorm intermediates in backward; full
+  // keeps only each decoder layer's input and recomputes the layer.
+  std::string recompute = "none";
 };
 
 struct PrecisionSection {

@@ -40,6 +40,11 @@ inline const std::vector<std::string>& KnownNonfinitePolicies() {
   return kValues;
 }
 
+inline const std::vector<std::string>& KnownRecomputeModes() {
+  static const std::vector<std::string> kValues = {"none", "selective", "full"};
+  return kValues;
+}
+
 inline const std::vector<std::string>& KnownDtypes() {
   static const std::vector<std::string> kValues = {"fp32", "bf16"};
   return kValues;

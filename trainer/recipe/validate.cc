@@ -275,6 +275,7 @@ void CheckRest(const Recipe& r, Problems& p) {
   p.NonNegative("moe.z_loss_coeff", r.moe.z_loss_coeff);
   p.NonNegative("moe.bias_update_rate", r.moe.bias_update_rate);
   p.NonNegative("moe.capacity_factor", r.moe.capacity_factor);
+  p.OneOf("train.recompute", r.train.recompute, KnownRecomputeModes());
   p.OneOf("precision.dtype", r.precision.dtype, KnownDtypes());
   p.OneOf("device", r.device, KnownDevices());
   p.NonNegative("seed", r.seed);

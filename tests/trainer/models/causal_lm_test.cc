@@ -1,24 +1,43 @@
-// Unit tests of the blocks and the model on tiny random weights (no checkpoint).
+// Unit tests of the blocks and the model on tiny random weights (no
+// checkpoint), and activation recomputation (train.recompute): the same loss,
+// gradients and MoE statistics as without it, and less memory held between
+// forward and backward.
 #include "trainer/models/causal_lm.h"
 
 #include <gtest/gtest.h>
+#include <malloc.h>
 
 #include <cmath>
+#include <cstdio>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
 
+#include "trainer/lora/apply_lora.h"
 #include "trainer/models/attention.h"
 #include "trainer/models/init.h"
 #include "trainer/models/loss.h"
+#include "trainer/models/moe_block.h"
+#include "trainer/models/recompute.h"
 #include "trainer/models/rotary.h"
 
 namespace fulcrum::models {
 namespace {
 
-ModelConfig TinyConfig(const std::string& arch, const std::string& model_type) {
-  nlohmann::json json = {
-      {"architectures", {arch}},  {"model_type", model_type}, {"vocab_size", 32},
-      {"hidden_size", 16},        {"intermediate_size", 24},  {"num_hidden_layers", 2},
-      {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"max_position_embeddings", 64},
-      {"rope_theta", 10000.0}};
+// 4 heads over 2 kv heads, ffn 1.5 x hidden, vocab 32.
+ModelConfig TinyConfig(const std::string& arch, const std::string& model_type, int64_t hidden = 16,
+                       int64_t layers = 2, int64_t max_positions = 64) {
+  nlohmann::json json = {{"architectures", {arch}},
+                         {"model_type", model_type},
+                         {"vocab_size", 32},
+                         {"hidden_size", hidden},
+                         {"intermediate_size", hidden * 3 / 2},
+                         {"num_hidden_layers", layers},
+                         {"num_attention_heads", 4},
+                         {"num_key_value_heads", 2},
+                         {"max_position_embeddings", max_positions},
+                         {"rope_theta", 10000.0}};
   if (model_type == "qwen3") json["head_dim"] = 8;
   auto config = ParseModelConfig(json, "tiny");
   EXPECT_TRUE(config.ok()) << config.status();
@@ -218,6 +237,238 @@ TEST(LossTest, SumMeanAndCount) {
   EXPECT_NEAR(CrossEntropySum(logits, labels).item<double>(), sum, 1e-5);
   EXPECT_NEAR(CausalLmLoss(logits, labels).item<double>(), sum / 5, 1e-6);
   EXPECT_EQ(CrossEntropySum(logits, labels).dim(), 0);
+}
+
+// ---- Activation recomputation --------------------------------------------
+
+constexpr Recompute kModes[] = {Recompute::kNone, Recompute::kSelective, Recompute::kFull};
+
+const char* ModeName(Recompute mode) {
+  switch (mode) {
+    case Recompute::kNone:
+      return "none";
+    case Recompute::kSelective:
+      return "selective";
+    case Recompute::kFull:
+      return "full";
+  }
+  return "?";
+}
+
+// DeepSeek-V2-shaped: latent attention (q and kv latents with their norms),
+// layer 0 dense, layers 1-2 MoE with 8 routed experts (top-2) and a shared one.
+ModelConfig TinyDeepseekV2() {
+  auto config = ParseModelConfig(nlohmann::json::parse(R"({
+    "architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2", "vocab_size": 64,
+    "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 3,
+    "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 64,
+    "n_routed_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+    "n_shared_experts": 1, "first_k_dense_replace": 1, "topk_method": "greedy",
+    "norm_topk_prob": false, "routed_scaling_factor": 1.0, "q_lora_rank": 16,
+    "kv_lora_rank": 16, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 8,
+    "hidden_act": "silu"})"),
+                                 "tiny_deepseek_v2");
+  EXPECT_TRUE(config.ok()) << config.status();
+  return *config;
+}
+
+// Qwen3-MoE-shaped: grouped-query attention with q/k norms, every layer MoE.
+ModelConfig TinyQwen3Moe() {
+  auto config = ParseModelConfig(nlohmann::json::parse(R"({
+    "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "vocab_size": 64,
+    "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "head_dim": 8,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
+    "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+    "norm_topk_prob": true, "hidden_act": "silu"})"),
+                                 "tiny_qwen3_moe");
+  EXPECT_TRUE(config.ok()) << config.status();
+  return *config;
+}
+
+// LoRA on every linear with dropout (the recomputation must replay its
+// masks) and a non-zero B, so that A's gradients are not zero.
+void AddLoraWithDropout(CausalLMImpl& model) {
+  lora::LoraOptions options;
+  options.spec.rank = 4;
+  options.spec.alpha = 8.0;
+  options.spec.dropout = 0.25;
+  options.targets = {"all-linear"};
+  options.seed = 3;
+  ASSERT_TRUE(lora::ApplyLora(model, options).ok());
+  torch::NoGradGuard no_grad;
+  for (const lora::LoraLayer& l : lora::LoraLayers(model)) {
+    if (l.layer->has_adapter()) l.layer->lora_b().normal_(0.0, 0.05);
+  }
+}
+
+struct StepResult {
+  double loss = 0.0;
+  std::map<std::string, torch::Tensor> grads;  // trainable parameters (undefined: none)
+  std::vector<MoeBlockImpl::StepStats> moe;    // per MoE block, taken after the step
+};
+
+// One training forward and backward under `mode`, the dropout generator
+// seeded the same for every mode.
+StepResult RunStep(CausalLMImpl& model, Recompute mode, const torch::Tensor& ids) {
+  model.SetRecompute(mode);
+  model.train();
+  for (torch::Tensor& p : model.parameters()) p.mutable_grad() = torch::Tensor();
+  torch::manual_seed(99);
+  const torch::Tensor loss = CausalLmLoss(model.forward(In(ids)), ids);
+  loss.backward();
+  StepResult r;
+  r.loss = loss.item<double>();
+  for (const auto& item : model.named_parameters()) {
+    if (item.value().requires_grad()) r.grads[item.key()] = item.value().grad();
+  }
+  for (MoeBlockImpl* block : MoeBlocks(model)) r.moe.push_back(block->TakeStepStats());
+  return r;
+}
+
+// Bit-identical loss; gradients within 1e-6 (recomputation may sum a
+// tensor's gradient contributions in another order).
+void ExpectSameStep(const StepResult& got, const StepResult& want) {
+  EXPECT_EQ(got.loss, want.loss);
+  ASSERT_EQ(got.grads.size(), want.grads.size());
+  for (const auto& [name, grad] : want.grads) {
+    const torch::Tensor& g = got.grads.at(name);
+    ASSERT_EQ(g.defined(), grad.defined()) << name;
+    if (!grad.defined()) continue;
+    EXPECT_LE((g - grad).abs().max().item<double>(), 1e-6) << name;
+  }
+  ASSERT_EQ(got.moe.size(), want.moe.size());
+  for (size_t i = 0; i < want.moe.size(); ++i) {
+    EXPECT_TRUE(torch::equal(got.moe[i].loads, want.moe[i].loads)) << "MoE block " << i;
+    EXPECT_TRUE(torch::equal(got.moe[i].balance_loss_sum, want.moe[i].balance_loss_sum))
+        << "MoE block " << i;
+    EXPECT_TRUE(torch::equal(got.moe[i].dropped, want.moe[i].dropped)) << "MoE block " << i;
+  }
+}
+
+void ExpectModesAgree(CausalLMImpl& model, const torch::Tensor& ids) {
+  const StepResult none = RunStep(model, Recompute::kNone, ids);
+  EXPECT_TRUE(std::isfinite(none.loss));
+  for (Recompute mode : {Recompute::kSelective, Recompute::kFull}) {
+    SCOPED_TRACE(ModeName(mode));
+    ExpectSameStep(RunStep(model, mode, ids), none);
+  }
+}
+
+TEST(RecomputeTest, ParsesTheRecipeNames) {
+  EXPECT_EQ(*ParseRecompute("none"), Recompute::kNone);
+  EXPECT_EQ(*ParseRecompute("selective"), Recompute::kSelective);
+  EXPECT_EQ(*ParseRecompute("full"), Recompute::kFull);
+  const auto bad = ParseRecompute("layers");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("train.recompute"), std::string::npos) << bad.status();
+}
+
+TEST(RecomputeTest, DenseLlamaAndQwen3MatchNone) {
+  for (const auto& [arch, type] : {std::pair<std::string, std::string>{"LlamaForCausalLM", "llama"},
+                                   {"Qwen3ForCausalLM", "qwen3"}}) {
+    SCOPED_TRACE(type);
+    CausalLM model = TinyModel(TinyConfig(arch, type, 32, 3), 11);
+    torch::manual_seed(1);
+    ExpectModesAgree(*model, torch::randint(0, 32, {2, 16}, torch::kLong));
+  }
+}
+
+TEST(RecomputeTest, LoraWithDropoutReplaysTheMasks) {
+  // The frozen embedding: no input of the first layer requires grad, its
+  // adapters still get their gradients.
+  CausalLM model = TinyModel(TinyConfig("LlamaForCausalLM", "llama", 32, 3), 12);
+  AddLoraWithDropout(*model);
+  torch::manual_seed(2);
+  const torch::Tensor ids = torch::randint(0, 32, {2, 16}, torch::kLong);
+  ExpectModesAgree(*model, ids);
+  // The draws after the step are those of a run without recomputation.
+  RunStep(*model, Recompute::kNone, ids);
+  const torch::Tensor after_none = torch::rand({4});
+  RunStep(*model, Recompute::kFull, ids);
+  EXPECT_TRUE(torch::equal(torch::rand({4}), after_none));
+}
+
+TEST(RecomputeTest, MoeModelsMatchNoneAndCountOnce) {
+  for (const ModelConfig& config : {TinyDeepseekV2(), TinyQwen3Moe()}) {
+    SCOPED_TRACE(config.model_type);
+    CausalLM model = TinyModel(config, 13);
+    std::vector<MoeBlockImpl*> blocks = MoeBlocks(*model);
+    ASSERT_FALSE(blocks.empty());
+    MoeBalanceOptions balance;
+    balance.aux_loss = AuxLoss::kSwitch;
+    balance.aux_loss_coeff = 0.1;
+    balance.z_loss_coeff = 0.01;
+    for (MoeBlockImpl* block : blocks) {
+      block->SetBalance(balance);
+      block->SetCapacityFactor(1.0);  // drops some choices, counted once
+    }
+    torch::manual_seed(4);
+    const torch::Tensor ids = torch::randint(0, 32, {2, 16}, torch::kLong);
+    const StepResult none = RunStep(*model, Recompute::kNone, ids);
+    double loads = 0.0;
+    for (const MoeBlockImpl::StepStats& s : none.moe) {
+      loads += s.loads.sum().item<double>();
+      EXPECT_GT(s.balance_loss_sum.item<double>(), 0.0);
+    }
+    // Every token's top-2 choices, once per block.
+    EXPECT_EQ(loads, static_cast<double>(blocks.size() * 2 * 16 * 2));
+    for (Recompute mode : {Recompute::kSelective, Recompute::kFull}) {
+      SCOPED_TRACE(ModeName(mode));
+      ExpectSameStep(RunStep(*model, mode, ids), none);
+    }
+  }
+}
+
+TEST(RecomputeTest, EvaluationUnderNoGradIsUnchanged) {
+  CausalLM model = TinyModel(TinyConfig("LlamaForCausalLM", "llama", 32, 3), 14);
+  const torch::Tensor ids = torch::randint(0, 32, {1, 8}, torch::kLong);
+  torch::NoGradGuard no_grad;
+  const torch::Tensor none = model->forward(In(ids));
+  for (Recompute mode : {Recompute::kSelective, Recompute::kFull}) {
+    model->SetRecompute(mode);
+    const torch::Tensor logits = model->forward(In(ids));
+    EXPECT_FALSE(logits.requires_grad());
+    EXPECT_TRUE(torch::equal(logits, none)) << ModeName(mode);
+  }
+}
+
+int64_t HeapInUse() {
+  const struct mallinfo2 info = mallinfo2();
+  return static_cast<int64_t>(info.uordblks + info.hblkhd);
+}
+
+// What a training forward leaves allocated until backward (the saved
+// activations, the logits and the loss), measured as the growth of the
+// process heap.
+int64_t HeldAfterForward(CausalLMImpl& model, Recompute mode, const torch::Tensor& ids) {
+  model.SetRecompute(mode);
+  const int64_t before = HeapInUse();
+  torch::Tensor loss = CausalLmLoss(model.forward(In(ids)), ids);
+  const int64_t held = HeapInUse() - before;
+  loss.backward();
+  return held;
+}
+
+TEST(RecomputeTest, HoldsLessActivationMemory) {
+  // hidden 64, 4 layers, T = 128: the attention probabilities, [2, 4, 128,
+  // 128] fp32 = 512 KiB per layer, are the largest saved tensors.
+  const ModelConfig config = TinyConfig("LlamaForCausalLM", "llama", 64, 4, 128);
+  CausalLM model = TinyModel(config, 15);
+  torch::manual_seed(5);
+  const torch::Tensor ids = torch::randint(0, 32, {2, 128}, torch::kLong);
+  HeldAfterForward(*model, Recompute::kNone, ids);  // warm-up
+  std::map<Recompute, int64_t> held;
+  for (Recompute mode : kModes) held[mode] = HeldAfterForward(*model, mode, ids);
+  std::printf(
+      "held between forward and backward: none %.0f KiB, selective %.0f KiB, full %.0f KiB\n",
+      held[Recompute::kNone] / 1024.0, held[Recompute::kSelective] / 1024.0,
+      held[Recompute::kFull] / 1024.0);
+  const int64_t probs = int64_t{2} * 4 * 128 * 128 * 4;
+  // Selective drops every layer's probabilities (and the norms' normalised
+  // activations, less the attention inputs it keeps instead); full keeps
+  // one [2, 128, 64] input per layer besides the logits.
+  EXPECT_LT(held[Recompute::kSelective], held[Recompute::kNone] - 3 * probs);
+  EXPECT_LT(held[Recompute::kFull], held[Recompute::kSelective] / 2);
 }
 
 }  // namespace

@@ -2,7 +2,8 @@
 // activations and their gradients sent point-to-point, the tied embedding's
 // copies summed over the embedding group by SyncPartialGradients. Every
 // parameter gradient equals the whole single-rank model's, and the norm
-// counts every element exactly once over the ranks.
+// counts every element exactly once over the ranks; also with activation
+// recomputation on the stages (a LoRA first stage's input needs no grad).
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -16,6 +17,7 @@
 #include "trainer/models/init.h"
 #include "trainer/models/loss.h"
 #include "trainer/models/parallel_layout.h"
+#include "trainer/models/recompute.h"
 
 namespace fulcrum::models {
 namespace {
@@ -90,7 +92,7 @@ Groups MakeGroups() {
   return groups;
 }
 
-void RunPipelineMatchesWholeModel(bool tied, bool lora) {
+void RunPipelineMatchesWholeModel(bool tied, bool lora, Recompute recompute = Recompute::kNone) {
   const int rank = WorldRank(), stages = WorldSize();
   const ModelConfig config = TinyConfig(tied);
   lora::LoraOptions lora_options;
@@ -116,6 +118,7 @@ void RunPipelineMatchesWholeModel(bool tied, bool lora) {
   parallel.embedding_group = groups.embedding.get();
   CausalLM stage(config, torch::TensorOptions().dtype(torch::kFloat), parallel);
   InitializeWeights(*stage, 13);
+  stage->SetRecompute(recompute);
   if (lora) {
     ASSERT_TRUE(lora::ApplyLora(*stage, lora_options).ok());
     {
@@ -175,6 +178,13 @@ TEST(PipelineStageMpiTest, UntiedFullMatchesWholeModel) {
 }
 TEST(PipelineStageMpiTest, TiedFullMatchesWholeModel) { RunPipelineMatchesWholeModel(true, false); }
 TEST(PipelineStageMpiTest, TiedLoraMatchesWholeModel) { RunPipelineMatchesWholeModel(true, true); }
+TEST(PipelineStageMpiTest, FullRecomputeMatchesWholeModel) {
+  RunPipelineMatchesWholeModel(false, false, Recompute::kFull);
+  RunPipelineMatchesWholeModel(true, true, Recompute::kFull);
+}
+TEST(PipelineStageMpiTest, SelectiveRecomputeMatchesWholeModel) {
+  RunPipelineMatchesWholeModel(true, true, Recompute::kSelective);
+}
 
 }  // namespace
 }  // namespace fulcrum::models

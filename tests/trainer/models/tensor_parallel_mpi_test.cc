@@ -4,7 +4,9 @@
 // gathered gradient after SyncPartialGradients match within 1e-5 (fp32), for
 // kv sharding and kv replication, tied and untied, with and without sequence
 // parallelism, full and LoRA. Also the gathered state dict, merged LoRA, and
-// the llama / qwen2 fixtures' reference logits.
+// the llama / qwen2 fixtures' reference logits. Activation recomputation
+// (selective, full) under tp, with and without sp, gives the loss and the
+// gradients of none: its collectives run again in backward on every rank.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -26,6 +28,7 @@
 #include "trainer/models/loss.h"
 #include "trainer/models/model_config.h"
 #include "trainer/models/parallel_layout.h"
+#include "trainer/models/recompute.h"
 
 namespace fulcrum::models {
 namespace {
@@ -191,6 +194,15 @@ CausalLM BuildShardedModel(const ModelConfig& config, const ModelParallel& paral
   return model;
 }
 
+// The tp layout of `v` over `groups` (which must outlive the model).
+ModelParallel TpParallel(const Groups& groups, const Variant& v) {
+  ModelParallel parallel;
+  parallel.tp.group = groups.tp.get();
+  parallel.tp.sequence_parallel = v.sequence_parallel;
+  parallel.kv_replicas = groups.kv.get();
+  return parallel;
+}
+
 class TensorParallelTest : public ::testing::TestWithParam<Variant> {};
 
 TEST_P(TensorParallelTest, MatchesSingleRank) {
@@ -203,10 +215,7 @@ TEST_P(TensorParallelTest, MatchesSingleRank) {
   const ModelConfig config = TinyConfig(v);
   Groups groups = MakeGroups(v.num_kv_heads);
   ASSERT_TRUE(groups.tp);
-  ModelParallel parallel;
-  parallel.tp.group = groups.tp.get();
-  parallel.tp.sequence_parallel = v.sequence_parallel;
-  parallel.kv_replicas = groups.kv.get();
+  const ModelParallel parallel = TpParallel(groups, v);
 
   CausalLM full = BuildFullModel(config, v.lora);
   CausalLM tp = BuildShardedModel(config, parallel, *full, v.lora, SharedScratchDir());
@@ -288,6 +297,57 @@ INSTANTIATE_TEST_SUITE_P(Layouts, TensorParallelTest, ::testing::ValuesIn(Varian
                            }
                            return name;
                          });
+
+// Loss and this rank's gradients (partial sums synced) of one step of `tp`.
+struct TpStep {
+  double loss = 0.0;
+  std::map<std::string, torch::Tensor> grads;
+};
+
+TpStep RunTpStep(CausalLMImpl& tp, Recompute mode, const Batch& batch) {
+  tp.SetRecompute(mode);
+  for (torch::Tensor& p : tp.parameters()) p.mutable_grad() = torch::Tensor();
+  const torch::Tensor loss = TrainingLossSum(tp, tp.forward(batch.inputs), batch.labels);
+  loss.backward();
+  SyncPartialGradients(tp);
+  TpStep step;
+  step.loss = loss.item<double>();
+  for (const auto& item : tp.named_parameters()) {
+    if (item.value().requires_grad()) step.grads[item.key()] = item.value().grad();
+  }
+  return step;
+}
+
+TEST(TensorParallelRecompute, SelectiveAndFullMatchNone) {
+  Variant v;
+  v.num_kv_heads = WorldSize();  // sharded kv heads at every world size
+  v.qk_norm = true;              // the per-head norms are recomputed too
+  for (bool sp : {false, true}) {
+    for (bool with_lora : {false, true}) {
+      v.sequence_parallel = sp;
+      v.lora = with_lora;
+      SCOPED_TRACE(VariantName(v));
+      const ModelConfig config = TinyConfig(v);
+      Groups groups = MakeGroups(v.num_kv_heads);
+      ASSERT_TRUE(groups.tp);
+      CausalLM full = BuildFullModel(config, with_lora);
+      CausalLM tp =
+          BuildShardedModel(config, TpParallel(groups, v), *full, with_lora, SharedScratchDir());
+      const Batch batch = MakeBatch(config.vocab_size);
+      const TpStep none = RunTpStep(*tp, Recompute::kNone, batch);
+      for (Recompute mode : {Recompute::kSelective, Recompute::kFull}) {
+        SCOPED_TRACE(mode == Recompute::kFull ? "full" : "selective");
+        const TpStep got = RunTpStep(*tp, mode, batch);
+        EXPECT_EQ(got.loss, none.loss);
+        ASSERT_EQ(got.grads.size(), none.grads.size());
+        for (const auto& [name, grad] : none.grads) {
+          ASSERT_TRUE(grad.defined() && got.grads.at(name).defined()) << name;
+          EXPECT_LE(MaxDiff(got.grads.at(name), grad), 1e-6) << name;
+        }
+      }
+    }
+  }
+}
 
 TEST(TensorParallelLoading, ShapeMismatchNamesTheFullShape) {
   Variant v;

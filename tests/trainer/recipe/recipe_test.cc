@@ -56,6 +56,7 @@ TEST(ParseRecipe, MinimalRecipeGetsDefaults) {
   EXPECT_EQ(r.schedule.type, "cosine");
   EXPECT_EQ(r.batch.seq_len, 512);
   EXPECT_EQ(r.train.steps, 100);
+  EXPECT_EQ(r.train.recompute, "none");
   EXPECT_EQ(r.parallel.dp, 1);
   EXPECT_EQ(r.checkpoint.every, 0);
   EXPECT_EQ(r.logging.every, 1);
@@ -85,7 +86,7 @@ optim:
   grad_clip: 0
 schedule: {type: linear, warmup_steps: 5, min_lr_ratio: 0.25}
 batch: {global_batch: 16, micro_batch: 2, seq_len: 128}
-train: {steps: 7}
+train: {steps: 7, recompute: selective}
 precision: {dtype: bf16}
 parallel: {dp: 2, tp: 1, pp: 1, ep: 1}
 checkpoint: {dir: ck, every: 3, resume: latest, keep_last: 2}
@@ -116,6 +117,7 @@ device: cuda
   EXPECT_EQ(r.batch.micro_batch, 2);
   EXPECT_EQ(r.batch.seq_len, 128);
   EXPECT_EQ(r.train.steps, 7);
+  EXPECT_EQ(r.train.recompute, "selective");
   EXPECT_EQ(r.precision.dtype, "bf16");
   EXPECT_EQ(r.parallel.dp, 2);
   EXPECT_EQ(r.checkpoint.dir, "ck");
@@ -129,6 +131,19 @@ device: cuda
   EXPECT_DOUBLE_EQ(r.logging.peak_flops, 1.5e12);
   EXPECT_EQ(r.seed, 7);
   EXPECT_EQ(r.device, "cuda");
+}
+
+TEST(ParseRecipe, RecomputeModes) {
+  for (const std::string mode : {"none", "selective", "full"}) {
+    const Recipe r = ParseOk(kMinimal, {"train.recompute=" + mode});
+    EXPECT_EQ(r.train.recompute, mode);
+    EXPECT_EQ(ParseOk(RecipeToYaml(r)).train.recompute, mode);  // round trip
+  }
+  const std::string message = ParseError(std::string(kMinimal) + "train:\n  recompute: partial\n");
+  EXPECT_CONTAINS(message, "recipe.yaml:6:");
+  EXPECT_CONTAINS(message, "train.recompute: expected one of none | selective | full");
+  EXPECT_CONTAINS(message, "partial");
+  EXPECT_CONTAINS(ParseError(kMinimal, {"train.recompute=yes"}), "train.recompute");
 }
 
 TEST(ParseRecipe, EmptySectionKeepsDefaults) {

@@ -39,6 +39,17 @@ TEST(ValidateRecipe, DefaultsWithModelAndDataAreValid) {
   EXPECT_TRUE(ValidateRecipe(from_config, 1).ok());
 }
 
+TEST(ValidateRecipe, RecomputeMode) {
+  Recipe r = Valid();
+  for (const char* mode : {"none", "selective", "full"}) {
+    r.train.recompute = mode;
+    EXPECT_TRUE(ValidateRecipe(r, 1).ok()) << mode;
+  }
+  r.train.recompute = "attention";
+  EXPECT_EQ(Problems(r),
+            "r.yaml: train.recompute: expected one of none | selective | full, got \"attention\"");
+}
+
 TEST(ValidateRecipe, BatchArithmetic) {
   Recipe r = Valid();
   r.batch = {10, 4, 64};
