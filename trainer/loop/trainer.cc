@@ -29,6 +29,7 @@
 #include "trainer/optim/grouped_optimizer.h"
 #include "trainer/optim/lr_schedule.h"
 #include "trainer/optim/sharded_adamw.h"
+#include "trainer/plan/step_time_model.h"
 
 namespace fulcrum::loop {
 namespace {
@@ -73,8 +74,15 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const recipe::Recipe& r
   FULCRUM_RETURN_IF_ERROR(trainer->BuildPipeline());
   FULCRUM_RETURN_IF_ERROR(trainer->BuildLoader());
   FULCRUM_RETURN_IF_ERROR(trainer->Resume());
-  const metrics::FlopsModel flops_model = trainer->CountFlopsModel();
+  // Model FLOPs from the config, as the planner counts them: a token visits
+  // top-k of the routed experts; LoRA's frozen base costs no weight gradient.
+  const metrics::FlopsModel flops_model = plan::FlopsModelFor(trainer->built_.config, recipe);
   trainer->flops_per_token_ = metrics::TrainingFlopsPerToken(flops_model, recipe.batch.seq_len);
+  logger.Info(absl::StrFormat(
+      "model FLOPs per token: %.4g G (matmul weights: %d trained, %d frozen; attention over %d "
+      "tokens)",
+      trainer->flops_per_token_ / 1e9, flops_model.trainable_matmul_params,
+      flops_model.frozen_matmul_params, recipe.batch.seq_len));
   // MFU against the GEMM peak of the training's dtype on a GPU (bf16 tensor
   // cores); on the CPU against fp32, whose kernels are the fast ones there.
   const torch::ScalarType gemm_dtype =
@@ -331,37 +339,6 @@ absl::Status Trainer::Resume() {
       reader->dir(), start_step_, reader->bytes_read() / 1048576.0,
       reader->bytes_needed() / 1048576.0, elapsed.count()));
   return absl::OkStatus();
-}
-
-metrics::FlopsModel Trainer::CountFlopsModel() {
-  metrics::FlopsModel model;
-  const models::ModelConfig& config = built_.config;
-  // Model FLOPs count the whole model: a shard stands for tp / replicas of itself.
-  for (const models::ParamLayout& layout : models::ParallelLayouts(*built_.model)) {
-    const torch::Tensor& p = layout.param;
-    if (p.dim() != 2) continue;
-    // The embedding lookup is no matmul; a tied embedding is the lm_head's.
-    if (layout.name == "model.embed_tokens.weight" &&
-        (!config.tie_word_embeddings || !parallel_.model.HoldsLast())) {
-      continue;
-    }
-    const int64_t copies =
-        layout.shard_dim >= 0 ? parallel_.tp_size() / std::max(1, layout.kv_replicas) : 1;
-    (p.requires_grad() ? model.trainable_matmul_params : model.frozen_matmul_params) +=
-        p.numel() * copies;
-  }
-  if (parallel_.pp_size() > 1) {
-    // Each stage counted its own layers: the model is their sum.
-    torch::Tensor counts =
-        torch::tensor({model.trainable_matmul_params, model.frozen_matmul_params}, torch::kLong);
-    parallel_.pp().AllReduce(counts);
-    model.trainable_matmul_params = counts[0].item<int64_t>();
-    model.frozen_matmul_params = counts[1].item<int64_t>();
-  }
-  model.num_layers = config.num_layers;
-  model.num_heads = config.num_heads;
-  model.head_dim = config.head_dim;
-  return model;
 }
 
 absl::StatusOr<metrics::StepMetrics> Trainer::Step(int64_t step_index) {

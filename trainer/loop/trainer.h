@@ -122,7 +122,6 @@ class Trainer {
     bool any_rank_writing = false;
   };
   StepBoundary AgreeAtStepBoundary();
-  metrics::FlopsModel CountFlopsModel();
   // Forward and backward of the step's micro-batches (through the pipeline
   // schedule under pp); returns this rank's summed target loss.
   torch::Tensor ForwardBackward(const data::StepBatch& batch, double denominator);
