@@ -116,5 +116,26 @@ TEST_F(PlanTest, TrainRefusesALayoutThatCannotFitOnEveryRank) {
   EXPECT_EQ(r.output.find("training steps"), std::string::npos) << r.output;
 }
 
+TEST_F(PlanTest, TrainRefusesALayoutAboveTrainMemoryGib) {
+  // The tiny model needs about the process's runtime (~340 MiB) per rank:
+  // 0.1 GiB is too little on any host, 8 GiB is enough.
+  const std::string args = "train " + dir_ + "/r.yaml parallel.pp=2 train.recompute=full";
+  const CommandResult refused = RunFulcrum(args + " train.memory_gib=0.1", 2);
+  EXPECT_NE(refused.exit_code, 0) << refused.output;
+  for (const char* fragment :
+       {"r.yaml: parallel: this layout needs about", "pipeline stage", "parallel.pp=2 (1f1b)",
+        "recompute full", "more than the 102.4 MiB available to each rank (train.memory_gib)"}) {
+    EXPECT_NE(refused.output.find(fragment), std::string::npos) << fragment << "\n"
+                                                                << refused.output;
+  }
+  EXPECT_EQ(refused.output.find("parameters, "), std::string::npos) << refused.output;
+  const CommandResult fits = RunFulcrum(args + " train.memory_gib=8", 2);
+  EXPECT_EQ(fits.exit_code, 0) << fits.output;
+  // A negative amount is a recipe error naming the key.
+  const CommandResult bad = RunFulcrum(args + " train.memory_gib=-1", 2);
+  EXPECT_NE(bad.exit_code, 0) << bad.output;
+  EXPECT_NE(bad.output.find("train.memory_gib"), std::string::npos) << bad.output;
+}
+
 }  // namespace
 }  // namespace fulcrum::testing

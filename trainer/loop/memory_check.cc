@@ -16,8 +16,14 @@
 
 namespace fulcrum::loop {
 
-AvailableMemory AvailableMemoryPerRank(const torch::Device& device, int local_ranks) {
+AvailableMemory AvailableMemoryPerRank(const recipe::TrainSection& train,
+                                       const torch::Device& device, int local_ranks) {
   AvailableMemory out;
+  if (train.memory_gib > 0) {
+    out.bytes = train.memory_gib * 1024.0 * 1024.0 * 1024.0;
+    out.from = "train.memory_gib";
+    return out;
+  }
   if (device.is_cuda()) {
 #ifdef FULCRUM_HAVE_CUDA_RUNTIME
     size_t free_bytes = 0, total_bytes = 0;

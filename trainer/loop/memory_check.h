@@ -20,10 +20,11 @@ struct AvailableMemory {
   std::string from;  // where the number comes from, for the message
 };
 
-// On the CPU, the host's MemAvailable shared by the node's `local_ranks`;
-// on CUDA, the device's free memory (0 when this LibTorch has no CUDA
-// runtime).
-AvailableMemory AvailableMemoryPerRank(const torch::Device& device, int local_ranks);
+// train.memory_gib when set; else on the CPU the host's MemAvailable shared
+// by the node's `local_ranks`, on CUDA the device's free memory (0 when this
+// LibTorch has no CUDA runtime).
+AvailableMemory AvailableMemoryPerRank(const recipe::TrainSection& train,
+                                       const torch::Device& device, int local_ranks);
 
 // The memory model's peak (with the runtime of `device`'s process) against
 // `available`; errors name the recipe and the parallel keys.

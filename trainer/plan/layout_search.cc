@@ -1,6 +1,10 @@
 #include "trainer/plan/layout_search.h"
 
 #include <algorithm>
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -17,48 +21,89 @@ std::vector<int64_t> Divisors(int64_t n) {
   return out;
 }
 
-// The pipeline variants of `pp` stages: (schedule, virtual stages).
-std::vector<std::pair<std::string, int64_t>> PipelineVariants(int64_t pp) {
-  if (pp == 1) return {{"1f1b", 1}};
-  return {{"1f1b", 1}, {"zb_h1", 1}, {"gpipe", 1}, {"interleaved_1f1b", 2}};
-}
+// One axis of the search: the variants of a recipe along it.
+using Axis = std::function<std::vector<recipe::Recipe>(const recipe::Recipe&)>;
 
-// Every layout of `ranks` ranks over the base recipe (unvalidated).
-std::vector<recipe::Recipe> EnumerateLayouts(const models::ModelConfig& config,
-                                             const recipe::Recipe& base, int64_t ranks) {
+// Each variant of `values` for r, written by `set`.
+template <typename T, typename Set>
+std::vector<recipe::Recipe> Variants(const recipe::Recipe& r, const std::vector<T>& values,
+                                     Set set) {
   std::vector<recipe::Recipe> out;
-  const bool moe = config.moe.enabled();
-  for (int64_t tp : Divisors(ranks)) {
-    for (int64_t pp : Divisors(ranks / tp)) {
-      const int64_t dp = ranks / (tp * pp);
-      if (base.batch.global_batch % dp != 0) continue;
-      const int64_t per_dp = base.batch.global_batch / dp;
-      for (int64_t ep : moe ? Divisors(dp) : std::vector<int64_t>{1}) {
-        for (const auto& [schedule, virtual_stages] : PipelineVariants(pp)) {
-          for (int64_t micro : Divisors(per_dp)) {
-            for (int64_t zero : dp > 1 ? std::vector<int64_t>{0, 1} : std::vector<int64_t>{0}) {
-              for (bool sp : tp > 1 ? std::vector<bool>{false, true} : std::vector<bool>{false}) {
-                recipe::Recipe r = base;
-                recipe::ParallelSection& par = r.parallel;
-                par.tp = tp;
-                par.pp = pp;
-                par.dp = dp;
-                par.ep = ep;
-                par.pp_schedule = schedule;
-                par.pp_virtual = virtual_stages;
-                par.pp_layers.clear();
-                par.zero = zero;
-                par.sequence_parallel = sp;
-                r.batch.micro_batch = micro;
-                out.push_back(std::move(r));
-              }
-            }
-          }
-        }
-      }
-    }
+  for (const T& value : values) {
+    recipe::Recipe v = r;
+    set(v, value);
+    out.push_back(std::move(v));
   }
   return out;
+}
+
+// Every layout of `ranks` ranks over the base recipe (unvalidated): the
+// product of the axes.
+std::vector<recipe::Recipe> EnumerateLayouts(const models::ModelConfig& config,
+                                             const recipe::Recipe& base, int64_t ranks) {
+  const bool moe = config.moe.enabled();
+  const std::vector<Axis> axes = {
+      // tp x pp, dp the rest.
+      [&](const recipe::Recipe& r) {
+        std::vector<recipe::Recipe> out;
+        for (int64_t tp : Divisors(ranks)) {
+          for (int64_t pp : Divisors(ranks / tp)) {
+            recipe::Recipe v = r;
+            v.parallel.tp = tp;
+            v.parallel.pp = pp;
+            v.parallel.dp = ranks / (tp * pp);
+            v.parallel.pp_layers.clear();
+            out.push_back(std::move(v));
+          }
+        }
+        return out;
+      },
+      [&](const recipe::Recipe& r) {
+        return Variants(r, moe ? Divisors(r.parallel.dp) : std::vector<int64_t>{1},
+                        [](recipe::Recipe& v, int64_t ep) { v.parallel.ep = ep; });
+      },
+      // (schedule, virtual stages)
+      [](const recipe::Recipe& r) {
+        std::vector<std::pair<std::string, int64_t>> pipelines = {{"1f1b", 1}};
+        if (r.parallel.pp > 1) {
+          pipelines.insert(pipelines.end(), {{"zb_h1", 1}, {"gpipe", 1}, {"interleaved_1f1b", 2}});
+        }
+        return Variants(r, pipelines, [](recipe::Recipe& v, const auto& p) {
+          v.parallel.pp_schedule = p.first;
+          v.parallel.pp_virtual = p.second;
+        });
+      },
+      [](const recipe::Recipe& r) {
+        const int64_t per_dp = r.batch.global_batch / r.parallel.dp;
+        return Variants(
+            r,
+            r.batch.global_batch % r.parallel.dp == 0 ? Divisors(per_dp) : std::vector<int64_t>{},
+            [](recipe::Recipe& v, int64_t micro) { v.batch.micro_batch = micro; });
+      },
+      [](const recipe::Recipe& r) {
+        return Variants(r, r.parallel.dp > 1 ? std::vector<int64_t>{0, 1} : std::vector<int64_t>{0},
+                        [](recipe::Recipe& v, int64_t zero) { v.parallel.zero = zero; });
+      },
+      [](const recipe::Recipe& r) {
+        return Variants(
+            r, r.parallel.tp > 1 ? std::vector<bool>{false, true} : std::vector<bool>{false},
+            [](recipe::Recipe& v, bool sp) { v.parallel.sequence_parallel = sp; });
+      },
+      [](const recipe::Recipe& r) {
+        return Variants(
+            r, std::vector<std::string>{"none", "selective", "full"},
+            [](recipe::Recipe& v, const std::string& mode) { v.train.recompute = mode; });
+      },
+  };
+  std::vector<recipe::Recipe> layouts = {base};
+  for (const Axis& axis : axes) {
+    std::vector<recipe::Recipe> next;
+    for (const recipe::Recipe& r : layouts) {
+      for (recipe::Recipe& v : axis(r)) next.push_back(std::move(v));
+    }
+    layouts = std::move(next);
+  }
+  return layouts;
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 // `fulcrum plan --search`: every layout of a recipe's model on `ranks`
 // ranks — tp, pp, ep, dp, the pipeline schedule and its virtual stages,
-// sequence parallelism, ZeRO-1, the micro-batch and the recompute mode —
+// sequence parallelism, ZeRO-1, the micro-batch and train.recompute —
 // that the recipe's own validation accepts (ValidateRecipe and
 // ValidateRecipeForModel: divisibility of heads, ffn, vocab, experts and
 // layers, batch arithmetic, schedule shapes), with its predicted memory and

@@ -360,10 +360,7 @@ MemoryOptions MemoryOptionsFor(const std::string& device) {
   return options;
 }
 
-std::string RecomputeMode(const recipe::Recipe& recipe) {
-  (void)recipe;
-  return "none";
-}
+std::string RecomputeMode(const recipe::Recipe& recipe) { return recipe.train.recompute; }
 
 double ActivationBytes(const models::ModelConfig& c, const recipe::Recipe& recipe,
                        const std::string& recompute, int64_t layer) {

@@ -107,7 +107,7 @@ double LayerAdapterParams(const models::ModelConfig& config, const recipe::Recip
 absl::StatusOr<MemoryPlan> PlanMemory(const models::ModelConfig& config,
                                       const recipe::Recipe& recipe, const MemoryOptions& options);
 
-// The recompute mode of `recipe` ("none" until train.recompute exists).
+// The recompute mode of `recipe` (train.recompute).
 std::string RecomputeMode(const recipe::Recipe& recipe);
 
 // ResourceExhausted naming the recipe, the worst stage, the parallel keys,

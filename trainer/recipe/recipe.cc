@@ -118,6 +118,7 @@ absl::Status ReadScheduleBatchTrain(MapReader& top, Recipe* recipe) {
       train.ReadEnum("on_nonfinite", KnownNonfinitePolicies(), &recipe->train.on_nonfinite));
   FULCRUM_RETURN_IF_ERROR(
       train.ReadEnum("recompute", KnownRecomputeModes(), &recipe->train.recompute));
+  FULCRUM_RETURN_IF_ERROR(train.Read("memory_gib", &recipe->train.memory_gib));
   return train.Finish();
 }
 

@@ -114,6 +114,11 @@ struct TrainSection {
   // (scores, probabilities) and the RMSNorm intermediates in backward; full
   // keeps only each decoder layer's input and recomputes the layer.
   std::string recompute = "none";
+  // GiB of memory each rank may use: `train` checks the layout's predicted
+  // peak (plan/memory_model.h) against it before allocating anything. 0 =
+  // what the machine reports (host MemAvailable / local ranks on the CPU,
+  // the device's free memory on CUDA).
+  double memory_gib = 0.0;
 };
 
 struct PrecisionSection {

@@ -116,6 +116,7 @@ void EmitRunShape(YAML::Emitter& out, const Recipe& r) {
   Field(out, "eval_every", r.train.eval_every);
   Field(out, "on_nonfinite", r.train.on_nonfinite);
   Field(out, "recompute", r.train.recompute);
+  Field(out, "memory_gib", r.train.memory_gib);
   out << YAML::EndMap;
   BeginSection(out, "precision");
   Field(out, "dtype", r.precision.dtype);

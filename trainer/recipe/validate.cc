@@ -276,6 +276,7 @@ void CheckRest(const Recipe& r, Problems& p) {
   p.NonNegative("moe.bias_update_rate", r.moe.bias_update_rate);
   p.NonNegative("moe.capacity_factor", r.moe.capacity_factor);
   p.OneOf("train.recompute", r.train.recompute, KnownRecomputeModes());
+  p.NonNegative("train.memory_gib", r.train.memory_gib);
   p.OneOf("precision.dtype", r.precision.dtype, KnownDtypes());
   p.OneOf("device", r.device, KnownDevices());
   p.NonNegative("seed", r.seed);

@@ -27,16 +27,15 @@ models::ModelConfig Moe() {
   return c;
 }
 
+// Full fine-tuning of Moe() at dp 2 x ep 2.
 recipe::Recipe Full() {
-  recipe::Recipe r;
-  r.source = "r.yaml";
-  r.finetune.method = "full";
-  r.batch.global_batch = 4;
-  r.batch.micro_batch = 2;
-  r.batch.seq_len = 8;
-  r.parallel.dp = 2;
-  r.parallel.ep = 2;
-  return r;
+  return *recipe::ParseRecipe(R"(model: {config: config.json}
+data: {path: data.jsonl}
+finetune: {method: full}
+batch: {global_batch: 4, micro_batch: 2, seq_len: 8}
+parallel: {dp: 2, ep: 2}
+)",
+                              "r.yaml");
 }
 
 TEST(MemoryCheckTest, ALayoutThatCannotFitNamesTheKeysAndTheNumbers) {
@@ -63,9 +62,14 @@ TEST(MemoryCheckTest, ALayoutThatCannotFitNamesTheKeysAndTheNumbers) {
 
 TEST(MemoryCheckTest, HostMemoryIsRead) {
   EXPECT_GT(AvailableHostMemory(), 0.0);
-  const AvailableMemory host = AvailableMemoryPerRank(torch::kCPU, 2);
+  recipe::TrainSection train;
+  const AvailableMemory host = AvailableMemoryPerRank(train, torch::kCPU, 2);
   EXPECT_NEAR(host.bytes, AvailableHostMemory() / 2, AvailableHostMemory() * 0.05);
   EXPECT_EQ(host.from, "host MemAvailable / 2 local rank(s)");
+  train.memory_gib = 1.5;  // the recipe's number wins
+  const AvailableMemory set = AvailableMemoryPerRank(train, torch::kCPU, 2);
+  EXPECT_DOUBLE_EQ(set.bytes, 1.5 * 1024 * 1024 * 1024);
+  EXPECT_EQ(set.from, "train.memory_gib");
 }
 
 }  // namespace
