@@ -142,7 +142,7 @@ absl::StatusOr<PlanHardware> HardwareFrom(const ParsedFlags& flags, const recipe
         "fulcrum plan: --efficiency: a fraction of the peak in (0, 1], got ", hw.efficiency));
   }
   out.description = absl::StrFormat(
-      "%d %s (%d per node), %s per rank (%s), %.1f TFLOP/s per rank (%s) at efficiency %.2f, "
+      "%d %s (%d per node), %s per rank (%s), %.4g TFLOP/s per rank (%s) at efficiency %.2f, "
       "links %.0f GB/s in a node, %.0f GB/s between nodes",
       hw.ranks, cpu ? "CPU rank(s) on this host" : "GPU(s)", hw.ranks_per_node,
       plan::FormatBytes(hw.memory_bytes), memory_from, hw.peak_flops / 1e12, flops_from,
