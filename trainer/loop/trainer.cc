@@ -105,9 +105,9 @@ absl::Status Trainer::BuildParallel() {
   FULCRUM_RETURN_IF_ERROR(recipe::ValidateRecipeForModel(recipe_, config));
   // Before anything is allocated: a layout that cannot fit would only end in
   // the kernel's OOM killer, or a CUDA out-of-memory error in the first step.
-  FULCRUM_RETURN_IF_ERROR(world_.AgreeOn(CheckLayoutFits(
-      config, recipe_, device_,
-      AvailableMemoryPerRank(recipe_.train, device_, world_.local_size()))));
+  FULCRUM_RETURN_IF_ERROR(world_.AgreeOn(
+      CheckLayoutFits(config, recipe_, device_,
+                      AvailableMemoryPerRank(recipe_.train, device_, world_.local_size()))));
   FULCRUM_ASSIGN_OR_RETURN(parallel_,
                            BuildParallelRuntime(recipe_.parallel, recipe_.device, config, world_));
   if (world_.is_root()) {
