@@ -2,10 +2,11 @@
 
 namespace fulcrum::metrics {
 
-PhaseTimer::Scope::Scope(PhaseTimer& timer, StepPhase phase) : timer_(timer), phase_(phase) {
-  timer_.SyncDevice();
-  start_ = std::chrono::steady_clock::now();
-}
+// No synchronisation at the start: the step's phases follow each other, so
+// the previous scope's end (or the last step's loss read) already drained
+// the device; one synchronisation per phase, none inside a layer.
+PhaseTimer::Scope::Scope(PhaseTimer& timer, StepPhase phase)
+    : timer_(timer), phase_(phase), start_(std::chrono::steady_clock::now()) {}
 
 PhaseTimer::Scope::~Scope() {
   timer_.SyncDevice();

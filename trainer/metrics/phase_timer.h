@@ -1,9 +1,11 @@
 // Where a training step's time goes, on the host clock: waiting for data,
 // forward, backward, communication left exposed (bucket reductions still
 // running after backward, the loss's all-reduce, pipeline sends, receives and
-// bubble), and the optimizer (gradient clipping included). On CUDA each phase
-// boundary synchronises the device so that the clock sees the kernels: a few
-// synchronisations per step, none inside a layer.
+// bubble), and the optimizer (gradient clipping included). On CUDA the end of
+// each measured phase synchronises the device so that the clock sees the
+// kernels: two per micro-batch (forward, backward) and three per step, none
+// inside a layer. Scopes must follow each other (a scope's start relies on
+// the previous one's synchronisation).
 #pragma once
 
 #include <torch/torch.h>
