@@ -1,38 +1,113 @@
 #include "trainer/models/loss.h"
 
+#include <algorithm>
+
 #include "core/check.h"
 
 namespace fulcrum::models {
 namespace {
 
-struct ShiftedTargets {
-  torch::Tensor logits;  // [B*(T-1), V] fp32
-  torch::Tensor labels;  // [B*(T-1)] int64
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Rows per chunk are chosen so that a chunk's fp32 log-probabilities stay in
+// the cache between the passes made over them (log-softmax, gather, exp,
+// one-hot): the [N, V] logits are then read once and the gradient written
+// once, instead of the ~12 passes over [N, V] buffers of log_softmax +
+// nll_loss and their backward.
+constexpr int64_t kChunkBytes = 1 << 20;
+
+// logits [N, V] (any float dtype), targets [N] int64 with -100 ignored.
+// Writes each row's loss into row_loss [N] fp32 (0 where ignored) and, when
+// `grad` is defined ([N, V], logits' dtype), d(sum of row losses)/d(logits):
+// softmax - onehot on target rows, 0 on ignored ones.
+void ChunkedCrossEntropy(const torch::Tensor& logits, const torch::Tensor& targets,
+                         torch::Tensor& row_loss, torch::Tensor& grad) {
+  const int64_t n = logits.size(0), v = logits.size(1);
+  const torch::Tensor is_target = targets.ne(kIgnoreIndex);       // [N] bool
+  const torch::Tensor valid = is_target.to(torch::kFloat);        // [N]
+  const torch::Tensor index = targets.clamp_min(0).unsqueeze(1);  // [N, 1]
+  const torch::Tensor minus_valid = valid.neg().unsqueeze(1);     // [N, 1]
+  const torch::Tensor zero = torch::zeros({}, row_loss.options());
+  const bool fp32 = logits.scalar_type() == torch::kFloat;
+  const int64_t rows = std::max<int64_t>(1, kChunkBytes / (v * 4));
+  torch::Tensor scratch;  // fp32 log-probabilities when they cannot live in `grad`
+  if (!fp32 || !grad.defined()) {
+    scratch = torch::empty({std::min(rows, n), v}, logits.options().dtype(torch::kFloat));
+  }
+  for (int64_t start = 0; start < n; start += rows) {
+    const int64_t len = std::min(rows, n - start);
+    const torch::Tensor x = logits.narrow(0, start, len);
+    torch::Tensor log_probs =
+        fp32 && grad.defined() ? grad.narrow(0, start, len) : scratch.narrow(0, 0, len);
+    at::_log_softmax_out(log_probs, fp32 ? x : x.to(torch::kFloat), 1, false);
+    const torch::Tensor keep = valid.narrow(0, start, len);
+    const torch::Tensor target_rows = index.narrow(0, start, len);
+    // where, not a multiply by 0: an ignored row's stand-in target may have a
+    // log-probability of -inf.
+    row_loss.narrow(0, start, len)
+        .copy_(torch::where(is_target.narrow(0, start, len),
+                            log_probs.gather(1, target_rows).squeeze(1).neg(), zero));
+    if (!grad.defined()) continue;
+    torch::Tensor probs = log_probs.exp_().mul_(keep.unsqueeze(1));
+    probs.scatter_add_(1, target_rows, minus_valid.narrow(0, start, len));
+    if (!fp32) grad.narrow(0, start, len).copy_(probs);
+  }
+}
+
+// Sum of the per-row losses; its gradient is computed during the forward
+// chunk by chunk and kept instead of the logits (which the caller may then
+// free), so the backward is one multiply, in place.
+class CrossEntropySumFunction : public torch::autograd::Function<CrossEntropySumFunction> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& logits,
+                               const torch::Tensor& targets) {
+    torch::Tensor row_loss = torch::empty({logits.size(0)}, logits.options().dtype(torch::kFloat));
+    torch::Tensor grad = torch::empty_like(logits, torch::MemoryFormat::Contiguous);
+    ChunkedCrossEntropy(logits, targets, row_loss, grad);
+    ctx->saved_data["grad"] = grad;
+    return row_loss.sum();
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    torch::Tensor grad = ctx->saved_data["grad"].toTensor();
+    // The buffer is scaled in place and handed on, so a second backward
+    // through this node (retain_graph) would see it already consumed.
+    FULCRUM_CHECK(grad.defined(), "cross entropy: backward ran twice through one forward");
+    ctx->saved_data["grad"] = torch::Tensor();
+    grad.mul_(grad_outputs[0]);
+    return {grad, torch::Tensor()};
+  }
 };
 
-ShiftedTargets Shift(const torch::Tensor& logits, const torch::Tensor& labels) {
+// logits [B, T, V] -> [B*T, V] (a view); targets [B*T]: labels shifted left by
+// one with -100 in each sequence's last position, so that logits[:, t]
+// predicts labels[:, t+1] without copying the logits.
+torch::Tensor ShiftedTargets(const torch::Tensor& logits, const torch::Tensor& labels) {
   FULCRUM_CHECK(logits.dim() == 3 && labels.dim() == 2 && logits.size(0) == labels.size(0) &&
                     logits.size(1) == labels.size(1),
                 "logits dims ", logits.dim(), " vs labels dims ", labels.dim(),
                 " (need [B,T,V] and [B,T])");
-  const int64_t t = logits.size(1), v = logits.size(2);
-  return ShiftedTargets{logits.narrow(1, 0, t - 1).to(torch::kFloat).reshape({-1, v}),
-                        labels.narrow(1, 1, t - 1).to(logits.device(), torch::kLong).reshape({-1})};
-}
-
-torch::Tensor CrossEntropy(const torch::Tensor& logits, const torch::Tensor& labels,
-                           torch::nn::functional::CrossEntropyFuncOptions::reduction_t reduction) {
-  const ShiftedTargets s = Shift(logits, labels);
-  return torch::nn::functional::cross_entropy(s.logits, s.labels,
-                                              torch::nn::functional::CrossEntropyFuncOptions()
-                                                  .ignore_index(kIgnoreIndex)
-                                                  .reduction(reduction));
+  const torch::Tensor long_labels = labels.to(logits.device(), torch::kLong);
+  const int64_t t = labels.size(1);
+  return torch::cat({long_labels.narrow(1, 1, t - 1),
+                     torch::full({labels.size(0), 1}, kIgnoreIndex, long_labels.options())},
+                    1)
+      .reshape({-1});
 }
 
 }  // namespace
 
 torch::Tensor CrossEntropySum(const torch::Tensor& logits, const torch::Tensor& labels) {
-  return CrossEntropy(logits, labels, torch::kSum);
+  const torch::Tensor targets = ShiftedTargets(logits, labels);
+  const torch::Tensor flat = logits.reshape({-1, logits.size(2)});
+  if (torch::GradMode::is_enabled() && logits.requires_grad()) {
+    return CrossEntropySumFunction::apply(flat, targets);
+  }
+  torch::Tensor row_loss = torch::empty({flat.size(0)}, flat.options().dtype(torch::kFloat));
+  torch::Tensor no_grad;
+  ChunkedCrossEntropy(flat, targets, row_loss, no_grad);
+  return row_loss.sum();
 }
 
 int64_t CountTargets(const torch::Tensor& labels) {
@@ -41,7 +116,10 @@ int64_t CountTargets(const torch::Tensor& labels) {
 }
 
 torch::Tensor CausalLmLoss(const torch::Tensor& logits, const torch::Tensor& labels) {
-  return CrossEntropy(logits, labels, torch::kMean);
+  const torch::Tensor targets =
+      labels.narrow(1, 1, labels.size(1) - 1).ne(kIgnoreIndex).sum().to(torch::kFloat);
+  // 0/0 = NaN without targets, as HF's mean cross entropy gives.
+  return CrossEntropySum(logits, labels) / targets.to(logits.device());
 }
 
 }  // namespace fulcrum::models

@@ -168,15 +168,17 @@ double LayerBackwardBytes(const models::ModelConfig& c, const recipe::Recipe& re
   return bytes;
 }
 
-// The last stage's loss: the final norm and lm_head's input, the logits
-// [N, V/tp] (held until the step's backward is done), and at the peak of
-// the loss's backward three fp32 [N, V/tp] buffers: the log-probabilities,
-// their gradient and the gradient they produce.
+// The last stage's loss: the final norm and lm_head's input, and the logits
+// [N, V/tp]. Without tp the chunked cross entropy (models/loss.cc) writes
+// their gradient, in their dtype, while they are still alive; under tp the
+// vocab-parallel loss holds three fp32 [N, V/tp] buffers at the peak of its
+// backward: the shifted exponents, their gradient and the one they produce.
 double LossBytes(const models::ModelConfig& c, const recipe::Recipe& recipe) {
   const Shape sh = ShapeOf(recipe, "none");
   const double h = static_cast<double>(c.hidden_size);
   const double vocab = static_cast<double>(c.vocab_size) / sh.tp;
   double bytes = sh.Norm(sh.n_norm, h) + (sh.Keeps("lm_head") ? sh.n * h * sh.s : 0.0);
+  if (sh.tp == 1) return bytes + 2 * sh.n * vocab * sh.s;
   return bytes + sh.n * vocab * sh.s + 3 * sh.n * vocab * kFloat;
 }
 

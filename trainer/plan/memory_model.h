@@ -19,9 +19,9 @@
 // SwiGLU saves gate, silu(gate), up and the down projection's input; MoE
 // saves the permuted tokens, each expert's SwiGLU, and the expert outputs the
 // combine weights; MLA its latents, q and the head-expanded k. The peak comes
-// at the start of the last stage's loss backward: the loss's fp32
-// log-probabilities, their gradient and the logits' gradient on top of every
-// in-flight activation (models/loss.cc), or, on other stages, one layer's
+// at the end of the last stage's loss: the logits and their gradient (under
+// tp the vocab-parallel loss's fp32 buffers) on top of every in-flight
+// activation (models/loss.cc), or, on other stages, one layer's
 // backward (recomputed when recompute is on) on top of them.
 #pragma once
 

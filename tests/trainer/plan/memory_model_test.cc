@@ -107,9 +107,9 @@ TEST(MemoryModelTest, StateAndPeakOfOneRankByHand) {
   EXPECT_DOUBLE_EQ(b.lora, 0);
   // Two layers + the rope tables (cos, sin [N, head_dim]).
   EXPECT_DOUBLE_EQ(b.activations, 2 * kLayerFull + 2 * 8 * 4 * 4);
-  // Loss: final norm 512 + lm_head input 256 + logits [8, 32] 1024 + three
-  // fp32 [8, 32] buffers 3072.
-  EXPECT_DOUBLE_EQ(b.loss, 512 + 256 + 1024 + 3072);
+  // Loss: final norm 512 + lm_head input 256 + logits [8, 32] 1024 and their
+  // gradient 1024 (the chunked cross entropy of models/loss.cc).
+  EXPECT_DOUBLE_EQ(b.loss, 512 + 256 + 1024 + 1024);
   EXPECT_DOUBLE_EQ(b.communication, 0);
 
   // dp 2 + ZeRO-1: AdamW state halves; a bucket and the reduce-scatter chunk.
@@ -126,6 +126,15 @@ TEST(MemoryModelTest, StateAndPeakOfOneRankByHand) {
   const MemoryBreakdown h = PlanMemory(c, r, Exact())->worst_stage().bytes;
   EXPECT_DOUBLE_EQ(h.parameters, 1704 * 2);
   EXPECT_DOUBLE_EQ(h.optimizer, 1704 * 12);
+  // Final norm: fp32 input 256 + bf16 output 128; lm_head input 128; bf16
+  // logits [8, 32] 512 and their bf16 gradient 512.
+  EXPECT_DOUBLE_EQ(h.loss, 384 + 128 + 512 + 512);
+
+  // tp 2: the vocab-parallel loss holds logits [8, 16] and three fp32 [8, 16]
+  // buffers.
+  r = Full();
+  r.parallel.tp = 2;
+  EXPECT_DOUBLE_EQ(PlanMemory(c, r, Exact())->worst_stage().bytes.loss, 512 + 256 + 512 + 3 * 512);
 }
 
 TEST(MemoryModelTest, PipelineStagesHoldTheirLayersAndInFlightMicroBatches) {

@@ -1,0 +1,109 @@
+// The chunked cross entropy (models/loss.cc) against log_softmax + nll_loss
+// over the shifted targets: the same loss and logits gradient in fp32 and
+// bf16, across chunk boundaries, with ignored targets, without autograd, and
+// with a -inf logit under an ignored target.
+#include "trainer/models/loss.h"
+
+#include <gtest/gtest.h>
+
+#include <limits>
+
+namespace fulcrum::models {
+namespace {
+
+// Reference sum and gradient (d sum / d logits), computed in fp32.
+struct Reference {
+  double loss;
+  torch::Tensor grad;
+};
+
+Reference ReferenceOf(const torch::Tensor& logits, const torch::Tensor& labels) {
+  torch::Tensor x = logits.detach().to(torch::kFloat).requires_grad_(true);
+  const int64_t t = x.size(1), v = x.size(2);
+  const torch::Tensor loss = torch::nll_loss(
+      torch::log_softmax(x.narrow(1, 0, t - 1).reshape({-1, v}), 1),
+      labels.narrow(1, 1, t - 1).reshape({-1}), {}, at::Reduction::Sum, kIgnoreIndex);
+  loss.backward();
+  return {loss.item<double>(), x.grad()};
+}
+
+// Batch 3 x 13 positions, so that the [39, V] rows span several chunks when
+// V is large (a chunk holds 1 MiB of fp32 rows) and end in a partial one.
+torch::Tensor Labels(int64_t v) {
+  torch::Tensor labels = torch::randint(0, v, {3, 13}, torch::kLong);
+  labels.index_put_({0, 5}, kIgnoreIndex);
+  labels.index_put_({1, torch::indexing::Slice(0, 8)}, kIgnoreIndex);  // a masked prompt
+  labels.index_put_({2, 12}, kIgnoreIndex);
+  return labels;
+}
+
+TEST(ChunkedCrossEntropyTest, MatchesLogSoftmaxNllLossInFp32AcrossChunks) {
+  for (const int64_t v : {7, 50000}) {  // one chunk; 5 rows per chunk
+    SCOPED_TRACE(v);
+    torch::manual_seed(1);
+    const torch::Tensor labels = Labels(v);
+    const torch::Tensor logits = (3 * torch::randn({3, 13, v})).requires_grad_(true);
+    const Reference ref = ReferenceOf(logits, labels);
+    const torch::Tensor loss = CrossEntropySum(logits, labels);
+    EXPECT_EQ(loss.dim(), 0);
+    EXPECT_NEAR(loss.item<double>(), ref.loss, 1e-5 * ref.loss);
+    (loss * 0.5).backward();  // the upstream gradient scales the saved one
+    EXPECT_TRUE(torch::allclose(logits.grad(), ref.grad * 0.5, 1e-5, 1e-7));
+    // Positions whose next label is ignored, and every sequence's last one,
+    // get no gradient at all.
+    EXPECT_TRUE(torch::equal(logits.grad()[0][4], torch::zeros({v})));
+    EXPECT_TRUE(torch::equal(logits.grad()[1][3], torch::zeros({v})));
+    EXPECT_TRUE(torch::equal(logits.grad()[2][12], torch::zeros({v})));
+    EXPECT_NEAR(CausalLmLoss(logits, labels).item<double>(), ref.loss / 27,
+                1e-5);  // 36 shifted, 9 ignored
+  }
+}
+
+TEST(ChunkedCrossEntropyTest, Bf16LogitsGetABf16GradientOfTheFp32Loss) {
+  torch::manual_seed(2);
+  const int64_t v = 40000;
+  const torch::Tensor labels = Labels(v);
+  const torch::Tensor logits = (3 * torch::randn({3, 13, v})).to(torch::kBFloat16);
+  const torch::Tensor leaf = logits.clone().requires_grad_(true);
+  const Reference ref = ReferenceOf(logits, labels);  // of the same bf16 values, in fp32
+  const torch::Tensor loss = CrossEntropySum(leaf, labels);
+  EXPECT_EQ(loss.scalar_type(), torch::kFloat);
+  EXPECT_NEAR(loss.item<double>(), ref.loss, 1e-5 * ref.loss);
+  loss.backward();
+  ASSERT_EQ(leaf.grad().scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(torch::allclose(leaf.grad().to(torch::kFloat), ref.grad, 1e-2, 1e-4));
+}
+
+TEST(ChunkedCrossEntropyTest, WithoutAutogradTheLossIsTheSame) {
+  torch::manual_seed(3);
+  const torch::Tensor labels = Labels(50000);
+  const torch::Tensor logits = torch::randn({3, 13, 50000});
+  const Reference ref = ReferenceOf(logits, labels);
+  torch::NoGradGuard no_grad;
+  const torch::Tensor loss = CrossEntropySum(logits.requires_grad_(true), labels);
+  EXPECT_FALSE(loss.requires_grad());
+  EXPECT_NEAR(loss.item<double>(), ref.loss, 1e-5 * ref.loss);
+}
+
+TEST(ChunkedCrossEntropyTest, AMinusInfinityLogitUnderAnIgnoredTargetStaysFinite) {
+  torch::Tensor logits = torch::randn({1, 3, 5});
+  logits.index_put_({0, 0, 0}, -std::numeric_limits<float>::infinity());
+  const torch::Tensor labels = torch::tensor({int64_t{0}, kIgnoreIndex, int64_t{2}}).view({1, 3});
+  logits.requires_grad_(true);
+  const torch::Tensor loss = CrossEntropySum(logits, labels);
+  EXPECT_TRUE(std::isfinite(loss.item<double>()));
+  loss.backward();
+  EXPECT_TRUE(logits.grad().isfinite().all().item<bool>());
+  EXPECT_NEAR(loss.item<double>(), -torch::log_softmax(logits[0][1], 0)[2].item<double>(), 1e-6);
+}
+
+TEST(ChunkedCrossEntropyTest, ASecondBackwardThroughOneForwardIsRefused) {
+  const torch::Tensor logits = torch::randn({1, 3, 5}).requires_grad_(true);
+  const torch::Tensor loss =
+      CrossEntropySum(logits, torch::tensor({int64_t{1}, int64_t{2}, int64_t{3}}).view({1, 3}));
+  loss.backward({}, /*retain_graph=*/true);
+  EXPECT_DEATH(loss.backward(), "backward ran twice");
+}
+
+}  // namespace
+}  // namespace fulcrum::models
