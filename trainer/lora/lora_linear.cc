@@ -1,6 +1,7 @@
 #include "trainer/lora/lora_linear.h"
 
 #include <cmath>
+#include <vector>
 
 #include "core/check.h"
 
@@ -71,16 +72,24 @@ torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
     if (!has_adapter()) return y;
     // [B, T, r] partial -> reduced, then the replicated B [out, r].
     const torch::Tensor low = reduce(torch::matmul(dropped(x), lora_a_.t()));
-    // Out of place: y may be the output of a communication autograd function.
-    return torch::add(y, torch::matmul(low, lora_b_.t()), scaling_);
+    // Out of place (y may be the output of a communication autograd
+    // function), but still one GEMM accumulating onto a copy of y.
+    const torch::Tensor y2 = y.reshape({-1, y.size(-1)});
+    return torch::addmm(y2, low.reshape({-1, low.size(-1)}), lora_b_.t(), 1, scaling_)
+        .view(y.sizes());
   }
   // kColumn gathers (or copies) the input into the tp region; kNone as is.
   const torch::Tensor x_in =
       sharded() && !parallel_.region_by_caller ? ColumnParallelInput(x, parallel_.tp) : x;
-  torch::Tensor y = torch::nn::functional::linear(x_in, weight, bias);
-  if (!has_adapter()) return y;
-  torch::Tensor h = torch::matmul(torch::matmul(dropped(x_in), lora_a_.t()), lora_b_.t());
-  return y.add_(h, scaling_);
+  if (!has_adapter()) return torch::nn::functional::linear(x_in, weight, bias);
+  // On [N, in] rows, so that B's GEMM accumulates straight into the base
+  // output (beta 1) instead of writing [N, out] and adding it in another pass.
+  const torch::Tensor rows = x_in.reshape({-1, x_in.size(-1)});
+  torch::Tensor y = torch::nn::functional::linear(rows, weight, bias);
+  y.addmm_(torch::mm(dropped(rows), lora_a_.t()), lora_b_.t(), 1, scaling_);
+  std::vector<int64_t> shape = x_in.sizes().vec();
+  shape.back() = y.size(1);
+  return y.view(shape);
 }
 
 torch::Tensor LoraLinearImpl::AdapterDelta(const torch::Tensor& x) {
