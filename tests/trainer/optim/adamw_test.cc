@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <map>
 #include <memory>
 #include <string>
@@ -49,6 +50,40 @@ TEST(AdamWTest, MatchesTorchAdamWInFp32) {
   for (int i = 0; i < 2; ++i) {
     EXPECT_TRUE(torch::allclose(mine[i], ref[i], /*rtol=*/0, /*atol=*/1e-7)) << i;
   }
+}
+
+// On the CPU the update runs over cache-sized slices of each parameter
+// (adamw_update.cc); elementwise, so every bit equals the same ops applied
+// to whole tensors. 600 x 1000 spans three slices and a partial one; the
+// transposed parameter is not contiguous and takes the whole-tensor path.
+TEST(AdamWTest, SlicedUpdateIsBitwiseTheWholeTensorOps) {
+  torch::manual_seed(3);
+  std::vector<torch::Tensor> mine = {torch::randn({600, 1000}), torch::randn({70, 30}).t(),
+                                     torch::randn({7})};
+  std::vector<torch::Tensor> ref, m, v;
+  for (auto& t : mine) {
+    ref.push_back(t.clone());
+    m.push_back(torch::zeros_like(t));
+    v.push_back(torch::zeros_like(t));
+    t.requires_grad_(true);
+  }
+  AdamW opt({{"w", mine[0], true}, {"t", mine[1], true}, {"b", mine[2], false}},
+            AdamWOptions{0.9, 0.95, 1e-8, 0.1});
+  const double lr = 1e-3;
+  for (int step = 1; step <= 3; ++step) {
+    for (size_t i = 0; i < mine.size(); ++i) {
+      const torch::Tensor g = GradFor(step, static_cast<int>(i), mine[i].sizes());
+      mine[i].mutable_grad() = g.clone();
+      if (i < 2) ref[i].mul_(1.0 - lr * 0.1);
+      m[i].mul_(0.9).add_(g, 1.0 - 0.9);
+      v[i].mul_(0.95).addcmul_(g, g, 1.0 - 0.95);
+      const torch::Tensor denom =
+          v[i].sqrt().div_(std::sqrt(1.0 - std::pow(0.95, step))).add_(1e-8);
+      ref[i].addcdiv_(m[i], denom, -lr / (1.0 - std::pow(0.9, step)));
+    }
+    opt.Step(lr);
+  }
+  for (size_t i = 0; i < mine.size(); ++i) EXPECT_TRUE(torch::equal(mine[i], ref[i])) << i;
 }
 
 TEST(AdamWTest, DecayFlagFalseSkipsWeightDecay) {
