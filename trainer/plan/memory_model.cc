@@ -117,11 +117,12 @@ double LatentAttentionBytes(const models::ModelConfig& c, const Shape& sh) {
 }
 
 // SwiGLU over `tokens` rows of width `width` (this rank's share):
-// input, gate, silu(gate), up, down's input.
+// input, gate, up (silu(gate) is recomputed in backward, models/mlp.cc),
+// down's input.
 double SwiGluBytes(const Shape& sh, double hidden, double width, double tokens,
                    const std::string& gate, const std::string& up, const std::string& down,
                    bool input_counted) {
-  double bytes = 3 * tokens * width * sh.s;
+  double bytes = 2 * tokens * width * sh.s;
   if (!input_counted && (sh.Keeps(gate) || sh.Keeps(up))) bytes += tokens * hidden * sh.s;
   if (sh.Keeps(down)) bytes += tokens * width * sh.s;
   return bytes + sh.Low(gate, tokens) + sh.Low(up, tokens) + sh.Low(down, tokens);

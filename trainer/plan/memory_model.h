@@ -16,7 +16,7 @@
 // value; a linear layer saves its input when its weight trains or carries a
 // LoRA adapter (the adapter's A reads it); CPU attention saves q, k, v and the
 // fp32 softmax probabilities [B, H/tp, T, T] (and their bf16 copy in bf16);
-// SwiGLU saves gate, silu(gate), up and the down projection's input; MoE
+// SwiGLU saves gate, up and the down projection's input; MoE
 // saves the permuted tokens, each expert's SwiGLU, and the expert outputs the
 // combine weights; MLA its latents, q and the head-expanded k. The peak comes
 // at the end of the last stage's loss: the logits and their gradient (under

@@ -18,6 +18,7 @@
 #include "trainer/models/attention.h"
 #include "trainer/models/init.h"
 #include "trainer/models/loss.h"
+#include "trainer/models/mlp.h"
 #include "trainer/models/moe_block.h"
 #include "trainer/models/recompute.h"
 #include "trainer/models/rotary.h"
@@ -216,6 +217,31 @@ TEST(InitTest, DeterministicPerSeed) {
   EXPECT_TRUE(torch::equal(pa["model.layers.0.self_attn.q_proj.bias"], torch::zeros({16})));
   const double std = pa["model.layers.0.mlp.up_proj.weight"].std().item<double>();
   EXPECT_NEAR(std, 0.02, 0.005);
+}
+
+// The MLP keeps gate and up only and computes silu(gate) again in backward
+// (models/mlp.cc): output and every gradient bitwise those of autograd over
+// down(silu(gate(x)) * up(x)).
+TEST(MlpTest, SwiGluMatchesAutogradOfTheOpsBitwise) {
+  torch::manual_seed(5);
+  Mlp mlp(16, 24, /*bias=*/false, torch::TensorOptions(), ModelParallel{});
+  for (auto& p : mlp->parameters()) p.data().normal_(0, 0.3);
+  const torch::Tensor x = torch::randn({2, 5, 16}).requires_grad_(true);
+  const torch::Tensor y = mlp->forward(x);
+  const torch::Tensor dy = torch::randn_like(y);
+  y.backward(dy);
+  std::vector<torch::Tensor> grads = {x.grad().clone()};
+  for (auto& p : mlp->parameters()) grads.push_back(p.grad().clone());
+
+  const torch::Tensor x2 = x.detach().clone().requires_grad_(true);
+  for (auto& p : mlp->parameters()) p.mutable_grad() = torch::Tensor();
+  const torch::Tensor y2 =
+      mlp->down_proj->forward(torch::silu(mlp->gate_proj->forward(x2)) * mlp->up_proj->forward(x2));
+  y2.backward(dy);
+  EXPECT_TRUE(torch::equal(y, y2));
+  EXPECT_TRUE(torch::equal(grads[0], x2.grad()));
+  size_t i = 1;
+  for (auto& p : mlp->parameters()) EXPECT_TRUE(torch::equal(grads[i++], p.grad())) << i;
 }
 
 TEST(LossTest, SumMeanAndCount) {

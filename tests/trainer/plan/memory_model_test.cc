@@ -51,8 +51,8 @@ Hardware Node(int64_t ranks, double rate) {
 // f = 16, probs b x H x T x T = 2 x 2 x 4 x 4 = 64 floats:
 //   norms      2 x (fp32 input 64 + normalised 64) floats        = 1024 B
 //   attention  input 64 + q 64 + k 32 + v 32 + probs 64 + o in 64 = 1280 B
-//   mlp        input 64 + gate, silu, up 3 x 128 + down in 128    = 2304 B
-constexpr double kLayerFull = 1024 + 1280 + 2304;
+//   mlp        input 64 + gate, up 2 x 128 + down in 128          = 1792 B
+constexpr double kLayerFull = 1024 + 1280 + 1792;
 
 TEST(MemoryModelTest, ActivationsOfOneLayerByHand) {
   const models::ModelConfig c = Small();
@@ -65,13 +65,13 @@ TEST(MemoryModelTest, ActivationsOfOneLayerByHand) {
   // bf16: 2-byte tensors, fp32 norm inputs and probabilities plus their bf16 copy.
   r.precision.dtype = "bf16";
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0),
-                   2 * (256 + 128) + (128 + 128 + 64 + 64 + 64 * 6 + 128) + (128 + 3 * 256 + 256));
+                   2 * (256 + 128) + (128 + 128 + 64 + 64 + 64 * 6 + 128) + (128 + 2 * 256 + 256));
   // tp 2: heads, kv heads (1 replicated), ffn split; the norms' and the
   // projections' inputs stay whole; sequence parallel splits the norms.
   r = Full();
   r.parallel.tp = 2;
   const double tp2 =
-      1024 + (256 + 8 * (4 + 2 * 4) * 4 + 32 * 4 + 8 * 4 * 4) + (256 + 3 * 256 + 256);
+      1024 + (256 + 8 * (4 + 2 * 4) * 4 + 32 * 4 + 8 * 4 * 4) + (256 + 2 * 256 + 256);
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0), tp2);
   r.parallel.sequence_parallel = true;
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0), tp2 - 512);
@@ -85,9 +85,9 @@ TEST(MemoryModelTest, LoraKeepsTheInputsOfAdaptedLayersOnly) {
   r.finetune.lora.targets = {"q_proj", "v_proj"};
   // Norms: fp32 inputs only (frozen weights). Attention: q/v's input, q, k,
   // v, probs, and the [N, r] intermediates of 2 adapters; o's input is not
-  // kept. MLP: gate, silu, up only.
+  // kept. MLP: gate and up only.
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0),
-                   2 * 256 + (256 + 512 + 256 + 2 * 8 * 2 * 4) + 3 * 512);
+                   2 * 256 + (256 + 512 + 256 + 2 * 8 * 2 * 4) + 2 * 512);
   // Adapters: q [2, 8] + [8, 2], v [2, 8] + [4, 2] per layer.
   EXPECT_DOUBLE_EQ(LayerAdapterParams(c, r, 0), 32 + 24);
 }
@@ -181,10 +181,11 @@ TEST(MemoryModelTest, ExpertsSplitOverEp) {
   // Per layer: attention 192 + norms 16 + router 32 + 2 of 4 experts x 384.
   EXPECT_DOUBLE_EQ(b.parameters, (2 * (192 + 16 + 32 + 2 * 384) + 520) * 4);
   // MoE activations: tokens 64 + router scores 2 x 8 x 4 floats, the 16
-  // dispatched rows in and out (2 x 128), their SwiGLU 4 x 16 x 16.
+  // dispatched rows in and out (2 x 128), their SwiGLU (gate, up, down's
+  // input) 3 x 16 x 16.
   r.parallel.ep = 1;
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0),
-                   1024 + 1280 + (64 + 64 + 2 * 128 + 4 * 256) * 4);
+                   1024 + 1280 + (64 + 64 + 2 * 128 + 3 * 256) * 4);
 }
 
 TEST(StepTimeModelTest, FlopsBubbleAndCommunication) {
