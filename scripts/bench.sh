@@ -6,6 +6,10 @@
 # GEMM peak each rank measures at start (torch::mm 2048^3 with its threads),
 # and peak RSS per rank. Random init from the configs, seq 256, median over the
 # steps after the warm-up ones. Run it on an otherwise idle machine.
+# The machine's speed drifts between runs (here: forward times 1.15-1.45 s
+# and GEMM peaks 165-206 GFLOP/s for the same binary), so
+# FULCRUM_BENCH_REPEATS=N (default 1) runs the whole table N times, the
+# rounds interleaved, and reports each row's median round with the MFU range.
 #   scripts/bench.sh [model...]     models: llama55m llama290m moe (default all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,30 +34,36 @@ declare -A batch=([llama55m]=8 [llama290m]=4 [moe]=8)
 declare -A steps=([llama55m]=9 [llama290m]=6 [moe]=9)
 declare -A warmup=([llama55m]=3 [llama290m]=2 [moe]=3)
 
+repeats=${FULCRUM_BENCH_REPEATS:-1}
+rm -f "$work"/*.jsonl.*
 for model in "${models[@]}"; do
   [ -n "${config[$model]:-}" ] || { echo "bench: unknown model '$model'" >&2; exit 2; }
-  for method in full lora; do
-    for ranks in 1 2; do
-      name=${model}_${method}_${ranks}
-      rm -f "$work/$name.jsonl"
-      global=${batch[$model]}
-      layout=()
-      if [ "$ranks" = 2 ]; then
-        layout=(parallel.dp=2)
-        [ "$model" = moe ] && layout+=(parallel.ep=2)
-        micro=$((global / 2))
-        threads=1
-      else
-        micro=$global
-        threads=2
-      fi
-      echo "bench: $name" >&2
-      OMP_NUM_THREADS=$threads scripts/mpirun.sh "$ranks" build/fulcrum train recipes/bench/step.yaml \
-        model.path= model.config="${config[$model]}" data.path="$work/data.jsonl" \
-        finetune.method=$method batch.global_batch="$global" batch.micro_batch="$micro" \
-        train.steps="${steps[$model]}" logging.metrics_file="$work/$name.jsonl" logging.every=100 \
-        "${layout[@]}" >"$work/$name.log" 2>&1 ||
-        { echo "bench: $name failed, see $work/$name.log" >&2; tail -n 5 "$work/$name.log" >&2; }
+done
+for ((round = 1; round <= repeats; round++)); do
+  for model in "${models[@]}"; do
+    for method in full lora; do
+      for ranks in 1 2; do
+        name=${model}_${method}_${ranks}
+        out=$work/$name.jsonl.$round
+        global=${batch[$model]}
+        layout=()
+        if [ "$ranks" = 2 ]; then
+          layout=(parallel.dp=2)
+          [ "$model" = moe ] && layout+=(parallel.ep=2)
+          micro=$((global / 2))
+          threads=1
+        else
+          micro=$global
+          threads=2
+        fi
+        echo "bench: $name (round $round of $repeats)" >&2
+        OMP_NUM_THREADS=$threads scripts/mpirun.sh "$ranks" build/fulcrum train recipes/bench/step.yaml \
+          model.path= model.config="${config[$model]}" data.path="$work/data.jsonl" \
+          finetune.method=$method batch.global_batch="$global" batch.micro_batch="$micro" \
+          train.steps="${steps[$model]}" logging.metrics_file="$out" logging.every=100 \
+          "${layout[@]}" >"$work/$name.log" 2>&1 ||
+          { echo "bench: $name failed, see $work/$name.log" >&2; tail -n 5 "$work/$name.log" >&2; }
+      done
     done
   done
 done
@@ -64,23 +74,35 @@ work, models = sys.argv[1], sys.argv[2:]
 warmup = {"llama55m": 3, "llama290m": 2, "moe": 3}
 rows = {}
 print(f"{'model':10s} {'method':6s} {'ranks':>5s} {'tokens/s':>9s} {'GFLOP/s/rank':>12s} "
-      f"{'peak/rank':>9s} {'MFU':>6s} {'peak RSS/rank':>13s}")
+      f"{'peak/rank':>9s} {'MFU':>6s} {'peak RSS/rank':>13s} {'rounds':>6s} {'MFU range':>13s}")
+
+def round_figures(path, skip):
+    steps = [r for r in map(json.loads, open(path)) if "tokens_per_second" in r][skip:]
+    if not steps:
+        return None
+    flops = statistics.median(r["flops_per_second_per_rank"] for r in steps)
+    peak = steps[0]["peak_flops_per_rank"]
+    return (statistics.median(r["tokens_per_second"] for r in steps), flops, peak,
+            max(r["peak_rss_bytes"] for r in steps))
+
 for model in models:
     for method in ("full", "lora"):
         for ranks in (1, 2):
-            path = f"{work}/{model}_{method}_{ranks}.jsonl"
-            if not os.path.exists(path):
+            stem = f"{work}/{model}_{method}_{ranks}.jsonl."
+            found = sorted(f for f in os.listdir(work) if f"{work}/{f}".startswith(stem))
+            figures = [x for x in (round_figures(f"{work}/{f}", warmup[model]) for f in found) if x]
+            if not figures:
                 print(f"{model:10s} {method:6s} {ranks:5d}   (failed)")
                 continue
-            steps = [r for r in map(json.loads, open(path)) if "tokens_per_second" in r]
-            steps = steps[warmup[model]:]
-            tps = statistics.median(r["tokens_per_second"] for r in steps)
-            flops = statistics.median(r["flops_per_second_per_rank"] for r in steps)
-            peak = steps[0]["peak_flops_per_rank"]
-            rss = max(r["peak_rss_bytes"] for r in steps)
+            # The round with the median MFU stands for the row.
+            figures.sort(key=lambda x: x[1] / x[2])
+            tps, flops, peak, _ = figures[(len(figures) - 1) // 2]
+            rss = max(x[3] for x in figures)
+            mfus = [x[1] / x[2] for x in figures]
             rows[(model, method, ranks)] = (tps, flops / peak, rss)
             print(f"{model:10s} {method:6s} {ranks:5d} {tps:9.1f} {flops / 1e9:12.1f} "
-                  f"{peak / 1e9:9.1f} {flops / peak:6.1%} {rss / 2**20:9.0f} MiB")
+                  f"{peak / 1e9:9.1f} {flops / peak:6.1%} {rss / 2**20:9.0f} MiB {len(figures):6d} "
+                  f"{min(mfus):6.1%}-{max(mfus):5.1%}")
 print()
 def goal(text, ok):
     print(f"{'met ' if ok else 'MISSED'}  {text}")
