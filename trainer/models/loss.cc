@@ -14,8 +14,10 @@ using torch::autograd::variable_list;
 // the cache between the passes made over them (log-softmax, gather, exp,
 // one-hot): the [N, V] logits are then read once and the gradient written
 // once, instead of the ~12 passes over [N, V] buffers of log_softmax +
-// nll_loss and their backward.
-constexpr int64_t kChunkBytes = 1 << 20;
+// nll_loss and their backward. On CUDA a chunk is a kernel launch per op,
+// so chunks are large there and only bound the fp32 copy of bf16 logits.
+constexpr int64_t kCpuChunkBytes = int64_t{1} << 20;
+constexpr int64_t kCudaChunkBytes = int64_t{256} << 20;
 
 // logits [N, V] (any float dtype), targets [N] int64 with -100 ignored.
 // Writes each row's loss into row_loss [N] fp32 (0 where ignored) and, when
@@ -30,7 +32,8 @@ void ChunkedCrossEntropy(const torch::Tensor& logits, const torch::Tensor& targe
   const torch::Tensor minus_valid = valid.neg().unsqueeze(1);     // [N, 1]
   const torch::Tensor zero = torch::zeros({}, row_loss.options());
   const bool fp32 = logits.scalar_type() == torch::kFloat;
-  const int64_t rows = std::max<int64_t>(1, kChunkBytes / (v * 4));
+  const int64_t chunk_bytes = logits.is_cuda() ? kCudaChunkBytes : kCpuChunkBytes;
+  const int64_t rows = std::max<int64_t>(1, chunk_bytes / (v * 4));
   torch::Tensor scratch;  // fp32 log-probabilities when they cannot live in `grad`
   if (!fp32 || !grad.defined()) {
     scratch = torch::empty({std::min(rows, n), v}, logits.options().dtype(torch::kFloat));
