@@ -3,43 +3,25 @@
 #include <cmath>
 
 #include "core/check.h"
-#include "trainer/models/recompute.h"
+#include "trainer/models/attention_core.h"
 #include "trainer/models/torch_compat.h"
 
 namespace fulcrum::models {
 
 torch::Tensor GroupedAttention(const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v, const torch::Tensor& mask, double scale) {
-  const int64_t b = q.size(0), h = q.size(1), t = q.size(2), d = q.size(3);
-  const int64_t hkv = k.size(1), s = k.size(2);  // s = t without a cache
-  FULCRUM_CHECK(h % hkv == 0, "heads=", h, " kv_heads=", hkv);
-  const int64_t g = h / hkv;
   if (compat::kHasFusedAttention && q.is_cuda()) {
     // The fused kernel wants equal head counts; expand is a view, the reshape
     // copies once (as HF repeat_kv).
+    const int64_t b = q.size(0), h = q.size(1), d = q.size(3);
+    const int64_t hkv = k.size(1), s = k.size(2);  // s = t without a cache
+    FULCRUM_CHECK(h % hkv == 0, "heads=", h, " kv_heads=", hkv);
     const auto repeat = [&](const torch::Tensor& x) {
-      return x.unsqueeze(2).expand({b, hkv, g, s, d}).reshape({b, h, s, d});
+      return x.unsqueeze(2).expand({b, hkv, h / hkv, s, d}).reshape({b, h, s, d});
     };
     return compat::FusedAttention(q, repeat(k), repeat(v), mask, scale);
   }
-  // [B, Hkv, G*T, D]: the G query heads sharing a kv head stacked along time.
-  const torch::Tensor qg = q.reshape({b, hkv, g * t, d});
-  torch::Tensor scores = torch::matmul(qg, k.transpose(-1, -2)) * scale;  // [B, Hkv, G*T, S]
-  scores = scores.view({b, hkv, g, t, s}) + mask.unsqueeze(2);            // mask [B, 1, 1, T, S]
-  const torch::Tensor probs = torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
-  const torch::Tensor out = torch::matmul(probs.view({b, hkv, g * t, s}), v);  // [B, Hkv, G*T, D]
-  return out.view({b, h, t, d});
-}
-
-torch::Tensor RunAttentionCore(AttentionCore core, bool recompute, const torch::Tensor& q,
-                               const torch::Tensor& k, const torch::Tensor& v,
-                               const torch::Tensor& mask, double scale) {
-  if (!recompute || (compat::kHasFusedAttention && q.is_cuda())) return core(q, k, v, mask, scale);
-  RecomputedRegion region;
-  region.fn = [core, scale](const std::vector<torch::Tensor>& in, ForwardPass) {
-    return core(in[0], in[1], in[2], in[3], scale);
-  };
-  return RunRecomputed(region, {q, k, v, mask});
+  return EagerAttention(q, k, v, mask, scale);
 }
 
 AttentionImpl::AttentionImpl(const ModelConfig& config, const torch::TensorOptions& options,
@@ -94,7 +76,6 @@ torch::Tensor AttentionImpl::Output(const torch::Tensor& attended) {
 }
 
 void AttentionImpl::SetRecompute(bool recompute) {
-  recompute_ = recompute;
   if (q_norm) q_norm->SetRecompute(recompute);
   if (k_norm) k_norm->SetRecompute(recompute);
 }
@@ -103,7 +84,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const RopeCosSin& r
                                      const torch::Tensor& mask) {
   const Projected p = Project(x, rope);
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
-  return Output(RunAttentionCore(GroupedAttention, recompute_, p.q, p.k, p.v, mask, scale));
+  return Output(GroupedAttention(p.q, p.k, p.v, mask, scale));
 }
 
 torch::Tensor AttentionImpl::ForwardCached(const torch::Tensor& x, const RopeCosSin& rope,

@@ -16,26 +16,11 @@ namespace fulcrum::models {
 
 // q [B, H, T, D], k/v [B, Hkv, S, D], mask [B, 1, T, S] additive -> [B, H, T, D].
 // S = T in training; with a KV cache S = past + T (the queries are the last T
-// positions). H = Hkv * G: query head h uses kv head h / G (HF repeat_kv),
-// computed grouped ([B, Hkv, G*T, D] x [B, Hkv, D, S]) without materialising
-// repeated k/v.
-// Scores in the input dtype, softmax in fp32 (HF eager).
+// positions). H = Hkv * G: query head h uses kv head h / G (HF repeat_kv).
+// The fused kernel on CUDA (LibTorch >= 2.1), EagerAttention elsewhere; neither
+// keeps the [B, H, T, S] probabilities for backward.
 torch::Tensor GroupedAttention(const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v, const torch::Tensor& mask, double scale);
-
-// An attention core: q, k, v, mask, scale -> attended (GroupedAttention,
-// MLA's latent attention).
-using AttentionCore = torch::Tensor (*)(const torch::Tensor& q, const torch::Tensor& k,
-                                        const torch::Tensor& v, const torch::Tensor& mask,
-                                        double scale);
-
-// core(q, k, v, mask, scale). With `recompute` (train.recompute: selective)
-// a training forward keeps only q, k, v and the mask for backward, which
-// recomputes the scores and probabilities ([B, H, T, S] each) there. The
-// fused kernel (CUDA, LibTorch >= 2.1) keeps no probabilities: it runs as is.
-torch::Tensor RunAttentionCore(AttentionCore core, bool recompute, const torch::Tensor& q,
-                               const torch::Tensor& k, const torch::Tensor& v,
-                               const torch::Tensor& mask, double scale);
 
 class AttentionImpl : public torch::nn::Module {
  public:
@@ -52,7 +37,8 @@ class AttentionImpl : public torch::nn::Module {
   torch::Tensor ForwardCached(const torch::Tensor& x, const RopeCosSin& rope,
                               const torch::Tensor& mask, generate::KvCache& cache,
                               int64_t layer_index);
-  // train.recompute: selective (the core and the q/k norms; see recompute.h).
+  // train.recompute: selective (the q/k norms; see recompute.h). The
+  // attention core keeps no probabilities, so it has nothing to recompute.
   void SetRecompute(bool recompute);
 
   // Shapes unsharded; under tp H -> H/tp, Hkv -> this rank's kv heads.
@@ -77,7 +63,6 @@ class AttentionImpl : public torch::nn::Module {
   int64_t num_heads_;     // on this rank
   int64_t num_kv_heads_;  // on this rank
   int64_t head_dim_;
-  bool recompute_ = false;
 };
 TORCH_MODULE(Attention);
 

@@ -34,7 +34,7 @@ class DecoderLayerImpl : public torch::nn::Module {
                               int64_t layer_index);
   // train.recompute: full makes training forwards keep only x and recompute
   // the whole layer in backward (random draws replayed); selective passes
-  // to the attention core and the norms (recompute.h).
+  // to the norms (recompute.h).
   void SetRecompute(Recompute mode);
 
   // Exactly one attention, registered as "self_attn" either way.

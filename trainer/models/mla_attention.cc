@@ -6,6 +6,7 @@
 #include "core/check.h"
 #include "parallel/tensor/tp_ops.h"
 #include "trainer/models/attention.h"
+#include "trainer/models/attention_core.h"
 #include "trainer/models/torch_compat.h"
 
 namespace fulcrum::models {
@@ -17,15 +18,13 @@ constexpr double kLatentNormEps = 1e-6;
 
 // q, k [B, H, T|S, Dqk], v [B, H, S, Dv], mask [B, 1, T, S] additive ->
 // [B, H, T, Dv]. Eager as HF: scores in the input dtype, softmax in fp32.
-// (GroupedAttention assumes one head width for q, k and v.)
+// (GroupedAttention's fused path assumes one head width for q, k and v.)
 torch::Tensor LatentAttention(const torch::Tensor& q, const torch::Tensor& k,
                               const torch::Tensor& v, const torch::Tensor& mask, double scale) {
   if (compat::kHasFusedAttention && q.is_cuda()) {
     return compat::FusedAttention(q, k, v, mask, scale);  // SDPA allows Dv != Dqk
   }
-  const torch::Tensor scores = torch::matmul(q, k.transpose(-1, -2)) * scale + mask;  // [B,H,T,S]
-  const torch::Tensor probs = torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
-  return torch::matmul(probs, v);
+  return EagerAttention(q, k, v, mask, scale);
 }
 
 // The shape of x with its last dim D split into [D/2, 2] (the rope pairs).
@@ -154,7 +153,6 @@ torch::Tensor MlaAttentionImpl::Output(const torch::Tensor& attended) {
 }
 
 void MlaAttentionImpl::SetRecompute(bool recompute) {
-  recompute_ = recompute;
   if (q_a_layernorm) q_a_layernorm->SetRecompute(recompute);
   kv_a_layernorm->SetRecompute(recompute);
 }
@@ -162,7 +160,7 @@ void MlaAttentionImpl::SetRecompute(bool recompute) {
 torch::Tensor MlaAttentionImpl::forward(const torch::Tensor& x, const RopeCosSin& rope,
                                         const torch::Tensor& mask) {
   const Projected p = Project(x, rope);
-  return Output(RunAttentionCore(LatentAttention, recompute_, p.q, p.k, p.v, mask, scale_));
+  return Output(LatentAttention(p.q, p.k, p.v, mask, scale_));
 }
 
 torch::Tensor MlaAttentionImpl::ForwardCached(const torch::Tensor& x, const RopeCosSin& rope,

@@ -43,7 +43,8 @@ class MlaAttentionImpl : public torch::nn::Module {
   torch::Tensor ForwardCached(const torch::Tensor& x, const RopeCosSin& rope,
                               const torch::Tensor& mask, generate::KvCache& cache,
                               int64_t layer_index);
-  // train.recompute: selective (the core and the latent norms; see recompute.h).
+  // train.recompute: selective (the latent norms; see recompute.h; the core keeps no
+  // probabilities).
   void SetRecompute(bool recompute);
 
   lora::LoraLinear q_proj{nullptr};              // [H * qk_head, hidden] when q_lora_rank == 0
@@ -68,7 +69,6 @@ class MlaAttentionImpl : public torch::nn::Module {
   parallel::tensor::TensorParallel tp_;
   int64_t num_heads_;  // on this rank
   double scale_;
-  bool recompute_ = false;
 };
 TORCH_MODULE(MlaAttention);
 

@@ -3,9 +3,9 @@
 // with autograd and back-propagates through the recomputed graph.
 //
 //   none       every activation is kept for backward
-//   selective  the attention core (scores and probabilities, [B, H, T, S]
-//              each) and the RMSNorm intermediates are recomputed; the
-//              linear layers keep their activations
+//   selective  the RMSNorm intermediates are recomputed; the linear layers
+//              keep their activations (the attention core keeps no
+//              probabilities in any mode: models/attention_core.h)
 //   full       each decoder layer keeps only its input and is recomputed
 //
 // Defines: Recompute, ParseRecompute, ForwardPass, RecomputedRegion.

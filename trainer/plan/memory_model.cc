@@ -50,12 +50,9 @@ struct Shape {
     if (selective) return tokens * width * s;
     return tokens * width * kFloat + (full ? tokens * width * s : 0.0);
   }
-  // Softmax probabilities of `heads` heads: fp32, plus the dtype copy the
-  // value matmul reads when it is not fp32. Recomputed under selective.
-  double Probs(double heads) const {
-    if (selective) return 0.0;
-    return b * heads * t * t * (kFloat + (s < kFloat ? s : 0.0));
-  }
+  // Each score row's fp32 max and 1 / sum: the attention core's backward
+  // recomputes the probabilities from them (models/attention_core.h).
+  double RowStatistics(double heads) const { return 2 * b * heads * t * kFloat; }
 };
 
 Shape ShapeOf(const recipe::Recipe& recipe, const std::string& recompute) {
@@ -80,7 +77,8 @@ Shape ShapeOf(const recipe::Recipe& recipe, const std::string& recompute) {
   return sh;
 }
 
-// GQA attention: projections' input, q/k/v after rope, probabilities, o's input.
+// GQA attention: projections' input, q/k/v after rope, the rows' softmax statistics,
+// o's input.
 double DenseAttentionBytes(const models::ModelConfig& c, const Shape& sh) {
   const double h = static_cast<double>(c.hidden_size), d = static_cast<double>(c.head_dim);
   const double heads = static_cast<double>(c.num_heads) / sh.tp;
@@ -88,7 +86,7 @@ double DenseAttentionBytes(const models::ModelConfig& c, const Shape& sh) {
   const double q = heads * d, kv = kv_heads * d;
   double bytes =
       sh.Keeps("q_proj") || sh.Keeps("k_proj") || sh.Keeps("v_proj") ? sh.n * h * sh.s : 0.0;
-  bytes += sh.n * (q + 2 * kv) * sh.s + sh.Probs(heads);
+  bytes += sh.n * (q + 2 * kv) * sh.s + sh.RowStatistics(heads);
   if (sh.Keeps("o_proj")) bytes += sh.n * q * sh.s;
   for (const char* name : {"q_proj", "k_proj", "v_proj", "o_proj"}) bytes += sh.Low(name, sh.n);
   if (c.qk_norm) bytes += sh.Norm(sh.n * (heads + kv_heads), d);
@@ -96,7 +94,7 @@ double DenseAttentionBytes(const models::ModelConfig& c, const Shape& sh) {
 }
 
 // Latent attention: the tokens, the latents and their norms, q, the
-// head-expanded k, v, probabilities, o's input.
+// head-expanded k, v, the rows' softmax statistics, o's input.
 double LatentAttentionBytes(const models::ModelConfig& c, const Shape& sh) {
   const models::MlaConfig& m = c.mla;
   const double h = static_cast<double>(c.hidden_size);
@@ -109,7 +107,7 @@ double LatentAttentionBytes(const models::ModelConfig& c, const Shape& sh) {
     bytes += sh.Norm(sh.n, q_rank) + sh.n * q_rank * sh.s + sh.Low("q_b_proj", sh.n);
   }
   bytes += sh.Norm(sh.n, kv_rank) + sh.n * kv_rank * sh.s;
-  bytes += sh.n * heads * (2 * qk + 2 * v) * sh.s + sh.Probs(heads);
+  bytes += sh.n * heads * (2 * qk + 2 * v) * sh.s + sh.RowStatistics(heads);
   for (const char* name : {"q_proj", "q_a_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"}) {
     bytes += sh.Low(name, sh.n);
   }
@@ -153,7 +151,7 @@ double MoeBytes(const models::ModelConfig& c, const Shape& sh) {
 }
 
 // What `layer`'s backward allocates beyond the saved activations: the
-// probabilities' and scores' gradients (fp32), and the MLP's widest
+// recomputed probabilities and their gradient (fp32), and the MLP's widest
 // gradient; recomputed regions rebuild their activations first.
 double LayerBackwardBytes(const models::ModelConfig& c, const recipe::Recipe& recipe,
                           const std::string& recompute, int64_t layer) {
@@ -165,7 +163,6 @@ double LayerBackwardBytes(const models::ModelConfig& c, const recipe::Recipe& re
           : static_cast<double>(c.intermediate_size);
   double bytes = 2 * sh.b * heads * sh.t * sh.t * kFloat + 2 * sh.n * width / sh.tp * sh.s;
   if (recompute == "full") bytes += ActivationBytes(c, recipe, "none", layer);
-  if (recompute == "selective") bytes += sh.Probs(heads);
   return bytes;
 }
 

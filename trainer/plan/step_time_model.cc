@@ -25,14 +25,15 @@ double Bandwidth(const Hardware& hw, int64_t span) {
   return span <= hw.ranks_per_node ? hw.intra_node_bytes_per_s : hw.inter_node_bytes_per_s;
 }
 
-// Forward FLOPs per token that recomputation repeats: a whole layer's
-// forward (full) or the attention core's two matmuls (selective).
+// Forward FLOPs per token that recomputation repeats: the scores' matmul in
+// every mode (the attention core recomputes its probabilities in backward,
+// models/attention_core.h), plus a whole layer's forward (full). Selective
+// recomputes only RMSNorms, which are not counted.
 double RecomputeFlopsPerToken(const metrics::FlopsModel& m, const models::ModelConfig& config,
                               const std::string& recompute, int64_t seq_len) {
   const double attention = 2.0 * 2.0 * static_cast<double>(seq_len) *
                            static_cast<double>(m.head_dim * m.num_heads * m.num_layers);
-  if (recompute == "selective") return attention;
-  if (recompute != "full") return 0.0;
+  if (recompute != "full") return attention / 2;
   // The layers' matmuls (not lm_head) once more.
   const double lm_head = static_cast<double>(config.vocab_size * config.hidden_size);
   const double matmul =

@@ -110,8 +110,9 @@ struct TrainSection {
   // saved); skip drops the update, counts and logs it, and trains on.
   std::string on_nonfinite = "abort";
   // Activation recomputation (models/recompute.h): none keeps every
-  // activation for backward; selective recomputes the attention core
-  // (scores, probabilities) and the RMSNorm intermediates in backward; full
+  // activation for backward; selective recomputes the RMSNorm
+  // intermediates in backward (the attention core never keeps its
+  // probabilities: models/attention_core.h); full
   // keeps only each decoder layer's input and recomputes the layer.
   std::string recompute = "none";
   // GiB of memory each rank may use: `train` checks the layout's predicted

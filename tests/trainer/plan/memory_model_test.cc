@@ -48,30 +48,31 @@ Hardware Node(int64_t ranks, double rate) {
 }
 
 // Per layer, one micro-batch, fp32 (x4 bytes), N = 8, h = 8, q = 8, kv = 4,
-// f = 16, probs b x H x T x T = 2 x 2 x 4 x 4 = 64 floats:
-//   norms      2 x (fp32 input 64 + normalised 64) floats        = 1024 B
-//   attention  input 64 + q 64 + k 32 + v 32 + probs 64 + o in 64 = 1280 B
+// f = 16, the rows' softmax max and 1 / sum 2 x b x H x T = 32 floats (no
+// probabilities, models/attention_core.h):
+//   norms      2 x (fp32 input 64 + normalised 64) floats      = 1024 B
+//   attention  input 64 + q 64 + k 32 + v 32 + rows 32 + o in 64 = 1152 B
 //   mlp        input 64 + gate, up 2 x 128 + down in 128          = 1792 B
-constexpr double kLayerFull = 1024 + 1280 + 1792;
+constexpr double kLayerFull = 1024 + 1152 + 1792;
 
 TEST(MemoryModelTest, ActivationsOfOneLayerByHand) {
   const models::ModelConfig c = Small();
   recipe::Recipe r = Full();
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0), kLayerFull);
-  // selective: norms keep their input only (2 x 64 floats), no probabilities.
-  EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "selective", 0), kLayerFull - 2 * 256 - 256);
+  // selective: norms keep their input only (2 x 64 floats).
+  EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "selective", 0), kLayerFull - 2 * 256);
   // full: the layer's input [N, h].
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "full", 0), 8 * 8 * 4);
-  // bf16: 2-byte tensors, fp32 norm inputs and probabilities plus their bf16 copy.
+  // bf16: 2-byte tensors, fp32 norm inputs and softmax statistics.
   r.precision.dtype = "bf16";
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0),
-                   2 * (256 + 128) + (128 + 128 + 64 + 64 + 64 * 6 + 128) + (128 + 2 * 256 + 256));
+                   2 * (256 + 128) + (128 + 128 + 64 + 64 + 128 + 128) + (128 + 2 * 256 + 256));
   // tp 2: heads, kv heads (1 replicated), ffn split; the norms' and the
   // projections' inputs stay whole; sequence parallel splits the norms.
   r = Full();
   r.parallel.tp = 2;
   const double tp2 =
-      1024 + (256 + 8 * (4 + 2 * 4) * 4 + 32 * 4 + 8 * 4 * 4) + (256 + 2 * 256 + 256);
+      1024 + (256 + 8 * (4 + 2 * 4) * 4 + 16 * 4 + 8 * 4 * 4) + (256 + 2 * 256 + 256);
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0), tp2);
   r.parallel.sequence_parallel = true;
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0), tp2 - 512);
@@ -84,10 +85,10 @@ TEST(MemoryModelTest, LoraKeepsTheInputsOfAdaptedLayersOnly) {
   r.finetune.lora.rank = 2;
   r.finetune.lora.targets = {"q_proj", "v_proj"};
   // Norms: fp32 inputs only (frozen weights). Attention: q/v's input, q, k,
-  // v, probs, and the [N, r] intermediates of 2 adapters; o's input is not
-  // kept. MLP: gate and up only.
+  // v, the softmax statistics, and the [N, r] intermediates of 2 adapters; o's
+  // input is not kept. MLP: gate and up only.
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0),
-                   2 * 256 + (256 + 512 + 256 + 2 * 8 * 2 * 4) + 2 * 512);
+                   2 * 256 + (256 + 512 + 128 + 2 * 8 * 2 * 4) + 2 * 512);
   // Adapters: q [2, 8] + [8, 2], v [2, 8] + [4, 2] per layer.
   EXPECT_DOUBLE_EQ(LayerAdapterParams(c, r, 0), 32 + 24);
 }
@@ -185,18 +186,20 @@ TEST(MemoryModelTest, ExpertsSplitOverEp) {
   // input) 3 x 16 x 16.
   r.parallel.ep = 1;
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0),
-                   1024 + 1280 + (64 + 64 + 2 * 128 + 3 * 256) * 4);
+                   1024 + 1152 + (64 + 64 + 2 * 128 + 3 * 256) * 4);
 }
 
 TEST(StepTimeModelTest, FlopsBubbleAndCommunication) {
   const models::ModelConfig c = Small();
   recipe::Recipe r = Full();
   // Matmul weights: 2 x 576 + lm_head 256 = 1408, 6 FLOPs each per token,
-  // attention 12 x T x head_dim x heads x layers = 12 x 4 x 4 x 2 x 2.
+  // attention 12 x T x head_dim x heads x layers = 12 x 4 x 4 x 2 x 2, and
+  // its scores' matmul again in backward (models/attention_core.h):
+  // 2 x T x head_dim x heads x layers.
   Hardware hw = Node(1, 1e6);
   hw.efficiency = 0.5;
   StepTime t = *EstimateStepTime(c, r, hw);
-  EXPECT_DOUBLE_EQ(t.flops_per_token, 6 * 1408 + 12 * 4 * 4 * 2 * 2);
+  EXPECT_DOUBLE_EQ(t.flops_per_token, 6 * 1408 + 12 * 4 * 4 * 2 * 2 + 2 * 4 * 4 * 2 * 2);
   EXPECT_DOUBLE_EQ(t.compute_s, t.flops_per_token * 16 / 0.5e6);
   EXPECT_DOUBLE_EQ(t.tokens_per_s, 16 / t.step_s);
   // dp 2: a ring all-reduce of the 1704 fp32 gradients, half the compute each.
