@@ -5,7 +5,9 @@
 # thread each): tokens/s, achieved model FLOP/s per rank, MFU against the fp32
 # GEMM peak each rank measures at start (torch::mm 2048^3 with its threads),
 # and peak RSS per rank. Random init from the configs, seq 256, median over the
-# steps after the warm-up ones. Run it on an otherwise idle machine.
+# steps after the warm-up ones. The ~290M Llama also runs in bf16 on 1 rank
+# (bf16 parameters and activations, fp32 master weights; MFU against the
+# bf16 GEMM peak). Run it on an otherwise idle machine.
 # The machine's speed drifts between runs (here: forward times 1.15-1.45 s
 # and GEMM peaks 165-206 GFLOP/s for the same binary), so
 # FULCRUM_BENCH_REPEATS=N (default 1) runs the whole table N times, the
@@ -41,29 +43,31 @@ for model in "${models[@]}"; do
 done
 for ((round = 1; round <= repeats; round++)); do
   for model in "${models[@]}"; do
-    for method in full lora; do
-      for ranks in 1 2; do
-        name=${model}_${method}_${ranks}
-        out=$work/$name.jsonl.$round
-        global=${batch[$model]}
-        layout=()
-        if [ "$ranks" = 2 ]; then
-          layout=(parallel.dp=2)
-          [ "$model" = moe ] && layout+=(parallel.ep=2)
-          micro=$((global / 2))
-          threads=1
-        else
-          micro=$global
-          threads=2
-        fi
-        echo "bench: $name (round $round of $repeats)" >&2
-        OMP_NUM_THREADS=$threads scripts/mpirun.sh "$ranks" build/fulcrum train recipes/bench/step.yaml \
-          model.path= model.config="${config[$model]}" data.path="$work/data.jsonl" \
-          finetune.method=$method batch.global_batch="$global" batch.micro_batch="$micro" \
-          train.steps="${steps[$model]}" logging.metrics_file="$out" logging.every=100 \
-          "${layout[@]}" >"$work/$name.log" 2>&1 ||
-          { echo "bench: $name failed, see $work/$name.log" >&2; tail -n 5 "$work/$name.log" >&2; }
-      done
+    runs=("full 1 fp32" "full 2 fp32" "lora 1 fp32" "lora 2 fp32")
+    [ "$model" = llama290m ] && runs+=("full 1 bf16" "lora 1 bf16")
+    for run in "${runs[@]}"; do
+      read -r method ranks dtype <<<"$run"
+      name=${model}_${method}_${ranks}_${dtype}
+      out=$work/$name.jsonl.$round
+      global=${batch[$model]}
+      layout=()
+      if [ "$ranks" = 2 ]; then
+        layout=(parallel.dp=2)
+        [ "$model" = moe ] && layout+=(parallel.ep=2)
+        micro=$((global / 2))
+        threads=1
+      else
+        micro=$global
+        threads=2
+      fi
+      echo "bench: $name (round $round of $repeats)" >&2
+      OMP_NUM_THREADS=$threads scripts/mpirun.sh "$ranks" build/fulcrum train recipes/bench/step.yaml \
+        model.path= model.config="${config[$model]}" data.path="$work/data.jsonl" \
+        finetune.method=$method precision.dtype="$dtype" batch.global_batch="$global" \
+        batch.micro_batch="$micro" \
+        train.steps="${steps[$model]}" logging.metrics_file="$out" logging.every=100 \
+        "${layout[@]}" >"$work/$name.log" 2>&1 ||
+        { echo "bench: $name failed, see $work/$name.log" >&2; tail -n 5 "$work/$name.log" >&2; }
     done
   done
 done
@@ -73,7 +77,7 @@ import json, os, statistics, sys
 work, models = sys.argv[1], sys.argv[2:]
 warmup = {"llama55m": 3, "llama290m": 2, "moe": 3}
 rows = {}
-print(f"{'model':10s} {'method':6s} {'ranks':>5s} {'tokens/s':>9s} {'GFLOP/s/rank':>12s} "
+print(f"{'model':10s} {'method':6s} {'ranks':>5s} {'dtype':5s} {'tokens/s':>9s} {'GFLOP/s/rank':>12s} "
       f"{'peak/rank':>9s} {'MFU':>6s} {'peak RSS/rank':>13s} {'rounds':>6s} {'MFU range':>13s}")
 
 def round_figures(path, skip):
@@ -85,36 +89,40 @@ def round_figures(path, skip):
     return (statistics.median(r["tokens_per_second"] for r in steps), flops, peak,
             max(r["peak_rss_bytes"] for r in steps))
 
+runs = [("full", 1, "fp32"), ("full", 2, "fp32"), ("lora", 1, "fp32"), ("lora", 2, "fp32")]
 for model in models:
-    for method in ("full", "lora"):
-        for ranks in (1, 2):
-            stem = f"{work}/{model}_{method}_{ranks}.jsonl."
-            found = sorted(f for f in os.listdir(work) if f"{work}/{f}".startswith(stem))
-            figures = [x for x in (round_figures(f"{work}/{f}", warmup[model]) for f in found) if x]
-            if not figures:
-                print(f"{model:10s} {method:6s} {ranks:5d}   (failed)")
-                continue
-            # The round with the median MFU stands for the row.
-            figures.sort(key=lambda x: x[1] / x[2])
-            tps, flops, peak, _ = figures[(len(figures) - 1) // 2]
-            rss = max(x[3] for x in figures)
-            mfus = [x[1] / x[2] for x in figures]
-            rows[(model, method, ranks)] = (tps, flops / peak, rss)
-            print(f"{model:10s} {method:6s} {ranks:5d} {tps:9.1f} {flops / 1e9:12.1f} "
-                  f"{peak / 1e9:9.1f} {flops / peak:6.1%} {rss / 2**20:9.0f} MiB {len(figures):6d} "
-                  f"{min(mfus):6.1%}-{max(mfus):5.1%}")
+    for method, ranks, dtype in runs + ([("full", 1, "bf16"), ("lora", 1, "bf16")]
+                                    if model == "llama290m" else []):
+        stem = f"{work}/{model}_{method}_{ranks}_{dtype}.jsonl."
+        found = sorted(f for f in os.listdir(work) if f"{work}/{f}".startswith(stem))
+        figures = [x for x in (round_figures(f"{work}/{f}", warmup[model]) for f in found) if x]
+        if not figures:
+            print(f"{model:10s} {method:6s} {ranks:5d} {dtype:5s}   (failed)")
+            continue
+        # The round with the median MFU stands for the row.
+        figures.sort(key=lambda x: x[1] / x[2])
+        tps, flops, peak, _ = figures[(len(figures) - 1) // 2]
+        rss = max(x[3] for x in figures)
+        mfus = [x[1] / x[2] for x in figures]
+        rows[(model, method, ranks, dtype)] = (tps, flops / peak, rss)
+        print(f"{model:10s} {method:6s} {ranks:5d} {dtype:5s} {tps:9.1f} {flops / 1e9:12.1f} "
+              f"{peak / 1e9:9.1f} {flops / peak:6.1%} {rss / 2**20:9.0f} MiB {len(figures):6d} "
+              f"{min(mfus):6.1%}-{max(mfus):5.1%}")
 print()
 def goal(text, ok):
     print(f"{'met ' if ok else 'MISSED'}  {text}")
-if ("llama55m", "full", 1) in rows:
-    mfu = rows[("llama55m", "full", 1)][1]
+if ("llama55m", "full", 1, "fp32") in rows:
+    mfu = rows[("llama55m", "full", 1, "fp32")][1]
     goal(f"55M full fine-tuning at >= 75% of the fp32 GEMM peak: {mfu:.1%} "
          "(HF transformers on PyTorch 2.6: 57%)", mfu >= 0.75)
-if ("llama290m", "full", 1) in rows:
-    mfu = rows[("llama290m", "full", 1)][1]
+if ("llama290m", "full", 1, "fp32") in rows:
+    mfu = rows[("llama290m", "full", 1, "fp32")][1]
     goal(f"290M full fine-tuning at >= 80% of the fp32 GEMM peak: {mfu:.1%}", mfu >= 0.80)
-    if ("llama290m", "lora", 1) in rows:
-        full, lora = rows[("llama290m", "full", 1)], rows[("llama290m", "lora", 1)]
-        goal(f"290M LoRA >= 1.4x full tokens/s: {lora[0] / full[0]:.2f}x", lora[0] / full[0] >= 1.4)
-        goal(f"290M LoRA peak memory <= 40% of full: {lora[2] / full[2]:.0%}", lora[2] / full[2] <= 0.4)
+for dtype in ("fp32", "bf16"):
+    if ("llama290m", "full", 1, dtype) in rows and ("llama290m", "lora", 1, dtype) in rows:
+        full, lora = rows[("llama290m", "full", 1, dtype)], rows[("llama290m", "lora", 1, dtype)]
+        goal(f"290M LoRA >= 1.4x full tokens/s, {dtype}: {lora[0] / full[0]:.2f}x",
+             lora[0] / full[0] >= 1.4)
+        goal(f"290M LoRA peak memory <= 40% of full, {dtype}: {lora[2] / full[2]:.0%}",
+             lora[2] / full[2] <= 0.4)
 PY

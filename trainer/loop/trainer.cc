@@ -83,10 +83,10 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const recipe::Recipe& r
       "tokens)",
       trainer->flops_per_token_ / 1e9, flops_model.trainable_matmul_params,
       flops_model.frozen_matmul_params, recipe.batch.seq_len));
-  // MFU against the GEMM peak of the training's dtype on a GPU (bf16 tensor
-  // cores); on the CPU against fp32, whose kernels are the fast ones there.
-  const torch::ScalarType gemm_dtype =
-      trainer->device_.is_cuda() ? ParamDtype(recipe.precision) : torch::kFloat;
+  // MFU against the GEMM peak of the training's dtype: bf16 runs on tensor
+  // cores on a GPU, and on CPUs with AVX512-BF16/AMX at 2x or more fp32's
+  // rate (where bf16 is emulated its peak is low, and so is the MFU's base).
+  const torch::ScalarType gemm_dtype = ParamDtype(recipe.precision);
   trainer->peak_flops_ = recipe.logging.peak_flops > 0
                              ? recipe.logging.peak_flops
                              : metrics::MeasureGemmFlops(trainer->device_, gemm_dtype);
