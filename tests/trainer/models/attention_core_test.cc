@@ -61,12 +61,12 @@ void ExpectClose(const Result& got, const Result& want, double tolerance) {
 void ExpectMatchesEagerGraph(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                              const torch::Tensor& mask, double scale) {
   const torch::Tensor weights = torch::randn({q.size(0), q.size(1), q.size(2), v.size(3)});
-  const Result got = Differentiate(
-      [&](auto& a, auto& c, auto& e) { return EagerAttention(a, c, e, mask, scale); }, q, k, v,
-      weights);
-  const Result want = Differentiate(
-      [&](auto& a, auto& c, auto& e) { return EagerReference(a, c, e, mask, scale); }, q, k, v,
-      weights);
+  const Result got =
+      Differentiate([&](auto& a, auto& c, auto& e) { return EagerAttention(a, c, e, mask, scale); },
+                    q, k, v, weights);
+  const Result want =
+      Differentiate([&](auto& a, auto& c, auto& e) { return EagerReference(a, c, e, mask, scale); },
+                    q, k, v, weights);
   ExpectClose(got, want, 1e-5);
   EXPECT_TRUE(torch::isfinite(got.dq).all().item<bool>());
 }
