@@ -50,7 +50,6 @@ class ProbabilityFreeAttention : public torch::autograd::Function<ProbabilityFre
     const torch::Tensor inv_sum = probs.amax(-1, /*keepdim=*/true);
     ctx->save_for_backward({qg, k, v, mask, row_max, inv_sum});
     ctx->saved_data["scale"] = scale;
-    ctx->saved_data["heads"] = q.size(1);
     const torch::Tensor out = torch::matmul(probs.to(q.scalar_type()), v);  // [B, Hkv, G*T, Dv]
     return out.view({q.size(0), q.size(1), q.size(2), v.size(3)});
   }
@@ -60,7 +59,6 @@ class ProbabilityFreeAttention : public torch::autograd::Function<ProbabilityFre
     const torch::Tensor &qg = saved[0], &k = saved[1], &v = saved[2], &mask = saved[3],
                         &row_max = saved[4], &inv_sum = saved[5];
     const double scale = ctx->saved_data["scale"].toDouble();
-    const int64_t heads = ctx->saved_data["heads"].toInt();
     const torch::ScalarType dtype = qg.scalar_type();
     const torch::Tensor grad_out = grad_outputs[0];  // [B, H, T, Dv]
     const torch::Tensor dog = Grouped(grad_out, k.size(1));
@@ -75,8 +73,7 @@ class ProbabilityFreeAttention : public torch::autograd::Function<ProbabilityFre
     ds = ds.to(dtype).mul_(scale);
     const torch::Tensor dqg = torch::matmul(ds, k);                    // [B, Hkv, G*T, Dqk]
     const torch::Tensor dk = torch::matmul(ds.transpose(-1, -2), qg);  // [B, Hkv, S, Dqk]
-    const int64_t t = grad_out.size(2);
-    const torch::Tensor dq = dqg.view({qg.size(0), heads, t, qg.size(3)});
+    const torch::Tensor dq = dqg.view({qg.size(0), grad_out.size(1), grad_out.size(2), qg.size(3)});
     return {dq, dk, dv, torch::Tensor(), torch::Tensor()};
   }
 };
