@@ -138,6 +138,12 @@ ModelConfig SmallMixtral() {
 TEST(MoeBalanceTest, BlockAddsItsBalanceLossInTrainingOnly) {
   torch::manual_seed(11);
   MoeBlock block(SmallMixtral(), torch::TensorOptions());
+  {
+    // The block's parameters start uninitialised (torch::empty): without
+    // values of its own the test read whatever the heap held (flaky).
+    torch::NoGradGuard no_grad;
+    for (auto& p : block->parameters()) p.copy_(torch::randn_like(p) * 0.4);
+  }
   const torch::Tensor x = torch::randn({2, 5, 16});
   const torch::Tensor g = torch::randn({2, 5, 16});
   const MoeBalanceOptions options = Options(AuxLoss::kSequence, 0.3, 0.01);
