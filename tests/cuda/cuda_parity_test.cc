@@ -13,6 +13,7 @@
 #include "trainer/models/attention.h"
 #include "trainer/models/attention_mask.h"
 #include "trainer/models/causal_lm.h"
+#include "trainer/models/concurrent_branch.h"
 #include "trainer/models/init.h"
 #include "trainer/models/loss.h"
 #include "trainer/models/model_config.h"
@@ -187,6 +188,28 @@ TEST(CudaParityTest, GroupedAttentionFusedEqualsFallbackWithPackedMask) {
   EXPECT_LE(MaxRelativeDiff(fused.cpu().masked_fill(real.logical_not(), 0),
                             fallback.masked_fill(real.logical_not(), 0)),
             1e-5);
+}
+
+// MoeBlock's shared expert runs this way: on a side stream, joined by
+// events. The result and its gradients are those of the plain expression.
+TEST(CudaParityTest, ConcurrentBranchRunsOnASideStreamWithTheSameNumbers) {
+  ASSERT_TRUE(torch::cuda::is_available()) << "this test needs a CUDA device";
+  torch::manual_seed(4);
+  const torch::Device cuda(torch::kCUDA, 0);
+  const torch::Tensor w = torch::randn({256, 256}, torch::device(cuda).requires_grad(true));
+  const torch::Tensor x = torch::randn({512, 256}, torch::device(cuda).requires_grad(true));
+  const torch::Tensor h = x * 3;  // produced on the current stream just before the branch
+  ConcurrentBranch branch({h}, [&] { return torch::silu(h.matmul(w)).matmul(w.t()); });
+  EXPECT_TRUE(branch.on_side_stream());
+  const torch::Tensor routed = torch::tanh(h.matmul(w.t()));
+  const torch::Tensor loss = (routed + branch.Join()).pow(2).mean();
+  const auto grads = torch::autograd::grad({loss}, {x, w}, {}, /*retain_graph=*/true);
+
+  const torch::Tensor plain_loss = (routed + torch::silu(h.matmul(w)).matmul(w.t())).pow(2).mean();
+  const auto want = torch::autograd::grad({plain_loss}, {x, w});
+  EXPECT_LE(MaxRelativeDiff(loss, plain_loss), 1e-6);
+  EXPECT_LE(MaxRelativeDiff(grads[0], want[0]), 1e-6);
+  EXPECT_LE(MaxRelativeDiff(grads[1], want[1]), 1e-6);
 }
 
 TEST(CudaParityTest, LlamaPackedBatchMatchesCpu) { ExpectCudaMatchesCpu(TinyLlama()); }

@@ -1,11 +1,14 @@
 #include "trainer/models/moe_block.h"
 
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "core/check.h"
 #include "parallel/expert/token_permutation.h"
 #include "parallel/tensor/tp_ops.h"
+#include "trainer/models/concurrent_branch.h"
 #include "trainer/models/expert_capacity.h"
 
 namespace fulcrum::models {
@@ -103,6 +106,20 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x, ForwardPass pass) {
     return tp ? parallel::tensor::CopyToTpRegion(t, *tp_.group) : t;
   };
   const torch::Tensor expert_in = into_region(flat);
+  // The shared expert needs no routing: it starts first, and on a GPU runs
+  // on a side stream while the tokens are routed, exchanged, through the
+  // routed experts and back (ConcurrentBranch).
+  std::optional<ConcurrentBranch> shared_branch;
+  if (shared) {
+    shared_branch.emplace(std::vector<torch::Tensor>{flat, expert_in}, [&] {
+      torch::Tensor out = shared->forward(expert_in);  // [N, hidden]
+      if (shared_expert_gate) {
+        // Qwen2-MoE: a per-token sigmoid gate [N, 1] on the shared output.
+        out = torch::sigmoid(into_region(shared_expert_gate->forward(flat))) * out;
+      }
+      return out;
+    });
+  }
   const Routing routing = gate->forward(flat);
   // Once per micro-batch: a recomputation repeats none of the bookkeeping.
   const bool count = is_training() && pass != ForwardPass::kRecompute;
@@ -154,14 +171,7 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x, ForwardPass pass) {
   const torch::Tensor expert_out = torch::cat(outputs, 0);  // [rows received, hidden]
   torch::Tensor y = dispatcher_.Combine(expert_out, dispatched.handle).to(x.dtype());
 
-  if (shared) {
-    torch::Tensor shared_out = shared->forward(expert_in);  // [N, hidden]
-    if (shared_expert_gate) {
-      // Qwen2-MoE: a per-token sigmoid gate [N, 1] on the shared expert.
-      shared_out = torch::sigmoid(into_region(shared_expert_gate->forward(flat))) * shared_out;
-    }
-    y = y + shared_out;
-  }
+  if (shared_branch) y = y + shared_branch->Join();
   y = y.view(tokens.sizes());
   if (tp) {
     y = tp_.sequence_parallel ? parallel::tensor::ReduceScatterToSpRegion(y, *tp_.group)
