@@ -105,9 +105,11 @@ PackedBatch MakeBatch(int64_t vocab) {
   return b;
 }
 
+// As the trainer passes a batch (loop/forward_inputs.h): ids and positions
+// on the device, the padding mask and document ids on the host.
 ForwardInputs On(const PackedBatch& b, const torch::Device& device) {
-  return ForwardInputs(b.input_ids.to(device), b.attention_mask.to(device),
-                       b.position_ids.to(device), b.document_ids.to(device));
+  return ForwardInputs(b.input_ids.to(device), b.attention_mask, b.position_ids.to(device),
+                       b.document_ids);
 }
 
 // A model on `device` holding exactly `source`'s values, in `dtype`.
@@ -128,13 +130,25 @@ double MaxRelativeDiff(const torch::Tensor& got, const torch::Tensor& want) {
   return (g - w).abs().max().item<double>() / std::max(1.0, w.abs().max().item<double>());
 }
 
-void ExpectCudaMatchesCpu(const ModelConfig& config) {
+// Two full rows of one document each: the causal triangle is the whole mask.
+PackedBatch MakeCausalOnlyBatch(int64_t vocab) {
+  const int64_t t = 24;
+  torch::manual_seed(8);
+  PackedBatch b;
+  b.input_ids = torch::randint(3, vocab, {2, t}, torch::kLong);
+  b.document_ids = torch::zeros({2, t}, torch::kLong);
+  b.attention_mask = torch::ones({2, t}, torch::kLong);
+  b.position_ids = torch::arange(t, torch::kLong).expand({2, t}).contiguous();
+  b.labels = b.input_ids.clone();
+  return b;
+}
+
+void ExpectCudaMatchesCpu(const ModelConfig& config, const PackedBatch& batch) {
   ASSERT_TRUE(torch::cuda::is_available()) << "this test needs a CUDA device";
   CausalLM cpu(config, torch::TensorOptions().dtype(torch::kFloat));
   InitializeWeights(*cpu, /*seed=*/3);
   const torch::Device cuda(torch::kCUDA, 0);
   CausalLM gpu = CopyTo(cpu, config, cuda, torch::kFloat);
-  const PackedBatch batch = MakeBatch(config.vocab_size);
 
   const torch::Tensor logits_cpu = cpu->forward(On(batch, torch::kCPU));
   const torch::Tensor logits_gpu = gpu->forward(On(batch, cuda));
@@ -212,9 +226,26 @@ TEST(CudaParityTest, ConcurrentBranchRunsOnASideStreamWithTheSameNumbers) {
   EXPECT_LE(MaxRelativeDiff(grads[1], want[1]), 1e-6);
 }
 
-TEST(CudaParityTest, LlamaPackedBatchMatchesCpu) { ExpectCudaMatchesCpu(TinyLlama()); }
+TEST(CudaParityTest, LlamaPackedBatchMatchesCpu) {
+  ExpectCudaMatchesCpu(TinyLlama(), MakeBatch(TinyLlama().vocab_size));
+}
 
-TEST(CudaParityTest, DeepSeekMlaMoePackedBatchMatchesCpu) { ExpectCudaMatchesCpu(TinyDeepSeek()); }
+TEST(CudaParityTest, DeepSeekMlaMoePackedBatchMatchesCpu) {
+  ExpectCudaMatchesCpu(TinyDeepSeek(), MakeBatch(TinyDeepSeek().vocab_size));
+}
+
+// A causal-only batch goes to the fused kernel without a mask (is_causal:
+// flash), GQA and MLA alike, and still gives the CPU's numbers.
+TEST(CudaParityTest, CausalOnlyBatchRunsMaskFreeAndMatchesCpu) {
+  ASSERT_TRUE(torch::cuda::is_available()) << "this test needs a CUDA device";
+  for (const ModelConfig& config : {TinyLlama(), TinyDeepSeek()}) {
+    const PackedBatch batch = MakeCausalOnlyBatch(config.vocab_size);
+    CausalLM gpu(config, torch::TensorOptions().device(torch::kCUDA, 0));
+    EXPECT_FALSE(
+        gpu->model->PrepareLayerInputs(On(batch, torch::Device(torch::kCUDA, 0))).mask.defined());
+    ExpectCudaMatchesCpu(config, batch);
+  }
+}
 
 TEST(CudaParityTest, Bf16LossIsNearFp32) {
   ASSERT_TRUE(torch::cuda::is_available()) << "this test needs a CUDA device";

@@ -5,6 +5,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/check.h"
+#include "trainer/loop/forward_inputs.h"
 #include "trainer/models/parallel_layout.h"
 
 namespace fulcrum::loop {
@@ -64,17 +65,7 @@ models::ForwardInputs CausalLmStage::InputsOf(int micro_batch) const {
   FULCRUM_CHECK(micro_batches_ != nullptr && micro_batch >= 0 &&
                     micro_batch < static_cast<int>(micro_batches_->size()),
                 "micro-batch ", micro_batch, " of a step without it");
-  const data::MicroBatch& micro = (*micro_batches_)[static_cast<size_t>(micro_batch)];
-  // Asynchronous from pinned batches (PrefetchingLoader pins them on CUDA).
-  auto on_device = [this](const torch::Tensor& t) {
-    return t.defined() ? t.to(torch::TensorOptions().device(device_), /*non_blocking=*/true) : t;
-  };
-  models::ForwardInputs inputs;
-  inputs.input_ids = on_device(micro.input_ids);
-  inputs.attention_mask = on_device(micro.attention_mask);
-  inputs.position_ids = on_device(micro.position_ids);
-  inputs.document_ids = on_device(micro.document_ids);
-  return inputs;
+  return ForwardInputsOn((*micro_batches_)[static_cast<size_t>(micro_batch)], device_);
 }
 
 torch::Tensor CausalLmStage::Forward(int chunk, int micro_batch, const torch::Tensor& input) {

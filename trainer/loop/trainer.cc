@@ -10,6 +10,7 @@
 #include "core/status.h"
 #include "trainer/checkpoint/sharded_checkpoint.h"
 #include "trainer/loop/checkpoint_state.h"
+#include "trainer/loop/forward_inputs.h"
 #include "trainer/metrics/device_memory.h"
 #include "trainer/metrics/memory.h"
 #include "trainer/models/loss.h"
@@ -204,14 +205,7 @@ torch::Tensor Trainer::ForwardBackward(const data::StepBatch& batch, double deno
   torch::Tensor loss_sum =
       torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat).device(device_));
   for (const data::MicroBatch& micro : batch.micro_batches) {
-    const auto on_device = [&](const torch::Tensor& t) {
-      return t.to(torch::TensorOptions().device(device_), /*non_blocking=*/true);
-    };
-    models::ForwardInputs inputs;
-    inputs.input_ids = on_device(micro.input_ids);
-    inputs.attention_mask = on_device(micro.attention_mask);
-    inputs.position_ids = on_device(micro.position_ids);
-    inputs.document_ids = on_device(micro.document_ids);
+    const models::ForwardInputs inputs = ForwardInputsOn(micro, device_);
     if (overlap_dp_reduction_ && &micro == &batch.micro_batches.back()) {
       buckets_->ArmForLastBackward();
     }
@@ -219,7 +213,9 @@ torch::Tensor Trainer::ForwardBackward(const data::StepBatch& batch, double deno
     {
       const auto measured = timer_.Measure(metrics::StepPhase::kForward);
       const torch::Tensor logits = built_.model->forward(inputs);
-      micro_loss = models::TrainingLossSum(*built_.model, logits, on_device(micro.labels));
+      micro_loss = models::TrainingLossSum(
+          *built_.model, logits,
+          micro.labels.to(torch::TensorOptions().device(device_), /*non_blocking=*/true));
     }
     {
       const auto measured = timer_.Measure(metrics::StepPhase::kBackward);

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_format.h"
 #include "parallel/pipeline/forward_only.h"
+#include "trainer/loop/forward_inputs.h"
 #include "trainer/loop/trainer.h"
 #include "trainer/models/loss.h"
 
@@ -77,12 +78,7 @@ double Trainer::Evaluate() {
       batch = StackRows(validation_rows_, 0, 1);
       batch.labels.fill_(-100);
     }
-    models::ForwardInputs inputs;
-    inputs.input_ids = batch.input_ids.to(device_);
-    inputs.attention_mask = batch.attention_mask.to(device_);
-    inputs.position_ids = batch.position_ids.to(device_);
-    inputs.document_ids = batch.document_ids.to(device_);
-    const torch::Tensor logits = built_.model->forward(inputs);
+    const torch::Tensor logits = built_.model->forward(ForwardInputsOn(batch, device_));
     loss_sum += models::TrainingLossSum(*built_.model, logits, batch.labels.to(device_))
                     .to(torch::kCPU, torch::kDouble);
   }

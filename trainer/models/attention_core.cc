@@ -84,6 +84,8 @@ torch::Tensor EagerAttention(const torch::Tensor& q, const torch::Tensor& k, con
                              const torch::Tensor& mask, double scale) {
   const bool differentiable = torch::GradMode::is_enabled() &&
                               (q.requires_grad() || k.requires_grad() || v.requires_grad());
+  // An undefined mask (causal only) is for the fused kernels alone.
+  FULCRUM_CHECK(mask.defined(), "the eager attention needs its additive mask");
   FULCRUM_CHECK(!mask.requires_grad(), "the attention mask is not differentiable here");
   if (differentiable) return ProbabilityFreeAttention::apply(q, k, v, mask, scale);
   // Inference and generation: nothing is kept, so the plain graph.

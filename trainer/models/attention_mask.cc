@@ -12,10 +12,11 @@ torch::Tensor BuildAttentionMask(int64_t batch, int64_t seq_len, const torch::Te
   torch::Tensor allowed =
       torch::ones({seq_len, seq_len}, bool_options).tril().view({1, 1, seq_len, seq_len});
   if (key_valid.defined()) {
-    allowed = allowed.logical_and(key_valid.to(device).ne(0).view({batch, 1, 1, seq_len}));
+    allowed = allowed.logical_and(
+        key_valid.to(device, /*non_blocking=*/true).ne(0).view({batch, 1, 1, seq_len}));
   }
   if (document_ids.defined()) {
-    const torch::Tensor docs = document_ids.to(device);
+    const torch::Tensor docs = document_ids.to(device, /*non_blocking=*/true);
     allowed = allowed.logical_and(
         docs.view({batch, 1, seq_len, 1}).eq(docs.view({batch, 1, 1, seq_len})));
   }
@@ -26,6 +27,19 @@ torch::Tensor BuildAttentionMask(int64_t batch, int64_t seq_len, const torch::Te
   });
   return torch::zeros({batch, 1, seq_len, seq_len}, options)
       .masked_fill_(allowed.logical_not(), lowest);
+}
+
+bool IsCausalOnly(const torch::Tensor& key_valid, const torch::Tensor& document_ids) {
+  if (key_valid.defined() &&
+      (!key_valid.device().is_cpu() || !key_valid.ne(0).all().item<bool>())) {
+    return false;
+  }
+  if (document_ids.defined()) {
+    if (!document_ids.device().is_cpu() || document_ids.dim() != 2) return false;
+    const torch::Tensor first = document_ids.narrow(1, 0, 1);
+    if (!document_ids.eq(first).all().item<bool>()) return false;
+  }
+  return true;
 }
 
 }  // namespace fulcrum::models

@@ -15,4 +15,12 @@ torch::Tensor BuildAttentionMask(int64_t batch, int64_t seq_len, const torch::Te
                                  const torch::Tensor& document_ids, torch::ScalarType dtype,
                                  const torch::Device& device);
 
+// Whether the mask of a batch is the causal triangle alone: no padding
+// (key_valid undefined or all real) and one document per row (document_ids
+// undefined or constant along each row). Reads host tensors only: a device
+// tensor answers false rather than synchronising with the device. On CUDA the
+// model then passes no mask and the fused attention runs its causal
+// (flash) kernel.
+bool IsCausalOnly(const torch::Tensor& key_valid, const torch::Tensor& document_ids);
+
 }  // namespace fulcrum::models

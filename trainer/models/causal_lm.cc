@@ -6,6 +6,7 @@
 #include "parallel/tensor/parallel_layers.h"
 #include "trainer/models/attention_mask.h"
 #include "trainer/models/rotary.h"
+#include "trainer/models/torch_compat.h"
 
 namespace fulcrum::models {
 
@@ -96,10 +97,15 @@ LayerInputs DecoderStackImpl::PrepareLayerInputs(const ForwardInputs& inputs) {
         torch::arange(t, torch::TensorOptions().dtype(torch::kLong).device(device)).expand({b, t});
   }
   // Built once per forward (or chunk), shared by every layer: no per-layer
-  // mask or host sync.
+  // mask or host sync. A causal-only batch on CUDA needs none: the fused
+  // attention's causal kernel (flash) takes no mask.
+  const bool mask_free = compat::kHasFusedAttention && device.is_cuda() &&
+                         IsCausalOnly(inputs.attention_mask, inputs.document_ids);
   return LayerInputs{
       ComputeRopeCosSin(inv_freq_, position_ids.to(device), dtype, rope_attention_factor_),
-      BuildAttentionMask(b, t, inputs.attention_mask, inputs.document_ids, dtype, device)};
+      mask_free
+          ? torch::Tensor()
+          : BuildAttentionMask(b, t, inputs.attention_mask, inputs.document_ids, dtype, device)};
 }
 
 torch::Tensor DecoderStackImpl::RunLayers(torch::Tensor h, int64_t first, int64_t count,

@@ -78,8 +78,10 @@ TORCH_MODULE(LayerStack);
 // The rope tables and the attention mask of one micro-batch, shared by every
 // layer of a forward (or of a pipeline chunk).
 struct LayerInputs {
-  RopeCosSin rope;     // [B, 1, T, D]
-  torch::Tensor mask;  // [B, 1, T, T] additive, param dtype
+  RopeCosSin rope;  // [B, 1, T, D]
+  // [B, 1, T, T] additive, param dtype; undefined on CUDA for a causal-only
+  // batch (IsCausalOnly): the fused attention then runs is_causal.
+  torch::Tensor mask;
 };
 
 // HF's `model.` prefix: everything but the lm_head. On a pipeline stage

@@ -12,10 +12,15 @@ namespace fulcrum::models::compat {
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
 inline constexpr bool kHasFusedAttention = true;
 // q, k, v [B, H, T, D] (kv already repeated to H heads), additive mask
-// [B, 1, T, T] -> [B, H, T, D].
+// [B, 1, T, T] -> [B, H, T, D]. An undefined mask means causal only: no mask
+// tensor and is_causal, which the flash kernel takes (it takes no mask).
 inline torch::Tensor FusedAttention(const torch::Tensor& q, const torch::Tensor& k,
                                     const torch::Tensor& v, const torch::Tensor& mask,
                                     double scale) {
+  if (!mask.defined()) {
+    return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0,
+                                            /*is_causal=*/true, scale);
+  }
   return at::scaled_dot_product_attention(q, k, v, mask, /*dropout_p=*/0.0, /*is_causal=*/false,
                                           scale);
 }
