@@ -10,7 +10,7 @@ namespace fulcrum::models {
 
 torch::Tensor GroupedAttention(const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v, const torch::Tensor& mask, double scale) {
-  if (compat::kHasFusedAttention && q.is_cuda()) {
+  if (compat::RunsFusedAttention(q.device())) {
     // The fused kernel wants equal head counts; expand is a view, the reshape
     // copies once (as HF repeat_kv).
     const int64_t b = q.size(0), h = q.size(1), d = q.size(3);

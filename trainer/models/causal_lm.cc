@@ -99,7 +99,7 @@ LayerInputs DecoderStackImpl::PrepareLayerInputs(const ForwardInputs& inputs) {
   // Built once per forward (or chunk), shared by every layer: no per-layer
   // mask or host sync. A causal-only batch on CUDA needs none: the fused
   // attention's causal kernel (flash) takes no mask.
-  const bool mask_free = compat::kHasFusedAttention && device.is_cuda() &&
+  const bool mask_free = compat::RunsFusedAttention(device) &&
                          IsCausalOnly(inputs.attention_mask, inputs.document_ids);
   return LayerInputs{
       ComputeRopeCosSin(inv_freq_, position_ids.to(device), dtype, rope_attention_factor_),

@@ -21,7 +21,7 @@ constexpr double kLatentNormEps = 1e-6;
 // (GroupedAttention's fused path assumes one head width for q, k and v.)
 torch::Tensor LatentAttention(const torch::Tensor& q, const torch::Tensor& k,
                               const torch::Tensor& v, const torch::Tensor& mask, double scale) {
-  if (compat::kHasFusedAttention && q.is_cuda()) {
+  if (compat::RunsFusedAttention(q.device())) {
     return compat::FusedAttention(q, k, v, mask, scale);  // SDPA allows Dv != Dqk
   }
   return EagerAttention(q, k, v, mask, scale);

@@ -32,4 +32,11 @@ inline torch::Tensor FusedAttention(const torch::Tensor& q, const torch::Tensor&
 }
 #endif
 
+// Whether attention on `device` goes through FusedAttention: the one test
+// the attention cores dispatch on and the mask builder relies on (it passes
+// no mask for a causal-only batch only where the fused kernel runs).
+inline bool RunsFusedAttention(const torch::Device& device) {
+  return kHasFusedAttention && device.is_cuda();
+}
+
 }  // namespace fulcrum::models::compat
