@@ -26,9 +26,9 @@ LoraLinearImpl::LoraLinearImpl(int64_t in_features, int64_t out_features, bool h
   if (sharded() && parallel_.shard == LinearShard::kColumn) out = local_range().length;
   if (sharded() && parallel_.shard == LinearShard::kRow) in = local_range().length;
   weight = register_parameter("weight", torch::empty({out, in}, options));
-  FULCRUM_CHECK(!(has_bias && sharded() && parallel_.shard == LinearShard::kRow &&
-                  parallel_.region_by_caller),
-                "a row-parallel bias on a partial sum would be added tp times");
+  FULCRUM_CHECK(
+      !(has_bias && sharded() && parallel_.shard == LinearShard::kRow && parallel_.output_partial),
+      "a row-parallel bias on a partial sum would be added tp times");
   if (has_bias) bias = register_parameter("bias", torch::empty({out}, options));
 }
 
@@ -58,36 +58,31 @@ torch::Tensor LoraLinearImpl::LocalLoraB(const torch::Tensor& full_b) const {
 }
 
 torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
-  const auto dropped = [&](const torch::Tensor& in) {
-    return dropout_ > 0.0 ? torch::dropout(in, dropout_, is_training()) : in;
-  };
   if (sharded() && parallel_.shard == LinearShard::kRow) {
-    // x [B, T, in/tp]: partial sums, reduced (scattered to sequence shards
-    // under sp) unless the caller reduces.
-    const auto reduce = [&](const torch::Tensor& partial) {
-      return parallel_.region_by_caller ? partial : RowParallelOutput(partial, parallel_.tp);
-    };
-    torch::Tensor y = reduce(torch::nn::functional::linear(x, weight));
+    // x [B, T, in/tp]: this rank's partial sum (the adapter's included, so
+    // one blocking collective per layer), reduced (scattered to sequence
+    // shards under sp) unless the caller reduces.
+    const torch::Tensor partial = Product(x, /*bias=*/{});
+    torch::Tensor y = parallel_.output_partial ? partial : RowParallelOutput(partial, parallel_.tp);
     if (bias.defined()) y = y + bias;
-    if (!has_adapter()) return y;
-    // [B, T, r] partial -> reduced, then the replicated B [out, r].
-    const torch::Tensor low = reduce(torch::matmul(dropped(x), lora_a_.t()));
-    // Out of place (y may be the output of a communication autograd
-    // function), but still one GEMM accumulating onto a copy of y.
-    const torch::Tensor y2 = y.reshape({-1, y.size(-1)});
-    return torch::addmm(y2, low.reshape({-1, low.size(-1)}), lora_b_.t(), 1, scaling_)
-        .view(y.sizes());
+    return y;
   }
   // kColumn gathers (or copies) the input into the tp region; kNone as is.
   const torch::Tensor x_in =
-      sharded() && !parallel_.region_by_caller ? ColumnParallelInput(x, parallel_.tp) : x;
-  if (!has_adapter()) return torch::nn::functional::linear(x_in, weight, bias);
+      sharded() && !parallel_.input_in_region ? ColumnParallelInput(x, parallel_.tp) : x;
+  return Product(x_in, bias);
+}
+
+torch::Tensor LoraLinearImpl::Product(const torch::Tensor& x, const torch::Tensor& b) {
+  if (!has_adapter()) return torch::nn::functional::linear(x, weight, b);
   // On [N, in] rows, so that B's GEMM accumulates straight into the base
   // output (beta 1) instead of writing [N, out] and adding it in another pass.
-  const torch::Tensor rows = x_in.reshape({-1, x_in.size(-1)});
-  torch::Tensor y = torch::nn::functional::linear(rows, weight, bias);
-  y.addmm_(torch::mm(dropped(rows), lora_a_.t()), lora_b_.t(), 1, scaling_);
-  std::vector<int64_t> shape = x_in.sizes().vec();
+  const torch::Tensor rows = x.reshape({-1, x.size(-1)});
+  const torch::Tensor dropped =
+      dropout_ > 0.0 ? torch::dropout(rows, dropout_, is_training()) : rows;
+  torch::Tensor y = torch::nn::functional::linear(rows, weight, b);
+  y.addmm_(torch::mm(dropped, lora_a_.t()), lora_b_.t(), 1, scaling_);
+  std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = y.size(1);
   return y.view(shape);
 }

@@ -11,8 +11,10 @@
 //            with x_in = ColumnParallelInput(x); A [r, in] replicated, B_r
 //            [out_r, r] sharded by output.
 //   kRow     W_r [out, in/tp], b [out] replicated:
-//            y = RowParallelOutput(x_r W_r^T) + b + s B(RowParallelOutput(A_r(drop(x_r))))
-//            with A_r [r, in/tp] sharded by input, B [out, r] replicated.
+//            y = RowParallelOutput(x_r W_r^T + s B(A_r(drop(x_r)))) + b
+//            with A_r [r, in/tp] sharded by input, B [out, r] replicated: B is
+//            linear, so the adapter's partial product joins the base's
+//            before the one reduction (B's gradient is then a partial sum).
 // No full-size adapter product is gathered in either role.
 #pragma once
 
@@ -32,12 +34,14 @@ struct LinearParallel {
   // length 0 = EvenShard(out, tp rank, tp size). Attention's kv projections
   // set it when one kv head is replicated on several tp ranks.
   parallel::tensor::ShardRange out_rows;
-  // The caller manages the tp region, for many layers at once (a MoE block's
-  // experts): kColumn takes x as already inside it (no copy or gather; the
-  // caller sums the input gradient) and kRow returns this rank's partial sum
-  // (the caller reduces it; no bias then, and the replicated lora_B's
-  // gradient is a partial sum too).
-  bool region_by_caller = false;
+  // kColumn: x is already inside the tp region (copied, or gathered under
+  // sp): the caller entered it once for the layers that share an input
+  // (attention's q/k/v, the MLP's gate/up, a MoE block's experts), so their
+  // input gradients add up locally before one reduction instead of one each.
+  bool input_in_region = false;
+  // kRow: return this rank's partial sum; the caller reduces it, once for
+  // many layers (a MoE block's experts). No bias then.
+  bool output_partial = false;
 };
 
 struct LoraSpec {
@@ -116,6 +120,10 @@ class LoraLinearImpl : public torch::nn::Module {
   torch::Tensor lora_b() const { return lora_b_; }  // [out, r] (kColumn [out_r, r])
 
  private:
+  // x W^T + b + scaling B A dropout(x) with this rank's shards, before any
+  // reduction.
+  torch::Tensor Product(const torch::Tensor& x, const torch::Tensor& b);
+
   int64_t in_features_;
   int64_t out_features_;
   LinearParallel parallel_;

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/check.h"
+#include "parallel/tensor/tensor_parallel.h"
 #include "trainer/models/attention_core.h"
 #include "trainer/models/torch_compat.h"
 
@@ -32,14 +33,20 @@ AttentionImpl::AttentionImpl(const ModelConfig& config, const torch::TensorOptio
   num_kv_heads_ = heads.num_kv_heads;
   const int64_t hidden = config.hidden_size, d = head_dim_;
   const int64_t q_out = config.num_heads * d, kv_out = config.num_kv_heads * d;
-  lora::LinearParallel kv = ProjectionParallel("k_proj", parallel);
+  // q, k and v share one entry into the tp region (Project).
+  const auto column = [&](const char* name) {
+    lora::LinearParallel out = ProjectionParallel(name, parallel);
+    out.input_in_region = true;
+    return out;
+  };
+  lora::LinearParallel kv = column("k_proj");
   // Explicit rows: with kv replication they are not an even split of kv_out.
   kv.out_rows = fulcrum::parallel::tensor::ShardRange{heads.first_kv_head * d, num_kv_heads_ * d};
-  lora::LinearParallel v = ProjectionParallel("v_proj", parallel);
+  lora::LinearParallel v = column("v_proj");
   v.out_rows = kv.out_rows;
   // Registration order = HF parameter order (q, k, v, o, q_norm, k_norm).
-  q_proj = register_module("q_proj", lora::LoraLinear(hidden, q_out, config.attention_bias, options,
-                                                      ProjectionParallel("q_proj", parallel)));
+  q_proj = register_module(
+      "q_proj", lora::LoraLinear(hidden, q_out, config.attention_bias, options, column("q_proj")));
   k_proj = register_module("k_proj",
                            lora::LoraLinear(hidden, kv_out, config.attention_bias, options, kv));
   v_proj = register_module("v_proj",
@@ -55,11 +62,13 @@ AttentionImpl::AttentionImpl(const ModelConfig& config, const torch::TensorOptio
 AttentionImpl::Projected AttentionImpl::Project(const torch::Tensor& x, const RopeCosSin& rope) {
   // [B, T, H*D] -> [B, T, H, D]; Qwen3 normalises each head before RoPE.
   // T from the projection: under sp x holds T/tp positions, q/k/v all T.
-  torch::Tensor q = q_proj->forward(x);
+  const torch::Tensor x_in =
+      q_proj->sharded() ? parallel::tensor::ColumnParallelInput(x, q_proj->parallel().tp) : x;
+  torch::Tensor q = q_proj->forward(x_in);
   const int64_t b = q.size(0), t = q.size(1);
   q = q.view({b, t, num_heads_, head_dim_});
-  torch::Tensor k = k_proj->forward(x).view({b, t, num_kv_heads_, head_dim_});
-  torch::Tensor v = v_proj->forward(x).view({b, t, num_kv_heads_, head_dim_});
+  torch::Tensor k = k_proj->forward(x_in).view({b, t, num_kv_heads_, head_dim_});
+  torch::Tensor v = v_proj->forward(x_in).view({b, t, num_kv_heads_, head_dim_});
   if (q_norm) {
     q = q_norm->forward(q);
     k = k_norm->forward(k);

@@ -1,5 +1,7 @@
 #include "trainer/models/mlp.h"
 
+#include "parallel/tensor/tensor_parallel.h"
+
 namespace fulcrum::models {
 namespace {
 
@@ -34,11 +36,14 @@ MlpImpl::MlpImpl(const ModelConfig& config, const torch::TensorOptions& options,
     : MlpImpl(config.hidden_size, config.intermediate_size, config.mlp_bias, options, parallel) {}
 
 MlpImpl::MlpImpl(int64_t hidden, int64_t inter, bool bias, const torch::TensorOptions& options,
-                 const ModelParallel& parallel, const SwiGluNames& names, bool region_by_caller) {
-  // The tp role follows the HF role (gate/up column, down row), whatever the name.
+                 const ModelParallel& parallel, const SwiGluNames& names, bool region_by_caller)
+    : region_by_caller_(region_by_caller) {
+  // The tp role follows the HF role (gate/up column, down row), whatever the
+  // name. gate and up share one entry into the tp region (forward).
   const auto role = [&](const char* hf_name) {
     lora::LinearParallel out = ProjectionParallel(hf_name, parallel);
-    out.region_by_caller = region_by_caller;
+    out.input_in_region = true;
+    out.output_partial = region_by_caller;
     return out;
   };
   gate_proj = register_module(names.gate,
@@ -50,7 +55,12 @@ MlpImpl::MlpImpl(int64_t hidden, int64_t inter, bool bias, const torch::TensorOp
 }
 
 torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
-  return down_proj->forward(SwiGluFunction::apply(gate_proj->forward(x), up_proj->forward(x)));
+  const torch::Tensor x_in =
+      gate_proj->sharded() && !region_by_caller_
+          ? parallel::tensor::ColumnParallelInput(x, gate_proj->parallel().tp)
+          : x;
+  return down_proj->forward(
+      SwiGluFunction::apply(gate_proj->forward(x_in), up_proj->forward(x_in)));
 }
 
 }  // namespace fulcrum::models

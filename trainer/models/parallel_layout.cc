@@ -63,9 +63,11 @@ void LayoutOfLinear(ParamLayout& layout, const lora::LoraLinearImpl& linear,
     return SetReplicated(layout, /*partial=*/false);
   }
   if (what == "weight" || what == "lora_A") return SetSharded(layout, ShardKind::kRow, 1, 1);
-  // Bias and lora_B act after the reduction: partial only on sequence
-  // shards, or always when the caller reduces (they then see partial sums).
-  return SetReplicated(layout, sp || linear.parallel().region_by_caller);
+  // lora_B acts before the reduction, on this rank's partial sum.
+  if (what == "lora_B") return SetReplicated(layout, /*partial=*/true);
+  // The bias acts after it: partial only on sequence shards, or always when
+  // the caller reduces (it then sees partial sums).
+  return SetReplicated(layout, sp || linear.parallel().output_partial);
 }
 
 // Replicated modules that see the full sequence on every tp rank also under

@@ -171,6 +171,25 @@ TEST(ParallelLayouts, WithoutSequenceParallelNormsAndRowBiasesAreComplete) {
   EXPECT_EQ(layouts.at("model.layers.0.self_attn.k_proj.weight").kv_replicas, 1);
 }
 
+// A row layer's replicated lora_B multiplies this rank's partial sum (one
+// reduction per layer, adapter included), so its gradient is partial also
+// without sp; the row bias, added after the reduction, is complete.
+TEST(ParallelLayouts, RowLoraBIsPartialWithoutSequenceParallel) {
+  FakeGroup group(0, 2);
+  CausalLM model(TinyConfig(), torch::TensorOptions().dtype(torch::kFloat), Parallel(group, false));
+  lora::LoraOptions options;
+  options.spec.rank = 2;
+  options.targets = {"all-linear"};
+  ASSERT_TRUE(lora::ApplyLora(*model, options).ok());
+  const auto layouts = LayoutsByName(*model);
+  for (const std::string row :
+       {"model.layers.0.self_attn.o_proj.", "model.layers.0.mlp.down_proj."}) {
+    EXPECT_EQ(layouts.at(row + "lora_B.weight").grad_sync, GradSync::kTp) << row;
+    EXPECT_EQ(layouts.at(row + "lora_A.weight").kind, ShardKind::kRow) << row;
+  }
+  EXPECT_EQ(layouts.at("model.layers.0.self_attn.o_proj.bias").grad_sync, GradSync::kNone);
+}
+
 TEST(ParallelLayouts, WithoutTpEverythingIsReplicatedAndLocal) {
   CausalLM model(TinyConfig(), torch::TensorOptions().dtype(torch::kFloat));
   InitializeWeights(*model, 3);
