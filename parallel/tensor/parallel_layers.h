@@ -8,8 +8,7 @@
 //                         sharded on the last dim; y = sum_r x_r W_r^T + b
 //   VocabParallelEmbedding  E [vocab/tp, hidden]: rows outside the shard give
 //                         0, then all-reduce (reduce-scatter under sp)
-//   VocabParallelCrossEntropySum  the loss of vocab-sharded logits, never
-//                         gathering the full vocabulary
+// (The loss of vocab-sharded logits: vocab_parallel_cross_entropy.h.)
 //
 // trainer/lora's LoraLinear takes the same ColumnParallelInput /
 // RowParallelOutput mappings (tensor_parallel.h) so adapters shard the same way.
@@ -74,15 +73,5 @@ TORCH_MODULE(VocabParallelEmbedding);
 // exposed for a tied lm_head / embedding that lives elsewhere.
 torch::Tensor VocabParallelLookup(const torch::Tensor& ids, const torch::Tensor& weight_shard,
                                   int64_t vocab_start, const TensorParallel& tp);
-
-// Causal-LM cross entropy over vocab-sharded logits: logits_shard [B, T,
-// V/tp] (any float dtype, computed in fp32), vocab_start this rank's first
-// vocab id, labels [B, T] int64 unshifted (logits[:, t] predicts labels[:,
-// t+1]; -100 ignored). Returns the 0-dim fp32 sum of per-target losses,
-// identical on every tp rank, differentiable w.r.t. logits_shard. Equals
-// models::CrossEntropySum of the gathered logits.
-torch::Tensor VocabParallelCrossEntropySum(const torch::Tensor& logits_shard,
-                                           const torch::Tensor& labels, int64_t vocab_start,
-                                           const TensorParallel& tp);
 
 }  // namespace fulcrum::parallel::tensor

@@ -7,6 +7,7 @@
 #include "parallel/tensor/parallel_layers.h"
 #include "parallel/tensor/partial_gradients.h"
 #include "parallel/tensor/tp_ops.h"
+#include "parallel/tensor/vocab_parallel_cross_entropy.h"
 #include "trainer/lora/apply_lora.h"
 #include "trainer/lora/peft_adapter.h"
 #include "trainer/models/loss.h"

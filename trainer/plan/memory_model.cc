@@ -167,17 +167,15 @@ double LayerBackwardBytes(const models::ModelConfig& c, const recipe::Recipe& re
 }
 
 // The last stage's loss: the final norm and lm_head's input, and the logits
-// [N, V/tp]. Without tp the chunked cross entropy (models/loss.cc) writes
-// their gradient, in their dtype, while they are still alive; under tp the
-// vocab-parallel loss holds three fp32 [N, V/tp] buffers at the peak of its
-// backward: the shifted exponents, their gradient and the one they produce.
+// [N, V/tp]. The chunked cross entropy (models/loss.cc, and under tp
+// parallel/tensor/vocab_parallel_cross_entropy.h) writes their gradient, in
+// their dtype, while they are still alive.
 double LossBytes(const models::ModelConfig& c, const recipe::Recipe& recipe) {
   const Shape sh = ShapeOf(recipe, "none");
   const double h = static_cast<double>(c.hidden_size);
   const double vocab = static_cast<double>(c.vocab_size) / sh.tp;
-  double bytes = sh.Norm(sh.n_norm, h) + (sh.Keeps("lm_head") ? sh.n * h * sh.s : 0.0);
-  if (sh.tp == 1) return bytes + 2 * sh.n * vocab * sh.s;
-  return bytes + sh.n * vocab * sh.s + 3 * sh.n * vocab * kFloat;
+  const double bytes = sh.Norm(sh.n_norm, h) + (sh.Keeps("lm_head") ? sh.n * h * sh.s : 0.0);
+  return bytes + 2 * sh.n * vocab * sh.s;
 }
 
 // Per micro-batch, shared by the layers: the rope tables (saved by every

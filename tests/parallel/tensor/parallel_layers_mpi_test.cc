@@ -10,6 +10,7 @@
 #include "parallel/tensor/parallel_layers.h"
 #include "parallel/tensor/partial_gradients.h"
 #include "parallel/tensor/tp_ops.h"
+#include "parallel/tensor/vocab_parallel_cross_entropy.h"
 #include "tests/parallel/tensor/tp_test_util.h"
 
 namespace fulcrum::parallel::tensor {
@@ -170,6 +171,30 @@ TEST_P(ParallelLayersTest, VocabParallelCrossEntropyEqualsCrossEntropyOfFullLogi
   torch::Tensor spread = torch::stack({loss.detach(), -loss.detach()});
   world_->AllReduce(spread, ReduceOp::kMax);
   EXPECT_EQ(spread[0].item<float>(), -spread[1].item<float>());
+}
+
+// A vocabulary shard of 2^16 fp32 columns is 256 KiB a row: the 1 MiB CPU
+// chunks take 4 rows, so the 12 rows run in 3 chunks. Also without grad
+// (evaluation), where no gradient is written.
+TEST_P(ParallelLayersTest, VocabParallelCrossEntropySpansSeveralChunks) {
+  const int64_t vocab = (int64_t{1} << 16) * s_;
+  const torch::Tensor logits = (torch::randn({2, 6, vocab}) * 10).requires_grad_(true);
+  torch::Tensor labels = torch::randint(vocab, {2, 6});
+  labels[1][2] = -100;
+  const torch::Tensor loss_full = FullCrossEntropySum(logits, labels);
+  loss_full.backward();
+  const ShardRange vs = EvenShard(vocab, r_, s_);
+  const torch::Tensor shard =
+      logits.detach().narrow(2, vs.start, vs.length).clone().requires_grad_(true);
+  const torch::Tensor loss = VocabParallelCrossEntropySum(shard, labels, vs.start, tp_);
+  EXPECT_NEAR(loss.item<double>(), loss_full.item<double>(),
+              1e-5 * std::abs(loss_full.item<double>()));
+  (loss * 0.5).backward();
+  EXPECT_LT(MaxAbsDiff(shard.grad(), 0.5 * logits.grad().narrow(2, vs.start, vs.length)), kTol);
+  torch::NoGradGuard no_grad;
+  const torch::Tensor eval_loss = VocabParallelCrossEntropySum(shard, labels, vs.start, tp_);
+  EXPECT_FALSE(eval_loss.requires_grad());
+  EXPECT_EQ(eval_loss.item<float>(), loss.item<float>());
 }
 
 TEST_P(ParallelLayersTest, VocabParallelCrossEntropyOfBf16LogitsIsComputedInFp32) {

@@ -7,6 +7,7 @@
 
 #include "parallel/tensor/parallel_layers.h"
 #include "parallel/tensor/partial_gradients.h"
+#include "parallel/tensor/vocab_parallel_cross_entropy.h"
 
 namespace fulcrum::parallel::tensor {
 namespace {
