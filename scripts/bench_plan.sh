@@ -57,15 +57,17 @@ if grep -q "recompute" trainer/recipe/recipe.h; then
   )
 fi
 
-# One measured GEMM peak per rank (1 thread) for every plan, so that the
-# predictions differ by layout only.
-tflops=$(OMP_NUM_THREADS=1 "$bin" plan recipes/bench/step.yaml model.path=$work/dense \
-  data.path=$work/dense.jsonl parallel.dp=2 batch.micro_batch=4 | sed -n 's|.* \([0-9.e+-]*\) TFLOP/s per rank.*|\1|p')
-echo "measured fp32 GEMM peak per rank: $tflops TFLOP/s"
+# One measured GEMM peak and AdamW bandwidth per rank (1 thread) for every
+# plan, so that the predictions differ by layout only.
+probe=$(OMP_NUM_THREADS=1 "$bin" plan recipes/bench/step.yaml model.path=$work/dense \
+  data.path=$work/dense.jsonl parallel.dp=2 batch.micro_batch=4)
+tflops=$(sed -n 's|.* \([0-9.e+-]*\) TFLOP/s per rank.*|\1|p' <<<"$probe")
+gbps=$(sed -n 's|.*, memory \([0-9.e+-]*\) GB/s per rank.*|\1|p' <<<"$probe")
+echo "measured per rank: fp32 GEMM peak $tflops TFLOP/s, AdamW bandwidth $gbps GB/s"
 for layout in "${layouts[@]}"; do
   read -r name model recipe overrides <<<"$layout"
   args="recipes/bench/$recipe.yaml model.path=$work/$model data.path=$work/$model.jsonl $overrides"
-  "$bin" plan $args --gpu-tflops "$tflops" >"$work/$name.plan" 2>&1 || { cat "$work/$name.plan"; exit 1; }
+  "$bin" plan $args --gpu-tflops "$tflops" --memory-gbps "$gbps" >"$work/$name.plan" 2>&1 || { cat "$work/$name.plan"; exit 1; }
   if [ "${FULCRUM_BENCH_PLAN_REUSE:-0}" = 1 ] && ls "$work/$name".r*.jsonl >/dev/null 2>&1; then
     continue
   fi

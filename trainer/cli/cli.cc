@@ -19,7 +19,7 @@ constexpr char kUsage[] =
     "  fulcrum prepare RECIPE.yaml [key.path=value ...]   (tokenize text data into the cache)\n"
     "  fulcrum plan RECIPE.yaml [key.path=value ...] [--gpus N --gpus-per-node G "
     "--gpu-memory 80GiB --gpu-tflops 989 --intra-node-gbps 450 --inter-node-gbps 50 "
-    "--efficiency 0.5] [--search [--top 10]]\n"
+    "--efficiency 0.5 --memory-gbps 3350 --collective-latency-us 20] [--search [--top 10]]\n"
     "  fulcrum init --config config.json --out DIR [--seed N]\n"
     "  fulcrum score --model DIR [--adapter DIR] --batch IN.safetensors --out OUT.safetensors "
     "[--grads]\n"

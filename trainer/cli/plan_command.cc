@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -19,6 +20,7 @@
 #include "trainer/loop/model_factory.h"
 #include "trainer/metrics/flops.h"
 #include "trainer/metrics/parameter_count.h"
+#include "trainer/optim/adamw_bandwidth.h"
 #include "trainer/plan/layout_search.h"
 #include "trainer/plan/memory_model.h"
 #include "trainer/plan/step_time_model.h"
@@ -28,6 +30,23 @@ namespace fulcrum::cli {
 namespace {
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+// CPU ranks sharing a host's cores: a blocking collective costs mostly the
+// wait for the slower rank. scripts/bench_plan.sh measured it on the 2-core
+// development machine (tp against dp layouts of the 55M bench Llama).
+constexpr double kCpuCollectiveLatencyUs = 4000;
+
+// Runs `measure` with this host's cores shared by `ranks` ranks, as mpirun
+// gives each its share. Returns the measure and the threads it ran with.
+template <typename Measure>
+std::pair<double, int> MeasureWithRankThreads(int64_t ranks, Measure measure) {
+  const int cores = std::max(1u, std::thread::hardware_concurrency());
+  const int threads = std::max<int>(1, cores / static_cast<int>(ranks));
+  const int before = torch::get_num_threads();
+  torch::set_num_threads(threads);
+  const double value = measure();
+  torch::set_num_threads(before);
+  return {value, threads};
+}
 
 // A positive finite number, or an error naming the flag.
 absl::StatusOr<double> PositiveNumber(const std::string& flag, const std::string& text) {
@@ -117,16 +136,33 @@ absl::StatusOr<PlanHardware> HardwareFrom(const ParsedFlags& flags, const recipe
     hw.peak_flops = 989e12;
     flops_from = "default GPU, bf16 dense";
   } else {
-    // Each rank gets its share of the cores, as mpirun gives them.
-    const int cores = std::max(1u, std::thread::hardware_concurrency());
-    const int threads = std::max<int>(1, cores / static_cast<int>(hw.ranks));
-    const int before = torch::get_num_threads();
-    torch::set_num_threads(threads);
-    hw.peak_flops = metrics::MeasureGemmFlops();
-    torch::set_num_threads(before);
+    const auto [flops, threads] =
+        MeasureWithRankThreads(hw.ranks, [] { return metrics::MeasureGemmFlops(); });
+    hw.peak_flops = flops;
     flops_from = absl::StrFormat("measured fp32 GEMM, %d thread(s)", threads);
   }
   const bool cpu = !gpus && recipe.device != "cuda";
+  std::string bandwidth_from = "--memory-gbps";
+  if (flags.values.count("memory-gbps")) {
+    FULCRUM_ASSIGN_OR_RETURN(const double gbps,
+                             PositiveNumber("memory-gbps", flags.Get("memory-gbps")));
+    hw.memory_bytes_per_s = gbps * 1e9;
+  } else if (!cpu) {
+    hw.memory_bytes_per_s = 3350e9;
+    bandwidth_from = "default GPU HBM";
+  } else {
+    const auto [bandwidth, threads] =
+        MeasureWithRankThreads(hw.ranks, [] { return optim::MeasureAdamWBandwidth(); });
+    hw.memory_bytes_per_s = bandwidth;
+    bandwidth_from = absl::StrFormat("measured by an AdamW update, %d thread(s)", threads);
+  }
+  // GPUs: NCCL's small-message latency inside a node.
+  FULCRUM_ASSIGN_OR_RETURN(
+      const double latency_us,
+      PositiveNumber(
+          "collective-latency-us",
+          flags.Get("collective-latency-us", cpu ? absl::StrCat(kCpuCollectiveLatencyUs) : "20")));
+  hw.collective_latency_s = latency_us * 1e-6;
   FULCRUM_ASSIGN_OR_RETURN(
       const double intra,
       PositiveNumber("intra-node-gbps", flags.Get("intra-node-gbps", cpu ? "5" : "450")));
@@ -143,10 +179,11 @@ absl::StatusOr<PlanHardware> HardwareFrom(const ParsedFlags& flags, const recipe
   }
   out.description = absl::StrFormat(
       "%d %s (%d per node), %s per rank (%s), %.4g TFLOP/s per rank (%s) at efficiency %.2f, "
-      "links %.0f GB/s in a node, %.0f GB/s between nodes",
+      "memory %.0f GB/s per rank (%s), links %.0f GB/s in a node, %.0f GB/s between nodes, "
+      "%.0f us per blocking collective",
       hw.ranks, cpu ? "CPU rank(s) on this host" : "GPU(s)", hw.ranks_per_node,
       plan::FormatBytes(hw.memory_bytes), memory_from, hw.peak_flops / 1e12, flops_from,
-      hw.efficiency, intra, inter);
+      hw.efficiency, hw.memory_bytes_per_s / 1e9, bandwidth_from, intra, inter, latency_us);
   return out;
 }
 
@@ -191,10 +228,12 @@ void PrintPlan(const recipe::Recipe& recipe, const plan::MemoryPlan& memory,
               ((margin < 0 ? "-" : "") + Percent(std::abs(margin) / hw.memory_bytes)).c_str());
   std::printf("pipeline bubble: %s\n", Percent(time.bubble_fraction).c_str());
   std::printf(
-      "step time: %.3f s (compute %.3f s, tp %.3f s, ep %.3f s, pp %.3f s, dp %.3f s), "
-      "%.1f tokens/s, %.3g FLOPs per token\n",
-      time.step_s, time.compute_s, time.tp_comm_s, time.ep_comm_s, time.pp_comm_s, time.dp_comm_s,
-      time.tokens_per_s, time.flops_per_token);
+      "step time: %.3f s (compute %.3f s, tp %.3f s, ep %.3f s, pp %.3f s, latency %.3f s for "
+      "%.0f blocking collectives, dp %.3f s, optimizer %.3f s), %.1f tokens/s, %.3g FLOPs per "
+      "token\n",
+      time.step_s, time.compute_s, time.tp_comm_s, time.ep_comm_s, time.pp_comm_s, time.latency_s,
+      time.blocking_collectives, time.dp_comm_s, time.optimizer_s, time.tokens_per_s,
+      time.flops_per_token);
 }
 
 void PrintSearch(const plan::LayoutSearch& search, int64_t top, const plan::Hardware& hw) {
@@ -218,8 +257,16 @@ void PrintSearch(const plan::LayoutSearch& search, int64_t top, const plan::Hard
 
 absl::Status RunPlan(const Args& args, const parallel::World& world) {
   FlagSpec spec;
-  spec.valued = {"gpus",       "gpus-per-node",   "gpu-memory",      "gpu-tflops",
-                 "efficiency", "intra-node-gbps", "inter-node-gbps", "top"};
+  spec.valued = {"gpus",
+                 "gpus-per-node",
+                 "gpu-memory",
+                 "gpu-tflops",
+                 "efficiency",
+                 "intra-node-gbps",
+                 "inter-node-gbps",
+                 "memory-gbps",
+                 "collective-latency-us",
+                 "top"};
   spec.switches = {"search"};
   FULCRUM_ASSIGN_OR_RETURN(const ParsedFlags flags, ParseFlags("plan", args, spec));
   if (flags.positional.empty()) {

@@ -6,6 +6,7 @@
 #include "parallel/pipeline/schedule.h"
 #include "parallel/pipeline/schedule_simulator.h"
 #include "trainer/metrics/parameter_count.h"
+#include "trainer/optim/adamw_bandwidth.h"
 #include "trainer/plan/memory_model.h"
 
 namespace fulcrum::plan {
@@ -39,6 +40,27 @@ double RecomputeFlopsPerToken(const metrics::FlopsModel& m, const models::ModelC
   const double matmul =
       static_cast<double>(m.frozen_matmul_params + m.trainable_matmul_params) - lm_head;
   return 2.0 * matmul + attention;
+}
+
+// Blocking collectives of one micro-batch on a rank of a stage with
+// `layers` layers (`moe_layers` of them MoE), forward and backward: tp 2
+// all-reduces per layer each way (sp: 2 gathers and 2 reduce-scatters), and
+// 4 more for the vocab-parallel embedding and loss; ep the count exchange and
+// 2 all-to-alls forward, 2 backward, per MoE layer; pp a send each way.
+double BlockingCollectivesPerMicroBatch(const recipe::ParallelSection& par, double layers,
+                                        double moe_layers) {
+  double n = 0;
+  if (par.tp > 1) n += (par.sequence_parallel ? 8.0 : 4.0) * layers + 4.0;
+  if (par.ep > 1) n += 5.0 * moe_layers;
+  if (par.pp > 1) n += 2.0;
+  return n;
+}
+
+// The optimizer's memory traffic per parameter it updates: AdamW's fp32
+// state, the gradient read again by the clipping norm and zeroed, and under
+// bf16 the bf16 copy of the fp32 master written.
+double OptimizerBytesPerParam(bool bf16) {
+  return optim::kAdamWStateBytesPerParam + 2.0 * 4.0 + (bf16 ? 2.0 : 0.0);
 }
 
 }  // namespace
@@ -98,10 +120,9 @@ absl::StatusOr<StepTime> EstimateStepTime(const models::ModelConfig& c,
     t.tp_comm_s =
         4.0 * stage_layers * micro * RingBytes(activation, par.tp) / Bandwidth(hw, par.tp);
   }
+  int64_t moe_layers = 0;
+  for (int64_t layer = 0; layer < c.num_layers; ++layer) moe_layers += models::IsMoeLayer(c, layer);
   if (par.ep > 1 && c.moe.enabled()) {
-    int64_t moe_layers = 0;
-    for (int64_t layer = 0; layer < c.num_layers; ++layer)
-      moe_layers += models::IsMoeLayer(c, layer);
     const double routed = activation * static_cast<double>(c.moe.experts_per_token) *
                           static_cast<double>(par.ep - 1) / static_cast<double>(par.ep);
     t.ep_comm_s = 4.0 * static_cast<double>(moe_layers) / static_cast<double>(par.pp) * micro *
@@ -110,12 +131,20 @@ absl::StatusOr<StepTime> EstimateStepTime(const models::ModelConfig& c,
   if (par.pp > 1) {
     t.pp_comm_s = 2.0 * micro * activation / Bandwidth(hw, par.tp * par.dp * par.pp);
   }
+  MemoryOptions none;
+  FULCRUM_ASSIGN_OR_RETURN(const MemoryPlan memory, PlanMemory(c, recipe, none));
+  const double trainable = memory.worst_stage().trainable_params;
   if (par.dp > 1) {
-    MemoryOptions none;
-    FULCRUM_ASSIGN_OR_RETURN(const MemoryPlan memory, PlanMemory(c, recipe, none));
-    const double grads = memory.worst_stage().trainable_params * s;
-    t.dp_comm_s = RingBytes(grads, par.dp) / Bandwidth(hw, par.tp * par.dp);
+    t.dp_comm_s = RingBytes(trainable * s, par.dp) / Bandwidth(hw, par.tp * par.dp);
   }
+  if (hw.memory_bytes_per_s > 0) {
+    const double updated = par.zero >= 1 ? trainable / static_cast<double>(par.dp) : trainable;
+    t.optimizer_s = updated * OptimizerBytesPerParam(s == 2.0) / hw.memory_bytes_per_s;
+  }
+  t.blocking_collectives =
+      micro * BlockingCollectivesPerMicroBatch(
+                  par, stage_layers, static_cast<double>(moe_layers) / static_cast<double>(par.pp));
+  t.latency_s = t.blocking_collectives * hw.collective_latency_s;
   if (par.pp > 1) {
     FULCRUM_ASSIGN_OR_RETURN(const pipeline::ScheduleKind kind,
                              pipeline::ParseScheduleKind(par.pp_schedule));
@@ -125,8 +154,8 @@ absl::StatusOr<StepTime> EstimateStepTime(const models::ModelConfig& c,
     shape.virtual_stages = static_cast<int>(par.pp_virtual);
     t.bubble_fraction = pipeline::TheoreticalBubbleFraction(kind, shape);
   }
-  const double busy = t.compute_s + t.tp_comm_s + t.ep_comm_s + t.pp_comm_s;
-  t.step_s = busy / std::max(1e-9, 1.0 - t.bubble_fraction) + t.dp_comm_s;
+  const double busy = t.compute_s + t.tp_comm_s + t.ep_comm_s + t.pp_comm_s + t.latency_s;
+  t.step_s = busy / std::max(1e-9, 1.0 - t.bubble_fraction) + t.dp_comm_s + t.optimizer_s;
   t.tokens_per_s = t.step_s > 0 ? tokens_per_step / t.step_s : 0.0;
   return t;
 }

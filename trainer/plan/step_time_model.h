@@ -1,7 +1,8 @@
 // The time of one optimizer step of a layout, predicted from the model's
-// FLOPs and the layout's communication volume:
+// FLOPs, the layout's communication and the optimizer's memory traffic:
 //
-//   step = (compute + tp + ep + pp transfers) / (1 - bubble) + dp reduction
+//   step = (compute + tp + ep + pp transfers + latency) / (1 - bubble)
+//          + dp reduction + optimizer
 //
 // compute: training FLOPs per token (metrics/flops.h, from the config's
 // parameter counts: the top-k experts a token visits, LoRA's frozen base at 4
@@ -13,7 +14,11 @@
 // per micro-batch, ep all-to-alls of the k routed copies 4 per MoE layer,
 // pp sends of one activation and one gradient per micro-batch, the dp ring
 // all-reduce (or ZeRO-1 reduce-scatter + all-gather) of the gradients, each
-// 2 (n-1)/n of the bytes. Bubble: the schedule's textbook fraction
+// 2 (n-1)/n of the bytes. Latency: each blocking collective inside the
+// step (tp, sp, ep, pp; the dp reduction overlaps the backward) costs
+// `collective_latency_s` on top of its bytes. Optimizer: AdamW's pass over
+// the states of the parameters the rank updates (1/dp of them under ZeRO-1)
+// at `memory_bytes_per_s`. Bubble: the schedule's textbook fraction
 // (parallel/pipeline/schedule_simulator.h).
 #pragma once
 
@@ -35,6 +40,10 @@ struct Hardware {
   double intra_node_bytes_per_s = 0;  // per rank, inside a node (NVLink; shared memory)
   double inter_node_bytes_per_s = 0;  // per rank, between nodes (IB/RoCE)
   double efficiency = 0.5;            // achieved matmul FLOP/s over the peak
+  double memory_bytes_per_s = 0;      // per rank (HBM; host memory); 0 = no optimizer term
+  // The cost of one blocking collective beyond its bytes: the link's
+  // latency, and the wait for the slowest rank of the group.
+  double collective_latency_s = 0;
 };
 
 struct StepTime {
@@ -44,6 +53,9 @@ struct StepTime {
   double ep_comm_s = 0;
   double pp_comm_s = 0;
   double dp_comm_s = 0;
+  double blocking_collectives = 0;  // per step on a rank of the worst stage
+  double latency_s = 0;             // blocking_collectives x collective_latency_s
+  double optimizer_s = 0;
   double bubble_fraction = 0;  // idle share of the pipeline's makespan
   double step_s = 0;
   double tokens_per_s = 0;  // all ranks together

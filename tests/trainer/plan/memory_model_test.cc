@@ -216,6 +216,49 @@ TEST(StepTimeModelTest, FlopsBubbleAndCommunication) {
   EXPECT_DOUBLE_EQ(pp.bubble_fraction, 0.2);
 }
 
+TEST(StepTimeModelTest, LatencyOfBlockingCollectivesAndOptimizerTraffic) {
+  const models::ModelConfig c = Small();  // 2 layers, 1704 parameters
+  recipe::Recipe r = Full();              // 2 micro-batches per step
+  Hardware hw = Node(2, 1e6);
+  hw.collective_latency_s = 1e-3;
+  hw.memory_bytes_per_s = 1e6;
+  // One rank: no collective; AdamW's 36 bytes per fp32 parameter.
+  hw.ranks = hw.ranks_per_node = 1;
+  const StepTime one = *EstimateStepTime(c, r, hw);
+  EXPECT_DOUBLE_EQ(one.blocking_collectives, 0);
+  EXPECT_DOUBLE_EQ(one.optimizer_s, 1704 * 36 / 1e6);
+  EXPECT_DOUBLE_EQ(one.step_s, one.compute_s + one.optimizer_s);
+  hw.ranks = hw.ranks_per_node = 2;
+  // tp 2: 4 per layer and 4 for the embedding and the loss, per micro-batch;
+  // under sp 8 per layer.
+  r.parallel.tp = 2;
+  const StepTime tp = *EstimateStepTime(c, r, hw);
+  EXPECT_DOUBLE_EQ(tp.blocking_collectives, 2 * (4 * 2 + 4));
+  EXPECT_DOUBLE_EQ(tp.latency_s, tp.blocking_collectives * 1e-3);
+  EXPECT_DOUBLE_EQ(tp.step_s, tp.compute_s + tp.tp_comm_s + tp.latency_s + tp.optimizer_s);
+  r.parallel.sequence_parallel = true;
+  EXPECT_DOUBLE_EQ(EstimateStepTime(c, r, hw)->blocking_collectives, 2 * (8 * 2 + 4));
+  // dp 2: the reduction overlaps the backward (no latency term); ZeRO-1
+  // updates half of the parameters.
+  r = Full();
+  r.parallel.dp = 2;
+  r.batch.global_batch = 8;
+  const StepTime dp = *EstimateStepTime(c, r, hw);
+  EXPECT_DOUBLE_EQ(dp.blocking_collectives, 0);
+  EXPECT_DOUBLE_EQ(dp.optimizer_s, 1704 * 36 / 1e6);
+  r.parallel.zero = 1;
+  EXPECT_DOUBLE_EQ(EstimateStepTime(c, r, hw)->optimizer_s, dp.optimizer_s / 2);
+  // pp 2: a send each way per micro-batch.
+  r = Full();
+  r.parallel.pp = 2;
+  EXPECT_DOUBLE_EQ(EstimateStepTime(c, r, hw)->blocking_collectives, 2 * 2);
+  // bf16: 2 more bytes for the bf16 copy of the master weights.
+  r = Full();
+  r.precision.dtype = "bf16";
+  hw.ranks = hw.ranks_per_node = 1;
+  EXPECT_DOUBLE_EQ(EstimateStepTime(c, r, hw)->optimizer_s, 1704 * 38 / 1e6);
+}
+
 TEST(LayoutSearchTest, OnlyValidLayoutsFastestFirst) {
   const models::ModelConfig c = Small();
   recipe::Recipe r = Full();
