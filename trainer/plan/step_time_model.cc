@@ -44,13 +44,14 @@ double RecomputeFlopsPerToken(const metrics::FlopsModel& m, const models::ModelC
 
 // Blocking collectives of one micro-batch on a rank of a stage with
 // `layers` layers (`moe_layers` of them MoE), forward and backward: tp 2
-// all-reduces per layer each way (sp: 2 gathers and 2 reduce-scatters), and
-// 4 more for the vocab-parallel embedding and loss; ep the count exchange and
-// 2 all-to-alls forward, 2 backward, per MoE layer; pp a send each way.
+// all-reduces per layer each way (sp: 2 gathers and 2 reduce-scatters), plus
+// the vocab-parallel embedding's 1 and lm_head's and the loss's 3 (under pp
+// the last stage's 3, the worst); ep the count exchange and 2 all-to-alls
+// forward, 2 backward, per MoE layer; pp a send each way.
 double BlockingCollectivesPerMicroBatch(const recipe::ParallelSection& par, double layers,
                                         double moe_layers) {
   double n = 0;
-  if (par.tp > 1) n += (par.sequence_parallel ? 8.0 : 4.0) * layers + 4.0;
+  if (par.tp > 1) n += (par.sequence_parallel ? 8.0 : 4.0) * layers + (par.pp > 1 ? 3.0 : 4.0);
   if (par.ep > 1) n += 5.0 * moe_layers;
   if (par.pp > 1) n += 2.0;
   return n;

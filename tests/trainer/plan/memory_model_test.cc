@@ -248,10 +248,13 @@ TEST(StepTimeModelTest, LatencyOfBlockingCollectivesAndOptimizerTraffic) {
   EXPECT_DOUBLE_EQ(dp.optimizer_s, 1704 * 36 / 1e6);
   r.parallel.zero = 1;
   EXPECT_DOUBLE_EQ(EstimateStepTime(c, r, hw)->optimizer_s, dp.optimizer_s / 2);
-  // pp 2: a send each way per micro-batch.
+  // pp 2: a send each way per micro-batch; with tp 2 the last stage's 1
+  // layer and its lm_head and loss (the embedding is on the first stage).
   r = Full();
   r.parallel.pp = 2;
   EXPECT_DOUBLE_EQ(EstimateStepTime(c, r, hw)->blocking_collectives, 2 * 2);
+  r.parallel.tp = 2;
+  EXPECT_DOUBLE_EQ(EstimateStepTime(c, r, hw)->blocking_collectives, 2 * (4 * 1 + 3 + 2));
   // bf16: 2 more bytes for the bf16 copy of the master weights.
   r = Full();
   r.precision.dtype = "bf16";
