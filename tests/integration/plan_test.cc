@@ -83,6 +83,9 @@ TEST_F(PlanTest, BadFlagValuesAreRejectedClearly) {
       {"--gpus 8 --gpu-tflops -3", "--gpu-tflops: expected a positive number, got '-3'"},
       {"--gpus 8 --efficiency 2", "--efficiency: a fraction of the peak in (0, 1]"},
       {"--gpus 8 --intra-node-gbps fast", "--intra-node-gbps: expected a positive number"},
+      {"--gpus 8 --memory-gbps 0", "--memory-gbps: expected a positive number, got '0'"},
+      {"--gpus 8 --collective-latency-us soon",
+       "--collective-latency-us: expected a positive number, got 'soon'"},
       {"--bogus 1", "unknown flag --bogus"},
       // Without --search the recipe's layout must use every GPU.
       {"--gpus 3", "dp(1) x tp(1) x pp(1) = 1 != world size 3"},
