@@ -36,8 +36,7 @@ MlpImpl::MlpImpl(const ModelConfig& config, const torch::TensorOptions& options,
     : MlpImpl(config.hidden_size, config.intermediate_size, config.mlp_bias, options, parallel) {}
 
 MlpImpl::MlpImpl(int64_t hidden, int64_t inter, bool bias, const torch::TensorOptions& options,
-                 const ModelParallel& parallel, const SwiGluNames& names, bool region_by_caller)
-    : region_by_caller_(region_by_caller) {
+                 const ModelParallel& parallel, const SwiGluNames& names, bool region_by_caller) {
   // The tp role follows the HF role (gate/up column, down row), whatever the
   // name. gate and up share one entry into the tp region (forward).
   const auto role = [&](const char* hf_name) {
@@ -55,8 +54,10 @@ MlpImpl::MlpImpl(int64_t hidden, int64_t inter, bool bias, const torch::TensorOp
 }
 
 torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
+  // A caller that reduces down's partial sum also entered the region (MoE).
+  const bool caller_region = down_proj->parallel().output_partial;
   const torch::Tensor x_in =
-      gate_proj->sharded() && !region_by_caller_
+      gate_proj->sharded() && !caller_region
           ? parallel::tensor::ColumnParallelInput(x, gate_proj->parallel().tp)
           : x;
   return down_proj->forward(

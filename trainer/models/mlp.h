@@ -36,9 +36,6 @@ class MlpImpl : public torch::nn::Module {
   lora::LoraLinear gate_proj{nullptr};  // [intermediate, hidden]
   lora::LoraLinear up_proj{nullptr};    // [intermediate, hidden]
   lora::LoraLinear down_proj{nullptr};  // [hidden, intermediate]
-
- private:
-  bool region_by_caller_ = false;
 };
 TORCH_MODULE(Mlp);
 
