@@ -17,13 +17,16 @@ std::vector<int64_t> BlockSums(const std::vector<int64_t>& counts, int64_t block
 
 }  // namespace
 
-TokenDispatcher::TokenDispatcher(int64_t num_experts, Communicator* ep_group)
-    : num_experts_(num_experts),
-      ep_(ep_group != nullptr && ep_group->size() > 1 ? ep_group : nullptr) {
-  const int64_t ep = ep_ != nullptr ? ep_->size() : 1;
+Communicator* ExchangingExpertGroup(int64_t num_experts, Communicator* ep_group) {
+  const int64_t ep = ep_group != nullptr ? ep_group->size() : 1;
   FULCRUM_CHECK(num_experts > 0 && num_experts % ep == 0, num_experts,
                 " experts do not divide over ", ep, " expert-parallel ranks");
-  num_local_ = num_experts / ep;
+  return ep > 1 ? ep_group : nullptr;
+}
+
+TokenDispatcher::TokenDispatcher(int64_t num_experts, Communicator* ep_group)
+    : num_experts_(num_experts), ep_(ExchangingExpertGroup(num_experts, ep_group)) {
+  num_local_ = ep_ != nullptr ? num_experts / ep_->size() : num_experts;
   first_local_ = ep_ != nullptr ? ep_->rank() * num_local_ : 0;
 }
 

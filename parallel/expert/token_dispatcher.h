@@ -43,6 +43,10 @@ struct Dispatched {
   DispatchHandle handle;
 };
 
+// The ep group when tokens travel between ranks (size > 1), else nullptr.
+// num_experts % ep == 0 (FULCRUM_CHECK: the recipe validation reports it).
+Communicator* ExchangingExpertGroup(int64_t num_experts, Communicator* ep_group);
+
 class TokenDispatcher {
  public:
   // ep_group: the expert-parallel group (nullptr or size 1: every expert is

@@ -9,6 +9,13 @@
 
 #include <nlohmann/json.hpp>
 
+// The CPU LibTorch ships c10/cuda headers without the generated macros (and
+// no libc10_cuda): the synchronisation check compiles only against CUDA.
+#if __has_include(<c10/cuda/impl/cuda_cmake_macros.h>)
+#include <c10/cuda/CUDAFunctions.h>
+#define FULCRUM_TEST_SYNC_DEBUG 1
+#endif
+
 #include "trainer/metrics/device_memory.h"
 #include "trainer/models/attention.h"
 #include "trainer/models/attention_mask.h"
@@ -17,6 +24,7 @@
 #include "trainer/models/init.h"
 #include "trainer/models/loss.h"
 #include "trainer/models/model_config.h"
+#include "trainer/models/moe_block.h"
 #include "trainer/models/torch_compat.h"
 
 namespace fulcrum::models {
@@ -264,6 +272,37 @@ TEST(CudaParityTest, Bf16LossIsNearFp32) {
 }
 
 // The step metrics' device memory comes from the caching allocator.
+#ifdef FULCRUM_TEST_SYNC_DEBUG
+// With padded capacity slots a MoE block's training forward and backward
+// read nothing back to the host: under CUDA's sync debug mode "error" any
+// synchronising call (.item(), a device-to-host copy, bincount's max, a
+// boolean mask) throws.
+TEST(CudaParityTest, PaddedMoeBlockTrainsWithoutAHostSynchronisation) {
+  ASSERT_TRUE(torch::cuda::is_available()) << "this test needs a CUDA device";
+  const torch::Device cuda(torch::kCUDA, 0);
+  ModelConfig config = TinyDeepSeek();
+  MoeBlock block(config, torch::TensorOptions().device(cuda));
+  {
+    torch::NoGradGuard no_grad;
+    for (torch::Tensor& p : block->parameters()) p.normal_(0.0, 0.1);
+  }
+  block->SetCapacityFactor(1.25, /*pad_to_capacity=*/true);
+  const torch::Tensor x =
+      torch::randn({2, 16, config.hidden_size}, torch::device(cuda).requires_grad(true));
+  torch::cuda::synchronize();
+  c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
+  try {
+    block->forward(x).pow(2).sum().backward();
+  } catch (const std::exception& e) {
+    c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+    FAIL() << "a host synchronisation inside the padded MoE block: " << e.what();
+  }
+  c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+  EXPECT_TRUE(x.grad().defined());
+  EXPECT_TRUE(torch::isfinite(x.grad()).all().item<bool>());
+}
+#endif
+
 TEST(CudaMemoryTest, AllocatorStatisticsSeeATensorAndItsPeak) {
   ASSERT_TRUE(torch::cuda::is_available()) << "this test needs a CUDA device";
   const torch::Device cuda(torch::kCUDA, 0);

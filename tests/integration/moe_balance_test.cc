@@ -63,9 +63,10 @@ INSTANTIATE_TEST_SUITE_P(
         BalanceCase{"deepseek_v2", "moe.aux_loss=seq moe.aux_loss_coeff=0.5"}),
     [](const auto& info) { return info.param.family; });
 
-// An expert capacity drops the same choices under every layout: each source
-// rank applies it to its own micro-batch's tokens before dispatch, and tp
-// ranks route the whole sequence. Dropping changes the training (the curve
+// An expert capacity drops the same choices under every layout, padded to
+// capacity slots or not: each source rank applies it to its own
+// micro-batch's tokens before dispatch, and tp ranks route the whole
+// sequence. Dropping changes the training (the curve
 // leaves the dropless one) and the drops are counted per layer.
 TEST(MoeCapacityTest, CapacityDropsTheSameChoicesUnderEveryLayout) {
   const std::string root = ScratchDir();
@@ -94,6 +95,10 @@ TEST(MoeCapacityTest, CapacityDropsTheSameChoicesUnderEveryLayout) {
                   "ep2 " + capacity);
   ExpectSameCurve(run("tp2", capacity + " parallel.tp=2 parallel.sequence_parallel=true", 2),
                   single, "tp2 sp " + capacity);
+  // Padded capacity slots (no host read inside a layer) train alike.
+  const std::string padded = capacity + " moe.pad_to_capacity=true";
+  ExpectSameCurve(run("ep2_padded", padded + " parallel.dp=2 parallel.ep=2", 2), single,
+                  "ep2 " + padded);
 }
 
 // A DeepSeek-V3-style model (sigmoid scores, noaux_tc routing with the
@@ -186,6 +191,9 @@ TEST(MoeBalanceValidationTest, MoeKeysNeedTheRightModel) {
       {"llama", "moe.capacity_factor=1.25",
        "moe.capacity_factor: needs a mixture-of-experts model"},
       {"mixtral", "moe.capacity_factor=-1", "moe.capacity_factor"},
+      {"mixtral", "moe.pad_to_capacity=true", "moe.pad_to_capacity: needs moe.capacity_factor > 0"},
+      {"llama", "moe.capacity_factor=1 moe.pad_to_capacity=true",
+       "moe.pad_to_capacity: needs a mixture-of-experts model"},
   };
   for (const Case& c : cases) {
     const std::string dir = root + "/" + c.family;

@@ -144,7 +144,7 @@ absl::Status Trainer::BuildModelAndOptimizer() {
                                  static_cast<double>(recipe_.batch.global_batch);
     for (models::MoeBlockImpl* block : moe_blocks_) {
       block->SetBalance(balance);
-      block->SetCapacityFactor(recipe_.moe.capacity_factor);
+      block->SetCapacityFactor(recipe_.moe.capacity_factor, recipe_.moe.pad_to_capacity);
     }
   }
   // Dropout streams differ per dp rank (a tp group shares its inputs);

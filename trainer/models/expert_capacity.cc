@@ -5,6 +5,31 @@
 #include "core/check.h"
 
 namespace fulcrum::models {
+namespace {
+
+// expert_ids [N, k] -> [N, k]: each choice's rank among its expert's choices
+// in GShard's priority. Computed on the ids' device, without a host read.
+torch::Tensor RankWithinExpert(const torch::Tensor& expert_ids, int64_t num_experts) {
+  FULCRUM_CHECK(expert_ids.dim() == 2, "expert_ids must be [N, k]");
+  const int64_t n = expert_ids.size(0), m = expert_ids.numel();
+  // Choice-major: every token's first choice, then every second choice, ...
+  // (GShard's priority), tokens in order within a rank of choice.
+  const torch::Tensor ids = expert_ids.t().reshape({m});  // [k * N], position c * N + t
+  // Sorting the unique key id * M + position groups by expert in that order.
+  const torch::Tensor positions = torch::arange(m, ids.options());
+  const torch::Tensor order = torch::argsort(ids * m + positions);
+  const torch::Tensor sorted_ids = ids.index_select(0, order);
+  // Rank of each sorted choice within its expert: position - expert's start.
+  // (scatter_add, not bincount: CUDA's bincount reads the maximum id back.)
+  const torch::Tensor counts =
+      torch::zeros({num_experts}, ids.options()).scatter_add_(0, ids, torch::ones_like(ids));
+  const torch::Tensor starts = counts.cumsum(0) - counts;
+  const torch::Tensor rank =
+      torch::empty_like(ids).scatter_(0, order, positions - starts.index_select(0, sorted_ids));
+  return rank.view({expert_ids.size(1), n}).t();
+}
+
+}  // namespace
 
 int64_t ExpertCapacity(int64_t num_tokens, int64_t top_k, int64_t num_experts,
                        double capacity_factor) {
@@ -16,24 +41,18 @@ int64_t ExpertCapacity(int64_t num_tokens, int64_t top_k, int64_t num_experts,
 
 torch::Tensor DropOverCapacity(const torch::Tensor& expert_ids, int64_t num_experts,
                                int64_t capacity) {
-  FULCRUM_CHECK(expert_ids.dim() == 2, "expert_ids must be [N, k]");
   torch::NoGradGuard no_grad;
-  const int64_t n = expert_ids.size(0), m = expert_ids.numel();
-  // Choice-major: every token's first choice, then every second choice, ...
-  // (GShard's priority), tokens in order within a rank of choice.
-  const torch::Tensor ids = expert_ids.t().reshape({m});  // [k * N], position c * N + t
-  // Sorting the unique key id * M + position groups by expert in that order.
-  const torch::Tensor positions = torch::arange(m, ids.options());
-  const torch::Tensor order = torch::argsort(ids * m + positions);
-  const torch::Tensor sorted_ids = ids.index_select(0, order);
-  // Rank of each sorted choice within its expert: position - expert's start.
-  const torch::Tensor counts = torch::bincount(ids, /*weights=*/{}, num_experts);
-  const torch::Tensor starts = counts.cumsum(0) - counts;
-  const torch::Tensor rank = positions - starts.index_select(0, sorted_ids);
-  torch::Tensor dropped = torch::zeros({m}, torch::kBool);
-  dropped.index_put_({order}, rank >= capacity);
-  const torch::Tensor kept = torch::where(dropped, torch::full_like(ids, -1), ids);
-  return kept.view({expert_ids.size(1), n}).t().contiguous();
+  const torch::Tensor rank = RankWithinExpert(expert_ids, num_experts);
+  return torch::where(rank >= capacity, torch::full_like(expert_ids, -1), expert_ids).contiguous();
+}
+
+torch::Tensor CapacitySlots(const torch::Tensor& expert_ids, int64_t num_experts,
+                            int64_t capacity) {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor rank = RankWithinExpert(expert_ids, num_experts);
+  return torch::where(rank >= capacity, torch::full_like(expert_ids, num_experts * capacity),
+                      expert_ids * capacity + rank)
+      .contiguous();
 }
 
 }  // namespace fulcrum::models

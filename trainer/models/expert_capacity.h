@@ -24,4 +24,11 @@ int64_t ExpertCapacity(int64_t num_tokens, int64_t top_k, int64_t num_experts,
 torch::Tensor DropOverCapacity(const torch::Tensor& expert_ids, int64_t num_experts,
                                int64_t capacity);
 
+// The same priority as slots of a padded dispatch: expert_ids [N, k] ->
+// [N, k] int64, choice (t, c) of expert e with rank i < capacity among e's
+// choices -> slot e * capacity + i; a dropped choice -> num_experts *
+// capacity (one past the last slot). Computed on the ids' device without a
+// host read. Deterministic; no autograd.
+torch::Tensor CapacitySlots(const torch::Tensor& expert_ids, int64_t num_experts, int64_t capacity);
+
 }  // namespace fulcrum::models

@@ -82,7 +82,10 @@ torch::Tensor AttachAuxLossGradient(const torch::Tensor& output, const torch::Te
 
 torch::Tensor ExpertLoads(const torch::Tensor& expert_ids, int64_t num_experts) {
   torch::NoGradGuard no_grad;
-  return torch::bincount(expert_ids.reshape({-1}), /*weights=*/{}, num_experts).to(torch::kDouble);
+  // scatter_add, not bincount: CUDA's bincount reads the largest id back to the host.
+  const torch::Tensor ids = expert_ids.reshape({-1});
+  return torch::zeros({num_experts}, ids.options().dtype(torch::kDouble))
+      .scatter_add_(0, ids, torch::ones(ids.sizes(), ids.options().dtype(torch::kDouble)));
 }
 
 void UpdateCorrectionBias(torch::Tensor& bias, const torch::Tensor& loads, double rate) {

@@ -45,7 +45,8 @@ MoeBlockImpl::MoeBlockImpl(const ModelConfig& config, const torch::TensorOptions
                            const ModelParallel& parallel)
     : moe_(config.moe),
       tp_(parallel.tp),
-      dispatcher_(CheckedExperts(config.moe), parallel.expert_parallel) {
+      dispatcher_(CheckedExperts(config.moe), parallel.expert_parallel),
+      padded_dispatcher_(config.moe.num_experts, parallel.expert_parallel) {
   // Pipelining does not touch the block (a stage holds whole layers).
   FULCRUM_CHECK(moe_.enabled() && moe_.style != MoeStyle::kNone,
                 "MoeBlock built for a dense config (num_experts=", moe_.num_experts, ")");
@@ -148,28 +149,17 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x, ForwardPass pass) {
   // same in fp32, one rounding apart in bf16).
   // Without ep the dispatch is the local permutation by expert alone. The
   // weights scale partial sums under tp: their gradient is one too.
-  torch::Tensor expert_ids = routing.expert_ids;
+  int64_t capacity = 0;
   if (is_training() && capacity_factor_ > 0) {
-    const int64_t capacity =
-        ExpertCapacity(flat.size(0), expert_ids.size(1), moe_.num_experts, capacity_factor_);
-    expert_ids = DropOverCapacity(expert_ids, moe_.num_experts, capacity);
+    capacity = ExpertCapacity(flat.size(0), routing.expert_ids.size(1), moe_.num_experts,
+                              capacity_factor_);
   }
-  const parallel::expert::Dispatched dispatched =
-      dispatcher_.Dispatch(expert_in, expert_ids, into_region(routing.weights));
-  if (count) dropped_ += dispatched.handle.local.dropped;
-
-  // Each held expert on its contiguous slice [n_e, hidden]; zero rows
-  // included so that every expert weight gets a (zero) gradient.
-  std::vector<torch::Tensor> outputs;
-  outputs.reserve(static_cast<size_t>(experts->size()));
-  int64_t offset = 0;
-  for (int64_t e = 0; e < experts->size(); ++e) {
-    const int64_t rows = dispatched.tokens_per_local_expert[static_cast<size_t>(e)];
-    outputs.push_back(experts->at(e).forward(dispatched.expert_input.narrow(0, offset, rows)));
-    offset += rows;
-  }
-  const torch::Tensor expert_out = torch::cat(outputs, 0);  // [rows received, hidden]
-  torch::Tensor y = dispatcher_.Combine(expert_out, dispatched.handle).to(x.dtype());
+  const torch::Tensor weights = into_region(routing.weights);
+  torch::Tensor y =
+      (pad_to_capacity_ && capacity > 0
+           ? RouteThroughPaddedExperts(expert_in, routing.expert_ids, weights, capacity, count)
+           : RouteThroughExperts(expert_in, routing.expert_ids, weights, capacity, count))
+          .to(x.dtype());
 
   if (shared_branch) y = y + shared_branch->Join();
   y = y.view(tokens.sizes());
@@ -183,16 +173,62 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x, ForwardPass pass) {
   return y;
 }
 
+torch::Tensor MoeBlockImpl::RouteThroughExperts(const torch::Tensor& expert_in,
+                                                const torch::Tensor& expert_ids,
+                                                const torch::Tensor& weights, int64_t capacity,
+                                                bool count) {
+  const torch::Tensor kept =
+      capacity > 0 ? DropOverCapacity(expert_ids, moe_.num_experts, capacity) : expert_ids;
+  const parallel::expert::Dispatched dispatched = dispatcher_.Dispatch(expert_in, kept, weights);
+  if (count) {
+    CountDropped(torch::full({}, static_cast<double>(dispatched.handle.local.dropped),
+                             torch::TensorOptions().dtype(torch::kDouble)));
+  }
+  // Each held expert on its contiguous slice [n_e, hidden]; zero rows
+  // included so that every expert weight gets a (zero) gradient.
+  std::vector<torch::Tensor> outputs;
+  outputs.reserve(static_cast<size_t>(experts->size()));
+  int64_t offset = 0;
+  for (int64_t e = 0; e < experts->size(); ++e) {
+    const int64_t rows = dispatched.tokens_per_local_expert[static_cast<size_t>(e)];
+    outputs.push_back(experts->at(e).forward(dispatched.expert_input.narrow(0, offset, rows)));
+    offset += rows;
+  }
+  const torch::Tensor expert_out = torch::cat(outputs, 0);  // [rows received, hidden]
+  return dispatcher_.Combine(expert_out, dispatched.handle);
+}
+
+torch::Tensor MoeBlockImpl::RouteThroughPaddedExperts(const torch::Tensor& expert_in,
+                                                      const torch::Tensor& expert_ids,
+                                                      const torch::Tensor& weights,
+                                                      int64_t capacity, bool count) {
+  const torch::Tensor slots = CapacitySlots(expert_ids, moe_.num_experts, capacity);
+  if (count) CountDropped(slots.eq(moe_.num_experts * capacity).sum().to(torch::kDouble));
+  const parallel::expert::PaddedDispatch dispatched =
+      padded_dispatcher_.Dispatch(expert_in, slots, weights, capacity);
+  // Every expert's block has ep * capacity rows, padding included.
+  std::vector<torch::Tensor> outputs;
+  outputs.reserve(static_cast<size_t>(experts->size()));
+  for (int64_t e = 0; e < experts->size(); ++e) {
+    outputs.push_back(experts->at(e).forward(dispatched.expert_input[e]));
+  }
+  return padded_dispatcher_.Combine(torch::stack(outputs), dispatched);
+}
+
+void MoeBlockImpl::CountDropped(const torch::Tensor& dropped) {
+  dropped_ = dropped_.defined() ? dropped_ + dropped : dropped;
+}
+
 MoeBlockImpl::StepStats MoeBlockImpl::TakeStepStats() {
   StepStats stats;
   const torch::TensorOptions f64 = torch::TensorOptions().dtype(torch::kDouble);
   stats.loads = loads_.defined() ? loads_.to(torch::kCPU) : torch::zeros({moe_.num_experts}, f64);
   stats.balance_loss_sum =
       balance_sum_.defined() ? balance_sum_.to(torch::kCPU) : torch::zeros({}, f64);
-  stats.dropped = torch::full({}, static_cast<double>(dropped_), f64);
+  stats.dropped = dropped_.defined() ? dropped_.to(torch::kCPU) : torch::zeros({}, f64);
   loads_ = torch::Tensor();
   balance_sum_ = torch::Tensor();
-  dropped_ = 0;
+  dropped_ = torch::Tensor();
   return stats;
 }
 

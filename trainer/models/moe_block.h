@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "parallel/expert/padded_token_dispatcher.h"
 #include "parallel/expert/token_dispatcher.h"
 #include "trainer/models/mlp.h"
 #include "trainer/models/model_config.h"
@@ -69,7 +70,14 @@ class MoeBlockImpl : public torch::nn::Module {
   // (ExpertCapacity of this forward's tokens, before dispatch: the same on
   // every layout) and count them. Evaluation, `score` and the HF models an
   // export loads stay dropless. 0 (the default): dropless.
-  void SetCapacityFactor(double capacity_factor) { capacity_factor_ = capacity_factor; }
+  // `pad_to_capacity` (needs capacity_factor > 0): the kept choices travel
+  // in fixed capacity slots per expert, zero-padded (PaddedTokenDispatcher),
+  // so that the forward and backward read nothing back to the host. The
+  // same choices are dropped and the same sums formed as without padding.
+  void SetCapacityFactor(double capacity_factor, bool pad_to_capacity = false) {
+    capacity_factor_ = capacity_factor;
+    pad_to_capacity_ = pad_to_capacity && capacity_factor > 0;
+  }
   // What the training forwards since the last call accumulated, then reset:
   // loads [E] float64 (tokens this rank routed to each expert; routing is
   // before dispatch, so the sum over dp counts every token once) and the sum
@@ -90,15 +98,29 @@ class MoeBlockImpl : public torch::nn::Module {
   lora::LoraLinear shared_expert_gate{nullptr};  // [1, hidden] Qwen2-MoE only; or null
 
  private:
+  // The routed experts' weighted sum [N, hidden] of the tokens `expert_in`
+  // ([N, hidden], inside the tp region) for `routing`: dropless or with the
+  // choices over `capacity` dropped (capacity 0: dropless), or through
+  // padded capacity slots. Adds the dropped choices to dropped_ when `count`.
+  torch::Tensor RouteThroughExperts(const torch::Tensor& expert_in, const torch::Tensor& expert_ids,
+                                    const torch::Tensor& weights, int64_t capacity, bool count);
+  torch::Tensor RouteThroughPaddedExperts(const torch::Tensor& expert_in,
+                                          const torch::Tensor& expert_ids,
+                                          const torch::Tensor& weights, int64_t capacity,
+                                          bool count);
+  void CountDropped(const torch::Tensor& dropped);
+
   MoeConfig moe_;
   parallel::tensor::TensorParallel tp_;
   parallel::expert::TokenDispatcher dispatcher_;
+  parallel::expert::PaddedTokenDispatcher padded_dispatcher_;
   Routing last_routing_;
   MoeBalanceOptions balance_;
   double capacity_factor_ = 0.0;
+  bool pad_to_capacity_ = false;
   torch::Tensor loads_;        // [E] float64, since the last TakeStepStats
   torch::Tensor balance_sum_;  // 0-dim float64
-  int64_t dropped_ = 0;        // choices dropped over capacity since then
+  torch::Tensor dropped_;      // 0-dim float64: choices dropped over capacity since then
 };
 TORCH_MODULE(MoeBlock);
 

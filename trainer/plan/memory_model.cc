@@ -10,6 +10,7 @@
 #include "parallel/pipeline/schedule_simulator.h"
 #include "parallel/pipeline/stage_partition.h"
 #include "trainer/metrics/parameter_count.h"
+#include "trainer/models/expert_capacity.h"
 
 namespace fulcrum::plan {
 namespace {
@@ -31,6 +32,7 @@ struct Shape {
   bool all_linear = false;
   std::set<std::string> targets;
   bool selective = false;
+  double padded_capacity_factor = 0;  // > 0: MoE rows in capacity slots (moe.pad_to_capacity)
 
   // The linear `name` keeps its input for backward: its weight trains or an
   // adapter reads it.
@@ -74,6 +76,7 @@ Shape ShapeOf(const recipe::Recipe& recipe, const std::string& recompute) {
     }
   }
   sh.selective = recompute == "selective";
+  if (recipe.moe.pad_to_capacity) sh.padded_capacity_factor = recipe.moe.capacity_factor;
   return sh;
 }
 
@@ -138,7 +141,14 @@ double MoeBytes(const models::ModelConfig& c, const Shape& sh) {
   const std::string gate = mixtral ? "w1" : "gate_proj", up = mixtral ? "w3" : "up_proj",
                     down = mixtral ? "w2" : "down_proj";
   double bytes = sh.n * h * sh.s + 2 * sh.n * static_cast<double>(moe.num_experts) * kFloat;
-  const double rows = sh.n * k;
+  // Padded: every expert's capacity slots, empty ones included.
+  const double rows =
+      sh.padded_capacity_factor > 0
+          ? static_cast<double>(moe.num_experts * models::ExpertCapacity(static_cast<int64_t>(sh.n),
+                                                                         moe.experts_per_token,
+                                                                         moe.num_experts,
+                                                                         sh.padded_capacity_factor))
+          : sh.n * k;
   bytes += rows * h * sh.s;  // the dispatched tokens
   bytes += SwiGluBytes(sh, h, static_cast<double>(moe.expert_intermediate_size) / sh.tp, rows, gate,
                        up, down, /*input_counted=*/true);

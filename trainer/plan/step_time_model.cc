@@ -46,13 +46,15 @@ double RecomputeFlopsPerToken(const metrics::FlopsModel& m, const models::ModelC
 // `layers` layers (`moe_layers` of them MoE), forward and backward: tp 2
 // all-reduces per layer each way (sp: 2 gathers and 2 reduce-scatters), plus
 // the vocab-parallel embedding's 1 and lm_head's and the loss's 3 (under pp
-// the last stage's 3, the worst); ep the count exchange and 2 all-to-alls
-// forward, 2 backward, per MoE layer; pp a send each way.
-double BlockingCollectivesPerMicroBatch(const recipe::ParallelSection& par, double layers,
+// the last stage's 3, the worst); ep the count exchange (none with padded
+// capacity slots) and 2 all-to-alls forward, 2 backward, per MoE layer; pp a
+// send each way.
+double BlockingCollectivesPerMicroBatch(const recipe::Recipe& recipe, double layers,
                                         double moe_layers) {
+  const recipe::ParallelSection& par = recipe.parallel;
   double n = 0;
   if (par.tp > 1) n += (par.sequence_parallel ? 8.0 : 4.0) * layers + (par.pp > 1 ? 3.0 : 4.0);
-  if (par.ep > 1) n += 5.0 * moe_layers;
+  if (par.ep > 1) n += (PaddedToCapacity(recipe) ? 4.0 : 5.0) * moe_layers;
   if (par.pp > 1) n += 2.0;
   return n;
 }
@@ -64,7 +66,23 @@ double OptimizerBytesPerParam(bool bf16) {
   return optim::kAdamWStateBytesPerParam + 2.0 * 4.0 + (bf16 ? 2.0 : 0.0);
 }
 
+// The routed experts' matmul parameters a token passes through (k of E
+// experts' share), over the model.
+double RoutedMatmulParamsPerToken(const models::ModelConfig& c) {
+  if (c.moe.num_experts <= 0) return 0.0;
+  double params = 0;
+  for (int64_t layer = 0; layer < c.num_layers; ++layer) {
+    params += static_cast<double>(metrics::CountLayerParameters(c, layer).routed_experts);
+  }
+  return params * static_cast<double>(c.moe.experts_per_token) /
+         static_cast<double>(c.moe.num_experts);
+}
+
 }  // namespace
+
+bool PaddedToCapacity(const recipe::Recipe& recipe) {
+  return recipe.moe.pad_to_capacity && recipe.moe.capacity_factor > 0;
+}
 
 metrics::FlopsModel FlopsModelFor(const models::ModelConfig& c, const recipe::Recipe& recipe) {
   recipe::Recipe whole = recipe;  // the whole model: one tp shard, every expert
@@ -75,15 +93,10 @@ metrics::FlopsModel FlopsModelFor(const models::ModelConfig& c, const recipe::Re
   for (int64_t layer = 0; layer < c.num_layers; ++layer) {
     const metrics::LayerParameterCounts counts = metrics::CountLayerParameters(c, layer);
     // A token visits k of the routed experts; norms are no matmul.
-    const double experts = c.moe.num_experts > 0
-                               ? static_cast<double>(counts.routed_experts) *
-                                     static_cast<double>(c.moe.experts_per_token) /
-                                     static_cast<double>(c.moe.num_experts)
-                               : 0.0;
-    matmul +=
-        static_cast<double>(counts.tp_split + counts.replicated - 2 * c.hidden_size) + experts;
+    matmul += static_cast<double>(counts.tp_split + counts.replicated - 2 * c.hidden_size);
     adapters += LayerAdapterParams(c, whole, layer);
   }
+  matmul += RoutedMatmulParamsPerToken(c);
   metrics::FlopsModel m;
   if (recipe.finetune.method == "lora") {
     m.frozen_matmul_params = static_cast<int64_t>(matmul);
@@ -113,7 +126,15 @@ absl::StatusOr<StepTime> EstimateStepTime(const models::ModelConfig& c,
   const metrics::FlopsModel flops = FlopsModelFor(c, recipe);
   t.flops_per_token = metrics::TrainingFlopsPerToken(flops, seq) +
                       RecomputeFlopsPerToken(flops, c, RecomputeMode(recipe), seq);
-  t.compute_s = t.flops_per_token * tokens_per_step / ranks / (hw.peak_flops * hw.efficiency);
+  // Padded capacity slots: the experts multiply capacity_factor x N x k
+  // rows, padding included, not the N x k the model's FLOPs count.
+  const double padding_flops_per_token = PaddedToCapacity(recipe)
+                                             ? (recipe.moe.capacity_factor - 1.0) *
+                                                   RoutedMatmulParamsPerToken(c) *
+                                                   (recipe.finetune.method == "lora" ? 4.0 : 6.0)
+                                             : 0.0;
+  t.compute_s = (t.flops_per_token + padding_flops_per_token) * tokens_per_step / ranks /
+                (hw.peak_flops * hw.efficiency);
 
   const double stage_layers = static_cast<double>(c.num_layers) / static_cast<double>(par.pp);
   const double micro = static_cast<double>(micro_batches);
@@ -124,8 +145,10 @@ absl::StatusOr<StepTime> EstimateStepTime(const models::ModelConfig& c,
   int64_t moe_layers = 0;
   for (int64_t layer = 0; layer < c.num_layers; ++layer) moe_layers += models::IsMoeLayer(c, layer);
   if (par.ep > 1 && c.moe.enabled()) {
+    const double rows_per_choice = PaddedToCapacity(recipe) ? recipe.moe.capacity_factor : 1.0;
     const double routed = activation * static_cast<double>(c.moe.experts_per_token) *
-                          static_cast<double>(par.ep - 1) / static_cast<double>(par.ep);
+                          rows_per_choice * static_cast<double>(par.ep - 1) /
+                          static_cast<double>(par.ep);
     t.ep_comm_s = 4.0 * static_cast<double>(moe_layers) / static_cast<double>(par.pp) * micro *
                   routed / Bandwidth(hw, par.tp * par.ep);
   }
@@ -143,8 +166,9 @@ absl::StatusOr<StepTime> EstimateStepTime(const models::ModelConfig& c,
     t.optimizer_s = updated * OptimizerBytesPerParam(s == 2.0) / hw.memory_bytes_per_s;
   }
   t.blocking_collectives =
-      micro * BlockingCollectivesPerMicroBatch(
-                  par, stage_layers, static_cast<double>(moe_layers) / static_cast<double>(par.pp));
+      micro *
+      BlockingCollectivesPerMicroBatch(
+          recipe, stage_layers, static_cast<double>(moe_layers) / static_cast<double>(par.pp));
   t.latency_s = t.blocking_collectives * hw.collective_latency_s;
   if (par.pp > 1) {
     FULCRUM_ASSIGN_OR_RETURN(const pipeline::ScheduleKind kind,

@@ -61,6 +61,11 @@ struct StepTime {
   double tokens_per_s = 0;  // all ranks together
 };
 
+// Whether the recipe's MoE layers send capacity slots (moe.pad_to_capacity
+// with a capacity): the experts then multiply capacity_factor x N x k rows
+// and no count is exchanged.
+bool PaddedToCapacity(const recipe::Recipe& recipe);
+
 // FLOPs model of the whole model as `recipe` trains it (full or LoRA).
 metrics::FlopsModel FlopsModelFor(const models::ModelConfig& config, const recipe::Recipe& recipe);
 

@@ -153,6 +153,7 @@ absl::Status ReadMoe(MapReader& top, MoeSection* moe) {
   FULCRUM_RETURN_IF_ERROR(r.Read("z_loss_coeff", &moe->z_loss_coeff));
   FULCRUM_RETURN_IF_ERROR(r.Read("bias_update_rate", &moe->bias_update_rate));
   FULCRUM_RETURN_IF_ERROR(r.Read("capacity_factor", &moe->capacity_factor));
+  FULCRUM_RETURN_IF_ERROR(r.Read("pad_to_capacity", &moe->pad_to_capacity));
   return r.Finish();
 }
 

@@ -154,6 +154,10 @@ struct MoeSection {
   // tokens, first choices before second ones, the rest dropped and counted
   // (0 = dropless).
   double capacity_factor = 0.0;
+  // With a capacity: the kept choices travel in capacity slots per expert,
+  // zero-padded, so that no count is read back to the host within a layer
+  // (Megatron's moe_pad_expert_input_to_capacity). Same drops, same result.
+  bool pad_to_capacity = false;
 };
 
 struct CheckpointSection {

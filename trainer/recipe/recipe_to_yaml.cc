@@ -145,6 +145,7 @@ void EmitCheckpointLogging(YAML::Emitter& out, const Recipe& r) {
   Field(out, "z_loss_coeff", r.moe.z_loss_coeff);
   Field(out, "bias_update_rate", r.moe.bias_update_rate);
   Field(out, "capacity_factor", r.moe.capacity_factor);
+  Field(out, "pad_to_capacity", r.moe.pad_to_capacity);
   out << YAML::EndMap;
   BeginSection(out, "checkpoint");
   Field(out, "dir", r.checkpoint.dir);

@@ -275,6 +275,10 @@ void CheckRest(const Recipe& r, Problems& p) {
   p.NonNegative("moe.z_loss_coeff", r.moe.z_loss_coeff);
   p.NonNegative("moe.bias_update_rate", r.moe.bias_update_rate);
   p.NonNegative("moe.capacity_factor", r.moe.capacity_factor);
+  if (r.moe.pad_to_capacity && r.moe.capacity_factor <= 0) {
+    p.Add("moe.pad_to_capacity",
+          "needs moe.capacity_factor > 0: the capacity is the number of slots per expert");
+  }
   p.OneOf("train.recompute", r.train.recompute, KnownRecomputeModes());
   p.NonNegative("train.memory_gib", r.train.memory_gib);
   p.OneOf("precision.dtype", r.precision.dtype, KnownDtypes());
@@ -430,7 +434,8 @@ void CheckMoeSection(const MoeSection& moe, const models::ModelConfig& config,
         {"moe.aux_loss", moe.aux_loss != defaults.aux_loss},
         {"moe.z_loss_coeff", moe.z_loss_coeff != defaults.z_loss_coeff},
         {"moe.bias_update_rate", moe.bias_update_rate != defaults.bias_update_rate},
-        {"moe.capacity_factor", moe.capacity_factor != defaults.capacity_factor}};
+        {"moe.capacity_factor", moe.capacity_factor != defaults.capacity_factor},
+        {"moe.pad_to_capacity", moe.pad_to_capacity != defaults.pad_to_capacity}};
     for (const auto& [key, set] : keys) {
       if (set) {
         problems.Add(key, absl::StrCat("needs a mixture-of-experts model; ", model,

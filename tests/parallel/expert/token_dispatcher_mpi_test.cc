@@ -11,6 +11,7 @@
 
 #include "parallel/comm/communicator_factory.h"
 #include "parallel/expert/all_to_all.h"
+#include "parallel/expert/padded_token_dispatcher.h"
 #include "parallel/expert/token_dispatcher.h"
 
 namespace fulcrum::parallel::expert {
@@ -140,6 +141,80 @@ TEST_P(TokenDispatcherTest, ExpertsGetTheirRowsAndCombineWeightsTheOutputs) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Groups, TokenDispatcherTest, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "ExpertParallel" : "Local"; });
+
+// Capacity slots of rank r's tokens, by hand: first choices in token order,
+// then second choices; expert e's i-th is slot e * capacity + i if i <
+// capacity, else dropped (experts * capacity).
+torch::Tensor SlotsOf(const RankTokens& tokens, int64_t experts, int64_t capacity) {
+  const int64_t n = tokens.expert_ids.size(0);
+  torch::Tensor slots = torch::empty({n, kTopK}, torch::kLong);
+  std::vector<int64_t> taken(static_cast<size_t>(experts), 0);
+  for (int64_t c = 0; c < kTopK; ++c) {
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t e = tokens.expert_ids[t][c].item<int64_t>();
+      const int64_t i = taken[static_cast<size_t>(e)]++;
+      slots[t][c] = i < capacity ? e * capacity + i : experts * capacity;
+    }
+  }
+  return slots;
+}
+
+class PaddedTokenDispatcherTest : public ::testing::TestWithParam<bool> {};  // with the ep group?
+
+TEST_P(PaddedTokenDispatcherTest, ExpertsGetTheirSlotsAndCombineWeightsTheKeptOutputs) {
+  auto comm = World();
+  const bool expert_parallel = GetParam();
+  const int size = expert_parallel ? comm->size() : 1;
+  const int64_t experts = 2 * comm->size(), capacity = 2;
+  const int64_t local = experts / size, first = (expert_parallel ? comm->rank() : 0) * local;
+  const PaddedTokenDispatcher dispatcher(experts, expert_parallel ? comm.get() : nullptr);
+  ASSERT_EQ(dispatcher.num_local_experts(), local);
+
+  const RankTokens mine = TokensOf(comm->rank(), experts);
+  const torch::Tensor slots = SlotsOf(mine, experts, capacity);
+  const torch::Tensor hidden = mine.hidden.clone().requires_grad_(true);
+  const torch::Tensor weights = mine.weights.clone().requires_grad_(true);
+  const PaddedDispatch d = dispatcher.Dispatch(hidden, slots, weights, capacity);
+
+  // Expert e's block: each source rank's `capacity` slots, zero rows empty.
+  ASSERT_EQ(d.expert_input.sizes(), (std::vector<int64_t>{local, size * capacity, kHidden}));
+  for (int64_t e = 0; e < local; ++e) {
+    for (int s = 0; s < size; ++s) {
+      const int source = expert_parallel ? s : comm->rank();
+      const RankTokens theirs = TokensOf(source, experts);
+      const torch::Tensor their_slots = SlotsOf(theirs, experts, capacity);
+      for (int64_t i = 0; i < capacity; ++i) {
+        torch::Tensor want = torch::zeros({kHidden});
+        const int64_t slot = (first + e) * capacity + i;
+        for (int64_t t = 0; t < theirs.hidden.size(0); ++t) {
+          for (int64_t j = 0; j < kTopK; ++j) {
+            if (their_slots[t][j].item<int64_t>() == slot) want = theirs.hidden[t];
+          }
+        }
+        EXPECT_TRUE(d.expert_input[e][s * capacity + i].detach().equal(want))
+            << "expert " << first + e << " source " << source << " slot " << i;
+      }
+    }
+  }
+
+  // "Expert" g multiplies its rows by g + 1; dropped choices add nothing.
+  const torch::Tensor factor = (torch::arange(local) + first + 1).to(torch::kFloat);
+  const torch::Tensor combined = dispatcher.Combine(d.expert_input * factor.view({-1, 1, 1}), d);
+  const torch::Tensor kept = slots.ne(experts * capacity).to(torch::kFloat);
+  const torch::Tensor per_choice = kept * (mine.expert_ids + 1).to(torch::kFloat);
+  const torch::Tensor factors = (mine.weights * per_choice).sum(1);
+  EXPECT_TRUE(torch::allclose(combined, mine.hidden * factors.unsqueeze(1), 1e-6, 1e-6));
+  EXPECT_GT(kept.numel() - kept.sum().item<double>(), 0.0) << "no choice dropped: a weak test";
+
+  combined.sum().backward();
+  EXPECT_TRUE(
+      torch::allclose(hidden.grad(), factors.unsqueeze(1).expand({-1, kHidden}), 1e-6, 1e-6));
+  EXPECT_TRUE(torch::allclose(weights.grad(), per_choice * mine.hidden.sum(1, /*keepdim=*/true),
+                              1e-5, 1e-6));
+}
+
+INSTANTIATE_TEST_SUITE_P(Groups, PaddedTokenDispatcherTest, ::testing::Bool(),
                          [](const auto& info) { return info.param ? "ExpertParallel" : "Local"; });
 
 }  // namespace

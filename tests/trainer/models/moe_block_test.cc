@@ -182,6 +182,31 @@ TEST(ExpertCapacityTest, FirstChoicesComeBeforeSecondChoicesThenTokenOrder) {
   EXPECT_TRUE(torch::equal(DropOverCapacity(ids, 3, 4), ids));
 }
 
+// Slots follow the same priority: expert e's i-th kept choice is slot
+// e * capacity + i; a dropped one is E * capacity.
+TEST(ExpertCapacityTest, SlotsAreTheKeptChoicesRanksWithinTheirExpert) {
+  const torch::Tensor ids = torch::tensor({0, 1, 0, 2, 1, 0, 1, 0}, torch::kInt64).view({4, 2});
+  EXPECT_TRUE(torch::equal(CapacitySlots(ids, 3, 2),
+                           torch::tensor({0, 6, 1, 4, 2, 6, 3, 6}, torch::kInt64).view({4, 2})));
+  // Random routings: the kept choices are DropOverCapacity's, each in a
+  // distinct slot of its own expert.
+  torch::manual_seed(3);
+  for (int64_t capacity : {1, 3, 7}) {
+    const torch::Tensor choice =
+        torch::argsort(torch::rand({20, 8}), /*dim=*/int64_t{1}).narrow(1, 0, 2).contiguous();
+    const torch::Tensor slots = CapacitySlots(choice, 8, capacity);
+    const torch::Tensor kept = DropOverCapacity(choice, 8, capacity);
+    const torch::Tensor dropped = slots.eq(8 * capacity);
+    EXPECT_TRUE(torch::equal(dropped, kept.eq(-1))) << "capacity " << capacity;
+    EXPECT_TRUE(torch::equal(slots.div(capacity, "floor").masked_select(~dropped),
+                             choice.masked_select(~dropped)));
+    const torch::Tensor used = std::get<0>(slots.masked_select(~dropped).sort());
+    const int64_t n = used.numel();
+    EXPECT_TRUE(used.narrow(0, 1, n - 1).ne(used.narrow(0, 0, n - 1)).all().item<bool>())
+        << "a slot taken twice";
+  }
+}
+
 // With a capacity factor, training forwards drop each expert's choices over
 // its capacity (the naive reference ranks them one by one: first choices,
 // then second, token order within) and count them; evaluation forwards stay
@@ -221,6 +246,41 @@ TEST(MoeBlockTest, CapacityDropsChoicesInTrainingForwardsOnly) {
   const torch::Tensor dropless = block->forward(x);
   EXPECT_TRUE(torch::allclose(dropless, NaiveMoe(block, config.moe, x), 1e-5, 1e-5));
   EXPECT_EQ(block->TakeStepStats().dropped.item<double>(), 0.0);
+}
+
+// Padded capacity slots change how the kept choices travel, not what they
+// sum to: the same outputs, drops and gradients as the unpadded capacity.
+TEST(MoeBlockTest, PaddedCapacityGivesTheUnpaddedResultAndGradients) {
+  for (const MoeStyle style : {MoeStyle::kMixtral, MoeStyle::kDeepSeek}) {
+    const ModelConfig config = Config(style);
+    MoeBlock unpadded(config, torch::TensorOptions());
+    MoeBlock padded(config, torch::TensorOptions());
+    InitRandom(unpadded, 13);
+    InitRandom(padded, 13);
+    unpadded->SetCapacityFactor(0.5);
+    padded->SetCapacityFactor(0.5, /*pad_to_capacity=*/true);
+    const torch::Tensor x = torch::randn({2, 5, kHidden});
+    const torch::Tensor x_unpadded = x.clone().requires_grad_(true);
+    const torch::Tensor x_padded = x.clone().requires_grad_(true);
+    const torch::Tensor upstream = torch::randn({2, 5, kHidden});
+    const torch::Tensor y_unpadded = unpadded->forward(x_unpadded);
+    const torch::Tensor y_padded = padded->forward(x_padded);
+    EXPECT_TRUE(torch::allclose(y_padded, y_unpadded, 1e-6, 1e-6))
+        << (y_padded - y_unpadded).abs().max();
+    (y_unpadded * upstream).sum().backward();
+    (y_padded * upstream).sum().backward();
+    EXPECT_TRUE(torch::allclose(x_padded.grad(), x_unpadded.grad(), 1e-6, 1e-6));
+    const auto expected = unpadded->named_parameters();
+    for (const auto& item : padded->named_parameters()) {
+      const torch::Tensor& want = expected[item.key()].grad();
+      ASSERT_TRUE(item.value().grad().defined()) << item.key();
+      EXPECT_TRUE(torch::allclose(item.value().grad(), want, 1e-6, 1e-6))
+          << item.key() << " " << (item.value().grad() - want).abs().max();
+    }
+    const double dropped = unpadded->TakeStepStats().dropped.item<double>();
+    EXPECT_GT(dropped, 0.0);
+    EXPECT_EQ(padded->TakeStepStats().dropped.item<double>(), dropped);
+  }
 }
 
 // LoRA adapts a router only when named: all-linear leaves it frozen; with

@@ -26,6 +26,16 @@ models::ModelConfig Small() {
   return c;
 }
 
+// Small() with every layer's MLP 4 experts (top-2) of width 16.
+models::ModelConfig SmallMixtral() {
+  models::ModelConfig c = Small();
+  c.moe.style = models::MoeStyle::kMixtral;
+  c.moe.num_experts = 4;
+  c.moe.experts_per_token = 2;
+  c.moe.expert_intermediate_size = 16;
+  return c;
+}
+
 recipe::Recipe Full() {
   recipe::Recipe r;
   r.source = "r.yaml";
@@ -169,11 +179,7 @@ TEST(MemoryModelTest, PipelineStagesHoldTheirLayersAndInFlightMicroBatches) {
 }
 
 TEST(MemoryModelTest, ExpertsSplitOverEp) {
-  models::ModelConfig c = Small();
-  c.moe.style = models::MoeStyle::kMixtral;
-  c.moe.num_experts = 4;
-  c.moe.experts_per_token = 2;
-  c.moe.expert_intermediate_size = 16;
+  const models::ModelConfig c = SmallMixtral();
   recipe::Recipe r = Full();
   r.parallel.dp = 2;
   r.parallel.ep = 2;
@@ -187,6 +193,34 @@ TEST(MemoryModelTest, ExpertsSplitOverEp) {
   r.parallel.ep = 1;
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0),
                    1024 + 1152 + (64 + 64 + 2 * 128 + 3 * 256) * 4);
+}
+
+// Padded capacity slots: every expert's ceil(1.5 x 16 / 4) = 6 slots, 24
+// rows where 16 choices travel unpadded; the experts multiply them all, and
+// no count is exchanged (4 blocking all-to-alls per MoE layer, not 5).
+TEST(MemoryModelTest, PaddedCapacitySlotsCountEverySlot) {
+  const models::ModelConfig c = SmallMixtral();
+  recipe::Recipe r = Full();
+  r.moe.capacity_factor = 1.5;
+  r.moe.pad_to_capacity = true;
+  EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0),
+                   1024 + 1152 + (64 + 64 + 2 * 24 * 8 + 3 * 24 * 16) * 4);
+  r.parallel.dp = 2;
+  r.parallel.ep = 2;
+  r.batch.global_batch = 8;
+  Hardware hw = Node(2, 1e6);
+  hw.collective_latency_s = 1e-3;
+  const StepTime padded = *EstimateStepTime(c, r, hw);
+  r.moe.pad_to_capacity = false;
+  const StepTime unpadded = *EstimateStepTime(c, r, hw);
+  // 2 micro-batches x 2 MoE layers.
+  EXPECT_DOUBLE_EQ(unpadded.blocking_collectives, 2 * 2 * 5);
+  EXPECT_DOUBLE_EQ(padded.blocking_collectives, 2 * 2 * 4);
+  EXPECT_DOUBLE_EQ(padded.ep_comm_s, 1.5 * unpadded.ep_comm_s);
+  // Routed matmul parameters per token: 2 layers x 2 of 4 experts x 384;
+  // 0.5 of them again, 6 FLOPs each, over 16 tokens per rank at half the peak.
+  EXPECT_NEAR(padded.compute_s - unpadded.compute_s, 0.5 * 2 * 2 * 384 * 6 * 16 / (0.5 * 1e6),
+              1e-9);
 }
 
 TEST(StepTimeModelTest, FlopsBubbleAndCommunication) {
