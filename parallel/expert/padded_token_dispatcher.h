@@ -39,8 +39,9 @@ class PaddedTokenDispatcher {
 
   // hidden [N, hidden]; slots [N, k] int64 in [0, E * capacity], E *
   // capacity for a dropped choice; weights [N, k] (cast to hidden's dtype).
-  // Collective over the ep group. Differentiable with respect to hidden and
-  // the weights.
+  // Collective over the ep group; every ep rank passes the same capacity
+  // (the trainer's micro-batches are all [micro_batch, seq_len]).
+  // Differentiable with respect to hidden and the weights.
   PaddedDispatch Dispatch(const torch::Tensor& hidden, const torch::Tensor& slots,
                           const torch::Tensor& weights, int64_t capacity) const;
   // expert_output [L, ep * capacity, hidden] in expert_input's order -> [N,
