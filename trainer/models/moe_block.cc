@@ -180,7 +180,7 @@ torch::Tensor MoeBlockImpl::RouteThroughExperts(const torch::Tensor& expert_in,
   const torch::Tensor kept =
       capacity > 0 ? DropOverCapacity(expert_ids, moe_.num_experts, capacity) : expert_ids;
   const parallel::expert::Dispatched dispatched = dispatcher_.Dispatch(expert_in, kept, weights);
-  if (count) {
+  if (count && capacity > 0) {
     CountDropped(torch::full({}, static_cast<double>(dispatched.handle.local.dropped),
                              torch::TensorOptions().dtype(torch::kDouble)));
   }
