@@ -489,11 +489,10 @@ TEST(RecomputeTest, HoldsLessActivationMemory) {
       "held between forward and backward: none %.0f KiB, selective %.0f KiB, full %.0f KiB\n",
       held[Recompute::kNone] / 1024.0, held[Recompute::kSelective] / 1024.0,
       held[Recompute::kFull] / 1024.0);
-  const int64_t norm_output = int64_t{2} * 128 * 64 * 4;
-  // Selective keeps only the inputs of the 2 RMSNorms per layer, not their
-  // normalised activations; full keeps one [2, 128, 64] input per layer
-  // besides the logits.
-  EXPECT_LT(held[Recompute::kSelective], held[Recompute::kNone] - 4 * 2 * norm_output);
+  // The RMSNorms keep only their input in every mode (rms_norm_test), so
+  // selective holds no more than none; full keeps one [2, 128, 64] input per
+  // layer besides the logits.
+  EXPECT_LE(held[Recompute::kSelective], held[Recompute::kNone]);
   EXPECT_LT(held[Recompute::kFull], held[Recompute::kSelective] / 2);
 }
 

@@ -60,32 +60,33 @@ Hardware Node(int64_t ranks, double rate) {
 // Per layer, one micro-batch, fp32 (x4 bytes), N = 8, h = 8, q = 8, kv = 4,
 // f = 16, the rows' softmax max and 1 / sum 2 x b x H x T = 32 floats (no
 // probabilities, models/attention_core.h):
-//   norms      2 x (fp32 input 64 + normalised 64) floats      = 1024 B
+//   norms      2 x (input 64 + 1/rms 8) floats                  =  576 B
 //   attention  input 64 + q 64 + k 32 + v 32 + rows 32 + o in 64 = 1152 B
 //   mlp        input 64 + gate, up 2 x 128 + down in 128          = 1792 B
-constexpr double kLayerFull = 1024 + 1152 + 1792;
+constexpr double kNorms = 2 * 288;
+constexpr double kLayerFull = kNorms + 1152 + 1792;
 
 TEST(MemoryModelTest, ActivationsOfOneLayerByHand) {
   const models::ModelConfig c = Small();
   recipe::Recipe r = Full();
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0), kLayerFull);
-  // selective: norms keep their input only (2 x 64 floats).
-  EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "selective", 0), kLayerFull - 2 * 256);
+  // selective: the norms keep their input and 1/rms in every mode.
+  EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "selective", 0), kLayerFull);
   // full: the layer's input [N, h].
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "full", 0), 8 * 8 * 4);
-  // bf16: 2-byte tensors, fp32 norm inputs and softmax statistics.
+  // bf16: 2-byte tensors, fp32 1/rms and softmax statistics.
   r.precision.dtype = "bf16";
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0),
-                   2 * (256 + 128) + (128 + 128 + 64 + 64 + 128 + 128) + (128 + 2 * 256 + 256));
+                   2 * (128 + 32) + (128 + 128 + 64 + 64 + 128 + 128) + (128 + 2 * 256 + 256));
   // tp 2: heads, kv heads (1 replicated), ffn split; the norms' and the
   // projections' inputs stay whole; sequence parallel splits the norms.
   r = Full();
   r.parallel.tp = 2;
   const double tp2 =
-      1024 + (256 + 8 * (4 + 2 * 4) * 4 + 16 * 4 + 8 * 4 * 4) + (256 + 2 * 256 + 256);
+      kNorms + (256 + 8 * (4 + 2 * 4) * 4 + 16 * 4 + 8 * 4 * 4) + (256 + 2 * 256 + 256);
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0), tp2);
   r.parallel.sequence_parallel = true;
-  EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0), tp2 - 512);
+  EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0), tp2 - kNorms / 2);
 }
 
 TEST(MemoryModelTest, LoraKeepsTheInputsOfAdaptedLayersOnly) {
@@ -94,11 +95,11 @@ TEST(MemoryModelTest, LoraKeepsTheInputsOfAdaptedLayersOnly) {
   r.finetune.method = "lora";
   r.finetune.lora.rank = 2;
   r.finetune.lora.targets = {"q_proj", "v_proj"};
-  // Norms: fp32 inputs only (frozen weights). Attention: q/v's input, q, k,
+  // Norms: input and 1/rms. Attention: q/v's input, q, k,
   // v, the softmax statistics, and the [N, r] intermediates of 2 adapters; o's
   // input is not kept. MLP: gate and up only.
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0),
-                   2 * 256 + (256 + 512 + 128 + 2 * 8 * 2 * 4) + 2 * 512);
+                   kNorms + (256 + 512 + 128 + 2 * 8 * 2 * 4) + 2 * 512);
   // Adapters: q [2, 8] + [8, 2], v [2, 8] + [4, 2] per layer.
   EXPECT_DOUBLE_EQ(LayerAdapterParams(c, r, 0), 32 + 24);
 }
@@ -118,9 +119,9 @@ TEST(MemoryModelTest, StateAndPeakOfOneRankByHand) {
   EXPECT_DOUBLE_EQ(b.lora, 0);
   // Two layers + the rope tables (cos, sin [N, head_dim]).
   EXPECT_DOUBLE_EQ(b.activations, 2 * kLayerFull + 2 * 8 * 4 * 4);
-  // Loss: final norm 512 + lm_head input 256 + logits [8, 32] 1024 and their
+  // Loss: final norm 288 + lm_head input 256 + logits [8, 32] 1024 and their
   // gradient 1024 (the chunked cross entropy of models/loss.cc).
-  EXPECT_DOUBLE_EQ(b.loss, 512 + 256 + 1024 + 1024);
+  EXPECT_DOUBLE_EQ(b.loss, 288 + 256 + 1024 + 1024);
   EXPECT_DOUBLE_EQ(b.communication, 0);
 
   // dp 2 + ZeRO-1: AdamW state halves; a bucket and the reduce-scatter chunk.
@@ -137,15 +138,15 @@ TEST(MemoryModelTest, StateAndPeakOfOneRankByHand) {
   const MemoryBreakdown h = PlanMemory(c, r, Exact())->worst_stage().bytes;
   EXPECT_DOUBLE_EQ(h.parameters, 1704 * 2);
   EXPECT_DOUBLE_EQ(h.optimizer, 1704 * 12);
-  // Final norm: fp32 input 256 + bf16 output 128; lm_head input 128; bf16
+  // Final norm: bf16 input 128 + fp32 1/rms 32; lm_head input 128; bf16
   // logits [8, 32] 512 and their bf16 gradient 512.
-  EXPECT_DOUBLE_EQ(h.loss, 384 + 128 + 512 + 512);
+  EXPECT_DOUBLE_EQ(h.loss, 160 + 128 + 512 + 512);
 
   // tp 2: the vocab-parallel loss holds logits [8, 16] and their gradient
   // (chunked, no fp32 [8, 16] intermediates kept).
   r = Full();
   r.parallel.tp = 2;
-  EXPECT_DOUBLE_EQ(PlanMemory(c, r, Exact())->worst_stage().bytes.loss, 512 + 256 + 512 + 512);
+  EXPECT_DOUBLE_EQ(PlanMemory(c, r, Exact())->worst_stage().bytes.loss, 288 + 256 + 512 + 512);
 }
 
 TEST(MemoryModelTest, PipelineStagesHoldTheirLayersAndInFlightMicroBatches) {
@@ -192,7 +193,7 @@ TEST(MemoryModelTest, ExpertsSplitOverEp) {
   // input) 3 x 16 x 16.
   r.parallel.ep = 1;
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0),
-                   1024 + 1152 + (64 + 64 + 2 * 128 + 3 * 256) * 4);
+                   kNorms + 1152 + (64 + 64 + 2 * 128 + 3 * 256) * 4);
 }
 
 // Padded capacity slots: every expert's ceil(1.5 x 16 / 4) = 6 slots, 24
@@ -204,7 +205,7 @@ TEST(MemoryModelTest, PaddedCapacitySlotsCountEverySlot) {
   r.moe.capacity_factor = 1.5;
   r.moe.pad_to_capacity = true;
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0),
-                   1024 + 1152 + (64 + 64 + 2 * 24 * 8 + 3 * 24 * 16) * 4);
+                   kNorms + 1152 + (64 + 64 + 2 * 24 * 8 + 3 * 24 * 16) * 4);
   r.parallel.dp = 2;
   r.parallel.ep = 2;
   r.batch.global_batch = 8;
