@@ -12,8 +12,8 @@
 //
 // Bounded: a request no cached block fits unmaps the least recently freed
 // blocks until the blocks held, the new one included, are no more than the
-// largest amount of live memory seen so far plus 1/16. So the reserved
-// memory stays within 1/16 of the peak of live tensor bytes (rounded to
+// largest amount of live memory seen so far plus 1/8. So the reserved
+// memory stays within 1/8 of the peak of live tensor bytes (rounded to
 // pages), whatever the sizes, and a step that repeats its sizes maps nothing
 // after the first.
 //
