@@ -53,13 +53,12 @@ void Report(void* ptr, int64_t delta, const HostAllocatorStats& stats) {
 
 }  // namespace
 
-CachingHostAllocator::CachingHostAllocator(size_t min_bytes)
-    : small_(c10::GetDefaultCPUAllocator()), min_bytes_(min_bytes) {}
+CachingHostAllocator::CachingHostAllocator(size_t min_bytes) : min_bytes_(min_bytes) {}
 
 CachingHostAllocator::~CachingHostAllocator() { ReleaseCached(); }
 
 c10::DataPtr CachingHostAllocator::allocate(size_t bytes) const {
-  if (bytes < min_bytes_) return small_->allocate(bytes);
+  if (bytes < min_bytes_) return c10::GetDefaultCPUAllocator()->allocate(bytes);
   const size_t rounded = PageRounded(bytes);
   Block* block = nullptr;
   {
@@ -68,6 +67,7 @@ c10::DataPtr CachingHostAllocator::allocate(size_t bytes) const {
     if (it != free_by_size_.end() && !it->second.empty()) {
       block = it->second.back();  // the most recently freed: warmest in cache
       it->second.pop_back();
+      if (it->second.empty()) free_by_size_.erase(it);  // sizes may not recur (MoE rows)
       free_lru_.erase(block->lru);
     } else {
       block = Map(rounded);
@@ -100,7 +100,7 @@ void CachingHostAllocator::Free(void* ptr) {
   }
   if (block == nullptr) {
     // A small request's raw_allocate: LibTorch's default allocator's.
-    c10::GetDefaultCPUAllocator()->raw_deleter()(ptr);  // = small_'s
+    c10::GetDefaultCPUAllocator()->raw_deleter()(ptr);
     return;
   }
   block->owner->Return(block);
@@ -136,8 +136,9 @@ CachingHostAllocator::Block* CachingHostAllocator::Map(size_t bytes) const {
 void CachingHostAllocator::UnmapOldest() const {
   Block* block = free_lru_.front();
   free_lru_.pop_front();
-  std::vector<Block*>& same = free_by_size_[block->bytes];
-  same.erase(std::find(same.begin(), same.end(), block));
+  auto same = free_by_size_.find(block->bytes);
+  same->second.erase(std::find(same->second.begin(), same->second.end(), block));
+  if (same->second.empty()) free_by_size_.erase(same);
   Unmap(block);
 }
 

@@ -75,7 +75,6 @@ class CachingHostAllocator final : public c10::Allocator {
   void UnmapOldest() const;
   void Unmap(Block* block) const;
 
-  c10::Allocator* small_;  // LibTorch's default CPU allocator
   size_t min_bytes_;
   // c10::Allocator::allocate is const; the allocator's state is not.
   mutable std::mutex mutex_;
