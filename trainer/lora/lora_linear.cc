@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "trainer/lora/swiglu_linear.h"
 
 namespace fulcrum::lora {
 
@@ -60,17 +61,32 @@ torch::Tensor LoraLinearImpl::LocalLoraB(const torch::Tensor& full_b) const {
 torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
   if (sharded() && parallel_.shard == LinearShard::kRow) {
     // x [B, T, in/tp]: this rank's partial sum (the adapter's included, so
-    // one blocking collective per layer), reduced (scattered to sequence
-    // shards under sp) unless the caller reduces.
-    const torch::Tensor partial = Product(x, /*bias=*/{});
-    torch::Tensor y = parallel_.output_partial ? partial : RowParallelOutput(partial, parallel_.tp);
-    if (bias.defined()) y = y + bias;
-    return y;
+    // one blocking collective per layer).
+    return RowOutput(Product(x, /*bias=*/{}));
   }
   // kColumn gathers (or copies) the input into the tp region; kNone as is.
   const torch::Tensor x_in =
       sharded() && !parallel_.input_in_region ? ColumnParallelInput(x, parallel_.tp) : x;
   return Product(x_in, bias);
+}
+
+torch::Tensor LoraLinearImpl::ForwardSwiGlu(const torch::Tensor& gate, const torch::Tensor& up) {
+  const bool row = sharded() && parallel_.shard == LinearShard::kRow;
+  // Dropout draws its mask in forward: recomputing p in backward would need
+  // the same mask, so that case keeps p.
+  if (!torch::GradMode::is_enabled() || (sharded() && !row) || (dropout_ > 0.0 && is_training())) {
+    return forward(SwiGlu(gate, up));
+  }
+  const torch::Tensor y =
+      SwiGluLinear(gate, up, weight, row ? torch::Tensor() : bias, lora_a_, lora_b_, scaling_);
+  return row ? RowOutput(y) : y;
+}
+
+torch::Tensor LoraLinearImpl::RowOutput(const torch::Tensor& partial) {
+  // Reduced (scattered to sequence shards under sp) unless the caller reduces.
+  torch::Tensor y = parallel_.output_partial ? partial : RowParallelOutput(partial, parallel_.tp);
+  if (bias.defined()) y = y + bias;
+  return y;
 }
 
 torch::Tensor LoraLinearImpl::Product(const torch::Tensor& x, const torch::Tensor& b) {

@@ -80,6 +80,10 @@ class LoraLinearImpl : public torch::nn::Module {
   // T/tp, in]) -> [B, T, out_r]; kRow x [B, T, in/tp] -> [B, T, out] (under
   // sp [B, T/tp, out]).
   torch::Tensor forward(const torch::Tensor& x);
+  // forward(SwiGlu(gate, up)) for a SwiGLU MLP's down projection (kRow or
+  // unsharded): with autograd recording and no adapter dropout to replay,
+  // through SwiGluLinear, which keeps gate and up but not their product.
+  torch::Tensor ForwardSwiGlu(const torch::Tensor& gate, const torch::Tensor& up);
 
   // Attaches a fresh adapter: A ~ kaiming-uniform(a=sqrt(5)) as PEFT does,
   // B = 0, so the layer's output is unchanged until B trains. Under kRow the
@@ -123,6 +127,9 @@ class LoraLinearImpl : public torch::nn::Module {
   // x W^T + b + scaling B A dropout(x) with this rank's shards, before any
   // reduction.
   torch::Tensor Product(const torch::Tensor& x, const torch::Tensor& b);
+  // kRow: this rank's partial product reduced (unless the caller reduces),
+  // then the bias.
+  torch::Tensor RowOutput(const torch::Tensor& partial);
 
   int64_t in_features_;
   int64_t out_features_;

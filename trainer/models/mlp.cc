@@ -3,33 +3,6 @@
 #include "parallel/tensor/tensor_parallel.h"
 
 namespace fulcrum::models {
-namespace {
-
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
-
-// silu(gate) * up keeping only gate and up for the backward, which computes
-// silu(gate) again: autograd of the two ops would also keep silu(gate), one
-// more [N, width] tensor per MLP (and per expert). The ops and their order
-// are autograd's, so values and gradients are bitwise the same.
-class SwiGluFunction : public torch::autograd::Function<SwiGluFunction> {
- public:
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& gate,
-                               const torch::Tensor& up) {
-    ctx->save_for_backward({gate, up});
-    return torch::silu(gate).mul_(up);
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const variable_list saved = ctx->get_saved_variables();
-    const torch::Tensor& gate = saved[0];
-    const torch::Tensor& up = saved[1];
-    const torch::Tensor& grad = grad_outputs[0];
-    return {at::silu_backward(grad * up, gate), grad * torch::silu(gate)};
-  }
-};
-
-}  // namespace
 
 MlpImpl::MlpImpl(const ModelConfig& config, const torch::TensorOptions& options,
                  const ModelParallel& parallel)
@@ -60,8 +33,7 @@ torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
       gate_proj->sharded() && !caller_region
           ? parallel::tensor::ColumnParallelInput(x, gate_proj->parallel().tp)
           : x;
-  return down_proj->forward(
-      SwiGluFunction::apply(gate_proj->forward(x_in), up_proj->forward(x_in)));
+  return down_proj->ForwardSwiGlu(gate_proj->forward(x_in), up_proj->forward(x_in));
 }
 
 }  // namespace fulcrum::models

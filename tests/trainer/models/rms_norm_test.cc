@@ -1,12 +1,13 @@
 #include "trainer/models/rms_norm.h"
 
-#include <c10/util/ThreadLocalDebugInfo.h>
 #include <gtest/gtest.h>
 
-#include <memory>
+#include "tests/tensor_bytes.h"
 
 namespace fulcrum::models {
 namespace {
+
+using testing::KeptForBackward;
 
 // HF's RMSNorm as plain ops: autograd keeps x^2 and (when the weight trains)
 // the normalised activations.
@@ -59,23 +60,6 @@ TEST(RmsNormTest, ValuesAndGradientsAreThoseOfThePlainOps) {
       EXPECT_FALSE(norm->weight.grad().defined());
     }
   }
-}
-
-// Live CPU tensor bytes, from LibTorch's allocation reports.
-struct LiveBytes : c10::MemoryReportingInfoBase {
-  int64_t live = 0;
-  bool memoryProfilingEnabled() const override { return true; }
-  void reportMemoryUsage(void*, int64_t delta, int64_t, int64_t, c10::Device) override {
-    live += delta;
-  }
-};
-
-// What a forward leaves allocated besides its output: what backward keeps.
-int64_t KeptForBackward(const std::function<torch::Tensor()>& forward) {
-  auto counter = std::make_shared<LiveBytes>();
-  c10::DebugInfoGuard guard(c10::DebugInfoKind::PROFILER_STATE, counter);
-  const torch::Tensor out = forward();
-  return counter->live - static_cast<int64_t>(out.numel() * out.element_size());
 }
 
 TEST(RmsNormTest, KeepsOnlyTheInputAndOneStatisticPerRow) {
