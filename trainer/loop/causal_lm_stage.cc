@@ -69,11 +69,20 @@ models::ForwardInputs CausalLmStage::InputsOf(int micro_batch) const {
 }
 
 torch::Tensor CausalLmStage::Forward(int chunk, int micro_batch, const torch::Tensor& input) {
-  const torch::Tensor out = model_.ForwardChunk(chunk, InputsOf(micro_batch), input);
-  if (!chunks_[static_cast<size_t>(chunk)].last) return out;
+  // The last chunk hands the final norm's output to the loss, which computes
+  // the logits itself, unless they are kept.
+  const bool last = chunks_[static_cast<size_t>(chunk)].last;
+  const torch::Tensor out =
+      model_.ForwardChunk(chunk, InputsOf(micro_batch), input, /*logits=*/keep_logits_);
+  if (!last) return out;
   const data::MicroBatch& micro = (*micro_batches_)[static_cast<size_t>(micro_batch)];
-  if (keep_logits_) logits_.push_back(out.detach());
-  const torch::Tensor loss = models::TrainingLossSum(model_, out, micro.labels.to(device_));
+  torch::Tensor loss;
+  if (keep_logits_) {
+    logits_.push_back(out.detach());
+    loss = models::TrainingLossSum(model_, out, micro.labels.to(device_));
+  } else {
+    loss = models::HeadLossSum(model_, out, micro.labels.to(device_));
+  }
   loss_sum_ += loss.detach();
   return loss / denominator_;
 }

@@ -212,9 +212,8 @@ torch::Tensor Trainer::ForwardBackward(const data::StepBatch& batch, double deno
     torch::Tensor micro_loss;
     {
       const auto measured = timer_.Measure(metrics::StepPhase::kForward);
-      const torch::Tensor logits = built_.model->forward(inputs);
-      micro_loss = models::TrainingLossSum(
-          *built_.model, logits,
+      micro_loss = models::HeadLossSum(
+          *built_.model, built_.model->ForwardHidden(inputs),
           micro.labels.to(torch::TensorOptions().device(device_), /*non_blocking=*/true));
     }
     {

@@ -189,11 +189,15 @@ CausalLMImpl::CausalLMImpl(const ModelConfig& config, const torch::TensorOptions
 }
 
 torch::Tensor CausalLMImpl::forward(const ForwardInputs& inputs) {
-  return Logits(model->forward(inputs));
+  return Logits(ForwardHidden(inputs));
+}
+
+torch::Tensor CausalLMImpl::ForwardHidden(const ForwardInputs& inputs) {
+  return model->forward(inputs);
 }
 
 torch::Tensor CausalLMImpl::ForwardChunk(int chunk, const ForwardInputs& inputs,
-                                         const torch::Tensor& hidden) {
+                                         const torch::Tensor& hidden, bool logits) {
   const std::vector<parallel::pipeline::StageChunk>& chunks = parallel_.pipeline_chunks;
   FULCRUM_CHECK(chunk >= 0 && static_cast<size_t>(chunk) < chunks.size(), "chunk ", chunk,
                 " of a stage with ", chunks.size(), " pipeline chunks");
@@ -209,7 +213,8 @@ torch::Tensor CausalLMImpl::ForwardChunk(int chunk, const ForwardInputs& inputs,
   }
   h = model->RunLayers(h, c.layers.first, c.layers.count, in);
   if (!c.last) return h;
-  return Logits(model->norm->forward(h));
+  h = model->norm->forward(h);
+  return logits ? Logits(h) : h;
 }
 
 torch::Tensor CausalLMImpl::ForwardCached(const torch::Tensor& input_ids, generate::KvCache& cache,

@@ -135,13 +135,22 @@ class CausalLMImpl : public torch::nn::Module {
   // Not on a pipeline stage that lacks part of the model (FULCRUM_CHECK): use
   // ForwardChunk.
   torch::Tensor forward(const ForwardInputs& inputs);
+  // What forward() hands to Logits(): the final norm's output [B, T, hidden]
+  // (under sp [B, T/tp, hidden]), for a loss that computes the logits itself
+  // (HeadLossSum in parallel_layout.h).
+  torch::Tensor ForwardHidden(const ForwardInputs& inputs);
+  // h [B, T, hidden] (under sp [B, T/tp, hidden]) -> logits [B, T, V] fp32
+  // (under tp [B, T, V/tp]).
+  torch::Tensor Logits(const torch::Tensor& h);
   // One pipeline chunk. chunk: local chunk index (into
   // ModelParallel::pipeline_chunks); hidden: the activation entering the chunk
   // [B, T, hidden] in the param dtype (under sp [B, T/tp, hidden]); undefined
   // on virtual stage 0, which embeds inputs.input_ids. -> the chunk's output
   // activation, same shape; on the last virtual stage the logits, as forward()
-  // gives them. Rope and mask are built from `inputs`.
-  torch::Tensor ForwardChunk(int chunk, const ForwardInputs& inputs, const torch::Tensor& hidden);
+  // gives them, or with `logits` false the final norm's output as
+  // ForwardHidden() gives it. Rope and mask are built from `inputs`.
+  torch::Tensor ForwardChunk(int chunk, const ForwardInputs& inputs, const torch::Tensor& hidden,
+                             bool logits = true);
   // See DecoderStackImpl::ForwardCached. -> logits [B, T, V] fp32, or [B, 1, V]
   // of the last position only when `last_only` (a long prompt's prefill then
   // skips T-1 vocab projections).
@@ -163,10 +172,6 @@ class CausalLMImpl : public torch::nn::Module {
   lora::LoraLinear lm_head{nullptr};
 
  private:
-  // h [B, T, hidden] (under sp [B, T/tp, hidden]) -> logits [B, T, V] fp32
-  // (under tp [B, T, V/tp]).
-  torch::Tensor Logits(const torch::Tensor& h);
-
   ModelConfig config_;
   ModelParallel parallel_;
 };

@@ -83,21 +83,120 @@ class CrossEntropySumFunction : public torch::autograd::Function<CrossEntropySum
   }
 };
 
-// logits [B, T, V] -> [B*T, V] (a view); targets [B*T]: labels shifted left by
-// one with -100 in each sequence's last position, so that logits[:, t]
-// predicts labels[:, t+1] without copying the logits.
-torch::Tensor ShiftedTargets(const torch::Tensor& logits, const torch::Tensor& labels) {
-  FULCRUM_CHECK(logits.dim() == 3 && labels.dim() == 2 && logits.size(0) == labels.size(0) &&
-                    logits.size(1) == labels.size(1),
-                "logits dims ", logits.dim(), " vs labels dims ", labels.dim(),
-                " (need [B,T,V] and [B,T])");
-  const torch::Tensor long_labels = labels.to(logits.device(), torch::kLong);
+// labels [B, T] -> targets [B*T] on `device`: labels shifted left by one
+// with -100 in each sequence's last position, so that row t of the [B*T, V]
+// logits (a view of [B, T, V], no copy) predicts labels[:, t+1].
+torch::Tensor ShiftedLabels(const torch::Tensor& labels, const torch::Device& device) {
+  const torch::Tensor long_labels = labels.to(device, torch::kLong);
   const int64_t t = labels.size(1);
   return torch::cat({long_labels.narrow(1, 1, t - 1),
                      torch::full({labels.size(0), 1}, kIgnoreIndex, long_labels.options())},
                     1)
       .reshape({-1});
 }
+
+torch::Tensor ShiftedTargets(const torch::Tensor& logits, const torch::Tensor& labels) {
+  FULCRUM_CHECK(logits.dim() == 3 && labels.dim() == 2 && logits.size(0) == labels.size(0) &&
+                    logits.size(1) == labels.size(1),
+                "logits dims ", logits.dim(), " vs labels dims ", labels.dim(),
+                " (need [B,T,V] and [B,T])");
+  return ShiftedLabels(labels, logits.device());
+}
+
+// Rows of hidden states whose logits one pass of LinearCrossEntropySum
+// holds: enough rows for the vocabulary GEMMs to run at full speed (a few
+// hundred), few enough that the [rows, V] logits and their gradient stay a
+// small fraction of the [N, V] pair they replace.
+constexpr int64_t kCpuHeadChunkBytes = int64_t{32} << 20;
+constexpr int64_t kCudaHeadChunkBytes = int64_t{512} << 20;
+
+}  // namespace
+
+int64_t HeadChunkRows(int64_t n, int64_t vocab, bool cuda) {
+  const int64_t chunk_bytes = cuda ? kCudaHeadChunkBytes : kCpuHeadChunkBytes;
+  return std::min(n, std::max<int64_t>(1, chunk_bytes / (vocab * 4)));
+}
+
+namespace {
+
+struct HeadGradients {
+  torch::Tensor hidden;  // [N, H] in the hidden states' dtype, or undefined
+  torch::Tensor weight;  // [V, H] fp32 (summed over chunks), or undefined
+};
+
+// hidden [N, H], weight [V, H] (same dtype), targets [N] -> the summed loss
+// of linear(hidden, weight) in fp32 and, where asked for, its gradients.
+torch::Tensor HeadCrossEntropy(const torch::Tensor& hidden, const torch::Tensor& weight,
+                               const torch::Tensor& targets, HeadGradients& grads) {
+  const int64_t n = hidden.size(0), v = weight.size(0);
+  const int64_t rows = HeadChunkRows(n, v, hidden.is_cuda());
+  torch::Tensor row_loss = torch::empty({n}, hidden.options().dtype(torch::kFloat));
+  const torch::Tensor logits_buffer = torch::empty({rows, v}, weight.options());
+  torch::Tensor grad_buffer;
+  if (grads.hidden.defined() || grads.weight.defined()) {
+    grad_buffer = torch::empty({rows, v}, weight.options());
+  }
+  for (int64_t start = 0; start < n; start += rows) {
+    const int64_t len = std::min(rows, n - start);
+    const torch::Tensor h = hidden.narrow(0, start, len);
+    torch::Tensor logits = logits_buffer.narrow(0, 0, len);
+    at::mm_out(logits, h, weight.t());
+    torch::Tensor loss = row_loss.narrow(0, start, len);
+    torch::Tensor grad = grad_buffer.defined() ? grad_buffer.narrow(0, 0, len) : torch::Tensor();
+    ChunkedCrossEntropy(logits, targets.narrow(0, start, len), loss, grad);
+    if (grads.hidden.defined()) {
+      torch::Tensor dh = grads.hidden.narrow(0, start, len);
+      at::mm_out(dh, grad, weight);
+    }
+    if (grads.weight.defined()) {
+      if (weight.scalar_type() == torch::kFloat) {
+        grads.weight.addmm_(grad.t(), h);
+      } else {  // a bf16 sum over chunks would round at every chunk
+        grads.weight.add_(torch::mm(grad.t(), h));
+      }
+    }
+  }
+  return row_loss.sum();
+}
+
+// The loss of the lm_head's logits with both gradients computed during the
+// forward, chunk by chunk, and kept instead of the logits: the backward is
+// two multiplies, in place.
+class LinearCrossEntropySumFunction
+    : public torch::autograd::Function<LinearCrossEntropySumFunction> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& hidden,
+                               const torch::Tensor& weight, const torch::Tensor& targets) {
+    HeadGradients grads;
+    if (hidden.requires_grad()) grads.hidden = torch::empty_like(hidden);
+    if (weight.requires_grad()) {
+      grads.weight = torch::zeros(weight.sizes(), weight.options().dtype(torch::kFloat));
+    }
+    const torch::Tensor loss = HeadCrossEntropy(hidden, weight, targets, grads);
+    ctx->saved_data["hidden"] = grads.hidden;
+    ctx->saved_data["weight"] = grads.weight;
+    ctx->saved_data["dtype"] = weight.scalar_type();
+    return loss;
+  }
+
+  // Zero-bubble's split backward (parallel/pipeline/split_backward.h) runs
+  // this node twice, once for the hidden states' gradient and once for the
+  // weight's: each gradient is handed on, scaled in place, when it is asked
+  // for, and only once.
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const torch::Tensor& scale = grad_outputs[0];
+    const auto take = [&](const char* key) {
+      torch::Tensor grad = ctx->saved_data[key].toTensor();
+      FULCRUM_CHECK(grad.defined(), "linear cross entropy: backward ran twice through one forward");
+      ctx->saved_data[key] = torch::Tensor();
+      return grad.mul_(scale);
+    };
+    torch::Tensor dh, dw;
+    if (ctx->needs_input_grad(0)) dh = take("hidden");
+    if (ctx->needs_input_grad(1)) dw = take("weight").to(ctx->saved_data["dtype"].toScalarType());
+    return {dh, dw, torch::Tensor()};
+  }
+};
 
 }  // namespace
 
@@ -123,6 +222,22 @@ torch::Tensor CausalLmLoss(const torch::Tensor& logits, const torch::Tensor& lab
       labels.narrow(1, 1, labels.size(1) - 1).ne(kIgnoreIndex).sum().to(torch::kFloat);
   // 0/0 = NaN without targets, as HF's mean cross entropy gives.
   return CrossEntropySum(logits, labels) / targets.to(logits.device());
+}
+
+torch::Tensor LinearCrossEntropySum(const torch::Tensor& hidden, const torch::Tensor& weight,
+                                    const torch::Tensor& labels) {
+  FULCRUM_CHECK(hidden.dim() == 3 && labels.dim() == 2 && hidden.size(0) == labels.size(0) &&
+                    hidden.size(1) == labels.size(1) && weight.dim() == 2 &&
+                    weight.size(1) == hidden.size(2),
+                "hidden dims ", hidden.dim(), ", weight dims ", weight.dim(), ", labels dims ",
+                labels.dim(), " (need [B,T,H], [V,H] and [B,T] of one B, T and H)");
+  const torch::Tensor targets = ShiftedLabels(labels, hidden.device());
+  const torch::Tensor flat = hidden.reshape({-1, hidden.size(2)});
+  if (torch::GradMode::is_enabled() && (hidden.requires_grad() || weight.requires_grad())) {
+    return LinearCrossEntropySumFunction::apply(flat, weight, targets);
+  }
+  HeadGradients none;
+  return HeadCrossEntropy(flat, weight, targets, none);
 }
 
 }  // namespace fulcrum::models

@@ -227,4 +227,14 @@ torch::Tensor TrainingLossSum(CausalLMImpl& model, const torch::Tensor& logits,
   return parallel::tensor::VocabParallelCrossEntropySum(logits, labels, model.vocab_start(), tp);
 }
 
+torch::Tensor HeadLossSum(CausalLMImpl& model, const torch::Tensor& hidden,
+                          const torch::Tensor& labels) {
+  const lora::LoraLinear& head = model.lm_head;
+  if (model.parallel().tp.active() || (head && (head->has_adapter() || head->bias.defined()))) {
+    return TrainingLossSum(model, model.Logits(hidden), labels);
+  }
+  const torch::Tensor& weight = head ? head->weight : model.model->embed_tokens->weight;
+  return LinearCrossEntropySum(hidden, weight, labels);
+}
+
 }  // namespace fulcrum::models

@@ -4,7 +4,7 @@
 //
 // Defines: GradSync, ParamLayout, ParallelLayouts, SyncPartialGradients,
 // FullShape, NarrowToShard, GatherFull, GatherFullStateDict, GatherLogits,
-// TrainingLossSum.
+// TrainingLossSum, HeadLossSum.
 #pragma once
 
 #include <torch/torch.h>
@@ -96,5 +96,12 @@ torch::Tensor GatherLogits(CausalLMImpl& model, const torch::Tensor& logits);
 // the vocab shard. 0-dim fp32, same on every tp rank, differentiable.
 torch::Tensor TrainingLossSum(CausalLMImpl& model, const torch::Tensor& logits,
                               const torch::Tensor& labels);
+// TrainingLossSum(model, model.Logits(hidden), labels) from the final norm's
+// output (CausalLMImpl::ForwardHidden). Where the vocabulary is not split
+// and the output projection is a plain linear (no tp, no adapter, no bias)
+// through LinearCrossEntropySum, which never holds the [N, V] logits and
+// their gradient: at 1024 tokens and vocab 128k that is 1 GiB in fp32.
+torch::Tensor HeadLossSum(CausalLMImpl& model, const torch::Tensor& hidden,
+                          const torch::Tensor& labels);
 
 }  // namespace fulcrum::models

@@ -11,6 +11,7 @@
 #include "parallel/pipeline/stage_partition.h"
 #include "trainer/metrics/parameter_count.h"
 #include "trainer/models/expert_capacity.h"
+#include "trainer/models/loss.h"
 
 namespace fulcrum::plan {
 namespace {
@@ -30,6 +31,7 @@ struct Shape {
   double lora_rank = 0;
   bool full = true;  // full fine-tuning: every weight trains
   bool all_linear = false;
+  bool lora_dropout = false;  // adapters drop their input (down then keeps its input)
   std::set<std::string> targets;
   double padded_capacity_factor = 0;  // > 0: MoE rows in capacity slots (moe.pad_to_capacity)
 
@@ -63,6 +65,7 @@ Shape ShapeOf(const recipe::Recipe& recipe) {
   sh.n_norm = sp ? sh.n / sh.tp : sh.n;
   sh.full = recipe.finetune.method != "lora";
   sh.lora_rank = static_cast<double>(recipe.finetune.lora.rank);
+  sh.lora_dropout = !sh.full && recipe.finetune.lora.dropout > 0.0;
   for (const std::string& t : recipe.finetune.lora.targets) {
     if (t == "all-linear") {
       sh.all_linear = true;
@@ -111,15 +114,15 @@ double LatentAttentionBytes(const models::ModelConfig& c, const Shape& sh) {
   return bytes;
 }
 
-// SwiGLU over `tokens` rows of width `width` (this rank's share):
-// input, gate, up (silu(gate) is recomputed in backward, models/mlp.cc),
-// down's input.
+// SwiGLU over `tokens` rows of width `width` (this rank's share): input,
+// gate, up. Backward recomputes silu(gate) and down's input silu(gate) * up
+// (lora/swiglu_linear.h) unless LoRA dropout makes down keep its input.
 double SwiGluBytes(const Shape& sh, double hidden, double width, double tokens,
                    const std::string& gate, const std::string& up, const std::string& down,
                    bool input_counted) {
   double bytes = 2 * tokens * width * sh.s;
   if (!input_counted && (sh.Keeps(gate) || sh.Keeps(up))) bytes += tokens * hidden * sh.s;
-  if (sh.Keeps(down)) bytes += tokens * width * sh.s;
+  if (sh.lora_dropout && sh.Keeps(down)) bytes += tokens * width * sh.s;
   return bytes + sh.Low(gate, tokens) + sh.Low(up, tokens) + sh.Low(down, tokens);
 }
 
@@ -170,16 +173,25 @@ double LayerBackwardBytes(const models::ModelConfig& c, const recipe::Recipe& re
   return bytes;
 }
 
-// The last stage's loss: the final norm and lm_head's input, and the logits
-// [N, V/tp]. The chunked cross entropy (models/loss.cc, and under tp
-// parallel/tensor/vocab_parallel_cross_entropy.h) writes their gradient, in
-// their dtype, while they are still alive.
-double LossBytes(const models::ModelConfig& c, const recipe::Recipe& recipe) {
+// The last stage's loss: the final norm's input and output (lm_head's input).
+// Without tp or an adapter on lm_head, models::LinearCrossEntropySum holds a
+// chunk of rows' logits and their gradient, the gradient of lm_head's input
+// and, when lm_head trains, its fp32 gradient. Otherwise the logits [N, V/tp]
+// and their gradient, which the chunked cross entropy (models/loss.cc, and
+// under tp parallel/tensor/vocab_parallel_cross_entropy.h) writes, in their
+// dtype, while they are still alive.
+double LossBytes(const models::ModelConfig& c, const recipe::Recipe& recipe, bool cuda) {
   const Shape sh = ShapeOf(recipe);
   const double h = static_cast<double>(c.hidden_size);
   const double vocab = static_cast<double>(c.vocab_size) / sh.tp;
-  const double bytes = sh.Norm(sh.n_norm, h) + (sh.Keeps("lm_head") ? sh.n * h * sh.s : 0.0);
-  return bytes + 2 * sh.n * vocab * sh.s;
+  const double norm = sh.Norm(sh.n_norm, h);
+  if (sh.tp == 1 && !sh.Adapted("lm_head")) {
+    const double rows =
+        static_cast<double>(models::HeadChunkRows(static_cast<int64_t>(sh.n), c.vocab_size, cuda));
+    const double weight_grad = sh.full ? vocab * h * kFloat : 0.0;
+    return norm + 2 * sh.n * h * sh.s + 2 * rows * vocab * sh.s + weight_grad;
+  }
+  return norm + (sh.Keeps("lm_head") ? sh.n * h * sh.s : 0.0) + 2 * sh.n * vocab * sh.s;
 }
 
 // Per micro-batch, shared by the layers: the rope tables (saved by every
@@ -353,6 +365,7 @@ MemoryOptions MemoryOptionsFor(const std::string& device) {
   constexpr double kMiB = 1024.0 * 1024.0;
   MemoryOptions options;
   if (device == "cuda") {
+    options.cuda = true;
     options.runtime_bytes = 1024 * kMiB;
     options.transient_factor = 1.1;
   } else {
@@ -429,7 +442,7 @@ absl::StatusOr<MemoryPlan> PlanMemory(const models::ModelConfig& c, const recipe
     const double heap = options.transient_factor;
     b.activations = heap * static_cast<double>(m.in_flight) *
                     (per_chunk + SharedPerMicroBatchBytes(c, recipe, recompute));
-    b.loss = heap * (last ? std::max(LossBytes(c, recipe), backward) : backward);
+    b.loss = heap * (last ? std::max(LossBytes(c, recipe, options.cuda), backward) : backward);
     b.communication = heap * CommunicationBytes(c, recipe, full ? params.dense * sh.s : 0.0,
                                                 full ? params.experts * sh.s : 0.0);
     b.runtime = options.runtime_bytes;

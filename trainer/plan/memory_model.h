@@ -75,6 +75,8 @@ struct MemoryOptions {
   // What the allocator holds per byte of the step's transient tensors
   // (activations, loss, communication buffers) at the peak.
   double transient_factor = 1.0;
+  // CUDA sizes the loss's chunks of logits larger (models/loss.h).
+  bool cuda = false;
 };
 
 // MemoryOptions of a rank on `device` ("cpu" | "cuda").

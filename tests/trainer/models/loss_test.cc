@@ -8,6 +8,8 @@
 
 #include <limits>
 
+#include "tests/tensor_bytes.h"
+
 namespace fulcrum::models {
 namespace {
 
@@ -103,6 +105,74 @@ TEST(ChunkedCrossEntropyTest, ASecondBackwardThroughOneForwardIsRefused) {
       CrossEntropySum(logits, torch::tensor({int64_t{1}, int64_t{2}, int64_t{3}}).view({1, 3}));
   loss.backward({}, /*retain_graph=*/true);
   EXPECT_DEATH(loss.backward(), "backward ran twice");
+}
+
+// LinearCrossEntropySum against CrossEntropySum of the materialised logits.
+struct HeadCase {
+  const char* name;
+  torch::ScalarType dtype;
+  bool weight_trains;
+  int64_t batch, vocab;
+};
+
+TEST(LinearCrossEntropyTest, MatchesTheLossOfTheMaterialisedLogits) {
+  const int64_t h = 8;
+  // vocab 300000: 27 rows per chunk on the CPU, so 39 rows span 2 chunks.
+  for (const HeadCase& c : {HeadCase{"fp32, one chunk", torch::kFloat, true, 3, 1000},
+                            HeadCase{"fp32, chunks", torch::kFloat, true, 3, 300000},
+                            HeadCase{"fp32, frozen head", torch::kFloat, false, 3, 300000},
+                            HeadCase{"bf16, chunks", torch::kBFloat16, true, 3, 300000}}) {
+    SCOPED_TRACE(c.name);
+    torch::manual_seed(4);
+    const torch::Tensor labels = Labels(c.vocab);
+    const torch::Tensor hidden0 = torch::randn({c.batch, 13, h}).to(c.dtype);
+    const torch::Tensor weight0 = torch::randn({c.vocab, h}).to(c.dtype);
+    const torch::Tensor h1 = hidden0.clone().requires_grad_(true);
+    const torch::Tensor w1 = weight0.clone().requires_grad_(c.weight_trains);
+    const torch::Tensor h2 = hidden0.clone().requires_grad_(true);
+    const torch::Tensor w2 = weight0.clone().requires_grad_(c.weight_trains);
+
+    const torch::Tensor expected =
+        CrossEntropySum(torch::nn::functional::linear(h1, w1).to(torch::kFloat), labels);
+    const torch::Tensor got = LinearCrossEntropySum(h2, w2, labels);
+    ASSERT_EQ(got.scalar_type(), torch::kFloat);
+    const double tol = c.dtype == torch::kFloat ? 1e-5 : 1e-2;
+    EXPECT_NEAR(got.item<double>(), expected.item<double>(), tol * expected.item<double>());
+    (expected * 0.25).backward();
+    (got * 0.25).backward();  // the upstream gradient scales the kept ones
+    ASSERT_EQ(h2.grad().scalar_type(), c.dtype);
+    EXPECT_TRUE(
+        torch::allclose(h2.grad().to(torch::kFloat), h1.grad().to(torch::kFloat), tol, tol * 1e-2))
+        << (h2.grad().to(torch::kFloat) - h1.grad().to(torch::kFloat)).abs().max();
+    if (c.weight_trains) {
+      ASSERT_EQ(w2.grad().scalar_type(), c.dtype);
+      EXPECT_TRUE(torch::allclose(w2.grad().to(torch::kFloat), w1.grad().to(torch::kFloat), tol,
+                                  tol * 1e-2))
+          << (w2.grad().to(torch::kFloat) - w1.grad().to(torch::kFloat)).abs().max();
+    } else {
+      EXPECT_FALSE(w2.grad().defined());
+    }
+    torch::NoGradGuard no_grad;
+    EXPECT_NEAR(LinearCrossEntropySum(h2, w2, labels).item<double>(), got.item<double>(),
+                1e-6 * got.item<double>());
+  }
+}
+
+TEST(LinearCrossEntropyTest, NeverHoldsTheLogitsOfAllRows) {
+  const int64_t b = 4, t = 64, h = 8, v = 100000;  // 83 of 256 rows per chunk
+  torch::manual_seed(5);
+  const torch::Tensor labels = torch::randint(0, v, {b, t}, torch::kLong);
+  const torch::Tensor hidden = torch::randn({b, t, h}, torch::requires_grad());
+  const torch::Tensor weight = torch::randn({v, h}, torch::requires_grad());
+  const int64_t rows = HeadChunkRows(b * t, v, /*cuda=*/false);
+  ASSERT_LT(rows, b * t);
+  const int64_t peak =
+      testing::PeakTensorBytes([&] { LinearCrossEntropySum(hidden, weight, labels).backward(); });
+  // A chunk's logits and their gradient, the hidden states' and the weight's
+  // gradients (and small change); the materialised path needs 2 x [N, V].
+  const int64_t fused = (2 * rows * v + b * t * h + v * h) * 4;
+  EXPECT_LT(peak, fused + fused / 4);
+  EXPECT_LT(peak, b * t * v * 4);
 }
 
 }  // namespace

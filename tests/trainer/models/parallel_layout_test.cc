@@ -207,6 +207,51 @@ TEST(ParallelLayouts, WithoutTpEverythingIsReplicatedAndLocal) {
   SyncPartialGradients(*model);  // no tp: nothing to do, no communication
 }
 
+// The loss from the final norm's output equals the loss of the logits, with
+// the same gradients: through LinearCrossEntropySum (untied and tied
+// lm_head), and through the logits when lm_head carries an adapter.
+TEST(HeadLossSum, EqualsTheLossOfTheLogits) {
+  for (const bool tied : {false, true}) {
+    for (const bool adapted_head : {false, true}) {
+      if (tied && adapted_head) continue;
+      SCOPED_TRACE(::testing::Message() << "tied " << tied << " adapted head " << adapted_head);
+      CausalLM model(TinyConfig(tied), torch::TensorOptions().dtype(torch::kFloat));
+      InitializeWeights(*model, 3);
+      if (adapted_head) {
+        lora::LoraSpec spec;
+        spec.rank = 2;
+        model->lm_head->AttachAdapter(spec);
+        torch::NoGradGuard no_grad;
+        model->lm_head->lora_b().normal_();
+      }
+      const torch::Tensor ids = torch::randint(32, {2, 6}, torch::kLong);
+      const auto gradients = [&] {
+        std::vector<torch::Tensor> grads;
+        for (const torch::Tensor& p : model->parameters()) {
+          grads.push_back(p.grad().defined() ? p.grad().clone() : torch::Tensor());
+          p.mutable_grad() = torch::Tensor();
+        }
+        return grads;
+      };
+      const torch::Tensor expected =
+          TrainingLossSum(*model, model->forward(ForwardInputs(ids)), ids);
+      expected.backward();
+      const std::vector<torch::Tensor> expected_grads = gradients();
+      const torch::Tensor got = HeadLossSum(*model, model->ForwardHidden(ForwardInputs(ids)), ids);
+      got.backward();
+      const std::vector<torch::Tensor> got_grads = gradients();
+      EXPECT_NEAR(got.item<double>(), expected.item<double>(), 1e-5 * expected.item<double>());
+      ASSERT_EQ(got_grads.size(), expected_grads.size());
+      for (size_t i = 0; i < got_grads.size(); ++i) {
+        ASSERT_EQ(got_grads[i].defined(), expected_grads[i].defined()) << i;
+        if (!got_grads[i].defined()) continue;
+        EXPECT_TRUE(torch::allclose(got_grads[i], expected_grads[i], 1e-5, 1e-6))
+            << i << ": " << (got_grads[i] - expected_grads[i]).abs().max();
+      }
+    }
+  }
+}
+
 // Each rank's LoadHfWeights keeps exactly its slice of the full checkpoint.
 TEST(ParallelLoading, EveryRankReadsItsSlices) {
   for (bool tied : {false, true}) {

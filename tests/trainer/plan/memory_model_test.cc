@@ -62,9 +62,10 @@ Hardware Node(int64_t ranks, double rate) {
 // probabilities, models/attention_core.h):
 //   norms      2 x (input 64 + 1/rms 8) floats                  =  576 B
 //   attention  input 64 + q 64 + k 32 + v 32 + rows 32 + o in 64 = 1152 B
-//   mlp        input 64 + gate, up 2 x 128 + down in 128          = 1792 B
+//   mlp        input 64 + gate, up 2 x 128 (down's input
+//              silu(gate) * up is recomputed, lora/swiglu_linear.h)  = 1280 B
 constexpr double kNorms = 2 * 288;
-constexpr double kLayerFull = kNorms + 1152 + 1792;
+constexpr double kLayerFull = kNorms + 1152 + 1280;
 
 TEST(MemoryModelTest, ActivationsOfOneLayerByHand) {
   const models::ModelConfig c = Small();
@@ -77,13 +78,12 @@ TEST(MemoryModelTest, ActivationsOfOneLayerByHand) {
   // bf16: 2-byte tensors, fp32 1/rms and softmax statistics.
   r.precision.dtype = "bf16";
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0),
-                   2 * (128 + 32) + (128 + 128 + 64 + 64 + 128 + 128) + (128 + 2 * 256 + 256));
+                   2 * (128 + 32) + (128 + 128 + 64 + 64 + 128 + 128) + (128 + 2 * 256));
   // tp 2: heads, kv heads (1 replicated), ffn split; the norms' and the
   // projections' inputs stay whole; sequence parallel splits the norms.
   r = Full();
   r.parallel.tp = 2;
-  const double tp2 =
-      kNorms + (256 + 8 * (4 + 2 * 4) * 4 + 16 * 4 + 8 * 4 * 4) + (256 + 2 * 256 + 256);
+  const double tp2 = kNorms + (256 + 8 * (4 + 2 * 4) * 4 + 16 * 4 + 8 * 4 * 4) + (256 + 2 * 256);
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0), tp2);
   r.parallel.sequence_parallel = true;
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0), tp2 - kNorms / 2);
@@ -102,6 +102,12 @@ TEST(MemoryModelTest, LoraKeepsTheInputsOfAdaptedLayersOnly) {
                    kNorms + (256 + 512 + 128 + 2 * 8 * 2 * 4) + 2 * 512);
   // Adapters: q [2, 8] + [8, 2], v [2, 8] + [4, 2] per layer.
   EXPECT_DOUBLE_EQ(LayerAdapterParams(c, r, 0), 32 + 24);
+  // An adapter on down reads silu(gate) * up, recomputed in backward unless
+  // dropout's mask must be replayed: then [N, f] is kept.
+  r.finetune.lora.targets = {"down_proj"};
+  const double recomputed = ActivationBytes(c, r, "none", 0);
+  r.finetune.lora.dropout = 0.1;
+  EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0) - recomputed, 8 * 16 * 4);
 }
 
 TEST(MemoryModelTest, StateAndPeakOfOneRankByHand) {
@@ -119,9 +125,10 @@ TEST(MemoryModelTest, StateAndPeakOfOneRankByHand) {
   EXPECT_DOUBLE_EQ(b.lora, 0);
   // Two layers + the rope tables (cos, sin [N, head_dim]).
   EXPECT_DOUBLE_EQ(b.activations, 2 * kLayerFull + 2 * 8 * 4 * 4);
-  // Loss: final norm 288 + lm_head input 256 + logits [8, 32] 1024 and their
-  // gradient 1024 (the chunked cross entropy of models/loss.cc).
-  EXPECT_DOUBLE_EQ(b.loss, 288 + 256 + 1024 + 1024);
+  // Loss (models::LinearCrossEntropySum): final norm 288, lm_head's input
+  // 256 and its gradient 256, one chunk of all 8 rows' logits [8, 32] 1024
+  // and their gradient 1024, lm_head's fp32 gradient [32, 8] 1024.
+  EXPECT_DOUBLE_EQ(b.loss, 288 + 2 * 256 + 2 * 1024 + 1024);
   EXPECT_DOUBLE_EQ(b.communication, 0);
 
   // dp 2 + ZeRO-1: AdamW state halves; a bucket and the reduce-scatter chunk.
@@ -138,9 +145,10 @@ TEST(MemoryModelTest, StateAndPeakOfOneRankByHand) {
   const MemoryBreakdown h = PlanMemory(c, r, Exact())->worst_stage().bytes;
   EXPECT_DOUBLE_EQ(h.parameters, 1704 * 2);
   EXPECT_DOUBLE_EQ(h.optimizer, 1704 * 12);
-  // Final norm: bf16 input 128 + fp32 1/rms 32; lm_head input 128; bf16
-  // logits [8, 32] 512 and their bf16 gradient 512.
-  EXPECT_DOUBLE_EQ(h.loss, 160 + 128 + 512 + 512);
+  // Final norm: bf16 input 128 + fp32 1/rms 32; lm_head's input and its
+  // gradient 2 x 128; bf16 logits [8, 32] 512 and their bf16 gradient 512;
+  // lm_head's fp32 gradient 1024.
+  EXPECT_DOUBLE_EQ(h.loss, 160 + 2 * 128 + 512 + 512 + 1024);
 
   // tp 2: the vocab-parallel loss holds logits [8, 16] and their gradient
   // (chunked, no fp32 [8, 16] intermediates kept).
@@ -189,11 +197,10 @@ TEST(MemoryModelTest, ExpertsSplitOverEp) {
   // Per layer: attention 192 + norms 16 + router 32 + 2 of 4 experts x 384.
   EXPECT_DOUBLE_EQ(b.parameters, (2 * (192 + 16 + 32 + 2 * 384) + 520) * 4);
   // MoE activations: tokens 64 + router scores 2 x 8 x 4 floats, the 16
-  // dispatched rows in and out (2 x 128), their SwiGLU (gate, up, down's
-  // input) 3 x 16 x 16.
+  // dispatched rows in and out (2 x 128), their SwiGLU (gate, up) 2 x 16 x 16.
   r.parallel.ep = 1;
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0),
-                   kNorms + 1152 + (64 + 64 + 2 * 128 + 3 * 256) * 4);
+                   kNorms + 1152 + (64 + 64 + 2 * 128 + 2 * 256) * 4);
 }
 
 // Padded capacity slots: every expert's ceil(1.5 x 16 / 4) = 6 slots, 24
@@ -205,7 +212,7 @@ TEST(MemoryModelTest, PaddedCapacitySlotsCountEverySlot) {
   r.moe.capacity_factor = 1.5;
   r.moe.pad_to_capacity = true;
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0),
-                   kNorms + 1152 + (64 + 64 + 2 * 24 * 8 + 3 * 24 * 16) * 4);
+                   kNorms + 1152 + (64 + 64 + 2 * 24 * 8 + 2 * 24 * 16) * 4);
   r.parallel.dp = 2;
   r.parallel.ep = 2;
   r.batch.global_batch = 8;
