@@ -58,6 +58,17 @@ void ChunkedCrossEntropy(const torch::Tensor& logits, const torch::Tensor& targe
   }
 }
 
+// A gradient computed in forward and kept in ctx->saved_data[key], scaled in
+// place by the upstream gradient and handed on once: a second backward
+// through the node (retain_graph) would find it consumed.
+torch::Tensor TakeScaledGradient(AutogradContext* ctx, const char* key, const torch::Tensor& scale,
+                                 const char* function) {
+  torch::Tensor grad = ctx->saved_data[key].toTensor();
+  FULCRUM_CHECK(grad.defined(), function, ": backward ran twice through one forward");
+  ctx->saved_data[key] = torch::Tensor();
+  return grad.mul_(scale);
+}
+
 // Sum of the per-row losses; its gradient is computed during the forward
 // chunk by chunk and kept instead of the logits (which the caller may then
 // free), so the backward is one multiply, in place.
@@ -73,13 +84,7 @@ class CrossEntropySumFunction : public torch::autograd::Function<CrossEntropySum
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    torch::Tensor grad = ctx->saved_data["grad"].toTensor();
-    // The buffer is scaled in place and handed on, so a second backward
-    // through this node (retain_graph) would see it already consumed.
-    FULCRUM_CHECK(grad.defined(), "cross entropy: backward ran twice through one forward");
-    ctx->saved_data["grad"] = torch::Tensor();
-    grad.mul_(grad_outputs[0]);
-    return {grad, torch::Tensor()};
+    return {TakeScaledGradient(ctx, "grad", grad_outputs[0], "cross entropy"), torch::Tensor()};
   }
 };
 
@@ -185,15 +190,13 @@ class LinearCrossEntropySumFunction
   // for, and only once.
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const torch::Tensor& scale = grad_outputs[0];
-    const auto take = [&](const char* key) {
-      torch::Tensor grad = ctx->saved_data[key].toTensor();
-      FULCRUM_CHECK(grad.defined(), "linear cross entropy: backward ran twice through one forward");
-      ctx->saved_data[key] = torch::Tensor();
-      return grad.mul_(scale);
-    };
+    constexpr const char* kName = "linear cross entropy";
     torch::Tensor dh, dw;
-    if (ctx->needs_input_grad(0)) dh = take("hidden");
-    if (ctx->needs_input_grad(1)) dw = take("weight").to(ctx->saved_data["dtype"].toScalarType());
+    if (ctx->needs_input_grad(0)) dh = TakeScaledGradient(ctx, "hidden", scale, kName);
+    if (ctx->needs_input_grad(1)) {
+      dw = TakeScaledGradient(ctx, "weight", scale, kName)
+               .to(ctx->saved_data["dtype"].toScalarType());
+    }
     return {dh, dw, torch::Tensor()};
   }
 };
