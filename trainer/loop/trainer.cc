@@ -123,6 +123,8 @@ absl::StatusOr<metrics::StepMetrics> Trainer::Step(int64_t step_index) {
   const metrics::MemoryUsage memory = metrics::CurrentMemoryUsage();
   m.rss_bytes = memory.rss_bytes;
   m.peak_rss_bytes = memory.peak_rss_bytes;
+  m.peak_host_tensor_bytes = memory.peak_host_tensor_bytes;
+  m.peak_host_reserved_bytes = memory.peak_host_reserved_bytes;
   const metrics::DeviceMemoryUsage device_memory = metrics::CurrentDeviceMemory(device_);
   m.device_bytes = device_memory.allocated_bytes;
   m.peak_device_bytes = device_memory.peak_allocated_bytes;

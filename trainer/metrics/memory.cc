@@ -3,6 +3,8 @@
 #include <fstream>
 #include <string>
 
+#include "parallel/runtime/caching_host_allocator.h"
+
 namespace fulcrum::metrics {
 
 MemoryUsage CurrentMemoryUsage() {
@@ -18,6 +20,11 @@ MemoryUsage CurrentMemoryUsage() {
       status >> kib;
       usage.peak_rss_bytes = kib * 1024;
     }
+  }
+  if (const parallel::CachingHostAllocator* allocator = parallel::InstalledCachingHostAllocator()) {
+    const parallel::HostAllocatorStats stats = allocator->Stats();
+    usage.peak_host_tensor_bytes = stats.peak_allocated_bytes;
+    usage.peak_host_reserved_bytes = stats.peak_reserved_bytes;
   }
   return usage;
 }

@@ -62,6 +62,12 @@ void MetricsSink::RecordTensorBoard(const StepMetrics& m) {
       {"memory/rss_bytes", static_cast<double>(m.rss_bytes)},
       {"memory/peak_rss_bytes", static_cast<double>(m.peak_rss_bytes)},
   };
+  if (m.peak_host_reserved_bytes > 0) {
+    scalars.emplace_back("memory/peak_host_tensor_bytes",
+                         static_cast<double>(m.peak_host_tensor_bytes));
+    scalars.emplace_back("memory/peak_host_reserved_bytes",
+                         static_cast<double>(m.peak_host_reserved_bytes));
+  }
   if (m.peak_device_bytes > 0) {
     scalars.emplace_back("memory/device_bytes", static_cast<double>(m.device_bytes));
     scalars.emplace_back("memory/peak_device_bytes", static_cast<double>(m.peak_device_bytes));
@@ -111,6 +117,10 @@ void MetricsSink::Record(const StepMetrics& m) {
         {"peak_rss_bytes", m.peak_rss_bytes},
         {"optimizer_state_bytes", m.optimizer_state_bytes},
     };
+    if (m.peak_host_reserved_bytes > 0) {
+      line["peak_host_tensor_bytes"] = m.peak_host_tensor_bytes;
+      line["peak_host_reserved_bytes"] = m.peak_host_reserved_bytes;
+    }
     if (m.peak_device_bytes > 0) {
       line["device_bytes"] = m.device_bytes;
       line["peak_device_bytes"] = m.peak_device_bytes;

@@ -31,6 +31,10 @@ struct StepMetrics {
   double mfu = 0.0;  // achieved / peak
   int64_t rss_bytes = 0;
   int64_t peak_rss_bytes = 0;
+  // The CachingHostAllocator's peaks (0 without it): large tensors' bytes,
+  // and those plus its cached free blocks (metrics/memory.h).
+  int64_t peak_host_tensor_bytes = 0;
+  int64_t peak_host_reserved_bytes = 0;
   // On a GPU (0 on the CPU): the caching allocator's tensor bytes now and at
   // this step's peak, and what it holds from the device.
   int64_t device_bytes = 0;

@@ -7,7 +7,9 @@
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 
 #include "core/crc32c.h"
 #include "tests/test_support.h"
@@ -168,6 +170,8 @@ TEST(TensorBoardWriterTest, MetricsSinkWritesEveryStepsScalars) {
     m.loss = 3.0 / static_cast<double>(step);
     m.mfu = 0.5;
     m.expert_load_max_over_mean = {1.5, 2.0};
+    m.peak_host_reserved_bytes = step == 2 ? 3 << 20 : 0;  // 0: no host allocator
+    m.peak_host_tensor_bytes = step == 2 ? 2 << 20 : 0;
     (*sink)->Record(m);
   }
   const std::vector<Event> events = ReadEvents(OnlyEventFile(dir + "/tb"));
@@ -177,6 +181,14 @@ TEST(TensorBoardWriterTest, MetricsSinkWritesEveryStepsScalars) {
   EXPECT_EQ(events[2].scalars.at("throughput/mfu"), 0.5f);
   EXPECT_EQ(events[2].scalars.at("moe/expert_load_max_over_mean/1"), 2.0f);
   EXPECT_TRUE(events[2].scalars.count("memory/peak_rss_bytes"));
+  EXPECT_FALSE(events[1].scalars.count("memory/peak_host_reserved_bytes"));
+  EXPECT_EQ(events[2].scalars.at("memory/peak_host_reserved_bytes"), 3 << 20);
+  EXPECT_EQ(events[2].scalars.at("memory/peak_host_tensor_bytes"), 2 << 20);
+  std::ifstream jsonl(dir + "/m.jsonl");
+  std::string first, second;
+  ASSERT_TRUE(std::getline(jsonl, first) && std::getline(jsonl, second));
+  EXPECT_EQ(first.find("peak_host_reserved_bytes"), std::string::npos);
+  EXPECT_EQ(nlohmann::json::parse(second).at("peak_host_reserved_bytes"), 3 << 20);
 
   // A directory that cannot be made names the recipe key.
   testing::WriteFile(dir + "/file", "x");
