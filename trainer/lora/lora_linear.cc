@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "trainer/lora/normed_linear.h"
 #include "trainer/lora/swiglu_linear.h"
 
 namespace fulcrum::lora {
@@ -80,6 +81,15 @@ torch::Tensor LoraLinearImpl::ForwardSwiGlu(const torch::Tensor& gate, const tor
   const torch::Tensor y =
       SwiGluLinear(gate, up, weight, row ? torch::Tensor() : bias, lora_a_, lora_b_, scaling_);
   return row ? RowOutput(y) : y;
+}
+
+torch::Tensor LoraLinearImpl::ForwardNormed(const models::RmsNormOutput& in) {
+  // Dropout's mask would have to be replayed on the recomputed y.
+  if (!torch::GradMode::is_enabled() || sharded() || !in.x.defined() ||
+      (dropout_ > 0.0 && is_training())) {
+    return forward(in.y);
+  }
+  return NormedLinear(in, weight, bias, lora_a_, lora_b_, scaling_);
 }
 
 torch::Tensor LoraLinearImpl::RowOutput(const torch::Tensor& partial) {

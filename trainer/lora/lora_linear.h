@@ -21,6 +21,7 @@
 #include <torch/torch.h>
 
 #include "parallel/tensor/tensor_parallel.h"
+#include "trainer/models/rms_norm.h"
 
 namespace fulcrum::lora {
 
@@ -84,6 +85,11 @@ class LoraLinearImpl : public torch::nn::Module {
   // unsharded): with autograd recording and no adapter dropout to replay,
   // through SwiGluLinear, which keeps gate and up but not their product.
   torch::Tensor ForwardSwiGlu(const torch::Tensor& gate, const torch::Tensor& up);
+  // forward(in.y) for a projection reading an RMSNorm's output: unsharded,
+  // with autograd recording, no adapter dropout to replay and in.x defined,
+  // through NormedLinear, which keeps the norm's x and statistics instead of
+  // y. A tp layer takes y through the region its caller entered: forward.
+  torch::Tensor ForwardNormed(const models::RmsNormOutput& in);
 
   // Attaches a fresh adapter: A ~ kaiming-uniform(a=sqrt(5)) as PEFT does,
   // B = 0, so the layer's output is unchanged until B trains. Under kRow the

@@ -59,16 +59,20 @@ AttentionImpl::AttentionImpl(const ModelConfig& config, const torch::TensorOptio
   }
 }
 
-AttentionImpl::Projected AttentionImpl::Project(const torch::Tensor& x, const RopeCosSin& rope) {
+AttentionImpl::Projected AttentionImpl::Project(const RmsNormOutput& x, const RopeCosSin& rope) {
   // [B, T, H*D] -> [B, T, H, D]; Qwen3 normalises each head before RoPE.
   // T from the projection: under sp x holds T/tp positions, q/k/v all T.
+  const bool sharded = q_proj->sharded();
   const torch::Tensor x_in =
-      q_proj->sharded() ? parallel::tensor::ColumnParallelInput(x, q_proj->parallel().tp) : x;
-  torch::Tensor q = q_proj->forward(x_in);
+      sharded ? parallel::tensor::ColumnParallelInput(x.y, q_proj->parallel().tp) : x.y;
+  const auto project = [&](lora::LoraLinear& layer) {
+    return sharded ? layer->forward(x_in) : layer->ForwardNormed(x);
+  };
+  torch::Tensor q = project(q_proj);
   const int64_t b = q.size(0), t = q.size(1);
   q = q.view({b, t, num_heads_, head_dim_});
-  torch::Tensor k = k_proj->forward(x_in).view({b, t, num_kv_heads_, head_dim_});
-  torch::Tensor v = v_proj->forward(x_in).view({b, t, num_kv_heads_, head_dim_});
+  torch::Tensor k = project(k_proj).view({b, t, num_kv_heads_, head_dim_});
+  torch::Tensor v = project(v_proj).view({b, t, num_kv_heads_, head_dim_});
   if (q_norm) {
     q = q_norm->forward(q);
     k = k_norm->forward(k);
@@ -91,6 +95,11 @@ void AttentionImpl::SetRecompute(bool recompute) {
 
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const RopeCosSin& rope,
                                      const torch::Tensor& mask) {
+  return forward(RmsNormOutput::OutputOnly(x), rope, mask);
+}
+
+torch::Tensor AttentionImpl::forward(const RmsNormOutput& x, const RopeCosSin& rope,
+                                     const torch::Tensor& mask) {
   const Projected p = Project(x, rope);
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
   return Output(GroupedAttention(p.q, p.k, p.v, mask, scale));
@@ -99,7 +108,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const RopeCosSin& r
 torch::Tensor AttentionImpl::ForwardCached(const torch::Tensor& x, const RopeCosSin& rope,
                                            const torch::Tensor& mask, generate::KvCache& cache,
                                            int64_t layer_index) {
-  const Projected p = Project(x, rope);
+  const Projected p = Project(RmsNormOutput::OutputOnly(x), rope);
   const generate::KvView past = cache.Write(layer_index, p.k, p.v);  // [B, Hkv, S, D]
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
   return Output(GroupedAttention(p.q, past.k, past.v, mask, scale));

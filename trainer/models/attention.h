@@ -31,6 +31,9 @@ class AttentionImpl : public torch::nn::Module {
   // x [B, T, hidden], rope cos/sin [B, 1, T, D], mask [B, 1, T, T] -> [B, T, hidden].
   // Under sp x and the result are [B, T/tp, hidden]; rope and mask cover the full T.
   torch::Tensor forward(const torch::Tensor& x, const RopeCosSin& rope, const torch::Tensor& mask);
+  // forward(x.y, ...) for x an RMSNorm's output: unsharded, q/k/v keep the
+  // norm's input and statistics instead of x.y (LoraLinear::ForwardNormed).
+  torch::Tensor forward(const RmsNormOutput& x, const RopeCosSin& rope, const torch::Tensor& mask);
   // Incremental decoding: x [B, T, hidden] are the T newest tokens, rope
   // [B, 1, T, D] at their absolute positions, mask [B, 1, T, S] over the S =
   // cache.length() + T keys. Stores this layer's new k/v in `cache`.
@@ -56,7 +59,7 @@ class AttentionImpl : public torch::nn::Module {
     torch::Tensor k;  // [B, Hkv, T, D] after RoPE
     torch::Tensor v;  // [B, Hkv, T, D]
   };
-  Projected Project(const torch::Tensor& x, const RopeCosSin& rope);
+  Projected Project(const RmsNormOutput& x, const RopeCosSin& rope);
   // attended [B, H, T, D] -> [B, T, hidden]
   torch::Tensor Output(const torch::Tensor& attended);
 

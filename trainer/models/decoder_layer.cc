@@ -36,16 +36,17 @@ void DecoderLayerImpl::SetRecompute(Recompute mode) {
 }
 
 torch::Tensor DecoderLayerImpl::FeedForward(const torch::Tensor& h, ForwardPass pass) {
-  const torch::Tensor normed = post_attention_layernorm->forward(h);
-  return h + (moe ? moe->forward(normed, pass) : mlp->forward(normed));
+  if (moe) return h + moe->forward(post_attention_layernorm->forward(h), pass);
+  return h + mlp->forward(post_attention_layernorm->ForwardRecomputable(h));
 }
 
 torch::Tensor DecoderLayerImpl::Compute(const torch::Tensor& x, const RopeCosSin& rope,
                                         const torch::Tensor& mask, ForwardPass pass) {
-  const torch::Tensor normed = input_layernorm->forward(x);
-  return FeedForward(x + (latent_attn ? latent_attn->forward(normed, rope, mask)
-                                      : self_attn->forward(normed, rope, mask)),
-                     pass);
+  // MLA's latent projections keep the norm's output (recompute.h).
+  const torch::Tensor attended =
+      latent_attn ? latent_attn->forward(input_layernorm->forward(x), rope, mask)
+                  : self_attn->forward(input_layernorm->ForwardRecomputable(x), rope, mask);
+  return FeedForward(x + attended, pass);
 }
 
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const RopeCosSin& rope,

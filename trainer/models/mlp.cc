@@ -36,4 +36,9 @@ torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
   return down_proj->ForwardSwiGlu(gate_proj->forward(x_in), up_proj->forward(x_in));
 }
 
+torch::Tensor MlpImpl::forward(const RmsNormOutput& x) {
+  if (gate_proj->sharded()) return forward(x.y);
+  return down_proj->ForwardSwiGlu(gate_proj->ForwardNormed(x), up_proj->ForwardNormed(x));
+}
+
 }  // namespace fulcrum::models

@@ -8,6 +8,7 @@
 #include "trainer/lora/lora_linear.h"
 #include "trainer/models/model_config.h"
 #include "trainer/models/model_parallel.h"
+#include "trainer/models/rms_norm.h"
 
 namespace fulcrum::models {
 
@@ -31,6 +32,9 @@ class MlpImpl : public torch::nn::Module {
           const SwiGluNames& names = {}, bool region_by_caller = false);
   // x [B, T, hidden] -> [B, T, hidden] (under sp [B, T/tp, hidden] both)
   torch::Tensor forward(const torch::Tensor& x);
+  // forward(x.y) for x an RMSNorm's output: unsharded, gate and up keep the
+  // norm's input and statistics instead of x.y (LoraLinear::ForwardNormed).
+  torch::Tensor forward(const RmsNormOutput& x);
 
   // Unsharded shapes; under tp intermediate -> intermediate/tp.
   lora::LoraLinear gate_proj{nullptr};  // [intermediate, hidden]

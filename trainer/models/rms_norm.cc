@@ -15,12 +15,11 @@ using torch::autograd::variable_list;
 // follows autograd's ops and order.
 class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
  public:
+  // rstd: Statistics(x, eps), computed by the caller, who may hand it on.
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
-                               const torch::Tensor& weight, double eps) {
-    const torch::Tensor xf = x.to(torch::kFloat);
-    const torch::Tensor rstd = torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+                               const torch::Tensor& weight, const torch::Tensor& rstd) {
     ctx->save_for_backward({x, weight, rstd});
-    return weight * (xf * rstd).to(x.scalar_type());
+    return RmsNormValues(x, rstd, weight);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -46,7 +45,19 @@ class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
   }
 };
 
+// The fp32 1/rms of x's rows [..., 1], without autograd history (the
+// function's backward differentiates through it).
+torch::Tensor Statistics(const torch::Tensor& x, double eps) {
+  torch::NoGradGuard no_grad;
+  return torch::rsqrt(x.to(torch::kFloat).pow(2).mean(-1, /*keepdim=*/true) + eps);
+}
+
 }  // namespace
+
+torch::Tensor RmsNormValues(const torch::Tensor& x, const torch::Tensor& rstd,
+                            const torch::Tensor& weight) {
+  return weight * (x.to(torch::kFloat) * rstd).to(x.scalar_type());
+}
 
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps, const torch::TensorOptions& options) : eps_(eps) {
   weight = register_parameter("weight", torch::empty({dim}, options));
@@ -62,8 +73,13 @@ torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
   return RunRecomputed(region, {x});
 }
 
+RmsNormOutput RMSNormImpl::ForwardRecomputable(const torch::Tensor& x) {
+  const torch::Tensor rstd = Statistics(x, eps_);
+  return RmsNormOutput{RmsNormFunction::apply(x, weight, rstd), x, rstd, weight};
+}
+
 torch::Tensor RMSNormImpl::Normalize(const torch::Tensor& x) {
-  return RmsNormFunction::apply(x, weight, eps_);
+  return RmsNormFunction::apply(x, weight, Statistics(x, eps_));
 }
 
 }  // namespace fulcrum::models

@@ -6,12 +6,35 @@
 
 namespace fulcrum::models {
 
+// weight * (x * rstd) in x's dtype, with rstd [..., 1] the fp32 1/rms of x's
+// rows: RMSNorm's output, the same ops whenever it is computed, so values
+// computed again in backward are bitwise those of forward.
+torch::Tensor RmsNormValues(const torch::Tensor& x, const torch::Tensor& rstd,
+                            const torch::Tensor& weight);
+
+// An RMSNorm's output and what computes it again: the projections reading it
+// (lora/normed_linear.h) keep x and rstd, which the norm keeps for its own
+// backward anyway, instead of one more [N, dim] tensor each.
+struct RmsNormOutput {
+  torch::Tensor y;       // the output (autograd's), RmsNormValues(x, rstd, weight)
+  torch::Tensor x;       // undefined: y cannot be computed again (consumers keep it)
+  torch::Tensor rstd;    // [..., 1] fp32, no autograd history
+  torch::Tensor weight;  // the norm's weight
+
+  // Any tensor, as an output its consumers keep.
+  static RmsNormOutput OutputOnly(const torch::Tensor& y) { return {y, {}, {}, {}}; }
+};
+
 class RMSNormImpl : public torch::nn::Module {
  public:
   // weight [dim], created uninitialised with `options`.
   RMSNormImpl(int64_t dim, double eps, const torch::TensorOptions& options);
   // x [..., dim] -> [..., dim] in x's dtype (x's dtype times the weight's).
   torch::Tensor forward(const torch::Tensor& x);
+  // forward(x) with what computes it again. Keeps x and rstd for backward
+  // in every recompute mode (the selective region would keep x and recompute
+  // rstd: [N] floats less, and an output its consumers must keep).
+  RmsNormOutput ForwardRecomputable(const torch::Tensor& x);
   // true (train.recompute: selective): training forwards keep only x for
   // backward and recompute the fp32 statistics and the normalised
   // activations there (recompute.h).

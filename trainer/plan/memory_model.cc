@@ -32,6 +32,11 @@ struct Shape {
   bool full = true;  // full fine-tuning: every weight trains
   bool all_linear = false;
   bool lora_dropout = false;  // adapters drop their input (down then keeps its input)
+  // The projections reading a decoder layer's norms (dense attention's
+  // q/k/v, a dense MLP's gate/up) compute the norm's output again in
+  // backward instead of keeping it (lora/normed_linear.h): unsharded, and no
+  // adapter dropout mask to replay.
+  bool norm_recomputed = false;
   std::set<std::string> targets;
   double padded_capacity_factor = 0;  // > 0: MoE rows in capacity slots (moe.pad_to_capacity)
 
@@ -66,6 +71,7 @@ Shape ShapeOf(const recipe::Recipe& recipe) {
   sh.full = recipe.finetune.method != "lora";
   sh.lora_rank = static_cast<double>(recipe.finetune.lora.rank);
   sh.lora_dropout = !sh.full && recipe.finetune.lora.dropout > 0.0;
+  sh.norm_recomputed = recipe.parallel.tp == 1 && !sh.lora_dropout;
   for (const std::string& t : recipe.finetune.lora.targets) {
     if (t == "all-linear") {
       sh.all_linear = true;
@@ -77,15 +83,15 @@ Shape ShapeOf(const recipe::Recipe& recipe) {
   return sh;
 }
 
-// GQA attention: projections' input, q/k/v after rope, the rows' softmax statistics,
-// o's input.
+// GQA attention: projections' input (unless norm_recomputed), q/k/v after rope, the rows' softmax
+// statistics, o's input.
 double DenseAttentionBytes(const models::ModelConfig& c, const Shape& sh) {
   const double h = static_cast<double>(c.hidden_size), d = static_cast<double>(c.head_dim);
   const double heads = static_cast<double>(c.num_heads) / sh.tp;
   const double kv_heads = std::max(1.0, static_cast<double>(c.num_kv_heads) / sh.tp);
   const double q = heads * d, kv = kv_heads * d;
-  double bytes =
-      sh.Keeps("q_proj") || sh.Keeps("k_proj") || sh.Keeps("v_proj") ? sh.n * h * sh.s : 0.0;
+  const bool keeps_input = sh.Keeps("q_proj") || sh.Keeps("k_proj") || sh.Keeps("v_proj");
+  double bytes = keeps_input && !sh.norm_recomputed ? sh.n * h * sh.s : 0.0;
   bytes += sh.n * (q + 2 * kv) * sh.s + sh.RowStatistics(heads);
   if (sh.Keeps("o_proj")) bytes += sh.n * q * sh.s;
   for (const char* name : {"q_proj", "k_proj", "v_proj", "o_proj"}) bytes += sh.Low(name, sh.n);
@@ -114,9 +120,10 @@ double LatentAttentionBytes(const models::ModelConfig& c, const Shape& sh) {
   return bytes;
 }
 
-// SwiGLU over `tokens` rows of width `width` (this rank's share): input,
-// gate, up. Backward recomputes silu(gate) and down's input silu(gate) * up
-// (lora/swiglu_linear.h) unless LoRA dropout makes down keep its input.
+// SwiGLU over `tokens` rows of width `width` (this rank's share): input
+// (unless the caller counted it or it is recomputed: input_counted), gate, up. Backward recomputes
+// silu(gate) and down's input silu(gate) * up (lora/swiglu_linear.h) unless LoRA dropout makes down
+// keep its input.
 double SwiGluBytes(const Shape& sh, double hidden, double width, double tokens,
                    const std::string& gate, const std::string& up, const std::string& down,
                    bool input_counted) {
@@ -389,7 +396,8 @@ double ActivationBytes(const models::ModelConfig& c, const recipe::Recipe& recip
   bytes += c.mla.enabled() ? LatentAttentionBytes(c, sh) : DenseAttentionBytes(c, sh);
   if (models::IsMoeLayer(c, layer)) return bytes + MoeBytes(c, sh);
   return bytes + SwiGluBytes(sh, h, static_cast<double>(c.intermediate_size) / sh.tp, sh.n,
-                             "gate_proj", "up_proj", "down_proj", /*input_counted=*/false);
+                             "gate_proj", "up_proj", "down_proj",
+                             /*input_counted=*/sh.norm_recomputed);
 }
 
 absl::StatusOr<MemoryPlan> PlanMemory(const models::ModelConfig& c, const recipe::Recipe& recipe,

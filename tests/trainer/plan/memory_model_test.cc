@@ -61,11 +61,14 @@ Hardware Node(int64_t ranks, double rate) {
 // f = 16, the rows' softmax max and 1 / sum 2 x b x H x T = 32 floats (no
 // probabilities, models/attention_core.h):
 //   norms      2 x (input 64 + 1/rms 8) floats                  =  576 B
-//   attention  input 64 + q 64 + k 32 + v 32 + rows 32 + o in 64 = 1152 B
-//   mlp        input 64 + gate, up 2 x 128 (down's input
-//              silu(gate) * up is recomputed, lora/swiglu_linear.h)  = 1280 B
+//   attention  q 64 + k 32 + v 32 + rows 32 + o in 64             =  896 B
+//   mlp        gate, up 2 x 128                                   = 1024 B
+// q/k/v's and gate/up's input, the norms' output, is computed again from
+// the norms' input and 1/rms (lora/normed_linear.h), and down's input
+// silu(gate) * up from gate and up (lora/swiglu_linear.h).
 constexpr double kNorms = 2 * 288;
-constexpr double kLayerFull = kNorms + 1152 + 1280;
+constexpr double kAttention = 896;
+constexpr double kLayerFull = kNorms + kAttention + 1024;
 
 TEST(MemoryModelTest, ActivationsOfOneLayerByHand) {
   const models::ModelConfig c = Small();
@@ -78,9 +81,11 @@ TEST(MemoryModelTest, ActivationsOfOneLayerByHand) {
   // bf16: 2-byte tensors, fp32 1/rms and softmax statistics.
   r.precision.dtype = "bf16";
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0),
-                   2 * (128 + 32) + (128 + 128 + 64 + 64 + 128 + 128) + (128 + 2 * 256));
+                   2 * (128 + 32) + (128 + 64 + 64 + 128 + 128) + (2 * 256));
   // tp 2: heads, kv heads (1 replicated), ffn split; the norms' and the
-  // projections' inputs stay whole; sequence parallel splits the norms.
+  // projections' inputs stay whole, and the projections keep theirs (the
+  // tp region's input is not the norm's output); sequence parallel splits
+  // the norms.
   r = Full();
   r.parallel.tp = 2;
   const double tp2 = kNorms + (256 + 8 * (4 + 2 * 4) * 4 + 16 * 4 + 8 * 4 * 4) + (256 + 2 * 256);
@@ -95,11 +100,15 @@ TEST(MemoryModelTest, LoraKeepsTheInputsOfAdaptedLayersOnly) {
   r.finetune.method = "lora";
   r.finetune.lora.rank = 2;
   r.finetune.lora.targets = {"q_proj", "v_proj"};
-  // Norms: input and 1/rms. Attention: q/v's input, q, k,
-  // v, the softmax statistics, and the [N, r] intermediates of 2 adapters; o's
-  // input is not kept. MLP: gate and up only.
-  EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0),
-                   kNorms + (256 + 512 + 128 + 2 * 8 * 2 * 4) + 2 * 512);
+  // Norms: input and 1/rms. Attention: q, k, v, the softmax statistics, and
+  // the [N, r] intermediates of 2 adapters; o's input is not kept, q/v's is
+  // computed again. MLP: gate and up only.
+  const double lora = kNorms + (512 + 128 + 2 * 8 * 2 * 4) + 2 * 512;
+  EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0), lora);
+  // Adapter dropout: q and v keep their input (the mask is not replayed).
+  r.finetune.lora.dropout = 0.1;
+  EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0), lora + 256);
+  r.finetune.lora.dropout = 0.0;
   // Adapters: q [2, 8] + [8, 2], v [2, 8] + [4, 2] per layer.
   EXPECT_DOUBLE_EQ(LayerAdapterParams(c, r, 0), 32 + 24);
   // An adapter on down reads silu(gate) * up, recomputed in backward unless
@@ -200,7 +209,7 @@ TEST(MemoryModelTest, ExpertsSplitOverEp) {
   // dispatched rows in and out (2 x 128), their SwiGLU (gate, up) 2 x 16 x 16.
   r.parallel.ep = 1;
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0),
-                   kNorms + 1152 + (64 + 64 + 2 * 128 + 2 * 256) * 4);
+                   kNorms + kAttention + (64 + 64 + 2 * 128 + 2 * 256) * 4);
 }
 
 // Padded capacity slots: every expert's ceil(1.5 x 16 / 4) = 6 slots, 24
@@ -212,7 +221,7 @@ TEST(MemoryModelTest, PaddedCapacitySlotsCountEverySlot) {
   r.moe.capacity_factor = 1.5;
   r.moe.pad_to_capacity = true;
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0),
-                   kNorms + 1152 + (64 + 64 + 2 * 24 * 8 + 2 * 24 * 16) * 4);
+                   kNorms + kAttention + (64 + 64 + 2 * 24 * 8 + 2 * 24 * 16) * 4);
   r.parallel.dp = 2;
   r.parallel.ep = 2;
   r.batch.global_batch = 8;

@@ -1,0 +1,57 @@
+// The product a LoraLinear computes on [N, in] rows, x W^T + b + s (x A^T)
+// B^T, and its backward given the rows again on demand: shared by the
+// linear layers that do not keep their input for backward but compute it
+// again from tensors kept anyway (swiglu_linear.h: gate and up;
+// normed_linear.h: an RMSNorm's input and statistics).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <functional>
+#include <initializer_list>
+#include <vector>
+
+namespace fulcrum::lora {
+
+// One layer's tensors: weight [out, in]; bias [out], lora_a [r, in] and
+// lora_b [out, r] each undefined when absent.
+struct RowsLinear {
+  torch::Tensor weight, bias, lora_a, lora_b;
+  double scaling = 0.0;
+};
+
+// rows [N, in] -> [N, out] with LoraLinear's GEMMs (B's accumulates into
+// the base output), so values are bitwise an unfused layer's. *low = the
+// adapter's [N, r] product (what B's gradient needs), undefined without one.
+torch::Tensor RowsLinearForward(const torch::Tensor& rows, const RowsLinear& layer,
+                                torch::Tensor* low);
+
+// Which gradients one backward call is asked for.
+struct RowsLinearNeeds {
+  bool input = false, weight = false, bias = false, lora_a = false, lora_b = false;
+};
+
+struct RowsLinearGrads {
+  torch::Tensor input, weight, bias, lora_a, lora_b;  // undefined where not asked
+};
+
+// grad [N, out] -> the asked gradients. `rows` is called (once) only where
+// the weight's or A's gradient needs the input, and what it returns is freed
+// before the input's gradient is computed, so the two are never held together.
+RowsLinearGrads RowsLinearBackward(const torch::Tensor& grad, const RowsLinear& layer,
+                                   const torch::Tensor& low, const RowsLinearNeeds& needs,
+                                   const std::function<torch::Tensor()>& rows);
+
+// A custom function's arguments, in order, numbered by autograd edge: the
+// defined tensors get 0, 1, ... and an undefined one -1 (LibTorch gives
+// edges to defined tensor inputs only).
+std::vector<int64_t> EdgesOf(std::initializer_list<const torch::Tensor*> arguments);
+
+// Whether this backward call is asked for each argument's gradient (false
+// for an absent one). Asked per call: zero-bubble's split backward
+// (parallel/pipeline/split_backward.h) asks for the inputs' gradients in one
+// call and for the weights' in another.
+std::vector<bool> NeedsByArgument(torch::autograd::AutogradContext* ctx,
+                                  const c10::List<int64_t>& edges);
+
+}  // namespace fulcrum::lora
