@@ -21,8 +21,9 @@ torch::Tensor CausalLmLoss(const torch::Tensor& logits, const torch::Tensor& lab
 // gradients of hidden and weight with them (kept until backward instead of
 // the logits and their gradient; the weight's in fp32 across chunks).
 // hidden [B, T, H] and weight [V, H] in one dtype, labels [B, T] unshifted.
-// The rows of logits LinearCrossEntropySum computes at a time, of n.
-int64_t HeadChunkRows(int64_t n, int64_t vocab, bool cuda);
+// The rows of logits LinearCrossEntropySum computes at a time, of n: more
+// where the weight's gradient is computed too (models/loss.cc).
+int64_t HeadChunkRows(int64_t n, int64_t vocab, bool cuda, bool weight_trains);
 torch::Tensor LinearCrossEntropySum(const torch::Tensor& hidden, const torch::Tensor& weight,
                                     const torch::Tensor& labels);
 

@@ -5,7 +5,11 @@
 //   none       every activation is kept for backward
 //   selective  the RMSNorm intermediates are recomputed; the linear layers
 //              keep their activations (the attention core keeps no
-//              probabilities in any mode: models/attention_core.h)
+//              probabilities in any mode: models/attention_core.h). The
+//              decoder layer's two norms keep their input and 1/rms in
+//              every mode, and the projections reading them (unsharded)
+//              compute their output again (lora/normed_linear.h), so only
+//              the q/k norms (Qwen3) and MLA's latent norms run as regions
 //   full       each decoder layer keeps only its input and is recomputed
 //
 // Defines: Recompute, ParseRecompute, ForwardPass, RecomputedRegion.

@@ -194,7 +194,8 @@ double LossBytes(const models::ModelConfig& c, const recipe::Recipe& recipe, boo
   const double norm = sh.Norm(sh.n_norm, h);
   if (sh.tp == 1 && !sh.Adapted("lm_head")) {
     const double rows =
-        static_cast<double>(models::HeadChunkRows(static_cast<int64_t>(sh.n), c.vocab_size, cuda));
+        static_cast<double>(models::HeadChunkRows(static_cast<int64_t>(sh.n), c.vocab_size, cuda,
+                                                  /*weight_trains=*/sh.full));
     const double weight_grad = sh.full ? vocab * h * kFloat : 0.0;
     return norm + 2 * sh.n * h * sh.s + 2 * rows * vocab * sh.s + weight_grad;
   }

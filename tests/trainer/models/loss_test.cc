@@ -159,13 +159,14 @@ TEST(LinearCrossEntropyTest, MatchesTheLossOfTheMaterialisedLogits) {
 }
 
 TEST(LinearCrossEntropyTest, NeverHoldsTheLogitsOfAllRows) {
-  const int64_t b = 4, t = 64, h = 8, v = 100000;  // 83 of 256 rows per chunk
+  const int64_t b = 16, t = 64, h = 8, v = 100000;  // 335 of 1024 rows per chunk
   torch::manual_seed(5);
   const torch::Tensor labels = torch::randint(0, v, {b, t}, torch::kLong);
   const torch::Tensor hidden = torch::randn({b, t, h}, torch::requires_grad());
   const torch::Tensor weight = torch::randn({v, h}, torch::requires_grad());
-  const int64_t rows = HeadChunkRows(b * t, v, /*cuda=*/false);
+  const int64_t rows = HeadChunkRows(b * t, v, /*cuda=*/false, /*weight_trains=*/true);
   ASSERT_LT(rows, b * t);
+  EXPECT_LT(HeadChunkRows(b * t, v, /*cuda=*/false, /*weight_trains=*/false), rows);
   const int64_t peak =
       testing::PeakTensorBytes([&] { LinearCrossEntropySum(hidden, weight, labels).backward(); });
   // A chunk's logits and their gradient, the hidden states' and the weight's
