@@ -20,11 +20,8 @@ constexpr int64_t kIgnoreIndex = -100;
 constexpr int64_t kCpuChunkBytes = int64_t{1} << 20;
 constexpr int64_t kCudaChunkBytes = int64_t{256} << 20;
 
-// logits [N, V/tp] (this rank's vocab columns), targets [N] int64 (-100
-// ignored). Writes each row's loss into row_loss [N] fp32 (0 where ignored)
-// and, when `grad` is defined ([N, V/tp], logits' dtype), this rank's
-// columns of d(sum of row losses)/d(logits): softmax - onehot on target
-// rows, 0 on ignored ones.
+}  // namespace
+
 void ShardCrossEntropy(const torch::Tensor& logits, const torch::Tensor& targets,
                        int64_t vocab_start, Communicator* group, torch::Tensor& row_loss,
                        torch::Tensor& grad) {
@@ -87,6 +84,8 @@ void ShardCrossEntropy(const torch::Tensor& logits, const torch::Tensor& targets
   }
 }
 
+namespace {
+
 // The gradient is computed during the forward and kept instead of the
 // logits, so the backward is one multiply, in place, with no collective.
 class VocabParallelCrossEntropyFunction
@@ -115,6 +114,15 @@ class VocabParallelCrossEntropyFunction
 
 }  // namespace
 
+torch::Tensor ShiftedTargets(const torch::Tensor& labels, const torch::Device& device) {
+  const torch::Tensor long_labels = labels.to(device, torch::kLong);
+  const int64_t t = labels.size(1);
+  return torch::cat({long_labels.narrow(1, 1, t - 1),
+                     torch::full({labels.size(0), 1}, kIgnoreIndex, long_labels.options())},
+                    1)
+      .reshape({-1});
+}
+
 torch::Tensor VocabParallelCrossEntropySum(const torch::Tensor& logits_shard,
                                            const torch::Tensor& labels, int64_t vocab_start,
                                            const TensorParallel& tp) {
@@ -127,16 +135,8 @@ torch::Tensor VocabParallelCrossEntropySum(const torch::Tensor& logits_shard,
   if (t < 2 || b == 0) {
     return logits_shard.sum().to(torch::kFloat) * 0;  // no targets; keeps the graph
   }
-  // [B*T, V/tp] (a view) and [B*T] targets: labels shifted left by one with
-  // -100 in each sequence's last position, so that logits[:, t] predicts
-  // labels[:, t+1] without copying the logits.
   const torch::Tensor flat = logits_shard.reshape({-1, v});
-  const torch::Tensor long_labels = labels.to(logits_shard.device(), torch::kLong);
-  const torch::Tensor targets =
-      torch::cat({long_labels.narrow(1, 1, t - 1),
-                  torch::full({b, 1}, kIgnoreIndex, long_labels.options())},
-                 1)
-          .reshape({-1});
+  const torch::Tensor targets = ShiftedTargets(labels, logits_shard.device());
   Communicator* group = tp.active() ? tp.group : nullptr;
   if (torch::GradMode::is_enabled() && logits_shard.requires_grad()) {
     return VocabParallelCrossEntropyFunction::apply(flat, targets, vocab_start, group);

@@ -24,4 +24,22 @@ torch::Tensor VocabParallelCrossEntropySum(const torch::Tensor& logits_shard,
                                            const torch::Tensor& labels, int64_t vocab_start,
                                            const TensorParallel& tp);
 
+// labels [B, T] (any integer dtype) -> targets [B*T] int64 on `device`:
+// labels shifted left by one with -100 in each sequence's last position, so
+// that row t of the [B*T, V] logits (a view of [B, T, V]) predicts
+// labels[:, t+1].
+torch::Tensor ShiftedTargets(const torch::Tensor& labels, const torch::Device& device);
+
+// The rows of VocabParallelCrossEntropySum, for callers that compute the
+// logits a chunk of rows at a time (models::LinearCrossEntropySum under tp):
+// logits [N, V/tp] (this rank's vocab columns from vocab_start), targets
+// [N] int64 (-100 ignored). Writes each row's loss into row_loss [N] fp32 (0
+// where ignored) and, when `grad` is defined ([N, V/tp], logits' dtype),
+// this rank's columns of d(sum of row losses)/d(logits). Collective over
+// `group` (two all-reduces of [N] and [2, N]; none when null): every rank
+// calls it with the same N.
+void ShardCrossEntropy(const torch::Tensor& logits, const torch::Tensor& targets,
+                       int64_t vocab_start, Communicator* group, torch::Tensor& row_loss,
+                       torch::Tensor& grad);
+
 }  // namespace fulcrum::parallel::tensor

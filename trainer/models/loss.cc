@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/check.h"
+#include "parallel/tensor/vocab_parallel_cross_entropy.h"
 
 namespace fulcrum::models {
 namespace {
@@ -88,24 +89,12 @@ class CrossEntropySumFunction : public torch::autograd::Function<CrossEntropySum
   }
 };
 
-// labels [B, T] -> targets [B*T] on `device`: labels shifted left by one
-// with -100 in each sequence's last position, so that row t of the [B*T, V]
-// logits (a view of [B, T, V], no copy) predicts labels[:, t+1].
-torch::Tensor ShiftedLabels(const torch::Tensor& labels, const torch::Device& device) {
-  const torch::Tensor long_labels = labels.to(device, torch::kLong);
-  const int64_t t = labels.size(1);
-  return torch::cat({long_labels.narrow(1, 1, t - 1),
-                     torch::full({labels.size(0), 1}, kIgnoreIndex, long_labels.options())},
-                    1)
-      .reshape({-1});
-}
-
 torch::Tensor ShiftedTargets(const torch::Tensor& logits, const torch::Tensor& labels) {
   FULCRUM_CHECK(logits.dim() == 3 && labels.dim() == 2 && logits.size(0) == labels.size(0) &&
                     logits.size(1) == labels.size(1),
                 "logits dims ", logits.dim(), " vs labels dims ", labels.dim(),
                 " (need [B,T,V] and [B,T])");
-  return ShiftedLabels(labels, logits.device());
+  return parallel::tensor::ShiftedTargets(labels, logits.device());
 }
 
 // Bytes of logits one pass of LinearCrossEntropySum holds. Each pass reads
@@ -136,12 +125,22 @@ struct HeadGradients {
   torch::Tensor weight;  // [V, H] fp32 (summed over chunks), or undefined
 };
 
-// hidden [N, H], weight [V, H] (same dtype), targets [N] -> the summed loss
-// of linear(hidden, weight) in fp32 and, where asked for, its gradients.
+// hidden [N, H], weight [V, H] (same dtype; under tp the vocab shard),
+// targets [N] -> the summed loss of linear(hidden, weight) in fp32 and,
+// where asked for, its gradients (under tp: the hidden states' partial sum
+// over the shards, the shard's weight gradient).
 torch::Tensor HeadCrossEntropy(const torch::Tensor& hidden, const torch::Tensor& weight,
-                               const torch::Tensor& targets, HeadGradients& grads) {
+                               const torch::Tensor& targets, const HeadVocab& vocab,
+                               HeadGradients& grads) {
   const int64_t n = hidden.size(0), v = weight.size(0);
-  const int64_t rows = HeadChunkRows(n, v, hidden.is_cuda(), grads.weight.defined());
+  const bool split = vocab.tp.active();
+  // Every tp rank makes the same passes (each runs two collectives), so the
+  // rows come from the largest shard, not this rank's.
+  const int64_t shard_rows = split ? (vocab.size + vocab.tp.size() - 1) / vocab.tp.size() : v;
+  FULCRUM_CHECK(!split || (v <= shard_rows && vocab.start >= 0 && vocab.start + v <= vocab.size),
+                "vocab shard of ", v, " rows from ", vocab.start, " in a vocabulary of ",
+                vocab.size, " over ", vocab.tp.size(), " tp ranks");
+  const int64_t rows = HeadChunkRows(n, shard_rows, hidden.is_cuda(), grads.weight.defined());
   torch::Tensor row_loss = torch::empty({n}, hidden.options().dtype(torch::kFloat));
   const torch::Tensor logits_buffer = torch::empty({rows, v}, weight.options());
   torch::Tensor grad_buffer;
@@ -155,7 +154,12 @@ torch::Tensor HeadCrossEntropy(const torch::Tensor& hidden, const torch::Tensor&
     at::mm_out(logits, h, weight.t());
     torch::Tensor loss = row_loss.narrow(0, start, len);
     torch::Tensor grad = grad_buffer.defined() ? grad_buffer.narrow(0, 0, len) : torch::Tensor();
-    ChunkedCrossEntropy(logits, targets.narrow(0, start, len), loss, grad);
+    if (split) {
+      parallel::tensor::ShardCrossEntropy(logits, targets.narrow(0, start, len), vocab.start,
+                                          vocab.tp.group, loss, grad);
+    } else {
+      ChunkedCrossEntropy(logits, targets.narrow(0, start, len), loss, grad);
+    }
     if (grads.hidden.defined()) {
       torch::Tensor dh = grads.hidden.narrow(0, start, len);
       at::mm_out(dh, grad, weight);
@@ -178,13 +182,14 @@ class LinearCrossEntropySumFunction
     : public torch::autograd::Function<LinearCrossEntropySumFunction> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& hidden,
-                               const torch::Tensor& weight, const torch::Tensor& targets) {
+                               const torch::Tensor& weight, const torch::Tensor& targets,
+                               const HeadVocab& vocab) {
     HeadGradients grads;
     if (hidden.requires_grad()) grads.hidden = torch::empty_like(hidden);
     if (weight.requires_grad()) {
       grads.weight = torch::zeros(weight.sizes(), weight.options().dtype(torch::kFloat));
     }
-    const torch::Tensor loss = HeadCrossEntropy(hidden, weight, targets, grads);
+    const torch::Tensor loss = HeadCrossEntropy(hidden, weight, targets, vocab, grads);
     ctx->saved_data["hidden"] = grads.hidden;
     ctx->saved_data["weight"] = grads.weight;
     ctx->saved_data["dtype"] = weight.scalar_type();
@@ -204,7 +209,7 @@ class LinearCrossEntropySumFunction
       dw = TakeScaledGradient(ctx, "weight", scale, kName)
                .to(ctx->saved_data["dtype"].toScalarType());
     }
-    return {dh, dw, torch::Tensor()};
+    return {dh, dw, torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -235,19 +240,19 @@ torch::Tensor CausalLmLoss(const torch::Tensor& logits, const torch::Tensor& lab
 }
 
 torch::Tensor LinearCrossEntropySum(const torch::Tensor& hidden, const torch::Tensor& weight,
-                                    const torch::Tensor& labels) {
+                                    const torch::Tensor& labels, const HeadVocab& vocab) {
   FULCRUM_CHECK(hidden.dim() == 3 && labels.dim() == 2 && hidden.size(0) == labels.size(0) &&
                     hidden.size(1) == labels.size(1) && weight.dim() == 2 &&
                     weight.size(1) == hidden.size(2),
                 "hidden dims ", hidden.dim(), ", weight dims ", weight.dim(), ", labels dims ",
                 labels.dim(), " (need [B,T,H], [V,H] and [B,T] of one B, T and H)");
-  const torch::Tensor targets = ShiftedLabels(labels, hidden.device());
+  const torch::Tensor targets = parallel::tensor::ShiftedTargets(labels, hidden.device());
   const torch::Tensor flat = hidden.reshape({-1, hidden.size(2)});
   if (torch::GradMode::is_enabled() && (hidden.requires_grad() || weight.requires_grad())) {
-    return LinearCrossEntropySumFunction::apply(flat, weight, targets);
+    return LinearCrossEntropySumFunction::apply(flat, weight, targets, vocab);
   }
   HeadGradients none;
-  return HeadCrossEntropy(flat, weight, targets, none);
+  return HeadCrossEntropy(flat, weight, targets, vocab, none);
 }
 
 }  // namespace fulcrum::models

@@ -230,11 +230,18 @@ torch::Tensor TrainingLossSum(CausalLMImpl& model, const torch::Tensor& logits,
 torch::Tensor HeadLossSum(CausalLMImpl& model, const torch::Tensor& hidden,
                           const torch::Tensor& labels) {
   const lora::LoraLinear& head = model.lm_head;
-  if (model.parallel().tp.active() || (head && (head->has_adapter() || head->bias.defined()))) {
+  if (head && (head->has_adapter() || head->bias.defined())) {
     return TrainingLossSum(model, model.Logits(hidden), labels);
   }
   const torch::Tensor& weight = head ? head->weight : model.model->embed_tokens->weight;
-  return LinearCrossEntropySum(hidden, weight, labels);
+  const TensorParallel& tp = model.parallel().tp;
+  if (!tp.active()) return LinearCrossEntropySum(hidden, weight, labels);
+  HeadVocab vocab;
+  vocab.start = model.vocab_start();
+  vocab.size = model.config().vocab_size;
+  vocab.tp = tp;
+  return LinearCrossEntropySum(parallel::tensor::ColumnParallelInput(hidden, tp), weight, labels,
+                               vocab);
 }
 
 }  // namespace fulcrum::models

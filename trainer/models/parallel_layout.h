@@ -97,10 +97,10 @@ torch::Tensor GatherLogits(CausalLMImpl& model, const torch::Tensor& logits);
 torch::Tensor TrainingLossSum(CausalLMImpl& model, const torch::Tensor& logits,
                               const torch::Tensor& labels);
 // TrainingLossSum(model, model.Logits(hidden), labels) from the final norm's
-// output (CausalLMImpl::ForwardHidden). Where the vocabulary is not split
-// and the output projection is a plain linear (no tp, no adapter, no bias)
-// through LinearCrossEntropySum, which never holds the [N, V] logits and
-// their gradient: at 1024 tokens and vocab 128k that is 1 GiB in fp32.
+// output (CausalLMImpl::ForwardHidden). Where the output projection is a
+// plain linear (no adapter, no bias) through LinearCrossEntropySum, which
+// never holds the [N, V] logits and their gradient (at 1024 tokens and vocab
+// 128k that is 1 GiB in fp32; under tp, of the rank's vocab shard).
 torch::Tensor HeadLossSum(CausalLMImpl& model, const torch::Tensor& hidden,
                           const torch::Tensor& labels);
 

@@ -181,23 +181,27 @@ double LayerBackwardBytes(const models::ModelConfig& c, const recipe::Recipe& re
 }
 
 // The last stage's loss: the final norm's input and output (lm_head's input).
-// Without tp or an adapter on lm_head, models::LinearCrossEntropySum holds a
-// chunk of rows' logits and their gradient, the gradient of lm_head's input
-// and, when lm_head trains, its fp32 gradient. Otherwise the logits [N, V/tp]
-// and their gradient, which the chunked cross entropy (models/loss.cc, and
-// under tp parallel/tensor/vocab_parallel_cross_entropy.h) writes, in their
-// dtype, while they are still alive.
+// Without an adapter on lm_head, models::LinearCrossEntropySum holds a chunk
+// of rows' logits and their gradient, the gradient of lm_head's input and,
+// when lm_head trains, its fp32 gradient; under sequence parallelism also
+// the gathered input. With one, the logits [N, V/tp] and their gradient,
+// which the chunked cross entropy (models/loss.cc, and under tp
+// parallel/tensor/vocab_parallel_cross_entropy.h) writes, in their dtype,
+// while they are still alive.
 double LossBytes(const models::ModelConfig& c, const recipe::Recipe& recipe, bool cuda) {
   const Shape sh = ShapeOf(recipe);
   const double h = static_cast<double>(c.hidden_size);
   const double vocab = static_cast<double>(c.vocab_size) / sh.tp;
   const double norm = sh.Norm(sh.n_norm, h);
-  if (sh.tp == 1 && !sh.Adapted("lm_head")) {
+  if (!sh.Adapted("lm_head")) {
+    const int64_t tp = static_cast<int64_t>(sh.tp);
+    const int64_t shard_rows = (c.vocab_size + tp - 1) / tp;
     const double rows =
-        static_cast<double>(models::HeadChunkRows(static_cast<int64_t>(sh.n), c.vocab_size, cuda,
+        static_cast<double>(models::HeadChunkRows(static_cast<int64_t>(sh.n), shard_rows, cuda,
                                                   /*weight_trains=*/sh.full));
     const double weight_grad = sh.full ? vocab * h * kFloat : 0.0;
-    return norm + 2 * sh.n * h * sh.s + 2 * rows * vocab * sh.s + weight_grad;
+    const double gathered = sh.n_norm < sh.n ? sh.n * h * sh.s : 0.0;
+    return norm + (sh.n_norm + sh.n) * h * sh.s + gathered + 2 * rows * vocab * sh.s + weight_grad;
   }
   return norm + (sh.Keeps("lm_head") ? sh.n * h * sh.s : 0.0) + 2 * sh.n * vocab * sh.s;
 }

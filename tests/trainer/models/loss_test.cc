@@ -29,10 +29,11 @@ Reference ReferenceOf(const torch::Tensor& logits, const torch::Tensor& labels) 
   return {loss.item<double>(), x.grad()};
 }
 
-// Batch 3 x 13 positions, so that the [39, V] rows span several chunks when
-// V is large (a chunk holds 1 MiB of fp32 rows) and end in a partial one.
-torch::Tensor Labels(int64_t v) {
-  torch::Tensor labels = torch::randint(0, v, {3, 13}, torch::kLong);
+// Batch 3 (or `batch`) x 13 positions, so that the [39, V] rows span several
+// chunks when V is large (a chunk holds 1 MiB of fp32 rows) and end in a
+// partial one.
+torch::Tensor Labels(int64_t v, int64_t batch = 3) {
+  torch::Tensor labels = torch::randint(0, v, {batch, 13}, torch::kLong);
   labels.index_put_({0, 5}, kIgnoreIndex);
   labels.index_put_({1, torch::indexing::Slice(0, 8)}, kIgnoreIndex);  // a masked prompt
   labels.index_put_({2, 12}, kIgnoreIndex);
@@ -117,14 +118,17 @@ struct HeadCase {
 
 TEST(LinearCrossEntropyTest, MatchesTheLossOfTheMaterialisedLogits) {
   const int64_t h = 8;
-  // vocab 300000: 27 rows per chunk on the CPU, so 39 rows span 2 chunks.
+  // vocab 300000 on the CPU: a frozen head's chunks take 27 rows, so 39
+  // rows span 2; a trained head's 111, so 117 rows span 2.
   for (const HeadCase& c : {HeadCase{"fp32, one chunk", torch::kFloat, true, 3, 1000},
-                            HeadCase{"fp32, chunks", torch::kFloat, true, 3, 300000},
+                            HeadCase{"fp32, chunks", torch::kFloat, true, 9, 300000},
                             HeadCase{"fp32, frozen head", torch::kFloat, false, 3, 300000},
-                            HeadCase{"bf16, chunks", torch::kBFloat16, true, 3, 300000}}) {
+                            HeadCase{"bf16, chunks", torch::kBFloat16, true, 9, 300000}}) {
     SCOPED_TRACE(c.name);
+    ASSERT_LT(HeadChunkRows(c.batch * 13, c.vocab, /*cuda=*/false, c.weight_trains),
+              c.vocab > 1000 ? c.batch * 13 : c.batch * 13 + 1);
     torch::manual_seed(4);
-    const torch::Tensor labels = Labels(c.vocab);
+    const torch::Tensor labels = Labels(c.vocab, c.batch);
     const torch::Tensor hidden0 = torch::randn({c.batch, 13, h}).to(c.dtype);
     const torch::Tensor weight0 = torch::randn({c.vocab, h}).to(c.dtype);
     const torch::Tensor h1 = hidden0.clone().requires_grad_(true);

@@ -7,6 +7,8 @@
 // the llama / qwen2 fixtures' reference logits. Activation recomputation
 // (selective, full) under tp, with and without sp, gives the loss and the
 // gradients of none: its collectives run again in backward on every rank.
+// The loss through HeadLossSum (lm_head's logits a pass of rows at a time)
+// equals the loss of the logits, across several passes too.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -18,6 +20,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "parallel/comm/communicator_factory.h"
+#include "parallel/tensor/vocab_parallel_cross_entropy.h"
 #include "tests/test_support.h"
 #include "trainer/checkpoint/hf_weights.h"
 #include "trainer/lora/apply_lora.h"
@@ -259,6 +262,25 @@ TEST_P(TensorParallelTest, MatchesSingleRank) {
   }
   EXPECT_GT(checked, v.lora ? 20 : 30);
 
+  // The loss from the final norm's output (the trainer's path): lm_head's
+  // logits a pass of rows at a time over the vocab shards, never [N, V/tp].
+  std::map<std::string, torch::Tensor> logits_grads;
+  for (const auto& item : tp->named_parameters()) {
+    if (!item.value().requires_grad()) continue;
+    logits_grads[item.key()] = item.value().grad().clone();
+    item.value().mutable_grad() = torch::Tensor();
+  }
+  const torch::Tensor head_loss = HeadLossSum(*tp, tp->ForwardHidden(batch.inputs), batch.labels);
+  EXPECT_NEAR(head_loss.item<double>(), full_loss.item<double>(),
+              kTol * std::max(1.0, full_loss.item<double>()));
+  head_loss.backward();
+  SyncPartialGradients(*tp);
+  for (const auto& item : tp->named_parameters()) {
+    if (!item.value().requires_grad()) continue;
+    ASSERT_TRUE(item.value().grad().defined()) << item.key();
+    EXPECT_LE(MaxDiff(item.value().grad(), logits_grads.at(item.key())), kTol) << item.key();
+  }
+
   if (v.lora) {
     // Merging on shards equals merging the full model.
     lora::MergeLora(*tp);
@@ -346,6 +368,76 @@ TEST(TensorParallelRecompute, SelectiveAndFullMatchNone) {
         }
       }
     }
+  }
+}
+
+// Vocab shards of 2^19 rows: a frozen head's passes take 16 rows (32 MiB of
+// fp32 logits), a trained head's 64 (128 MiB), so 80 rows run in several
+// passes, the last partial, each with its two all-reduces. Against
+// VocabParallelCrossEntropySum of the shard's materialised logits, on the
+// same ranks; the hidden states enter the tp region as lm_head's input does.
+TEST(TensorParallelHeadLoss, SpansPassesOverVocabShards) {
+  Groups groups = MakeGroups(1);
+  ASSERT_TRUE(groups.tp);
+  parallel::tensor::TensorParallel tp;
+  tp.group = groups.tp.get();
+  const int64_t shard_rows = int64_t{1} << 19, h = 4;
+  const int64_t vocab = shard_rows * WorldSize();
+  const parallel::tensor::ShardRange range =
+      parallel::tensor::EvenShard(vocab, WorldRank(), WorldSize());
+  ASSERT_EQ(HeadChunkRows(80, shard_rows, /*cuda=*/false, /*weight_trains=*/false), 16);
+  ASSERT_EQ(HeadChunkRows(80, shard_rows, /*cuda=*/false, /*weight_trains=*/true), 64);
+  struct Case {
+    const char* name;
+    torch::ScalarType dtype;
+    bool weight_trains;
+  };
+  for (const Case& c : {Case{"fp32, frozen head", torch::kFloat, false},
+                        Case{"fp32, trained head", torch::kFloat, true},
+                        Case{"bf16, trained head", torch::kBFloat16, true}}) {
+    SCOPED_TRACE(c.name);
+    torch::manual_seed(11);  // the same hidden states and labels on every rank
+    const torch::Tensor hidden0 = torch::randn({4, 20, h}).to(c.dtype);
+    torch::Tensor labels = torch::randint(vocab, {4, 20}, torch::kLong);
+    labels[1].narrow(0, 5, 7).fill_(kIgnoreIndex);
+    labels[2][3] = vocab - 1;  // the last shard's last row
+    const torch::Tensor weight0 =
+        torch::randn({vocab, h}).narrow(0, range.start, range.length).to(c.dtype) * 3;
+    const torch::Tensor h1 = hidden0.clone().requires_grad_(true);
+    const torch::Tensor w1 = weight0.clone().requires_grad_(c.weight_trains);
+    const torch::Tensor h2 = hidden0.clone().requires_grad_(true);
+    const torch::Tensor w2 = weight0.clone().requires_grad_(c.weight_trains);
+
+    const torch::Tensor logits =
+        torch::nn::functional::linear(parallel::tensor::ColumnParallelInput(h1, tp), w1)
+            .to(torch::kFloat);
+    const torch::Tensor expected =
+        parallel::tensor::VocabParallelCrossEntropySum(logits, labels, range.start, tp);
+    HeadVocab shard;
+    shard.start = range.start;
+    shard.size = vocab;
+    shard.tp = tp;
+    const torch::Tensor got =
+        LinearCrossEntropySum(parallel::tensor::ColumnParallelInput(h2, tp), w2, labels, shard);
+    const double tol = c.dtype == torch::kFloat ? 1e-5 : 1e-2;
+    EXPECT_NEAR(got.item<double>(), expected.item<double>(), tol * expected.item<double>());
+    torch::Tensor spread = torch::stack({got.detach(), -got.detach()});
+    groups.tp->AllReduce(spread, parallel::ReduceOp::kMax);
+    EXPECT_EQ(spread[0].item<float>(), -spread[1].item<float>()) << "the loss differs over tp";
+    (expected * 0.5).backward();
+    (got * 0.5).backward();
+    EXPECT_LE(MaxDiff(h2.grad().to(torch::kFloat), h1.grad().to(torch::kFloat)),
+              tol * h1.grad().abs().max().item<double>());
+    if (c.weight_trains) {
+      ASSERT_EQ(w2.grad().scalar_type(), c.dtype);
+      EXPECT_LE(MaxDiff(w2.grad().to(torch::kFloat), w1.grad().to(torch::kFloat)),
+                tol * w1.grad().abs().max().item<double>());
+    } else {
+      EXPECT_FALSE(w2.grad().defined());
+    }
+    torch::NoGradGuard no_grad;
+    EXPECT_NEAR(LinearCrossEntropySum(h2, w2, labels, shard).item<double>(), got.item<double>(),
+                1e-6 * got.item<double>());
   }
 }
 

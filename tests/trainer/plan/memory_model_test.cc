@@ -159,10 +159,25 @@ TEST(MemoryModelTest, StateAndPeakOfOneRankByHand) {
   // lm_head's fp32 gradient 1024.
   EXPECT_DOUBLE_EQ(h.loss, 160 + 2 * 128 + 512 + 512 + 1024);
 
-  // tp 2: the vocab-parallel loss holds logits [8, 16] and their gradient
-  // (chunked, no fp32 [8, 16] intermediates kept).
+  // tp 2: LinearCrossEntropySum over the vocab shard: final norm 288,
+  // lm_head's input 256 and its gradient (the shard's partial sum) 256, one
+  // chunk of logits [8, 16] 512 and their gradient 512, the shard's fp32
+  // gradient [16, 8] 512.
   r = Full();
   r.parallel.tp = 2;
+  EXPECT_DOUBLE_EQ(PlanMemory(c, r, Exact())->worst_stage().bytes.loss,
+                   288 + 2 * 256 + 2 * 512 + 512);
+  // Under sp the final norm sees 4 rows (144, its output 128), and lm_head
+  // reads them gathered (256).
+  r.parallel.sequence_parallel = true;
+  EXPECT_DOUBLE_EQ(PlanMemory(c, r, Exact())->worst_stage().bytes.loss,
+                   144 + 128 + 256 + 256 + 2 * 512 + 512);
+  // With an adapter on lm_head, the logits [8, 16] and their gradient of the
+  // vocab-parallel cross entropy.
+  r = Full();
+  r.parallel.tp = 2;
+  r.finetune.method = "lora";
+  r.finetune.lora.targets = {"lm_head"};
   EXPECT_DOUBLE_EQ(PlanMemory(c, r, Exact())->worst_stage().bytes.loss, 288 + 256 + 512 + 512);
 }
 
