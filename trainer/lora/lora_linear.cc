@@ -84,9 +84,14 @@ torch::Tensor LoraLinearImpl::ForwardSwiGlu(const torch::Tensor& gate, const tor
 }
 
 torch::Tensor LoraLinearImpl::ForwardNormed(const models::RmsNormOutput& in) {
-  // Dropout's mask would have to be replayed on the recomputed y.
-  if (!torch::GradMode::is_enabled() || sharded() || !in.x.defined() ||
-      (dropout_ > 0.0 && is_training())) {
+  // A column shard whose caller copied y into the tp region computes on all
+  // of y, so the norm's x and 1/rms recompute it; a row shard reads a slice,
+  // and under sp y is gathered from the sequence shards x holds (sizes
+  // differ). Dropout's mask would have to be replayed on the recomputed y.
+  const bool column_in_region =
+      sharded() && parallel_.shard == LinearShard::kColumn && parallel_.input_in_region;
+  if (!torch::GradMode::is_enabled() || (sharded() && !column_in_region) || !in.x.defined() ||
+      in.x.sizes() != in.y.sizes() || (dropout_ > 0.0 && is_training())) {
     return forward(in.y);
   }
   return NormedLinear(in, weight, bias, lora_a_, lora_b_, scaling_);

@@ -85,10 +85,12 @@ class LoraLinearImpl : public torch::nn::Module {
   // unsharded): with autograd recording and no adapter dropout to replay,
   // through SwiGluLinear, which keeps gate and up but not their product.
   torch::Tensor ForwardSwiGlu(const torch::Tensor& gate, const torch::Tensor& up);
-  // forward(in.y) for a projection reading an RMSNorm's output: unsharded,
-  // with autograd recording, no adapter dropout to replay and in.x defined,
+  // forward(in.y) for a projection reading an RMSNorm's output: unsharded
+  // or a column shard whose caller copied y into the tp region
+  // (input_in_region), with autograd recording, no adapter dropout to replay
+  // and in.x defined and of y's sizes (not under sp, where y is gathered),
   // through NormedLinear, which keeps the norm's x and statistics instead of
-  // y. A tp layer takes y through the region its caller entered: forward.
+  // y. Otherwise forward(in.y).
   torch::Tensor ForwardNormed(const models::RmsNormOutput& in);
 
   // Attaches a fresh adapter: A ~ kaiming-uniform(a=sqrt(5)) as PEFT does,

@@ -62,12 +62,9 @@ AttentionImpl::AttentionImpl(const ModelConfig& config, const torch::TensorOptio
 AttentionImpl::Projected AttentionImpl::Project(const RmsNormOutput& x, const RopeCosSin& rope) {
   // [B, T, H*D] -> [B, T, H, D]; Qwen3 normalises each head before RoPE.
   // T from the projection: under sp x holds T/tp positions, q/k/v all T.
-  const bool sharded = q_proj->sharded();
-  const torch::Tensor x_in =
-      sharded ? parallel::tensor::ColumnParallelInput(x.y, q_proj->parallel().tp) : x.y;
-  const auto project = [&](lora::LoraLinear& layer) {
-    return sharded ? layer->forward(x_in) : layer->ForwardNormed(x);
-  };
+  RmsNormOutput x_in = x;  // under tp, y copied (gathered under sp) into the region
+  if (q_proj->sharded()) x_in.y = parallel::tensor::ColumnParallelInput(x.y, q_proj->parallel().tp);
+  const auto project = [&](lora::LoraLinear& layer) { return layer->ForwardNormed(x_in); };
   torch::Tensor q = project(q_proj);
   const int64_t b = q.size(0), t = q.size(1);
   q = q.view({b, t, num_heads_, head_dim_});

@@ -37,8 +37,12 @@ torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
 }
 
 torch::Tensor MlpImpl::forward(const RmsNormOutput& x) {
-  if (gate_proj->sharded()) return forward(x.y);
-  return down_proj->ForwardSwiGlu(gate_proj->ForwardNormed(x), up_proj->ForwardNormed(x));
+  if (down_proj->parallel().output_partial) return forward(x.y);
+  RmsNormOutput x_in = x;  // under tp, y copied (gathered under sp) into the region
+  if (gate_proj->sharded()) {
+    x_in.y = parallel::tensor::ColumnParallelInput(x.y, gate_proj->parallel().tp);
+  }
+  return down_proj->ForwardSwiGlu(gate_proj->ForwardNormed(x_in), up_proj->ForwardNormed(x_in));
 }
 
 }  // namespace fulcrum::models

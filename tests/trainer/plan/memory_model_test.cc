@@ -82,16 +82,16 @@ TEST(MemoryModelTest, ActivationsOfOneLayerByHand) {
   r.precision.dtype = "bf16";
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0),
                    2 * (128 + 32) + (128 + 64 + 64 + 128 + 128) + (2 * 256));
-  // tp 2: heads, kv heads (1 replicated), ffn split; the norms' and the
-  // projections' inputs stay whole, and the projections keep theirs (the
-  // tp region's input is not the norm's output); sequence parallel splits
-  // the norms.
+  // tp 2: heads, kv heads (1 replicated), ffn split; the norms stay whole
+  // and the column shards compute the tp region's copy of their output again
+  // too. Sequence parallel splits the norms, and the projections keep their
+  // gathered input [N, h] (attention's and the MLP's).
   r = Full();
   r.parallel.tp = 2;
-  const double tp2 = kNorms + (256 + 8 * (4 + 2 * 4) * 4 + 16 * 4 + 8 * 4 * 4) + (256 + 2 * 256);
+  const double tp2 = kNorms + (8 * (4 + 2 * 4) * 4 + 16 * 4 + 8 * 4 * 4) + 2 * 256;
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0), tp2);
   r.parallel.sequence_parallel = true;
-  EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0), tp2 - kNorms / 2);
+  EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0), tp2 - kNorms / 2 + 2 * 256);
 }
 
 TEST(MemoryModelTest, LoraKeepsTheInputsOfAdaptedLayersOnly) {
