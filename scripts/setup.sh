@@ -13,7 +13,7 @@ packages=(
   libyaml-cpp-dev libabsl-dev nlohmann-json3-dev libpcre2-dev
   libicu-dev  # NFC/NFKC normalizers of tokenizer.json
   libgtest-dev libbenchmark-dev
-  cmake ninja-build g++ python3 pkg-config
+  cmake ninja-build g++ clang python3 pkg-config
   python3-matplotlib  # scripts/plot_metrics
 )
 missing=()
@@ -28,6 +28,15 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# Clang unless CXX names a compiler: it builds the tree ~2.5x faster than
+# GCC, whose per-file cost stays ~9 s even with LibTorch precompiled (it
+# instantiates the header's pending templates again in every file; clang's
+# precompiled header holds them).
+compiler=()
+if [ -z "${CXX:-}" ]; then
+  compiler=(-DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++)
+fi
+
 jobs=${FULCRUM_BUILD_JOBS:-$(nproc)}
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release "${compiler[@]}" "$@" >/dev/null
 cmake --build build -j "$jobs"

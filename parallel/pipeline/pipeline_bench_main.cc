@@ -63,7 +63,7 @@ int64_t HeapInUse() {
 class BenchStage : public StageModel {
  public:
   BenchStage(int stage, int stages, int chunks, bool keep_split_points)
-      : stages_(stages), keep_split_points_(keep_split_points) {
+      : keep_split_points_(keep_split_points) {
     const int blocks = std::max(1, kBlocksPerStage / chunks);
     for (int c = 0; c < chunks; ++c) {
       std::vector<torch::Tensor> weights;
@@ -117,7 +117,6 @@ class BenchStage : public StageModel {
   int blocks_per_chunk() const { return static_cast<int>(weights_.front().size()); }
 
  private:
-  int stages_;
   bool keep_split_points_;
   std::map<int, torch::Tensor> split_points_;  // by micro-batch, until taken
   std::vector<std::vector<torch::Tensor>> weights_;

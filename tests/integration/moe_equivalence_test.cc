@@ -33,7 +33,8 @@ namespace {
 class MoeLayoutTest : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
 
 TEST_P(MoeLayoutTest, DataParallelReproducesTheSingleRankLossCurve) {
-  const auto& [family, method] = GetParam();
+  // Named copies, not a structured binding: a lambda below captures them.
+  const std::string family = std::get<0>(GetParam()), method = std::get<1>(GetParam());
   const std::string root = ScratchDir();
   const std::string data = root + "/data.jsonl";
   WriteTinyData(data, 64, 512);
@@ -130,7 +131,8 @@ class MoeTensorParallelTest
     : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
 
 TEST_P(MoeTensorParallelTest, ExpertTensorParallelLayoutsReproduceTheSingleRankLossCurve) {
-  const auto& [family, method] = GetParam();
+  // Named copies, not a structured binding: a lambda below captures them.
+  const std::string family = std::get<0>(GetParam()), method = std::get<1>(GetParam());
   const std::string root = ScratchDir();
   const std::string data = root + "/data.jsonl";
   WriteTinyData(data, 64, 512);
