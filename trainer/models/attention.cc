@@ -62,8 +62,7 @@ AttentionImpl::AttentionImpl(const ModelConfig& config, const torch::TensorOptio
 AttentionImpl::Projected AttentionImpl::Project(const RmsNormOutput& x, const RopeCosSin& rope) {
   // [B, T, H*D] -> [B, T, H, D]; Qwen3 normalises each head before RoPE.
   // T from the projection: under sp x holds T/tp positions, q/k/v all T.
-  RmsNormOutput x_in = x;  // under tp, y copied (gathered under sp) into the region
-  if (q_proj->sharded()) x_in.y = parallel::tensor::ColumnParallelInput(x.y, q_proj->parallel().tp);
+  const RmsNormOutput x_in = q_proj->sharded() ? x.InTpRegion(q_proj->parallel().tp) : x;
   const auto project = [&](lora::LoraLinear& layer) { return layer->ForwardNormed(x_in); };
   torch::Tensor q = project(q_proj);
   const int64_t b = q.size(0), t = q.size(1);

@@ -134,13 +134,9 @@ torch::Tensor HeadCrossEntropy(const torch::Tensor& hidden, const torch::Tensor&
                                HeadGradients& grads) {
   const int64_t n = hidden.size(0), v = weight.size(0);
   const bool split = vocab.tp.active();
-  // Every tp rank makes the same passes (each runs two collectives), so the
-  // rows come from the largest shard, not this rank's.
-  const int64_t shard_rows = split ? (vocab.size + vocab.tp.size() - 1) / vocab.tp.size() : v;
-  FULCRUM_CHECK(!split || (v <= shard_rows && vocab.start >= 0 && vocab.start + v <= vocab.size),
-                "vocab shard of ", v, " rows from ", vocab.start, " in a vocabulary of ",
-                vocab.size, " over ", vocab.tp.size(), " tp ranks");
-  const int64_t rows = HeadChunkRows(n, shard_rows, hidden.is_cuda(), grads.weight.defined());
+  // Under tp every rank must make the same passes (each runs two
+  // collectives): vocab shards are even (EvenShard), so v is the same on all.
+  const int64_t rows = HeadChunkRows(n, v, hidden.is_cuda(), grads.weight.defined());
   torch::Tensor row_loss = torch::empty({n}, hidden.options().dtype(torch::kFloat));
   const torch::Tensor logits_buffer = torch::empty({rows, v}, weight.options());
   torch::Tensor grad_buffer;

@@ -24,10 +24,9 @@ torch::Tensor CausalLmLoss(const torch::Tensor& logits, const torch::Tensor& lab
 int64_t HeadChunkRows(int64_t n, int64_t vocab, bool cuda, bool weight_trains);
 
 // The vocabulary an output projection's weight covers: all of it, or under
-// tp this rank's shard of rows [start, start + rows) of `size`.
+// tp this rank's even shard, rows [start, start + weight rows).
 struct HeadVocab {
   int64_t start = 0;
-  int64_t size = 0;                     // the whole vocabulary; read only under tp
   parallel::tensor::TensorParallel tp;  // inactive: the weight holds the whole vocabulary
 };
 

@@ -38,10 +38,7 @@ torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
 
 torch::Tensor MlpImpl::forward(const RmsNormOutput& x) {
   if (down_proj->parallel().output_partial) return forward(x.y);
-  RmsNormOutput x_in = x;  // under tp, y copied (gathered under sp) into the region
-  if (gate_proj->sharded()) {
-    x_in.y = parallel::tensor::ColumnParallelInput(x.y, gate_proj->parallel().tp);
-  }
+  const RmsNormOutput x_in = gate_proj->sharded() ? x.InTpRegion(gate_proj->parallel().tp) : x;
   return down_proj->ForwardSwiGlu(gate_proj->ForwardNormed(x_in), up_proj->ForwardNormed(x_in));
 }
 

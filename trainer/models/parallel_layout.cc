@@ -238,7 +238,6 @@ torch::Tensor HeadLossSum(CausalLMImpl& model, const torch::Tensor& hidden,
   if (!tp.active()) return LinearCrossEntropySum(hidden, weight, labels);
   HeadVocab vocab;
   vocab.start = model.vocab_start();
-  vocab.size = model.config().vocab_size;
   vocab.tp = tp;
   return LinearCrossEntropySum(parallel::tensor::ColumnParallelInput(hidden, tp), weight, labels,
                                vocab);

@@ -4,6 +4,8 @@
 
 #include <torch/torch.h>
 
+#include "parallel/tensor/tensor_parallel.h"
+
 namespace fulcrum::models {
 
 // weight * (x * rstd) in x's dtype, with rstd [..., 1] the fp32 1/rms of x's
@@ -23,6 +25,13 @@ struct RmsNormOutput {
 
   // Any tensor, as an output its consumers keep.
   static RmsNormOutput OutputOnly(const torch::Tensor& y) { return {y, {}, {}, {}}; }
+
+  // For column-parallel consumers: y copied into the tp region (gathered
+  // under sp) by ColumnParallelInput, x and rstd as they are. Under sp y then
+  // no longer matches x in size, and ForwardNormed keeps y.
+  RmsNormOutput InTpRegion(const parallel::tensor::TensorParallel& tp) const {
+    return {parallel::tensor::ColumnParallelInput(y, tp), x, rstd, weight};
+  }
 };
 
 class RMSNormImpl : public torch::nn::Module {

@@ -195,8 +195,7 @@ double LossBytes(const models::ModelConfig& c, const recipe::Recipe& recipe, boo
   const double vocab = static_cast<double>(c.vocab_size) / sh.tp;
   const double norm = sh.Norm(sh.n_norm, h);
   if (!sh.Adapted("lm_head")) {
-    const int64_t tp = static_cast<int64_t>(sh.tp);
-    const int64_t shard_rows = (c.vocab_size + tp - 1) / tp;
+    const int64_t shard_rows = c.vocab_size / static_cast<int64_t>(sh.tp);  // even (validated)
     const double rows =
         static_cast<double>(models::HeadChunkRows(static_cast<int64_t>(sh.n), shard_rows, cuda,
                                                   /*weight_trains=*/sh.full));

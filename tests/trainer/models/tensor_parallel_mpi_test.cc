@@ -415,7 +415,6 @@ TEST(TensorParallelHeadLoss, SpansPassesOverVocabShards) {
         parallel::tensor::VocabParallelCrossEntropySum(logits, labels, range.start, tp);
     HeadVocab shard;
     shard.start = range.start;
-    shard.size = vocab;
     shard.tp = tp;
     const torch::Tensor got =
         LinearCrossEntropySum(parallel::tensor::ColumnParallelInput(h2, tp), w2, labels, shard);
