@@ -31,6 +31,17 @@ size_t PageRounded(size_t bytes) {
   return (bytes + page - 1) / page * page;
 }
 
+// bytes rounded up to the next of 8 classes per power of two: a multiple of
+// 1/8 of the largest power of two not above it (pages, from 32 KiB up).
+// (16 classes cost as much resident memory on the bench Llama and missed
+// more often under ep: the MoE's step at ep 2 took 1.8 s instead of 1.35.)
+size_t SizeClass(size_t bytes) {
+  int log2 = 0;
+  while ((bytes >> (log2 + 1)) != 0) ++log2;
+  const size_t step = size_t{1} << std::max(0, log2 - 3);
+  return PageRounded((bytes + step - 1) / step * step);
+}
+
 // LibTorch's bf16 GEMMs take scratch through raw_allocate and give it back
 // through raw_deleter(), a plain function of the data pointer: so every
 // allocator's blocks in use are found by their address here.
@@ -59,12 +70,14 @@ CachingHostAllocator::~CachingHostAllocator() { ReleaseCached(); }
 
 c10::DataPtr CachingHostAllocator::allocate(size_t bytes) const {
   if (bytes < min_bytes_) return c10::GetDefaultCPUAllocator()->allocate(bytes);
-  const size_t rounded = PageRounded(bytes);
+  const size_t rounded = SizeClass(bytes);
   Block* block = nullptr;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    auto it = free_by_size_.find(rounded);
-    if (it != free_by_size_.end() && !it->second.empty()) {
+    // This class or the next: a step whose sizes straddle a class boundary
+    // settles on the larger blocks instead of mapping both in turn.
+    auto it = free_by_size_.lower_bound(rounded);
+    if (it != free_by_size_.end() && it->first <= SizeClass(rounded + 1)) {
       block = it->second.back();  // the most recently freed: warmest in cache
       it->second.pop_back();
       if (it->second.empty()) free_by_size_.erase(it);  // sizes may not recur (MoE rows)
@@ -72,9 +85,9 @@ c10::DataPtr CachingHostAllocator::allocate(size_t bytes) const {
     } else {
       block = Map(rounded);
     }
-    stats_.allocated_bytes += static_cast<int64_t>(rounded);
+    stats_.allocated_bytes += static_cast<int64_t>(block->bytes);
     stats_.peak_allocated_bytes = std::max(stats_.peak_allocated_bytes, stats_.allocated_bytes);
-    Report(block->ptr, static_cast<int64_t>(rounded), stats_);
+    Report(block->ptr, static_cast<int64_t>(block->bytes), stats_);
   }
   {
     BlocksInUse& in_use = InUse();

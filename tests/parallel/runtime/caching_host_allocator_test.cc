@@ -29,23 +29,65 @@ TEST_F(CachingHostAllocatorTest, SmallRequestsGoToTheSmallAllocator) {
   EXPECT_EQ(s.maps, 0);
 }
 
-TEST_F(CachingHostAllocatorTest, AFreedBlockIsTakenBackByTheNextRequestOfItsSize) {
+TEST_F(CachingHostAllocatorTest, AFreedBlockIsTakenBackByTheNextRequestOfItsSizeClass) {
+  // Between 2 and 4 MiB the classes are 256 KiB apart: 3 MiB + 5 bytes takes
+  // a block of 3.25 MiB.
+  constexpr int64_t kClass = 3 * kMiB + kMiB / 4;
   void* first = nullptr;
   {
     c10::DataPtr p = allocator_.allocate(3 * kMiB + 5);
     first = p.get();
-    std::memset(first, 7, 3 * kMiB + 5);  // mapped writable, the whole request
-    EXPECT_EQ(allocator_.Stats().allocated_bytes, static_cast<int64_t>(3 * kMiB + 4096));
+    std::memset(first, 7, kClass);  // mapped writable, the whole class
+    EXPECT_EQ(allocator_.Stats().allocated_bytes, kClass);
   }
   EXPECT_EQ(allocator_.Stats().allocated_bytes, 0);
-  EXPECT_EQ(allocator_.Stats().reserved_bytes, static_cast<int64_t>(3 * kMiB + 4096));
-  c10::DataPtr again = allocator_.allocate(3 * kMiB + 100);  // same page count
+  EXPECT_EQ(allocator_.Stats().reserved_bytes, kClass);
+  {
+    c10::DataPtr again = allocator_.allocate(kClass);  // the top of the class
+    EXPECT_EQ(again.get(), first);
+  }
+  c10::DataPtr again = allocator_.allocate(3 * kMiB + 100);
   EXPECT_EQ(again.get(), first);
   EXPECT_EQ(allocator_.Stats().maps, 1);
-  c10::DataPtr other = allocator_.allocate(2 * kMiB);
+  c10::DataPtr other = allocator_.allocate(kClass + 1);  // the next class
   EXPECT_NE(other.get(), first);
-  EXPECT_EQ(allocator_.Stats().maps, 2);
-  EXPECT_EQ(allocator_.Stats().peak_allocated_bytes, static_cast<int64_t>(5 * kMiB + 4096));
+  c10::DataPtr two = allocator_.allocate(2 * kMiB);
+  EXPECT_EQ(allocator_.Stats().maps, 3);
+  EXPECT_EQ(allocator_.Stats().peak_allocated_bytes, 2 * kClass + kMiB / 4 + 2 * kMiB);
+}
+
+TEST_F(CachingHostAllocatorTest, SizesThatVaryALittleBetweenStepsStopMapping) {
+  // Under ep the rows an expert receives change with every routing: here
+  // 4 MiB +- 3% every step, which spans two classes (4 and 4.5 MiB).
+  // A request takes a free block of its class or of the next one, so the
+  // cache settles on blocks of the larger class.
+  std::mt19937 rng(5);
+  const auto step = [&] {
+    c10::DataPtr rows = allocator_.allocate((1024 - 31 + rng() % 62) * 4096);
+    c10::DataPtr grad = allocator_.allocate((1024 - 31 + rng() % 62) * 4096);
+  };
+  for (int i = 0; i < 10; ++i) step();
+  const HostAllocatorStats settled = allocator_.Stats();
+  EXPECT_LE(settled.maps, 4);
+  for (int i = 0; i < 100; ++i) step();
+  EXPECT_EQ(allocator_.Stats().maps, settled.maps);
+  EXPECT_EQ(allocator_.Stats().reserved_bytes, 2 * static_cast<int64_t>(4 * kMiB + kMiB / 2));
+}
+
+TEST_F(CachingHostAllocatorTest, ARequestTakesABlockOfTheNextClassButNoLarger) {
+  void* next = nullptr;
+  void* larger = nullptr;
+  {
+    c10::DataPtr a = allocator_.allocate(4 * kMiB + kMiB / 2);  // class 4.5 MiB
+    c10::DataPtr b = allocator_.allocate(5 * kMiB);
+    next = a.get();
+    larger = b.get();
+  }
+  c10::DataPtr p = allocator_.allocate(4 * kMiB);  // class 4 MiB: takes the 4.5 MiB block
+  EXPECT_EQ(p.get(), next);
+  c10::DataPtr q = allocator_.allocate(4 * kMiB);  // not the 5 MiB one, two classes up
+  EXPECT_NE(q.get(), larger);
+  EXPECT_EQ(allocator_.Stats().maps, 3);
 }
 
 // One "training step": allocations and frees of a few sizes, interleaved as
@@ -54,7 +96,7 @@ void Step(const CachingHostAllocator& a) {
   std::vector<c10::DataPtr> saved;
   for (int layer = 0; layer < 6; ++layer) {
     c10::DataPtr transient = a.allocate(4 * kMiB);
-    saved.push_back(a.allocate(kMiB + 4096 * layer));
+    saved.push_back(a.allocate(kMiB + 64 * 4096 * layer));
     c10::DataPtr wide = a.allocate(11 * kMiB);
     saved.push_back(a.allocate(2 * kMiB));
   }
