@@ -28,10 +28,10 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Clang unless CXX names a compiler: it builds the tree ~2.5x faster than
-# GCC, whose per-file cost stays ~9 s even with LibTorch precompiled (it
-# instantiates the header's pending templates again in every file; clang's
-# precompiled header holds them).
+# Clang unless CXX names a compiler: it builds the tree ~4x faster than GCC
+# (851 s against ~55 minutes on 2 cores). GCC's per-file cost stays ~9 s
+# even with LibTorch precompiled (it instantiates the header's pending
+# templates again in every file); clang's precompiled header holds them.
 compiler=()
 if [ -z "${CXX:-}" ]; then
   compiler=(-DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++)

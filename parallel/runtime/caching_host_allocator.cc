@@ -70,20 +70,20 @@ CachingHostAllocator::~CachingHostAllocator() { ReleaseCached(); }
 
 c10::DataPtr CachingHostAllocator::allocate(size_t bytes) const {
   if (bytes < min_bytes_) return c10::GetDefaultCPUAllocator()->allocate(bytes);
-  const size_t rounded = SizeClass(bytes);
+  const size_t size_class = SizeClass(bytes);
   Block* block = nullptr;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     // This class or the next: a step whose sizes straddle a class boundary
     // settles on the larger blocks instead of mapping both in turn.
-    auto it = free_by_size_.lower_bound(rounded);
-    if (it != free_by_size_.end() && it->first <= SizeClass(rounded + 1)) {
+    auto it = free_by_size_.lower_bound(size_class);
+    if (it != free_by_size_.end() && it->first <= SizeClass(size_class + 1)) {
       block = it->second.back();  // the most recently freed: warmest in cache
       it->second.pop_back();
       if (it->second.empty()) free_by_size_.erase(it);  // sizes may not recur (MoE rows)
       free_lru_.erase(block->lru);
     } else {
-      block = Map(rounded);
+      block = Map(size_class);
     }
     stats_.allocated_bytes += static_cast<int64_t>(block->bytes);
     stats_.peak_allocated_bytes = std::max(stats_.peak_allocated_bytes, stats_.allocated_bytes);
