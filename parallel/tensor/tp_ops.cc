@@ -46,15 +46,47 @@ torch::Tensor SplitAlongDim(const torch::Tensor& x, int64_t dim, Communicator& g
   return x.narrow(dim, group.rank() * chunk, chunk).contiguous();
 }
 
-// x [.., n, ..] (n = size * c along `dim`) -> [.., c, ..]: rank r gets the
-// group's sum of chunk r. The chunks are made contiguous in rank order first
-// ([size, .., c, ..]) because ReduceScatter splits its flat input.
-torch::Tensor ReduceScatterAlongDim(const torch::Tensor& x, int64_t dim, Communicator& group) {
+// Collectives along a dim, launched (`blocking` false) or done: the
+// blocking form is the backend's blocking call, which MPI runs faster.
+//
+// All-gather into [size, ..] (rank r's x at index r), then move the rank axis
+// next to `dim` and merge the two: [.., size, n, ..] -> [.., size * n, ..],
+// which is the concatenation along `dim` in rank order.
+PendingAlongDim GatherAlongDim(const torch::Tensor& x, int64_t dim, Communicator& comm,
+                               bool blocking) {
+  dim = WrapDim(dim, x.dim());
+  if (comm.size() == 1) return PendingAlongDim(nullptr, [x] { return x; });
+  torch::NoGradGuard no_grad;
+  const torch::Tensor input = x.contiguous();
+  std::vector<int64_t> gathered_shape = x.sizes().vec();
+  gathered_shape.insert(gathered_shape.begin(), comm.size());
+  torch::Tensor gathered =
+      torch::empty(gathered_shape, x.options().memory_format(torch::MemoryFormat::Contiguous));
+  WorkHandle work;
+  if (blocking) {
+    comm.AllGather(input, gathered);
+  } else {
+    work = comm.AllGatherAsync(input, gathered);
+  }
+  std::vector<int64_t> out_shape = x.sizes().vec();
+  out_shape[dim] *= comm.size();
+  return PendingAlongDim(std::move(work), [gathered, dim, out_shape] {
+    torch::NoGradGuard no_grad;
+    return gathered.movedim(0, dim).reshape(out_shape);
+  });
+}
+
+// The chunks are made contiguous in rank order first ([size, .., c, ..])
+// because ReduceScatter splits its flat input.
+PendingAlongDim ReduceScatterAlong(const torch::Tensor& x, int64_t dim, Communicator& group,
+                                   bool blocking) {
   dim = WrapDim(dim, x.dim());
   const int64_t size = group.size();
   const int64_t n = x.size(dim);
   FULCRUM_CHECK(n % size == 0, "dim ", dim, " of size ", n, " does not reduce-scatter over ", size,
                 " ranks of group ", group.name());
+  if (size == 1) return PendingAlongDim(nullptr, [x] { return x; });
+  torch::NoGradGuard no_grad;
   std::vector<int64_t> split_shape = x.sizes().vec();
   split_shape[dim] = n / size;
   split_shape.insert(split_shape.begin() + dim, size);
@@ -64,8 +96,17 @@ torch::Tensor ReduceScatterAlongDim(const torch::Tensor& x, int64_t dim, Communi
   out_shape[dim] = n / size;
   torch::Tensor out =
       torch::empty(out_shape, x.options().memory_format(torch::MemoryFormat::Contiguous));
-  group.ReduceScatter(input, out, ReduceOp::kSum);
-  return out;
+  WorkHandle work;
+  if (blocking) {
+    group.ReduceScatter(input, out, ReduceOp::kSum);
+  } else {
+    work = group.ReduceScatterAsync(input, out, ReduceOp::kSum);
+  }
+  return PendingAlongDim(std::move(work), [out] { return out; });
+}
+
+torch::Tensor ReduceScatterAlongDim(const torch::Tensor& x, int64_t dim, Communicator& group) {
+  return ReduceScatterAlong(x, dim, group, /*blocking=*/true).Wait();
 }
 
 class CopyToTpRegionFn : public torch::autograd::Function<CopyToTpRegionFn> {
@@ -199,22 +240,26 @@ torch::Tensor GatherSpToReplicated(const torch::Tensor& x, Communicator& tp) {
   return GatherSpToReplicatedFn::apply(x, &tp);
 }
 
-// All-gather into [size, ..] (rank r's x at index r), then move the rank axis
-// next to `dim` and merge the two: [.., size, n, ..] -> [.., size * n, ..],
-// which is the concatenation along `dim` in rank order.
 torch::Tensor AllGatherAlongDim(const torch::Tensor& x, int64_t dim, Communicator& comm) {
-  dim = WrapDim(dim, x.dim());
-  if (comm.size() == 1) return x;
-  torch::NoGradGuard no_grad;
-  const torch::Tensor input = x.contiguous();
-  std::vector<int64_t> gathered_shape = x.sizes().vec();
-  gathered_shape.insert(gathered_shape.begin(), comm.size());
-  torch::Tensor gathered =
-      torch::empty(gathered_shape, x.options().memory_format(torch::MemoryFormat::Contiguous));
-  comm.AllGather(input, gathered);
-  std::vector<int64_t> out_shape = x.sizes().vec();
-  out_shape[dim] *= comm.size();
-  return gathered.movedim(0, dim).reshape(out_shape);
+  return GatherAlongDim(x, dim, comm, /*blocking=*/true).Wait();
+}
+
+PendingAlongDim AllGatherAlongDimAsync(const torch::Tensor& x, int64_t dim, Communicator& comm) {
+  return GatherAlongDim(x, dim, comm, /*blocking=*/false);
+}
+
+PendingAlongDim ReduceScatterAlongDimAsync(const torch::Tensor& x, int64_t dim,
+                                           Communicator& group) {
+  return ReduceScatterAlong(x, dim, group, /*blocking=*/false);
+}
+
+torch::Tensor PendingAlongDim::Wait() {
+  FULCRUM_CHECK(finish_ != nullptr, "a pending collective waited on twice");
+  if (work_ != nullptr) work_->Wait();
+  work_.reset();
+  torch::Tensor result = finish_();
+  finish_ = nullptr;
+  return result;
 }
 
 }  // namespace fulcrum::parallel::tensor

@@ -17,6 +17,10 @@
 
 #include <torch/torch.h>
 
+#include <cstdint>
+#include <functional>
+#include <utility>
+
 #include "parallel/comm/communicator.h"
 
 namespace fulcrum::parallel::tensor {
@@ -38,5 +42,25 @@ torch::Tensor GatherSpToReplicated(const torch::Tensor& x, Communicator& tp);
 // Without autograd (no_grad paths, gathering weights for export):
 // all-gather of `x` along `dim` over the group, rank order.
 torch::Tensor AllGatherAlongDim(const torch::Tensor& x, int64_t dim, Communicator& comm);
+
+// The same launched now and finished later, so that other work runs while
+// it travels (a backward computing gradients meanwhile). Wait() (once)
+// returns the result; a group of one rank launches nothing.
+class PendingAlongDim {
+ public:
+  // work: the launched collective, or null; finish: the result from its
+  // output, called after the work completes.
+  PendingAlongDim(WorkHandle work, std::function<torch::Tensor()> finish)
+      : work_(std::move(work)), finish_(std::move(finish)) {}
+  torch::Tensor Wait();
+
+ private:
+  WorkHandle work_;
+  std::function<torch::Tensor()> finish_;
+};
+PendingAlongDim AllGatherAlongDimAsync(const torch::Tensor& x, int64_t dim, Communicator& comm);
+// x [.., n, ..] (n = size * c along `dim`) -> [.., c, ..]: rank r gets the
+// group's sum of chunk r.
+PendingAlongDim ReduceScatterAlongDimAsync(const torch::Tensor& x, int64_t dim, Communicator& comm);
 
 }  // namespace fulcrum::parallel::tensor

@@ -163,6 +163,7 @@ absl::StatusOr<PlanHardware> HardwareFrom(const ParsedFlags& flags, const recipe
           "collective-latency-us",
           flags.Get("collective-latency-us", cpu ? absl::StrCat(kCpuCollectiveLatencyUs) : "20")));
   hw.collective_latency_s = latency_us * 1e-6;
+  hw.overlaps_communication = !cpu;  // NCCL's own stream; MPI progresses in Wait()
   FULCRUM_ASSIGN_OR_RETURN(
       const double intra,
       PositiveNumber("intra-node-gbps", flags.Get("intra-node-gbps", cpu ? "5" : "450")));
@@ -180,10 +181,11 @@ absl::StatusOr<PlanHardware> HardwareFrom(const ParsedFlags& flags, const recipe
   out.description = absl::StrFormat(
       "%d %s (%d per node), %s per rank (%s), %.4g TFLOP/s per rank (%s) at efficiency %.2f, "
       "memory %.0f GB/s per rank (%s), links %.0f GB/s in a node, %.0f GB/s between nodes, "
-      "%.0f us per blocking collective",
+      "%.0f us per blocking collective, tp backward collectives %s",
       hw.ranks, cpu ? "CPU rank(s) on this host" : "GPU(s)", hw.ranks_per_node,
       plan::FormatBytes(hw.memory_bytes), memory_from, hw.peak_flops / 1e12, flops_from,
-      hw.efficiency, hw.memory_bytes_per_s / 1e9, bandwidth_from, intra, inter, latency_us);
+      hw.efficiency, hw.memory_bytes_per_s / 1e9, bandwidth_from, intra, inter, latency_us,
+      hw.overlaps_communication ? "overlapped with their GEMMs" : "exposed (MPI)");
   return out;
 }
 

@@ -102,6 +102,9 @@ class LoraLinearImpl : public torch::nn::Module {
   // otherwise from the global generator in the weight's dtype and device.
   void AttachAdapter(const LoraSpec& spec, at::Generator generator = {});
   bool has_adapter() const { return lora_a_.defined(); }
+  // Whether forward draws a dropout mask on the adapter's input (dropout > 0
+  // in training): a backward that computes the input again cannot replay it.
+  bool DropsAdapterInput() const { return dropout_ > 0.0 && is_training(); }
   double scaling() const { return scaling_; }
   // Folds scaling * B A into W and removes the adapter (on shards: column
   // W_r += s B_r A, row W_r += s B A_r).

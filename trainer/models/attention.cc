@@ -1,9 +1,11 @@
 #include "trainer/models/attention.h"
 
 #include <cmath>
+#include <vector>
 
 #include "core/check.h"
 #include "parallel/tensor/tensor_parallel.h"
+#include "trainer/lora/column_group.h"
 #include "trainer/models/attention_core.h"
 #include "trainer/models/torch_compat.h"
 
@@ -62,13 +64,12 @@ AttentionImpl::AttentionImpl(const ModelConfig& config, const torch::TensorOptio
 AttentionImpl::Projected AttentionImpl::Project(const RmsNormOutput& x, const RopeCosSin& rope) {
   // [B, T, H*D] -> [B, T, H, D]; Qwen3 normalises each head before RoPE.
   // T from the projection: under sp x holds T/tp positions, q/k/v all T.
-  const RmsNormOutput x_in = q_proj->sharded() ? x.InTpRegion(q_proj->parallel().tp) : x;
-  const auto project = [&](lora::LoraLinear& layer) { return layer->ForwardNormed(x_in); };
-  torch::Tensor q = project(q_proj);
-  const int64_t b = q.size(0), t = q.size(1);
-  q = q.view({b, t, num_heads_, head_dim_});
-  torch::Tensor k = project(k_proj).view({b, t, num_kv_heads_, head_dim_});
-  torch::Tensor v = project(v_proj).view({b, t, num_kv_heads_, head_dim_});
+  const std::vector<torch::Tensor> qkv =
+      lora::ForwardColumnGroup(x, {q_proj.get(), k_proj.get(), v_proj.get()});
+  const int64_t b = qkv[0].size(0), t = qkv[0].size(1);
+  torch::Tensor q = qkv[0].view({b, t, num_heads_, head_dim_});
+  torch::Tensor k = qkv[1].view({b, t, num_kv_heads_, head_dim_});
+  torch::Tensor v = qkv[2].view({b, t, num_kv_heads_, head_dim_});
   if (q_norm) {
     q = q_norm->forward(q);
     k = k_norm->forward(k);

@@ -31,8 +31,9 @@ class AttentionImpl : public torch::nn::Module {
   // x [B, T, hidden], rope cos/sin [B, 1, T, D], mask [B, 1, T, T] -> [B, T, hidden].
   // Under sp x and the result are [B, T/tp, hidden]; rope and mask cover the full T.
   torch::Tensor forward(const torch::Tensor& x, const RopeCosSin& rope, const torch::Tensor& mask);
-  // forward(x.y, ...) for x an RMSNorm's output: unsharded, q/k/v keep the
-  // norm's input and statistics instead of x.y (LoraLinear::ForwardNormed).
+  // forward(x.y, ...) for x an RMSNorm's output: q/k/v keep the norm's
+  // input and statistics instead of x.y (unsharded LoraLinear::ForwardNormed;
+  // under tp one node, lora/column_group.h).
   torch::Tensor forward(const RmsNormOutput& x, const RopeCosSin& rope, const torch::Tensor& mask);
   // Incremental decoding: x [B, T, hidden] are the T newest tokens, rope
   // [B, 1, T, D] at their absolute positions, mask [B, 1, T, S] over the S =

@@ -1,6 +1,9 @@
 #include "trainer/models/mlp.h"
 
+#include <vector>
+
 #include "parallel/tensor/tensor_parallel.h"
+#include "trainer/lora/column_group.h"
 
 namespace fulcrum::models {
 
@@ -38,8 +41,9 @@ torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
 
 torch::Tensor MlpImpl::forward(const RmsNormOutput& x) {
   if (down_proj->parallel().output_partial) return forward(x.y);
-  const RmsNormOutput x_in = gate_proj->sharded() ? x.InTpRegion(gate_proj->parallel().tp) : x;
-  return down_proj->ForwardSwiGlu(gate_proj->ForwardNormed(x_in), up_proj->ForwardNormed(x_in));
+  const std::vector<torch::Tensor> gate_up =
+      lora::ForwardColumnGroup(x, {gate_proj.get(), up_proj.get()});
+  return down_proj->ForwardSwiGlu(gate_up[0], gate_up[1]);
 }
 
 }  // namespace fulcrum::models

@@ -32,8 +32,9 @@ class MlpImpl : public torch::nn::Module {
           const SwiGluNames& names = {}, bool region_by_caller = false);
   // x [B, T, hidden] -> [B, T, hidden] (under sp [B, T/tp, hidden] both)
   torch::Tensor forward(const torch::Tensor& x);
-  // forward(x.y) for x an RMSNorm's output: unsharded, gate and up keep the
-  // norm's input and statistics instead of x.y (LoraLinear::ForwardNormed).
+  // forward(x.y) for x an RMSNorm's output: gate and up keep the norm's
+  // input and statistics instead of x.y (unsharded LoraLinear::ForwardNormed;
+  // under tp one node, lora/column_group.h).
   torch::Tensor forward(const RmsNormOutput& x);
 
   // Unsharded shapes; under tp intermediate -> intermediate/tp.

@@ -34,9 +34,9 @@ struct Shape {
   bool lora_dropout = false;  // adapters drop their input (down then keeps its input)
   // The projections reading a decoder layer's norms (dense attention's
   // q/k/v, a dense MLP's gate/up) compute the norm's output again in
-  // backward instead of keeping it (lora/normed_linear.h): not under sp
-  // (whose projections read the gathered output), and no adapter dropout
-  // mask to replay.
+  // backward instead of keeping it (lora/normed_linear.h; under tp
+  // lora/column_group.h, which under sp gathers it again): unless an
+  // adapter's dropout mask would have to be replayed.
   bool norm_recomputed = false;
   std::set<std::string> targets;
   double padded_capacity_factor = 0;  // > 0: MoE rows in capacity slots (moe.pad_to_capacity)
@@ -72,7 +72,7 @@ Shape ShapeOf(const recipe::Recipe& recipe) {
   sh.full = recipe.finetune.method != "lora";
   sh.lora_rank = static_cast<double>(recipe.finetune.lora.rank);
   sh.lora_dropout = !sh.full && recipe.finetune.lora.dropout > 0.0;
-  sh.norm_recomputed = !sp && !sh.lora_dropout;
+  sh.norm_recomputed = !sh.lora_dropout;
   for (const std::string& t : recipe.finetune.lora.targets) {
     if (t == "all-linear") {
       sh.all_linear = true;

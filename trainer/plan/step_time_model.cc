@@ -42,18 +42,32 @@ double RecomputeFlopsPerToken(const metrics::FlopsModel& m, const models::ModelC
   return 2.0 * matmul + attention;
 }
 
+// Per layer and micro-batch, the tp collectives of [B, T, hidden] that hold
+// up the rank: forward, the row-parallel outputs' 2 reductions (sp: and the
+// column groups' 2 gathers); backward, the column groups' 2 reductions (sp:
+// reduce-scatters, and 2 gathers of their input again), unless the backend
+// overlaps them, and under sp the row outputs' 2 gathers.
+double TpCollectivesPerLayer(bool sequence_parallel, bool overlapped) {
+  const double forward = sequence_parallel ? 4.0 : 2.0;
+  const double column_groups_backward = sequence_parallel ? 4.0 : 2.0;
+  const double row_outputs_backward = sequence_parallel ? 2.0 : 0.0;
+  return forward + (overlapped ? 0.0 : column_groups_backward) + row_outputs_backward;
+}
+
 // Blocking collectives of one micro-batch on a rank of a stage with
-// `layers` layers (`moe_layers` of them MoE), forward and backward: tp 2
-// all-reduces per layer each way (sp: 2 gathers and 2 reduce-scatters), plus
-// the vocab-parallel embedding's 1 and lm_head's and the loss's 3 (under pp
-// the last stage's 3, the worst); ep the count exchange (none with padded
-// capacity slots) and 2 all-to-alls forward, 2 backward, per MoE layer; pp a
-// send each way.
-double BlockingCollectivesPerMicroBatch(const recipe::Recipe& recipe, double layers,
-                                        double moe_layers) {
+// `layers` layers (`moe_layers` of them MoE), forward and backward: tp's
+// per layer (TpCollectivesPerLayer), plus the vocab-parallel embedding's 1
+// and lm_head's and the loss's 3 (under pp the last stage's 3, the worst);
+// ep the count exchange (none with padded capacity slots) and 2 all-to-alls
+// forward, 2 backward, per MoE layer; pp a send each way.
+double BlockingCollectivesPerMicroBatch(const recipe::Recipe& recipe, const Hardware& hw,
+                                        double layers, double moe_layers) {
   const recipe::ParallelSection& par = recipe.parallel;
   double n = 0;
-  if (par.tp > 1) n += (par.sequence_parallel ? 8.0 : 4.0) * layers + (par.pp > 1 ? 3.0 : 4.0);
+  if (par.tp > 1) {
+    n += TpCollectivesPerLayer(par.sequence_parallel, hw.overlaps_communication) * layers +
+         (par.pp > 1 ? 3.0 : 4.0);
+  }
   if (par.ep > 1) n += (PaddedToCapacity(recipe) ? 4.0 : 5.0) * moe_layers;
   if (par.pp > 1) n += 2.0;
   return n;
@@ -139,8 +153,11 @@ absl::StatusOr<StepTime> EstimateStepTime(const models::ModelConfig& c,
   const double stage_layers = static_cast<double>(c.num_layers) / static_cast<double>(par.pp);
   const double micro = static_cast<double>(micro_batches);
   if (par.tp > 1) {
-    t.tp_comm_s =
-        4.0 * stage_layers * micro * RingBytes(activation, par.tp) / Bandwidth(hw, par.tp);
+    // An all-reduce moves RingBytes, a gather or a reduce-scatter half of it.
+    const double per_all_reduce = par.sequence_parallel ? 0.5 : 1.0;
+    t.tp_comm_s = per_all_reduce *
+                  TpCollectivesPerLayer(par.sequence_parallel, hw.overlaps_communication) *
+                  stage_layers * micro * RingBytes(activation, par.tp) / Bandwidth(hw, par.tp);
   }
   int64_t moe_layers = 0;
   for (int64_t layer = 0; layer < c.num_layers; ++layer) moe_layers += models::IsMoeLayer(c, layer);
@@ -168,7 +185,7 @@ absl::StatusOr<StepTime> EstimateStepTime(const models::ModelConfig& c,
   t.blocking_collectives =
       micro *
       BlockingCollectivesPerMicroBatch(
-          recipe, stage_layers, static_cast<double>(moe_layers) / static_cast<double>(par.pp));
+          recipe, hw, stage_layers, static_cast<double>(moe_layers) / static_cast<double>(par.pp));
   t.latency_s = t.blocking_collectives * hw.collective_latency_s;
   if (par.pp > 1) {
     FULCRUM_ASSIGN_OR_RETURN(const pipeline::ScheduleKind kind,

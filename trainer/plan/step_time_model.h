@@ -10,8 +10,11 @@
 // at `efficiency` of the per-rank peak. Communication: bytes leaving a rank
 // over the bandwidth of the link its group spans (inside a node when the
 // group's ranks fit in gpus_per_node; tp is the fastest axis, then dp, then
-// pp): tp all-reduces (or sp gather/scatter) of [B, T, hidden] 4 per layer
-// per micro-batch, ep all-to-alls of the k routed copies 4 per MoE layer,
+// pp): tp all-reduces of [B, T, hidden] 4 per layer per micro-batch (sp: 10
+// gathers and reduce-scatters, 2 of them backward's gathers of the column
+// groups' input again), less the column groups' backward reductions and
+// gathers where the backend overlaps them with GEMMs (all of them hidden:
+// their GEMMs are the layer's largest), ep all-to-alls of the k routed copies 4 per MoE layer,
 // pp sends of one activation and one gradient per micro-batch, the dp ring
 // all-reduce (or ZeRO-1 reduce-scatter + all-gather) of the gradients, each
 // 2 (n-1)/n of the bytes. Latency: each blocking collective inside the
@@ -44,6 +47,11 @@ struct Hardware {
   // The cost of one blocking collective beyond its bytes: the link's
   // latency, and the wait for the slowest rank of the group.
   double collective_latency_s = 0;
+  // The backend moves data while the rank computes (NCCL on its own
+  // stream): the tp collectives that backward's column groups launch before
+  // their GEMMs (lora/column_group.h) hide behind those GEMMs. MPI on the
+  // CPU moves data inside Wait() only.
+  bool overlaps_communication = false;
 };
 
 struct StepTime {

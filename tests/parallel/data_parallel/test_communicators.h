@@ -2,8 +2,8 @@
 //
 // MakeWorldCommunicator: the MpiCommunicator over MPI_COMM_WORLD.
 // RecordingCommunicator: forwards to another communicator and records the
-// order of launches, so a test can see that reductions start while backward
-// is still running.
+// order of launches (and, when asked, of waits), so a test can see that
+// reductions start while backward is still running.
 #pragma once
 
 #include <mpi.h>
@@ -11,6 +11,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/check.h"
@@ -45,6 +46,8 @@ class RecordingCommunicator : public Communicator {
 
   // "launch:<op>:<numel>" per launch; tests add their own marks.
   std::vector<std::string>& events() { return events_; }
+  // Also "wait:<op>" when a launched operation is waited on.
+  void RecordWaits(bool on) { record_waits_ = on; }
 
   int rank() const override { return inner_.rank(); }
   int size() const override { return inner_.size(); }
@@ -52,15 +55,15 @@ class RecordingCommunicator : public Communicator {
   const char* backend() const override { return inner_.backend(); }
   WorkHandle AllReduceAsync(torch::Tensor t, ReduceOp op) override {
     Record("all_reduce", t.numel());
-    return inner_.AllReduceAsync(t, op);
+    return Recorded("all_reduce", inner_.AllReduceAsync(t, op));
   }
   WorkHandle ReduceScatterAsync(torch::Tensor input, torch::Tensor output, ReduceOp op) override {
     Record("reduce_scatter", input.numel());
-    return inner_.ReduceScatterAsync(input, output, op);
+    return Recorded("reduce_scatter", inner_.ReduceScatterAsync(input, output, op));
   }
   WorkHandle AllGatherAsync(torch::Tensor input, torch::Tensor output) override {
     Record("all_gather", output.numel());
-    return inner_.AllGatherAsync(input, output);
+    return Recorded("all_gather", inner_.AllGatherAsync(input, output));
   }
   WorkHandle AllGatherVAsync(torch::Tensor input, torch::Tensor output,
                              const std::vector<int64_t>& counts) override {
@@ -89,11 +92,34 @@ class RecordingCommunicator : public Communicator {
   }
 
  private:
+  class RecordedWork : public Work {
+   public:
+    RecordedWork(WorkHandle inner, std::string mark, std::vector<std::string>& events)
+        : inner_(std::move(inner)), mark_(std::move(mark)), events_(events) {}
+    void Wait() override {
+      if (!waited_) events_.push_back(mark_);
+      waited_ = true;
+      inner_->Wait();
+    }
+    bool Test() override { return inner_->Test(); }
+
+   private:
+    WorkHandle inner_;
+    std::string mark_;
+    std::vector<std::string>& events_;
+    bool waited_ = false;
+  };
+
   void Record(const char* op, int64_t numel) {
     events_.push_back(std::string("launch:") + op + ":" + std::to_string(numel));
   }
+  WorkHandle Recorded(const char* op, WorkHandle work) {
+    if (!record_waits_) return work;
+    return std::make_unique<RecordedWork>(std::move(work), std::string("wait:") + op, events_);
+  }
   Communicator& inner_;
   std::vector<std::string> events_;
+  bool record_waits_ = false;
 };
 
 }  // namespace fulcrum::parallel::testing

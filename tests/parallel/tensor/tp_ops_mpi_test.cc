@@ -144,6 +144,19 @@ TEST_F(TpOpsTest, AllGatherAlongEveryDim) {
   for (int r = 0; r < s_; ++r) EXPECT_EQ(gathered[0][2 * r + 1].item<float>(), r);
 }
 
+// Launched together and waited on in the other order: the results are the
+// blocking forms', on a non-contiguous input with a batch dim before the
+// sequence (the gather's rank axis moves past it).
+TEST_F(TpOpsTest, PendingCollectivesGiveTheBlockingResults) {
+  const torch::Tensor full = torch::randn({3, 4, 2 * s_}).transpose(1, 2);  // [3, 2s, 4]
+  const torch::Tensor summed = full * (r_ + 1);
+  PendingAlongDim gather = AllGatherAlongDimAsync(full.narrow(1, 2 * r_, 2), 1, *world_);
+  PendingAlongDim scatter = ReduceScatterAlongDimAsync(summed, 1, *world_);
+  EXPECT_LT(MaxAbsDiff(scatter.Wait(), full.narrow(1, 2 * r_, 2) * SumOfRankPlusOne(s_)), 1e-5);
+  EXPECT_TRUE(torch::equal(gather.Wait(), full));
+  EXPECT_TRUE(torch::equal(summed, full * (r_ + 1))) << "the input must not be written";
+}
+
 TEST_F(TpOpsTest, EveryOpIsIdentityOnAOneRankGroup) {
   std::unique_ptr<Communicator> self = MakeGroup(MPI_COMM_SELF, "self");
   ASSERT_NE(self, nullptr);
@@ -161,6 +174,8 @@ TEST_F(TpOpsTest, EveryOpIsIdentityOnAOneRankGroup) {
     EXPECT_TRUE(torch::equal(x.grad(), w)) << "op " << i;
   }
   EXPECT_TRUE(torch::equal(AllGatherAlongDim(w, 1, *self), w));
+  EXPECT_TRUE(torch::equal(AllGatherAlongDimAsync(w, 1, *self).Wait(), w));
+  EXPECT_TRUE(torch::equal(ReduceScatterAlongDimAsync(w, 1, *self).Wait(), w));
 }
 
 TEST_F(TpOpsTest, AllReducePartialGradientsSumsEveryDtypeInPlace) {

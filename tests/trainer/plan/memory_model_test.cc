@@ -84,14 +84,14 @@ TEST(MemoryModelTest, ActivationsOfOneLayerByHand) {
                    2 * (128 + 32) + (128 + 64 + 64 + 128 + 128) + (2 * 256));
   // tp 2: heads, kv heads (1 replicated), ffn split; the norms stay whole
   // and the column shards compute the tp region's copy of their output again
-  // too. Sequence parallel splits the norms, and the projections keep their
-  // gathered input [N, h] (attention's and the MLP's).
+  // too. Sequence parallel splits the norms, and the column groups gather
+  // the norms' output again in backward instead of keeping it.
   r = Full();
   r.parallel.tp = 2;
   const double tp2 = kNorms + (8 * (4 + 2 * 4) * 4 + 16 * 4 + 8 * 4 * 4) + 2 * 256;
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0), tp2);
   r.parallel.sequence_parallel = true;
-  EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0), tp2 - kNorms / 2 + 2 * 256);
+  EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0), tp2 - kNorms / 2);
 }
 
 TEST(MemoryModelTest, LoraKeepsTheInputsOfAdaptedLayersOnly) {
@@ -296,14 +296,28 @@ TEST(StepTimeModelTest, LatencyOfBlockingCollectivesAndOptimizerTraffic) {
   EXPECT_DOUBLE_EQ(one.step_s, one.compute_s + one.optimizer_s);
   hw.ranks = hw.ranks_per_node = 2;
   // tp 2: 4 per layer and 4 for the embedding and the loss, per micro-batch;
-  // under sp 8 per layer.
+  // under sp 10 per layer (backward gathers the column groups' input again),
+  // moving 5/4 of the bytes.
   r.parallel.tp = 2;
   const StepTime tp = *EstimateStepTime(c, r, hw);
   EXPECT_DOUBLE_EQ(tp.blocking_collectives, 2 * (4 * 2 + 4));
   EXPECT_DOUBLE_EQ(tp.latency_s, tp.blocking_collectives * 1e-3);
   EXPECT_DOUBLE_EQ(tp.step_s, tp.compute_s + tp.tp_comm_s + tp.latency_s + tp.optimizer_s);
   r.parallel.sequence_parallel = true;
-  EXPECT_DOUBLE_EQ(EstimateStepTime(c, r, hw)->blocking_collectives, 2 * (8 * 2 + 4));
+  const StepTime sp = *EstimateStepTime(c, r, hw);
+  EXPECT_DOUBLE_EQ(sp.blocking_collectives, 2 * (10 * 2 + 4));
+  EXPECT_DOUBLE_EQ(sp.tp_comm_s, tp.tp_comm_s * 5 / 4);
+  // A backend that overlaps them hides the column groups' backward
+  // collectives: 2 per layer without sp, 4 of sp's 10.
+  hw.overlaps_communication = true;
+  const StepTime sp_overlapped = *EstimateStepTime(c, r, hw);
+  EXPECT_DOUBLE_EQ(sp_overlapped.blocking_collectives, 2 * (6 * 2 + 4));
+  EXPECT_DOUBLE_EQ(sp_overlapped.tp_comm_s, tp.tp_comm_s * 3 / 4);
+  r.parallel.sequence_parallel = false;
+  const StepTime tp_overlapped = *EstimateStepTime(c, r, hw);
+  EXPECT_DOUBLE_EQ(tp_overlapped.blocking_collectives, 2 * (2 * 2 + 4));
+  EXPECT_DOUBLE_EQ(tp_overlapped.tp_comm_s, tp.tp_comm_s / 2);
+  hw.overlaps_communication = false;
   // dp 2: the reduction overlaps the backward (no latency term); ZeRO-1
   // updates half of the parameters.
   r = Full();
