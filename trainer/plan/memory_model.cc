@@ -206,6 +206,20 @@ double LossBytes(const models::ModelConfig& c, const recipe::Recipe& recipe, boo
   return norm + (sh.Keeps("lm_head") ? sh.n * h * sh.s : 0.0) + 2 * sh.n * vocab * sh.s;
 }
 
+// What the last stage's loss keeps from its forward to its backward, per
+// micro-batch in flight: the final norm's input and 1/rms and, without an
+// adapter on lm_head, the gradients LinearCrossEntropySum computed in
+// forward (lm_head's input's, and its fp32 weight's when it trains); with
+// one, the logits' gradient and lm_head's input when it is kept.
+double LossKeptBytes(const models::ModelConfig& c, const recipe::Recipe& recipe) {
+  const Shape sh = ShapeOf(recipe);
+  const double h = static_cast<double>(c.hidden_size);
+  const double vocab = static_cast<double>(c.vocab_size) / sh.tp;
+  const double norm = sh.Norm(sh.n_norm, h);
+  if (!sh.Adapted("lm_head")) return norm + sh.n * h * sh.s + (sh.full ? vocab * h * kFloat : 0.0);
+  return norm + (sh.Keeps("lm_head") ? sh.n * h * sh.s : 0.0) + sh.n * vocab * sh.s;
+}
+
 // Per micro-batch, shared by the layers: the rope tables (saved by every
 // layer's rotation) and, when regions are recomputed, the additive mask
 // [B, 1, T, T] they keep as an input.
@@ -455,7 +469,11 @@ absl::StatusOr<MemoryPlan> PlanMemory(const models::ModelConfig& c, const recipe
     const double heap = options.transient_factor;
     b.activations = heap * static_cast<double>(m.in_flight) *
                     (per_chunk + SharedPerMicroBatchBytes(c, recipe, recompute));
-    b.loss = heap * (last ? std::max(LossBytes(c, recipe, options.cuda), backward) : backward);
+    // The loss's own peak, or a layer's backward; the micro-batches still
+    // waiting for their backward (GPipe's) keep what their loss kept.
+    b.loss = heap * (last ? std::max(LossBytes(c, recipe, options.cuda), backward) +
+                                static_cast<double>(m.in_flight - 1) * LossKeptBytes(c, recipe)
+                          : backward);
     b.communication = heap * CommunicationBytes(c, recipe, full ? params.dense * sh.s : 0.0,
                                                 full ? params.experts * sh.s : 0.0);
     b.runtime = options.runtime_bytes;

@@ -195,11 +195,16 @@ TEST(MemoryModelTest, PipelineStagesHoldTheirLayersAndInFlightMicroBatches) {
   EXPECT_DOUBLE_EQ(plan.stages[0].bytes.parameters, (592 + 256) * 4);
   EXPECT_DOUBLE_EQ(plan.stages[1].bytes.parameters, (592 + 256 + 8) * 4);
   EXPECT_DOUBLE_EQ(plan.stages[0].bytes.activations, 2 * (kLayerFull + 256));
-  // GPipe: every micro-batch in flight on both.
+  const double one_loss = plan.stages[1].bytes.loss;
+  // GPipe: every micro-batch in flight on both; the last stage's 3 waiting
+  // micro-batches also keep what their loss computed in forward: the final
+  // norm's input and 1/rms 288, lm_head's input's gradient 256 and its fp32
+  // weight's 1024.
   r.parallel.pp_schedule = "gpipe";
   plan = *PlanMemory(c, r, Exact());
   EXPECT_EQ(plan.stages[0].in_flight, 4);
   EXPECT_EQ(plan.stages[1].in_flight, 4);
+  EXPECT_DOUBLE_EQ(plan.stages[1].bytes.loss, one_loss + 3 * (288 + 256 + 1024));
   // A heap factor and a runtime scale and add as documented.
   MemoryOptions options;
   options.runtime_bytes = 1000;
