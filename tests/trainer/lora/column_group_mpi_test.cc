@@ -2,9 +2,9 @@
 // three column-parallel projections reading one RMSNorm's output (as q/k/v)
 // give this rank's columns of the unsharded layers' outputs and the
 // gradients of the unsharded layers, with and without sequence parallelism,
-// full and LoRA; backward launches the input's reduction before it waits for
-// the gathered input (the overlap), zero-bubble's split phases each run only
-// their own collective, and under sp the group keeps no gathered input.
+// full and LoRA, and unsharded layers their own; backward launches the input's reduction before it
+// waits for the gathered input (the overlap), zero-bubble's split phases each run only their own
+// collective, and under sp the group keeps no gathered input.
 #include <gtest/gtest.h>
 
 #include <memory>
@@ -119,12 +119,15 @@ class ColumnGroupTest : public ::testing::TestWithParam<bool> {
   parallel::tensor::TensorParallel tp_;
 };
 
-TEST_P(ColumnGroupTest, OutputsAndGradientsAreThoseOfTheUnshardedLayers) {
+// The group's outputs against this rank's columns of the unsharded layers,
+// its gradients against theirs (partial ones summed over `world`).
+void ExpectTheUnshardedLayers(const parallel::tensor::TensorParallel& tp,
+                              parallel::Communicator& world) {
   for (const Case& c :
        {Case{"full", false, true, false}, Case{"full with bias", true, true, false},
         Case{"lora", false, false, true}, Case{"full and adapter", true, true, true}}) {
     SCOPED_TRACE(c.name);
-    Layers m = MakeLayers(c, tp_);
+    Layers m = MakeLayers(c, tp);
     torch::manual_seed(29);
     const torch::Tensor x = torch::randn({kBatch, kSeq, kDim});
     std::vector<torch::Tensor> weights;  // of each output in the loss
@@ -140,10 +143,11 @@ TEST_P(ColumnGroupTest, OutputsAndGradientsAreThoseOfTheUnshardedLayers) {
     }
     expected_loss.backward();
 
-    const torch::Tensor x_shard = SeqShard(x, tp_).clone().set_requires_grad(true);
+    const torch::Tensor x_shard = SeqShard(x, tp).clone().set_requires_grad(true);
     const std::vector<torch::Tensor> got =
         ForwardColumnGroup(m.sharded_norm->ForwardRecomputable(x_shard), m.ShardPointers());
     ASSERT_EQ(got.size(), 3u);
+    if (tp.active()) EXPECT_EQ(got[0].grad_fn(), got[2].grad_fn()) << "one autograd node";
     torch::Tensor loss = torch::zeros({});
     for (int i = 0; i < 3; ++i) {
       const LoraLinear& shard = m.shards[i];
@@ -153,11 +157,11 @@ TEST_P(ColumnGroupTest, OutputsAndGradientsAreThoseOfTheUnshardedLayers) {
     }
     loss.backward();
 
-    ExpectCloseToLargest(x_shard.grad(), SeqShard(x_full.grad(), tp_), 1e-5, "x");
+    ExpectCloseToLargest(x_shard.grad(), SeqShard(x_full.grad(), tp), 1e-5, "x");
     if (c.full) {
       // Under sp each rank's norm weight saw its positions only.
       torch::Tensor norm_grad = m.sharded_norm->weight.grad().clone();
-      if (sp()) world_->AllReduce(norm_grad);
+      if (tp.sequence_parallel) world.AllReduce(norm_grad);
       ExpectCloseToLargest(norm_grad, m.norm->weight.grad(), 1e-5, "norm");
     }
     for (int i = 0; i < 3; ++i) {
@@ -175,13 +179,24 @@ TEST_P(ColumnGroupTest, OutputsAndGradientsAreThoseOfTheUnshardedLayers) {
         // A is replicated and reads the sum over this rank's columns of B:
         // its gradient is partial (summed by SyncPartialGradients in training).
         torch::Tensor a_grad = shard->lora_a().grad().clone();
-        world_->AllReduce(a_grad);
+        if (tp.active()) world.AllReduce(a_grad);
         ExpectCloseToLargest(a_grad, layer->lora_a().grad(), 1e-5, "lora_A" + at);
         ExpectCloseToLargest(shard->lora_b().grad(), shard->LocalLoraB(layer->lora_b().grad()),
                              1e-5, "lora_B" + at);
       }
     }
   }
+}
+
+TEST_P(ColumnGroupTest, OutputsAndGradientsAreThoseOfTheUnshardedLayers) {
+  ExpectTheUnshardedLayers(tp_, *world_);
+}
+
+// Unsharded layers (no tp group) give their own results (each layer's
+// ForwardNormed).
+TEST(ColumnGroupUnshardedTest, GivesTheLayersOwnResults) {
+  const std::unique_ptr<parallel::Communicator> world = MakeWorldCommunicator();
+  ExpectTheUnshardedLayers(parallel::tensor::TensorParallel{}, *world);
 }
 
 // The reduction of the input's gradient is launched before backward waits
