@@ -7,7 +7,7 @@
 # and peak RSS per rank. Random init from the configs, seq 256, median over the
 # steps after the warm-up ones. The ~290M Llama also runs in bf16 on 1 rank
 # (bf16 parameters and activations, fp32 master weights; MFU against the
-# bf16 GEMM peak). Run it on an otherwise idle machine.
+# bf16 GEMM peak) where the CPU has AVX512-BF16 or AMX. Run it on an otherwise idle machine.
 # The machine's speed drifts between runs (here: forward times 1.15-1.45 s
 # and GEMM peaks 165-206 GFLOP/s for the same binary), so
 # FULCRUM_BENCH_REPEATS=N (default 1) runs the whole table N times, the
@@ -37,6 +37,11 @@ declare -A steps=([llama55m]=9 [llama290m]=6 [moe]=9)
 declare -A warmup=([llama55m]=3 [llama290m]=2 [moe]=3)
 
 repeats=${FULCRUM_BENCH_REPEATS:-1}
+# bf16 rows only where the CPU multiplies bf16 natively: emulated (AVX2 only)
+# it runs ~35x slower than fp32, hours for the ~290M Llama's six steps.
+native_bf16=$(grep -o -m1 -w 'avx512_bf16\|amx_bf16' /proc/cpuinfo || true)
+[ -n "$native_bf16" ] ||
+  echo "bench: no bf16 rows: this CPU has no AVX512-BF16 or AMX (bf16 GEMMs are emulated)" >&2
 rm -f "$work"/*.jsonl.*
 for model in "${models[@]}"; do
   [ -n "${config[$model]:-}" ] || { echo "bench: unknown model '$model'" >&2; exit 2; }
@@ -44,7 +49,7 @@ done
 for ((round = 1; round <= repeats; round++)); do
   for model in "${models[@]}"; do
     runs=("full 1 fp32" "full 2 fp32" "lora 1 fp32" "lora 2 fp32")
-    [ "$model" = llama290m ] && runs+=("full 1 bf16" "lora 1 bf16")
+    [ "$model" = llama290m ] && [ -n "$native_bf16" ] && runs+=("full 1 bf16" "lora 1 bf16")
     for run in "${runs[@]}"; do
       read -r method ranks dtype <<<"$run"
       name=${model}_${method}_${ranks}_${dtype}
@@ -72,7 +77,7 @@ for ((round = 1; round <= repeats; round++)); do
   done
 done
 
-python3 - "$work" "${models[@]}" <<'PY'
+NATIVE_BF16=$native_bf16 python3 - "$work" "${models[@]}" <<'PY'
 import json, os, statistics, sys
 work, models = sys.argv[1], sys.argv[2:]
 warmup = {"llama55m": 3, "llama290m": 2, "moe": 3}
@@ -92,7 +97,8 @@ def round_figures(path, skip):
 runs = [("full", 1, "fp32"), ("full", 2, "fp32"), ("lora", 1, "fp32"), ("lora", 2, "fp32")]
 for model in models:
     for method, ranks, dtype in runs + ([("full", 1, "bf16"), ("lora", 1, "bf16")]
-                                    if model == "llama290m" else []):
+                                    if model == "llama290m" and os.environ["NATIVE_BF16"]
+                                    else []):
         stem = f"{work}/{model}_{method}_{ranks}_{dtype}.jsonl."
         found = sorted(f for f in os.listdir(work) if f"{work}/{f}".startswith(stem))
         figures = [x for x in (round_figures(f"{work}/{f}", warmup[model]) for f in found) if x]

@@ -70,6 +70,12 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const recipe::Recipe& r
   trainer->peak_flops_ = recipe.logging.peak_flops > 0
                              ? recipe.logging.peak_flops
                              : metrics::MeasureGemmFlops(trainer->device_, gemm_dtype);
+  if (world.is_root() && recipe.logging.peak_flops <= 0) {
+    const std::string slow =
+        metrics::SlowDtypeWarning(trainer->device_, gemm_dtype, trainer->peak_flops_);
+    if (!slow.empty())
+      logger.Warn(absl::StrCat("precision.dtype=", recipe.precision.dtype, ": ", slow));
+  }
   if (world.is_root() || recipe.logging.all_ranks) {
     FULCRUM_ASSIGN_OR_RETURN(
         trainer->sink_,

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <chrono>
 
+#include "absl/strings/str_format.h"
+
 namespace fulcrum::metrics {
 
 double TrainingFlopsPerToken(const FlopsModel& model, int64_t seq_len) {
@@ -18,25 +20,53 @@ double TrainingFlopsPerToken(const FlopsModel& model, int64_t seq_len) {
 double MeasureGemmFlops(const torch::Device& device, torch::ScalarType dtype, int64_t n,
                         int repeats) {
   torch::NoGradGuard no_grad;
-  if (n <= 0) n = device.is_cuda() ? 8192 : 2048;
   // Kernels are asynchronous on CUDA: the clock brackets a synchronisation.
   const auto sync = [&] {
     if (device.is_cuda()) torch::cuda::synchronize(device.index());
   };
   const auto options = torch::TensorOptions().dtype(dtype).device(device);
+  const auto seconds_of_one = [&](torch::Tensor& c, const torch::Tensor& a,
+                                  const torch::Tensor& b) {
+    const auto start = std::chrono::steady_clock::now();
+    torch::mm_out(c, a, b);
+    sync();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  if (n <= 0) {
+    // The default size, or the first size from 256 up whose product takes
+    // kEnoughSeconds: a CPU without native bf16 (no AVX512-BF16 or AMX)
+    // multiplies it some 30x slower than fp32, and 2048^3 would then take
+    // seconds per product.
+    constexpr double kEnoughSeconds = 0.02;
+    const int64_t largest = device.is_cuda() ? 8192 : 2048;
+    n = 256;
+    while (n < largest) {
+      const torch::Tensor a = torch::randn({n, n}, options);
+      torch::Tensor c = torch::mm(a, a);  // warm-up
+      sync();
+      if (seconds_of_one(c, a, a) >= kEnoughSeconds) break;
+      n *= 2;
+    }
+  }
   const torch::Tensor a = torch::randn({n, n}, options);
   const torch::Tensor b = torch::randn({n, n}, options);
   torch::Tensor c = torch::mm(a, b);  // warm-up
   sync();
   double best = 1e30;
-  for (int i = 0; i < repeats; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    torch::mm_out(c, a, b);
-    sync();
-    const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
-    best = std::min(best, elapsed.count());
-  }
+  for (int i = 0; i < repeats; ++i) best = std::min(best, seconds_of_one(c, a, b));
   return 2.0 * static_cast<double>(n) * n * n / best;
+}
+
+std::string SlowDtypeWarning(const torch::Device& device, torch::ScalarType dtype,
+                             double dtype_peak) {
+  if (device.is_cuda() || dtype == torch::kFloat) return "";
+  const double fp32_peak = MeasureGemmFlops(device, torch::kFloat);
+  if (dtype_peak >= fp32_peak / 2) return "";
+  return absl::StrFormat(
+      "this CPU multiplies %s matrices at %.3g GFLOP/s against fp32's %.3g GFLOP/s (%.0fx "
+      "slower: no AVX512-BF16 or AMX, so it is emulated); precision.dtype=fp32 trains faster on "
+      "this machine",
+      c10::toString(dtype), dtype_peak / 1e9, fp32_peak / 1e9, fp32_peak / dtype_peak);
 }
 
 }  // namespace fulcrum::metrics

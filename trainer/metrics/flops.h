@@ -12,6 +12,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <string>
 
 namespace fulcrum::metrics {
 
@@ -29,8 +30,17 @@ double TrainingFlopsPerToken(const FlopsModel& model, int64_t seq_len);
 // Measured peak of this process on `device`: the best of `repeats` torch::mm
 // of two n x n matrices of `dtype` (the training's parameter dtype, so that
 // MFU is against what the hardware gives that dtype: fp32 on the CPU, bf16
-// tensor cores on a GPU). n = 0: 2048 on the CPU, 8192 on CUDA.
+// tensor cores on a GPU). n = 0: 2048 on the CPU, 8192 on CUDA, or the
+// first power of two from 256 whose product takes 20 ms (so that a slow
+// dtype, bf16 emulated on a CPU, is measured in well under a second).
 double MeasureGemmFlops(const torch::Device& device = torch::kCPU,
                         torch::ScalarType dtype = torch::kFloat, int64_t n = 0, int repeats = 3);
+
+// On the CPU, for a dtype other than fp32 whose measured GEMM peak
+// `dtype_peak` is below half of fp32's (measured here): a warning that names
+// both rates, as the dtype is emulated and fp32 trains faster on this
+// machine. Empty otherwise (and on a GPU, where bf16 has tensor cores).
+std::string SlowDtypeWarning(const torch::Device& device, torch::ScalarType dtype,
+                             double dtype_peak);
 
 }  // namespace fulcrum::metrics

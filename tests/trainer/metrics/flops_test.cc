@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "trainer/models/model_config.h"
 #include "trainer/plan/step_time_model.h"
@@ -59,6 +60,17 @@ TEST(FlopsTest, ModelFromConfigCountsTopKExperts) {
 TEST(FlopsTest, GemmPeakIsPositive) {
   EXPECT_GT(MeasureGemmFlops(torch::kCPU, torch::kFloat, 128, 1), 0.0);
   EXPECT_GT(MeasureGemmFlops(torch::kCPU, torch::kBFloat16, 64, 1), 0.0);
+}
+
+TEST(FlopsTest, SlowDtypeWarningNamesBothRates) {
+  // A bf16 peak far below any CPU's fp32 rate: the warning, with both rates.
+  const std::string slow = SlowDtypeWarning(torch::kCPU, torch::kBFloat16, 1e6);
+  EXPECT_NE(slow.find("BFloat16 matrices at 0.001 GFLOP/s against fp32's"), std::string::npos)
+      << slow;
+  EXPECT_NE(slow.find("precision.dtype=fp32 trains faster"), std::string::npos) << slow;
+  // As fast as fp32, or fp32 itself: nothing to say.
+  EXPECT_EQ(SlowDtypeWarning(torch::kCPU, torch::kBFloat16, 1e18), "");
+  EXPECT_EQ(SlowDtypeWarning(torch::kCPU, torch::kFloat, 1e6), "");
 }
 
 }  // namespace
