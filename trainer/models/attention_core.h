@@ -12,13 +12,30 @@
 
 #include <torch/torch.h>
 
+#include <cstdint>
+#include <vector>
+
 namespace fulcrum::models {
 
 // q [B, H, T, Dqk], k [B, Hkv, S, Dqk], v [B, Hkv, S, Dv], mask [B, 1, T, S]
 // additive -> [B, H, T, Dv]. H = Hkv * G: query head h uses kv head h / G
 // (HF repeat_kv), computed grouped ([B, Hkv, G*T, Dqk] x [B, Hkv, Dqk, S])
 // without materialising repeated k/v.
+//
+// Causal masks are computed in blocks of query positions, each over the keys
+// up to its last query only: on the CPU blocks of 64 queries (`query_block`
+// > 0 sets it), on a GPU one block. Where the mask does not hide every later
+// key, one block; a block holding a row the mask hides whole takes every key.
 torch::Tensor EagerAttention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                             const torch::Tensor& mask, double scale);
+                             const torch::Tensor& mask, double scale, int64_t query_block = 0);
+
+// One block of query positions [t0, t0 + n) and the keys [0, keys) it reads.
+struct QueryBlock {
+  int64_t t0 = 0, n = 0, keys = 0;
+};
+
+// The blocks EagerAttention takes for these arguments.
+std::vector<QueryBlock> AttentionQueryBlocks(const torch::Tensor& q, const torch::Tensor& mask,
+                                             int64_t requested = 0);
 
 }  // namespace fulcrum::models

@@ -3,8 +3,9 @@
 // differentiated by autograd: outputs and q/k/v gradients within 1e-5 in
 // fp32 for grouped heads with a packed-document and padding mask, for MLA's
 // shapes (v narrower than q/k), for queries that are the last positions of
-// longer keys, and for fully masked (left-padded) rows; bf16 close to the fp32 reference; the
-// no-grad path equal to the differentiable one.
+// longer keys, and for fully masked (left-padded) rows, in one block of
+// queries and in blocks that skip the keys after them; bf16 close to the fp32
+// reference; the no-grad path equal to the differentiable one.
 #include "trainer/models/attention_core.h"
 
 #include <gtest/gtest.h>
@@ -13,6 +14,7 @@
 #include <cstdio>
 #include <functional>
 #include <limits>
+#include <string>
 
 #include "trainer/models/attention_mask.h"
 
@@ -57,18 +59,23 @@ void ExpectClose(const Result& got, const Result& want, double tolerance) {
   close(got.dv, want.dv, "dv");
 }
 
-// EagerAttention against the eager graph on the same fp32 inputs.
+// EagerAttention against the eager graph on the same fp32 inputs, in one
+// block of queries (the default at these lengths), in blocks of 3 (7
+// positions: 3, 3, 1) and of 1.
 void ExpectMatchesEagerGraph(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                              const torch::Tensor& mask, double scale) {
   const torch::Tensor weights = torch::randn({q.size(0), q.size(1), q.size(2), v.size(3)});
-  const Result got =
-      Differentiate([&](auto& a, auto& c, auto& e) { return EagerAttention(a, c, e, mask, scale); },
-                    q, k, v, weights);
   const Result want =
       Differentiate([&](auto& a, auto& c, auto& e) { return EagerReference(a, c, e, mask, scale); },
                     q, k, v, weights);
-  ExpectClose(got, want, 1e-5);
-  EXPECT_TRUE(torch::isfinite(got.dq).all().item<bool>());
+  for (const int64_t block : {0, 3, 1}) {
+    SCOPED_TRACE("query block " + std::to_string(block));
+    const Result got = Differentiate(
+        [&](auto& a, auto& c, auto& e) { return EagerAttention(a, c, e, mask, scale, block); }, q,
+        k, v, weights);
+    ExpectClose(got, want, 1e-5);
+    EXPECT_TRUE(torch::isfinite(got.dq).all().item<bool>());
+  }
 }
 
 // Batch 2 x 7 positions: row 0 packs documents [0 0 0 1 1 2 2], row 1 is two
@@ -170,6 +177,64 @@ TEST(EagerAttentionTest, FullyMaskedRowsMatch) {
   ExpectMatchesEagerGraph(q, k, v, mask, 0.5);
 }
 
+// The keys each block reads, as "t0+n:keys" per block.
+std::string Plan(const torch::Tensor& q, const torch::Tensor& mask, int64_t requested = 0) {
+  std::string plan;
+  for (const QueryBlock& blk : AttentionQueryBlocks(q, mask, requested)) {
+    plan += (plan.empty() ? "" : " ") + std::to_string(blk.t0) + "+" + std::to_string(blk.n) + ":" +
+            std::to_string(blk.keys);
+  }
+  return plan;
+}
+
+// Blocks skip the keys after each block's last query only where the mask
+// hides them from every row; a block holding a row masked whole reads every
+// key.
+TEST(EagerAttentionTest, QueryBlocksSkipOnlyKeysTheMaskHides) {
+  const torch::Tensor q = torch::randn({2, 4, 7, 8});
+  const torch::Tensor causal =
+      BuildAttentionMask(2, 7, torch::Tensor(), torch::Tensor(), torch::kFloat, torch::kCPU);
+  EXPECT_EQ(Plan(q, causal, 3), "0+3:3 3+3:6 6+1:7");
+  EXPECT_EQ(Plan(q,
+                 BuildAttentionMask(2, 7, torch::Tensor(), torch::Tensor(), torch::kBFloat16,
+                                    torch::kCPU),
+                 3),
+            "0+3:3 3+3:6 6+1:7");
+  EXPECT_EQ(Plan(q, causal, 7), "0+7:7");
+  // The packed mask's padding (batch row 1, positions 5 and 6) is a
+  // document of its own that no key is valid in.
+  EXPECT_EQ(Plan(q, PackedMask(torch::kFloat), 3), "0+3:3 3+3:7 6+1:7");
+  // On the CPU the default is 64 positions: one block here, two at 128.
+  EXPECT_EQ(Plan(q, causal), "0+7:7");
+  const torch::Tensor causal128 =
+      BuildAttentionMask(1, 128, torch::Tensor(), torch::Tensor(), torch::kFloat, torch::kCPU);
+  EXPECT_EQ(Plan(torch::randn({1, 2, 128, 8}), causal128), "0+64:64 64+64:128");
+  // Queries that are the last 3 positions of 7 keys.
+  const torch::Tensor tail = torch::zeros({1, 1, 3, 7})
+                                 .masked_fill_(torch::ones({3, 7}, torch::kBool).triu(5),
+                                               std::numeric_limits<float>::lowest());
+  EXPECT_EQ(Plan(torch::randn({1, 2, 3, 4}), tail, 2), "0+2:6 2+1:7");
+  // Every key visible (not causal), or one later key visible to one row.
+  EXPECT_EQ(Plan(q, torch::zeros({2, 1, 7, 7}), 3), "0+7:7");
+  torch::Tensor one_later = causal.clone();
+  one_later.index_put_({1, 0, 2, 5}, 0.0);
+  EXPECT_EQ(Plan(q, one_later, 3), "0+7:7");
+  // Left padding: rows 0 and 1 see no key.
+  const torch::Tensor left_padded =
+      BuildAttentionMask(1, 7, torch::tensor({0, 0, 1, 1, 1, 1, 1}).view({1, 7}), torch::Tensor(),
+                         torch::kFloat, torch::kCPU);
+  EXPECT_EQ(Plan(q.narrow(0, 0, 1), left_padded, 3), "0+3:7 3+3:6 6+1:7");
+}
+
+// Where the blocks cannot skip keys, the one block gives the eager graph's
+// results (a mask that shows every key).
+TEST(EagerAttentionTest, UnmaskedKeysMatchInBlocksRequested) {
+  torch::manual_seed(7);
+  const torch::Tensor q = torch::randn({1, 2, 7, 4}), k = torch::randn({1, 2, 7, 4}),
+                      v = torch::randn({1, 2, 7, 4});
+  ExpectMatchesEagerGraph(q, k, v, torch::zeros({1, 1, 7, 7}), 0.5);
+}
+
 TEST(EagerAttentionTest, Bf16StaysCloseToTheFp32Reference) {
   torch::manual_seed(3);
   const int64_t b = 2, h = 4, hkv = 2, t = 7, d = 8;
@@ -177,15 +242,19 @@ TEST(EagerAttentionTest, Bf16StaysCloseToTheFp32Reference) {
                       v = torch::randn({b, hkv, t, d}), weights = torch::randn({b, h, t, d});
   const auto bf16 = [](const torch::Tensor& x) { return x.to(torch::kBFloat16); };
   const torch::Tensor mask16 = PackedMask(torch::kBFloat16), mask32 = PackedMask(torch::kFloat);
-  const Result got = Differentiate(
-      [&](auto& a, auto& c, auto& e) { return EagerAttention(a, c, e, mask16, 0.35); }, bf16(q),
-      bf16(k), bf16(v), weights);
-  EXPECT_EQ(got.out.scalar_type(), torch::kBFloat16);
-  EXPECT_EQ(got.dq.scalar_type(), torch::kBFloat16);
   const Result want = Differentiate(
       [&](auto& a, auto& c, auto& e) { return EagerReference(a, c, e, mask32, 0.35); }, q, k, v,
       weights);
-  ExpectClose(got, want, 6e-2);
+  for (const int64_t block : {0, 3}) {
+    SCOPED_TRACE("query block " + std::to_string(block));
+    const Result got = Differentiate(
+        [&](auto& a, auto& c, auto& e) { return EagerAttention(a, c, e, mask16, 0.35, block); },
+        bf16(q), bf16(k), bf16(v), weights);
+    EXPECT_EQ(got.out.scalar_type(), torch::kBFloat16);
+    EXPECT_EQ(got.dq.scalar_type(), torch::kBFloat16);
+    EXPECT_EQ(got.dk.scalar_type(), torch::kBFloat16);
+    ExpectClose(got, want, 6e-2);
+  }
 }
 
 TEST(EagerAttentionTest, WithoutGradientsTheForwardIsTheSame) {
@@ -193,14 +262,16 @@ TEST(EagerAttentionTest, WithoutGradientsTheForwardIsTheSame) {
   const torch::Tensor q = torch::randn({2, 4, 7, 8}), k = torch::randn({2, 2, 7, 8}),
                       v = torch::randn({2, 2, 7, 8});
   const torch::Tensor mask = PackedMask(torch::kFloat);
-  const torch::Tensor differentiable =
-      EagerAttention(q.clone().requires_grad_(true), k, v, mask, 0.35).detach();
-  torch::Tensor plain;
-  {
-    torch::NoGradGuard no_grad;
-    plain = EagerAttention(q, k, v, mask, 0.35);
+  for (const int64_t block : {0, 3}) {
+    const torch::Tensor differentiable =
+        EagerAttention(q.clone().requires_grad_(true), k, v, mask, 0.35, block).detach();
+    torch::Tensor plain;
+    {
+      torch::NoGradGuard no_grad;
+      plain = EagerAttention(q, k, v, mask, 0.35, block);
+    }
+    EXPECT_TRUE(torch::equal(differentiable, plain)) << "query block " << block;
   }
-  EXPECT_TRUE(torch::equal(differentiable, plain));
 }
 
 }  // namespace
