@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 
 #include "absl/strings/str_format.h"
 
@@ -32,20 +33,21 @@ double MeasureGemmFlops(const torch::Device& device, torch::ScalarType dtype, in
     sync();
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   };
-  if (n <= 0) {
-    // The default size, or the first size from 256 up whose product takes
-    // kEnoughSeconds: a CPU without native bf16 (no AVX512-BF16 or AMX)
-    // multiplies it some 30x slower than fp32, and 2048^3 would then take
-    // seconds per product.
-    constexpr double kEnoughSeconds = 0.02;
-    const int64_t largest = device.is_cuda() ? 8192 : 2048;
-    n = 256;
-    while (n < largest) {
-      const torch::Tensor a = torch::randn({n, n}, options);
-      torch::Tensor c = torch::mm(a, a);  // warm-up
-      sync();
-      if (seconds_of_one(c, a, a) >= kEnoughSeconds) break;
-      n *= 2;
+  if (n <= 0) n = device.is_cuda() ? 8192 : 2048;
+  if (!device.is_cuda()) {
+    // Halved while one product, timed at 256, predicts over kBudgetSeconds:
+    // a CPU without native bf16 (no AVX512-BF16 or AMX) multiplies it some
+    // 35x slower than fp32, and 2048^3 then takes seconds per product. fp32
+    // predicts well under the budget (small products run below the peak).
+    constexpr double kBudgetSeconds = 1.0;
+    constexpr int64_t kProbe = 256;
+    const torch::Tensor a = torch::randn({kProbe, kProbe}, options);
+    torch::Tensor c = torch::mm(a, a);  // warm-up
+    double per_probe = 1e30;
+    for (int i = 0; i < 3; ++i) per_probe = std::min(per_probe, seconds_of_one(c, a, a));
+    while (n > kProbe &&
+           per_probe * std::pow(static_cast<double>(n) / kProbe, 3) > kBudgetSeconds) {
+      n /= 2;
     }
   }
   const torch::Tensor a = torch::randn({n, n}, options);

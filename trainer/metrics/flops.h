@@ -30,9 +30,9 @@ double TrainingFlopsPerToken(const FlopsModel& model, int64_t seq_len);
 // Measured peak of this process on `device`: the best of `repeats` torch::mm
 // of two n x n matrices of `dtype` (the training's parameter dtype, so that
 // MFU is against what the hardware gives that dtype: fp32 on the CPU, bf16
-// tensor cores on a GPU). n = 0: 2048 on the CPU, 8192 on CUDA, or the
-// first power of two from 256 whose product takes 20 ms (so that a slow
-// dtype, bf16 emulated on a CPU, is measured in well under a second).
+// tensor cores on a GPU). n = 0: 2048 on the CPU, 8192 on CUDA. On the CPU
+// n is halved while a product timed at 256 predicts over 1 s for it, so that
+// a slow dtype (bf16 emulated) is measured in seconds, not a minute.
 double MeasureGemmFlops(const torch::Device& device = torch::kCPU,
                         torch::ScalarType dtype = torch::kFloat, int64_t n = 0, int repeats = 3);
 
