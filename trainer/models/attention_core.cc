@@ -74,10 +74,12 @@ constexpr int64_t kCpuQueryBlock = 64;
 
 }  // namespace
 
+int64_t EagerQueryBlockRows(int64_t t, bool cuda) { return cuda ? t : std::min(t, kCpuQueryBlock); }
+
 std::vector<QueryBlock> AttentionQueryBlocks(const torch::Tensor& q, const torch::Tensor& mask,
                                              int64_t requested) {
   const int64_t t = mask.size(2), s = mask.size(3);
-  const int64_t rows = requested > 0 ? requested : q.is_cuda() ? t : kCpuQueryBlock;
+  const int64_t rows = requested > 0 ? requested : EagerQueryBlockRows(t, q.is_cuda());
   if (rows >= t) return {{0, t, s}};
   // The keys after a query's own position (at s - t + i) must hold the
   // mask's lowest value on every row: the causal mask, whatever padding and

@@ -34,6 +34,10 @@ struct QueryBlock {
   int64_t t0 = 0, n = 0, keys = 0;
 };
 
+// Query positions per block by default, of t: what the backward's fp32
+// probabilities and their gradient span (the memory model counts them).
+int64_t EagerQueryBlockRows(int64_t t, bool cuda);
+
 // The blocks EagerAttention takes for these arguments.
 std::vector<QueryBlock> AttentionQueryBlocks(const torch::Tensor& q, const torch::Tensor& mask,
                                              int64_t requested = 0);

@@ -10,6 +10,7 @@
 #include "parallel/pipeline/schedule_simulator.h"
 #include "parallel/pipeline/stage_partition.h"
 #include "trainer/metrics/parameter_count.h"
+#include "trainer/models/attention_core.h"
 #include "trainer/models/expert_capacity.h"
 #include "trainer/models/loss.h"
 
@@ -166,17 +167,20 @@ double MoeBytes(const models::ModelConfig& c, const Shape& sh) {
 }
 
 // What `layer`'s backward allocates beyond the saved activations: the
-// recomputed probabilities and their gradient (fp32), and the MLP's widest
-// gradient; recomputed regions rebuild their activations first.
+// recomputed probabilities and their gradient (fp32) of one block of query
+// positions (at most all t keys each), and the MLP's widest gradient;
+// recomputed regions rebuild their activations first.
 double LayerBackwardBytes(const models::ModelConfig& c, const recipe::Recipe& recipe,
-                          const std::string& recompute, int64_t layer) {
+                          const std::string& recompute, int64_t layer, bool cuda) {
   const Shape sh = ShapeOf(recipe);
   const double heads = static_cast<double>(c.num_heads) / sh.tp;
   const double width =
       models::IsMoeLayer(c, layer)
           ? static_cast<double>(c.moe.expert_intermediate_size * c.moe.experts_per_token)
           : static_cast<double>(c.intermediate_size);
-  double bytes = 2 * sh.b * heads * sh.t * sh.t * kFloat + 2 * sh.n * width / sh.tp * sh.s;
+  const double query_rows =
+      static_cast<double>(models::EagerQueryBlockRows(static_cast<int64_t>(sh.t), cuda));
+  double bytes = 2 * sh.b * heads * query_rows * sh.t * kFloat + 2 * sh.n * width / sh.tp * sh.s;
   if (recompute == "full") bytes += ActivationBytes(c, recipe, "none", layer);
   return bytes;
 }
@@ -450,7 +454,8 @@ absl::StatusOr<MemoryPlan> PlanMemory(const models::ModelConfig& c, const recipe
       for (int64_t i = 0; i < chunk.layers.count; ++i) {
         const int64_t layer = chunk.layers.first + i;
         layer_bytes += ActivationBytes(c, recipe, recompute, layer);
-        backward = std::max(backward, LayerBackwardBytes(c, recipe, recompute, layer));
+        backward =
+            std::max(backward, LayerBackwardBytes(c, recipe, recompute, layer, options.cuda));
       }
       m.layers += chunk.layers.count;
     }

@@ -181,6 +181,24 @@ TEST(MemoryModelTest, StateAndPeakOfOneRankByHand) {
   EXPECT_DOUBLE_EQ(PlanMemory(c, r, Exact())->worst_stage().bytes.loss, 288 + 256 + 512 + 512);
 }
 
+// A layer's backward recomputes the attention probabilities of one block of
+// query positions at a time (models/attention_core.h): 64 of them on the
+// CPU, all T on a GPU. At T = 256, micro-batch 1, 2 heads the fp32
+// probabilities and their gradient are 2 x 2 x 64 x 256 x 4 = 256 KiB on the
+// CPU against 1 MiB, more than the loss and the MLP's gradients (32 KiB).
+TEST(MemoryModelTest, BackwardHoldsOneBlockOfAttentionProbabilities) {
+  const models::ModelConfig c = Small();
+  recipe::Recipe r = Full();
+  r.batch.seq_len = 256;
+  r.batch.global_batch = 1;
+  r.batch.micro_batch = 1;
+  MemoryOptions cuda = Exact();
+  cuda.cuda = true;
+  const double mlp = 2 * 256 * 16 * 4;
+  EXPECT_DOUBLE_EQ(PlanMemory(c, r, Exact())->worst_stage().bytes.loss, 2 * 2 * 64 * 256 * 4 + mlp);
+  EXPECT_DOUBLE_EQ(PlanMemory(c, r, cuda)->worst_stage().bytes.loss, 2 * 2 * 256 * 256 * 4 + mlp);
+}
+
 TEST(MemoryModelTest, PipelineStagesHoldTheirLayersAndInFlightMicroBatches) {
   const models::ModelConfig c = Small();
   recipe::Recipe r = Full();
