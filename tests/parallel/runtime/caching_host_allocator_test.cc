@@ -201,11 +201,15 @@ TEST(InstallCachingHostAllocatorTest, LibTorchTensorsComeFromItOnceInstalled) {
     EXPECT_EQ(a->Stats().allocated_bytes - base, 4 << 20);  // the sum's block is back
   }
   EXPECT_EQ(a->Stats().allocated_bytes, base);
-  // bf16 GEMMs take their scratch through raw_allocate.
+  // bf16 GEMMs take their scratch through raw_allocate. Where bf16 is
+  // emulated (an AVX2 CPU: no AVX512-BF16 or AMX) the product's partial sums
+  // round to bf16: 2.6% of the norm at K = 512, against 0.2% from rounding
+  // the result alone, so the check is on the norm.
   const torch::Tensor x = torch::randn({256, 512}).to(torch::kBFloat16);
   const torch::Tensor y = torch::randn({512, 384}).to(torch::kBFloat16);
   const torch::Tensor expected = torch::mm(x.to(torch::kFloat), y.to(torch::kFloat));
-  EXPECT_TRUE(torch::allclose(torch::mm(x, y).to(torch::kFloat), expected, 0.05, 0.5));
+  const torch::Tensor got = torch::mm(x, y).to(torch::kFloat);
+  EXPECT_LT(((got - expected).norm() / expected.norm()).item<double>(), 0.05);
 }
 
 }  // namespace
