@@ -93,7 +93,7 @@ std::vector<QueryBlock> AttentionQueryBlocks(const torch::Tensor& q, const torch
   if (!masked.logical_or(after.logical_not()).all().item<bool>()) return {{0, t, s}};
   // A row masked whole has uniform probabilities over all s keys (HF's
   // eager softmax of equal scores): a block holding one takes every key.
-  const torch::Tensor whole = masked.all(-1).any(0).view({t});  // per position
+  const torch::Tensor whole = masked.all(-1).any(0).view({t}).cpu();  // per position
   const auto* whole_at = whole.data_ptr<bool>();
   std::vector<QueryBlock> blocks;
   for (int64_t t0 = 0; t0 < t; t0 += rows) {
