@@ -7,7 +7,8 @@
 # and peak RSS per rank. Random init from the configs, seq 256, median over the
 # steps after the warm-up ones. The ~290M Llama also runs in bf16 on 1 rank
 # (bf16 parameters and activations, fp32 master weights; MFU against the
-# bf16 GEMM peak) where the CPU has AVX512-BF16 or AMX. Run it on an otherwise idle machine.
+# bf16 GEMM peak) where the CPU has AVX512-BF16 or AMX. Run it on an
+# otherwise idle machine.
 # The machine's speed drifts between runs (here: forward times 1.15-1.45 s
 # and GEMM peaks 165-206 GFLOP/s for the same binary), so
 # FULCRUM_BENCH_REPEATS=N (default 1) runs the whole table N times, the

@@ -33,8 +33,9 @@ double MeasureGemmFlops(const torch::Device& device, torch::ScalarType dtype, in
     sync();
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   };
-  if (n <= 0) n = device.is_cuda() ? 8192 : 2048;
-  if (!device.is_cuda()) {
+  const bool default_size = n <= 0;
+  if (default_size) n = device.is_cuda() ? 8192 : 2048;
+  if (default_size && !device.is_cuda()) {
     // Halved while one product, timed at 256, predicts over kBudgetSeconds:
     // a CPU without native bf16 (no AVX512-BF16 or AMX) multiplies it some
     // 35x slower than fp32, and 2048^3 then takes seconds per product. fp32
