@@ -116,7 +116,9 @@ class ProbabilityFreeAttention : public torch::autograd::Function<ProbabilityFre
     const torch::Tensor qg = Grouped(q, k.size(1));
     const int64_t b = q.size(0), hkv = k.size(1), t = mask.size(2), g = qg.size(2) / t;
     const auto f32 = q.options().dtype(torch::kFloat);
-    torch::Tensor out = torch::empty({b, hkv, g, t, v.size(3)}, q.options());
+    const bool one_block = blocks.size() == 1;
+    torch::Tensor out;  // one block: the product itself, not a copy of it
+    if (!one_block) out = torch::empty({b, hkv, g, t, v.size(3)}, q.options());
     torch::Tensor row_max = torch::empty({b, hkv, g, t, 1}, f32);
     torch::Tensor inv_sum = torch::empty({b, hkv, g, t, 1}, f32);
     for (const QueryBlock& blk : blocks) {
@@ -131,14 +133,18 @@ class ProbabilityFreeAttention : public torch::autograd::Function<ProbabilityFre
       const std::vector<int64_t> rows = {b, hkv, g, blk.n, 1};
       RowsOf(row_max, blk.t0, blk.n).copy_(scores.amax(-1, /*keepdim=*/true).view(rows));
       RowsOf(inv_sum, blk.t0, blk.n).copy_(probs.amax(-1, /*keepdim=*/true).view(rows));
-      RowsOf(out, blk.t0, blk.n)
-          .copy_(torch::matmul(probs.to(q.scalar_type()), v.narrow(2, 0, blk.keys))
-                     .view({b, hkv, g, blk.n, v.size(3)}));
+      const torch::Tensor block_out =
+          torch::matmul(probs.to(q.scalar_type()), v.narrow(2, 0, blk.keys));
+      if (one_block) {
+        out = block_out;
+      } else {
+        RowsOf(out, blk.t0, blk.n).copy_(block_out.view({b, hkv, g, blk.n, v.size(3)}));
+      }
     }
     ctx->save_for_backward({qg, k, v, mask, row_max, inv_sum});
     ctx->saved_data["scale"] = scale;
     ctx->saved_data["blocks"] = Flat(blocks);
-    return out.view({q.size(0), q.size(1), q.size(2), v.size(3)});
+    return out.reshape({q.size(0), q.size(1), q.size(2), v.size(3)});
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -151,11 +157,15 @@ class ProbabilityFreeAttention : public torch::autograd::Function<ProbabilityFre
     const torch::Tensor dog = Grouped(grad_out, k.size(1));
     const int64_t b = qg.size(0), hkv = k.size(1), t = mask.size(2), g = qg.size(2) / t;
     const std::vector<QueryBlock> blocks = Unflat(ctx->saved_data["blocks"].toIntVector());
-    // Keys' gradients sum over the blocks: in fp32 where the inputs are not.
-    const auto sum_options = k.options().dtype(blocks.size() > 1 ? torch::kFloat : dtype);
-    torch::Tensor dqg = torch::empty({b, hkv, g, t, qg.size(3)}, qg.options());
-    torch::Tensor dk = torch::zeros(k.sizes(), sum_options);
-    torch::Tensor dv = torch::zeros(v.sizes(), sum_options);
+    // One block: the products are the gradients. Several: the keys'
+    // gradients sum over them, in fp32 where the inputs are not.
+    const bool one_block = blocks.size() == 1;
+    torch::Tensor dqg, dk, dv;
+    if (!one_block) {
+      dqg = torch::empty({b, hkv, g, t, qg.size(3)}, qg.options());
+      dk = torch::zeros(k.sizes(), k.options().dtype(torch::kFloat));
+      dv = torch::zeros(v.sizes(), v.options().dtype(torch::kFloat));
+    }
     for (const QueryBlock& blk : blocks) {
       const torch::Tensor qb = QueryRows(qg, t, blk.t0, blk.n);
       const torch::Tensor kb = k.narrow(2, 0, blk.keys), vb = v.narrow(2, 0, blk.keys);
@@ -167,16 +177,23 @@ class ProbabilityFreeAttention : public torch::autograd::Function<ProbabilityFre
               .sub_(RowsOf(row_max, blk.t0, blk.n).reshape(rows))
               .exp_()
               .mul_(RowsOf(inv_sum, blk.t0, blk.n).reshape(rows));
-      dv.narrow(2, 0, blk.keys).add_(torch::matmul(probs.to(dtype).transpose(-1, -2), dob));
+      const torch::Tensor dv_block = torch::matmul(probs.to(dtype).transpose(-1, -2), dob);
       // Softmax backward in fp32, in place on dP: dS = P * dP - P * rowsum(P * dP).
       torch::Tensor ds = torch::matmul(dob, vb.transpose(-1, -2)).to(torch::kFloat).mul_(probs);
       ds.addcmul_(probs, ds.sum(-1, /*keepdim=*/true), -1.0);
       // Through `* scale` in the input dtype, as the eager graph.
       ds = ds.to(dtype).mul_(scale);
-      RowsOf(dqg, blk.t0, blk.n).copy_(torch::matmul(ds, kb).view({b, hkv, g, blk.n, qg.size(3)}));
-      dk.narrow(2, 0, blk.keys).add_(torch::matmul(ds.transpose(-1, -2), qb));
+      const torch::Tensor dq_block = torch::matmul(ds, kb);
+      const torch::Tensor dk_block = torch::matmul(ds.transpose(-1, -2), qb);
+      if (one_block) {
+        dqg = dq_block, dk = dk_block, dv = dv_block;
+      } else {
+        RowsOf(dqg, blk.t0, blk.n).copy_(dq_block.view({b, hkv, g, blk.n, qg.size(3)}));
+        dk.narrow(2, 0, blk.keys).add_(dk_block);
+        dv.narrow(2, 0, blk.keys).add_(dv_block);
+      }
     }
-    const torch::Tensor dq = dqg.view({b, grad_out.size(1), grad_out.size(2), qg.size(3)});
+    const torch::Tensor dq = dqg.reshape({b, grad_out.size(1), grad_out.size(2), qg.size(3)});
     return {dq, dk.to(dtype), dv.to(dtype), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
@@ -195,17 +212,23 @@ torch::Tensor EagerAttention(const torch::Tensor& q, const torch::Tensor& k, con
   // Inference and generation: nothing is kept, so the plain graph, by blocks.
   const torch::Tensor qg = Grouped(q, k.size(1));
   const int64_t b = q.size(0), hkv = k.size(1), t = mask.size(2), g = qg.size(2) / t;
-  torch::Tensor out = torch::empty({b, hkv, g, t, v.size(3)}, q.options());
+  const bool one_block = blocks.size() == 1;
+  torch::Tensor out;  // one block: the product itself
+  if (!one_block) out = torch::empty({b, hkv, g, t, v.size(3)}, q.options());
   for (const QueryBlock& blk : blocks) {
     const torch::Tensor probs =
         torch::softmax(MaskedScores(QueryRows(qg, t, blk.t0, blk.n), k.narrow(2, 0, blk.keys),
                                     mask.narrow(2, blk.t0, blk.n).narrow(3, 0, blk.keys), scale),
                        -1)
             .to(q.scalar_type());
-    RowsOf(out, blk.t0, blk.n)
-        .copy_(torch::matmul(probs, v.narrow(2, 0, blk.keys)).view({b, hkv, g, blk.n, v.size(3)}));
+    const torch::Tensor block_out = torch::matmul(probs, v.narrow(2, 0, blk.keys));
+    if (one_block) {
+      out = block_out;
+    } else {
+      RowsOf(out, blk.t0, blk.n).copy_(block_out.view({b, hkv, g, blk.n, v.size(3)}));
+    }
   }
-  return out.view({q.size(0), q.size(1), q.size(2), v.size(3)});
+  return out.reshape({q.size(0), q.size(1), q.size(2), v.size(3)});
 }
 
 }  // namespace fulcrum::models
