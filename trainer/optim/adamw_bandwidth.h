@@ -1,8 +1,9 @@
 // The memory bandwidth an AdamW update gets on this host, measured: the
 // planner's rate for the optimizer's pass over its states
-// (plan/step_time_model.h). On the CPU the sliced update is bound by its
-// arithmetic as much as by memory, so a plain copy would overstate it
-// (about 2x on the development machine).
+// (plan/step_time_model.h). Measured rather than taken from a plain copy: on
+// the CPU the fused update (adamw_cpu_kernel.h) computes a division and a
+// square root per element, and the torch ops where it does not apply are
+// bound by their arithmetic.
 #pragma once
 
 #include <cstdint>

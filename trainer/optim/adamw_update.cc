@@ -8,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "core/check.h"
 #include "core/status.h"
+#include "trainer/optim/adamw_cpu_kernel.h"
 
 namespace fulcrum::optim {
 namespace {
@@ -23,15 +24,9 @@ struct AdamWScalars {
   double step_size;  // -lr / bias_correction1
 };
 
-// Elements per CPU slice: a slice's master, moments, gradient and sqrt
-// (5 MiB together) stay in the cache across the update's eight elementwise
-// ops, so the state is streamed from memory about once instead of once per
-// op (measured: the 290M bench model's optimizer phase 0.55 -> 0.43 s).
-constexpr int64_t kSliceElements = 256 * 1024;
-
-// The update over parallel lists, in torch::optim::AdamW's order of ops. On
-// CUDA the lists are all parameters (multi-tensor kernels); on the CPU the
-// foreach ops are per-tensor loops, and each list holds one slice.
+// The update over parallel lists, in torch::optim::AdamW's order of ops: the
+// multi-tensor kernels on CUDA, and on the CPU where a tensor is not one
+// contiguous fp32 range (AdamWCpuKernel takes the others).
 void ForeachUpdate(const AdamWScalars& a, at::TensorList master, at::TensorList exp_avg,
                    at::TensorList exp_avg_sq, at::TensorList grad, at::TensorList decayed) {
   if (a.decay_factor != 1.0 && !decayed.empty()) at::_foreach_mul_(decayed, a.decay_factor);
@@ -45,22 +40,48 @@ void ForeachUpdate(const AdamWScalars& a, at::TensorList master, at::TensorList 
   at::_foreach_addcdiv_(master, exp_avg, denom, a.step_size);
 }
 
-// Elementwise, so slicing changes no bit of the result.
-void SlicedUpdate(const AdamWScalars& a, AdamWTensors& t) {
+// Elements per task of the CPU kernel: large enough that a small tensor is
+// one task, small enough that both halves of a 2-thread split stay busy.
+constexpr int64_t kCpuGrainElements = 64 * 1024;
+
+AdamWCpuScalars CpuScalars(const AdamWScalars& a) {
+  AdamWCpuScalars s;  // each scalar rounded to fp32, as ATen's fp32 kernels take it
+  s.decay_factor = static_cast<float>(a.decay_factor);
+  s.beta1 = static_cast<float>(a.beta1);
+  s.one_minus_beta1 = static_cast<float>(1.0 - a.beta1);
+  s.beta2 = static_cast<float>(a.beta2);
+  s.one_minus_beta2 = static_cast<float>(1.0 - a.beta2);
+  s.sqrt_bias_correction2 = static_cast<float>(a.sqrt_bias_correction2);
+  s.eps = static_cast<float>(a.eps);
+  s.step_size = static_cast<float>(a.step_size);
+  return s;
+}
+
+void CpuUpdate(const AdamWScalars& a, AdamWTensors& t) {
+  AdamWCpuScalars scalars = CpuScalars(a);
   for (size_t i = 0; i < t.master.size(); ++i) {
-    std::vector<torch::Tensor> parts = {t.master[i], t.exp_avg[i], t.exp_avg_sq[i], t.grad[i]};
-    const int64_t n = t.master[i].numel();
-    bool flat = true;
-    for (const torch::Tensor& part : parts) flat = flat && part.is_contiguous();
-    for (torch::Tensor& part : parts) part = flat ? part.view({-1}) : part;
-    const int64_t slice = flat ? kSliceElements : std::max<int64_t>(n, 1);
-    for (int64_t start = 0; start < n; start += slice) {
-      const int64_t len = std::min(slice, n - start);
-      std::vector<torch::Tensor> s;
-      for (const torch::Tensor& part : parts) s.push_back(flat ? part.narrow(0, start, len) : part);
-      ForeachUpdate(a, {s[0]}, {s[1]}, {s[2]}, {s[3]},
-                    t.decay[i] ? at::TensorList(s.data(), 1) : at::TensorList());
+    const std::vector<torch::Tensor> parts = {t.master[i], t.exp_avg[i], t.exp_avg_sq[i],
+                                              t.grad[i]};
+    bool fused = true;
+    for (const torch::Tensor& part : parts) {
+      fused = fused && part.is_contiguous() && part.scalar_type() == torch::kFloat &&
+              part.numel() == t.master[i].numel();
     }
+    const bool decay = t.decay[i] && a.decay_factor != 1.0;
+    if (!fused) {
+      ForeachUpdate(a, {parts[0]}, {parts[1]}, {parts[2]}, {parts[3]},
+                    decay ? at::TensorList(parts.data(), 1) : at::TensorList());
+      continue;
+    }
+    scalars.decay = decay;
+    float* master = t.master[i].data_ptr<float>();
+    float* exp_avg = t.exp_avg[i].data_ptr<float>();
+    float* exp_avg_sq = t.exp_avg_sq[i].data_ptr<float>();
+    const float* grad = t.grad[i].data_ptr<float>();
+    at::parallel_for(0, t.master[i].numel(), kCpuGrainElements, [&](int64_t begin, int64_t end) {
+      AdamWCpuKernel(scalars, master + begin, exp_avg + begin, exp_avg_sq + begin, grad + begin,
+                     end - begin);
+    });
   }
 }
 
@@ -80,7 +101,7 @@ void AdamWUpdate(const AdamWOptions& options, double lr, int64_t step, AdamWTens
   a.eps = options.eps;
   a.sqrt_bias_correction2 = std::sqrt(1.0 - std::pow(a.beta2, static_cast<double>(step)));
   a.step_size = -lr / (1.0 - std::pow(a.beta1, static_cast<double>(step)));
-  if (!t.master[0].is_cuda()) return SlicedUpdate(a, t);
+  if (!t.master[0].is_cuda()) return CpuUpdate(a, t);
 
   std::vector<torch::Tensor> decayed;
   for (size_t i = 0; i < n; ++i) {

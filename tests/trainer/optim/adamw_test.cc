@@ -7,8 +7,10 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "trainer/optim/adamw_update.h"
 #include "trainer/optim/grouped_optimizer.h"
 
 namespace fulcrum::optim {
@@ -52,11 +54,13 @@ TEST(AdamWTest, MatchesTorchAdamWInFp32) {
   }
 }
 
-// On the CPU the update runs over cache-sized slices of each parameter
-// (adamw_update.cc); elementwise, so every bit equals the same ops applied
-// to whole tensors. 600 x 1000 spans three slices and a partial one; the
-// transposed parameter is not contiguous and takes the whole-tensor path.
-TEST(AdamWTest, SlicedUpdateIsBitwiseTheWholeTensorOps) {
+// On the CPU the update is one fused pass (adamw_cpu_kernel.h) over ranges
+// of 64K elements split between threads; every bit equals ATen's ops applied
+// to whole tensors, as torch::optim::AdamW applies them. 600 x 1000 spans
+// several ranges and a partial one, [7] is shorter than a vector (ATen's
+// scalar path); the transposed parameter is not contiguous and takes the
+// torch ops.
+TEST(AdamWTest, CpuKernelIsBitwiseTheWholeTensorOps) {
   torch::manual_seed(3);
   std::vector<torch::Tensor> mine = {torch::randn({600, 1000}), torch::randn({70, 30}).t(),
                                      torch::randn({7})};
@@ -84,6 +88,42 @@ TEST(AdamWTest, SlicedUpdateIsBitwiseTheWholeTensorOps) {
     opt.Step(lr);
   }
   for (size_t i = 0; i < mine.size(); ++i) EXPECT_TRUE(torch::equal(mine[i], ref[i])) << i;
+}
+
+// ZeRO-1 updates segments of a flat buffer that start anywhere: an element's
+// result depends on its values only, not on where its range begins.
+TEST(AdamWTest, UpdateOfSegmentsIsBitwiseTheWholeUpdate) {
+  torch::manual_seed(4);
+  const int64_t n = 200003;  // odd: segments off every vector boundary
+  const auto fresh = [&] {
+    AdamWTensors t;
+    torch::manual_seed(5);
+    t.master = {torch::randn({n})};
+    t.exp_avg = {torch::randn({n}).mul_(0.1)};
+    t.exp_avg_sq = {torch::rand({n}).mul_(0.01)};
+    t.grad = {torch::randn({n})};
+    t.decay = {true};
+    return t;
+  };
+  AdamWTensors whole = fresh(), parts = fresh();
+  AdamWTensors segments;
+  for (const auto& [start, len] :
+       {std::pair<int64_t, int64_t>{0, 1001}, {1001, 77777}, {78778, n - 78778}}) {
+    segments.master.push_back(parts.master[0].narrow(0, start, len));
+    segments.exp_avg.push_back(parts.exp_avg[0].narrow(0, start, len));
+    segments.exp_avg_sq.push_back(parts.exp_avg_sq[0].narrow(0, start, len));
+    segments.grad.push_back(parts.grad[0].narrow(0, start, len));
+    segments.decay.push_back(true);
+  }
+  const AdamWOptions options{0.9, 0.95, 1e-8, 0.1};
+  for (int64_t step = 1; step <= 2; ++step) {
+    AdamWUpdate(options, 1e-3, step, whole);
+    AdamWUpdate(options, 1e-3, step, segments);
+  }
+  EXPECT_TRUE(torch::equal(whole.master[0], parts.master[0]));
+  EXPECT_TRUE(torch::equal(whole.exp_avg[0], parts.exp_avg[0]));
+  EXPECT_TRUE(torch::equal(whole.exp_avg_sq[0], parts.exp_avg_sq[0]));
+  EXPECT_FALSE(torch::equal(whole.master[0], fresh().master[0]));  // it did update
 }
 
 TEST(AdamWTest, DecayFlagFalseSkipsWeightDecay) {
