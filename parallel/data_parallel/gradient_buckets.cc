@@ -64,6 +64,9 @@ struct GradientBuckets::State {
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators;
   std::shared_ptr<HookLink> link = std::make_shared<HookLink>();
   bool armed = false;
+  // Per parameter: its bucket view holds this step's gradient so far (false
+  // after ReleaseGrads until its first accumulation or FinishReduction).
+  std::vector<bool> held;
   // Per parameter: accumulations still to come in the armed backward(s).
   std::vector<int> accumulations_left;
   size_t next_launch = 0;  // buckets launch in index order on every rank
@@ -96,7 +99,37 @@ struct GradientBuckets::State {
     }
   }
 
+  // After every accumulation into param k's .grad: a gradient AccumulateGrad
+  // stored on its own (after ReleaseGrads) moves into the bucket view, and
+  // the view becomes the .grad again, where later micro-batches add.
+  void Adopt(size_t k) {
+    const torch::Tensor grad = params[k].grad();
+    if (grad.defined() && !IsView(k, grad)) {
+      torch::NoGradGuard no_grad;
+      torch::Tensor view = ViewOf(k);
+      held[k] ? view.add_(grad) : view.copy_(grad);
+      params[k].mutable_grad() = view;
+    }
+    held[k] = true;
+  }
+
+  // Before the buckets are reduced or read: a parameter without a gradient
+  // since ReleaseGrads gets zeros, or the .grad something else gave it
+  // (SyncPartialGradients all-reduces one it creates).
+  void CompleteGrads() {
+    torch::NoGradGuard no_grad;
+    for (size_t k = 0; k < params.size(); ++k) {
+      if (held[k]) continue;
+      const torch::Tensor grad = params[k].grad();
+      torch::Tensor view = ViewOf(k);
+      grad.defined() ? view.copy_(grad) : view.zero_();
+      params[k].mutable_grad() = view;
+      held[k] = true;
+    }
+  }
+
   void OnGradReady(size_t param_index) {
+    Adopt(param_index);
     if (!armed) return;
     Bucket& b = buckets[bucket_of[param_index]];
     int& left = accumulations_left[param_index];
@@ -122,17 +155,27 @@ struct GradientBuckets::State {
     }
   }
 
+  // Param i's gradient as a view into its bucket.
+  torch::Tensor ViewOf(size_t i) const {
+    const Bucket& b = buckets[bucket_of[i]];
+    for (const BucketSegment& s : b.segments) {
+      if (s.param_index == i) {
+        return b.flat.narrow(0, s.bucket_offset, s.numel).view(params[i].sizes());
+      }
+    }
+    FULCRUM_CHECK(false, "parameter ", i, " is in no bucket segment");
+    return {};
+  }
+  bool IsView(size_t i, const torch::Tensor& grad) const {
+    return grad.data_ptr() == ViewOf(i).data_ptr();
+  }
+
   // (Re)points param i's .grad at its bucket view; a caller that reset the
   // grad to undefined (AdamW::ZeroGrad) does not break the layout.
   void AttachGrad(size_t i) {
-    const Bucket& b = buckets[bucket_of[i]];
-    for (const BucketSegment& s : b.segments) {
-      if (s.param_index != i) continue;
-      torch::Tensor view = b.flat.narrow(0, s.bucket_offset, s.numel).view(params[i].sizes());
-      torch::Tensor grad = params[i].grad();
-      if (!grad.defined() || grad.data_ptr() != view.data_ptr()) params[i].mutable_grad() = view;
-      return;
-    }
+    torch::Tensor grad = params[i].grad();
+    if (!grad.defined() || !IsView(i, grad)) params[i].mutable_grad() = ViewOf(i);
+    held[i] = true;
   }
 };
 
@@ -179,6 +222,7 @@ GradientBuckets::GradientBuckets(std::vector<torch::Tensor> params, Communicator
     }
     s.buckets.push_back(std::move(b));
   }
+  s.held.assign(s.params.size(), true);
   s.link->on_grad_ready = [state = &s](size_t k) { state->OnGradReady(k); };
   for (size_t k = 0; k < s.params.size(); ++k) {
     s.AttachGrad(k);
@@ -215,6 +259,7 @@ void GradientBuckets::ArmForLastBackward(int accumulations) {
 
 void GradientBuckets::FinishReduction() {
   State& s = *state_;
+  s.CompleteGrads();
   if (!s.armed) {
     s.next_launch = 0;
     for (Bucket& b : s.buckets) b.launched = false;
@@ -231,6 +276,15 @@ void GradientBuckets::ZeroGrads() {
   torch::NoGradGuard no_grad;
   for (Bucket& b : state_->buckets) b.flat.zero_();
   for (size_t k = 0; k < state_->params.size(); ++k) state_->AttachGrad(k);
+}
+
+void GradientBuckets::ReleaseGrads() {
+  State& s = *state_;
+  FULCRUM_CHECK(!s.armed, "ReleaseGrads during an armed backward");
+  for (size_t k = 0; k < s.params.size(); ++k) {
+    s.params[k].mutable_grad() = torch::Tensor();
+    s.held[k] = false;
+  }
 }
 
 std::vector<GradientBuckets::OwnedSegment> GradientBuckets::OwnedSegments() const {

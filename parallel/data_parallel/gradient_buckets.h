@@ -78,6 +78,13 @@ class GradientBuckets {
   void FinishReduction();
   // Zeroes the buckets (the .grad views stay).
   void ZeroGrads();
+  // What ZeroGrads gives the next step, without a pass over the buckets: the
+  // .grads become undefined, a parameter's first accumulation copies its
+  // gradient into its view (instead of adding it to zeros) and makes the
+  // view its .grad again, and FinishReduction zeroes the views of those that
+  // got none. The .grads read before FinishReduction are not all views.
+  // On the ~290M bench Llama a step spent ~0.25 s zeroing and adding.
+  void ReleaseGrads();
 
   // The segments of this rank's chunk of every bucket (reduce-scatter mode;
   // in all-reduce mode, every segment of every bucket), with the bucket index.

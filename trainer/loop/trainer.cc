@@ -88,8 +88,8 @@ absl::StatusOr<metrics::StepMetrics> Trainer::Step(int64_t step_index) {
     } else {
       ++skipped_steps_;
     }
-    buckets_->ZeroGrads();
-    if (expert_buckets_) expert_buckets_->ZeroGrads();
+    buckets_->ReleaseGrads();
+    if (expert_buckets_) expert_buckets_->ReleaseGrads();
   }
 
   // The step's one host synchronisation: loss and norm for the logs. Every

@@ -31,8 +31,8 @@ __attribute__((always_inline)) inline void Update(const AdamWCpuScalars& s,
 }
 
 __attribute__((target("avx2,fma"))) void UpdateAvx2(const AdamWCpuScalars& s, float* master,
-                                                     float* exp_avg, float* exp_avg_sq,
-                                                     const float* grad, int64_t n) {
+                                                    float* exp_avg, float* exp_avg_sq,
+                                                    const float* grad, int64_t n) {
   Update(s, master, exp_avg, exp_avg_sq, grad, n);
 }
 

@@ -1,6 +1,7 @@
 // GradientBuckets without ranks (dp = 1): the layout (reverse order, sizes,
 // dtype boundaries), accumulation into the bucket views, no communication,
-// ZeroGrads re-attaching views, and rejected parameters.
+// ZeroGrads re-attaching views, ReleaseGrads' copy on first accumulation, and
+// rejected parameters.
 #include "parallel/data_parallel/gradient_buckets.h"
 
 #include <gtest/gtest.h>
@@ -70,6 +71,44 @@ TEST(GradientBucketsTest, MicroBatchesAccumulateInPlaceWithoutCommunication) {
   (w * 4).sum().backward();
   buckets.FinishReduction();
   EXPECT_TRUE(torch::equal(buckets.BucketGrads(0).narrow(0, 3, 6), torch::full({6}, 4.0f)));
+}
+
+// ReleaseGrads: no pass over the buckets. The first accumulation copies into
+// the view (the stale values of the last step do not add in), later ones add
+// there, and FinishReduction zeroes a parameter that got no gradient.
+TEST(GradientBucketsTest, ReleasedGradsCopyInOnFirstAccumulation) {
+  SoloCommunicator comm(0, 1, "dp");
+  torch::Tensor w = torch::ones({2, 3}).requires_grad_(true);
+  torch::Tensor b = torch::ones({3}).requires_grad_(true);
+  GradientBuckets buckets({w, b}, comm, BucketOptions{1 << 20, GradReduction::kAllReduce});
+  void* w_ptr = w.grad().data_ptr();
+  void* b_ptr = b.grad().data_ptr();
+  ((w * 7).sum() + (b * 9).sum()).backward();  // last step's gradients
+  buckets.FinishReduction();
+  buckets.ReleaseGrads();
+  EXPECT_FALSE(w.grad().defined());
+  EXPECT_FALSE(b.grad().defined());
+  (w * 2).sum().backward();  // b gets no gradient this step
+  EXPECT_EQ(w.grad().data_ptr(), w_ptr);
+  EXPECT_TRUE(torch::equal(w.grad(), torch::full({2, 3}, 2.0f)));
+  buckets.ArmForLastBackward();
+  (w * 3).sum().backward();
+  buckets.FinishReduction();
+  EXPECT_EQ(w.grad().data_ptr(), w_ptr);
+  EXPECT_EQ(b.grad().data_ptr(), b_ptr);
+  EXPECT_TRUE(torch::equal(w.grad(), torch::full({2, 3}, 5.0f)));
+  EXPECT_TRUE(torch::equal(b.grad(), torch::zeros({3})));  // not last step's 9
+  EXPECT_TRUE(torch::equal(buckets.BucketGrads(0).narrow(0, 3, 6), torch::full({6}, 5.0f)));
+
+  // A .grad given to a parameter without one before FinishReduction (as
+  // SyncPartialGradients does) is what its view takes.
+  buckets.ReleaseGrads();
+  (w * 4).sum().backward();
+  b.mutable_grad() = torch::full({3}, 6.0f);
+  buckets.FinishReduction();
+  EXPECT_EQ(b.grad().data_ptr(), b_ptr);
+  EXPECT_TRUE(torch::equal(buckets.BucketGrads(0).narrow(0, 0, 3), torch::full({3}, 6.0f)));
+  EXPECT_TRUE(torch::equal(w.grad(), torch::full({2, 3}, 4.0f)));
 }
 
 TEST(GradientBucketsDeathTest, RejectsNonLeafAndNonContiguousParams) {
