@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "trainer/models/batched_matmul.h"
 
 namespace fulcrum::models {
 namespace {
@@ -20,7 +21,7 @@ torch::Tensor MaskedScores(const torch::Tensor& qg, const torch::Tensor& k,
                            const torch::Tensor& mask, double scale) {
   const int64_t b = qg.size(0), hkv = qg.size(1), s = k.size(2), t = mask.size(2);
   const int64_t g = qg.size(2) / t;
-  torch::Tensor scores = torch::matmul(qg, k.transpose(-1, -2)).mul_(scale);
+  torch::Tensor scores = BatchedMatmul(qg, k.transpose(-1, -2)).mul_(scale);
   const torch::Tensor grouped = scores.view({b, hkv, g, t, s});
   const torch::Tensor mask5 = mask.unsqueeze(2);  // [B, 1, 1, T, S]
   // In place unless the mask's dtype would promote the sum (then as HF).
@@ -134,7 +135,7 @@ class ProbabilityFreeAttention : public torch::autograd::Function<ProbabilityFre
       RowsOf(row_max, blk.t0, blk.n).copy_(scores.amax(-1, /*keepdim=*/true).view(rows));
       RowsOf(inv_sum, blk.t0, blk.n).copy_(probs.amax(-1, /*keepdim=*/true).view(rows));
       const torch::Tensor block_out =
-          torch::matmul(probs.to(q.scalar_type()), v.narrow(2, 0, blk.keys));
+          BatchedMatmul(probs.to(q.scalar_type()), v.narrow(2, 0, blk.keys));
       if (one_block) {
         out = block_out;
       } else {
@@ -177,20 +178,24 @@ class ProbabilityFreeAttention : public torch::autograd::Function<ProbabilityFre
               .sub_(RowsOf(row_max, blk.t0, blk.n).reshape(rows))
               .exp_()
               .mul_(RowsOf(inv_sum, blk.t0, blk.n).reshape(rows));
-      const torch::Tensor dv_block = torch::matmul(probs.to(dtype).transpose(-1, -2), dob);
+      const torch::Tensor probs_t = probs.to(dtype).transpose(-1, -2);
+      if (one_block) {
+        dv = BatchedMatmul(probs_t, dob);
+      } else {
+        BatchedMatmulOut(dv.narrow(2, 0, blk.keys), probs_t, dob, /*accumulate=*/true);
+      }
       // Softmax backward in fp32, in place on dP: dS = P * dP - P * rowsum(P * dP).
-      torch::Tensor ds = torch::matmul(dob, vb.transpose(-1, -2)).to(torch::kFloat).mul_(probs);
+      torch::Tensor ds = BatchedMatmul(dob, vb.transpose(-1, -2)).to(torch::kFloat).mul_(probs);
       ds.addcmul_(probs, ds.sum(-1, /*keepdim=*/true), -1.0);
       // Through `* scale` in the input dtype, as the eager graph.
       ds = ds.to(dtype).mul_(scale);
-      const torch::Tensor dq_block = torch::matmul(ds, kb);
-      const torch::Tensor dk_block = torch::matmul(ds.transpose(-1, -2), qb);
+      const torch::Tensor dq_block = BatchedMatmul(ds, kb);
       if (one_block) {
-        dqg = dq_block, dk = dk_block, dv = dv_block;
+        dqg = dq_block;
+        dk = BatchedMatmul(ds.transpose(-1, -2), qb);
       } else {
         RowsOf(dqg, blk.t0, blk.n).copy_(dq_block.view({b, hkv, g, blk.n, qg.size(3)}));
-        dk.narrow(2, 0, blk.keys).add_(dk_block);
-        dv.narrow(2, 0, blk.keys).add_(dv_block);
+        BatchedMatmulOut(dk.narrow(2, 0, blk.keys), ds.transpose(-1, -2), qb, /*accumulate=*/true);
       }
     }
     const torch::Tensor dq = dqg.reshape({b, grad_out.size(1), grad_out.size(2), qg.size(3)});
@@ -221,7 +226,7 @@ torch::Tensor EagerAttention(const torch::Tensor& q, const torch::Tensor& k, con
                                     mask.narrow(2, blk.t0, blk.n).narrow(3, 0, blk.keys), scale),
                        -1)
             .to(q.scalar_type());
-    const torch::Tensor block_out = torch::matmul(probs, v.narrow(2, 0, blk.keys));
+    const torch::Tensor block_out = BatchedMatmul(probs, v.narrow(2, 0, blk.keys));
     if (one_block) {
       out = block_out;
     } else {

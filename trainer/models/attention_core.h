@@ -20,7 +20,8 @@ namespace fulcrum::models {
 // q [B, H, T, Dqk], k [B, Hkv, S, Dqk], v [B, Hkv, S, Dv], mask [B, 1, T, S]
 // additive -> [B, H, T, Dv]. H = Hkv * G: query head h uses kv head h / G
 // (HF repeat_kv), computed grouped ([B, Hkv, G*T, Dqk] x [B, Hkv, Dqk, S])
-// without materialising repeated k/v.
+// without materialising repeated k/v. fp32 products on the CPU take oneDNN's
+// sgemm, one (sequence, kv head) per thread (batched_matmul.h).
 //
 // Causal masks are computed in blocks of query positions, each over the keys
 // up to its last query only: on the CPU blocks of 64 queries (`query_block`

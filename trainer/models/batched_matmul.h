@@ -1,0 +1,30 @@
+// Products of many small matrices, as the eager attention makes per
+// (sequence, kv head): [G*n, D] x [D, keys] and the like, D = 64.
+//
+// On the CPU, LibTorch's bmm runs them one after another through OpenBLAS,
+// which reaches 35-45 GFLOP/s on them at 2 threads (its packing dominates at
+// K = 64). oneDNN's sgemm, one matrix per thread, reaches 90-120 GFLOP/s on
+// the same shapes (the fp32 GEMM peak there is ~130), and reads strided and
+// transposed operands in place. Debian's LibTorch links oneDNN itself; fulcrum
+// uses its C API where the build found it (FULCRUM_WITH_DNNL), for contiguous
+// fp32 CPU tensors, and torch::matmul everywhere else.
+#pragma once
+
+#include <torch/torch.h>
+
+namespace fulcrum::models {
+
+// a [..., M, K] @ b [..., K, N] -> [..., M, N], the leading (batch) dims of a
+// and b equal. Either operand may be a transposed, narrowed or expanded view.
+torch::Tensor BatchedMatmul(const torch::Tensor& a, const torch::Tensor& b);
+
+// out [..., M, N] = a @ b, or out += a @ b where `accumulate`; out may be a
+// strided view (a narrow of a larger tensor). out's dtype may be wider than
+// a's and b's (an fp32 sum of bf16 products).
+void BatchedMatmulOut(const torch::Tensor& out, const torch::Tensor& a, const torch::Tensor& b,
+                      bool accumulate);
+
+// Whether fp32 CPU products take oneDNN's sgemm in this build.
+bool BatchedMatmulUsesOneDnn();
+
+}  // namespace fulcrum::models
