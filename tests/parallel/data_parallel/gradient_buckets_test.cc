@@ -44,13 +44,19 @@ TEST(GradientBucketsTest, ReverseOrderBucketsSplitAtSizeAndDtype) {
   EXPECT_EQ(buckets.reduction(), GradReduction::kReduceScatter);
 }
 
-TEST(GradientBucketsTest, MicroBatchesAccumulateInPlaceWithoutCommunication) {
-  SoloCommunicator comm(0, 1, "dp");
+// A weight [2, 3] and a bias [3] of ones in one all-reduce bucket, and where
+// their gradient views start.
+class TwoParamBucketsTest : public ::testing::Test {
+ protected:
+  SoloCommunicator comm{0, 1, "dp"};
   torch::Tensor w = torch::ones({2, 3}).requires_grad_(true);
   torch::Tensor b = torch::ones({3}).requires_grad_(true);
-  GradientBuckets buckets({w, b}, comm, BucketOptions{1 << 20, GradReduction::kAllReduce});
+  GradientBuckets buckets{{w, b}, comm, BucketOptions{1 << 20, GradReduction::kAllReduce}};
   void* w_ptr = w.grad().data_ptr();
   void* b_ptr = b.grad().data_ptr();
+};
+
+TEST_F(TwoParamBucketsTest, MicroBatchesAccumulateInPlaceWithoutCommunication) {
   (w * 2).sum().backward();
   buckets.ArmForLastBackward();
   ((w * 3).sum() + (b * 5).sum()).backward();
@@ -76,13 +82,7 @@ TEST(GradientBucketsTest, MicroBatchesAccumulateInPlaceWithoutCommunication) {
 // ReleaseGrads: no pass over the buckets. The first accumulation copies into
 // the view (the stale values of the last step do not add in), later ones add
 // there, and FinishReduction zeroes a parameter that got no gradient.
-TEST(GradientBucketsTest, ReleasedGradsCopyInOnFirstAccumulation) {
-  SoloCommunicator comm(0, 1, "dp");
-  torch::Tensor w = torch::ones({2, 3}).requires_grad_(true);
-  torch::Tensor b = torch::ones({3}).requires_grad_(true);
-  GradientBuckets buckets({w, b}, comm, BucketOptions{1 << 20, GradReduction::kAllReduce});
-  void* w_ptr = w.grad().data_ptr();
-  void* b_ptr = b.grad().data_ptr();
+TEST_F(TwoParamBucketsTest, ReleasedGradsCopyInOnFirstAccumulation) {
   ((w * 7).sum() + (b * 9).sum()).backward();  // last step's gradients
   buckets.FinishReduction();
   buckets.ReleaseGrads();
