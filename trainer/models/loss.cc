@@ -1,9 +1,12 @@
 #include "trainer/models/loss.h"
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
 
 #include "core/check.h"
 #include "parallel/tensor/vocab_parallel_cross_entropy.h"
+#include "trainer/models/cross_entropy_cpu_kernel.h"
 
 namespace fulcrum::models {
 namespace {
@@ -11,6 +14,9 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// fp32 logits on the CPU take the row kernel (cross_entropy_cpu_kernel.h);
+// bf16 logits and CUDA take torch ops, by chunks of rows.
+//
 // Rows per chunk are chosen so that a chunk's fp32 log-probabilities stay in
 // the cache between the passes made over them (log-softmax, gather, exp,
 // one-hot): the [N, V] logits are then read once and the gradient written
@@ -20,12 +26,47 @@ using torch::autograd::variable_list;
 constexpr int64_t kCpuChunkBytes = int64_t{1} << 20;
 constexpr int64_t kCudaChunkBytes = int64_t{256} << 20;
 
+// ChunkedCrossEntropy's arguments where the CPU kernel takes them: fp32 CPU
+// logits and gradient with unit-stride rows.
+bool TakesCpuKernel(const torch::Tensor& logits, const torch::Tensor& targets,
+                    const torch::Tensor& row_loss, const torch::Tensor& grad) {
+  return logits.device().is_cpu() && logits.scalar_type() == torch::kFloat &&
+         logits.stride(1) == 1 && targets.device().is_cpu() &&
+         targets.scalar_type() == torch::kLong && row_loss.is_contiguous() &&
+         row_loss.scalar_type() == torch::kFloat &&
+         (!grad.defined() || (grad.scalar_type() == torch::kFloat && grad.stride(1) == 1));
+}
+
+void CpuCrossEntropy(const torch::Tensor& logits, const torch::Tensor& targets,
+                     torch::Tensor& row_loss, torch::Tensor& grad) {
+  const int64_t n = logits.size(0), v = logits.size(1);
+  const torch::Tensor target_ids = targets.contiguous();
+  const int64_t* target_at = target_ids.data_ptr<int64_t>();
+  for (int64_t r = 0; r < n; ++r) {
+    FULCRUM_CHECK(target_at[r] == kIgnoreIndex || (target_at[r] >= 0 && target_at[r] < v),
+                  "target ", target_at[r], " of row ", r, " outside the vocabulary of ", v);
+  }
+  const float* x = logits.data_ptr<float>();
+  float* loss = row_loss.data_ptr<float>();
+  float* g = grad.defined() ? grad.data_ptr<float>() : nullptr;
+  const int64_t ld = logits.stride(0), grad_ld = grad.defined() ? grad.stride(0) : 0;
+  at::parallel_for(0, n, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, v)),
+                   [&](int64_t s, int64_t e) {
+                     CrossEntropyCpuKernel(x + s * ld, ld, target_at + s, e - s, v, kIgnoreIndex,
+                                           loss + s, g != nullptr ? g + s * grad_ld : nullptr,
+                                           grad_ld);
+                   });
+}
+
 // logits [N, V] (any float dtype), targets [N] int64 with -100 ignored.
 // Writes each row's loss into row_loss [N] fp32 (0 where ignored) and, when
 // `grad` is defined ([N, V], logits' dtype), d(sum of row losses)/d(logits):
 // softmax - onehot on target rows, 0 on ignored ones.
 void ChunkedCrossEntropy(const torch::Tensor& logits, const torch::Tensor& targets,
                          torch::Tensor& row_loss, torch::Tensor& grad) {
+  if (TakesCpuKernel(logits, targets, row_loss, grad)) {
+    return CpuCrossEntropy(logits, targets, row_loss, grad);
+  }
   const int64_t n = logits.size(0), v = logits.size(1);
   const torch::Tensor is_target = targets.ne(kIgnoreIndex);       // [N] bool
   const torch::Tensor valid = is_target.to(torch::kFloat);        // [N]
