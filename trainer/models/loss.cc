@@ -67,6 +67,8 @@ void ChunkedCrossEntropy(const torch::Tensor& logits, const torch::Tensor& targe
   if (TakesCpuKernel(logits, targets, row_loss, grad)) {
     return CpuCrossEntropy(logits, targets, row_loss, grad);
   }
+  FULCRUM_CHECK(!grad.defined() || grad.data_ptr() != logits.data_ptr(),
+                "only the CPU kernel writes the gradient over the logits");
   const int64_t n = logits.size(0), v = logits.size(1);
   const torch::Tensor is_target = targets.ne(kIgnoreIndex);       // [N] bool
   const torch::Tensor valid = is_target.to(torch::kFloat);        // [N]
@@ -159,6 +161,10 @@ int64_t HeadChunkRows(int64_t n, int64_t vocab, bool cuda, bool weight_trains) {
   return std::min(n, std::max<int64_t>(1, chunk_bytes / (vocab * 4)));
 }
 
+int HeadChunkBuffers(bool cuda, bool fp32, bool vocab_split) {
+  return !cuda && fp32 && !vocab_split ? 1 : 2;
+}
+
 namespace {
 
 struct HeadGradients {
@@ -182,7 +188,10 @@ torch::Tensor HeadCrossEntropy(const torch::Tensor& hidden, const torch::Tensor&
   const torch::Tensor logits_buffer = torch::empty({rows, v}, weight.options());
   torch::Tensor grad_buffer;
   if (grads.hidden.defined() || grads.weight.defined()) {
-    grad_buffer = torch::empty({rows, v}, weight.options());
+    const bool fp32 = weight.scalar_type() == torch::kFloat;
+    grad_buffer = HeadChunkBuffers(hidden.is_cuda(), fp32, split) == 1
+                      ? logits_buffer  // the CPU kernel's gradient over the logits
+                      : torch::empty({rows, v}, weight.options());
   }
   for (int64_t start = 0; start < n; start += rows) {
     const int64_t len = std::min(rows, n - start);

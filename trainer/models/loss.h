@@ -22,6 +22,10 @@ torch::Tensor CausalLmLoss(const torch::Tensor& logits, const torch::Tensor& lab
 // weight of `vocab` rows: more where the weight's gradient is computed too
 // (models/loss.cc).
 int64_t HeadChunkRows(int64_t n, int64_t vocab, bool cuda, bool weight_trains);
+// [rows, vocab] buffers a pass of LinearCrossEntropySum holds when it
+// computes gradients: the logits and their gradient, or one where the CPU
+// kernel writes the gradient over fp32 logits (no tp vocab split).
+int HeadChunkBuffers(bool cuda, bool fp32, bool vocab_split);
 
 // The vocabulary an output projection's weight covers: all of it, or under
 // tp this rank's even shard, rows [start, start + weight rows).

@@ -205,7 +205,9 @@ double LossBytes(const models::ModelConfig& c, const recipe::Recipe& recipe, boo
                                                   /*weight_trains=*/sh.full));
     const double weight_grad = sh.full ? vocab * h * kFloat : 0.0;
     const double gathered = sh.n_norm < sh.n ? sh.n * h * sh.s : 0.0;
-    return norm + (sh.n_norm + sh.n) * h * sh.s + gathered + 2 * rows * vocab * sh.s + weight_grad;
+    const double buffers = models::HeadChunkBuffers(cuda, sh.s == kFloat, sh.tp > 1);
+    return norm + (sh.n_norm + sh.n) * h * sh.s + gathered + buffers * rows * vocab * sh.s +
+           weight_grad;
   }
   return norm + (sh.Keeps("lm_head") ? sh.n * h * sh.s : 0.0) + 2 * sh.n * vocab * sh.s;
 }
