@@ -8,8 +8,9 @@
 # 2048^3 with its threads, best of 3): one run's own peak can catch the
 # machine in a slow or a fast phase (here 92-166 GFLOP/s within 20 minutes;
 # 84 against 135 for half a second after a process starts), which once put a
-# row above 100%. "own" is the median round's MFU against its own peak. Random init from the configs, seq 256, median over the
-# steps after the warm-up ones. The ~290M Llama also runs in bf16 on 1 rank
+# row above 100%. "own" is the median round's MFU against its own peak.
+# Random init from the configs, seq 256, median over the steps after the
+# warm-up ones. The ~290M Llama also runs in bf16 on 1 rank
 # (bf16 parameters and activations, fp32 master weights; MFU against the
 # bf16 GEMM peak) where the CPU has AVX512-BF16 or AMX. Run it on an
 # otherwise idle machine.
@@ -100,39 +101,37 @@ def round_figures(path, skip):
     return (statistics.median(r["tokens_per_second"] for r in steps), flops, peak,
             max(r["peak_rss_bytes"] for r in steps))
 
-def first_step(path):
-    return next((r for r in map(json.loads, open(path)) if "peak_flops_per_rank" in r), None)
-
-# The median peak per rank measured by the runs of each (ranks, dtype).
-peaks = {}
-for f in os.listdir(work):
-    parts = f.split(".jsonl.")[0].split("_")
-    step = first_step(f"{work}/{f}") if ".jsonl." in f and len(parts) == 4 else None
-    if step:
-        peaks.setdefault((int(parts[2]), parts[3]), []).append(step["peak_flops_per_rank"])
-median_peak = {key: statistics.median(values) for key, values in peaks.items()}
-
 runs = [("full", 1, "fp32"), ("full", 2, "fp32"), ("lora", 1, "fp32"), ("lora", 2, "fp32")]
+all_figures = {}
 for model in models:
     for method, ranks, dtype in runs + ([("full", 1, "bf16"), ("lora", 1, "bf16")]
                                     if model == "llama290m" and os.environ["NATIVE_BF16"]
                                     else []):
         stem = f"{work}/{model}_{method}_{ranks}_{dtype}.jsonl."
         found = sorted(f for f in os.listdir(work) if f"{work}/{f}".startswith(stem))
-        figures = [x for x in (round_figures(f"{work}/{f}", warmup[model]) for f in found) if x]
-        if not figures:
-            print(f"{model:10s} {method:6s} {ranks:5d} {dtype:5s}   (failed)")
-            continue
-        # The round with the median FLOP/s stands for the row.
-        figures.sort(key=lambda x: x[1])
-        tps, flops, own_peak, _ = figures[(len(figures) - 1) // 2]
-        peak = median_peak[(ranks, dtype)]
-        rss = max(x[3] for x in figures)
-        mfus = [x[1] / peak for x in figures]
-        rows[(model, method, ranks, dtype)] = (tps, flops / peak, rss)
-        print(f"{model:10s} {method:6s} {ranks:5d} {dtype:5s} {tps:9.1f} {flops / 1e9:12.1f} "
-              f"{peak / 1e9:9.1f} {flops / peak:6.1%} {rss / 2**20:9.0f} MiB {len(figures):6d} "
-              f"{min(mfus):6.1%}-{max(mfus):5.1%} {flops / own_peak:6.1%}")
+        all_figures[(model, method, ranks, dtype)] = [
+            x for x in (round_figures(f"{work}/{f}", warmup[model]) for f in found) if x]
+
+# The median peak per rank measured by the runs of each (ranks, dtype).
+peaks = {}
+for (_, _, ranks, dtype), figures in all_figures.items():
+    peaks.setdefault((ranks, dtype), []).extend(x[2] for x in figures)
+median_peak = {key: statistics.median(values) for key, values in peaks.items() if values}
+
+for (model, method, ranks, dtype), figures in all_figures.items():
+    if not figures:
+        print(f"{model:10s} {method:6s} {ranks:5d} {dtype:5s}   (failed)")
+        continue
+    # The round with the median FLOP/s stands for the row.
+    figures.sort(key=lambda x: x[1])
+    tps, flops, own_peak, _ = figures[(len(figures) - 1) // 2]
+    peak = median_peak[(ranks, dtype)]
+    rss = max(x[3] for x in figures)
+    mfus = [x[1] / peak for x in figures]
+    rows[(model, method, ranks, dtype)] = (tps, flops / peak, rss)
+    print(f"{model:10s} {method:6s} {ranks:5d} {dtype:5s} {tps:9.1f} {flops / 1e9:12.1f} "
+          f"{peak / 1e9:9.1f} {flops / peak:6.1%} {rss / 2**20:9.0f} MiB {len(figures):6d} "
+          f"{min(mfus):6.1%}-{max(mfus):5.1%} {flops / own_peak:6.1%}")
 print()
 def goal(text, ok):
     print(f"{'met ' if ok else 'MISSED'}  {text}")

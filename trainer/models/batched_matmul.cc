@@ -68,11 +68,13 @@ Operand AsOperand(torch::Tensor x, at::IntArrayRef batch) {
   return op;
 }
 
-bool TakesOneDnn(const torch::Tensor& out, const torch::Tensor& a, const torch::Tensor& b) {
-  for (const torch::Tensor* x : {&out, &a, &b}) {
-    if (!x->device().is_cpu() || x->scalar_type() != torch::kFloat || x->dim() < 2) return false;
-  }
-  return a.dim() == b.dim() && a.dim() == out.dim() &&
+bool IsCpuFloatMatrices(const torch::Tensor& x) {
+  return x.device().is_cpu() && x.scalar_type() == torch::kFloat && x.dim() >= 2;
+}
+
+// Operands oneDNN takes: fp32 CPU matrices with equal batch dims.
+bool TakesOneDnn(const torch::Tensor& a, const torch::Tensor& b) {
+  return IsCpuFloatMatrices(a) && IsCpuFloatMatrices(b) && a.dim() == b.dim() &&
          a.sizes().slice(0, a.dim() - 2) == b.sizes().slice(0, b.dim() - 2);
 }
 
@@ -84,7 +86,7 @@ void MatmulThroughOneDnn(const torch::Tensor& out, const torch::Tensor& a, const
   const bool direct = out.stride(-1) == 1 && out.stride(-2) >= std::max<int64_t>(1, n);
   const torch::Tensor target = direct ? out : torch::empty(out.sizes(), out.options());
   const bool add = accumulate && direct;
-  if (m == 0 || n == 0 || target.numel() == 0) return;
+  if (target.numel() == 0) return;
   if (k == 0) {
     if (!add) target.zero_();
   } else {
@@ -134,21 +136,21 @@ void BatchedMatmulOut(const torch::Tensor& out, const torch::Tensor& a, const to
                 "batched matmul of ", c10::str(a.sizes()), " and ", c10::str(b.sizes()), " into ",
                 c10::str(out.sizes()));
 #if FULCRUM_WITH_DNNL
-  if (TakesOneDnn(out, a, b)) return MatmulThroughOneDnn(out, a, b, accumulate);
+  if (TakesOneDnn(a, b) && IsCpuFloatMatrices(out) && out.dim() == a.dim()) {
+    return MatmulThroughOneDnn(out, a, b, accumulate);
+  }
 #endif
   MatmulThroughTorch(out, a, b, accumulate);
 }
 
 torch::Tensor BatchedMatmul(const torch::Tensor& a, const torch::Tensor& b) {
 #if FULCRUM_WITH_DNNL
-  if (a.dim() >= 2 && a.dim() == b.dim()) {
+  if (TakesOneDnn(a, b)) {
     std::vector<int64_t> sizes = a.sizes().vec();
     sizes.back() = b.size(-1);
     torch::Tensor out = torch::empty(sizes, a.options());
-    if (TakesOneDnn(out, a, b)) {
-      BatchedMatmulOut(out, a, b, /*accumulate=*/false);
-      return out;
-    }
+    BatchedMatmulOut(out, a, b, /*accumulate=*/false);
+    return out;
   }
 #endif
   return torch::matmul(a, b);
