@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "parallel/runtime/caching_host_allocator.h"
 #include "tests/tensor_bytes.h"
 #include "tests/tensor_compare.h"
 #include "trainer/lora/lora_linear.h"
@@ -149,6 +150,35 @@ TEST(SwiGluLinearTest, KeepsGateAndUpButNotTheirProduct) {
   down->weight.set_requires_grad(true);
   EXPECT_EQ(KeptForBackward([&] { return down->ForwardSwiGlu(gate, up); }), 0);
   EXPECT_GE(KeptForBackward([&] { return down->forward(SwiGlu(gate, up)); }), product);
+}
+
+// Backward is the first node of a step's last layer, where memory peaks: it
+// adds two [N, in] buffers (the gate's gradient and dp, which becomes the
+// up's), not four (silu(gate), dp * up and both gradients held at once).
+// Counted by the caching host allocator, which sees tensors of 256 KiB and
+// more: [2048, 40] fp32 is 320 KiB.
+TEST(SwiGluLinearTest, BackwardAddsTwoInputSizedBuffers) {
+  parallel::CachingHostAllocator* allocator = parallel::InstallCachingHostAllocator();
+  const int64_t rows = 2048;
+  const int64_t product = rows * kIn * 4;
+  torch::manual_seed(9);
+  LoraLinear down = MakeDown(/*bias=*/false, /*dropout=*/0.0);
+  const torch::Tensor gate = torch::randn({rows, kIn}, torch::requires_grad());
+  const torch::Tensor up = torch::randn({rows, kIn}, torch::requires_grad());
+  const torch::Tensor y = down->ForwardSwiGlu(gate, up);
+  const torch::Tensor dy = torch::randn_like(y);
+  const int64_t before = allocator->Stats().allocated_bytes;
+  allocator->ResetPeak();
+  y.backward(dy);
+  const parallel::HostAllocatorStats after = allocator->Stats();
+  EXPECT_EQ(after.allocated_bytes - before, 2 * product);  // the two gradients
+  EXPECT_LE(after.peak_allocated_bytes - before, 2 * product);
+  // And they are the gradients: against the unfused layer.
+  const torch::Tensor g2 = gate.detach().clone().requires_grad_(true);
+  const torch::Tensor u2 = up.detach().clone().requires_grad_(true);
+  down->forward(SwiGlu(g2, u2)).backward(dy);
+  ExpectCloseToLargest(gate.grad(), g2.grad(), 1e-6, "gate");
+  ExpectCloseToLargest(up.grad(), u2.grad(), 1e-6, "up");
 }
 
 }  // namespace
