@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 packages=(
   libtorch-dev
   libopenblas0-openmp  # without it LibTorch falls back to reference BLAS (~30x slower fp32 GEMM)
-  libdnnl-dev  # oneDNN's sgemm for the attention's small products (LibTorch links oneDNN)
+  libdnnl-dev  # oneDNN: the CPU's fp32 products (attention's sgemm, linear layers' matmul)
   libopenmpi-dev openmpi-bin
   libyaml-cpp-dev libabsl-dev nlohmann-json3-dev libpcre2-dev
   libicu-dev  # NFC/NFKC normalizers of tokenizer.json

@@ -1,14 +1,24 @@
 #include "trainer/lora/linear_rows.h"
 
+#include "trainer/models/matrix_product.h"
+
 namespace fulcrum::lora {
 
 torch::Tensor RowsLinearForward(const torch::Tensor& rows, const RowsLinear& layer,
                                 torch::Tensor* low) {
-  torch::Tensor y = torch::nn::functional::linear(rows, layer.weight, layer.bias);
+  torch::Tensor y;
+  if (layer.bias.defined()) {  // the bias under the product, as linear's addmm
+    // A copy (expand's contiguous() of one row would be the bias itself).
+    y = torch::empty({rows.size(0), layer.weight.size(0)}, rows.options());
+    y.copy_(layer.bias);
+    models::AddMatrixProduct(y, rows, layer.weight.t());
+  } else {
+    y = models::MatrixProduct(rows, layer.weight.t());
+  }
   *low = torch::Tensor();
   if (layer.lora_a.defined()) {
-    *low = torch::mm(rows, layer.lora_a.t());
-    y.addmm_(*low, layer.lora_b.t(), 1, layer.scaling);
+    *low = models::MatrixProduct(rows, layer.lora_a.t());
+    models::AddMatrixProduct(y, *low, layer.lora_b.t(), layer.scaling);
   }
   return y;
 }
@@ -20,20 +30,70 @@ RowsLinearGrads RowsLinearBackward(const torch::Tensor& grad, const RowsLinear& 
   RowsLinearGrads grads;
   torch::Tensor dlow;  // d(loss)/d(x A^T), [N, r]
   if (adapter && (needs.lora_a || needs.input)) {
-    dlow = grad.mm(layer.lora_b).mul_(layer.scaling);
+    dlow = models::MatrixProduct(grad, layer.lora_b).mul_(layer.scaling);
   }
   if (needs.weight || (adapter && needs.lora_a)) {
     const torch::Tensor x = rows();
-    if (needs.weight) grads.weight = grad.t().mm(x);
-    if (adapter && needs.lora_a) grads.lora_a = dlow.t().mm(x);
+    if (needs.weight) grads.weight = models::MatrixProduct(grad.t(), x);
+    if (adapter && needs.lora_a) grads.lora_a = models::MatrixProduct(dlow.t(), x);
   }
   if (needs.bias) grads.bias = grad.sum(0);
-  if (adapter && needs.lora_b) grads.lora_b = grad.t().mm(low).mul_(layer.scaling);
+  if (adapter && needs.lora_b)
+    grads.lora_b = models::MatrixProduct(grad.t(), low).mul_(layer.scaling);
   if (needs.input) {
-    grads.input = grad.mm(layer.weight);
-    if (adapter) grads.input.addmm_(dlow, layer.lora_a);
+    grads.input = models::MatrixProduct(grad, layer.weight);
+    if (adapter) models::AddMatrixProduct(grads.input, dlow, layer.lora_a);
   }
   return grads;
+}
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Inputs in order: rows, weight, bias, lora_a, lora_b.
+class RowsLinearFunction : public torch::autograd::Function<RowsLinearFunction> {
+ public:
+  // LibTorch 1.13 records the device of every tensor input of a custom
+  // function, so the optional ones come as c10::optional.
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& rows,
+                               const torch::Tensor& weight,
+                               const c10::optional<torch::Tensor>& optional_bias,
+                               const c10::optional<torch::Tensor>& optional_a,
+                               const c10::optional<torch::Tensor>& optional_b, double scaling) {
+    const RowsLinear layer{weight, optional_bias.value_or(torch::Tensor()),
+                           optional_a.value_or(torch::Tensor()),
+                           optional_b.value_or(torch::Tensor()), scaling};
+    torch::Tensor low;
+    const torch::Tensor y = RowsLinearForward(rows, layer, &low);
+    ctx->save_for_backward({rows, weight, layer.lora_a, layer.lora_b, low});
+    ctx->saved_data["scaling"] = scaling;
+    ctx->saved_data["edges"] = EdgesOf({&rows, &weight, &layer.bias, &layer.lora_a, &layer.lora_b});
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor& rows = saved[0];
+    const RowsLinear layer{saved[1], torch::Tensor(), saved[2], saved[3],
+                           ctx->saved_data["scaling"].toDouble()};
+    const std::vector<bool> needs = NeedsByArgument(ctx, ctx->saved_data["edges"].toIntList());
+    const RowsLinearGrads grads = RowsLinearBackward(
+        grad_outputs[0], layer, saved[4], {needs[0], needs[1], needs[2], needs[3], needs[4]},
+        [&] { return rows; });
+    return {grads.input, grads.weight, grads.bias, grads.lora_a, grads.lora_b, torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor RowsLinearApply(const torch::Tensor& rows, const RowsLinear& layer) {
+  const auto optional = [](const torch::Tensor& t) {
+    return t.defined() ? c10::optional<torch::Tensor>(t) : c10::nullopt;
+  };
+  return RowsLinearFunction::apply(rows, layer.weight, optional(layer.bias), optional(layer.lora_a),
+                                   optional(layer.lora_b), layer.scaling);
 }
 
 std::vector<int64_t> EdgesOf(std::initializer_list<const torch::Tensor*> arguments) {

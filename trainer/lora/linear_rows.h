@@ -20,11 +20,17 @@ struct RowsLinear {
   double scaling = 0.0;
 };
 
-// rows [N, in] -> [N, out] with LoraLinear's GEMMs (B's accumulates into
-// the base output), so values are bitwise an unfused layer's. *low = the
+// rows [N, in] -> [N, out], B's product accumulated into the base output.
+// Products through models::MatrixProduct (oneDNN for fp32 on the CPU). *low = the
 // adapter's [N, r] product (what B's gradient needs), undefined without one.
 torch::Tensor RowsLinearForward(const torch::Tensor& rows, const RowsLinear& layer,
                                 torch::Tensor* low);
+
+// RowsLinearForward as one autograd node that keeps rows (and the adapter's
+// [N, r] product) for RowsLinearBackward: a linear layer whose input is
+// kept anyway. Its products are RowsLinear's (oneDNN's for fp32 on the CPU),
+// which autograd's own linear would not use.
+torch::Tensor RowsLinearApply(const torch::Tensor& rows, const RowsLinear& layer);
 
 // Which gradients one backward call is asked for.
 struct RowsLinearNeeds {

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "trainer/lora/linear_rows.h"
 #include "trainer/lora/normed_linear.h"
 #include "trainer/lora/swiglu_linear.h"
 
@@ -105,14 +106,19 @@ torch::Tensor LoraLinearImpl::RowOutput(const torch::Tensor& partial) {
 }
 
 torch::Tensor LoraLinearImpl::Product(const torch::Tensor& x, const torch::Tensor& b) {
-  if (!has_adapter()) return torch::nn::functional::linear(x, weight, b);
   // On [N, in] rows, so that B's GEMM accumulates straight into the base
   // output (beta 1) instead of writing [N, out] and adding it in another pass.
   const torch::Tensor rows = x.reshape({-1, x.size(-1)});
-  const torch::Tensor dropped =
-      dropout_ > 0.0 ? torch::dropout(rows, dropout_, is_training()) : rows;
-  torch::Tensor y = torch::nn::functional::linear(rows, weight, b);
-  y.addmm_(torch::mm(dropped, lora_a_.t()), lora_b_.t(), 1, scaling_);
+  torch::Tensor y;
+  if (DropsAdapterInput()) {
+    // The adapter reads a dropped copy of x: autograd's ops keep both.
+    const torch::Tensor dropped = torch::dropout(rows, dropout_, is_training());
+    y = torch::nn::functional::linear(rows, weight, b);
+    y.addmm_(torch::mm(dropped, lora_a_.t()), lora_b_.t(), 1, scaling_);
+  } else {
+    // The products the fused layers (NormedLinear, SwiGluLinear) compute.
+    y = RowsLinearApply(rows, RowsLinear{weight, b, lora_a_, lora_b_, scaling_});
+  }
   std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = y.size(1);
   return y.view(shape);

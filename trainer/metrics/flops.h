@@ -28,7 +28,8 @@ struct FlopsModel {
 double TrainingFlopsPerToken(const FlopsModel& model, int64_t seq_len);
 
 // Measured peak of this process on `device`: the best of `repeats` torch::mm
-// of two n x n matrices of `dtype` (the training's parameter dtype, so that
+// (and, for fp32 on the CPU, as many of the model's own oneDNN products) of
+// two n x n matrices of `dtype` (the training's parameter dtype, so that
 // MFU is against what the hardware gives that dtype: fp32 on the CPU, bf16
 // tensor cores on a GPU). n = 0: 2048 on the CPU, 8192 on CUDA. On the CPU
 // n is halved while a product timed at 256 predicts over 1 s for it, so that

@@ -7,6 +7,7 @@
 #include "core/check.h"
 #include "parallel/tensor/vocab_parallel_cross_entropy.h"
 #include "trainer/models/cross_entropy_cpu_kernel.h"
+#include "trainer/models/matrix_product.h"
 
 namespace fulcrum::models {
 namespace {
@@ -147,8 +148,10 @@ torch::Tensor ShiftedTargets(const torch::Tensor& logits, const torch::Tensor& l
 // Llama's full fine-tuning (lm_head 42% of its FLOPs) gave 6% more tokens/s
 // with 1048-row passes than with 262-row ones (median of 3 interleaved
 // runs: 640 vs 605). A frozen weight has one GEMM per pass less, and the
-// frozen model (LoRA) less memory to set the logits against.
-constexpr int64_t kCpuHeadChunkBytes = int64_t{32} << 20;
+// frozen model (LoRA) less memory to set the logits against: 16 MiB passes
+// (131 rows of 32000) held the ~290M bench Llama's LoRA peak RSS 16 MiB
+// below 32 MiB ones at the same tokens/s (oneDNN's products, 2 threads).
+constexpr int64_t kCpuHeadChunkBytes = int64_t{16} << 20;
 constexpr int64_t kCpuTrainedHeadChunkBytes = int64_t{128} << 20;
 constexpr int64_t kCudaHeadChunkBytes = int64_t{512} << 20;
 
@@ -197,7 +200,7 @@ torch::Tensor HeadCrossEntropy(const torch::Tensor& hidden, const torch::Tensor&
     const int64_t len = std::min(rows, n - start);
     const torch::Tensor h = hidden.narrow(0, start, len);
     torch::Tensor logits = logits_buffer.narrow(0, 0, len);
-    at::mm_out(logits, h, weight.t());
+    MatrixProductInto(logits, h, weight.t());
     torch::Tensor loss = row_loss.narrow(0, start, len);
     torch::Tensor grad = grad_buffer.defined() ? grad_buffer.narrow(0, 0, len) : torch::Tensor();
     if (split) {
@@ -208,11 +211,11 @@ torch::Tensor HeadCrossEntropy(const torch::Tensor& hidden, const torch::Tensor&
     }
     if (grads.hidden.defined()) {
       torch::Tensor dh = grads.hidden.narrow(0, start, len);
-      at::mm_out(dh, grad, weight);
+      MatrixProductInto(dh, grad, weight);
     }
     if (grads.weight.defined()) {
       if (weight.scalar_type() == torch::kFloat) {
-        grads.weight.addmm_(grad.t(), h);
+        AddMatrixProduct(grads.weight, grad.t(), h);
       } else {  // a bf16 sum over chunks would round at every chunk
         grads.weight.add_(torch::mm(grad.t(), h));
       }

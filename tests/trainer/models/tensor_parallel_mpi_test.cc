@@ -371,7 +371,7 @@ TEST(TensorParallelRecompute, SelectiveAndFullMatchNone) {
   }
 }
 
-// Vocab shards of 2^19 rows: a frozen head's passes take 16 rows (32 MiB of
+// Vocab shards of 2^19 rows: a frozen head's passes take 8 rows (16 MiB of
 // fp32 logits), a trained head's 64 (128 MiB), so 80 rows run in several
 // passes, the last partial, each with its two all-reduces. Against
 // VocabParallelCrossEntropySum of the shard's materialised logits, on the
@@ -385,7 +385,7 @@ TEST(TensorParallelHeadLoss, SpansPassesOverVocabShards) {
   const int64_t vocab = shard_rows * WorldSize();
   const parallel::tensor::ShardRange range =
       parallel::tensor::EvenShard(vocab, WorldRank(), WorldSize());
-  ASSERT_EQ(HeadChunkRows(80, shard_rows, /*cuda=*/false, /*weight_trains=*/false), 16);
+  ASSERT_EQ(HeadChunkRows(80, shard_rows, /*cuda=*/false, /*weight_trains=*/false), 8);
   ASSERT_EQ(HeadChunkRows(80, shard_rows, /*cuda=*/false, /*weight_trains=*/true), 64);
   struct Case {
     const char* name;

@@ -1,0 +1,112 @@
+// MatrixProduct / MatrixProductInto / AddMatrixProduct against torch::mm in
+// fp64: operands transposed, narrowed (a leading dimension wider than the
+// matrix) or not readable as matrices (copied); a product written into the
+// rows of a larger matrix, whose other rows stay untouched, and over an
+// uninitialised (NaN) output that is never read; alpha and accumulation;
+// K = 0; shapes seen again (the cached primitive) and new ones; bf16 through
+// torch. With oneDNN (Debian's LibTorch) fp32 takes it, and the test says so.
+#include "trainer/models/matrix_product.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <limits>
+#include <string>
+
+#include "tests/tensor_compare.h"
+
+namespace fulcrum::models {
+namespace {
+
+using testing::ExpectCloseToLargest;
+
+torch::Tensor Reference(const torch::Tensor& a, const torch::Tensor& b) {
+  return torch::mm(a.to(torch::kDouble), b.to(torch::kDouble));
+}
+
+TEST(MatrixProductTest, SaysWhichPathFp32Takes) {
+  std::printf("fp32 CPU matrix products through %s\n",
+              MatrixProductUsesOneDnn() ? "oneDNN's matmul" : "torch::mm (no oneDNN found)");
+#if FULCRUM_EXPECT_DNNL
+  EXPECT_TRUE(MatrixProductUsesOneDnn());
+#endif
+}
+
+TEST(MatrixProductTest, TransposedNarrowedAndCopiedOperands) {
+  torch::manual_seed(0);
+  const torch::Tensor x = torch::randn({70, 48});
+  const torch::Tensor w = torch::randn({30, 48});
+  struct Case {
+    std::string name;
+    torch::Tensor a, b;
+  };
+  const Case cases[] = {
+      {"contiguous", x, torch::randn({48, 30})},
+      {"b transposed (a linear's x W^T)", x, w.t()},
+      {"a transposed (a weight's gradient g^T x)", torch::randn({70, 30}).t(), x},
+      {"narrowed in both dims", torch::randn({90, 60}).narrow(0, 5, 70).narrow(1, 3, 48), w.t()},
+      {"a neither row nor column contiguous", torch::randn({70, 96}).slice(1, 0, 96, 2), w.t()},
+      {"rank-16 adapter", x, torch::randn({16, 48}).t()},
+      {"one row, one column", torch::randn({1, 48}), torch::randn({48, 1})},
+      // A size-1 dim's stride is arbitrary in LibTorch (a decoding step's row).
+      {"one row with odd strides", torch::randn({48, 1}).t(), w.t()},
+      {"one row of a wider matrix", torch::randn({3, 96}).narrow(0, 1, 1).narrow(1, 0, 48),
+       torch::randn({48, 1}).expand({48, 5})},
+  };
+  for (int round = 0; round < 2; ++round) {  // the second finds the primitives built
+    for (const Case& c : cases) {
+      ExpectCloseToLargest(MatrixProduct(c.a, c.b), Reference(c.a, c.b), 1e-5, c.name);
+    }
+  }
+}
+
+TEST(MatrixProductTest, IntoRowsOfALargerMatrixAndAccumulated) {
+  torch::manual_seed(1);
+  const torch::Tensor a = torch::randn({20, 32});
+  const torch::Tensor b = torch::randn({24, 32}).t();
+  // Into rows 3..23 of a NaN matrix: every product element written, no NaN
+  // read; rows outside untouched.
+  torch::Tensor big = torch::full({30, 24}, std::numeric_limits<float>::quiet_NaN());
+  MatrixProductInto(big.narrow(0, 3, 20), a, b);
+  ExpectCloseToLargest(big.narrow(0, 3, 20), Reference(a, b), 1e-5, "into");
+  EXPECT_TRUE(big.narrow(0, 0, 3).isnan().all().item<bool>());
+  EXPECT_TRUE(big.narrow(0, 23, 7).isnan().all().item<bool>());
+  // Into one row whose stride LibTorch left arbitrary.
+  const torch::Tensor row = torch::empty({24, 1}).t();
+  MatrixProductInto(row, a.narrow(0, 0, 1), b);
+  ExpectCloseToLargest(row, Reference(a.narrow(0, 0, 1), b), 1e-5, "one row");
+
+  const torch::Tensor base = torch::randn({20, 24});
+  for (const double alpha : {1.0, 2.5, -0.5}) {
+    torch::Tensor out = base.clone();
+    AddMatrixProduct(out, a, b, alpha);
+    ExpectCloseToLargest(out, base.to(torch::kDouble) + alpha * Reference(a, b), 1e-5,
+                         "accumulated, alpha " + std::to_string(alpha));
+  }
+}
+
+TEST(MatrixProductTest, EmptyInnerDimensionAndBf16) {
+  const torch::Tensor a = torch::randn({5, 0});
+  const torch::Tensor b = torch::randn({0, 4});
+  EXPECT_TRUE(torch::equal(MatrixProduct(a, b), torch::zeros({5, 4})));
+  torch::Tensor out = torch::ones({5, 4});
+  AddMatrixProduct(out, a, b, 3.0);
+  EXPECT_TRUE(torch::equal(out, torch::ones({5, 4})));
+
+  torch::manual_seed(2);
+  const torch::Tensor x = torch::randn({12, 32}).to(torch::kBFloat16);
+  const torch::Tensor w = torch::randn({8, 32}).to(torch::kBFloat16);
+  const torch::Tensor y = MatrixProduct(x, w.t());
+  EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
+  ExpectCloseToLargest(y, Reference(x, w.t()), 2e-2, "bf16");
+}
+
+TEST(MatrixProductDeathTest, MismatchedSizesAreABrokenInvariant) {
+  EXPECT_DEATH(MatrixProduct(torch::randn({3, 4}), torch::randn({5, 2})), "matrix product of");
+  torch::Tensor out = torch::zeros({3, 3});
+  EXPECT_DEATH(AddMatrixProduct(out, torch::randn({3, 4}), torch::randn({4, 2})),
+               "matrix product into");
+}
+
+}  // namespace
+}  // namespace fulcrum::models

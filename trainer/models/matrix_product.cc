@@ -1,0 +1,194 @@
+#include "trainer/models/matrix_product.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <unordered_map>
+
+#include "core/check.h"
+
+#if FULCRUM_WITH_DNNL
+#include <oneapi/dnnl/dnnl.hpp>
+#endif
+
+namespace fulcrum::models {
+namespace {
+
+#if FULCRUM_WITH_DNNL
+
+// A matrix as oneDNN reads it: row-major or column-major with a leading
+// dimension, the stride of a size-1 dim (which LibTorch leaves arbitrary:
+// a decoding step's [1, K] rows) made that of its layout. Anything else is
+// copied first.
+struct Readable {
+  torch::Tensor tensor;
+  int64_t stride0 = 0, stride1 = 0;
+};
+
+Readable InPlaceReadable(const torch::Tensor& x) {
+  const int64_t rows = x.size(0), cols = x.size(1);
+  const int64_t s0 = x.stride(0), s1 = x.stride(1);
+  if ((s1 == 1 || cols == 1) && (rows == 1 || s0 >= std::max<int64_t>(1, cols))) {
+    return {x, rows == 1 ? std::max<int64_t>(1, cols) : s0, 1};
+  }
+  if ((s0 == 1 || rows == 1) && (cols == 1 || s1 >= std::max<int64_t>(1, rows))) {
+    return {x, 1, cols == 1 ? std::max<int64_t>(1, rows) : s1};
+  }
+  return {x.contiguous(), std::max<int64_t>(1, cols), 1};
+}
+
+// What a primitive is built for: sizes, strides and the two scalars.
+struct Shape {
+  int64_t m, k, n;
+  int64_t a0, a1, b0, b1, c0;
+  float alpha;
+  bool accumulate;
+  bool operator==(const Shape& o) const { return std::memcmp(this, &o, sizeof(Shape)) == 0; }
+};
+
+struct ShapeHash {
+  size_t operator()(const Shape& s) const {
+    size_t h = 0;
+    for (const int64_t v : {s.m, s.k, s.n, s.a0, s.a1, s.b0, s.b1, s.c0}) {
+      h = h * 1000003u ^ std::hash<int64_t>()(v);
+    }
+    return h * 31u + std::hash<float>()(s.alpha) * 2u + (s.accumulate ? 1u : 0u);
+  }
+};
+
+struct Built {
+  dnnl::matmul primitive;
+  dnnl::memory::desc a, b, c, scratch;
+};
+
+// The engine and the primitives built so far (a step repeats a few dozen
+// shapes). Like oneDNN's own primitive cache it is process-wide; it only
+// grows by shapes, and is emptied past kMaxShapes (MoE rows vary).
+class PrimitiveCache {
+ public:
+  static PrimitiveCache& Get() {
+    static PrimitiveCache* const cache = new PrimitiveCache();  // outlives every caller
+    return *cache;
+  }
+  const dnnl::engine& engine() const { return engine_; }
+
+  Built Find(const Shape& s) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = built_.find(s);
+    if (it != built_.end()) return it->second;
+    if (built_.size() >= kMaxShapes) built_.clear();
+    using dt = dnnl::memory::data_type;
+    const dnnl::memory::desc a({s.m, s.k}, dt::f32, {s.a0, s.a1});
+    const dnnl::memory::desc b({s.k, s.n}, dt::f32, {s.b0, s.b1});
+    const dnnl::memory::desc c({s.m, s.n}, dt::f32, {s.c0, 1});
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    if (s.alpha != 1.0f) attr.set_output_scales(0, {s.alpha});
+    if (s.accumulate) {
+      dnnl::post_ops ops;
+      ops.append_sum(1.0f);
+      attr.set_post_ops(ops);
+    }
+    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, c), attr, engine_);
+    Built built{dnnl::matmul(pd), a, b, c, pd.scratchpad_desc()};
+    built_.emplace(s, built);
+    return built;
+  }
+
+ private:
+  static constexpr size_t kMaxShapes = 512;
+  PrimitiveCache() : engine_(dnnl::engine::kind::cpu, 0) {}
+  dnnl::engine engine_;
+  std::mutex mutex_;
+  std::unordered_map<Shape, Built, ShapeHash> built_;
+};
+
+bool IsCpuFloatMatrix(const torch::Tensor& x) {
+  return x.defined() && x.device().is_cpu() && x.scalar_type() == torch::kFloat && x.dim() == 2;
+}
+
+// out = alpha a @ b, or out += alpha a @ b. False where oneDNN does not take
+// these tensors (nothing written then).
+bool OneDnnProduct(const torch::Tensor& out, const torch::Tensor& a_in, const torch::Tensor& b_in,
+                   float alpha, bool accumulate) {
+  if (!(IsCpuFloatMatrix(a_in) && IsCpuFloatMatrix(b_in) && IsCpuFloatMatrix(out) &&
+        (out.stride(1) == 1 || out.size(1) == 1) &&
+        (out.size(0) == 1 || out.stride(0) >= std::max<int64_t>(1, out.size(1))))) {
+    return false;
+  }
+  if (out.numel() == 0) return true;
+  if (a_in.size(1) == 0) {
+    if (!accumulate) out.zero_();
+    return true;
+  }
+  const Readable a = InPlaceReadable(a_in), b = InPlaceReadable(b_in);
+  const int64_t out_stride = out.size(0) == 1 ? out.size(1) : out.stride(0);
+  const Shape shape{a_in.size(0), a_in.size(1), b_in.size(1), a.stride0, a.stride1,
+                    b.stride0,    b.stride1,    out_stride,   alpha,     accumulate};
+  PrimitiveCache& cache = PrimitiveCache::Get();
+  const Built built = cache.Find(shape);
+  const dnnl::engine& engine = cache.engine();
+  // Scratch from LibTorch's allocator: the caching host allocator keeps it
+  // between calls (oneDNN's own would malloc and free it every call).
+  const torch::Tensor scratch =
+      torch::empty({static_cast<int64_t>(std::max<size_t>(1, built.scratch.get_size()))},
+                   torch::TensorOptions().dtype(torch::kByte));
+  dnnl::stream stream(engine);
+  built.primitive.execute(
+      stream, {{DNNL_ARG_SRC, dnnl::memory(built.a, engine, a.tensor.data_ptr<float>())},
+               {DNNL_ARG_WEIGHTS, dnnl::memory(built.b, engine, b.tensor.data_ptr<float>())},
+               {DNNL_ARG_DST, dnnl::memory(built.c, engine, out.data_ptr<float>())},
+               {DNNL_ARG_SCRATCHPAD, dnnl::memory(built.scratch, engine, scratch.data_ptr())}});
+  stream.wait();
+  return true;
+}
+
+#else
+
+bool OneDnnProduct(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, float, bool) {
+  return false;
+}
+
+#endif  // FULCRUM_WITH_DNNL
+
+void CheckSizes(const torch::Tensor& a, const torch::Tensor& b) {
+  FULCRUM_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(0), "matrix product of ",
+                c10::str(a.sizes()), " and ", c10::str(b.sizes()));
+}
+
+}  // namespace
+
+torch::Tensor MatrixProduct(const torch::Tensor& a, const torch::Tensor& b) {
+  CheckSizes(a, b);
+  torch::Tensor out = torch::empty({a.size(0), b.size(1)}, a.options());
+  if (OneDnnProduct(out, a, b, 1.0f, /*accumulate=*/false)) return out;
+  return torch::mm(a, b);
+}
+
+void MatrixProductInto(const torch::Tensor& out, const torch::Tensor& a, const torch::Tensor& b) {
+  CheckSizes(a, b);
+  FULCRUM_CHECK(out.dim() == 2 && out.size(0) == a.size(0) && out.size(1) == b.size(1),
+                "matrix product into ", c10::str(out.sizes()));
+  if (OneDnnProduct(out, a, b, 1.0f, /*accumulate=*/false)) return;
+  at::mm_out(const_cast<torch::Tensor&>(out), a, b);
+}
+
+void AddMatrixProduct(const torch::Tensor& out, const torch::Tensor& a, const torch::Tensor& b,
+                      double alpha) {
+  CheckSizes(a, b);
+  FULCRUM_CHECK(out.dim() == 2 && out.size(0) == a.size(0) && out.size(1) == b.size(1),
+                "matrix product into ", c10::str(out.sizes()));
+  if (OneDnnProduct(out, a, b, static_cast<float>(alpha), /*accumulate=*/true)) return;
+  out.addmm_(a, b, 1, alpha);
+}
+
+bool MatrixProductUsesOneDnn() {
+#if FULCRUM_WITH_DNNL
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace fulcrum::models

@@ -1,0 +1,34 @@
+// Products of two fp32 matrices on the CPU through oneDNN's matmul primitive:
+// the model's linear layers (their forward and both backward products) and
+// the output projection's chunks.
+//
+// On the 290M bench Llama's shapes at 2 threads on an AVX-512 host,
+// LibTorch's mm (OpenBLAS) ran 163-198 GFLOP/s and oneDNN 188-218 on the
+// large products; the rank-16 adapter products ran ~67 against ~90. oneDNN's
+// sgemm entry (batched_matmul.h) packs its operands into buffers it
+// mallocs per call, which fragmented glibc's heap by ~150 MB over a step; the
+// matmul primitive here takes its scratch from the caller (a tensor of the
+// caching host allocator, a few hundred KiB), so it holds no memory of its
+// own between calls.
+//
+// Other dtypes and devices, and builds without oneDNN, take torch::mm.
+#pragma once
+
+#include <torch/torch.h>
+
+namespace fulcrum::models {
+
+// a [M, K] @ b [K, N] -> [M, N]; a and b may be transposed views.
+torch::Tensor MatrixProduct(const torch::Tensor& a, const torch::Tensor& b);
+
+// out [M, N] = a @ b (out's rows may be a narrow of a larger matrix).
+void MatrixProductInto(const torch::Tensor& out, const torch::Tensor& a, const torch::Tensor& b);
+
+// out [M, N] += alpha * a @ b.
+void AddMatrixProduct(const torch::Tensor& out, const torch::Tensor& a, const torch::Tensor& b,
+                      double alpha = 1.0);
+
+// Whether fp32 CPU products take oneDNN in this build.
+bool MatrixProductUsesOneDnn();
+
+}  // namespace fulcrum::models
