@@ -4,6 +4,17 @@
 
 namespace fulcrum::lora {
 
+c10::optional<torch::Tensor> OptionalArgument(const torch::Tensor& t) {
+  return t.defined() ? c10::optional<torch::Tensor>(t) : c10::nullopt;
+}
+
+RowsLinear RowsLinearOf(const torch::Tensor& weight, const c10::optional<torch::Tensor>& bias,
+                        const c10::optional<torch::Tensor>& lora_a,
+                        const c10::optional<torch::Tensor>& lora_b, double scaling) {
+  return RowsLinear{weight, bias.value_or(torch::Tensor()), lora_a.value_or(torch::Tensor()),
+                    lora_b.value_or(torch::Tensor()), scaling};
+}
+
 torch::Tensor RowsLinearForward(const torch::Tensor& rows, const RowsLinear& layer,
                                 torch::Tensor* low) {
   torch::Tensor y;
@@ -55,16 +66,13 @@ using torch::autograd::variable_list;
 // Inputs in order: rows, weight, bias, lora_a, lora_b.
 class RowsLinearFunction : public torch::autograd::Function<RowsLinearFunction> {
  public:
-  // LibTorch 1.13 records the device of every tensor input of a custom
-  // function, so the optional ones come as c10::optional.
+  // Optional tensors as c10::optional (OptionalArgument).
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& rows,
                                const torch::Tensor& weight,
                                const c10::optional<torch::Tensor>& optional_bias,
                                const c10::optional<torch::Tensor>& optional_a,
                                const c10::optional<torch::Tensor>& optional_b, double scaling) {
-    const RowsLinear layer{weight, optional_bias.value_or(torch::Tensor()),
-                           optional_a.value_or(torch::Tensor()),
-                           optional_b.value_or(torch::Tensor()), scaling};
+    const RowsLinear layer = RowsLinearOf(weight, optional_bias, optional_a, optional_b, scaling);
     torch::Tensor low;
     const torch::Tensor y = RowsLinearForward(rows, layer, &low);
     ctx->save_for_backward({rows, weight, layer.lora_a, layer.lora_b, low});
@@ -89,11 +97,9 @@ class RowsLinearFunction : public torch::autograd::Function<RowsLinearFunction> 
 }  // namespace
 
 torch::Tensor RowsLinearApply(const torch::Tensor& rows, const RowsLinear& layer) {
-  const auto optional = [](const torch::Tensor& t) {
-    return t.defined() ? c10::optional<torch::Tensor>(t) : c10::nullopt;
-  };
-  return RowsLinearFunction::apply(rows, layer.weight, optional(layer.bias), optional(layer.lora_a),
-                                   optional(layer.lora_b), layer.scaling);
+  return RowsLinearFunction::apply(rows, layer.weight, OptionalArgument(layer.bias),
+                                   OptionalArgument(layer.lora_a), OptionalArgument(layer.lora_b),
+                                   layer.scaling);
 }
 
 std::vector<int64_t> EdgesOf(std::initializer_list<const torch::Tensor*> arguments) {

@@ -20,6 +20,15 @@ struct RowsLinear {
   double scaling = 0.0;
 };
 
+// A custom function's optional tensor argument: LibTorch 1.13 records the
+// device of every tensor input, so absent ones travel as c10::nullopt.
+c10::optional<torch::Tensor> OptionalArgument(const torch::Tensor& t);
+
+// The layer a custom function's arguments describe (absent ones undefined).
+RowsLinear RowsLinearOf(const torch::Tensor& weight, const c10::optional<torch::Tensor>& bias,
+                        const c10::optional<torch::Tensor>& lora_a,
+                        const c10::optional<torch::Tensor>& lora_b, double scaling);
+
 // rows [N, in] -> [N, out], B's product accumulated into the base output.
 // Products through models::MatrixProduct (oneDNN for fp32 on the CPU). *low = the
 // adapter's [N, r] product (what B's gradient needs), undefined without one.

@@ -17,8 +17,7 @@ using torch::autograd::variable_list;
 // nothing, and an in-place change is still reported.
 class NormedLinearFunction : public torch::autograd::Function<NormedLinearFunction> {
  public:
-  // LibTorch 1.13 records the device of every tensor input of a custom
-  // function, so the optional ones come as c10::optional.
+  // Optional tensors as c10::optional (OptionalArgument).
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& y,
                                const torch::Tensor& weight,
                                const c10::optional<torch::Tensor>& optional_bias,
@@ -26,9 +25,7 @@ class NormedLinearFunction : public torch::autograd::Function<NormedLinearFuncti
                                const c10::optional<torch::Tensor>& optional_b, double scaling,
                                const torch::Tensor& norm_x, const torch::Tensor& norm_rstd,
                                const torch::Tensor& norm_weight) {
-    const RowsLinear layer{weight, optional_bias.value_or(torch::Tensor()),
-                           optional_a.value_or(torch::Tensor()),
-                           optional_b.value_or(torch::Tensor()), scaling};
+    const RowsLinear layer = RowsLinearOf(weight, optional_bias, optional_a, optional_b, scaling);
     torch::Tensor low;
     const torch::Tensor out = RowsLinearForward(y.reshape({-1, y.size(-1)}), layer, &low);
     ctx->save_for_backward(
@@ -69,12 +66,9 @@ torch::Tensor NormedLinear(const models::RmsNormOutput& in, const torch::Tensor&
                            const torch::Tensor& bias, const torch::Tensor& lora_a,
                            const torch::Tensor& lora_b, double scaling) {
   FULCRUM_CHECK(in.x.defined() && in.rstd.defined(), "NormedLinear needs the norm's x and rstd");
-  const auto optional = [](const torch::Tensor& t) {
-    return t.defined() ? c10::optional<torch::Tensor>(t) : c10::nullopt;
-  };
-  return NormedLinearFunction::apply(in.y, weight, optional(bias), optional(lora_a),
-                                     optional(lora_b), scaling, in.x.detach(), in.rstd.detach(),
-                                     in.weight.detach());
+  return NormedLinearFunction::apply(in.y, weight, OptionalArgument(bias), OptionalArgument(lora_a),
+                                     OptionalArgument(lora_b), scaling, in.x.detach(),
+                                     in.rstd.detach(), in.weight.detach());
 }
 
 }  // namespace fulcrum::lora

@@ -35,16 +35,13 @@ class SwiGluFunction : public torch::autograd::Function<SwiGluFunction> {
 // Inputs in order: gate, up, weight, bias, lora_a, lora_b.
 class SwiGluLinearFunction : public torch::autograd::Function<SwiGluLinearFunction> {
  public:
-  // LibTorch 1.13 records the device of every tensor input of a custom
-  // function, so the optional ones come as c10::optional.
+  // Optional tensors as c10::optional (OptionalArgument).
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& gate,
                                const torch::Tensor& up, const torch::Tensor& weight,
                                const c10::optional<torch::Tensor>& optional_bias,
                                const c10::optional<torch::Tensor>& optional_a,
                                const c10::optional<torch::Tensor>& optional_b, double scaling) {
-    const RowsLinear layer{weight, optional_bias.value_or(torch::Tensor()),
-                           optional_a.value_or(torch::Tensor()),
-                           optional_b.value_or(torch::Tensor()), scaling};
+    const RowsLinear layer = RowsLinearOf(weight, optional_bias, optional_a, optional_b, scaling);
     const int64_t in = gate.size(-1);
     const torch::Tensor p = torch::silu(gate.reshape({-1, in})).mul_(up.reshape({-1, in}));
     torch::Tensor low;
@@ -112,11 +109,8 @@ torch::Tensor SwiGluLinear(const torch::Tensor& gate, const torch::Tensor& up,
                            const torch::Tensor& weight, const torch::Tensor& bias,
                            const torch::Tensor& lora_a, const torch::Tensor& lora_b,
                            double scaling) {
-  const auto optional = [](const torch::Tensor& t) {
-    return t.defined() ? c10::optional<torch::Tensor>(t) : c10::nullopt;
-  };
-  return SwiGluLinearFunction::apply(gate, up, weight, optional(bias), optional(lora_a),
-                                     optional(lora_b), scaling);
+  return SwiGluLinearFunction::apply(gate, up, weight, OptionalArgument(bias),
+                                     OptionalArgument(lora_a), OptionalArgument(lora_b), scaling);
 }
 
 }  // namespace fulcrum::lora

@@ -11,7 +11,9 @@
 // caching host allocator, a few hundred KiB), so it holds no memory of its
 // own between calls.
 //
-// Other dtypes and devices, and builds without oneDNN, take torch::mm.
+// Other dtypes and devices, sizes a step does not repeat (not a multiple of
+// 64 and not below it: the rows an expert receives), and builds without
+// oneDNN take torch::mm.
 #pragma once
 
 #include <torch/torch.h>

@@ -34,7 +34,8 @@ TEST(MatrixProductTest, SaysWhichPathFp32Takes) {
 
 TEST(MatrixProductTest, TransposedNarrowedAndCopiedOperands) {
   torch::manual_seed(0);
-  const torch::Tensor x = torch::randn({70, 48});
+  // 128 rows: sizes that are multiples of 64 or below it take oneDNN.
+  const torch::Tensor x = torch::randn({128, 48});
   const torch::Tensor w = torch::randn({30, 48});
   struct Case {
     std::string name;
@@ -43,9 +44,10 @@ TEST(MatrixProductTest, TransposedNarrowedAndCopiedOperands) {
   const Case cases[] = {
       {"contiguous", x, torch::randn({48, 30})},
       {"b transposed (a linear's x W^T)", x, w.t()},
-      {"a transposed (a weight's gradient g^T x)", torch::randn({70, 30}).t(), x},
-      {"narrowed in both dims", torch::randn({90, 60}).narrow(0, 5, 70).narrow(1, 3, 48), w.t()},
-      {"a neither row nor column contiguous", torch::randn({70, 96}).slice(1, 0, 96, 2), w.t()},
+      {"a transposed (a weight's gradient g^T x)", torch::randn({128, 30}).t(), x},
+      {"narrowed in both dims", torch::randn({150, 60}).narrow(0, 5, 128).narrow(1, 3, 48), w.t()},
+      {"a neither row nor column contiguous", torch::randn({128, 96}).slice(1, 0, 96, 2), w.t()},
+      {"rows an expert receives (70: torch::mm)", torch::randn({70, 48}), w.t()},
       {"rank-16 adapter", x, torch::randn({16, 48}).t()},
       {"one row, one column", torch::randn({1, 48}), torch::randn({48, 1})},
       // A size-1 dim's stride is arbitrary in LibTorch (a decoding step's row).
