@@ -15,6 +15,12 @@ RowsLinear RowsLinearOf(const torch::Tensor& weight, const c10::optional<torch::
                     lora_b.value_or(torch::Tensor()), scaling};
 }
 
+RowsLinear SavedRowsLinear(torch::autograd::AutogradContext* ctx,
+                           const torch::autograd::variable_list& saved, size_t at) {
+  return RowsLinear{saved[at], torch::Tensor(), saved[at + 1], saved[at + 2],
+                    ctx->saved_data["scaling"].toDouble()};
+}
+
 torch::Tensor RowsLinearForward(const torch::Tensor& rows, const RowsLinear& layer,
                                 torch::Tensor* low) {
   torch::Tensor y;
@@ -84,8 +90,7 @@ class RowsLinearFunction : public torch::autograd::Function<RowsLinearFunction> 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const variable_list saved = ctx->get_saved_variables();
     const torch::Tensor& rows = saved[0];
-    const RowsLinear layer{saved[1], torch::Tensor(), saved[2], saved[3],
-                           ctx->saved_data["scaling"].toDouble()};
+    const RowsLinear layer = SavedRowsLinear(ctx, saved, 1);
     const std::vector<bool> needs = NeedsByArgument(ctx, ctx->saved_data["edges"].toIntList());
     const RowsLinearGrads grads = RowsLinearBackward(
         grad_outputs[0], layer, saved[4], {needs[0], needs[1], needs[2], needs[3], needs[4]},

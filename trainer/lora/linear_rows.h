@@ -29,6 +29,11 @@ RowsLinear RowsLinearOf(const torch::Tensor& weight, const c10::optional<torch::
                         const c10::optional<torch::Tensor>& lora_a,
                         const c10::optional<torch::Tensor>& lora_b, double scaling);
 
+// The layer a custom function saved as weight, lora_a, lora_b from
+// saved[at] on (the bias needs no saving) with saved_data["scaling"].
+RowsLinear SavedRowsLinear(torch::autograd::AutogradContext* ctx,
+                           const torch::autograd::variable_list& saved, size_t at);
+
 // rows [N, in] -> [N, out], B's product accumulated into the base output.
 // Products through models::MatrixProduct (oneDNN for fp32 on the CPU). *low = the
 // adapter's [N, r] product (what B's gradient needs), undefined without one.

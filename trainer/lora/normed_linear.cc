@@ -42,8 +42,7 @@ class NormedLinearFunction : public torch::autograd::Function<NormedLinearFuncti
     const torch::Tensor& x = saved[0];
     const torch::Tensor& rstd = saved[1];
     const torch::Tensor& norm_weight = saved[2];
-    const RowsLinear layer{saved[3], torch::Tensor(), saved[4], saved[5],
-                           ctx->saved_data["scaling"].toDouble()};
+    const RowsLinear layer = SavedRowsLinear(ctx, saved, 3);
     const torch::Tensor& low = saved[6];
     const int64_t dim = x.size(-1);
     const torch::Tensor gy = grad_outputs[0].reshape({-1, layer.weight.size(0)});

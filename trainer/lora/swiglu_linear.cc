@@ -59,8 +59,7 @@ class SwiGluLinearFunction : public torch::autograd::Function<SwiGluLinearFuncti
     const variable_list saved = ctx->get_saved_variables();
     const torch::Tensor& gate = saved[0];
     const torch::Tensor& up = saved[1];
-    const RowsLinear layer{saved[2], torch::Tensor(), saved[3], saved[4],
-                           ctx->saved_data["scaling"].toDouble()};
+    const RowsLinear layer = SavedRowsLinear(ctx, saved, 2);
     const torch::Tensor& low = saved[5];
     const int64_t in = gate.size(-1);
     const torch::Tensor g = gate.reshape({-1, in});

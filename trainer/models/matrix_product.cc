@@ -2,8 +2,8 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <mutex>
+#include <tuple>
 #include <unordered_map>
 
 #include "core/check.h"
@@ -44,7 +44,11 @@ struct Shape {
   int64_t a0, a1, b0, b1, c0;
   float alpha;
   bool accumulate;
-  bool operator==(const Shape& o) const { return std::memcmp(this, &o, sizeof(Shape)) == 0; }
+  // Field by field: memcmp would read the padding after `accumulate`.
+  bool operator==(const Shape& o) const {
+    return std::tie(m, k, n, a0, a1, b0, b1, c0, alpha, accumulate) ==
+           std::tie(o.m, o.k, o.n, o.a0, o.a1, o.b0, o.b1, o.c0, o.alpha, o.accumulate);
+  }
 };
 
 struct ShapeHash {
