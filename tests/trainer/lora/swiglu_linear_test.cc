@@ -154,12 +154,14 @@ TEST(SwiGluLinearTest, KeepsGateAndUpButNotTheirProduct) {
 
 // Backward is the first node of a step's last layer, where memory peaks: it
 // adds two [N, in] buffers (the gate's gradient and dp, which becomes the
-// up's), not four (silu(gate), dp * up and both gradients held at once).
-// Counted by the caching host allocator, which sees tensors of 256 KiB and
-// more: [2048, 40] fp32 is 320 KiB.
+// up's) and a block of silu(gate) rows of at most 1 MiB, not four
+// (silu(gate), dp * up and both gradients held at once). Counted by the
+// caching host allocator, which sees tensors of 256 KiB and more: [12288,
+// 40] fp32 is 1.9 MiB (and the adapter's [12288, 4] is not seen).
 TEST(SwiGluLinearTest, BackwardAddsTwoInputSizedBuffers) {
   parallel::CachingHostAllocator* allocator = parallel::InstallCachingHostAllocator();
-  const int64_t rows = 2048;
+  const int64_t rows = 12288;
+  const int64_t silu_block = int64_t{1} << 20;
   const int64_t product = rows * kIn * 4;
   torch::manual_seed(9);
   LoraLinear down = MakeDown(/*bias=*/false, /*dropout=*/0.0);
@@ -172,7 +174,7 @@ TEST(SwiGluLinearTest, BackwardAddsTwoInputSizedBuffers) {
   y.backward(dy);
   const parallel::HostAllocatorStats after = allocator->Stats();
   EXPECT_EQ(after.allocated_bytes - before, 2 * product);  // the two gradients
-  EXPECT_LE(after.peak_allocated_bytes - before, 2 * product);
+  EXPECT_LE(after.peak_allocated_bytes - before, 2 * product + silu_block);
   // And they are the gradients: against the unfused layer.
   const torch::Tensor g2 = gate.detach().clone().requires_grad_(true);
   const torch::Tensor u2 = up.detach().clone().requires_grad_(true);

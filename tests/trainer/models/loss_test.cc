@@ -120,7 +120,7 @@ struct HeadCase {
 TEST(LinearCrossEntropyTest, MatchesTheLossOfTheMaterialisedLogits) {
   const int64_t h = 8;
   // vocab 300000 on the CPU: a frozen head's chunks take 13 rows, so 39
-  // rows span 3; a trained head's 111, so 117 rows span 2.
+  // rows span 3; a trained head's 64 (111 rounded down), so 117 rows span 2.
   for (const HeadCase& c : {HeadCase{"fp32, one chunk", torch::kFloat, true, 3, 1000},
                             HeadCase{"fp32, chunks", torch::kFloat, true, 9, 300000},
                             HeadCase{"fp32, frozen head", torch::kFloat, false, 3, 300000},
@@ -161,8 +161,19 @@ TEST(LinearCrossEntropyTest, MatchesTheLossOfTheMaterialisedLogits) {
   }
 }
 
+// Passes of whole multiples of 64 rows, which MatrixProduct sends through
+// oneDNN (other sizes take torch::mm, at half its FLOP/s on the bench host):
+// the ~290M bench Llama's 1024 rows of vocab 32000 in 8 passes of 128
+// (16 MiB: 131 rows), the 55M's 2048 in 2 of 1024 (128 MiB: 1048).
+TEST(LinearCrossEntropyTest, PassesTakeWholeMultiplesOf64Rows) {
+  EXPECT_EQ(HeadChunkRows(1024, 32000, /*cuda=*/false, /*weight_trains=*/false), 128);
+  EXPECT_EQ(HeadChunkRows(2048, 32000, /*cuda=*/false, /*weight_trains=*/true), 1024);
+  EXPECT_EQ(HeadChunkRows(40, 32000, /*cuda=*/false, /*weight_trains=*/false), 40);
+  EXPECT_EQ(HeadChunkRows(1024, 1 << 19, /*cuda=*/false, /*weight_trains=*/false), 8);
+}
+
 TEST(LinearCrossEntropyTest, NeverHoldsTheLogitsOfAllRows) {
-  const int64_t b = 16, t = 64, h = 8, v = 100000;  // 335 of 1024 rows per chunk
+  const int64_t b = 16, t = 64, h = 8, v = 100000;  // 320 of 1024 rows per chunk
   torch::manual_seed(5);
   const torch::Tensor labels = torch::randint(0, v, {b, t}, torch::kLong);
   const torch::Tensor hidden = torch::randn({b, t, h}, torch::requires_grad());
