@@ -15,10 +15,18 @@ RowsLinear RowsLinearOf(const torch::Tensor& weight, const c10::optional<torch::
                     lora_b.value_or(torch::Tensor()), scaling};
 }
 
+namespace {
+constexpr char kScalingKey[] = "scaling";
+}  // namespace
+
+void SaveRowsLinearScaling(torch::autograd::AutogradContext* ctx, double scaling) {
+  ctx->saved_data[kScalingKey] = scaling;
+}
+
 RowsLinear SavedRowsLinear(torch::autograd::AutogradContext* ctx,
                            const torch::autograd::variable_list& saved, size_t at) {
   return RowsLinear{saved[at], torch::Tensor(), saved[at + 1], saved[at + 2],
-                    ctx->saved_data["scaling"].toDouble()};
+                    ctx->saved_data[kScalingKey].toDouble()};
 }
 
 torch::Tensor RowsLinearForward(const torch::Tensor& rows, const RowsLinear& layer,
@@ -82,7 +90,7 @@ class RowsLinearFunction : public torch::autograd::Function<RowsLinearFunction> 
     torch::Tensor low;
     const torch::Tensor y = RowsLinearForward(rows, layer, &low);
     ctx->save_for_backward({rows, weight, layer.lora_a, layer.lora_b, low});
-    ctx->saved_data["scaling"] = scaling;
+    SaveRowsLinearScaling(ctx, scaling);
     ctx->saved_data["edges"] = EdgesOf({&rows, &weight, &layer.bias, &layer.lora_a, &layer.lora_b});
     return y;
   }

@@ -29,8 +29,10 @@ RowsLinear RowsLinearOf(const torch::Tensor& weight, const c10::optional<torch::
                         const c10::optional<torch::Tensor>& lora_a,
                         const c10::optional<torch::Tensor>& lora_b, double scaling);
 
-// The layer a custom function saved as weight, lora_a, lora_b from
-// saved[at] on (the bias needs no saving) with saved_data["scaling"].
+// A custom function's forward keeps the adapter's scaling with this, and
+// saves weight, lora_a, lora_b in that order (the bias needs no saving);
+// SavedRowsLinear reads the layer back from saved[at] on.
+void SaveRowsLinearScaling(torch::autograd::AutogradContext* ctx, double scaling);
 RowsLinear SavedRowsLinear(torch::autograd::AutogradContext* ctx,
                            const torch::autograd::variable_list& saved, size_t at);
 

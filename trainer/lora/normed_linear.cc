@@ -30,7 +30,7 @@ class NormedLinearFunction : public torch::autograd::Function<NormedLinearFuncti
     const torch::Tensor out = RowsLinearForward(y.reshape({-1, y.size(-1)}), layer, &low);
     ctx->save_for_backward(
         {norm_x, norm_rstd, norm_weight, weight, layer.lora_a, layer.lora_b, low});
-    ctx->saved_data["scaling"] = scaling;
+    SaveRowsLinearScaling(ctx, scaling);
     ctx->saved_data["edges"] = EdgesOf({&y, &weight, &layer.bias, &layer.lora_a, &layer.lora_b});
     std::vector<int64_t> shape = y.sizes().vec();
     shape.back() = out.size(1);

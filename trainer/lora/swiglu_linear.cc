@@ -49,7 +49,7 @@ class SwiGluLinearFunction : public torch::autograd::Function<SwiGluLinearFuncti
     torch::Tensor low;
     const torch::Tensor y = RowsLinearForward(p, layer, &low);
     ctx->save_for_backward({gate, up, weight, layer.lora_a, layer.lora_b, low});
-    ctx->saved_data["scaling"] = scaling;
+    SaveRowsLinearScaling(ctx, scaling);
     ctx->saved_data["edges"] =
         EdgesOf({&gate, &up, &weight, &layer.bias, &layer.lora_a, &layer.lora_b});
     std::vector<int64_t> shape = gate.sizes().vec();

@@ -161,14 +161,11 @@ int64_t HeadChunkRows(int64_t n, int64_t vocab, bool cuda, bool weight_trains) {
   const int64_t chunk_bytes = cuda            ? kCudaHeadChunkBytes
                               : weight_trains ? kCpuTrainedHeadChunkBytes
                                               : kCpuHeadChunkBytes;
-  int64_t rows = std::max<int64_t>(1, chunk_bytes / (vocab * 4));
-  // Whole multiples of 64 rows: MatrixProduct takes oneDNN only for sizes a
-  // step repeats (matrix_product.cc), and a pass of 131 rows fell back to
-  // torch::mm at ~half its FLOP/s (the ~290M LoRA's frozen head: 0.85 s of
-  // a 4.8 s step). Batch x sequence is a multiple of 64 in practice, so the
-  // last pass is one too.
-  if (rows > 64) rows -= rows % 64;
-  return std::min(n, rows);
+  // Sizes MatrixProduct sends through oneDNN: a pass of 131 rows fell back
+  // to torch::mm at ~half its FLOP/s (the ~290M LoRA's frozen head: 0.85 s
+  // of a 4.8 s step). Batch x sequence is a multiple of 64 in practice, so
+  // the last pass is one too.
+  return std::min(n, RepeatingSizeAtMost(chunk_bytes / (vocab * 4)));
 }
 
 int HeadChunkBuffers(bool cuda, bool fp32, bool vocab_split) {

@@ -123,7 +123,10 @@ bool IsCpuFloatMatrix(const torch::Tensor& x) {
 // call (the bench MoE lost 11% of its tokens/s): those take torch::mm. A
 // rule on the sizes alone, so that a product's path, and its bits, do not
 // depend on what ran before (exact resume).
-bool RepeatingSize(int64_t size) { return size < 64 || size % 64 == 0; }
+constexpr int64_t kRepeatingMultiple = 64;
+bool RepeatingSize(int64_t size) {
+  return size < kRepeatingMultiple || size % kRepeatingMultiple == 0;
+}
 
 // out = alpha a @ b, or out += alpha a @ b. False where oneDNN does not take
 // these tensors (nothing written then).
@@ -204,6 +207,11 @@ void AddMatrixProduct(const torch::Tensor& out, const torch::Tensor& a, const to
                 "matrix product into ", c10::str(out.sizes()));
   if (OneDnnProduct(out, a, b, static_cast<float>(alpha), /*accumulate=*/true)) return;
   out.addmm_(a, b, 1, alpha);
+}
+
+int64_t RepeatingSizeAtMost(int64_t size) {
+  if (size < kRepeatingMultiple) return std::max<int64_t>(1, size);
+  return size - size % kRepeatingMultiple;
 }
 
 bool MatrixProductUsesOneDnn() {

@@ -30,6 +30,11 @@ void MatrixProductInto(const torch::Tensor& out, const torch::Tensor& a, const t
 void AddMatrixProduct(const torch::Tensor& out, const torch::Tensor& a, const torch::Tensor& b,
                       double alpha = 1.0);
 
+// The largest size <= `size` (and >= 1) of those oneDNN takes: `size` itself
+// below 64, else a multiple of 64. For callers that pick their own pass
+// sizes (lm_head's loss), so that every pass stays on the fast path.
+int64_t RepeatingSizeAtMost(int64_t size);
+
 // Whether fp32 CPU products take oneDNN in this build.
 bool MatrixProductUsesOneDnn();
 

@@ -103,6 +103,15 @@ TEST(MatrixProductTest, EmptyInnerDimensionAndBf16) {
   ExpectCloseToLargest(y, Reference(x, w.t()), 2e-2, "bf16");
 }
 
+// The pass sizes callers may pick: below 64 as they are, else whole 64s.
+TEST(MatrixProductTest, RepeatingSizeAtMostRoundsDownTo64s) {
+  EXPECT_EQ(RepeatingSizeAtMost(0), 1);
+  EXPECT_EQ(RepeatingSizeAtMost(40), 40);
+  EXPECT_EQ(RepeatingSizeAtMost(64), 64);
+  EXPECT_EQ(RepeatingSizeAtMost(131), 128);
+  EXPECT_EQ(RepeatingSizeAtMost(1048), 1024);
+}
+
 TEST(MatrixProductDeathTest, MismatchedSizesAreABrokenInvariant) {
   EXPECT_DEATH(MatrixProduct(torch::randn({3, 4}), torch::randn({5, 2})), "matrix product of");
   torch::Tensor out = torch::zeros({3, 3});
