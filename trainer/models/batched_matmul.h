@@ -3,11 +3,13 @@
 //
 // On the CPU, LibTorch's bmm runs them one after another through OpenBLAS,
 // which reaches 35-45 GFLOP/s on them at 2 threads (its packing dominates at
-// K = 64). oneDNN's sgemm, one matrix per thread, reaches 90-120 GFLOP/s on
-// the same shapes (the fp32 GEMM peak there is ~130), and reads strided and
-// transposed operands in place. Debian's LibTorch links oneDNN itself; fulcrum
-// uses its C API where the build found it (FULCRUM_WITH_DNNL), for contiguous
-// fp32 CPU tensors, and torch::matmul everywhere else.
+// K = 64). Debian's LibTorch links oneDNN itself; fulcrum uses it where the
+// build found it (FULCRUM_WITH_DNNL), for fp32 CPU tensors: sizes a step
+// repeats through its matmul primitive (matrix_product.h; brgemm kernels,
+// 330-430 GFLOP/s on the ~290M bench Llama's attention at 2 threads, where
+// the fp32 peak is ~380), others through its sgemm, one matrix per thread
+// (190-330), reading strided and transposed operands in place; torch::matmul
+// everywhere else.
 #pragma once
 
 #include <torch/torch.h>

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <tuple>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "core/check.h"
@@ -29,36 +30,48 @@ struct Readable {
   int64_t stride0 = 0, stride1 = 0;
 };
 
-Readable InPlaceReadable(const torch::Tensor& x) {
-  const int64_t rows = x.size(0), cols = x.size(1);
-  const int64_t s0 = x.stride(0), s1 = x.stride(1);
+// A [rows, cols] matrix's strides as oneDNN reads them in place (one of
+// them 1, the other its leading dimension), or {0, 0} where it cannot.
+std::pair<int64_t, int64_t> MatrixStrides(int64_t rows, int64_t cols, int64_t s0, int64_t s1) {
   if ((s1 == 1 || cols == 1) && (rows == 1 || s0 >= std::max<int64_t>(1, cols))) {
-    return {x, rows == 1 ? std::max<int64_t>(1, cols) : s0, 1};
+    return {rows == 1 ? std::max<int64_t>(1, cols) : s0, 1};
   }
   if ((s0 == 1 || rows == 1) && (cols == 1 || s1 >= std::max<int64_t>(1, rows))) {
-    return {x, 1, cols == 1 ? std::max<int64_t>(1, rows) : s1};
+    return {1, cols == 1 ? std::max<int64_t>(1, rows) : s1};
   }
-  return {x.contiguous(), std::max<int64_t>(1, cols), 1};
+  return {0, 0};
+}
+
+Readable InPlaceReadable(const torch::Tensor& x) {
+  const auto [s0, s1] = MatrixStrides(x.size(0), x.size(1), x.stride(0), x.stride(1));
+  if (s0 > 0) return {x, s0, s1};
+  return {x.contiguous(), std::max<int64_t>(1, x.size(1)), 1};
 }
 
 // What a primitive is built for: sizes, strides and the two scalars.
+// `batch` empty for one matrix (2-D descriptors); else the leading dims of
+// the three operands and each one's strides over them.
 struct Shape {
   int64_t m, k, n;
   int64_t a0, a1, b0, b1, c0;
   float alpha;
   bool accumulate;
+  std::vector<int64_t> batch, a_batch, b_batch, c_batch;
   // Field by field: memcmp would read the padding after `accumulate`.
   bool operator==(const Shape& o) const {
-    return std::tie(m, k, n, a0, a1, b0, b1, c0, alpha, accumulate) ==
-           std::tie(o.m, o.k, o.n, o.a0, o.a1, o.b0, o.b1, o.c0, o.alpha, o.accumulate);
+    return std::tie(m, k, n, a0, a1, b0, b1, c0, alpha, accumulate, batch, a_batch, b_batch,
+                    c_batch) == std::tie(o.m, o.k, o.n, o.a0, o.a1, o.b0, o.b1, o.c0, o.alpha,
+                                         o.accumulate, o.batch, o.a_batch, o.b_batch, o.c_batch);
   }
 };
 
 struct ShapeHash {
   size_t operator()(const Shape& s) const {
     size_t h = 0;
-    for (const int64_t v : {s.m, s.k, s.n, s.a0, s.a1, s.b0, s.b1, s.c0}) {
-      h = h * 1000003u ^ std::hash<int64_t>()(v);
+    const auto mix = [&](int64_t v) { h = h * 1000003u ^ std::hash<int64_t>()(v); };
+    for (const int64_t v : {s.m, s.k, s.n, s.a0, s.a1, s.b0, s.b1, s.c0}) mix(v);
+    for (const std::vector<int64_t>* dims : {&s.batch, &s.a_batch, &s.b_batch, &s.c_batch}) {
+      for (const int64_t v : *dims) mix(v);
     }
     return h * 31u + std::hash<float>()(s.alpha) * 2u + (s.accumulate ? 1u : 0u);
   }
@@ -86,9 +99,16 @@ class PrimitiveCache {
     if (it != built_.end()) return it->second;
     if (built_.size() >= kMaxShapes) built_.clear();
     using dt = dnnl::memory::data_type;
-    const dnnl::memory::desc a({s.m, s.k}, dt::f32, {s.a0, s.a1});
-    const dnnl::memory::desc b({s.k, s.n}, dt::f32, {s.b0, s.b1});
-    const dnnl::memory::desc c({s.m, s.n}, dt::f32, {s.c0, 1});
+    const auto desc = [&](int64_t rows, int64_t cols, const std::vector<int64_t>& batch_strides,
+                          int64_t s0, int64_t s1) {
+      dnnl::memory::dims dims = s.batch, strides = batch_strides;
+      dims.insert(dims.end(), {rows, cols});
+      strides.insert(strides.end(), {s0, s1});
+      return dnnl::memory::desc(dims, dt::f32, strides);
+    };
+    const dnnl::memory::desc a = desc(s.m, s.k, s.a_batch, s.a0, s.a1);
+    const dnnl::memory::desc b = desc(s.k, s.n, s.b_batch, s.b0, s.b1);
+    const dnnl::memory::desc c = desc(s.m, s.n, s.c_batch, s.c0, 1);
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     if (s.alpha != 1.0f) attr.set_output_scales(0, {s.alpha});
@@ -128,6 +148,26 @@ bool RepeatingSize(int64_t size) {
   return size < kRepeatingMultiple || size % kRepeatingMultiple == 0;
 }
 
+// Runs the primitive built for `shape` on these operands.
+void Execute(const Shape& shape, const float* a, const float* b, float* out) {
+  PrimitiveCache& cache = PrimitiveCache::Get();
+  const Built built = cache.Find(shape);
+  const dnnl::engine& engine = cache.engine();
+  // Scratch from LibTorch's allocator: the caching host allocator keeps it
+  // between calls (oneDNN's own would malloc and free it every call).
+  const torch::Tensor scratch =
+      torch::empty({static_cast<int64_t>(std::max<size_t>(1, built.scratch.get_size()))},
+                   torch::TensorOptions().dtype(torch::kByte));
+  dnnl::stream stream(engine);
+  // oneDNN's memory objects take mutable handles; it only reads a and b.
+  built.primitive.execute(
+      stream, {{DNNL_ARG_SRC, dnnl::memory(built.a, engine, const_cast<float*>(a))},
+               {DNNL_ARG_WEIGHTS, dnnl::memory(built.b, engine, const_cast<float*>(b))},
+               {DNNL_ARG_DST, dnnl::memory(built.c, engine, out)},
+               {DNNL_ARG_SCRATCHPAD, dnnl::memory(built.scratch, engine, scratch.data_ptr())}});
+  stream.wait();
+}
+
 // out = alpha a @ b, or out += alpha a @ b. False where oneDNN does not take
 // these tensors (nothing written then).
 bool OneDnnProduct(const torch::Tensor& out, const torch::Tensor& a_in, const torch::Tensor& b_in,
@@ -150,23 +190,21 @@ bool OneDnnProduct(const torch::Tensor& out, const torch::Tensor& a_in, const to
   RECORD_FUNCTION("fulcrum::MatrixProduct", std::vector<c10::IValue>());
   const Readable a = InPlaceReadable(a_in), b = InPlaceReadable(b_in);
   const int64_t out_stride = out.size(0) == 1 ? out.size(1) : out.stride(0);
-  const Shape shape{a_in.size(0), a_in.size(1), b_in.size(1), a.stride0, a.stride1,
-                    b.stride0,    b.stride1,    out_stride,   alpha,     accumulate};
-  PrimitiveCache& cache = PrimitiveCache::Get();
-  const Built built = cache.Find(shape);
-  const dnnl::engine& engine = cache.engine();
-  // Scratch from LibTorch's allocator: the caching host allocator keeps it
-  // between calls (oneDNN's own would malloc and free it every call).
-  const torch::Tensor scratch =
-      torch::empty({static_cast<int64_t>(std::max<size_t>(1, built.scratch.get_size()))},
-                   torch::TensorOptions().dtype(torch::kByte));
-  dnnl::stream stream(engine);
-  built.primitive.execute(
-      stream, {{DNNL_ARG_SRC, dnnl::memory(built.a, engine, a.tensor.data_ptr<float>())},
-               {DNNL_ARG_WEIGHTS, dnnl::memory(built.b, engine, b.tensor.data_ptr<float>())},
-               {DNNL_ARG_DST, dnnl::memory(built.c, engine, out.data_ptr<float>())},
-               {DNNL_ARG_SCRATCHPAD, dnnl::memory(built.scratch, engine, scratch.data_ptr())}});
-  stream.wait();
+  Execute(Shape{a_in.size(0),
+                a_in.size(1),
+                b_in.size(1),
+                a.stride0,
+                a.stride1,
+                b.stride0,
+                b.stride1,
+                out_stride,
+                alpha,
+                accumulate,
+                {},
+                {},
+                {},
+                {}},
+          a.tensor.data_ptr<float>(), b.tensor.data_ptr<float>(), out.data_ptr<float>());
   return true;
 }
 
@@ -192,12 +230,14 @@ torch::Tensor MatrixProduct(const torch::Tensor& a, const torch::Tensor& b) {
   return torch::mm(a, b);
 }
 
-void MatrixProductInto(const torch::Tensor& out, const torch::Tensor& a, const torch::Tensor& b) {
+void MatrixProductInto(const torch::Tensor& out, const torch::Tensor& a, const torch::Tensor& b,
+                       double alpha) {
   CheckSizes(a, b);
   FULCRUM_CHECK(out.dim() == 2 && out.size(0) == a.size(0) && out.size(1) == b.size(1),
                 "matrix product into ", c10::str(out.sizes()));
-  if (OneDnnProduct(out, a, b, 1.0f, /*accumulate=*/false)) return;
+  if (OneDnnProduct(out, a, b, static_cast<float>(alpha), /*accumulate=*/false)) return;
   at::mm_out(const_cast<torch::Tensor&>(out), a, b);
+  if (alpha != 1.0) out.mul_(alpha);
 }
 
 void AddMatrixProduct(const torch::Tensor& out, const torch::Tensor& a, const torch::Tensor& b,
@@ -207,6 +247,48 @@ void AddMatrixProduct(const torch::Tensor& out, const torch::Tensor& a, const to
                 "matrix product into ", c10::str(out.sizes()));
   if (OneDnnProduct(out, a, b, static_cast<float>(alpha), /*accumulate=*/true)) return;
   out.addmm_(a, b, 1, alpha);
+}
+
+bool BatchedMatrixProductInto(const torch::Tensor& out, const torch::Tensor& a,
+                              const torch::Tensor& b, bool accumulate) {
+  const int64_t dims = a.dim();
+  FULCRUM_CHECK(dims >= 3 && b.dim() == dims && out.dim() == dims &&
+                    a.sizes().slice(0, dims - 2) == b.sizes().slice(0, dims - 2) &&
+                    out.sizes().slice(0, dims - 2) == a.sizes().slice(0, dims - 2) &&
+                    a.size(-1) == b.size(-2) && out.size(-2) == a.size(-2) &&
+                    out.size(-1) == b.size(-1),
+                "batched matrix product of ", c10::str(a.sizes()), " and ", c10::str(b.sizes()),
+                " into ", c10::str(out.sizes()));
+#if FULCRUM_WITH_DNNL
+  const auto is_float = [](const torch::Tensor& x) {
+    return x.device().is_cpu() && x.scalar_type() == torch::kFloat;
+  };
+  const int64_t m = a.size(-2), k = a.size(-1), n = b.size(-1);
+  if (!is_float(a) || !is_float(b) || !is_float(out) || !RepeatingSize(m) || !RepeatingSize(k) ||
+      !RepeatingSize(n) || dims > DNNL_MAX_NDIMS) {
+    return false;
+  }
+  const auto [a0, a1] = MatrixStrides(m, k, a.stride(-2), a.stride(-1));
+  const auto [b0, b1] = MatrixStrides(k, n, b.stride(-2), b.stride(-1));
+  const auto [c0, c1] = MatrixStrides(m, n, out.stride(-2), out.stride(-1));
+  if (a0 == 0 || b0 == 0 || c1 != 1) return false;
+  if (out.numel() == 0) return true;
+  if (k == 0) {
+    if (!accumulate) out.zero_();
+    return true;
+  }
+  const auto leading = [&](const torch::Tensor& x) {
+    return std::vector<int64_t>(x.strides().begin(), x.strides().end() - 2);
+  };
+  RECORD_FUNCTION("fulcrum::MatrixProduct", std::vector<c10::IValue>());
+  Execute(Shape{m, k, n, a0, a1, b0, b1, c0, 1.0f, accumulate,
+                std::vector<int64_t>(a.sizes().begin(), a.sizes().end() - 2), leading(a),
+                leading(b), leading(out)},
+          a.data_ptr<float>(), b.data_ptr<float>(), out.data_ptr<float>());
+  return true;
+#else
+  return false;
+#endif
 }
 
 int64_t RepeatingSizeAtMost(int64_t size) {

@@ -23,12 +23,21 @@ namespace fulcrum::models {
 // a [M, K] @ b [K, N] -> [M, N]; a and b may be transposed views.
 torch::Tensor MatrixProduct(const torch::Tensor& a, const torch::Tensor& b);
 
-// out [M, N] = a @ b (out's rows may be a narrow of a larger matrix).
-void MatrixProductInto(const torch::Tensor& out, const torch::Tensor& a, const torch::Tensor& b);
+// out [M, N] = alpha * a @ b (out's rows may be a narrow of a larger matrix).
+void MatrixProductInto(const torch::Tensor& out, const torch::Tensor& a, const torch::Tensor& b,
+                       double alpha = 1.0);
 
 // out [M, N] += alpha * a @ b.
 void AddMatrixProduct(const torch::Tensor& out, const torch::Tensor& a, const torch::Tensor& b,
                       double alpha = 1.0);
+
+// out [..., M, N] = a [..., M, K] @ b [..., K, N], or out += a @ b where
+// `accumulate`, the leading dims equal: each operand's matrices row- or
+// column-major, placed by any strides over those dims (the attention's
+// per-head products). False, nothing written, where oneDNN does not take
+// them: the caller takes its own path.
+bool BatchedMatrixProductInto(const torch::Tensor& out, const torch::Tensor& a,
+                              const torch::Tensor& b, bool accumulate);
 
 // The largest size <= `size` (and >= 1) of those oneDNN takes: `size` itself
 // below 64, else a multiple of 64. For callers that pick their own pass

@@ -4,7 +4,9 @@
 // rows of a larger matrix, whose other rows stay untouched, and over an
 // uninitialised (NaN) output that is never read; alpha and accumulation;
 // K = 0; shapes seen again (the cached primitive) and new ones; bf16 through
-// torch. With oneDNN (Debian's LibTorch) fp32 takes it, and the test says so.
+// torch; batched products over strided leading dims, and the sizes they
+// leave to the caller. With oneDNN (Debian's LibTorch) fp32 takes it, and
+// the test says so.
 #include "trainer/models/matrix_product.h"
 
 #include <gtest/gtest.h>
@@ -12,6 +14,7 @@
 #include <cstdio>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "tests/tensor_compare.h"
 
@@ -104,6 +107,63 @@ TEST(MatrixProductTest, EmptyInnerDimensionAndBf16) {
 }
 
 // The pass sizes callers may pick: below 64 as they are, else whole 64s.
+torch::Tensor BatchedReference(const torch::Tensor& a, const torch::Tensor& b) {
+  return torch::matmul(a.to(torch::kDouble), b.to(torch::kDouble));
+}
+
+TEST(MatrixProductTest, BatchedOverStridedLeadingDims) {
+  torch::manual_seed(2);
+  // The attention's operands: [B, Hkv] leading dims; keys of [B, S, Hkv, D]
+  // memory read transposed and narrowed; a product added into the first rows
+  // of a larger sum; one batch (the 2-D path).
+  const torch::Tensor q = torch::randn({2, 3, 64, 16});
+  const torch::Tensor keys = torch::randn({2, 40, 3, 16}).permute({0, 2, 1, 3});  // [2, 3, 40, 16]
+  struct Case {
+    std::string name;
+    torch::Tensor a, b;
+    bool taken;
+  };
+  const Case cases[] = {
+      {"scores against strided keys", q, keys.narrow(2, 0, 32).transpose(-1, -2), true},
+      {"probabilities times strided values", torch::randn({2, 3, 64, 32}), keys.narrow(2, 0, 32),
+       true},
+      {"a transposed", torch::randn({2, 3, 32, 64}).transpose(-1, -2), keys.narrow(2, 0, 32), true},
+      {"one batch", torch::randn({1, 1, 64, 16}), torch::randn({1, 1, 16, 8}), true},
+      {"70 keys (not a size a step repeats)", q, torch::randn({2, 3, 16, 70}), false},
+      {"rows of 70", torch::randn({2, 3, 70, 16}), torch::randn({2, 3, 16, 8}), false},
+  };
+  for (int round = 0; round < 2; ++round) {
+    for (const Case& c : cases) {
+      std::vector<int64_t> sizes = c.a.sizes().vec();
+      sizes.back() = c.b.size(-1);
+      torch::Tensor out = torch::full(sizes, std::numeric_limits<float>::quiet_NaN());
+      const bool taken = BatchedMatrixProductInto(out, c.a, c.b, /*accumulate=*/false);
+      if (!MatrixProductUsesOneDnn()) {
+        EXPECT_FALSE(taken) << c.name;
+        continue;
+      }
+      EXPECT_EQ(taken, c.taken) << c.name;
+      if (!taken) {
+        EXPECT_TRUE(out.isnan().all().item<bool>()) << c.name << ": nothing written";
+        continue;
+      }
+      ExpectCloseToLargest(out, BatchedReference(c.a, c.b), 1e-5, c.name);
+    }
+  }
+  // Added into the first 32 rows of each [48, 16] matrix of a sum.
+  const torch::Tensor a = torch::randn({2, 3, 32, 64}), b = torch::randn({2, 3, 64, 16});
+  torch::Tensor sum = torch::randn({2, 3, 48, 16});
+  const torch::Tensor before = sum.clone();
+  if (BatchedMatrixProductInto(sum.narrow(2, 0, 32), a, b, /*accumulate=*/true)) {
+    ExpectCloseToLargest(sum.narrow(2, 0, 32),
+                         before.narrow(2, 0, 32).to(torch::kDouble) + BatchedReference(a, b), 1e-5,
+                         "accumulated");
+    EXPECT_TRUE(torch::equal(sum.narrow(2, 32, 16), before.narrow(2, 32, 16)));
+  } else {
+    EXPECT_FALSE(MatrixProductUsesOneDnn());
+  }
+}
+
 TEST(MatrixProductTest, RepeatingSizeAtMostRoundsDownTo64s) {
   EXPECT_EQ(RepeatingSizeAtMost(0), 1);
   EXPECT_EQ(RepeatingSizeAtMost(40), 40);
