@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "trainer/lora/linear_rows.h"
+#include "trainer/models/swiglu_cpu_kernel.h"
 
 namespace fulcrum::lora {
 namespace {
@@ -34,6 +35,12 @@ class SwiGluFunction : public torch::autograd::Function<SwiGluFunction> {
   }
 };
 
+// silu(gate) * up of [N, I] rows: one pass on fp32 CPU tensors.
+torch::Tensor SwiGluProduct(const torch::Tensor& gate, const torch::Tensor& up) {
+  if (models::SwiGluCpuKernelTakes({gate, up})) return models::SwiGluCpu(gate, up);
+  return torch::silu(gate).mul_(up);
+}
+
 // Inputs in order: gate, up, weight, bias, lora_a, lora_b.
 class SwiGluLinearFunction : public torch::autograd::Function<SwiGluLinearFunction> {
  public:
@@ -45,7 +52,7 @@ class SwiGluLinearFunction : public torch::autograd::Function<SwiGluLinearFuncti
                                const c10::optional<torch::Tensor>& optional_b, double scaling) {
     const RowsLinear layer = RowsLinearOf(weight, optional_bias, optional_a, optional_b, scaling);
     const int64_t in = gate.size(-1);
-    const torch::Tensor p = torch::silu(gate.reshape({-1, in})).mul_(up.reshape({-1, in}));
+    const torch::Tensor p = SwiGluProduct(gate.reshape({-1, in}), up.reshape({-1, in}));
     torch::Tensor low;
     const torch::Tensor y = RowsLinearForward(p, layer, &low);
     ctx->save_for_backward({gate, up, weight, layer.lora_a, layer.lora_b, low});
@@ -72,11 +79,19 @@ class SwiGluLinearFunction : public torch::autograd::Function<SwiGluLinearFuncti
     // before dp is allocated, which then takes its block).
     const RowsLinearGrads linear = RowsLinearBackward(
         gy, layer, low, {needs[0] || needs[1], needs[2], needs[3], needs[4], needs[5]},
-        [&] { return torch::silu(g).mul_(u); });
+        [&] { return SwiGluProduct(g, u); });
     variable_list grads{torch::Tensor(), torch::Tensor(), linear.weight,  linear.bias,
                         linear.lora_a,   linear.lora_b,   torch::Tensor()};
     if (!linear.input.defined()) return grads;
     torch::Tensor dp = linear.input;
+    if (models::SwiGluCpuKernelTakes({g, u, dp})) {
+      // Both gradients in one pass (swiglu_cpu_kernel.h), d_up in place on dp.
+      if (needs[0]) grads[0] = torch::empty(dp.sizes(), dp.options());
+      models::SwiGluBackwardCpu(g, u, dp, grads[0], needs[1]);
+      if (needs[0]) grads[0] = grads[0].view(gate.sizes());
+      if (needs[1]) grads[1] = dp.view(up.sizes());
+      return grads;
+    }
     // Two [N, in] buffers beside gate and up, not four: the gate's gradient
     // over dp * up, then the up's in place on dp, silu(gate) by blocks of
     // rows. This is the first backward node of the last layer, where a

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "tests/tensor_compare.h"
 #include "trainer/lora/apply_lora.h"
 #include "trainer/models/attention.h"
 #include "trainer/models/init.h"
@@ -220,9 +221,10 @@ TEST(InitTest, DeterministicPerSeed) {
 }
 
 // The MLP keeps gate and up only and computes silu(gate) again in backward
-// (models/mlp.cc): output and every gradient bitwise those of autograd over
-// down(silu(gate(x)) * up(x)).
-TEST(MlpTest, SwiGluMatchesAutogradOfTheOpsBitwise) {
+// (models/mlp.cc): output and every gradient those of autograd over
+// down(silu(gate(x)) * up(x)), to rounding (fp32 CPU rows take one fused
+// kernel whose sigmoid rounds otherwise than torch's: swiglu_cpu_kernel.h).
+TEST(MlpTest, SwiGluMatchesAutogradOfTheOps) {
   torch::manual_seed(5);
   Mlp mlp(16, 24, /*bias=*/false, torch::TensorOptions(), ModelParallel{});
   for (auto& p : mlp->parameters()) p.data().normal_(0, 0.3);
@@ -238,10 +240,14 @@ TEST(MlpTest, SwiGluMatchesAutogradOfTheOpsBitwise) {
   const torch::Tensor y2 =
       mlp->down_proj->forward(torch::silu(mlp->gate_proj->forward(x2)) * mlp->up_proj->forward(x2));
   y2.backward(dy);
-  EXPECT_TRUE(torch::equal(y, y2));
-  EXPECT_TRUE(torch::equal(grads[0], x2.grad()));
+  testing::ExpectCloseToLargest(y, y2.to(torch::kDouble), 1e-6, "output");
+  testing::ExpectCloseToLargest(grads[0], x2.grad().to(torch::kDouble), 1e-6, "x's gradient");
   size_t i = 1;
-  for (auto& p : mlp->parameters()) EXPECT_TRUE(torch::equal(grads[i++], p.grad())) << i;
+  for (auto& p : mlp->parameters()) {
+    testing::ExpectCloseToLargest(grads[i], p.grad().to(torch::kDouble), 1e-6,
+                                  "parameter " + std::to_string(i));
+    ++i;
+  }
 }
 
 TEST(LossTest, SumMeanAndCount) {
