@@ -1,7 +1,10 @@
 #include "trainer/models/rotary.h"
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "core/check.h"
 
@@ -124,7 +127,121 @@ RopeCosSin ComputeRopeCosSin(const torch::Tensor& inv_freq, const torch::Tensor&
                     (emb.sin() * attention_factor).to(dtype)};
 }
 
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// The rows of a [B, H, T, D] tensor (unit stride along D) and of the
+// [B, 1, T, D] tables expanded to it, by flat row index (b, h, t).
+struct RopeRows {
+  int64_t heads, time, b_stride, h_stride, t_stride;
+  int64_t table_b_stride, table_t_stride;
+  int64_t Of(int64_t r) const {
+    const int64_t t = r % time, h = r / time % heads, b = r / time / heads;
+    return b * b_stride + h * h_stride + t * t_stride;
+  }
+  int64_t TableOf(int64_t r) const {
+    const int64_t t = r % time, b = r / time / heads;
+    return b * table_b_stride + t * table_t_stride;
+  }
+};
+
+RopeRows RowsOf(const torch::Tensor& x, const torch::Tensor& table) {
+  const torch::Tensor expanded = table.expand({x.size(0), 1, x.size(2), x.size(3)});
+  return {x.size(1),   x.size(2),          x.stride(0),       x.stride(1),
+          x.stride(2), expanded.stride(0), expanded.stride(2)};
+}
+
+// out = x * cos + rotate_half(x) * sin (sign = 1), or its transpose applied
+// to a gradient (sign = -1: dx = dy * cos + rotate_half^T(dy * sin)), row by
+// row in parallel. in and out may have different strides.
+void RotateRows(const torch::Tensor& in, const torch::Tensor& out, const torch::Tensor& cos,
+                const torch::Tensor& sin, float sign) {
+  const RopeRows from = RowsOf(in, cos), to = RowsOf(out, cos);
+  const int64_t half = in.size(3) / 2;
+  const float* x = in.data_ptr<float>();
+  float* y = out.data_ptr<float>();
+  const float* c = cos.data_ptr<float>();
+  const float* s = sin.data_ptr<float>();
+  const int64_t rows = in.size(0) * in.size(1) * in.size(2);
+  const int64_t grain =
+      std::max<int64_t>(1, (int64_t{16} << 10) / std::max<int64_t>(1, in.size(3)));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* xr = x + from.Of(r);
+      float* yr = y + to.Of(r);
+      const float* cr = c + from.TableOf(r);
+      const float* sr = s + from.TableOf(r);
+      if (sign > 0) {
+        for (int64_t i = 0; i < half; ++i) {
+          const float x1 = xr[i], x2 = xr[i + half];
+          yr[i] = x1 * cr[i] - x2 * sr[i];
+          yr[i + half] = x2 * cr[i + half] + x1 * sr[i + half];
+        }
+      } else {
+        for (int64_t i = 0; i < half; ++i) {
+          const float d1 = xr[i], d2 = xr[i + half];
+          yr[i] = d1 * cr[i] + d2 * sr[i + half];
+          yr[i + half] = d2 * cr[i + half] - d1 * sr[i];
+        }
+      }
+    }
+  });
+}
+
+bool RopeKernelTakes(const torch::Tensor& x, const RopeCosSin& rope) {
+  const auto takes = [](const torch::Tensor& t) {
+    return t.device().is_cpu() && t.scalar_type() == torch::kFloat && t.dim() == 4 &&
+           (t.size(3) <= 1 || t.stride(3) == 1);
+  };
+  return takes(x) && takes(rope.cos) && takes(rope.sin) && x.size(3) % 2 == 0 &&
+         rope.cos.sizes() == rope.sin.sizes() && rope.cos.strides() == rope.sin.strides() &&
+         rope.cos.size(1) == 1 && rope.cos.size(2) == x.size(2) && rope.cos.size(3) == x.size(3) &&
+         (rope.cos.size(0) == 1 || rope.cos.size(0) == x.size(0)) && !rope.cos.requires_grad() &&
+         !rope.sin.requires_grad();
+}
+
+// One pass each way on fp32 CPU tensors, where the ops' graph took five
+// (neg, cat, two products, a sum) forward and as many backward. The output
+// is [B, H, T, D] contiguous (the attention groups it without a copy); the
+// gradient takes x's layout ([B, T, H, D] memory from the projection, whose
+// view then needs no copy either).
+class RopeFunction : public torch::autograd::Function<RopeFunction> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& cos, const torch::Tensor& sin) {
+    torch::Tensor out = torch::empty(x.sizes(), x.options());
+    RotateRows(x, out, cos, sin, 1.0f);
+    ctx->save_for_backward({cos, sin});
+    // x's layout, as a permutation of its dims by decreasing stride.
+    std::vector<int64_t> order = {0, 1, 2, 3};
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t a, int64_t b) { return x.stride(a) > x.stride(b); });
+    ctx->saved_data["order"] = order;
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor dy =
+        grad_outputs[0].stride(3) == 1 ? grad_outputs[0] : grad_outputs[0].contiguous();
+    const std::vector<int64_t> order = ctx->saved_data["order"].toIntVector();
+    std::vector<int64_t> sizes, inverse(4);
+    for (size_t i = 0; i < order.size(); ++i) {
+      sizes.push_back(dy.size(order[i]));
+      inverse[order[i]] = static_cast<int64_t>(i);
+    }
+    const torch::Tensor dx = torch::empty(sizes, dy.options()).permute(inverse);
+    RotateRows(dy, dx, saved[0], saved[1], -1.0f);
+    return {dx, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
 torch::Tensor ApplyRope(const torch::Tensor& x, const RopeCosSin& rope) {
+  if (RopeKernelTakes(x, rope)) return RopeFunction::apply(x, rope.cos, rope.sin);
   const int64_t half = x.size(-1) / 2;
   const torch::Tensor x1 = x.narrow(-1, 0, half);
   const torch::Tensor x2 = x.narrow(-1, half, half);

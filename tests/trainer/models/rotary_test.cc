@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
 namespace fulcrum::models {
@@ -144,6 +145,43 @@ TEST(YarnRopeTest, UnscaledAndLinearUnchanged) {
   linear.factor = 2.0;
   // max_position_embeddings is ignored outside yarn.
   EXPECT_TRUE(torch::equal(RopeInvFreq(8, 10000.0, linear, 4096), plain / 2.0));
+}
+
+// ApplyRope's fp32 CPU kernel (one pass each way) against the ops in fp64:
+// x read from [B, T, H, D] memory (the projection's transposed view) and
+// contiguous, tables per sequence and shared; the output [B, H, T, D]
+// contiguous, the gradient (the rotation's transpose) in x's layout.
+TEST(ApplyRopeTest, KernelMatchesTheOpsBothWays) {
+  torch::manual_seed(3);
+  const int64_t b = 2, h = 3, t = 5, d = 8;
+  const torch::Tensor inv_freq =
+      1.0 / torch::pow(10000.0, torch::arange(0, d, 2).to(torch::kDouble) / d);
+  for (const bool per_sequence : {true, false}) {
+    const torch::Tensor positions =
+        per_sequence ? torch::randint(0, 50, {b, t}) : torch::arange(t).unsqueeze(0);
+    const RopeCosSin rope = ComputeRopeCosSin(inv_freq.to(torch::kFloat), positions, torch::kFloat);
+    for (const bool transposed : {true, false}) {
+      const torch::Tensor base =
+          transposed ? torch::randn({b, t, h, d}).transpose(1, 2) : torch::randn({b, h, t, d});
+      const torch::Tensor x = base.clone(at::MemoryFormat::Preserve).requires_grad_(true);
+      const torch::Tensor y = ApplyRope(x, rope);
+      const torch::Tensor dy = torch::randn({b, h, t, d});
+      y.backward(dy);
+      // The reference in fp64 through the ops' graph.
+      const torch::Tensor xd = x.detach().to(torch::kDouble).requires_grad_(true);
+      const torch::Tensor cos = rope.cos.to(torch::kDouble), sin = rope.sin.to(torch::kDouble);
+      const torch::Tensor rotated =
+          torch::cat({-xd.narrow(-1, d / 2, d / 2), xd.narrow(-1, 0, d / 2)}, -1);
+      const torch::Tensor want = xd * cos + rotated * sin;
+      want.backward(dy.to(torch::kDouble));
+      const std::string name = std::string(per_sequence ? "per sequence" : "shared") +
+                               (transposed ? ", transposed x" : ", contiguous x");
+      EXPECT_LT((y.to(torch::kDouble) - want).abs().max().item<double>(), 1e-5) << name;
+      EXPECT_LT((x.grad().to(torch::kDouble) - xd.grad()).abs().max().item<double>(), 1e-5) << name;
+      EXPECT_TRUE(y.is_contiguous()) << name;
+      EXPECT_EQ(x.grad().strides(), x.strides()) << name;
+    }
+  }
 }
 
 TEST(YarnRopeDeathTest, YarnWithoutMaxPositionsIsABug) {
