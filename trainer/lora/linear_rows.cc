@@ -31,21 +31,20 @@ RowsLinear SavedRowsLinear(torch::autograd::AutogradContext* ctx,
 
 torch::Tensor RowsLinearForward(const torch::Tensor& rows, const RowsLinear& layer,
                                 torch::Tensor* low) {
-  *low = torch::Tensor();
-  const bool adapter = layer.lora_a.defined();
-  if (!adapter && !layer.bias.defined()) return models::MatrixProduct(rows, layer.weight.t());
-  // The large product last, adding into what the bias and the adapter wrote:
-  // it reads y a tile at a time while it computes, where an adapter product
-  // after it (K = rank, memory-bound) would read and write all of y again.
-  torch::Tensor y = torch::empty({rows.size(0), layer.weight.size(0)}, rows.options());
-  if (adapter) *low = models::MatrixProduct(rows, layer.lora_a.t());
-  if (layer.bias.defined()) {
-    y.copy_(layer.bias);  // expand's contiguous() of one row would be the bias itself
-    if (adapter) models::AddMatrixProduct(y, *low, layer.lora_b.t(), layer.scaling);
+  torch::Tensor y;
+  if (layer.bias.defined()) {  // the bias under the product, as linear's addmm
+    // A copy (expand's contiguous() of one row would be the bias itself).
+    y = torch::empty({rows.size(0), layer.weight.size(0)}, rows.options());
+    y.copy_(layer.bias);
+    models::AddMatrixProduct(y, rows, layer.weight.t());
   } else {
-    models::MatrixProductInto(y, *low, layer.lora_b.t(), layer.scaling);
+    y = models::MatrixProduct(rows, layer.weight.t());
   }
-  models::AddMatrixProduct(y, rows, layer.weight.t());
+  *low = torch::Tensor();
+  if (layer.lora_a.defined()) {
+    *low = models::MatrixProduct(rows, layer.lora_a.t());
+    models::AddMatrixProduct(y, *low, layer.lora_b.t(), layer.scaling);
+  }
   return y;
 }
 
@@ -66,12 +65,9 @@ RowsLinearGrads RowsLinearBackward(const torch::Tensor& grad, const RowsLinear& 
   if (needs.bias) grads.bias = grad.sum(0);
   if (adapter && needs.lora_b)
     grads.lora_b = models::MatrixProduct(grad.t(), low).mul_(layer.scaling);
-  if (needs.input && adapter) {  // the large product last, as in the forward
-    grads.input = torch::empty({grad.size(0), layer.weight.size(1)}, grad.options());
-    models::MatrixProductInto(grads.input, dlow, layer.lora_a);
-    models::AddMatrixProduct(grads.input, grad, layer.weight);
-  } else if (needs.input) {
+  if (needs.input) {
     grads.input = models::MatrixProduct(grad, layer.weight);
+    if (adapter) models::AddMatrixProduct(grads.input, dlow, layer.lora_a);
   }
   return grads;
 }
