@@ -230,14 +230,12 @@ torch::Tensor MatrixProduct(const torch::Tensor& a, const torch::Tensor& b) {
   return torch::mm(a, b);
 }
 
-void MatrixProductInto(const torch::Tensor& out, const torch::Tensor& a, const torch::Tensor& b,
-                       double alpha) {
+void MatrixProductInto(const torch::Tensor& out, const torch::Tensor& a, const torch::Tensor& b) {
   CheckSizes(a, b);
   FULCRUM_CHECK(out.dim() == 2 && out.size(0) == a.size(0) && out.size(1) == b.size(1),
                 "matrix product into ", c10::str(out.sizes()));
-  if (OneDnnProduct(out, a, b, static_cast<float>(alpha), /*accumulate=*/false)) return;
+  if (OneDnnProduct(out, a, b, 1.0f, /*accumulate=*/false)) return;
   at::mm_out(const_cast<torch::Tensor&>(out), a, b);
-  if (alpha != 1.0) out.mul_(alpha);
 }
 
 void AddMatrixProduct(const torch::Tensor& out, const torch::Tensor& a, const torch::Tensor& b,

@@ -23,9 +23,8 @@ namespace fulcrum::models {
 // a [M, K] @ b [K, N] -> [M, N]; a and b may be transposed views.
 torch::Tensor MatrixProduct(const torch::Tensor& a, const torch::Tensor& b);
 
-// out [M, N] = alpha * a @ b (out's rows may be a narrow of a larger matrix).
-void MatrixProductInto(const torch::Tensor& out, const torch::Tensor& a, const torch::Tensor& b,
-                       double alpha = 1.0);
+// out [M, N] = a @ b (out's rows may be a narrow of a larger matrix).
+void MatrixProductInto(const torch::Tensor& out, const torch::Tensor& a, const torch::Tensor& b);
 
 // out [M, N] += alpha * a @ b.
 void AddMatrixProduct(const torch::Tensor& out, const torch::Tensor& a, const torch::Tensor& b,
