@@ -153,11 +153,28 @@ RopeRows RowsOf(const torch::Tensor& x, const torch::Tensor& table) {
           x.stride(2), expanded.stride(0), expanded.stride(2)};
 }
 
-// out = x * cos + rotate_half(x) * sin (sign = 1), or its transpose applied
-// to a gradient (sign = -1: dx = dy * cos + rotate_half^T(dy * sin)), row by
-// row in parallel. in and out may have different strides.
+// One row of D = 2 * half: y = x * c + rotate_half(x) * s, or (transpose)
+// y = x * c + rotate_half^T(x * s). Rows do not overlap: restrict lets the
+// compiler vectorise.
+void RotateRow(const float* __restrict x, float* __restrict y, const float* __restrict c,
+               const float* __restrict s, int64_t half, bool transpose) {
+  if (!transpose) {
+    for (int64_t i = 0; i < half; ++i) {
+      y[i] = x[i] * c[i] - x[i + half] * s[i];
+      y[i + half] = x[i + half] * c[i + half] + x[i] * s[i + half];
+    }
+  } else {
+    for (int64_t i = 0; i < half; ++i) {
+      y[i] = x[i] * c[i] + x[i + half] * s[i + half];
+      y[i + half] = x[i + half] * c[i + half] - x[i] * s[i];
+    }
+  }
+}
+
+// RotateRow over every row of in into out (their strides may differ), in
+// parallel.
 void RotateRows(const torch::Tensor& in, const torch::Tensor& out, const torch::Tensor& cos,
-                const torch::Tensor& sin, float sign) {
+                const torch::Tensor& sin, bool transpose) {
   const RopeRows from = RowsOf(in, cos), to = RowsOf(out, cos);
   const int64_t half = in.size(3) / 2;
   const float* x = in.data_ptr<float>();
@@ -169,23 +186,8 @@ void RotateRows(const torch::Tensor& in, const torch::Tensor& out, const torch::
       std::max<int64_t>(1, (int64_t{16} << 10) / std::max<int64_t>(1, in.size(3)));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const float* xr = x + from.Of(r);
-      float* yr = y + to.Of(r);
-      const float* cr = c + from.TableOf(r);
-      const float* sr = s + from.TableOf(r);
-      if (sign > 0) {
-        for (int64_t i = 0; i < half; ++i) {
-          const float x1 = xr[i], x2 = xr[i + half];
-          yr[i] = x1 * cr[i] - x2 * sr[i];
-          yr[i + half] = x2 * cr[i + half] + x1 * sr[i + half];
-        }
-      } else {
-        for (int64_t i = 0; i < half; ++i) {
-          const float d1 = xr[i], d2 = xr[i + half];
-          yr[i] = d1 * cr[i] + d2 * sr[i + half];
-          yr[i + half] = d2 * cr[i + half] - d1 * sr[i];
-        }
-      }
+      const int64_t table = from.TableOf(r);
+      RotateRow(x + from.Of(r), y + to.Of(r), c + table, s + table, half, transpose);
     }
   });
 }
@@ -212,7 +214,7 @@ class RopeFunction : public torch::autograd::Function<RopeFunction> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
                                const torch::Tensor& cos, const torch::Tensor& sin) {
     torch::Tensor out = torch::empty(x.sizes(), x.options());
-    RotateRows(x, out, cos, sin, 1.0f);
+    RotateRows(x, out, cos, sin, /*transpose=*/false);
     ctx->save_for_backward({cos, sin});
     // x's layout, as a permutation of its dims by decreasing stride.
     std::vector<int64_t> order = {0, 1, 2, 3};
@@ -233,7 +235,7 @@ class RopeFunction : public torch::autograd::Function<RopeFunction> {
       inverse[order[i]] = static_cast<int64_t>(i);
     }
     const torch::Tensor dx = torch::empty(sizes, dy.options()).permute(inverse);
-    RotateRows(dy, dx, saved[0], saved[1], -1.0f);
+    RotateRows(dy, dx, saved[0], saved[1], /*transpose=*/true);
     return {dx, torch::Tensor(), torch::Tensor()};
   }
 };
