@@ -18,12 +18,19 @@ using torch::autograd::variable_list;
 // whose silu and mul_ calls cost 6 ms a layer against 1.8 ms in 12 blocks.
 constexpr int64_t kSiluBlockElements = int64_t{256} << 10;
 
+// silu(gate) * up of [N, I] rows: one pass on fp32 CPU tensors.
+torch::Tensor SwiGluProduct(const torch::Tensor& gate, const torch::Tensor& up) {
+  if (models::SwiGluCpuKernelTakes({gate, up})) return models::SwiGluCpu(gate, up);
+  return torch::silu(gate).mul_(up);
+}
+
 class SwiGluFunction : public torch::autograd::Function<SwiGluFunction> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& gate,
                                const torch::Tensor& up) {
     ctx->save_for_backward({gate, up});
-    return torch::silu(gate).mul_(up);
+    const int64_t in = gate.size(-1);
+    return SwiGluProduct(gate.reshape({-1, in}), up.reshape({-1, in})).view(gate.sizes());
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -31,15 +38,18 @@ class SwiGluFunction : public torch::autograd::Function<SwiGluFunction> {
     const torch::Tensor& gate = saved[0];
     const torch::Tensor& up = saved[1];
     const torch::Tensor& grad = grad_outputs[0];
+    const int64_t in = gate.size(-1);
+    const torch::Tensor g = gate.reshape({-1, in}), u = up.reshape({-1, in});
+    if (models::SwiGluCpuKernelTakes({g, u})) {
+      // d_up in place on a copy of the incoming gradient, d_gate beside it.
+      const torch::Tensor d_up = grad.reshape({-1, in}).clone(at::MemoryFormat::Contiguous);
+      const torch::Tensor d_gate = torch::empty(d_up.sizes(), d_up.options());
+      models::SwiGluBackwardCpu(g, u, d_up, d_gate, /*up_gradient=*/true);
+      return {d_gate.view(gate.sizes()), d_up.view(up.sizes())};
+    }
     return {at::silu_backward(grad * up, gate), grad * torch::silu(gate)};
   }
 };
-
-// silu(gate) * up of [N, I] rows: one pass on fp32 CPU tensors.
-torch::Tensor SwiGluProduct(const torch::Tensor& gate, const torch::Tensor& up) {
-  if (models::SwiGluCpuKernelTakes({gate, up})) return models::SwiGluCpu(gate, up);
-  return torch::silu(gate).mul_(up);
-}
 
 // Inputs in order: gate, up, weight, bias, lora_a, lora_b.
 class SwiGluLinearFunction : public torch::autograd::Function<SwiGluLinearFunction> {

@@ -91,13 +91,12 @@ void MatmulThroughOneDnn(const torch::Tensor& out, const torch::Tensor& a, const
   if (target.numel() == 0) return;
   // Named in FULCRUM_PROFILE's traces, which see no aten op here.
   RECORD_FUNCTION("fulcrum::BatchedMatmul", std::vector<c10::IValue>());
+  // oneDNN's matmul primitive first: its kernels for these sizes (K =
+  // head_dim or keys) ran 330-430 GFLOP/s at 2 threads on the bench host
+  // against sgemm's 190-330 one matrix per call.
   if (k == 0) {
     if (!add) target.zero_();
-  } else if (a.dim() > 2 && BatchedMatrixProductInto(target, a, b, add)) {
-    // oneDNN's matmul primitive, whose kernels for these sizes (K = head_dim
-    // or keys) ran 330-430 GFLOP/s at 2 threads on the bench host against
-    // sgemm's 190-330 one matrix per call.
-  } else {
+  } else if (a.dim() == 2 || !BatchedMatrixProductInto(target, a, b, add)) {
     const Operand lhs = AsOperand(a, batch), rhs = AsOperand(b, batch);
     const std::vector<int64_t> out_offsets = BatchOffsets(target, batch);
     const float* lhs_data = lhs.tensor.data_ptr<float>();

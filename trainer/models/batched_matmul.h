@@ -9,7 +9,10 @@
 // 330-430 GFLOP/s on the ~290M bench Llama's attention at 2 threads, where
 // the fp32 peak is ~380), others through its sgemm, one matrix per thread
 // (190-330), reading strided and transposed operands in place; torch::matmul
-// everywhere else.
+// everywhere else. A shape's products have the same bits in every call
+// (exact resume); layouts that split the heads (tp) batch fewer matrices per
+// call, and the primitive's products may round differently there, within
+// the fp32 tolerance that layout equivalence allows.
 #pragma once
 
 #include <torch/torch.h>
