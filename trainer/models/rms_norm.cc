@@ -1,6 +1,7 @@
 #include "trainer/models/rms_norm.h"
 
 #include "trainer/models/recompute.h"
+#include "trainer/models/rms_norm_cpu_kernel.h"
 
 namespace fulcrum::models {
 namespace {
@@ -12,7 +13,8 @@ using torch::autograd::variable_list;
 // would also keep x^2 (LibTorch 1.13's mean saves its input) and, when the
 // weight trains, the normalised activations: two more [N, dim] tensors per
 // norm, 12% of a Llama layer's saved activations under LoRA. The backward
-// follows autograd's ops and order.
+// follows autograd's ops and order; on fp32 CPU tensors the one-pass kernels
+// (rms_norm_cpu_kernel.h) compute the same, rounded in another order.
 class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
  public:
   // rstd: Statistics(x, eps), computed by the caller, who may hand it on.
@@ -26,6 +28,11 @@ class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
     const variable_list saved = ctx->get_saved_variables();
     const torch::Tensor &x = saved[0], &weight = saved[1], &rstd = saved[2];
     const torch::Tensor& grad = grad_outputs[0];
+    if (RmsNormCpuKernelTakes({x, weight, rstd, grad})) {
+      RmsNormGradsCpu grads = RmsNormBackwardCpu(x, rstd, weight, grad, ctx->needs_input_grad(0),
+                                                 ctx->needs_input_grad(1));
+      return {grads.x, grads.weight, torch::Tensor()};
+    }
     const torch::Tensor xf = x.to(torch::kFloat);
     torch::Tensor grad_weight;
     if (ctx->needs_input_grad(1)) {
@@ -49,6 +56,7 @@ class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
 // function's backward differentiates through it).
 torch::Tensor Statistics(const torch::Tensor& x, double eps) {
   torch::NoGradGuard no_grad;
+  if (RmsNormCpuKernelTakes({x})) return RmsNormStatisticsCpu(x, eps);
   return torch::rsqrt(x.to(torch::kFloat).pow(2).mean(-1, /*keepdim=*/true) + eps);
 }
 
@@ -56,6 +64,13 @@ torch::Tensor Statistics(const torch::Tensor& x, double eps) {
 
 torch::Tensor RmsNormValues(const torch::Tensor& x, const torch::Tensor& rstd,
                             const torch::Tensor& weight) {
+  // The kernel records no graph: for callers under no_grad (forward and
+  // backward of the functions that keep x and rstd).
+  const bool recorded =
+      torch::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad());
+  if (!recorded && RmsNormCpuKernelTakes({x, rstd, weight})) {
+    return RmsNormValuesCpu(x, rstd, weight);
+  }
   return weight * (x.to(torch::kFloat) * rstd).to(x.scalar_type());
 }
 
