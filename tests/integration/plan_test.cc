@@ -34,12 +34,26 @@ TEST_F(PlanTest, PrintsThePerRankBreakdown) {
   const CommandResult r =
       RunFulcrum("plan " + dir_ + "/r.yaml parallel.pp=2 --gpu-tflops 0.01 --gpu-memory 4GiB");
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  for (const char* fragment :
-       {"layout: tp 1 x pp 2 (1f1b) x dp 1, micro-batch 2, recompute none",
-        "worst rank = pipeline stage", "parameters", "gradients", "optimizer states",
-        "LoRA adapters + state", "activations", "loss / backward peak", "communication buffers",
-        "runtime (process)", "total", "stage 0:", "stage 1:", "fits: yes", "of 4.00 GiB available",
-        "pipeline bubble: 20.0%", "step time:", "tokens/s"}) {
+  for (const char* fragment : {"layout: tp 1 x pp 2 (1f1b) x dp 1, micro-batch 2, recompute none",
+                               "worst rank = pipeline stage",
+                               "parameters",
+                               "gradients",
+                               "optimizer states",
+                               "LoRA adapters + state",
+                               "activations",
+                               "loss / backward peak",
+                               "communication buffers",
+                               "runtime (process)",
+                               "total",
+                               "stage 0:",
+                               "stage 1:",
+                               "fits: yes",
+                               "of 4.00 GiB available",
+                               "pipeline bubble: 20.0%",
+                               "compute per rank of each stage: stage 0 ",
+                               ", stage 1 ",
+                               "step time:",
+                               "tokens/s"}) {
     EXPECT_NE(r.output.find(fragment), std::string::npos) << fragment << "\n" << r.output;
   }
   // Too little memory: the plan says so, with the margin.

@@ -32,8 +32,14 @@ namespace {
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 // CPU ranks sharing a host's cores: a blocking collective costs mostly the
 // wait for the slower rank. scripts/bench_plan.sh measured it on the 2-core
-// development machine (tp against dp layouts of the 55M bench Llama).
-constexpr double kCpuCollectiveLatencyUs = 4000;
+// development machine (tp against dp layouts of the 55M bench Llama: 1.0-2.4
+// ms, sp's smaller gathers the cheaper).
+constexpr double kCpuCollectiveLatencyUs = 2000;
+// The fraction of the measured GEMM peak a CPU rank's training step keeps
+// (scripts/bench_plan.sh, the 55M bench Llama on 2 ranks x 1 thread: 0.80
+// with full recomputation, 0.84 LoRA, 0.86 full fine-tuning; the bench
+// MoE's small experts 0.43).
+constexpr char kCpuEfficiency[] = "0.8";
 
 // Runs `measure` with this host's cores shared by `ranks` ranks, as mpirun
 // gives each its share. Returns the measure and the threads it ran with.
@@ -173,7 +179,8 @@ absl::StatusOr<PlanHardware> HardwareFrom(const ParsedFlags& flags, const recipe
   hw.intra_node_bytes_per_s = intra * 1e9;
   hw.inter_node_bytes_per_s = inter * 1e9;
   FULCRUM_ASSIGN_OR_RETURN(
-      hw.efficiency, PositiveNumber("efficiency", flags.Get("efficiency", cpu ? "0.7" : "0.5")));
+      hw.efficiency,
+      PositiveNumber("efficiency", flags.Get("efficiency", cpu ? kCpuEfficiency : "0.5")));
   if (hw.efficiency > 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "fulcrum plan: --efficiency: a fraction of the peak in (0, 1], got ", hw.efficiency));
@@ -229,6 +236,15 @@ void PrintPlan(const recipe::Recipe& recipe, const plan::MemoryPlan& memory,
               plan::FormatBytes(std::abs(margin)).c_str(),
               ((margin < 0 ? "-" : "") + Percent(std::abs(margin) / hw.memory_bytes)).c_str());
   std::printf("pipeline bubble: %s\n", Percent(time.bubble_fraction).c_str());
+  if (time.stage_compute_s.size() > 1) {
+    std::string stages;
+    for (size_t stage = 0; stage < time.stage_compute_s.size(); ++stage) {
+      absl::StrAppendFormat(&stages, "%sstage %d %.3f s", stage > 0 ? ", " : "",
+                            static_cast<int>(stage), time.stage_compute_s[stage]);
+    }
+    std::printf("compute per rank of each stage: %s (the slowest paces the pipeline)\n",
+                stages.c_str());
+  }
   std::printf(
       "step time: %.3f s (compute %.3f s, tp %.3f s, ep %.3f s, pp %.3f s, latency %.3f s for "
       "%.0f blocking collectives, dp %.3f s, optimizer %.3f s), %.1f tokens/s, %.3g FLOPs per "

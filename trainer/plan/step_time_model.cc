@@ -5,6 +5,7 @@
 #include "core/status.h"
 #include "parallel/pipeline/schedule.h"
 #include "parallel/pipeline/schedule_simulator.h"
+#include "parallel/pipeline/stage_partition.h"
 #include "trainer/metrics/parameter_count.h"
 #include "trainer/optim/adamw_bandwidth.h"
 #include "trainer/plan/memory_model.h"
@@ -29,16 +30,17 @@ double Bandwidth(const Hardware& hw, int64_t span) {
 // Forward FLOPs per token that recomputation repeats: the scores' matmul in
 // every mode (the attention core recomputes its probabilities in backward,
 // models/attention_core.h), plus a whole layer's forward (full). Selective
-// recomputes only RMSNorms, which are not counted.
+// recomputes only RMSNorms, which are not counted. `lm_head`: whether m
+// counts it (it is not recomputed).
 double RecomputeFlopsPerToken(const metrics::FlopsModel& m, const models::ModelConfig& config,
-                              const std::string& recompute, int64_t seq_len) {
+                              const std::string& recompute, int64_t seq_len, bool lm_head) {
   const double attention = 2.0 * 2.0 * static_cast<double>(seq_len) *
                            static_cast<double>(m.head_dim * m.num_heads * m.num_layers);
   if (recompute != "full") return attention / 2;
   // The layers' matmuls (not lm_head) once more.
-  const double lm_head = static_cast<double>(config.vocab_size * config.hidden_size);
+  const double head = lm_head ? static_cast<double>(config.vocab_size * config.hidden_size) : 0.0;
   const double matmul =
-      static_cast<double>(m.frozen_matmul_params + m.trainable_matmul_params) - lm_head;
+      static_cast<double>(m.frozen_matmul_params + m.trainable_matmul_params) - head;
   return 2.0 * matmul + attention;
 }
 
@@ -81,15 +83,67 @@ double OptimizerBytesPerParam(bool bf16) {
 }
 
 // The routed experts' matmul parameters a token passes through (k of E
-// experts' share), over the model.
-double RoutedMatmulParamsPerToken(const models::ModelConfig& c) {
+// experts' share) in layers [first, first + count).
+double RoutedMatmulParamsPerToken(const models::ModelConfig& c, int64_t first, int64_t count) {
   if (c.moe.num_experts <= 0) return 0.0;
   double params = 0;
-  for (int64_t layer = 0; layer < c.num_layers; ++layer) {
+  for (int64_t layer = first; layer < first + count; ++layer) {
     params += static_cast<double>(metrics::CountLayerParameters(c, layer).routed_experts);
   }
   return params * static_cast<double>(c.moe.experts_per_token) /
          static_cast<double>(c.moe.num_experts);
+}
+
+// FLOPs model of layers [first, first + count), with lm_head when `lm_head`,
+// as `recipe` trains them (full or LoRA).
+metrics::FlopsModel FlopsModelOf(const models::ModelConfig& c, const recipe::Recipe& recipe,
+                                 int64_t first, int64_t count, bool lm_head) {
+  recipe::Recipe whole = recipe;  // the whole model: one tp shard, every expert
+  whole.parallel.tp = 1;
+  whole.parallel.ep = 1;
+  // lm_head (or tied embedding) is a matmul; the embedding lookup is not.
+  double matmul = lm_head ? static_cast<double>(c.vocab_size * c.hidden_size) : 0.0;
+  double adapters = 0;
+  for (int64_t layer = first; layer < first + count; ++layer) {
+    const metrics::LayerParameterCounts counts = metrics::CountLayerParameters(c, layer);
+    // A token visits k of the routed experts; norms are no matmul.
+    matmul += static_cast<double>(counts.tp_split + counts.replicated - 2 * c.hidden_size);
+    adapters += LayerAdapterParams(c, whole, layer);
+  }
+  matmul += RoutedMatmulParamsPerToken(c, first, count);
+  metrics::FlopsModel m;
+  if (recipe.finetune.method == "lora") {
+    m.frozen_matmul_params = static_cast<int64_t>(matmul);
+    m.trainable_matmul_params = static_cast<int64_t>(adapters);
+  } else {
+    m.trainable_matmul_params = static_cast<int64_t>(matmul);
+  }
+  m.num_layers = count;
+  m.num_heads = c.num_heads;
+  // MLA: scores over qk, values over v.
+  m.head_dim = c.mla.enabled() ? (c.mla.qk_head_dim() + c.mla.v_head_dim) / 2 : c.head_dim;
+  return m;
+}
+
+// What one token costs a pipeline stage's rank (before the split over tp):
+// its layers' training FLOPs with recomputation, and the padded capacity
+// slots' extra expert FLOPs (the experts then multiply capacity_factor x N x
+// k rows, padding included, not the N x k the model's FLOPs count).
+double StageFlopsPerToken(const models::ModelConfig& c, const recipe::Recipe& recipe,
+                          const std::vector<pipeline::StageChunk>& chunks) {
+  double flops = 0;
+  for (const pipeline::StageChunk& chunk : chunks) {
+    const metrics::FlopsModel m =
+        FlopsModelOf(c, recipe, chunk.layers.first, chunk.layers.count, chunk.last);
+    flops += metrics::TrainingFlopsPerToken(m, recipe.batch.seq_len) +
+             RecomputeFlopsPerToken(m, c, RecomputeMode(recipe), recipe.batch.seq_len, chunk.last);
+    if (PaddedToCapacity(recipe)) {
+      flops += (recipe.moe.capacity_factor - 1.0) *
+               RoutedMatmulParamsPerToken(c, chunk.layers.first, chunk.layers.count) *
+               (recipe.finetune.method == "lora" ? 4.0 : 6.0);
+    }
+  }
+  return flops;
 }
 
 }  // namespace
@@ -99,30 +153,7 @@ bool PaddedToCapacity(const recipe::Recipe& recipe) {
 }
 
 metrics::FlopsModel FlopsModelFor(const models::ModelConfig& c, const recipe::Recipe& recipe) {
-  recipe::Recipe whole = recipe;  // the whole model: one tp shard, every expert
-  whole.parallel.tp = 1;
-  whole.parallel.ep = 1;
-  double matmul = static_cast<double>(c.vocab_size * c.hidden_size);  // lm_head (or tied)
-  double adapters = 0;
-  for (int64_t layer = 0; layer < c.num_layers; ++layer) {
-    const metrics::LayerParameterCounts counts = metrics::CountLayerParameters(c, layer);
-    // A token visits k of the routed experts; norms are no matmul.
-    matmul += static_cast<double>(counts.tp_split + counts.replicated - 2 * c.hidden_size);
-    adapters += LayerAdapterParams(c, whole, layer);
-  }
-  matmul += RoutedMatmulParamsPerToken(c);
-  metrics::FlopsModel m;
-  if (recipe.finetune.method == "lora") {
-    m.frozen_matmul_params = static_cast<int64_t>(matmul);
-    m.trainable_matmul_params = static_cast<int64_t>(adapters);
-  } else {
-    m.trainable_matmul_params = static_cast<int64_t>(matmul);
-  }
-  m.num_layers = c.num_layers;
-  m.num_heads = c.num_heads;
-  // MLA: scores over qk, values over v.
-  m.head_dim = c.mla.enabled() ? (c.mla.qk_head_dim() + c.mla.v_head_dim) / 2 : c.head_dim;
-  return m;
+  return FlopsModelOf(c, recipe, 0, c.num_layers, /*lm_head=*/true);
 }
 
 absl::StatusOr<StepTime> EstimateStepTime(const models::ModelConfig& c,
@@ -130,7 +161,6 @@ absl::StatusOr<StepTime> EstimateStepTime(const models::ModelConfig& c,
   const recipe::ParallelSection& par = recipe.parallel;
   const int64_t seq = recipe.batch.seq_len;
   const int64_t micro_batches = recipe::GradAccumulationSteps(recipe.batch, par.dp);
-  const double ranks = static_cast<double>(par.dp * par.tp * par.pp);
   const double s = recipe.precision.dtype == "bf16" ? 2.0 : 4.0;
   const double tokens_per_step = static_cast<double>(recipe.batch.global_batch * seq);
   // One micro-batch's activation [B, T, hidden] on a rank.
@@ -138,17 +168,25 @@ absl::StatusOr<StepTime> EstimateStepTime(const models::ModelConfig& c,
 
   StepTime t;
   const metrics::FlopsModel flops = FlopsModelFor(c, recipe);
-  t.flops_per_token = metrics::TrainingFlopsPerToken(flops, seq) +
-                      RecomputeFlopsPerToken(flops, c, RecomputeMode(recipe), seq);
-  // Padded capacity slots: the experts multiply capacity_factor x N x k
-  // rows, padding included, not the N x k the model's FLOPs count.
-  const double padding_flops_per_token = PaddedToCapacity(recipe)
-                                             ? (recipe.moe.capacity_factor - 1.0) *
-                                                   RoutedMatmulParamsPerToken(c) *
-                                                   (recipe.finetune.method == "lora" ? 4.0 : 6.0)
-                                             : 0.0;
-  t.compute_s = (t.flops_per_token + padding_flops_per_token) * tokens_per_step / ranks /
-                (hw.peak_flops * hw.efficiency);
+  t.flops_per_token =
+      metrics::TrainingFlopsPerToken(flops, seq) +
+      RecomputeFlopsPerToken(flops, c, RecomputeMode(recipe), seq, /*lm_head=*/true);
+  // Each stage's rank computes its own layers (the last also lm_head) for
+  // its dp share of the tokens, over tp.
+  FULCRUM_ASSIGN_OR_RETURN(
+      const pipeline::StagePartition partition,
+      pipeline::StagePartition::Create(c.num_layers, static_cast<int>(par.pp),
+                                       static_cast<int>(par.pp_virtual), par.pp_layers));
+  const double rate = hw.peak_flops * hw.efficiency;
+  double compute_sum = 0;
+  for (int stage = 0; stage < static_cast<int>(par.pp); ++stage) {
+    const double stage_s = StageFlopsPerToken(c, recipe, partition.ChunksOf(stage)) *
+                           tokens_per_step / static_cast<double>(par.dp * par.tp) / rate;
+    t.stage_compute_s.push_back(stage_s);
+    t.compute_s = std::max(t.compute_s, stage_s);
+    compute_sum += stage_s;
+  }
+  const double compute_mean = compute_sum / static_cast<double>(par.pp);
 
   const double stage_layers = static_cast<double>(c.num_layers) / static_cast<double>(par.pp);
   const double micro = static_cast<double>(micro_batches);
@@ -196,8 +234,13 @@ absl::StatusOr<StepTime> EstimateStepTime(const models::ModelConfig& c,
     shape.virtual_stages = static_cast<int>(par.pp_virtual);
     t.bubble_fraction = pipeline::TheoreticalBubbleFraction(kind, shape);
   }
-  const double busy = t.compute_s + t.tp_comm_s + t.ep_comm_s + t.pp_comm_s + t.latency_s;
-  t.step_s = busy / std::max(1e-9, 1.0 - t.bubble_fraction) + t.dp_comm_s + t.optimizer_s;
+  // The slowest stage paces the pipeline's steady state; filling and
+  // draining it costs the schedule's bubble over the average stage (the
+  // textbook busy / (1 - bubble) when the stages are alike).
+  const double comm = t.tp_comm_s + t.ep_comm_s + t.pp_comm_s + t.latency_s;
+  const double bubble_s =
+      (compute_mean + comm) * t.bubble_fraction / std::max(1e-9, 1.0 - t.bubble_fraction);
+  t.step_s = t.compute_s + comm + bubble_s + t.dp_comm_s + t.optimizer_s;
   t.tokens_per_s = t.step_s > 0 ? tokens_per_step / t.step_s : 0.0;
   return t;
 }

@@ -1,8 +1,8 @@
 // The time of one optimizer step of a layout, predicted from the model's
 // FLOPs, the layout's communication and the optimizer's memory traffic:
 //
-//   step = (compute + tp + ep + pp transfers + latency) / (1 - bubble)
-//          + dp reduction + optimizer
+//   step = compute of the slowest stage + tp + ep + pp transfers + latency
+//          + bubble + dp reduction + optimizer
 //
 // compute: training FLOPs per token (metrics/flops.h, from the config's
 // parameter counts: the top-k experts a token visits, LoRA's frozen base at 4
@@ -21,11 +21,16 @@
 // step (tp, sp, ep, pp; the dp reduction overlaps the backward) costs
 // `collective_latency_s` on top of its bytes. Optimizer: AdamW's pass over
 // the states of the parameters the rank updates (1/dp of them under ZeRO-1)
-// at `memory_bytes_per_s`. Bubble: the schedule's textbook fraction
-// (parallel/pipeline/schedule_simulator.h).
+// at `memory_bytes_per_s`. Pipeline stages: each rank computes its own
+// layers (the last stage also lm_head, which in a Llama of few layers costs
+// more than several of them), and the slowest stage paces the steady state;
+// bubble: the schedule's textbook fraction (parallel/pipeline/
+// schedule_simulator.h) of the average stage's time, so that
+// parallel.pp_layers that balance the stages show their gain.
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "trainer/metrics/flops.h"
@@ -56,7 +61,8 @@ struct Hardware {
 
 struct StepTime {
   double flops_per_token = 0;  // model FLOPs of training one token (recomputation included)
-  double compute_s = 0;        // per rank
+  double compute_s = 0;        // per rank of the slowest pipeline stage
+  std::vector<double> stage_compute_s;  // per rank of each pipeline stage
   double tp_comm_s = 0;
   double ep_comm_s = 0;
   double pp_comm_s = 0;

@@ -306,6 +306,46 @@ TEST(StepTimeModelTest, FlopsBubbleAndCommunication) {
   EXPECT_DOUBLE_EQ(pp.bubble_fraction, 0.2);
 }
 
+TEST(StepTimeModelTest, TheSlowestPipelineStagePacesTheStep) {
+  const models::ModelConfig c = Small();
+  recipe::Recipe r = Full();
+  r.parallel.pp = 2;
+  r.batch.global_batch = 8;  // 4 micro-batches, 32 tokens a step
+  Hardware hw = Node(2, 1e6);
+  hw.efficiency = 0.5;
+  const StepTime t = *EstimateStepTime(c, r, hw);
+  // Per token, each layer 6 x 576 + attention 12 x 4 x 4 x 2 + its scores
+  // again 2 x 4 x 4 x 2 = 3904; the last stage also lm_head's 6 x 256.
+  ASSERT_EQ(t.stage_compute_s.size(), 2u);
+  EXPECT_DOUBLE_EQ(t.stage_compute_s[0], 3904.0 * 32 / 0.5e6);
+  EXPECT_DOUBLE_EQ(t.stage_compute_s[1], (3904.0 + 6 * 256) * 32 / 0.5e6);
+  EXPECT_DOUBLE_EQ(t.compute_s, t.stage_compute_s[1]);
+  EXPECT_DOUBLE_EQ(t.flops_per_token, 2 * 3904 + 6 * 256);
+  // Bubble 1 / 5 of the makespan over the average stage: 1 / 4 of its time.
+  const double mean = (t.stage_compute_s[0] + t.stage_compute_s[1]) / 2;
+  EXPECT_NEAR(t.step_s, t.compute_s + t.pp_comm_s + (mean + t.pp_comm_s) / 4, 1e-12);
+  // Stages alike: the textbook busy / (1 - bubble).
+  r.parallel.pp = 1;
+  r.parallel.dp = 2;
+  const StepTime dp = *EstimateStepTime(c, r, hw);
+  EXPECT_DOUBLE_EQ(dp.compute_s, (2 * 3904.0 + 6 * 256) * 16 / 0.5e6);
+  EXPECT_EQ(dp.stage_compute_s.size(), 1u);
+  // A large lm_head: one layer fewer on the last stage balances the stages
+  // and the plan says it is faster.
+  models::ModelConfig wide = Small();
+  wide.num_layers = 4;
+  wide.vocab_size = 128;
+  r = Full();
+  r.parallel.pp = 2;
+  r.batch.global_batch = 8;
+  const StepTime even = *EstimateStepTime(wide, r, hw);
+  r.parallel.pp_layers = {3, 1};
+  const StepTime balanced = *EstimateStepTime(wide, r, hw);
+  EXPECT_GT(even.stage_compute_s[1], even.stage_compute_s[0]);
+  EXPECT_LT(balanced.compute_s, even.compute_s);
+  EXPECT_LT(balanced.step_s, even.step_s);
+}
+
 TEST(StepTimeModelTest, LatencyOfBlockingCollectivesAndOptimizerTraffic) {
   const models::ModelConfig c = Small();  // 2 layers, 1704 parameters
   recipe::Recipe r = Full();              // 2 micro-batches per step
