@@ -2,7 +2,8 @@
 // fp64: operands transposed, narrowed (a leading dimension wider than the
 // matrix) or not readable as matrices (copied); a product written into the
 // rows of a larger matrix, whose other rows stay untouched, and over an
-// uninitialised (NaN) output that is never read; alpha and accumulation;
+// uninitialised (NaN) output that is never read; alpha and accumulation,
+// also over sizes split into whole 64s and a rest;
 // K = 0; shapes seen again (the cached primitive) and new ones; bf16 through
 // torch; batched products over strided leading dims, and the sizes they
 // leave to the caller. With oneDNN (Debian's LibTorch) fp32 takes it, and
@@ -50,7 +51,11 @@ TEST(MatrixProductTest, TransposedNarrowedAndCopiedOperands) {
       {"a transposed (a weight's gradient g^T x)", torch::randn({128, 30}).t(), x},
       {"narrowed in both dims", torch::randn({150, 60}).narrow(0, 5, 128).narrow(1, 3, 48), w.t()},
       {"a neither row nor column contiguous", torch::randn({128, 96}).slice(1, 0, 96, 2), w.t()},
-      {"rows an expert receives (70: torch::mm)", torch::randn({70, 48}), w.t()},
+      {"rows an expert receives (70: 64 and 6)", torch::randn({70, 48}), w.t()},
+      {"131 rows, 144 columns", torch::randn({131, 48}), torch::randn({144, 48}).t()},
+      {"an expert's weight gradient (inner 70)", torch::randn({70, 30}).t(),
+       torch::randn({70, 48})},
+      {"every size ragged", torch::randn({131, 200}), torch::randn({200, 77})},
       {"rank-16 adapter", x, torch::randn({16, 48}).t()},
       {"one row, one column", torch::randn({1, 48}), torch::randn({48, 1})},
       // A size-1 dim's stride is arbitrary in LibTorch (a decoding step's row).
@@ -88,6 +93,19 @@ TEST(MatrixProductTest, IntoRowsOfALargerMatrixAndAccumulated) {
     ExpectCloseToLargest(out, base.to(torch::kDouble) + alpha * Reference(a, b), 1e-5,
                          "accumulated, alpha " + std::to_string(alpha));
   }
+  // Ragged sizes: every part into rows 2..132 of a NaN matrix, and every
+  // part accumulated (the inner dimension's rest adds to its head's product).
+  const torch::Tensor ragged_a = torch::randn({131, 70}), ragged_b = torch::randn({70, 77});
+  torch::Tensor wide = torch::full({140, 77}, std::numeric_limits<float>::quiet_NaN());
+  MatrixProductInto(wide.narrow(0, 2, 131), ragged_a, ragged_b);
+  ExpectCloseToLargest(wide.narrow(0, 2, 131), Reference(ragged_a, ragged_b), 1e-5, "ragged into");
+  EXPECT_TRUE(wide.narrow(0, 0, 2).isnan().all().item<bool>());
+  EXPECT_TRUE(wide.narrow(0, 133, 7).isnan().all().item<bool>());
+  const torch::Tensor ragged_base = torch::randn({131, 77});
+  torch::Tensor sum = ragged_base.clone();
+  AddMatrixProduct(sum, ragged_a, ragged_b, -0.5);
+  ExpectCloseToLargest(sum, ragged_base.to(torch::kDouble) - 0.5 * Reference(ragged_a, ragged_b),
+                       1e-5, "ragged accumulated");
 }
 
 TEST(MatrixProductTest, EmptyInnerDimensionAndBf16) {
