@@ -185,14 +185,22 @@ torch::Tensor MoeBlockImpl::RouteThroughExperts(const torch::Tensor& expert_in,
                              torch::TensorOptions().dtype(torch::kDouble)));
   }
   // Each held expert on its contiguous slice [n_e, hidden]; zero rows
-  // included so that every expert weight gets a (zero) gradient.
+  // included so that every expert weight gets a (zero) gradient. One split,
+  // not a narrow per expert: backward then concatenates the slices'
+  // gradients once, where each narrow's would be a zeroed [rows received,
+  // hidden] that autograd adds up (bench MoE: ~50 ms of a 0.75 s step).
+  std::vector<int64_t> rows(dispatched.tokens_per_local_expert.begin(),
+                            dispatched.tokens_per_local_expert.end());
+  int64_t total = 0;
+  for (const int64_t n : rows) total += n;
+  const torch::Tensor received = dispatched.expert_input.size(0) == total
+                                     ? dispatched.expert_input
+                                     : dispatched.expert_input.narrow(0, 0, total);
+  const std::vector<torch::Tensor> slices = received.split_with_sizes(rows, 0);
   std::vector<torch::Tensor> outputs;
   outputs.reserve(static_cast<size_t>(experts->size()));
-  int64_t offset = 0;
   for (int64_t e = 0; e < experts->size(); ++e) {
-    const int64_t rows = dispatched.tokens_per_local_expert[static_cast<size_t>(e)];
-    outputs.push_back(experts->at(e).forward(dispatched.expert_input.narrow(0, offset, rows)));
-    offset += rows;
+    outputs.push_back(experts->at(e).forward(slices[static_cast<size_t>(e)]));
   }
   const torch::Tensor expert_out = torch::cat(outputs, 0);  // [rows received, hidden]
   return dispatcher_.Combine(expert_out, dispatched.handle);
@@ -206,11 +214,13 @@ torch::Tensor MoeBlockImpl::RouteThroughPaddedExperts(const torch::Tensor& exper
   if (count) CountDropped(slots.eq(moe_.num_experts * capacity).sum().to(torch::kDouble));
   const parallel::expert::PaddedDispatch dispatched =
       padded_dispatcher_.Dispatch(expert_in, slots, weights, capacity);
-  // Every expert's block has ep * capacity rows, padding included.
+  // Every expert's block has ep * capacity rows, padding included; unbind
+  // (one stack in backward) as the split above.
+  const std::vector<torch::Tensor> blocks = dispatched.expert_input.unbind(0);
   std::vector<torch::Tensor> outputs;
   outputs.reserve(static_cast<size_t>(experts->size()));
   for (int64_t e = 0; e < experts->size(); ++e) {
-    outputs.push_back(experts->at(e).forward(dispatched.expert_input[e]));
+    outputs.push_back(experts->at(e).forward(blocks[static_cast<size_t>(e)]));
   }
   return padded_dispatcher_.Combine(torch::stack(outputs), dispatched);
 }
