@@ -141,8 +141,9 @@ bool IsCpuFloatMatrix(const torch::Tensor& x) {
 // of 64 (or below it: LoRA's rank, test models), and recur every step; the
 // rows each expert receives change with routing, and would build one per
 // call (the bench MoE lost 11% of its tokens/s): those split into a
-// multiple of 64 and a rest below it (OneDnnProduct), at most one new
-// primitive per 64 rows of the largest expert's share. A rule on the sizes
+// multiple of 64 through oneDNN and a rest below it through torch
+// (OneDnnProduct), at most one new primitive per 64 rows of the largest
+// expert's share. A rule on the sizes
 // alone, so that a product's path, and its bits, do not depend on what ran
 // before (exact resume).
 constexpr int64_t kRepeatingMultiple = 64;
@@ -180,32 +181,37 @@ bool OneDnnProduct(const torch::Tensor& out, const torch::Tensor& a_in, const to
     return false;
   }
   // A size a step need not repeat (the rows an expert receives; a latent
-  // projection's 128 + 64 columns) as whole 64s and the rest below 64: two
-  // products of repeating sizes, whose primitives are built once.
+  // projection's 128 + 64 columns): its whole 64s through oneDNN, the rest
+  // below 64 through torch. oneDNN for the rest too would build a primitive
+  // for each of 63 sizes and every head size (+45 MiB of JIT code and
+  // caches on the bench MoE, no faster).
   const int64_t m = a_in.size(0), k = a_in.size(1), n = b_in.size(1);
   if (!RepeatingSize(m) || !RepeatingSize(n) || !RepeatingSize(k)) {
     const int dim = !RepeatingSize(m) ? 0 : !RepeatingSize(n) ? 1 : 2;
     const int64_t size = dim == 0 ? m : dim == 1 ? n : k;
     const int64_t head = RepeatingSizeAtMost(size), rest = size - head;
+    // beta 0: the output's old values (NaN, say) are not read.
+    const auto torch_product = [&](torch::Tensor part, const torch::Tensor& a,
+                                   const torch::Tensor& b,
+                                   bool add) { part.addmm_(a, b, add ? 1.0 : 0.0, alpha); };
     bool done = false;
     if (dim == 0) {
       done =
-          OneDnnProduct(out.narrow(0, 0, head), a_in.narrow(0, 0, head), b_in, alpha, accumulate) &&
-          OneDnnProduct(out.narrow(0, head, rest), a_in.narrow(0, head, rest), b_in, alpha,
-                        accumulate);
+          OneDnnProduct(out.narrow(0, 0, head), a_in.narrow(0, 0, head), b_in, alpha, accumulate);
+      if (done)
+        torch_product(out.narrow(0, head, rest), a_in.narrow(0, head, rest), b_in, accumulate);
     } else if (dim == 1) {
       done =
-          OneDnnProduct(out.narrow(1, 0, head), a_in, b_in.narrow(1, 0, head), alpha, accumulate) &&
-          OneDnnProduct(out.narrow(1, head, rest), a_in, b_in.narrow(1, head, rest), alpha,
-                        accumulate);
+          OneDnnProduct(out.narrow(1, 0, head), a_in, b_in.narrow(1, 0, head), alpha, accumulate);
+      if (done)
+        torch_product(out.narrow(1, head, rest), a_in, b_in.narrow(1, head, rest), accumulate);
     } else {  // the inner dimension: the rest adds to the head's product
       done =
-          OneDnnProduct(out, a_in.narrow(1, 0, head), b_in.narrow(0, 0, head), alpha, accumulate) &&
-          OneDnnProduct(out, a_in.narrow(1, head, rest), b_in.narrow(0, head, rest), alpha,
-                        /*accumulate=*/true);
+          OneDnnProduct(out, a_in.narrow(1, 0, head), b_in.narrow(0, 0, head), alpha, accumulate);
+      if (done) torch_product(out, a_in.narrow(1, head, rest), b_in.narrow(0, head, rest), true);
     }
-    // The parts pass the checks above as the whole did: none is refused.
-    FULCRUM_CHECK(done, "oneDNN refused a part of a ", m, "x", k, " by ", k, "x", n, " product");
+    // The head passes the checks above as the whole did.
+    FULCRUM_CHECK(done, "oneDNN refused the head of a ", m, "x", k, " by ", k, "x", n, " product");
     return true;
   }
   if (out.numel() == 0) return true;
