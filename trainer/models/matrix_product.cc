@@ -143,9 +143,8 @@ bool IsCpuFloatMatrix(const torch::Tensor& x) {
 // call (the bench MoE lost 11% of its tokens/s): those split into a
 // multiple of 64 through oneDNN and a rest below it through torch
 // (OneDnnProduct), at most one new primitive per 64 rows of the largest
-// expert's share. A rule on the sizes
-// alone, so that a product's path, and its bits, do not depend on what ran
-// before (exact resume).
+// expert's share. A rule on the sizes alone, so that a product's path, and
+// its bits, do not depend on what ran before (exact resume).
 constexpr int64_t kRepeatingMultiple = 64;
 bool RepeatingSize(int64_t size) {
   return size < kRepeatingMultiple || size % kRepeatingMultiple == 0;
@@ -187,31 +186,29 @@ bool OneDnnProduct(const torch::Tensor& out, const torch::Tensor& a_in, const to
   // caches on the bench MoE, no faster).
   const int64_t m = a_in.size(0), k = a_in.size(1), n = b_in.size(1);
   if (!RepeatingSize(m) || !RepeatingSize(n) || !RepeatingSize(k)) {
+    // The product over [0, head) and over [head, size) of the ragged
+    // dimension: rows and columns of out, or the inner dimension (whose
+    // rest adds to the head's product).
     const int dim = !RepeatingSize(m) ? 0 : !RepeatingSize(n) ? 1 : 2;
     const int64_t size = dim == 0 ? m : dim == 1 ? n : k;
-    const int64_t head = RepeatingSizeAtMost(size), rest = size - head;
-    // beta 0: the output's old values (NaN, say) are not read.
-    const auto torch_product = [&](torch::Tensor part, const torch::Tensor& a,
-                                   const torch::Tensor& b,
-                                   bool add) { part.addmm_(a, b, add ? 1.0 : 0.0, alpha); };
-    bool done = false;
-    if (dim == 0) {
-      done =
-          OneDnnProduct(out.narrow(0, 0, head), a_in.narrow(0, 0, head), b_in, alpha, accumulate);
-      if (done)
-        torch_product(out.narrow(0, head, rest), a_in.narrow(0, head, rest), b_in, accumulate);
-    } else if (dim == 1) {
-      done =
-          OneDnnProduct(out.narrow(1, 0, head), a_in, b_in.narrow(1, 0, head), alpha, accumulate);
-      if (done)
-        torch_product(out.narrow(1, head, rest), a_in, b_in.narrow(1, head, rest), accumulate);
-    } else {  // the inner dimension: the rest adds to the head's product
-      done =
-          OneDnnProduct(out, a_in.narrow(1, 0, head), b_in.narrow(0, 0, head), alpha, accumulate);
-      if (done) torch_product(out, a_in.narrow(1, head, rest), b_in.narrow(0, head, rest), true);
-    }
+    const int64_t head = RepeatingSizeAtMost(size);
+    // The dimension each operand is cut along for it (-1: whole).
+    constexpr int kOutDim[] = {0, 1, -1}, kADim[] = {0, -1, 1}, kBDim[] = {-1, 1, 0};
+    const auto part = [&](int64_t start, int64_t length) {
+      const auto cut = [&](const torch::Tensor& t, int along) {
+        return along < 0 ? t : t.narrow(along, start, length);
+      };
+      return std::make_tuple(cut(out, kOutDim[dim]), cut(a_in, kADim[dim]), cut(b_in, kBDim[dim]));
+    };
+    const auto [head_out, head_a, head_b] = part(0, head);
     // The head passes the checks above as the whole did.
-    FULCRUM_CHECK(done, "oneDNN refused the head of a ", m, "x", k, " by ", k, "x", n, " product");
+    const bool head_done = OneDnnProduct(head_out, head_a, head_b, alpha, accumulate);
+    FULCRUM_CHECK(head_done, "oneDNN refused the head of a ", m, "x", k, " by ", k, "x", n,
+                  " product");
+    const auto [rest_out, rest_a, rest_b] = part(head, size - head);
+    // beta 0: the output's old values (NaN, say) are not read.
+    const bool add = accumulate || dim == 2;
+    torch::Tensor(rest_out).addmm_(rest_a, rest_b, add ? 1.0 : 0.0, alpha);
     return true;
   }
   if (out.numel() == 0) return true;

@@ -189,14 +189,8 @@ torch::Tensor MoeBlockImpl::RouteThroughExperts(const torch::Tensor& expert_in,
   // not a narrow per expert: backward then concatenates the slices'
   // gradients once, where each narrow's would be a zeroed [rows received,
   // hidden] that autograd adds up (bench MoE: ~50 ms of a 0.75 s step).
-  std::vector<int64_t> rows(dispatched.tokens_per_local_expert.begin(),
-                            dispatched.tokens_per_local_expert.end());
-  int64_t total = 0;
-  for (const int64_t n : rows) total += n;
-  const torch::Tensor received = dispatched.expert_input.size(0) == total
-                                     ? dispatched.expert_input
-                                     : dispatched.expert_input.narrow(0, 0, total);
-  const std::vector<torch::Tensor> slices = received.split_with_sizes(rows, 0);
+  const std::vector<torch::Tensor> slices =
+      dispatched.expert_input.split_with_sizes(dispatched.tokens_per_local_expert, 0);
   std::vector<torch::Tensor> outputs;
   outputs.reserve(static_cast<size_t>(experts->size()));
   for (int64_t e = 0; e < experts->size(); ++e) {
