@@ -14,6 +14,9 @@
 # GPU_CHECK_LAYERS (default 8) sets the depth of the Llama-3-8B-shaped
 # benchmark model; GPU_CHECK_STEPS (default 12) its steps. GPU_CHECK_STOP_AFTER=
 # configure stops after configuring (a dry run of the relocated packages).
+# The steps' limits keep the whole check inside one 10-minute call of a lent
+# machine (a 15-minute lease holds one such call and its start); the logs and
+# the metrics (at most 8 files) land under $OUT as each step ends.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -83,7 +86,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 
 build=${FULCRUM_GPU_BUILD:-$root/build-gpu}
 cuda_home=${CUDA_HOME:-/usr/local/cuda}
-step configure 200 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+step configure 120 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_POLICY_VERSION_MINIMUM=3.5 `# CMake 4 and the older packages' config files` \
   -DCMAKE_PREFIX_PATH="$torch_cmake;$usr" -DFULCRUM_WERROR=OFF \
   -DCUDAToolkit_ROOT="$cuda_home" -DCMAKE_CUDA_COMPILER="$cuda_home/bin/nvcc" \
   -DTORCH_CUDA_ARCH_LIST=9.0 -DCMAKE_CUDA_ARCHITECTURES=90 -DNCCL_ROOT="$nccl_root" -DCUDA_HOME="$cuda_home" \
@@ -97,11 +101,11 @@ grep -E "fulcrum: (LibTorch|NCCL)" "$logs/configure.log"
 [ "${GPU_CHECK_STOP_AFTER:-}" = configure ] && exit $status
 
 # 3. The binary and the CUDA tests (-k 0: every compile error in one log).
-step build 450 ninja -C "$build" -k 0 -j "$(nproc)" fulcrum cuda_cuda_parity_test ||
+step build 330 ninja -C "$build" -k 0 -j "$(nproc)" fulcrum cuda_cuda_parity_test ||
   { grep -E "error|Error" "$logs/build.log" | head -n 60; exit 1; }
 
 # 4. Tests that need CUDA.
-step cuda_tests 150 "$build/tests/cuda_cuda_parity_test" --gtest_color=no
+step cuda_tests 60 "$build/tests/cuda_cuda_parity_test" --gtest_color=no
 
 # 5. The step benchmark, bf16 on one GPU: a Llama-3-8B-shaped model (hidden
 # 4096, ffn 14336, 32 heads, 8 kv heads, vocab 128256) with fewer layers,
@@ -133,10 +137,11 @@ for method in full lora; do
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 250 \
     >"$work/$method.gpu_mem" 2>/dev/null &
   sampler=$!
-  step "bench_$method" 150 "$build/fulcrum" train recipes/bench/gpu_step.yaml \
+  step "bench_$method" 110 "$build/fulcrum" train recipes/bench/gpu_step.yaml \
     model.config="$work/config.json" data.path="$work/data.jsonl" train.steps="$steps" \
     finetune.method=$method logging.metrics_file="$work/$method.jsonl"
   kill "$sampler" 2>/dev/null
+  cp "$work/$method.jsonl" "$logs/$method.jsonl" 2>/dev/null
 done
 $python - "$work" <<'PY' | tee "$logs/bench_summary.txt"
 import json, os, statistics, sys
