@@ -101,11 +101,14 @@ grep -E "fulcrum: (LibTorch|NCCL)" "$logs/configure.log"
 [ "${GPU_CHECK_STOP_AFTER:-}" = configure ] && exit $status
 
 # 3. The binary and the CUDA tests (-k 0: every compile error in one log).
-step build 330 ninja -C "$build" -k 0 -j "$(nproc)" fulcrum cuda_cuda_parity_test ||
+step build 330 ninja -C "$build" -k 0 -j "$(nproc)" fulcrum cuda_cuda_parity_test \
+  cuda_nccl_communicator_test ||
   { grep -E "error|Error" "$logs/build.log" | head -n 60; exit 1; }
 
 # 4. Tests that need CUDA.
-step cuda_tests 60 "$build/tests/cuda_cuda_parity_test" --gtest_color=no
+# (the NCCL test bootstraps a singleton MPI world: the isolated singleton above)
+step cuda_tests 90 bash -c 'rc=0; for t in "$@"; do "$t" --gtest_color=no || rc=1; done; exit $rc' _ \
+  "$build/tests/cuda_cuda_parity_test" "$build/tests/cuda_nccl_communicator_test"
 
 # 5. The step benchmark, bf16 on one GPU: a Llama-3-8B-shaped model (hidden
 # 4096, ffn 14336, 32 heads, 8 kv heads, vocab 128256) with fewer layers,

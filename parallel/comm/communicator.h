@@ -39,10 +39,12 @@ struct CommOptions {
   HalfPrecisionReduction half_reduction = HalfPrecisionReduction::kFp32Staging;
 };
 
-// A launched operation. Wait() blocks until it is complete (then the output
-// tensors hold the result); Test() asks without blocking. The Work keeps
-// every tensor it uses alive until it is complete. Destroying a Work that was
-// never waited on waits for it.
+// A launched operation. Wait() returns once what the caller runs next sees
+// the result: on the CPU (MPI) the operation is complete; on a GPU (NCCL)
+// the kernels queued after Wait() on the current stream run after it, and
+// the host does not wait. Test() asks without blocking. The Work keeps every
+// tensor it uses alive until then. Destroying a Work that was never waited
+// on waits for it.
 class Work {
  public:
   virtual ~Work() = default;

@@ -71,26 +71,64 @@ std::string CudaError(cudaError_t rc, const char* call) {
   return absl::StrCat(call, " failed: ", cudaGetErrorString(rc));
 }
 
+// Whether the event recorded after an operation was reached, or the NCCL
+// communicator reported an asynchronous error (a peer gone, say).
+absl::StatusOr<bool> OperationDone(cudaEvent_t done, ncclComm_t comm) {
+  const cudaError_t state = cudaEventQuery(done);
+  if (state == cudaSuccess) return true;
+  if (state != cudaErrorNotReady) return absl::InternalError(CudaError(state, "cudaEventQuery"));
+  ncclResult_t async_error = ncclSuccess;
+  const ncclResult_t rc = ncclCommGetAsyncError(comm, &async_error);
+  if (rc != ncclSuccess || (async_error != ncclSuccess && async_error != ncclInProgress)) {
+    return absl::InternalError(absl::StrCat(
+        "NCCL reported an error: ", ncclGetErrorString(rc != ncclSuccess ? rc : async_error)));
+  }
+  return false;
+}
+
 // An event recorded on the communication stream after the operation.
 class NcclWork final : public Work {
  public:
   NcclWork(std::shared_ptr<const CommIdentity> identity, OpDescription op, double timeout_seconds,
-           ncclComm_t comm, cudaEvent_t done, std::vector<torch::Tensor> tensors)
+           ncclComm_t comm, cudaEvent_t done, std::vector<torch::Tensor> tensors,
+           CompletionWatchdog* watchdog)
       : identity_(std::move(identity)),
         op_(op),
         timeout_seconds_(timeout_seconds),
         comm_(comm),
         done_(done),
-        tensors_(std::move(tensors)) {}
+        tensors_(std::move(tensors)),
+        watchdog_(watchdog) {}
   ~NcclWork() override {
     if (done_ != nullptr) Wait();
   }
 
   void Wait() override {
     if (done_ == nullptr) return;
-    // The compute stream continues after the operation without a host sync;
-    // the host polls too, only to turn a hang into a named error.
+    // The compute stream continues after the operation; the host does not
+    // wait (a sync inside a layer would stall the kernels queued behind it).
     Check(cudaStreamWaitEvent(ComputeStream(), done_, 0), "cudaStreamWaitEvent");
+    int device = 0;
+    Check(cudaGetDevice(&device), "cudaGetDevice");
+    const cudaEvent_t done = done_;
+    const ncclComm_t comm = comm_;
+    watchdog_->Watch(CompletionWatchdog::Operation{
+        op_,
+        [done, comm, device]() -> absl::StatusOr<bool> {
+          // The watchdog's thread starts on device 0.
+          if (const cudaError_t rc = cudaSetDevice(device); rc != cudaSuccess) {
+            return absl::InternalError(CudaError(rc, "cudaSetDevice"));
+          }
+          return OperationDone(done, comm);
+        },
+        [done] { cudaEventDestroy(done); }, [comm] { ncclCommAbort(comm); }});
+    done_ = nullptr;
+    tensors_.clear();
+  }
+
+  // The host waits: the barrier's promise.
+  void WaitOnHost() {
+    if (done_ == nullptr) return;
     if (!PollUntilDone([this] { return Test(); }, timeout_seconds_)) {
       ncclCommAbort(comm_);
       CommFatal(*identity_, TimeoutReason(op_, timeout_seconds_));
@@ -99,19 +137,12 @@ class NcclWork final : public Work {
 
   bool Test() override {
     if (done_ == nullptr) return true;
-    const cudaError_t state = cudaEventQuery(done_);
-    if (state == cudaErrorNotReady) {
-      ncclResult_t async_error = ncclSuccess;
-      const ncclResult_t rc = ncclCommGetAsyncError(comm_, &async_error);
-      if (rc != ncclSuccess || (async_error != ncclSuccess && async_error != ncclInProgress)) {
-        ncclCommAbort(comm_);
-        CommFatal(*identity_,
-                  absl::StrCat(DescribeOp(op_), ": NCCL reported an error: ",
-                               ncclGetErrorString(rc != ncclSuccess ? rc : async_error)));
-      }
-      return false;
+    const absl::StatusOr<bool> state = OperationDone(done_, comm_);
+    if (!state.ok()) {
+      ncclCommAbort(comm_);
+      CommFatal(*identity_, absl::StrCat(DescribeOp(op_), ": ", state.status().message()));
     }
-    Check(state, "cudaEventQuery");
+    if (!*state) return false;
     Check(cudaEventDestroy(done_), "cudaEventDestroy");
     done_ = nullptr;
     tensors_.clear();
@@ -129,8 +160,9 @@ class NcclWork final : public Work {
   OpDescription op_;
   double timeout_seconds_;
   ncclComm_t comm_;
-  cudaEvent_t done_;  // nullptr once complete (or for a no-op)
+  cudaEvent_t done_;  // nullptr once complete or handed to the watchdog (or for a no-op)
   std::vector<torch::Tensor> tensors_;
+  CompletionWatchdog* watchdog_;  // the communicator's, which outlives its Works
 };
 
 }  // namespace
@@ -196,10 +228,12 @@ NcclCommunicator::NcclCommunicator(std::shared_ptr<const CommIdentity> identity,
       options_(options),
       comm_(comm),
       stream_(stream),
-      barrier_buffer_(barrier_buffer) {}
+      barrier_buffer_(barrier_buffer),
+      watchdog_(std::make_unique<CompletionWatchdog>(identity_, options_.timeout_seconds)) {}
 
 NcclCommunicator::~NcclCommunicator() {
   cudaStreamSynchronize(stream_);
+  watchdog_.reset();  // its polls read comm_
   cudaFree(barrier_buffer_);
   cudaStreamDestroy(stream_);
   ncclCommDestroy(comm_);
@@ -230,14 +264,14 @@ WorkHandle NcclCommunicator::Finish(const OpDescription& op, std::vector<torch::
   if (group_depth_ > 0) {
     for (torch::Tensor& t : tensors) group_tensors_.push_back(std::move(t));
     return std::make_unique<NcclWork>(identity_, op, options_.timeout_seconds, comm_, nullptr,
-                                      std::vector<torch::Tensor>{});
+                                      std::vector<torch::Tensor>{}, watchdog_.get());
   }
   cudaEvent_t done = nullptr;
   CheckCuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreateWithFlags",
             op);
   CheckCuda(cudaEventRecord(done, stream_), "cudaEventRecord", op);
   return std::make_unique<NcclWork>(identity_, op, options_.timeout_seconds, comm_, done,
-                                    std::move(tensors));
+                                    std::move(tensors), watchdog_.get());
 }
 
 WorkHandle NcclCommunicator::AllReduceAsync(torch::Tensor t, ReduceOp op) {
@@ -350,7 +384,8 @@ void NcclCommunicator::Barrier() {
   CheckNccl(
       ncclAllReduce(barrier_buffer_, barrier_buffer_, 1, ncclFloat32, ncclSum, comm_, stream_),
       "ncclAllReduce", d);
-  Finish(d, {})->Wait();
+  WorkHandle work = Finish(d, {});
+  static_cast<NcclWork&>(*work).WaitOnHost();
 }
 
 void NcclCommunicator::GroupStart() {

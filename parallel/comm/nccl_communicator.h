@@ -9,9 +9,14 @@
 // stream, ordered after the compute stream (the current LibTorch CUDA stream
 // when a CUDA LibTorch is present, else the legacy default stream) by an
 // event. The Work is an event recorded after the operation; Wait() makes the
-// compute stream wait on it and polls it (and ncclCommGetAsyncError) until
+// compute stream wait on it and returns without a host sync (the kernels
+// queued after it run after the operation; what the operation read or wrote
+// is then safe to free, since the caching allocator hands a block out again
+// on the compute stream only). The event goes to this communicator's
+// CompletionWatchdog, which polls it (and ncclCommGetAsyncError) until
 // CommOptions::timeout_seconds, then aborts the NCCL communicator and ends
-// every rank with a message naming this rank and the operation.
+// every rank with a message naming this rank and the operation. Barrier()
+// alone blocks the host until the barrier is done.
 //
 // Uneven all-gather and all-to-all are grouped ncclSend/ncclRecv; barrier is
 // a one-element all-reduce. Argument checks, layouts, waiting and messages
@@ -33,6 +38,7 @@
 #include "absl/status/statusor.h"
 #include "parallel/comm/comm_common.h"
 #include "parallel/comm/communicator.h"
+#include "parallel/comm/completion_watchdog.h"
 
 namespace fulcrum::parallel {
 
@@ -88,6 +94,8 @@ class NcclCommunicator final : public Communicator {
   void* barrier_buffer_;  // [1] float32 on the device
   int group_depth_ = 0;
   std::vector<torch::Tensor> group_tensors_;  // queued in the open P2pGroup
+  // Watches the events of the Works waited on; drained before comm_ goes.
+  std::unique_ptr<CompletionWatchdog> watchdog_;
 };
 
 }  // namespace fulcrum::parallel
