@@ -67,7 +67,7 @@ absl::StatusOr<metrics::StepMetrics> Trainer::Step(int64_t step_index) {
   }();
   const double denominator = static_cast<double>(std::max<int64_t>(1, batch.global_num_targets));
   torch::Tensor loss_sum = ForwardBackward(batch, denominator);
-  const torch::Tensor grad_norm = ReduceAndClipGradients();
+  const torch::Tensor grad_norm = ReduceGradientsAndNorm();
   const double lr = optim::LearningRate(ScheduleFrom(recipe_.schedule), recipe_.optim.lr,
                                         step_index, recipe_.train.steps);
   // A host synchronisation before the update: every rank holds the same
@@ -84,7 +84,8 @@ absl::StatusOr<metrics::StepMetrics> Trainer::Step(int64_t step_index) {
   {
     const auto measured = timer_.Measure(metrics::StepPhase::kOptimizer);
     if (finite) {
-      optimizer_->Step(lr);
+      optimizer_->Step(lr,
+                       optim::ClipCoefficient(static_cast<float>(norm), recipe_.optim.grad_clip));
     } else {
       ++skipped_steps_;
     }
@@ -227,19 +228,19 @@ torch::Tensor Trainer::ForwardBackward(const data::StepBatch& batch, double deno
   return loss_sum;
 }
 
-torch::Tensor Trainer::ReduceAndClipGradients() {
+torch::Tensor Trainer::ReduceGradientsAndNorm() {
   {
     const auto measured = timer_.Measure(metrics::StepPhase::kCommWait);
     models::SyncPartialGradients(*built_.model);
     buckets_->FinishReduction();
     if (expert_buckets_) expert_buckets_->FinishReduction();
   }
-  const auto measured = timer_.Measure(metrics::StepPhase::kOptimizer);  // clipping
+  const auto measured = timer_.Measure(metrics::StepPhase::kOptimizer);  // the norm
   // Each element counted once: over tp by the layout's rule; over dp by the
   // ZeRO-1 owner (all-reduced gradients are the same on every dp rank; an
   // expert's chunk has one owner among the expert-dp ranks holding it, and
   // the dp group holds every ep rank's experts once).
-  std::vector<torch::Tensor> counted, to_scale;
+  std::vector<torch::Tensor> counted;
   std::vector<parallel::Communicator*> sum_over;
   if (parallel_.tp_size() > 1) sum_over.push_back(&parallel_.mesh->tp().comm());
   if (parallel_.pp_size() > 1) sum_over.push_back(&parallel_.pp());
@@ -253,7 +254,6 @@ torch::Tensor Trainer::ReduceAndClipGradients() {
         if (trainable_layouts_[first_param + segment.param_index].counted_in_norm) {
           counted.push_back(grad);
         }
-        to_scale.push_back(grad);
       }
     };
     add_owned(*buckets_, 0);
@@ -268,10 +268,9 @@ torch::Tensor Trainer::ReduceAndClipGradients() {
       if (!grad.defined()) continue;
       const bool counted_here = !ep || i >= num_dense_trainable_ || parallel_.ep_rank() == 0;
       if (trainable_layouts_[i].counted_in_norm && counted_here) counted.push_back(grad);
-      to_scale.push_back(grad);
     }
   }
-  return optim::ClipGradNormDistributed(counted, to_scale, recipe_.optim.grad_clip, sum_over);
+  return optim::GlobalGradNorm(counted, sum_over);
 }
 
 absl::Status Trainer::SaveCheckpoint(int64_t completed_steps) {

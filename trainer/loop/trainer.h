@@ -125,8 +125,9 @@ class Trainer {
   // Forward and backward of the step's micro-batches (through the pipeline
   // schedule under pp); returns this rank's summed target loss.
   torch::Tensor ForwardBackward(const data::StepBatch& batch, double denominator);
-  // Partial sums over tp, the dp reduction, clipping; returns the grad norm.
-  torch::Tensor ReduceAndClipGradients();
+  // Partial sums over tp, the dp reduction; returns the global grad norm
+  // (the optimizer step applies the clip as it reads the gradients).
+  torch::Tensor ReduceGradientsAndNorm();
   // MoE models, after the optimizer step: the step's expert loads and
   // balance losses summed over dp into `m`; DeepSeek-V3's bias update.
   void FinishMoeStep(metrics::StepMetrics& m);

@@ -1,6 +1,5 @@
 #include "trainer/models/batched_matmul.h"
 
-#include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 
 #include <algorithm>
@@ -8,6 +7,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/parallel_for.h"
 #include "trainer/models/matrix_product.h"
 
 #if FULCRUM_WITH_DNNL
@@ -107,7 +107,7 @@ void MatmulThroughOneDnn(const torch::Tensor& out, const torch::Tensor& a, const
     // One matrix per thread: inside the parallel region oneDNN runs each on
     // the calling thread, so a product's bits do not depend on how many
     // matrices share the call.
-    at::parallel_for(0, static_cast<int64_t>(out_offsets.size()), 1, [&](int64_t s, int64_t e) {
+    ParallelFor(0, static_cast<int64_t>(out_offsets.size()), 1, [&](int64_t s, int64_t e) {
       for (int64_t u = s; u < e; ++u) {
         const dnnl_status_t status =
             dnnl_sgemm(lhs.trans, rhs.trans, m, n, k, 1.0f, lhs_data + lhs.offsets[u], lhs.ld,

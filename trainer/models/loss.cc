@@ -1,10 +1,9 @@
 #include "trainer/models/loss.h"
 
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 
 #include "core/check.h"
+#include "core/parallel_for.h"
 #include "parallel/tensor/vocab_parallel_cross_entropy.h"
 #include "trainer/models/cross_entropy_cpu_kernel.h"
 #include "trainer/models/matrix_product.h"
@@ -51,12 +50,11 @@ void CpuCrossEntropy(const torch::Tensor& logits, const torch::Tensor& targets,
   float* loss = row_loss.data_ptr<float>();
   float* g = grad.defined() ? grad.data_ptr<float>() : nullptr;
   const int64_t ld = logits.stride(0), grad_ld = grad.defined() ? grad.stride(0) : 0;
-  at::parallel_for(0, n, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, v)),
-                   [&](int64_t s, int64_t e) {
-                     CrossEntropyCpuKernel(x + s * ld, ld, target_at + s, e - s, v, kIgnoreIndex,
-                                           loss + s, g != nullptr ? g + s * grad_ld : nullptr,
-                                           grad_ld);
-                   });
+  ParallelFor(0, n, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, v)),
+              [&](int64_t s, int64_t e) {
+                CrossEntropyCpuKernel(x + s * ld, ld, target_at + s, e - s, v, kIgnoreIndex,
+                                      loss + s, g != nullptr ? g + s * grad_ld : nullptr, grad_ld);
+              });
 }
 
 // logits [N, V] (any float dtype), targets [N] int64 with -100 ignored.

@@ -1,6 +1,5 @@
 #include "trainer/models/rms_norm_cpu_kernel.h"
 
-#include <ATen/Parallel.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -8,6 +7,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/parallel_for.h"
 #include "trainer/models/vector_exp.h"
 
 namespace fulcrum::models {
@@ -152,7 +152,7 @@ torch::Tensor RmsNormStatisticsCpu(const torch::Tensor& x, double eps) {
   float* out = MutableData(rstd);
   const bool avx2 = HasAvx2Fma();
   const float epsilon = static_cast<float>(eps);
-  at::parallel_for(0, rows, Grain(cols), [&](int64_t begin, int64_t end) {
+  ParallelFor(0, rows, Grain(cols), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const float* row = in + r * cols;
       const float sum = avx2 ? SumOfSquaresAvx2(row, cols) : SumOfSquares(row, cols);
@@ -172,7 +172,7 @@ torch::Tensor RmsNormValuesCpu(const torch::Tensor& x, const torch::Tensor& rstd
   const float *in = Data(x), *rstd_at = Data(rstd), *weight_at = Data(weight);
   float* out_at = MutableData(out);
   const bool avx2 = HasAvx2Fma();
-  at::parallel_for(0, rows, Grain(cols), [&](int64_t begin, int64_t end) {
+  ParallelFor(0, rows, Grain(cols), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const Row row{in + r * cols, rstd_at[r], weight_at, nullptr, out_at + r * cols, nullptr};
       avx2 ? ValuesRowAvx2(row, cols) : ValuesRow(row, cols);
@@ -199,7 +199,7 @@ RmsNormGradsCpu RmsNormBackwardCpu(const torch::Tensor& x, const torch::Tensor& 
   float *dx_at = MutableData(grads.x), *partials_at = MutableData(partials);
   const bool avx2 = HasAvx2Fma();
   const int64_t block_grain = std::max<int64_t>(1, Grain(cols) / kWeightBlockRows);
-  at::parallel_for(0, blocks, block_grain, [&](int64_t begin, int64_t end) {
+  ParallelFor(0, blocks, block_grain, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
       float* partial = partials_at != nullptr ? partials_at + block * cols : nullptr;
       const int64_t last = std::min(rows, (block + 1) * kWeightBlockRows);
@@ -219,14 +219,14 @@ RmsNormGradsCpu RmsNormBackwardCpu(const torch::Tensor& x, const torch::Tensor& 
     grads.weight = torch::empty({cols}, x.options());
     const float* in = Data(partials);
     float* out = MutableData(grads.weight);
-    at::parallel_for(0, cols, std::max<int64_t>(64, kGrainElements / std::max<int64_t>(1, blocks)),
-                     [&](int64_t begin, int64_t end) {
-                       std::copy(in + begin, in + end, out + begin);
-                       for (int64_t block = 1; block < blocks; ++block) {
-                         const float* p = in + block * cols;
-                         for (int64_t c = begin; c < end; ++c) out[c] += p[c];
-                       }
-                     });
+    ParallelFor(0, cols, std::max<int64_t>(64, kGrainElements / std::max<int64_t>(1, blocks)),
+                [&](int64_t begin, int64_t end) {
+                  std::copy(in + begin, in + end, out + begin);
+                  for (int64_t block = 1; block < blocks; ++block) {
+                    const float* p = in + block * cols;
+                    for (int64_t c = begin; c < end; ++c) out[c] += p[c];
+                  }
+                });
   }
   return grads;
 }

@@ -1,12 +1,11 @@
 #include "trainer/models/rotary.h"
 
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "core/check.h"
+#include "core/parallel_for.h"
 
 namespace fulcrum::models {
 namespace {
@@ -184,7 +183,7 @@ void RotateRows(const torch::Tensor& in, const torch::Tensor& out, const torch::
   const int64_t rows = in.size(0) * in.size(1) * in.size(2);
   const int64_t grain =
       std::max<int64_t>(1, (int64_t{16} << 10) / std::max<int64_t>(1, in.size(3)));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+  ParallelFor(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t table = from.TableOf(r);
       RotateRow(x + from.Of(r), y + to.Of(r), c + table, s + table, half, transpose);

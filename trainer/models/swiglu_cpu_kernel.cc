@@ -1,11 +1,11 @@
 #include "trainer/models/swiglu_cpu_kernel.h"
 
-#include <ATen/Parallel.h>
 #include <immintrin.h>
 
 #include <cmath>
 
 #include "core/check.h"
+#include "core/parallel_for.h"
 #include "trainer/models/vector_exp.h"
 
 namespace fulcrum::models {
@@ -86,7 +86,7 @@ void BackwardRow(const Row& r, int64_t cols, bool up_gradient) {
 template <typename F>
 void ForRows(int64_t rows, int64_t cols, const F& f) {
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, cols));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+  ParallelFor(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) f(r);
   });
 }

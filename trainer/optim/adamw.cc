@@ -38,7 +38,7 @@ AdamW::AdamW(std::vector<NamedParameter> params, AdamWOptions options)
   }
 }
 
-void AdamW::Step(double lr) {
+void AdamW::Step(double lr, float grad_scale) {
   ++step_;
   if (params_.empty()) return;
   torch::NoGradGuard no_grad;
@@ -53,7 +53,7 @@ void AdamW::Step(double lr) {
     tensors.grad.push_back(g);
     tensors.decay.push_back(params_[i].decay);
   }
-  AdamWUpdate(options_, lr, step_, tensors);
+  AdamWUpdate(options_, lr, step_, grad_scale, tensors);
   for (size_t i = 0; i < params_.size(); ++i) {
     if (params_[i].param.scalar_type() != torch::kFloat) params_[i].param.copy_(master_[i]);
   }

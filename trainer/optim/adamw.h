@@ -34,7 +34,7 @@ class AdamW : public Optimizer {
   // moments and weight decay still apply). Non-fp32 parameters are updated on
   // their fp32 master copy, then param = master.to(param dtype).
   // NOTE: no host syncs: every scalar comes from the host-side step count.
-  void Step(double lr) override;
+  void Step(double lr, float grad_scale) override;
   // Resets every grad to undefined.
   void ZeroGrad();
   int64_t step_count() const override { return step_; }

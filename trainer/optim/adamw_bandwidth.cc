@@ -20,11 +20,11 @@ double MeasureAdamWBandwidth(int64_t params, int repeats) {
   t.decay = {true};
   AdamWOptions options;
   options.weight_decay = 0.01;
-  AdamWUpdate(options, 1e-4, 1, t);  // warm-up: every page touched
+  AdamWUpdate(options, 1e-4, 1, 1.0f, t);  // warm-up: every page touched
   double best = 1e30;
   for (int i = 0; i < repeats; ++i) {
     const auto start = std::chrono::steady_clock::now();
-    AdamWUpdate(options, 1e-4, i + 2, t);
+    AdamWUpdate(options, 1e-4, i + 2, 1.0f, t);
     const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
     best = std::min(best, elapsed.count());
   }

@@ -8,7 +8,8 @@
 namespace fulcrum::optim {
 namespace {
 
-// ATen's order per element (its AVX2 kernels): master * decay;
+// ATen's order per element (its AVX2 kernels), after the clip's g * scale:
+// master * decay;
 // fma(g, 1 - b1, exp_avg * b1); fma((1 - b2) * g, g, exp_avg_sq * b2);
 // denom = sqrt(v) / bc2 + eps; master + (step_size * exp_avg) / denom.
 __attribute__((always_inline)) inline void Update(const AdamWCpuScalars& s,
@@ -19,7 +20,7 @@ __attribute__((always_inline)) inline void Update(const AdamWCpuScalars& s,
   const float decay = s.decay ? s.decay_factor : 1.0f;
   const bool decayed = s.decay;
   for (int64_t i = 0; i < n; ++i) {
-    const float g = grad[i];
+    const float g = grad[i] * s.grad_scale;
     const float p = decayed ? master[i] * decay : master[i];
     const float m = std::fma(g, s.one_minus_beta1, exp_avg[i] * s.beta1);
     const float v = std::fma(s.one_minus_beta2 * g, g, exp_avg_sq[i] * s.beta2);

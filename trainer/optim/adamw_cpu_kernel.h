@@ -5,12 +5,15 @@
 // arithmetic and per-op overhead, 13 GB/s of state against 18 GB/s for a
 // plain copy. One vectorised pass reads master, moments and gradient once and
 // writes master and moments once: 27-33 GB/s on the same host (64M
-// parameters, 2 threads).
+// parameters, 2 threads). It also applies the gradient-norm clip as it reads
+// the gradient, which spares the clip its own pass (read and write) over
+// every gradient.
 //
 // Numerics: the ops and their order are torch::optim::AdamW's as ATen's
 // vectorised CPU kernels run them (`exp_avg.mul_(b1).add_(g, 1 - b1)` is one
 // fused multiply-add there, and here), each scalar rounded to fp32 as ATen
-// does. Every element's result depends on its inputs only, not on its place
+// does; the clip's g * scale is the one fp32 multiply its g.mul_(scale) was.
+// Every element's result depends on its inputs only, not on its place
 // or on the CPU's vector width: slices, ZeRO-1 shards and threads change no
 // bit (the file is compiled without floating-point contraction).
 #pragma once
@@ -26,7 +29,8 @@ struct AdamWCpuScalars {
   float beta2 = 0, one_minus_beta2 = 0;
   float sqrt_bias_correction2 = 1;
   float eps = 0;
-  float step_size = 0;  // -lr / bias_correction1
+  float step_size = 0;   // -lr / bias_correction1
+  float grad_scale = 1;  // the gradient is read as grad * grad_scale (the clip coefficient)
 };
 
 // Elements [0, n) of each array, updated in place; the arrays do not overlap.

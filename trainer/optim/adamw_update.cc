@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/check.h"
+#include "core/parallel_for.h"
 #include "core/status.h"
 #include "trainer/optim/adamw_cpu_kernel.h"
 
@@ -22,6 +23,7 @@ struct AdamWScalars {
   double beta1, beta2, eps;
   double sqrt_bias_correction2;
   double step_size;  // -lr / bias_correction1
+  float grad_scale;  // the gradients are read times this
 };
 
 // The update over parallel lists, in torch::optim::AdamW's order of ops: the
@@ -29,6 +31,9 @@ struct AdamWScalars {
 // contiguous fp32 range (AdamWCpuKernel takes the others).
 void ForeachUpdate(const AdamWScalars& a, at::TensorList master, at::TensorList exp_avg,
                    at::TensorList exp_avg_sq, at::TensorList grad, at::TensorList decayed) {
+  // The clip's in-place scaling, as the grads are consumed. A float, as the
+  // fp32 kernels take a scalar.
+  if (a.grad_scale != 1.0f) at::_foreach_mul_(grad, static_cast<double>(a.grad_scale));
   if (a.decay_factor != 1.0 && !decayed.empty()) at::_foreach_mul_(decayed, a.decay_factor);
   at::_foreach_mul_(exp_avg, a.beta1);
   at::_foreach_add_(exp_avg, grad, 1.0 - a.beta1);
@@ -54,6 +59,7 @@ AdamWCpuScalars CpuScalars(const AdamWScalars& a) {
   s.sqrt_bias_correction2 = static_cast<float>(a.sqrt_bias_correction2);
   s.eps = static_cast<float>(a.eps);
   s.step_size = static_cast<float>(a.step_size);
+  s.grad_scale = a.grad_scale;
   return s;
 }
 
@@ -78,7 +84,7 @@ void CpuUpdate(const AdamWScalars& a, AdamWTensors& t) {
     float* exp_avg = t.exp_avg[i].data_ptr<float>();
     float* exp_avg_sq = t.exp_avg_sq[i].data_ptr<float>();
     const float* grad = t.grad[i].data_ptr<float>();
-    at::parallel_for(0, t.master[i].numel(), kCpuGrainElements, [&](int64_t begin, int64_t end) {
+    ParallelFor(0, t.master[i].numel(), kCpuGrainElements, [&](int64_t begin, int64_t end) {
       AdamWCpuKernel(scalars, master + begin, exp_avg + begin, exp_avg_sq + begin, grad + begin,
                      end - begin);
     });
@@ -87,7 +93,8 @@ void CpuUpdate(const AdamWScalars& a, AdamWTensors& t) {
 
 }  // namespace
 
-void AdamWUpdate(const AdamWOptions& options, double lr, int64_t step, AdamWTensors& t) {
+void AdamWUpdate(const AdamWOptions& options, double lr, int64_t step, float grad_scale,
+                 AdamWTensors& t) {
   const size_t n = t.master.size();
   FULCRUM_CHECK(t.exp_avg.size() == n && t.exp_avg_sq.size() == n && t.grad.size() == n &&
                     t.decay.size() == n,
@@ -101,6 +108,7 @@ void AdamWUpdate(const AdamWOptions& options, double lr, int64_t step, AdamWTens
   a.eps = options.eps;
   a.sqrt_bias_correction2 = std::sqrt(1.0 - std::pow(a.beta2, static_cast<double>(step)));
   a.step_size = -lr / (1.0 - std::pow(a.beta1, static_cast<double>(step)));
+  a.grad_scale = grad_scale;
   if (!t.master[0].is_cuda()) return CpuUpdate(a, t);
 
   std::vector<torch::Tensor> decayed;

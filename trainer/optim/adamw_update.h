@@ -27,15 +27,19 @@ struct AdamWTensors {
   std::vector<torch::Tensor> master;      // fp32, updated in place (any shape)
   std::vector<torch::Tensor> exp_avg;     // fp32, master's shape, updated in place
   std::vector<torch::Tensor> exp_avg_sq;  // fp32, master's shape, updated in place
-  std::vector<torch::Tensor> grad;        // fp32, master's shape, read only
-  std::vector<bool> decay;                // weight decay applies to master[i]
+  // fp32, master's shape; consumed: the update may scale it in place.
+  std::vector<torch::Tensor> grad;
+  std::vector<bool> decay;  // weight decay applies to master[i]
 };
 
 // One decoupled-weight-decay Adam update (bias-corrected with `step`, the
-// 1-based count including this one; eps outside the sqrt), with the same
-// order of operations as torch::optim::AdamW.
-// NOTE: no host syncs: every scalar comes from the host-side step count.
-void AdamWUpdate(const AdamWOptions& options, double lr, int64_t step, AdamWTensors& tensors);
+// 1-based count including this one; eps outside the sqrt) from the gradients
+// times `grad_scale` (the clip coefficient, fp32 as ClipCoefficient gives
+// it), with the same order of operations as clipping them in place and
+// stepping torch::optim::AdamW.
+// NOTE: no host syncs: every scalar comes from the host.
+void AdamWUpdate(const AdamWOptions& options, double lr, int64_t step, float grad_scale,
+                 AdamWTensors& tensors);
 
 // The whole AdamW state of `params` in full shapes (keys as AdamW::StateDict:
 // "step" int64 [1] >= 0, fp32 "exp_avg.<name>" and "exp_avg_sq.<name>", and

@@ -1,5 +1,8 @@
 #include "trainer/optim/grad_clip.h"
 
+#include <algorithm>
+#include <cmath>
+
 namespace fulcrum::optim {
 
 torch::Tensor ClipGradNorm(const std::vector<torch::Tensor>& params, double max_norm) {
@@ -22,12 +25,11 @@ torch::Tensor ClipGradNorm(const std::vector<torch::Tensor>& params, double max_
   return total;
 }
 
-torch::Tensor ClipGradNormDistributed(const std::vector<torch::Tensor>& counted,
-                                      const std::vector<torch::Tensor>& to_scale, double max_norm,
-                                      const std::vector<parallel::Communicator*>& sum_over) {
+torch::Tensor GlobalGradNorm(const std::vector<torch::Tensor>& counted,
+                             const std::vector<parallel::Communicator*>& sum_over) {
   torch::NoGradGuard no_grad;
   torch::Device device = torch::kCPU;
-  for (const torch::Tensor& t : to_scale) {
+  for (const torch::Tensor& t : counted) {
     if (t.defined()) device = t.device();
   }
   // [1] fp32: the communicators reduce it in place; 0-dim at the end.
@@ -40,15 +42,14 @@ torch::Tensor ClipGradNormDistributed(const std::vector<torch::Tensor>& counted,
   for (parallel::Communicator* comm : sum_over) {
     if (comm != nullptr && comm->size() > 1) comm->AllReduce(sum_sq, parallel::ReduceOp::kSum);
   }
-  torch::Tensor total = sum_sq.sqrt().squeeze(0);  // 0-dim fp32
-  if (max_norm > 0.0) {
-    // clamp instead of a branch: the comparison would sync with the host.
-    torch::Tensor coef = torch::full_like(total, max_norm).div_(total + 1e-6).clamp_max_(1.0);
-    for (const torch::Tensor& t : to_scale) {
-      if (t.defined()) t.mul_(coef);
-    }
-  }
-  return total;
+  return sum_sq.sqrt().squeeze(0);
+}
+
+float ClipCoefficient(float norm, double max_norm) {
+  if (max_norm <= 0.0) return 1.0f;
+  // ClipGradNorm's tensor ops in fp32: full(max_norm) / (norm + 1e-6), clamped.
+  const float factor = static_cast<float>(max_norm) / (norm + 1e-6f);
+  return std::isnan(factor) ? factor : std::min(factor, 1.0f);
 }
 
 }  // namespace fulcrum::optim

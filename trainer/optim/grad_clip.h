@@ -19,14 +19,17 @@ torch::Tensor ClipGradNorm(const std::vector<torch::Tensor>& params, double max_
 
 // The global norm over ranks: norm^2 = the sum of squares of `counted`
 // (gradient tensors, accumulated in fp32; undefined ones skipped), summed
-// over every communicator in `sum_over` in turn, then every tensor in
-// `to_scale` *= min(1, max_norm / (norm + 1e-6)) (max_norm <= 0: none).
-// Returns the norm as a 0-dim fp32 tensor. The caller decides what counts
-// where, so that each element counts exactly once over the ranks:
-// tp-replicated params only on tp rank 0, ZeRO-1 chunks on their owner.
+// over every communicator in `sum_over` in turn. Returns the norm as a 0-dim
+// fp32 tensor. The caller decides what counts where, so that each element
+// counts exactly once over the ranks: tp-replicated params only on tp rank
+// 0, ZeRO-1 chunks on their owner. The gradients are not scaled: the
+// optimizer applies ClipCoefficient as it reads them (Optimizer::Step).
 // NOTE: collective over each communicator in sum_over (every rank calls it).
-torch::Tensor ClipGradNormDistributed(const std::vector<torch::Tensor>& counted,
-                                      const std::vector<torch::Tensor>& to_scale, double max_norm,
-                                      const std::vector<parallel::Communicator*>& sum_over);
+torch::Tensor GlobalGradNorm(const std::vector<torch::Tensor>& counted,
+                             const std::vector<parallel::Communicator*>& sum_over);
+
+// min(1, max_norm / (norm + 1e-6)) in fp32, the factor ClipGradNorm scales
+// by, bit for bit (max_norm <= 0: 1; a non-finite norm gives NaN or 0).
+float ClipCoefficient(float norm, double max_norm);
 
 }  // namespace fulcrum::optim

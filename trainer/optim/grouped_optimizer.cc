@@ -27,8 +27,8 @@ GroupedOptimizer::GroupedOptimizer(std::vector<std::unique_ptr<Optimizer>> group
   }
 }
 
-void GroupedOptimizer::Step(double lr) {
-  for (auto& group : groups_) group->Step(lr);
+void GroupedOptimizer::Step(double lr, float grad_scale) {
+  for (auto& group : groups_) group->Step(lr, grad_scale);
 }
 
 int64_t GroupedOptimizer::step_count() const { return groups_.front()->step_count(); }

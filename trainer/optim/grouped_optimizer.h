@@ -20,7 +20,7 @@ class GroupedOptimizer : public Optimizer {
   explicit GroupedOptimizer(std::vector<std::unique_ptr<Optimizer>> groups);
 
   // Steps every group in order (each may be collective over its own group).
-  void Step(double lr) override;
+  void Step(double lr, float grad_scale) override;
   // The groups' parameters, group 0's first.
   const std::vector<NamedParameter>& parameters() const override { return params_; }
   int64_t step_count() const override;

@@ -36,8 +36,10 @@ struct LocalStateShard {
 class Optimizer {
  public:
   virtual ~Optimizer();
-  // One update with learning rate `lr` from the parameters' current grads.
-  virtual void Step(double lr) = 0;
+  // One update with learning rate `lr` from the parameters' current grads
+  // times `grad_scale` (the clip coefficient: ClipCoefficient; 1 for none).
+  // The grads are consumed: the update may scale them in place.
+  virtual void Step(double lr, float grad_scale) = 0;
   virtual const std::vector<NamedParameter>& parameters() const = 0;
   virtual int64_t step_count() const = 0;
   // Full-shape tensors, keys as AdamW::StateDict ("step", "exp_avg.<name>",

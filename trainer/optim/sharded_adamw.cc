@@ -39,7 +39,7 @@ ShardedAdamW::ShardedAdamW(std::vector<NamedParameter> params, parallel::Gradien
   }
 }
 
-void ShardedAdamW::Step(double lr) {
+void ShardedAdamW::Step(double lr, float grad_scale) {
   ++step_;
   torch::NoGradGuard no_grad;
   AdamWTensors tensors{master_, exp_avg_, exp_avg_sq_, {}, {}};
@@ -49,7 +49,7 @@ void ShardedAdamW::Step(double lr) {
         buckets_.BucketGrads(owned.bucket).narrow(0, s.bucket_offset, s.numel).to(torch::kFloat));
     tensors.decay.push_back(params_[s.param_index].decay);
   }
-  AdamWUpdate(options_, lr, step_, tensors);
+  AdamWUpdate(options_, lr, step_, grad_scale, tensors);
   for (size_t i = 0; i < owned_.size(); ++i) {
     const parallel::BucketSegment& s = owned_[i].segment;
     torch::Tensor& p = params_[s.param_index].param;

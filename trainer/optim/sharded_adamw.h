@@ -9,7 +9,7 @@
 //   GradientBuckets buckets(tensors, dp, {bytes, GradReduction::kReduceScatter});
 //   ShardedAdamW opt(params, buckets, dp, options);
 //   ... backward, buckets.FinishReduction();
-//   opt.Step(lr);  // also buckets.AllGatherParameters()
+//   opt.Step(lr, ClipCoefficient(norm, max_norm));  // also AllGatherParameters
 #pragma once
 
 #include <torch/torch.h>
@@ -38,7 +38,7 @@ class ShardedAdamW : public Optimizer {
   // Updates this rank's segments from the reduced bucket grads (call after
   // buckets.FinishReduction()), then all-gathers the parameters.
   // Collective over dp.
-  void Step(double lr) override;
+  void Step(double lr, float grad_scale) override;
   const std::vector<NamedParameter>& parameters() const override { return params_; }
   int64_t step_count() const override { return step_; }
   // Full tensors as AdamW's StateDict (collective over dp: all-gathers).

@@ -151,7 +151,7 @@ TEST_P(LoraParityTest, AdamWLossCurve) {
     EXPECT_NEAR(loss.item<float>(), ref[step].item<float>(), 1e-4) << "step " << step;
     if (step == 5) break;
     loss.backward();
-    opt.Step(1e-3);
+    opt.Step(1e-3, 1.0f);
     opt.ZeroGrad();
   }
   // Looser than before training (meta.json adamw_final_logits: 5e-3 + 1e-3 |ref|).

@@ -499,8 +499,10 @@ TEST(RecomputeTest, HoldsLessActivationMemory) {
       held[Recompute::kFull] / 1024.0);
   // The RMSNorms keep only their input in every mode (rms_norm_test), so
   // selective holds no more than none; full keeps one [2, 128, 64] input per
-  // layer besides the logits.
-  EXPECT_LE(held[Recompute::kSelective], held[Recompute::kNone]);
+  // layer besides the logits. The heap also moves by a few bookkeeping
+  // blocks between runs (112 bytes once), far below one [2, 128, 64] tensor.
+  constexpr int64_t kHeapNoise = 4096;
+  EXPECT_LE(held[Recompute::kSelective], held[Recompute::kNone] + kHeapNoise);
   EXPECT_LT(held[Recompute::kFull], held[Recompute::kSelective] / 2);
 }
 

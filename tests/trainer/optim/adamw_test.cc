@@ -45,7 +45,7 @@ TEST(AdamWTest, MatchesTorchAdamWInFp32) {
       mine[i].mutable_grad() = g.clone();
       ref[i].mutable_grad() = g.clone();
     }
-    opt.Step(1e-3);
+    opt.Step(1e-3, 1.0f);
     torch_opt.step();
   }
   EXPECT_EQ(opt.step_count(), 6);
@@ -85,7 +85,7 @@ TEST(AdamWTest, CpuKernelIsBitwiseTheWholeTensorOps) {
           v[i].sqrt().div_(std::sqrt(1.0 - std::pow(0.95, step))).add_(1e-8);
       ref[i].addcdiv_(m[i], denom, -lr / (1.0 - std::pow(0.9, step)));
     }
-    opt.Step(lr);
+    opt.Step(lr, 1.0f);
   }
   for (size_t i = 0; i < mine.size(); ++i) EXPECT_TRUE(torch::equal(mine[i], ref[i])) << i;
 }
@@ -117,13 +117,40 @@ TEST(AdamWTest, UpdateOfSegmentsIsBitwiseTheWholeUpdate) {
   }
   const AdamWOptions options{0.9, 0.95, 1e-8, 0.1};
   for (int64_t step = 1; step <= 2; ++step) {
-    AdamWUpdate(options, 1e-3, step, whole);
-    AdamWUpdate(options, 1e-3, step, segments);
+    AdamWUpdate(options, 1e-3, step, 1.0f, whole);
+    AdamWUpdate(options, 1e-3, step, 1.0f, segments);
   }
   EXPECT_TRUE(torch::equal(whole.master[0], parts.master[0]));
   EXPECT_TRUE(torch::equal(whole.exp_avg[0], parts.exp_avg[0]));
   EXPECT_TRUE(torch::equal(whole.exp_avg_sq[0], parts.exp_avg_sq[0]));
   EXPECT_FALSE(torch::equal(whole.master[0], fresh().master[0]));  // it did update
+}
+
+// The clip folded into the update: Step(lr, c) is grad.mul_(c) then
+// Step(lr, 1) to the bit, through the one-pass CPU kernel (contiguous
+// gradient) and through the op-by-op path (a transposed one).
+TEST(AdamWTest, GradScaleIsClippingInPlaceFirst) {
+  for (bool contiguous : {true, false}) {
+    SCOPED_TRACE(contiguous);
+    torch::manual_seed(4);
+    const torch::Tensor init = torch::randn({96, 80});
+    torch::Tensor folded = init.clone().requires_grad_(true);
+    torch::Tensor clipped = init.clone().requires_grad_(true);
+    AdamW folded_opt({{"w", folded, true}}, AdamWOptions{0.9, 0.95, 1e-8, 0.1});
+    AdamW clipped_opt({{"w", clipped, true}}, AdamWOptions{0.9, 0.95, 1e-8, 0.1});
+    for (int step = 0; step < 3; ++step) {
+      torch::Tensor g = torch::randn({96, 80});
+      if (!contiguous) g = torch::randn({80, 96}).t();
+      const float scale = 0.3f + 0.2f * static_cast<float>(step);
+      folded.mutable_grad() = g.clone(at::MemoryFormat::Preserve);
+      clipped.mutable_grad() = g.clone(at::MemoryFormat::Preserve).mul_(scale);
+      ASSERT_EQ(folded.grad().is_contiguous(), contiguous);
+      folded_opt.Step(1e-2, scale);
+      clipped_opt.Step(1e-2, 1.0f);
+      EXPECT_TRUE(torch::equal(folded, clipped)) << step;
+    }
+    EXPECT_FALSE(torch::equal(folded, init));
+  }
 }
 
 TEST(AdamWTest, DecayFlagFalseSkipsWeightDecay) {
@@ -132,7 +159,7 @@ TEST(AdamWTest, DecayFlagFalseSkipsWeightDecay) {
   AdamW opt({{"a", a, true}, {"b", b, false}}, AdamWOptions{0.9, 0.95, 1e-8, 0.5});
   a.mutable_grad() = torch::zeros({3});
   b.mutable_grad() = torch::zeros({3});
-  opt.Step(0.1);
+  opt.Step(0.1, 1.0f);
   EXPECT_TRUE(torch::allclose(a, torch::full({3}, 0.95f)));
   EXPECT_TRUE(torch::equal(b, torch::ones({3})));
 }
@@ -147,14 +174,14 @@ TEST(AdamWTest, UndefinedGradStepsWithZeroGrad) {
   torch::Tensor g = torch::randn({6});
   x.mutable_grad() = g.clone();
   y.mutable_grad() = g.clone();
-  ox.Step(1e-2);
-  oy.Step(1e-2);
+  ox.Step(1e-2, 1.0f);
+  oy.Step(1e-2, 1.0f);
   torch::Tensor after_first = x.detach().clone();
   ox.ZeroGrad();
   EXPECT_FALSE(x.grad().defined());
   y.mutable_grad() = torch::zeros({6});
-  ox.Step(1e-2);
-  oy.Step(1e-2);
+  ox.Step(1e-2, 1.0f);
+  oy.Step(1e-2, 1.0f);
   EXPECT_TRUE(torch::equal(x, y));
   // The first moment keeps moving the parameter.
   EXPECT_GT((x - after_first).abs().max().item<float>(), 1e-4);
@@ -170,8 +197,8 @@ TEST(AdamWTest, Bf16ParamsKeepFp32Master) {
     torch::Tensor g = GradFor(step, 0, {8, 4}).to(torch::kBFloat16);
     bf.mutable_grad() = g;
     fp.mutable_grad() = g.to(torch::kFloat);
-    obf.Step(1e-3);
-    ofp.Step(1e-3);
+    obf.Step(1e-3, 1.0f);
+    ofp.Step(1e-3, 1.0f);
   }
   torch::Tensor master;
   for (const auto& nt : obf.StateDict()) {
@@ -199,7 +226,7 @@ TEST(AdamWTest, StateDictRoundTripResumesBitExactly) {
     for (int step = from; step < to; ++step) {
       w.mutable_grad() = GradFor(step, 0, w.sizes());
       h.mutable_grad() = GradFor(step, 1, h.sizes()).to(torch::kBFloat16);
-      opt.Step(1e-3 * (step + 1));
+      opt.Step(1e-3 * (step + 1), 1.0f);
     }
   };
   run(a, w, h, 0, 3);
@@ -226,7 +253,7 @@ TEST(AdamWTest, LoadStateDictRejectsBadStateAndChangesNothing) {
   torch::Tensor w = torch::ones({2, 2}).requires_grad_(true);
   AdamW opt({{"w", w, true}}, AdamWOptions{});
   w.mutable_grad() = torch::ones({2, 2});
-  opt.Step(1e-3);
+  opt.Step(1e-3, 1.0f);
   const auto good = CloneState(opt);
 
   auto expect_error = [&](std::map<std::string, torch::Tensor> state, const std::string& needle) {
@@ -297,7 +324,7 @@ TEST(AdamWTest, OptimizerInterfaceAndStateBytes) {
   EXPECT_EQ(opt.state_bytes(), 4 * (2 * 6 + 3 * 5));
   EXPECT_EQ(opt.parameters().size(), 2u);
   w.mutable_grad() = torch::ones({2, 3});
-  opt.Step(0.1);
+  opt.Step(0.1, 1.0f);
   EXPECT_EQ(opt.step_count(), 1);
   EXPECT_TRUE(torch::allclose(w, torch::full({2, 3}, 0.9f), 1e-6, 1e-6));
   EXPECT_TRUE(torch::equal(h, torch::ones({5}, torch::kBFloat16)));  // zero grad, no decay
@@ -332,7 +359,7 @@ TEST(GroupedOptimizerTest, GroupsStepAndCheckpointLikeOneOptimizer) {
     for (int step = from; step < to; ++step) {
       w.mutable_grad() = GradFor(step, 0, w.sizes());
       e.mutable_grad() = GradFor(step, 1, e.sizes());
-      opt.Step(1e-2);
+      opt.Step(1e-2, 1.0f);
     }
   };
   torch::Tensor w, e, w1, e1;

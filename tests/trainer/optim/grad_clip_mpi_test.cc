@@ -1,6 +1,6 @@
-// ClipGradNormDistributed under mpirun (2, 3, 4 ranks): the norm over ranks
-// equals ClipGradNorm of the concatenation of every rank's counted tensors,
-// and every rank scales by the same factor.
+// GlobalGradNorm under mpirun (2, 3, 4 ranks): the norm over ranks equals
+// ClipGradNorm's of the concatenation of every rank's counted tensors, and
+// every rank's ClipCoefficient is the factor ClipGradNorm scaled that by.
 #include <gtest/gtest.h>
 #include <mpi.h>
 #include <torch/torch.h>
@@ -42,20 +42,16 @@ TEST(GradClipMpiTest, EqualsClipGradNormOfTheConcatenation) {
     const double factor =
         max_norm > 0 ? std::min(1.0, max_norm / (ref_norm.item<double>() + 1e-6)) : 1.0;
 
-    std::vector<torch::Tensor> mine = GradsOf(rank);
-    std::vector<torch::Tensor> original;
-    for (const torch::Tensor& g : mine) original.push_back(g.clone());
-    torch::Tensor extra = torch::ones({4});  // scaled, not counted
-    std::vector<torch::Tensor> to_scale = mine;
-    to_scale.push_back(extra);
-    const torch::Tensor norm = ClipGradNormDistributed(mine, to_scale, max_norm, {comm.get()});
+    const torch::Tensor norm = GlobalGradNorm(GradsOf(rank), {comm.get()});
     EXPECT_EQ(norm.dim(), 0);
     EXPECT_EQ(norm.scalar_type(), torch::kFloat);
     EXPECT_NEAR(norm.item<double>(), ref_norm.item<double>(), 1e-5 * ref_norm.item<double>());
-    for (size_t i = 0; i < mine.size(); ++i) {
-      EXPECT_TRUE(torch::allclose(mine[i], original[i] * factor, 1e-5, 1e-6)) << i;
-    }
-    EXPECT_TRUE(torch::allclose(extra, torch::full({4}, factor), 1e-5, 1e-6));
+    EXPECT_NEAR(ClipCoefficient(norm.item<float>(), max_norm), factor, 1e-5 * factor);
+    // Every rank holds the same norm, so every rank steps with the same factor.
+    std::vector<float> coefficients(n);
+    const float mine = ClipCoefficient(norm.item<float>(), max_norm);
+    MPI_Allgather(&mine, 1, MPI_FLOAT, coefficients.data(), 1, MPI_FLOAT, MPI_COMM_WORLD);
+    for (float c : coefficients) EXPECT_EQ(c, mine);
   }
 }
 
@@ -65,12 +61,11 @@ TEST(GradClipMpiTest, SumsOverEveryCommunicatorAndSkipsUndefined) {
   auto comm = MakeWorldCommunicator();
   const int n = WorldSize();
   torch::Tensor g = torch::full({3}, 2.0f);  // 12 per rank
-  const torch::Tensor norm =
-      ClipGradNormDistributed({g, torch::Tensor()}, {}, 0.0, {comm.get(), comm.get()});
+  const torch::Tensor norm = GlobalGradNorm({g, torch::Tensor()}, {comm.get(), comm.get()});
   EXPECT_NEAR(norm.item<double>(), std::sqrt(12.0 * n * n), 1e-4);
-  const torch::Tensor alone = ClipGradNormDistributed({g}, {g}, 1.0, {});
+  const torch::Tensor alone = GlobalGradNorm({g}, {});
   EXPECT_NEAR(alone.item<double>(), std::sqrt(12.0), 1e-5);
-  EXPECT_TRUE(torch::allclose(g.norm(), torch::tensor(1.0f), 1e-4, 1e-5));
+  EXPECT_TRUE(torch::equal(g, torch::full({3}, 2.0f)));  // not scaled
 }
 
 }  // namespace

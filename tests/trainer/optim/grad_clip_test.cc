@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
+#include <limits>
+
 namespace fulcrum::optim {
 namespace {
 
@@ -51,6 +54,29 @@ TEST(ClipGradNormTest, NoGradsGivesZero) {
   torch::Tensor w = torch::zeros({2}).requires_grad_(true);
   EXPECT_EQ(ClipGradNorm({w}, 1.0).item<float>(), 0.0f);
   EXPECT_EQ(ClipGradNorm({}, 1.0).item<float>(), 0.0f);
+}
+
+// The optimizer applies ClipCoefficient as it reads the gradients; it must be
+// ClipGradNorm's in-place factor to the bit, or clipping would change the
+// training curve.
+TEST(ClipCoefficientTest, IsClipGradNormsFactorBitForBit) {
+  torch::manual_seed(3);
+  for (double max_norm : {1.0, 0.37, 2.5e-3, 1e6}) {
+    for (float size : {1e-4f, 0.3f, 1.0f, 7.77f, 1234.5f}) {
+      SCOPED_TRACE(testing::Message() << max_norm << " " << size);
+      torch::Tensor w = torch::zeros({257}).requires_grad_(true);
+      const torch::Tensor g = torch::randn({257}) * size;
+      w.mutable_grad() = g.clone();
+      const torch::Tensor norm = ClipGradNorm({w}, max_norm);
+      const float coefficient = ClipCoefficient(norm.item<float>(), max_norm);
+      EXPECT_LE(coefficient, 1.0f);
+      EXPECT_TRUE(torch::equal(w.grad(), g * coefficient));
+    }
+  }
+  EXPECT_EQ(ClipCoefficient(13.0f, 0.0), 1.0f);  // disabled
+  EXPECT_EQ(ClipCoefficient(0.0f, 1.0), 1.0f);   // no gradient: clamped
+  EXPECT_TRUE(std::isnan(ClipCoefficient(std::nanf(""), 1.0)));
+  EXPECT_EQ(ClipCoefficient(std::numeric_limits<float>::infinity(), 1.0), 0.0f);
 }
 
 }  // namespace

@@ -82,14 +82,14 @@ void RunEquivalence(torch::ScalarType dtype, const Layout& layout) {
         params[i].grad().copy_(GradFor(rank, step, i, dtype));
     }
     buckets.FinishReduction();
-    sharded.Step(1e-2);
+    sharded.Step(1e-2, 1.0f);
     // The reference sums every rank's grads in fp32, in rank order.
     for (size_t i = 0; i < ref_params.size(); ++i) {
       torch::Tensor sum = torch::zeros(kShapes[i]);
       for (int r = 0; r < n; ++r) sum += GradFor(r, step, i, dtype).to(torch::kFloat);
       ref_params[i].mutable_grad() = sum.to(dtype);
     }
-    reference.Step(1e-2);
+    reference.Step(1e-2, 1.0f);
     const double tol = dtype == torch::kFloat ? 1e-6 : 1e-2;
     for (size_t i = 0; i < params.size(); ++i) {
       EXPECT_TRUE(
@@ -140,8 +140,8 @@ void RunEquivalence(torch::ScalarType dtype, const Layout& layout) {
   }
   buckets.FinishReduction();
   buckets2.FinishReduction();
-  sharded.Step(1e-2);
-  loaded.Step(1e-2);
+  sharded.Step(1e-2, 1.0f);
+  loaded.Step(1e-2, 1.0f);
   for (size_t i = 0; i < params.size(); ++i) EXPECT_TRUE(torch::equal(params[i], params2[i])) << i;
 }
 
