@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/check.h"
+#include "core/parallel_for.h"
 #include "core/status.h"
 #include "parallel/runtime/caching_host_allocator.h"
 #include "trainer/loop/data_factory.h"
@@ -76,6 +77,14 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const recipe::Recipe& r
                              ? recipe.logging.peak_flops
                              : metrics::MeasureGemmFlops(trainer->device_, gemm_dtype);
   if (world.is_root() && recipe.logging.peak_flops <= 0) {
+    // Whether fulcrum's own kernels split across the threads too: where
+    // at::parallel_for ran them on one thread nothing else showed it.
+    logger.Info(absl::StrFormat(
+        "GEMM peak: %.1f GFLOP/s per rank (%s%s)", trainer->peak_flops_ / 1e9,
+        c10::toString(gemm_dtype),
+        trainer->device_.is_cpu() ? absl::StrFormat(", %d threads; fulcrum's kernels split by %s",
+                                                    torch::get_num_threads(), ParallelForBackend())
+                                  : std::string()));
     const std::string slow =
         metrics::SlowDtypeWarning(trainer->device_, gemm_dtype, trainer->peak_flops_);
     if (!slow.empty())

@@ -1,5 +1,5 @@
-// SwiGLU, p = silu(gate) * up, and its gradients on fp32 CPU tensors, each
-// element read once.
+// SwiGLU, p = silu(gate) * up, and its gradients on fp32 or bf16 CPU
+// tensors, each element read once.
 //
 // The torch ops they replace read and wrote each [N, I] element 2-3 times
 // per result (silu, then mul_; dp * up, silu_backward, silu again, mul_),
@@ -9,15 +9,19 @@
 //
 // Numerics: sigmoid(x) from exp(-|x|) (vector_exp.h) as 1 / (1 + e) or
 // e / (1 + e): results differ from torch's silu and silu_backward by
-// rounding only; a NaN gate gives NaN results.
+// rounding only; a NaN gate gives NaN results. bf16 tensors are computed in
+// fp32 and each result rounded to bf16 once: the fp32 kernel's result on the
+// same values, then .to(bf16), to the bit (torch's bf16 silu, then mul,
+// round twice).
 #pragma once
 
 #include <torch/torch.h>
 
 namespace fulcrum::models {
 
-// Whether the kernels take these tensors: fp32 on the CPU, equal 2-D shapes
-// [rows, cols] with unit column stride (rows may be a stride apart).
+// Whether the kernels take these tensors: all fp32 or all bf16 on the CPU,
+// equal 2-D shapes [rows, cols] with unit column stride (rows may be a
+// stride apart).
 bool SwiGluCpuKernelTakes(std::initializer_list<torch::Tensor> tensors);
 
 // silu(gate) * up, a new contiguous tensor.

@@ -87,10 +87,48 @@ TEST(SwiGluCpuKernelTest, NanGateGivesNan) {
   EXPECT_TRUE(std::isnan(d[1][9].item<float>()));
 }
 
+// Equal values and NaNs in the same places (NaN payloads may differ).
+bool SameValues(const torch::Tensor& a, const torch::Tensor& b) {
+  return torch::equal(a.isnan(), b.isnan()) &&
+         torch::equal(a.to(torch::kFloat).nan_to_num(0), b.to(torch::kFloat).nan_to_num(0));
+}
+
+// bf16: the fp32 kernel's results on the same values, rounded once, to the
+// bit, at widths with and without a vector tail, NaN gates included.
+TEST(SwiGluCpuKernelTest, Bf16IsTheFp32ResultRoundedOnce) {
+  torch::manual_seed(8);
+  for (int64_t cols : {64, 45, 3}) {
+    SCOPED_TRACE(cols);
+    const torch::Tensor gate = (torch::randn({9, cols}) * 4).to(torch::kBFloat16);
+    const torch::Tensor up = torch::randn({9, cols}).to(torch::kBFloat16);
+    gate[2][1] = std::nanf("");
+    const torch::Tensor dp = torch::randn({9, cols}).to(torch::kBFloat16);
+    const torch::Tensor g32 = gate.to(torch::kFloat), u32 = up.to(torch::kFloat);
+
+    const torch::Tensor p = SwiGluCpu(gate, up);
+    EXPECT_EQ(p.scalar_type(), torch::kBFloat16);
+    EXPECT_TRUE(SameValues(p, SwiGluCpu(g32, u32).to(torch::kBFloat16)));
+
+    torch::Tensor d_up = dp.clone(), d_gate = torch::empty_like(dp);
+    SwiGluBackwardCpu(gate, up, d_up, d_gate, /*up_gradient=*/true);
+    torch::Tensor d_up32 = dp.to(torch::kFloat), d_gate32 = torch::empty_like(d_up32);
+    SwiGluBackwardCpu(g32, u32, d_up32, d_gate32, /*up_gradient=*/true);
+    EXPECT_TRUE(SameValues(d_up, d_up32.to(torch::kBFloat16)));
+    EXPECT_TRUE(SameValues(d_gate, d_gate32.to(torch::kBFloat16)));
+    EXPECT_TRUE(std::isnan(d_gate[2][1].item<float>()));
+    // And near torch's bf16 ops, which round twice.
+    const torch::Tensor ops = torch::silu(gate).mul(up);
+    EXPECT_TRUE(torch::allclose(p.to(torch::kFloat).nan_to_num(0),
+                                ops.to(torch::kFloat).nan_to_num(0), 2e-2, 1e-2));
+  }
+}
+
 TEST(SwiGluCpuKernelTest, SaysWhichTensorsItTakes) {
   const torch::Tensor x = torch::randn({4, 6});
   EXPECT_TRUE(SwiGluCpuKernelTakes({x, x, torch::Tensor()}));
-  EXPECT_FALSE(SwiGluCpuKernelTakes({x, x.to(torch::kBFloat16)}));
+  EXPECT_FALSE(SwiGluCpuKernelTakes({x, x.to(torch::kBFloat16)}));  // mixed
+  EXPECT_TRUE(SwiGluCpuKernelTakes({x.to(torch::kBFloat16), x.to(torch::kBFloat16)}));
+  EXPECT_FALSE(SwiGluCpuKernelTakes({x.to(torch::kHalf), x.to(torch::kHalf)}));
   EXPECT_FALSE(SwiGluCpuKernelTakes({x, x.t().contiguous().t()}));  // column-major
   EXPECT_FALSE(SwiGluCpuKernelTakes({x, torch::randn({4, 7})}));
   EXPECT_FALSE(SwiGluCpuKernelTakes({x.view({2, 2, 6}), x.view({2, 2, 6})}));
