@@ -42,21 +42,16 @@ void AdamW::Step(double lr, float grad_scale) {
   ++step_;
   if (params_.empty()) return;
   torch::NoGradGuard no_grad;
-  AdamWTensors tensors{master_, exp_avg_, exp_avg_sq_, {}, {}};
+  AdamWTensors tensors{master_, exp_avg_, exp_avg_sq_, {}, {}, {}};
   for (size_t i = 0; i < params_.size(); ++i) {
-    torch::Tensor g = params_[i].param.grad();
-    if (!g.defined()) {
-      g = torch::zeros_like(master_[i]);
-    } else if (g.scalar_type() != torch::kFloat) {
-      g = g.to(torch::kFloat);
-    }
-    tensors.grad.push_back(g);
+    const torch::Tensor& param = params_[i].param;
+    const torch::Tensor g = param.grad();
+    // A 16-bit gradient goes as it is: the update widens it as it reads it.
+    tensors.grad.push_back(g.defined() ? g : torch::zeros_like(master_[i]));
     tensors.decay.push_back(params_[i].decay);
+    tensors.rounded.push_back(param.scalar_type() != torch::kFloat ? param : torch::Tensor());
   }
   AdamWUpdate(options_, lr, step_, grad_scale, tensors);
-  for (size_t i = 0; i < params_.size(); ++i) {
-    if (params_[i].param.scalar_type() != torch::kFloat) params_[i].param.copy_(master_[i]);
-  }
 }
 
 void AdamW::ZeroGrad() {

@@ -18,6 +18,8 @@
 // bit (the file is compiled without floating-point contraction).
 #pragma once
 
+#include <c10/util/BFloat16.h>
+
 #include <cstdint>
 
 namespace fulcrum::optim {
@@ -34,7 +36,14 @@ struct AdamWCpuScalars {
 };
 
 // Elements [0, n) of each array, updated in place; the arrays do not overlap.
+// A 16-bit model's gradient comes as bf16 (widened exactly, as .to(fp32)),
+// and `rounded`, where not null, receives the updated master rounded to bf16
+// (to nearest even, as .copy_ of the master into the bf16 parameter): one
+// pass instead of a converted fp32 copy of every gradient and a pass over
+// every parameter after.
 void AdamWCpuKernel(const AdamWCpuScalars& s, float* master, float* exp_avg, float* exp_avg_sq,
-                    const float* grad, int64_t n);
+                    const float* grad, c10::BFloat16* rounded, int64_t n);
+void AdamWCpuKernel(const AdamWCpuScalars& s, float* master, float* exp_avg, float* exp_avg_sq,
+                    const c10::BFloat16* grad, c10::BFloat16* rounded, int64_t n);
 
 }  // namespace fulcrum::optim

@@ -63,30 +63,61 @@ AdamWCpuScalars CpuScalars(const AdamWScalars& a) {
   return s;
 }
 
+torch::Tensor RoundedOf(const AdamWTensors& t, size_t i) {
+  return i < t.rounded.size() ? t.rounded[i] : torch::Tensor();
+}
+
+// Where the one-pass CPU kernel takes entry i: fp32 state, an fp32 or bf16
+// gradient and a bf16 rounded copy, each one contiguous range of master's size.
+bool CpuKernelTakes(const AdamWTensors& t, size_t i) {
+  const int64_t n = t.master[i].numel();
+  auto contiguous = [n](const torch::Tensor& x) { return x.is_contiguous() && x.numel() == n; };
+  bool takes = true;
+  for (const torch::Tensor& state : {t.master[i], t.exp_avg[i], t.exp_avg_sq[i]}) {
+    takes = takes && contiguous(state) && state.scalar_type() == torch::kFloat;
+  }
+  const torch::ScalarType grad = t.grad[i].scalar_type();
+  takes = takes && contiguous(t.grad[i]) && (grad == torch::kFloat || grad == torch::kBFloat16);
+  const torch::Tensor rounded = RoundedOf(t, i);
+  return takes &&
+         (!rounded.defined() || (contiguous(rounded) && rounded.scalar_type() == torch::kBFloat16));
+}
+
+// Entry i op by op: the gradient widened to fp32 first, the rounded copy after.
+void OpsUpdate(const AdamWScalars& a, AdamWTensors& t, size_t i) {
+  const torch::Tensor grad = t.grad[i].to(torch::kFloat);
+  const bool decay = t.decay[i] && a.decay_factor != 1.0;
+  ForeachUpdate(a, {t.master[i]}, {t.exp_avg[i]}, {t.exp_avg_sq[i]}, {grad},
+                decay ? at::TensorList(&t.master[i], 1) : at::TensorList());
+  const torch::Tensor rounded = RoundedOf(t, i);
+  if (rounded.defined()) rounded.copy_(t.master[i]);
+}
+
 void CpuUpdate(const AdamWScalars& a, AdamWTensors& t) {
   AdamWCpuScalars scalars = CpuScalars(a);
   for (size_t i = 0; i < t.master.size(); ++i) {
-    const std::vector<torch::Tensor> parts = {t.master[i], t.exp_avg[i], t.exp_avg_sq[i],
-                                              t.grad[i]};
-    bool fused = true;
-    for (const torch::Tensor& part : parts) {
-      fused = fused && part.is_contiguous() && part.scalar_type() == torch::kFloat &&
-              part.numel() == t.master[i].numel();
-    }
-    const bool decay = t.decay[i] && a.decay_factor != 1.0;
-    if (!fused) {
-      ForeachUpdate(a, {parts[0]}, {parts[1]}, {parts[2]}, {parts[3]},
-                    decay ? at::TensorList(parts.data(), 1) : at::TensorList());
+    if (!CpuKernelTakes(t, i)) {
+      OpsUpdate(a, t, i);
       continue;
     }
-    scalars.decay = decay;
+    scalars.decay = t.decay[i] && a.decay_factor != 1.0;
     float* master = t.master[i].data_ptr<float>();
     float* exp_avg = t.exp_avg[i].data_ptr<float>();
     float* exp_avg_sq = t.exp_avg_sq[i].data_ptr<float>();
-    const float* grad = t.grad[i].data_ptr<float>();
+    const torch::Tensor rounded_tensor = RoundedOf(t, i);
+    c10::BFloat16* rounded =
+        rounded_tensor.defined() ? rounded_tensor.data_ptr<c10::BFloat16>() : nullptr;
+    const torch::Tensor& grad = t.grad[i];
     ParallelFor(0, t.master[i].numel(), kCpuGrainElements, [&](int64_t begin, int64_t end) {
-      AdamWCpuKernel(scalars, master + begin, exp_avg + begin, exp_avg_sq + begin, grad + begin,
-                     end - begin);
+      float* m = master + begin;
+      float* ea = exp_avg + begin;
+      float* eas = exp_avg_sq + begin;
+      c10::BFloat16* r = rounded != nullptr ? rounded + begin : nullptr;
+      if (grad.scalar_type() == torch::kFloat) {
+        AdamWCpuKernel(scalars, m, ea, eas, grad.data_ptr<float>() + begin, r, end - begin);
+      } else {
+        AdamWCpuKernel(scalars, m, ea, eas, grad.data_ptr<c10::BFloat16>() + begin, r, end - begin);
+      }
     });
   }
 }
@@ -109,13 +140,19 @@ void AdamWUpdate(const AdamWOptions& options, double lr, int64_t step, float gra
   a.sqrt_bias_correction2 = std::sqrt(1.0 - std::pow(a.beta2, static_cast<double>(step)));
   a.step_size = -lr / (1.0 - std::pow(a.beta1, static_cast<double>(step)));
   a.grad_scale = grad_scale;
+  FULCRUM_CHECK(t.rounded.empty() || t.rounded.size() == n,
+                "AdamWUpdate: rounded list of another length");
   if (!t.master[0].is_cuda()) return CpuUpdate(a, t);
 
-  std::vector<torch::Tensor> decayed;
+  std::vector<torch::Tensor> decayed, grads;
   for (size_t i = 0; i < n; ++i) {
     if (t.decay[i]) decayed.push_back(t.master[i]);
+    grads.push_back(t.grad[i].to(torch::kFloat));
   }
-  ForeachUpdate(a, t.master, t.exp_avg, t.exp_avg_sq, t.grad, decayed);
+  ForeachUpdate(a, t.master, t.exp_avg, t.exp_avg_sq, grads, decayed);
+  for (size_t i = 0; i < t.rounded.size(); ++i) {
+    if (t.rounded[i].defined()) t.rounded[i].copy_(t.master[i]);
+  }
 }
 
 namespace {

@@ -27,9 +27,13 @@ struct AdamWTensors {
   std::vector<torch::Tensor> master;      // fp32, updated in place (any shape)
   std::vector<torch::Tensor> exp_avg;     // fp32, master's shape, updated in place
   std::vector<torch::Tensor> exp_avg_sq;  // fp32, master's shape, updated in place
-  // fp32, master's shape; consumed: the update may scale it in place.
+  // fp32, or bf16 for a 16-bit model; master's shape; consumed: the update
+  // may scale it in place.
   std::vector<torch::Tensor> grad;
   std::vector<bool> decay;  // weight decay applies to master[i]
+  // Empty, or per entry undefined or the 16-bit tensor (master's shape) that
+  // receives the updated master rounded: a 16-bit model's parameter.
+  std::vector<torch::Tensor> rounded;
 };
 
 // One decoupled-weight-decay Adam update (bias-corrected with `step`, the

@@ -42,21 +42,18 @@ ShardedAdamW::ShardedAdamW(std::vector<NamedParameter> params, parallel::Gradien
 void ShardedAdamW::Step(double lr, float grad_scale) {
   ++step_;
   torch::NoGradGuard no_grad;
-  AdamWTensors tensors{master_, exp_avg_, exp_avg_sq_, {}, {}};
+  AdamWTensors tensors{master_, exp_avg_, exp_avg_sq_, {}, {}, {}};
   for (const auto& owned : owned_) {
     const parallel::BucketSegment& s = owned.segment;
-    tensors.grad.push_back(
-        buckets_.BucketGrads(owned.bucket).narrow(0, s.bucket_offset, s.numel).to(torch::kFloat));
+    // A 16-bit gradient goes as it is: the update widens it as it reads it.
+    tensors.grad.push_back(buckets_.BucketGrads(owned.bucket).narrow(0, s.bucket_offset, s.numel));
     tensors.decay.push_back(params_[s.param_index].decay);
+    const torch::Tensor& p = params_[s.param_index].param;
+    tensors.rounded.push_back(p.scalar_type() != torch::kFloat
+                                  ? p.view(-1).narrow(0, s.param_offset, s.numel)
+                                  : torch::Tensor());
   }
   AdamWUpdate(options_, lr, step_, grad_scale, tensors);
-  for (size_t i = 0; i < owned_.size(); ++i) {
-    const parallel::BucketSegment& s = owned_[i].segment;
-    torch::Tensor& p = params_[s.param_index].param;
-    if (p.scalar_type() != torch::kFloat) {
-      p.view(-1).narrow(0, s.param_offset, s.numel).copy_(master_[i]);
-    }
-  }
   if (buckets_.reduction() == parallel::GradReduction::kReduceScatter) {
     buckets_.AllGatherParameters();
   }

@@ -187,6 +187,32 @@ TEST(AdamWTest, UndefinedGradStepsWithZeroGrad) {
   EXPECT_GT((x - after_first).abs().max().item<float>(), 1e-4);
 }
 
+// The one-pass update of a bf16 parameter (the bf16 gradient widened as it
+// is read, the parameter rounded as the master is written) is the op-by-op
+// update of its fp32 copy to the bit, with a clip scale, at a size with a
+// vector tail, and through the op-by-op path for a transposed gradient.
+TEST(AdamWTest, Bf16GradientsAndParametersInOnePass) {
+  for (bool contiguous : {true, false}) {
+    SCOPED_TRACE(contiguous);
+    torch::manual_seed(9);
+    torch::Tensor bf = torch::randn({37, 29}).to(torch::kBFloat16).requires_grad_(true);
+    torch::Tensor fp = bf.detach().to(torch::kFloat).requires_grad_(true);
+    const torch::Tensor init = bf.detach().clone();
+    AdamW obf({{"w", bf, true}}, AdamWOptions{0.9, 0.95, 1e-8, 0.1});
+    AdamW ofp({{"w", fp, true}}, AdamWOptions{0.9, 0.95, 1e-8, 0.1});
+    for (int step = 0; step < 3; ++step) {
+      torch::Tensor g = torch::randn({37, 29}).to(torch::kBFloat16);
+      if (!contiguous) g = torch::randn({29, 37}).to(torch::kBFloat16).t();
+      bf.mutable_grad() = g.clone(at::MemoryFormat::Preserve);
+      fp.mutable_grad() = g.to(torch::kFloat).mul_(0.7f);
+      obf.Step(0.05, 0.7f);
+      ofp.Step(0.05, 1.0f);
+      EXPECT_TRUE(torch::equal(bf, fp.to(torch::kBFloat16))) << step;
+    }
+    EXPECT_FALSE(torch::equal(bf, init));
+  }
+}
+
 TEST(AdamWTest, Bf16ParamsKeepFp32Master) {
   torch::manual_seed(2);
   torch::Tensor bf = torch::randn({8, 4}).to(torch::kBFloat16).requires_grad_(true);
