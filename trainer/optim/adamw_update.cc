@@ -26,9 +26,9 @@ struct AdamWScalars {
   float grad_scale;  // the gradients are read times this
 };
 
-// The update over parallel lists, in torch::optim::AdamW's order of ops: the
-// multi-tensor kernels on CUDA, and on the CPU where a tensor is not one
-// contiguous fp32 range (AdamWCpuKernel takes the others).
+// The update over parallel lists of fp32 tensors, in torch::optim::AdamW's
+// order of ops: the multi-tensor kernels on CUDA, and on the CPU for the
+// entries AdamWCpuKernel does not take (CpuKernelTakes).
 void ForeachUpdate(const AdamWScalars& a, at::TensorList master, at::TensorList exp_avg,
                    at::TensorList exp_avg_sq, at::TensorList grad, at::TensorList decayed) {
   // The clip's in-place scaling, as the grads are consumed. A float, as the
