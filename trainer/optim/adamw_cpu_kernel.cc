@@ -2,7 +2,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
 // Built with -ffp-contract=off and -fno-math-errno (CMakeLists.txt): no
 // multiply-add is fused but the one written as std::fma, and sqrt vectorises.
@@ -11,22 +10,7 @@ namespace fulcrum::optim {
 namespace {
 
 float Widen(float g) { return g; }
-// bf16 is fp32's upper half.
-float Widen(c10::BFloat16 g) {
-  const uint32_t bits = static_cast<uint32_t>(g.x) << 16;
-  float out;
-  std::memcpy(&out, &bits, sizeof(out));
-  return out;
-}
-
-// To nearest even, a NaN to a quiet NaN: c10::BFloat16(float)'s rounding,
-// written so that the loop vectorises.
-uint16_t RoundToBf16Bits(float x) {
-  uint32_t bits;
-  std::memcpy(&bits, &x, sizeof(bits));
-  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-  return x != x ? uint16_t{0x7fc0} : static_cast<uint16_t>(rounded);
-}
+float Widen(c10::BFloat16 g) { return c10::detail::f32_from_bits(g.x); }
 
 // ATen's order per element (its AVX2 kernels), after the clip's g * scale:
 // master * decay; fma(g, 1 - b1, exp_avg * b1); fma((1 - b2) * g, g,
@@ -51,7 +35,7 @@ __attribute__((always_inline)) inline void Update(const AdamWCpuScalars& s,
     master[i] = updated;
     exp_avg[i] = m;
     exp_avg_sq[i] = v;
-    if constexpr (kRound) rounded[i] = RoundToBf16Bits(updated);
+    if constexpr (kRound) rounded[i] = c10::detail::round_to_nearest_even(updated);
   }
 }
 
