@@ -16,16 +16,20 @@ std::string FixturesDir() { return FULCRUM_FIXTURES_DIR; }
 std::string SourceDir() { return FULCRUM_SOURCE_DIR; }
 std::string FulcrumBinary() { return FULCRUM_BINARY; }
 
-std::string ScratchDir() {
+std::string ScratchDirPath() {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
   std::string name = info ? std::string(info->test_suite_name()) + "." + info->name() : "global";
   for (char& c : name) {
     if (c == '/') c = '_';
   }
-  std::filesystem::path dir = std::filesystem::path(FULCRUM_TEST_TMP) / name;
+  return (std::filesystem::path(FULCRUM_TEST_TMP) / name).string();
+}
+
+std::string ScratchDir() {
+  const std::string dir = ScratchDirPath();
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
-  return dir.string();
+  return dir;
 }
 
 CommandResult RunCommand(const std::string& command) {

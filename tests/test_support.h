@@ -14,6 +14,8 @@ std::string SourceDir();
 std::string FulcrumBinary();
 // A fresh, empty directory under the build tree named after the current test.
 std::string ScratchDir();
+// Where ScratchDir puts the current test's directory, left as it is.
+std::string ScratchDirPath();
 
 struct CommandResult {
   int exit_code = -1;

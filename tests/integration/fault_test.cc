@@ -22,6 +22,7 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -116,6 +117,9 @@ pid_t SomeRank(const std::string& dir) {
 class FaultTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    // A run killed while DiskFull's tmpfs was mounted left it mounted, and
+    // ScratchDir cannot remove a mount point.
+    ::umount((ScratchDirPath() + "/small").c_str());
     dir_ = ScratchDir();
     WriteTinyData(dir_ + "/data.jsonl", 64, 512);
   }
@@ -263,6 +267,9 @@ TEST_F(FaultTest, DiskFullDuringSaveIsAnErrorAndThePreviousCheckpointStays) {
   const std::string mount = dir_ + "/small";
   fs::create_directories(mount);
   const bool mounted = ::mount("tmpfs", mount.c_str(), "tmpfs", 0, "size=2500k") == 0;
+  // Unmounted however the test leaves (an ASSERT returns early).
+  const std::unique_ptr<const std::string, void (*)(const std::string*)> unmount(
+      mounted ? &mount : nullptr, [](const std::string* m) { ::umount(m->c_str()); });
   const std::string root = mount + "/ckpt";
   const std::string flags = "parallel.dp=2 checkpoint.dir=" + root;
   CommandResult r = RunFulcrum(Args("first", flags + " train.steps=5"), 2);
@@ -273,7 +280,6 @@ TEST_F(FaultTest, DiskFullDuringSaveIsAnErrorAndThePreviousCheckpointStays) {
                  FulcrumBinary() + " " +
                  Args("second", flags + " train.steps=10 checkpoint.resume=latest"));
   const std::string latest = LatestReadableCheckpoint(root);
-  if (mounted) ::umount(mount.c_str());
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find(mounted ? "No space left on device" : "File too large"),
             std::string::npos)
