@@ -17,7 +17,9 @@
 # The machine's speed drifts between runs (here: forward times 1.15-1.45 s
 # and GEMM peaks 165-206 GFLOP/s for the same binary), so
 # FULCRUM_BENCH_REPEATS=N (default 1) runs the whole table N times, the
-# rounds interleaved, and reports each row's median round with the MFU range.
+# rounds interleaved, and reports each row's median round with the MFU range;
+# the LoRA/full speed goal takes each round's pair of runs (run one after the
+# other) and reports the median round's ratio with the range.
 #   scripts/bench.sh [model...]     models: llama55m llama290m moe (default all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,7 +56,8 @@ for model in "${models[@]}"; do
 done
 for ((round = 1; round <= repeats; round++)); do
   for model in "${models[@]}"; do
-    runs=("full 1 fp32" "full 2 fp32" "lora 1 fp32" "lora 2 fp32")
+    # full and LoRA of a layout side by side: their ratio is read round by round.
+    runs=("full 1 fp32" "lora 1 fp32" "full 2 fp32" "lora 2 fp32")
     [ "$model" = llama290m ] && [ -n "$native_bf16" ] && runs+=("full 1 bf16" "lora 1 bf16")
     for run in "${runs[@]}"; do
       read -r method ranks dtype <<<"$run"
@@ -145,8 +148,21 @@ if ("llama290m", "full", 1, "fp32") in rows:
 for dtype in ("fp32", "bf16"):
     if ("llama290m", "full", 1, dtype) in rows and ("llama290m", "lora", 1, dtype) in rows:
         full, lora = rows[("llama290m", "full", 1, dtype)], rows[("llama290m", "lora", 1, dtype)]
-        goal(f"290M LoRA >= 1.4x full tokens/s, {dtype}: {lora[0] / full[0]:.2f}x",
-             lora[0] / full[0] >= 1.4)
+        # Each round's LoRA against the full run just before it, so that the
+        # host's slower and faster phases (5-10% between rounds here) fall on
+        # both sides of a ratio; the median round's ratio, and their range.
+        def tokens_per_second(method, round_suffix):
+            path = f"{work}/llama290m_{method}_1_{dtype}.jsonl.{round_suffix}"
+            figures = os.path.exists(path) and round_figures(path, warmup["llama290m"])
+            return figures[0] if figures else None
+        stem = f"llama290m_full_1_{dtype}.jsonl."
+        pairs = [(tokens_per_second("full", f[len(stem):]), tokens_per_second("lora", f[len(stem):]))
+                 for f in os.listdir(work) if f.startswith(stem)]
+        ratios = [lora_tps / full_tps for full_tps, lora_tps in pairs if full_tps and lora_tps]
+        ratios.sort()
+        ratio = ratios[(len(ratios) - 1) // 2]
+        goal(f"290M LoRA >= 1.4x full tokens/s, {dtype}: {ratio:.2f}x "
+             f"(rounds {ratios[0]:.2f}-{ratios[-1]:.2f}x)", ratio >= 1.4)
         goal(f"290M LoRA peak memory <= 40% of full, {dtype}: {lora[2] / full[2]:.0%}",
              lora[2] / full[2] <= 0.4)
 PY
