@@ -6,9 +6,12 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <sstream>
 
+#include "core/check.h"
 #include "parallel/runtime/mpirun.h"
+#include "parallel/runtime/world.h"
 
 namespace fulcrum::testing {
 
@@ -30,6 +33,16 @@ std::string ScratchDir() {
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   return dir;
+}
+
+const parallel::World& MpiTestWorld() {
+  static const parallel::World* const world = [] {
+    absl::StatusOr<std::unique_ptr<parallel::World>> created =
+        parallel::World::Init(nullptr, nullptr);
+    FULCRUM_CHECK(created.ok(), "World::Init: ", created.status().ToString());
+    return created->release();
+  }();
+  return *world;
 }
 
 CommandResult RunCommand(const std::string& command) {

@@ -4,7 +4,15 @@
 
 #include <string>
 
+namespace fulcrum::parallel {
+class World;
+}  // namespace fulcrum::parallel
+
 namespace fulcrum::testing {
+
+// In a *_mpi_test: the World over the MPI that mpi_test_main started. Never
+// destroyed: its destructor would finalize MPI under the test main.
+const parallel::World& MpiTestWorld();
 
 // ../shared/fixtures (read-only).
 std::string FixturesDir();

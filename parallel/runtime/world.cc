@@ -3,11 +3,16 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "core/check.h"
 #include "parallel/runtime/mpi_check.h"
 
 namespace fulcrum::parallel {
@@ -32,13 +37,18 @@ absl::StatusOr<std::unique_ptr<World>> World::Init(int* argc, char*** argv) {
   FULCRUM_MPI_CHECK(MPI_Comm_rank(node, &local_rank));
   FULCRUM_MPI_CHECK(MPI_Comm_size(node, &local_size));
   FULCRUM_MPI_CHECK(MPI_Comm_free(&node));
-  return std::unique_ptr<World>(new World(rank, size, local_rank, local_size));
+  MPI_Comm agree;
+  FULCRUM_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &agree));
+  FULCRUM_MPI_CHECK(MPI_Comm_set_errhandler(agree, MPI_ERRORS_RETURN));
+  return std::unique_ptr<World>(new World(rank, size, local_rank, local_size, agree));
 }
 
 World::~World() {
   int finalized = 0;
   MPI_Finalized(&finalized);
-  if (!finalized) MPI_Finalize();
+  if (finalized) return;
+  MPI_Comm_free(&agree_comm_);
+  MPI_Finalize();
 }
 
 absl::StatusOr<torch::Device> World::DeviceFor(const std::string& kind) const {
@@ -66,22 +76,165 @@ int World::CpuThreadsPerRank() const {
 
 void World::Barrier() const { FULCRUM_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD)); }
 
-absl::Status World::AgreeOn(const absl::Status& local) const {
+namespace {
+
+constexpr int kAgreeTag = 1;
+
+// A status as one message: the rank it comes from and its code (4 bytes
+// each), then its message.
+std::string PackStatus(const absl::Status& status, int32_t rank) {
+  const int32_t head[2] = {rank, static_cast<int32_t>(status.code())};
+  std::string packed(reinterpret_cast<const char*>(head), sizeof(head));
+  packed.append(status.message().data(), status.message().size());
+  return packed;
+}
+
+absl::Status UnpackStatus(const std::string& packed, int* rank) {
+  int32_t head[2] = {0, 0};
+  FULCRUM_CHECK(packed.size() >= sizeof(head), "an agreement message of ", packed.size(), " bytes");
+  std::memcpy(head, packed.data(), sizeof(head));
+  *rank = head[0];
+  return absl::Status(static_cast<absl::StatusCode>(head[1]), packed.substr(sizeof(head)));
+}
+
+// Polls `ready` until it says true or `deadline` passes (false then),
+// calling `report` with the seconds waited once a minute. Backs off from
+// 50 us to 10 ms between polls: an agreement among ranks that arrive
+// together costs microseconds, a long wait next to nothing.
+bool PollUntil(absl::Time deadline, const std::function<bool()>& ready,
+               const std::function<void(double)>& report) {
+  const absl::Time start = absl::Now();
+  absl::Time next_report = start + absl::Minutes(1);
+  absl::Duration pause = absl::Microseconds(50);
+  while (!ready()) {
+    const absl::Time now = absl::Now();
+    if (now >= deadline) return false;
+    if (now >= next_report) {
+      report(absl::ToDoubleSeconds(now - start));
+      next_report += absl::Minutes(1);
+    }
+    absl::SleepFor(std::min(pause, deadline - now));
+    pause = std::min(pause * 2, absl::Milliseconds(10));
+  }
+  return true;
+}
+
+std::string RankList(const std::vector<int>& ranks) {
+  return absl::StrCat(ranks.size() == 1 ? "rank " : "ranks ", absl::StrJoin(ranks, ", "));
+}
+
+}  // namespace
+
+// The agreed status as this rank returns it: another rank's failure names
+// that rank.
+absl::Status World::FromRank(const absl::Status& status, int rank) const {
+  if (status.ok() || rank == rank_) return status;
+  return absl::Status(status.code(), absl::StrCat("rank ", rank, ": ", status.message()));
+}
+
+absl::Status World::AgreeOn(const absl::Status& local, absl::Duration timeout) const {
   if (size_ == 1) return local;
-  // Lowest failing rank wins; its code and message are broadcast.
-  const int mine = local.ok() ? size_ : rank_;
-  int first = size_;
-  FULCRUM_MPI_CHECK(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
-  if (first == size_) return absl::OkStatus();
-  std::string message = local.ok() ? "" : std::string(local.message());
-  int code = static_cast<int>(local.code());
-  int length = static_cast<int>(message.size());
-  FULCRUM_MPI_CHECK(MPI_Bcast(&code, 1, MPI_INT, first, MPI_COMM_WORLD));
-  FULCRUM_MPI_CHECK(MPI_Bcast(&length, 1, MPI_INT, first, MPI_COMM_WORLD));
-  message.resize(length);
-  FULCRUM_MPI_CHECK(MPI_Bcast(message.data(), length, MPI_CHAR, first, MPI_COMM_WORLD));
-  if (rank_ != first) message = absl::StrCat("rank ", first, ": ", message);
-  return absl::Status(static_cast<absl::StatusCode>(code), message);
+  const absl::Time deadline = absl::Now() + timeout;
+  const std::string waited = absl::FormatDuration(timeout);
+  // Every rank's status to rank 0; rank 0 answers each with the verdict.
+  // Ranks arrive in the same order of agreements (a rank sends its next
+  // status only after the verdict on the last), so one tag serves them all.
+  if (rank_ == 0) {
+    std::vector<absl::Status> statuses(size_);
+    std::vector<bool> arrived(size_, false);
+    statuses[0] = local;
+    arrived[0] = true;
+    int missing = size_ - 1;
+    const auto missing_ranks = [&] {
+      std::vector<int> ranks;
+      for (int r = 0; r < size_; ++r) {
+        if (!arrived[r]) ranks.push_back(r);
+      }
+      return ranks;
+    };
+    const bool all = PollUntil(
+        deadline,
+        [&] {
+          while (missing > 0) {
+            int flag = 0;
+            MPI_Status probed;
+            FULCRUM_MPI_CHECK(MPI_Iprobe(MPI_ANY_SOURCE, kAgreeTag, agree_comm_, &flag, &probed));
+            if (!flag) return false;
+            int bytes = 0;
+            FULCRUM_MPI_CHECK(MPI_Get_count(&probed, MPI_BYTE, &bytes));
+            std::string packed(static_cast<size_t>(bytes), '\0');
+            FULCRUM_MPI_CHECK(MPI_Recv(packed.data(), bytes, MPI_BYTE, probed.MPI_SOURCE, kAgreeTag,
+                                       agree_comm_, MPI_STATUS_IGNORE));
+            int sender = 0;
+            statuses[probed.MPI_SOURCE] = UnpackStatus(packed, &sender);
+            arrived[probed.MPI_SOURCE] = true;
+            --missing;
+          }
+          return true;
+        },
+        [&](double seconds) {
+          std::fprintf(stderr, "[fulcrum r0] waiting %.0f s for %s to reach the same point\n",
+                       seconds, RankList(missing_ranks()).c_str());
+          std::fflush(stderr);
+        });
+    if (!all) {
+      Abort(absl::DeadlineExceededError(absl::StrCat(
+          RankList(missing_ranks()), " did not reach the point every rank agrees at within ",
+          waited, " (stopped, hung, or stuck on a filesystem); ending every rank")));
+    }
+    int first = 0;
+    while (first < size_ && statuses[first].ok()) ++first;
+    // The first failing rank's status, or OK (which every rank's is then).
+    const absl::Status& verdict = statuses[std::min(first, size_ - 1)];
+    // Small messages: sent eagerly, so a rank that died since does not
+    // block the others' answers (mpirun ends the job for it).
+    const std::string packed = PackStatus(verdict, first);
+    for (int r = 1; r < size_; ++r) {
+      FULCRUM_MPI_CHECK(MPI_Send(packed.data(), static_cast<int>(packed.size()), MPI_BYTE, r,
+                                 kAgreeTag, agree_comm_));
+    }
+    return FromRank(verdict, first);
+  }
+
+  const std::string mine = PackStatus(local, rank_);
+  MPI_Request sent;
+  FULCRUM_MPI_CHECK(MPI_Isend(mine.data(), static_cast<int>(mine.size()), MPI_BYTE, 0, kAgreeTag,
+                              agree_comm_, &sent));
+  std::string answer;
+  bool delivered = false;
+  const bool answered = PollUntil(
+      deadline,
+      [&] {
+        if (!delivered) {
+          int flag = 0;
+          FULCRUM_MPI_CHECK(MPI_Test(&sent, &flag, MPI_STATUS_IGNORE));
+          if (!flag) return false;
+          delivered = true;
+        }
+        int flag = 0;
+        MPI_Status probed;
+        FULCRUM_MPI_CHECK(MPI_Iprobe(0, kAgreeTag, agree_comm_, &flag, &probed));
+        if (!flag) return false;
+        int bytes = 0;
+        FULCRUM_MPI_CHECK(MPI_Get_count(&probed, MPI_BYTE, &bytes));
+        answer.assign(static_cast<size_t>(bytes), '\0');
+        FULCRUM_MPI_CHECK(
+            MPI_Recv(answer.data(), bytes, MPI_BYTE, 0, kAgreeTag, agree_comm_, MPI_STATUS_IGNORE));
+        return true;
+      },
+      [&](double seconds) {
+        std::fprintf(stderr, "[fulcrum r%d] waiting %.0f s for rank 0 to reach the same point\n",
+                     rank_, seconds);
+        std::fflush(stderr);
+      });
+  if (!answered) {
+    Abort(absl::DeadlineExceededError(
+        absl::StrCat("rank 0 did not answer at the point every rank agrees at within ", waited,
+                     " (stopped, hung, or stuck on a filesystem); ending every rank")));
+  }
+  int first = 0;
+  const absl::Status verdict = UnpackStatus(answer, &first);
+  return FromRank(verdict, first);
 }
 
 std::vector<std::string> World::AllGatherStrings(const std::string& mine) const {

@@ -14,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 
 namespace fulcrum::parallel {
 
@@ -41,9 +42,20 @@ class World {
 
   void Barrier() const;
 
+  // How long AgreeOn waits for the other ranks by default. Ranks reach an
+  // agreement far apart in normal runs (rank 0 publishing a checkpoint and
+  // pruning old ones while the others wait; one rank's share of a large
+  // checkpoint on a slow filesystem), so this is torch.distributed's gloo
+  // timeout rather than the step's collectives' parallel.comm_timeout_s.
+  static constexpr absl::Duration kAgreeTimeout = absl::Minutes(30);
+
   // Agrees on a status across ranks: if any rank failed, every rank returns
   // the first failing rank's status (so all exit non-zero with the message).
-  absl::Status AgreeOn(const absl::Status& local) const;
+  // Waits at most `timeout` for the other ranks: a rank that never arrives
+  // (hung, stopped, stuck on a filesystem) ends the job, every rank, with a
+  // message naming it, instead of a silent hang. Rank 0 names the ranks it
+  // still waits for every minute; the others, that they wait for rank 0.
+  absl::Status AgreeOn(const absl::Status& local, absl::Duration timeout = kAgreeTimeout) const;
 
   // Every rank's string, in rank order, on every rank (small host-side
   // messages: checkpoint plans and file lists).
@@ -53,13 +65,23 @@ class World {
   [[noreturn]] void Abort(const absl::Status& status, int code = 1) const;
 
  private:
-  World(int rank, int size, int local_rank, int local_size)
-      : rank_(rank), size_(size), local_rank_(local_rank), local_size_(local_size) {}
+  World(int rank, int size, int local_rank, int local_size, MPI_Comm agree)
+      : rank_(rank),
+        size_(size),
+        local_rank_(local_rank),
+        local_size_(local_size),
+        agree_comm_(agree) {}
+
+  // `status`, from rank `rank`, as AgreeOn returns it on this rank.
+  absl::Status FromRank(const absl::Status& status, int rank) const;
 
   int rank_;
   int size_;
   int local_rank_;
   int local_size_;
+  // AgreeOn's own messages (rank 0 gathers, then answers), apart from every
+  // other communication on MPI_COMM_WORLD.
+  MPI_Comm agree_comm_;
 };
 
 }  // namespace fulcrum::parallel

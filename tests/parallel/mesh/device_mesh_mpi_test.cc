@@ -12,20 +12,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "parallel/mesh/device_mesh.h"
+#include "tests/test_support.h"
 
 namespace fulcrum::parallel {
 namespace {
-
-// mpi_test_main initialised MPI; World::Init then only reads it. The World
-// is never destroyed: its destructor would finalize MPI under the test main.
-const World& TestWorld() {
-  static const World* const world = [] {
-    absl::StatusOr<std::unique_ptr<World>> w = World::Init(nullptr, nullptr);
-    EXPECT_TRUE(w.ok()) << w.status();
-    return w->release();
-  }();
-  return *world;
-}
 
 std::string Describe(const MeshDegrees& d) {
   return absl::StrCat("pp", d.pp, " dp", d.dp, " tp", d.tp, " ep", d.ep);
@@ -63,7 +53,7 @@ void ExpectGroup(const ProcessGroup& group, const std::vector<int>& expected, in
 }
 
 TEST(DeviceMeshMpiTest, EveryLayoutOfTheWorldMatchesTheLayout) {
-  const World& world = TestWorld();
+  const World& world = testing::MpiTestWorld();
   const int me = world.rank();
   const std::vector<MeshDegrees> layouts = AllLayouts(world.size());
   ASSERT_GE(layouts.size(), 2u);
@@ -95,7 +85,7 @@ TEST(DeviceMeshMpiTest, EveryLayoutOfTheWorldMatchesTheLayout) {
 }
 
 TEST(DeviceMeshMpiTest, KvReplicaGroupsSplitTheTpGroupAndAreCached) {
-  const World& world = TestWorld();
+  const World& world = testing::MpiTestWorld();
   const int me = world.rank();
   // All of the world on tp: every divisor of tp is a possible replica count.
   absl::StatusOr<std::unique_ptr<DeviceMesh>> mesh =
@@ -111,7 +101,7 @@ TEST(DeviceMeshMpiTest, KvReplicaGroupsSplitTheTpGroupAndAreCached) {
 }
 
 TEST(DeviceMeshMpiTest, BadDegreesFailOnEveryRankWithTheArithmetic) {
-  const World& world = TestWorld();
+  const World& world = testing::MpiTestWorld();
   absl::StatusOr<std::unique_ptr<DeviceMesh>> mesh =
       DeviceMesh::Build(world, {1, world.size(), 2, 1}, CommBackend::kMpi, CommOptions{});
   ASSERT_FALSE(mesh.ok());

@@ -26,20 +26,10 @@ namespace {
 
 namespace fs = std::filesystem;
 
-const parallel::World& TheWorld() {
-  // Never destroyed: mpi_test_main finalizes MPI itself.
-  static const parallel::World* world = [] {
-    auto created = parallel::World::Init(nullptr, nullptr);
-    EXPECT_TRUE(created.ok());
-    return created->release();
-  }();
-  return *world;
-}
-
 // A directory all ranks share: rank 0's scratch directory, broadcast.
 std::string SharedScratch() {
-  std::string dir = TheWorld().is_root() ? testing::ScratchDir() : std::string();
-  return TheWorld().AllGatherStrings(dir).front();
+  std::string dir = testing::MpiTestWorld().is_root() ? testing::ScratchDir() : std::string();
+  return testing::MpiTestWorld().AllGatherStrings(dir).front();
 }
 
 // The elements of `region` of `full`, in region order.
@@ -141,7 +131,7 @@ TEST(ShardRegionTest, RandomReshardsAssembleEveryRegion) {
 }
 
 TEST(ShardFileTest, RangedReadsVerifyTheBlocksTheyTouch) {
-  if (!TheWorld().is_root()) return;  // files of one rank
+  if (!testing::MpiTestWorld().is_root()) return;  // files of one rank
   const std::string dir = testing::ScratchDir();
   const torch::Tensor big = torch::arange(64 * 1024, torch::kFloat).reshape({64, 1024});
   const torch::Tensor small = torch::arange(5, torch::kLong);
@@ -234,7 +224,7 @@ std::vector<LocalPiece> RankPieces(int rank, int size, int64_t step) {
 }
 
 TEST(ShardedCheckpointTest, SaveWritesEachPieceOnceAndAnySplitReadsItBack) {
-  const parallel::World& world = TheWorld();
+  const parallel::World& world = testing::MpiTestWorld();
   const int rank = world.rank(), size = world.size();
   const std::string root = SharedScratch() + "/ckpt";
   CheckpointHeader header;
@@ -304,7 +294,7 @@ TEST(ShardedCheckpointTest, SaveWritesEachPieceOnceAndAnySplitReadsItBack) {
 }
 
 TEST(ShardedCheckpointTest, CorruptedOrMissingShardIsNamedAtLoad) {
-  const parallel::World& world = TheWorld();
+  const parallel::World& world = testing::MpiTestWorld();
   const std::string root = SharedScratch() + "/ckpt";
   CheckpointHeader header;
   header.step = 7;
