@@ -165,7 +165,7 @@ absl::Status World::AgreeOn(const absl::Status& local, absl::Duration timeout) c
             std::string packed(static_cast<size_t>(bytes), '\0');
             FULCRUM_MPI_CHECK(MPI_Recv(packed.data(), bytes, MPI_BYTE, probed.MPI_SOURCE, kAgreeTag,
                                        agree_comm_, MPI_STATUS_IGNORE));
-            int sender = 0;
+            int sender = 0;  // probed.MPI_SOURCE
             statuses[probed.MPI_SOURCE] = UnpackStatus(packed, &sender);
             arrived[probed.MPI_SOURCE] = true;
             --missing;
@@ -186,12 +186,28 @@ absl::Status World::AgreeOn(const absl::Status& local, absl::Duration timeout) c
     while (first < size_ && statuses[first].ok()) ++first;
     // The first failing rank's status, or OK (which every rank's is then).
     const absl::Status& verdict = statuses[std::min(first, size_ - 1)];
-    // Small messages: sent eagerly, so a rank that died since does not
-    // block the others' answers (mpirun ends the job for it).
+    // Every rank that sent its status now waits for this answer; a long one
+    // (a validation report) is delivered only as each receives it, so one
+    // stopped since would hold a blocking send.
     const std::string packed = PackStatus(verdict, first);
+    std::vector<MPI_Request> sends(size_ - 1);
     for (int r = 1; r < size_; ++r) {
-      FULCRUM_MPI_CHECK(MPI_Send(packed.data(), static_cast<int>(packed.size()), MPI_BYTE, r,
-                                 kAgreeTag, agree_comm_));
+      FULCRUM_MPI_CHECK(MPI_Isend(packed.data(), static_cast<int>(packed.size()), MPI_BYTE, r,
+                                  kAgreeTag, agree_comm_, &sends[r - 1]));
+    }
+    const bool delivered = PollUntil(
+        deadline,
+        [&] {
+          int flag = 0;
+          FULCRUM_MPI_CHECK(MPI_Testall(static_cast<int>(sends.size()), sends.data(), &flag,
+                                        MPI_STATUSES_IGNORE));
+          return flag != 0;
+        },
+        [](double) {});
+    if (!delivered) {
+      Abort(absl::DeadlineExceededError(
+          absl::StrCat("a rank did not take its answer at the point every rank agrees at within ",
+                       waited, " (stopped, hung, or stuck on a filesystem); ending every rank")));
     }
     return FromRank(verdict, first);
   }
