@@ -5,8 +5,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -119,6 +121,22 @@ bool PollUntil(absl::Time deadline, const std::function<bool()>& ready,
   return true;
 }
 
+// The next agreement message from `source` (MPI_ANY_SOURCE: any rank), if
+// one has arrived; *sender = the rank that sent it.
+std::optional<std::string> TryReceive(MPI_Comm comm, int source, int* sender) {
+  int flag = 0;
+  MPI_Status probed;
+  FULCRUM_MPI_CHECK(MPI_Iprobe(source, kAgreeTag, comm, &flag, &probed));
+  if (!flag) return std::nullopt;
+  int bytes = 0;
+  FULCRUM_MPI_CHECK(MPI_Get_count(&probed, MPI_BYTE, &bytes));
+  std::string packed(static_cast<size_t>(bytes), '\0');
+  FULCRUM_MPI_CHECK(MPI_Recv(packed.data(), bytes, MPI_BYTE, probed.MPI_SOURCE, kAgreeTag, comm,
+                             MPI_STATUS_IGNORE));
+  *sender = probed.MPI_SOURCE;
+  return packed;
+}
+
 std::string RankList(const std::vector<int>& ranks) {
   return absl::StrCat(ranks.size() == 1 ? "rank " : "ranks ", absl::StrJoin(ranks, ", "));
 }
@@ -156,18 +174,14 @@ absl::Status World::AgreeOn(const absl::Status& local, absl::Duration timeout) c
         deadline,
         [&] {
           while (missing > 0) {
-            int flag = 0;
-            MPI_Status probed;
-            FULCRUM_MPI_CHECK(MPI_Iprobe(MPI_ANY_SOURCE, kAgreeTag, agree_comm_, &flag, &probed));
-            if (!flag) return false;
-            int bytes = 0;
-            FULCRUM_MPI_CHECK(MPI_Get_count(&probed, MPI_BYTE, &bytes));
-            std::string packed(static_cast<size_t>(bytes), '\0');
-            FULCRUM_MPI_CHECK(MPI_Recv(packed.data(), bytes, MPI_BYTE, probed.MPI_SOURCE, kAgreeTag,
-                                       agree_comm_, MPI_STATUS_IGNORE));
-            int sender = 0;  // probed.MPI_SOURCE
-            statuses[probed.MPI_SOURCE] = UnpackStatus(packed, &sender);
-            arrived[probed.MPI_SOURCE] = true;
+            int sender = 0;
+            const std::optional<std::string> packed =
+                TryReceive(agree_comm_, MPI_ANY_SOURCE, &sender);
+            if (!packed) return false;
+            int from = 0;
+            statuses[sender] = UnpackStatus(*packed, &from);
+            FULCRUM_CHECK(from == sender, "rank ", sender, "'s status names rank ", from);
+            arrived[sender] = true;
             --missing;
           }
           return true;
@@ -227,15 +241,10 @@ absl::Status World::AgreeOn(const absl::Status& local, absl::Duration timeout) c
           if (!flag) return false;
           delivered = true;
         }
-        int flag = 0;
-        MPI_Status probed;
-        FULCRUM_MPI_CHECK(MPI_Iprobe(0, kAgreeTag, agree_comm_, &flag, &probed));
-        if (!flag) return false;
-        int bytes = 0;
-        FULCRUM_MPI_CHECK(MPI_Get_count(&probed, MPI_BYTE, &bytes));
-        answer.assign(static_cast<size_t>(bytes), '\0');
-        FULCRUM_MPI_CHECK(
-            MPI_Recv(answer.data(), bytes, MPI_BYTE, 0, kAgreeTag, agree_comm_, MPI_STATUS_IGNORE));
+        int sender = 0;
+        std::optional<std::string> packed = TryReceive(agree_comm_, 0, &sender);
+        if (!packed) return false;
+        answer = std::move(*packed);
         return true;
       },
       [&](double seconds) {
