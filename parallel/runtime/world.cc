@@ -80,7 +80,11 @@ void World::Barrier() const { FULCRUM_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD)); }
 
 namespace {
 
+// One tag per kind of exchange: ranks that reach different exchanges (a
+// bug) wait for each other until the deadline instead of reading one
+// exchange's message as the other's.
 constexpr int kAgreeTag = 1;
+constexpr int kGatherTag = 2;
 
 // A status as one message: the rank it comes from and its code (4 bytes
 // each), then its message.
@@ -99,9 +103,39 @@ absl::Status UnpackStatus(const std::string& packed, int* rank) {
   return absl::Status(static_cast<absl::StatusCode>(head[1]), packed.substr(sizeof(head)));
 }
 
+// Strings as one message: their count and lengths (8 bytes each), then
+// their bytes.
+std::string PackStrings(const std::vector<std::string>& strings) {
+  std::vector<int64_t> head{static_cast<int64_t>(strings.size())};
+  for (const std::string& s : strings) head.push_back(static_cast<int64_t>(s.size()));
+  std::string packed(reinterpret_cast<const char*>(head.data()), head.size() * sizeof(int64_t));
+  for (const std::string& s : strings) packed += s;
+  return packed;
+}
+
+std::vector<std::string> UnpackStrings(const std::string& packed) {
+  int64_t count = 0;
+  FULCRUM_CHECK(packed.size() >= sizeof(count), "a gathered message of ", packed.size(), " bytes");
+  std::memcpy(&count, packed.data(), sizeof(count));
+  size_t at = sizeof(int64_t) * static_cast<size_t>(count + 1);
+  FULCRUM_CHECK(count >= 0 && packed.size() >= at, "a gathered message of ", packed.size(),
+                " bytes for ", count, " strings");
+  std::vector<std::string> strings;
+  for (int64_t i = 0; i < count; ++i) {
+    int64_t length = 0;
+    std::memcpy(&length, packed.data() + sizeof(int64_t) * static_cast<size_t>(i + 1),
+                sizeof(length));
+    FULCRUM_CHECK(length >= 0 && at + static_cast<size_t>(length) <= packed.size(),
+                  "a gathered message of ", packed.size(), " bytes cut short");
+    strings.push_back(packed.substr(at, static_cast<size_t>(length)));
+    at += static_cast<size_t>(length);
+  }
+  return strings;
+}
+
 // Polls `ready` until it says true or `deadline` passes (false then),
 // calling `report` with the seconds waited once a minute. Backs off from
-// 50 us to 10 ms between polls: an agreement among ranks that arrive
+// 50 us to 10 ms between polls: an exchange among ranks that arrive
 // together costs microseconds, a long wait next to nothing.
 bool PollUntil(absl::Time deadline, const std::function<bool()>& ready,
                const std::function<void(double)>& report) {
@@ -121,18 +155,25 @@ bool PollUntil(absl::Time deadline, const std::function<bool()>& ready,
   return true;
 }
 
-// The next agreement message from `source` (MPI_ANY_SOURCE: any rank), if
-// one has arrived; *sender = the rank that sent it.
-std::optional<std::string> TryReceive(MPI_Comm comm, int source, int* sender) {
+// Whether a non-blocking operation has completed (it is then freed).
+bool Done(MPI_Request* request) {
+  int flag = 0;
+  FULCRUM_MPI_CHECK(MPI_Test(request, &flag, MPI_STATUS_IGNORE));
+  return flag != 0;
+}
+
+// The next message tagged `tag` from `source` (MPI_ANY_SOURCE: any rank),
+// if one has arrived; *sender = the rank that sent it.
+std::optional<std::string> TryReceive(MPI_Comm comm, int source, int tag, int* sender) {
   int flag = 0;
   MPI_Status probed;
-  FULCRUM_MPI_CHECK(MPI_Iprobe(source, kAgreeTag, comm, &flag, &probed));
+  FULCRUM_MPI_CHECK(MPI_Iprobe(source, tag, comm, &flag, &probed));
   if (!flag) return std::nullopt;
   int bytes = 0;
   FULCRUM_MPI_CHECK(MPI_Get_count(&probed, MPI_BYTE, &bytes));
   std::string packed(static_cast<size_t>(bytes), '\0');
-  FULCRUM_MPI_CHECK(MPI_Recv(packed.data(), bytes, MPI_BYTE, probed.MPI_SOURCE, kAgreeTag, comm,
-                             MPI_STATUS_IGNORE));
+  FULCRUM_MPI_CHECK(
+      MPI_Recv(packed.data(), bytes, MPI_BYTE, probed.MPI_SOURCE, tag, comm, MPI_STATUS_IGNORE));
   *sender = probed.MPI_SOURCE;
   return packed;
 }
@@ -150,17 +191,31 @@ absl::Status World::FromRank(const absl::Status& status, int rank) const {
   return absl::Status(status.code(), absl::StrCat("rank ", rank, ": ", status.message()));
 }
 
-absl::Status World::AgreeOn(const absl::Status& local, absl::Duration timeout) const {
-  if (size_ == 1) return local;
+std::string World::ThroughRoot(const std::string& mine, int tag, absl::Duration timeout,
+                               const std::string& point, const RootAnswer& answer) const {
   const absl::Time deadline = absl::Now() + timeout;
-  const std::string waited = absl::FormatDuration(timeout);
-  // Every rank's status to rank 0; rank 0 answers each with the verdict.
-  // Ranks arrive in the same order of agreements (a rank sends its next
-  // status only after the verdict on the last), so one tag serves them all.
+  const std::string within = absl::StrCat(" within ", absl::FormatDuration(timeout),
+                                          " (stopped, hung, or stuck on a filesystem); ending "
+                                          "every rank");
+  std::string reply;
+  // Rank 0's reply reaches every rank as a broadcast of its size, then of
+  // its bytes: a tree, not one send per rank (a gathered checkpoint plan is
+  // every rank's part). Rank 0 sees its broadcasts end once the ranks below
+  // it have taken them; the others, once rank 0 has sent.
+  int64_t reply_size = 0;
+  MPI_Request size_sent = MPI_REQUEST_NULL;
+  MPI_Request bytes_sent = MPI_REQUEST_NULL;
+  const auto broadcast_bytes = [&] {
+    reply.resize(static_cast<size_t>(reply_size));
+    FULCRUM_MPI_CHECK(MPI_Ibcast(reply.data(), static_cast<int>(reply_size), MPI_BYTE, 0,
+                                 agree_comm_, &bytes_sent));
+  };
+  FULCRUM_CHECK(mine.size() < (1u << 31) - 1, "a message of ", mine.size(), " bytes to rank 0");
+
   if (rank_ == 0) {
-    std::vector<absl::Status> statuses(size_);
+    std::vector<std::string> parts(size_);
     std::vector<bool> arrived(size_, false);
-    statuses[0] = local;
+    parts[0] = mine;
     arrived[0] = true;
     int missing = size_ - 1;
     const auto missing_ranks = [&] {
@@ -175,105 +230,93 @@ absl::Status World::AgreeOn(const absl::Status& local, absl::Duration timeout) c
         [&] {
           while (missing > 0) {
             int sender = 0;
-            const std::optional<std::string> packed =
-                TryReceive(agree_comm_, MPI_ANY_SOURCE, &sender);
-            if (!packed) return false;
-            int from = 0;
-            statuses[sender] = UnpackStatus(*packed, &from);
-            FULCRUM_CHECK(from == sender, "rank ", sender, "'s status names rank ", from);
+            std::optional<std::string> part = TryReceive(agree_comm_, MPI_ANY_SOURCE, tag, &sender);
+            if (!part) return false;
+            FULCRUM_CHECK(!arrived[sender], "rank ", sender, " sent twice to ", point);
+            parts[sender] = std::move(*part);
             arrived[sender] = true;
             --missing;
           }
           return true;
         },
         [&](double seconds) {
-          std::fprintf(stderr, "[fulcrum r0] waiting %.0f s for %s to reach the same point\n",
-                       seconds, RankList(missing_ranks()).c_str());
+          std::fprintf(stderr, "[fulcrum r0] waiting %.0f s for %s to reach %s\n", seconds,
+                       RankList(missing_ranks()).c_str(), point.c_str());
           std::fflush(stderr);
         });
     if (!all) {
-      Abort(absl::DeadlineExceededError(absl::StrCat(
-          RankList(missing_ranks()), " did not reach the point every rank agrees at within ",
-          waited, " (stopped, hung, or stuck on a filesystem); ending every rank")));
+      Abort(absl::DeadlineExceededError(
+          absl::StrCat(RankList(missing_ranks()), " did not reach ", point, within)));
     }
-    int first = 0;
-    while (first < size_ && statuses[first].ok()) ++first;
-    // The first failing rank's status, or OK (which every rank's is then).
-    const absl::Status& verdict = statuses[std::min(first, size_ - 1)];
-    // Every rank that sent its status now waits for this answer; a long one
-    // (a validation report) is delivered only as each receives it, so one
-    // stopped since would hold a blocking send.
-    const std::string packed = PackStatus(verdict, first);
-    std::vector<MPI_Request> sends(size_ - 1);
-    for (int r = 1; r < size_; ++r) {
-      FULCRUM_MPI_CHECK(MPI_Isend(packed.data(), static_cast<int>(packed.size()), MPI_BYTE, r,
-                                  kAgreeTag, agree_comm_, &sends[r - 1]));
-    }
+    reply = answer(std::move(parts));
+    reply_size = static_cast<int64_t>(reply.size());
+    FULCRUM_CHECK(reply_size < (int64_t{1} << 31) - 1, "an answer of ", reply_size, " bytes");
+    FULCRUM_MPI_CHECK(MPI_Ibcast(&reply_size, 1, MPI_INT64_T, 0, agree_comm_, &size_sent));
+    broadcast_bytes();
     const bool delivered = PollUntil(
-        deadline,
-        [&] {
-          int flag = 0;
-          FULCRUM_MPI_CHECK(MPI_Testall(static_cast<int>(sends.size()), sends.data(), &flag,
-                                        MPI_STATUSES_IGNORE));
-          return flag != 0;
-        },
-        [](double) {});
+        deadline, [&] { return Done(&size_sent) && Done(&bytes_sent); }, [](double) {});
     if (!delivered) {
       Abort(absl::DeadlineExceededError(
-          absl::StrCat("a rank did not take its answer at the point every rank agrees at within ",
-                       waited, " (stopped, hung, or stuck on a filesystem); ending every rank")));
+          absl::StrCat("a rank did not take its answer at ", point, within)));
     }
-    return FromRank(verdict, first);
+    return reply;
   }
 
-  const std::string mine = PackStatus(local, rank_);
   MPI_Request sent;
-  FULCRUM_MPI_CHECK(MPI_Isend(mine.data(), static_cast<int>(mine.size()), MPI_BYTE, 0, kAgreeTag,
-                              agree_comm_, &sent));
-  std::string answer;
-  bool delivered = false;
+  FULCRUM_MPI_CHECK(
+      MPI_Isend(mine.data(), static_cast<int>(mine.size()), MPI_BYTE, 0, tag, agree_comm_, &sent));
+  FULCRUM_MPI_CHECK(MPI_Ibcast(&reply_size, 1, MPI_INT64_T, 0, agree_comm_, &size_sent));
+  bool sized = false;
   const bool answered = PollUntil(
       deadline,
       [&] {
-        if (!delivered) {
-          int flag = 0;
-          FULCRUM_MPI_CHECK(MPI_Test(&sent, &flag, MPI_STATUS_IGNORE));
-          if (!flag) return false;
-          delivered = true;
+        // The send ends before the answer can start: rank 0 answers once
+        // it has every rank's part.
+        if (sent != MPI_REQUEST_NULL && !Done(&sent)) return false;
+        if (!sized) {
+          if (!Done(&size_sent)) return false;
+          sized = true;
+          broadcast_bytes();
         }
-        int sender = 0;
-        std::optional<std::string> packed = TryReceive(agree_comm_, 0, &sender);
-        if (!packed) return false;
-        answer = std::move(*packed);
-        return true;
+        return Done(&bytes_sent);
       },
       [&](double seconds) {
-        std::fprintf(stderr, "[fulcrum r%d] waiting %.0f s for rank 0 to reach the same point\n",
-                     rank_, seconds);
+        std::fprintf(stderr, "[fulcrum r%d] waiting %.0f s for rank 0 to reach %s\n", rank_,
+                     seconds, point.c_str());
         std::fflush(stderr);
       });
   if (!answered) {
-    Abort(absl::DeadlineExceededError(
-        absl::StrCat("rank 0 did not answer at the point every rank agrees at within ", waited,
-                     " (stopped, hung, or stuck on a filesystem); ending every rank")));
+    Abort(absl::DeadlineExceededError(absl::StrCat("rank 0 did not answer at ", point, within)));
   }
-  int first = 0;
-  const absl::Status verdict = UnpackStatus(answer, &first);
-  return FromRank(verdict, first);
+  return reply;
 }
 
-std::vector<std::string> World::AllGatherStrings(const std::string& mine) const {
+absl::Status World::AgreeOn(const absl::Status& local, absl::Duration timeout) const {
+  if (size_ == 1) return local;
+  // Rank 0 answers with the first failing rank's status, or OK (which every
+  // rank's is then).
+  const std::string verdict =
+      ThroughRoot(PackStatus(local, rank_), kAgreeTag, timeout, "the point every rank agrees at",
+                  [this](std::vector<std::string> parts) {
+                    for (int r = 0; r < size_; ++r) {
+                      int from = 0;
+                      const absl::Status status = UnpackStatus(parts[r], &from);
+                      FULCRUM_CHECK(from == r, "rank ", r, "'s status names rank ", from);
+                      if (!status.ok()) return std::move(parts[r]);
+                    }
+                    return PackStatus(absl::OkStatus(), 0);
+                  });
+  int first = 0;
+  const absl::Status status = UnpackStatus(verdict, &first);
+  return FromRank(status, first);
+}
+
+std::vector<std::string> World::AllGatherStrings(const std::string& mine,
+                                                 absl::Duration timeout) const {
   if (size_ == 1) return {mine};
-  const int length = static_cast<int>(mine.size());
-  std::vector<int> lengths(size_), displacements(size_, 0);
-  FULCRUM_MPI_CHECK(MPI_Allgather(&length, 1, MPI_INT, lengths.data(), 1, MPI_INT, MPI_COMM_WORLD));
-  for (int r = 1; r < size_; ++r) displacements[r] = displacements[r - 1] + lengths[r - 1];
-  std::string all(static_cast<size_t>(displacements.back() + lengths.back()), '\0');
-  FULCRUM_MPI_CHECK(MPI_Allgatherv(mine.data(), length, MPI_CHAR, all.data(), lengths.data(),
-                                   displacements.data(), MPI_CHAR, MPI_COMM_WORLD));
-  std::vector<std::string> out;
-  for (int r = 0; r < size_; ++r) out.push_back(all.substr(displacements[r], lengths[r]));
-  return out;
+  return UnpackStrings(
+      ThroughRoot(mine, kGatherTag, timeout, "the point every rank shares its part at",
+                  [](std::vector<std::string> parts) { return PackStrings(parts); }));
 }
 
 void World::Abort(const absl::Status& status, int code) const {

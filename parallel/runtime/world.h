@@ -8,6 +8,7 @@
 #include <mpi.h>
 #include <torch/torch.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -57,9 +58,11 @@ class World {
   // still waits for every minute; the others, that they wait for rank 0.
   absl::Status AgreeOn(const absl::Status& local, absl::Duration timeout = kAgreeTimeout) const;
 
-  // Every rank's string, in rank order, on every rank (small host-side
-  // messages: checkpoint plans and file lists).
-  std::vector<std::string> AllGatherStrings(const std::string& mine) const;
+  // Every rank's string, in rank order, on every rank (host-side messages:
+  // checkpoint plans and file lists). Waits like AgreeOn: a rank that never
+  // arrives ends the job, every rank, with a message naming it.
+  std::vector<std::string> AllGatherStrings(const std::string& mine,
+                                            absl::Duration timeout = kAgreeTimeout) const;
 
   // Prints the error on this rank and ends every rank with exit code `code`.
   [[noreturn]] void Abort(const absl::Status& status, int code = 1) const;
@@ -75,12 +78,25 @@ class World {
   // `status`, from rank `rank`, as AgreeOn returns it on this rank.
   absl::Status FromRank(const absl::Status& status, int rank) const;
 
+  // Rank 0's answer to every rank's part, given the parts in rank order.
+  using RootAnswer = std::function<std::string(std::vector<std::string> parts)>;
+
+  // AgreeOn's and AllGatherStrings's exchange: every rank's `mine` reaches
+  // rank 0 point to point (so that rank 0 can name the ranks that never
+  // send), and rank 0's `answer` reaches every rank, which returns it. Waits
+  // at most `timeout`, then ends the job on every rank naming who did not
+  // reach `point`; rank 0 names the ranks it still waits for every minute,
+  // the others that they wait for rank 0. `tag` tells the kinds of exchange
+  // apart.
+  std::string ThroughRoot(const std::string& mine, int tag, absl::Duration timeout,
+                          const std::string& point, const RootAnswer& answer) const;
+
   int rank_;
   int size_;
   int local_rank_;
   int local_size_;
-  // AgreeOn's own messages (rank 0 gathers, then answers), apart from every
-  // other communication on MPI_COMM_WORLD.
+  // ThroughRoot's own messages (rank 0 gathers, then answers), apart from
+  // every other communication on MPI_COMM_WORLD.
   MPI_Comm agree_comm_;
 };
 

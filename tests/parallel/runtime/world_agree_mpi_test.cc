@@ -1,12 +1,14 @@
-// World::AgreeOn on 2, 3 and 4 ranks: every rank returns the first failing
-// rank's status, named by rank on the others, whatever order the ranks
-// arrive in. The DISABLED_ cases end their job (a rank that never arrives):
-// world_test runs them under mpirun and checks how the job ends.
+// World::AgreeOn and World::AllGatherStrings on 2, 3 and 4 ranks: every rank
+// returns the first failing rank's status, named by rank on the others, and
+// every rank's string in rank order, whatever order the ranks arrive in. The
+// DISABLED_ cases end their job (a rank that never arrives): world_test runs
+// them under mpirun and checks how the job ends.
 #include <gtest/gtest.h>
 
 #include <chrono>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "parallel/runtime/world.h"
@@ -100,6 +102,52 @@ TEST(WorldAgreeMpiTest, SuccessiveAgreementsDoNotMix) {
   }
 }
 
+TEST(WorldAgreeMpiTest, GatherGivesEveryRankEveryStringInRankOrder) {
+  const World& world = testing::MpiTestWorld();
+  // Rank 1's string is empty; the others' hold a zero byte.
+  const auto string_of = [](int rank) {
+    return rank == 1 ? std::string() : absl::StrCat("rank", std::string(1, '\0'), rank);
+  };
+  const std::vector<std::string> all = world.AllGatherStrings(string_of(world.rank()));
+  ASSERT_EQ(static_cast<int>(all.size()), world.size());
+  for (int r = 0; r < world.size(); ++r) EXPECT_EQ(all[r], string_of(r)) << "rank " << r;
+}
+
+TEST(WorldAgreeMpiTest, GatheredLongStringsArriveWhole) {
+  const World& world = testing::MpiTestWorld();
+  // A checkpoint plan of many tensors: each rank's larger than an eager
+  // MPI message, and each rank's different.
+  const auto plan_of = [](int rank) {
+    std::string plan;
+    for (int i = 0; plan.size() < 200000; ++i) plan += absl::StrCat("r", rank, ".t", i, ";");
+    return plan;
+  };
+  const std::vector<std::string> all = world.AllGatherStrings(plan_of(world.rank()));
+  ASSERT_EQ(static_cast<int>(all.size()), world.size());
+  for (int r = 0; r < world.size(); ++r) EXPECT_EQ(all[r], plan_of(r)) << "rank " << r;
+}
+
+TEST(WorldAgreeMpiTest, GathersAndAgreementsInterleaveWithRanksArrivingApart) {
+  const World& world = testing::MpiTestWorld();
+  // As a checkpoint save does: gather, agree, gather, agree; each round a
+  // different rank arrives 50 ms late.
+  for (int round = 0; round < 8; ++round) {
+    if (world.rank() == round % world.size()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    const std::vector<std::string> all =
+        world.AllGatherStrings(absl::StrCat(round, "/", world.rank()), absl::Seconds(30));
+    ASSERT_EQ(static_cast<int>(all.size()), world.size());
+    for (int r = 0; r < world.size(); ++r) EXPECT_EQ(all[r], absl::StrCat(round, "/", r));
+    const int failing = round % world.size();
+    const absl::Status agreed =
+        world.AgreeOn(world.rank() == failing ? absl::InternalError(absl::StrCat("round ", round))
+                                              : absl::OkStatus(),
+                      absl::Seconds(30));
+    EXPECT_EQ(agreed.code(), absl::StatusCode::kInternal) << "round " << round;
+  }
+}
+
 // Rank 1 arrives 20 s late; rank 0 waits 500 ms and ends the job.
 TEST(WorldAgreeMpiTest, DISABLED_RankThatNeverArrivesEndsTheJob) {
   const World& world = testing::MpiTestWorld();
@@ -114,6 +162,14 @@ TEST(WorldAgreeMpiTest, DISABLED_RootThatNeverAnswersEndsTheJob) {
   if (world.rank() == 0) std::this_thread::sleep_for(std::chrono::seconds(20));
   (void)world.AgreeOn(absl::OkStatus(), absl::Milliseconds(500));
   ADD_FAILURE() << "rank " << world.rank() << ": AgreeOn returned";
+}
+
+// Rank 1 reaches the gather 20 s late; rank 0 waits 500 ms and ends the job.
+TEST(WorldAgreeMpiTest, DISABLED_GatherWithARankThatNeverArrivesEndsTheJob) {
+  const World& world = testing::MpiTestWorld();
+  if (world.rank() == 1) std::this_thread::sleep_for(std::chrono::seconds(20));
+  (void)world.AllGatherStrings("files", absl::Milliseconds(500));
+  ADD_FAILURE() << "rank " << world.rank() << ": AllGatherStrings returned";
 }
 
 }  // namespace

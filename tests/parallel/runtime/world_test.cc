@@ -30,7 +30,7 @@ TEST(WorldTest, StartedWithoutMpirunIsOneRank) {
   EXPECT_EQ((*world)->AgreeOn(absl::InvalidArgumentError("x")).message(), "x");
 }
 
-// A rank that never reaches an agreement ends the job, every rank, within
+// A rank that never reaches an agreement (or a gather) ends the job, every rank, within
 // the timeout and with a message naming it (world_agree_mpi_test.cc's
 // DISABLED_ cases: the late rank sleeps 20 s, the others wait 500 ms).
 TEST(WorldTest, AgreementWithAMissingRankEndsTheJobNamingIt) {
@@ -42,7 +42,9 @@ TEST(WorldTest, AgreementWithAMissingRankEndsTheJobNamingIt) {
        {Case{"RankThatNeverArrivesEndsTheJob",
              "rank 1 did not reach the point every rank agrees at within 500ms"},
         Case{"RootThatNeverAnswersEndsTheJob",
-             "rank 0 did not answer at the point every rank agrees at within 500ms"}}) {
+             "rank 0 did not answer at the point every rank agrees at within 500ms"},
+        Case{"GatherWithARankThatNeverArrivesEndsTheJob",
+             "rank 1 did not reach the point every rank shares its part at within 500ms"}}) {
     SCOPED_TRACE(c.test);
     const auto start = std::chrono::steady_clock::now();
     const testing::CommandResult r = testing::RunCommand(
@@ -52,6 +54,7 @@ TEST(WorldTest, AgreementWithAMissingRankEndsTheJobNamingIt) {
     EXPECT_NE(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find(c.message), std::string::npos) << r.output;
     EXPECT_EQ(r.output.find("AgreeOn returned"), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("AllGatherStrings returned"), std::string::npos) << r.output;
     EXPECT_LT(took.count(), 15.0) << r.output;
   }
 }
