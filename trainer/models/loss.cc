@@ -146,10 +146,13 @@ torch::Tensor ShiftedTargets(const torch::Tensor& logits, const torch::Tensor& l
 // Llama's full fine-tuning (lm_head 42% of its FLOPs) gave 6% more tokens/s
 // with 1048-row passes than with 262-row ones (median of 3 interleaved
 // runs: 640 vs 605). A frozen weight has one GEMM per pass less, and the
-// frozen model (LoRA) less memory to set the logits against: 16 MiB passes
-// (131 rows of 32000) held the ~290M bench Llama's LoRA peak RSS 16 MiB
-// below 32 MiB ones at the same tokens/s (oneDNN's products, 2 threads).
-constexpr int64_t kCpuHeadChunkBytes = int64_t{16} << 20;
+// frozen model (LoRA) less memory to set the logits against: on the ~290M
+// bench Llama's LoRA step (2 threads), 32 MiB passes (256 rows of 32000)
+// against 16 MiB ones were faster in each of 5 alternated runs (median
+// step 3.84 against 4.10 s) for 16 MiB more peak RSS (2304 against 2288
+// MiB); 64 MiB passes, faster again, put LoRA's peak above 40% of full
+// fine-tuning's (2335 of 5797 MiB).
+constexpr int64_t kCpuHeadChunkBytes = int64_t{32} << 20;
 constexpr int64_t kCpuTrainedHeadChunkBytes = int64_t{128} << 20;
 constexpr int64_t kCudaHeadChunkBytes = int64_t{512} << 20;
 

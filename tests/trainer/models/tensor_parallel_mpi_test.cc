@@ -371,8 +371,8 @@ TEST(TensorParallelRecompute, SelectiveAndFullMatchNone) {
   }
 }
 
-// Vocab shards of 2^19 rows: a frozen head's passes take 8 rows (16 MiB of
-// fp32 logits), a trained head's 64 (128 MiB), so 80 rows run in several
+// Vocab shards of 2^19 rows: a frozen head's passes take 16 rows (32 MiB of
+// fp32 logits), a trained head's 64 (128 MiB), so 84 rows run in several
 // passes, the last partial, each with its two all-reduces. Against
 // VocabParallelCrossEntropySum of the shard's materialised logits, on the
 // same ranks; the hidden states enter the tp region as lm_head's input does.
@@ -385,8 +385,8 @@ TEST(TensorParallelHeadLoss, SpansPassesOverVocabShards) {
   const int64_t vocab = shard_rows * WorldSize();
   const parallel::tensor::ShardRange range =
       parallel::tensor::EvenShard(vocab, WorldRank(), WorldSize());
-  ASSERT_EQ(HeadChunkRows(80, shard_rows, /*cuda=*/false, /*weight_trains=*/false), 8);
-  ASSERT_EQ(HeadChunkRows(80, shard_rows, /*cuda=*/false, /*weight_trains=*/true), 64);
+  ASSERT_EQ(HeadChunkRows(84, shard_rows, /*cuda=*/false, /*weight_trains=*/false), 16);
+  ASSERT_EQ(HeadChunkRows(84, shard_rows, /*cuda=*/false, /*weight_trains=*/true), 64);
   struct Case {
     const char* name;
     torch::ScalarType dtype;
@@ -397,8 +397,8 @@ TEST(TensorParallelHeadLoss, SpansPassesOverVocabShards) {
                         Case{"bf16, trained head", torch::kBFloat16, true}}) {
     SCOPED_TRACE(c.name);
     torch::manual_seed(11);  // the same hidden states and labels on every rank
-    const torch::Tensor hidden0 = torch::randn({4, 20, h}).to(c.dtype);
-    torch::Tensor labels = torch::randint(vocab, {4, 20}, torch::kLong);
+    const torch::Tensor hidden0 = torch::randn({4, 21, h}).to(c.dtype);
+    torch::Tensor labels = torch::randint(vocab, {4, 21}, torch::kLong);
     labels[1].narrow(0, 5, 7).fill_(kIgnoreIndex);
     labels[2][3] = vocab - 1;  // the last shard's last row
     const torch::Tensor weight0 =
