@@ -90,6 +90,35 @@ TEST_F(PlanTest, SearchRanksValidLayoutsOnly) {
   EXPECT_GT(rows, 5) << r.output;
 }
 
+// MoE layers cost more than their FLOPs: the plan measures that per routed
+// row on the CPU (moe_overhead.h), or takes --moe-row-us, and adds it.
+TEST_F(PlanTest, MoeLayersCostTheirRoutedRowsBeyondFlops) {
+  const std::string moe = " model.config=" + SourceDir() + "/recipes/bench/moe_config.json";
+  const CommandResult measured =
+      RunFulcrum("plan " + dir_ + "/r.yaml" + moe + " --gpu-tflops 0.01");
+  ASSERT_EQ(measured.exit_code, 0) << measured.output;
+  EXPECT_NE(measured.output.find("us per routed row beyond their FLOPs (measured, "),
+            std::string::npos)
+      << measured.output;
+  // 4 micro-batches x 2 x 32 tokens x top-4 x 4 MoE layers.
+  const CommandResult given =
+      RunFulcrum("plan " + dir_ + "/r.yaml" + moe + " --gpu-tflops 0.01 --moe-row-us 250");
+  ASSERT_EQ(given.exit_code, 0) << given.output;
+  EXPECT_NE(given.output.find("250 us per routed row beyond their FLOPs (--moe-row-us)"),
+            std::string::npos)
+      << given.output;
+  EXPECT_NE(given.output.find("MoE layers: 4096 routed rows per step on a rank, 1.024 s beyond "
+                              "their FLOPs"),
+            std::string::npos)
+      << given.output;
+  // GPUs: not measured, 0 unless given.
+  const CommandResult gpus = RunFulcrum("plan " + dir_ + "/r.yaml" + moe + " --gpus 1");
+  ASSERT_EQ(gpus.exit_code, 0) << gpus.output;
+  EXPECT_NE(gpus.output.find("0 us per routed row beyond their FLOPs (not measured on GPUs"),
+            std::string::npos)
+      << gpus.output;
+}
+
 TEST_F(PlanTest, BadFlagValuesAreRejectedClearly) {
   const std::pair<std::string, std::string> cases[] = {
       {"--gpus 0", "--gpus: expected a positive whole number, got '0'"},
@@ -100,6 +129,7 @@ TEST_F(PlanTest, BadFlagValuesAreRejectedClearly) {
       {"--gpus 8 --memory-gbps 0", "--memory-gbps: expected a positive number, got '0'"},
       {"--gpus 8 --collective-latency-us soon",
        "--collective-latency-us: expected a positive number, got 'soon'"},
+      {"--gpus 8 --moe-row-us -1", "--moe-row-us: expected a number >= 0, got '-1'"},
       {"--bogus 1", "unknown flag --bogus"},
       // Without --search the recipe's layout must use every GPU.
       {"--gpus 3", "dp(1) x tp(1) x pp(1) = 1 != world size 3"},

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -23,6 +24,7 @@
 #include "trainer/optim/adamw_bandwidth.h"
 #include "trainer/plan/layout_search.h"
 #include "trainer/plan/memory_model.h"
+#include "trainer/plan/moe_overhead.h"
 #include "trainer/plan/step_time_model.h"
 #include "trainer/recipe/recipe.h"
 
@@ -105,7 +107,8 @@ struct PlanHardware {
 // TFLOP/s bf16, NVLink 450 GB/s, 50 GB/s between nodes). Without: this
 // host, one rank per recipe degree, its memory shared, a measured GEMM peak
 // with the cores shared.
-absl::StatusOr<PlanHardware> HardwareFrom(const ParsedFlags& flags, const recipe::Recipe& recipe) {
+absl::StatusOr<PlanHardware> HardwareFrom(const ParsedFlags& flags, const recipe::Recipe& recipe,
+                                          const models::ModelConfig& config) {
   PlanHardware out;
   plan::Hardware& hw = out.hw;
   const bool gpus = flags.values.count("gpus") > 0;
@@ -185,14 +188,42 @@ absl::StatusOr<PlanHardware> HardwareFrom(const ParsedFlags& flags, const recipe
     return absl::InvalidArgumentError(absl::StrCat(
         "fulcrum plan: --efficiency: a fraction of the peak in (0, 1], got ", hw.efficiency));
   }
+  // Parsed whatever the model, so that a bad value is an error everywhere.
+  std::optional<double> moe_row_us;
+  if (flags.values.count("moe-row-us")) {
+    const std::string text = flags.Get("moe-row-us");
+    double us = -1;
+    if (!absl::SimpleAtod(text, &us) || !std::isfinite(us) || us < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("fulcrum plan: --moe-row-us: expected a number >= 0, got '", text, "'"));
+    }
+    moe_row_us = us;
+  }
+  std::string moe_from;
+  if (config.moe.enabled()) {
+    if (moe_row_us) {
+      hw.moe_row_s = *moe_row_us * 1e-6;
+      moe_from = "--moe-row-us";
+    } else if (cpu) {
+      const double rate = hw.peak_flops * hw.efficiency;
+      const auto [seconds, threads] = MeasureWithRankThreads(
+          hw.ranks, [&] { return plan::MeasureMoeRowSeconds(config, recipe, rate); });
+      hw.moe_row_s = seconds;
+      moe_from = absl::StrFormat("measured, %d thread(s)", threads);
+    } else {
+      moe_from = "not measured on GPUs: give --moe-row-us";
+    }
+    moe_from = absl::StrFormat(", MoE layers %.3g us per routed row beyond their FLOPs (%s)",
+                               hw.moe_row_s * 1e6, moe_from);
+  }
   out.description = absl::StrFormat(
       "%d %s (%d per node), %s per rank (%s), %.4g TFLOP/s per rank (%s) at efficiency %.2f, "
       "memory %.0f GB/s per rank (%s), links %.0f GB/s in a node, %.0f GB/s between nodes, "
-      "%.0f us per blocking collective, tp backward collectives %s",
+      "%.0f us per blocking collective, tp backward collectives %s%s",
       hw.ranks, cpu ? "CPU rank(s) on this host" : "GPU(s)", hw.ranks_per_node,
       plan::FormatBytes(hw.memory_bytes), memory_from, hw.peak_flops / 1e12, flops_from,
       hw.efficiency, hw.memory_bytes_per_s / 1e9, bandwidth_from, intra, inter, latency_us,
-      hw.overlaps_communication ? "overlapped with their GEMMs" : "exposed (MPI)");
+      hw.overlaps_communication ? "overlapped with their GEMMs" : "exposed (MPI)", moe_from);
   return out;
 }
 
@@ -245,6 +276,10 @@ void PrintPlan(const recipe::Recipe& recipe, const plan::MemoryPlan& memory,
     std::printf("compute per rank of each stage: %s (the slowest paces the pipeline)\n",
                 stages.c_str());
   }
+  if (time.moe_rows > 0) {
+    std::printf("MoE layers: %.0f routed rows per step on a rank, %.3f s beyond their FLOPs\n",
+                time.moe_rows, time.moe_rows_s);
+  }
   std::printf(
       "step time: %.3f s (compute %.3f s, tp %.3f s, ep %.3f s, pp %.3f s, latency %.3f s for "
       "%.0f blocking collectives, dp %.3f s, optimizer %.3f s), %.1f tokens/s, %.3g FLOPs per "
@@ -284,6 +319,7 @@ absl::Status RunPlan(const Args& args, const parallel::World& world) {
                  "inter-node-gbps",
                  "memory-gbps",
                  "collective-latency-us",
+                 "moe-row-us",
                  "top"};
   spec.switches = {"search"};
   FULCRUM_ASSIGN_OR_RETURN(const ParsedFlags flags, ParseFlags("plan", args, spec));
@@ -293,10 +329,10 @@ absl::Status RunPlan(const Args& args, const parallel::World& world) {
   const std::vector<std::string> overrides(flags.positional.begin() + 1, flags.positional.end());
   FULCRUM_ASSIGN_OR_RETURN(const recipe::Recipe recipe,
                            recipe::LoadRecipe(flags.positional[0], overrides));
-  FULCRUM_ASSIGN_OR_RETURN(const PlanHardware hardware, HardwareFrom(flags, recipe));
-  const plan::Hardware& hw = hardware.hw;
   FULCRUM_ASSIGN_OR_RETURN(const models::ModelConfig config,
                            loop::LoadRequestedConfig(recipe.model));
+  FULCRUM_ASSIGN_OR_RETURN(const PlanHardware hardware, HardwareFrom(flags, recipe, config));
+  const plan::Hardware& hw = hardware.hw;
   int64_t top = 10;
   if (flags.values.count("top")) {
     FULCRUM_ASSIGN_OR_RETURN(top, PositiveInt("top", flags.Get("top")));

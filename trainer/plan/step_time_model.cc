@@ -178,12 +178,33 @@ absl::StatusOr<StepTime> EstimateStepTime(const models::ModelConfig& c,
       pipeline::StagePartition::Create(c.num_layers, static_cast<int>(par.pp),
                                        static_cast<int>(par.pp_virtual), par.pp_layers));
   const double rate = hw.peak_flops * hw.efficiency;
+  // Each MoE layer routes every token of a micro-batch to k experts (into
+  // capacity_factor x k slots when padded).
+  const double rows_per_moe_layer =
+      c.moe.enabled() ? static_cast<double>(recipe.batch.micro_batch * seq) *
+                            static_cast<double>(c.moe.experts_per_token) *
+                            (PaddedToCapacity(recipe) ? recipe.moe.capacity_factor : 1.0)
+                      : 0.0;
   double compute_sum = 0;
   for (int stage = 0; stage < static_cast<int>(par.pp); ++stage) {
-    const double stage_s = StageFlopsPerToken(c, recipe, partition.ChunksOf(stage)) *
-                           tokens_per_step / static_cast<double>(par.dp * par.tp) / rate;
+    const std::vector<pipeline::StageChunk> chunks = partition.ChunksOf(stage);
+    double stage_moe_layers = 0;
+    for (const pipeline::StageChunk& chunk : chunks) {
+      for (int64_t layer = chunk.layers.first; layer < chunk.layers.first + chunk.layers.count;
+           ++layer) {
+        stage_moe_layers += models::IsMoeLayer(c, layer) ? 1.0 : 0.0;
+      }
+    }
+    const double rows = rows_per_moe_layer * stage_moe_layers * static_cast<double>(micro_batches);
+    const double stage_s = StageFlopsPerToken(c, recipe, chunks) * tokens_per_step /
+                               static_cast<double>(par.dp * par.tp) / rate +
+                           rows * hw.moe_row_s;
     t.stage_compute_s.push_back(stage_s);
-    t.compute_s = std::max(t.compute_s, stage_s);
+    if (stage_s >= t.compute_s) {
+      t.compute_s = stage_s;
+      t.moe_rows = rows;
+      t.moe_rows_s = rows * hw.moe_row_s;
+    }
     compute_sum += stage_s;
   }
   const double compute_mean = compute_sum / static_cast<double>(par.pp);

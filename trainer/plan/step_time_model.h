@@ -21,7 +21,10 @@
 // step (tp, sp, ep, pp; the dp reduction overlaps the backward) costs
 // `collective_latency_s` on top of its bytes. Optimizer: AdamW's pass over
 // the states of the parameters the rank updates (1/dp of them under ZeRO-1)
-// at `memory_bytes_per_s`. Pipeline stages: each rank computes its own
+// at `memory_bytes_per_s`. MoE layers: beyond their FLOPs, `moe_row_s` per
+// routed row (a token's choice of an expert; every capacity slot when
+// padded) for the dispatch's gathers and scatters and the per-expert calls
+// (moe_overhead.h). Pipeline stages: each rank computes its own
 // layers (the last stage also lm_head, which in a Llama of few layers costs
 // more than several of them), and the slowest stage paces the steady state;
 // bubble: the schedule's textbook fraction (parallel/pipeline/
@@ -57,12 +60,18 @@ struct Hardware {
   // their GEMMs (lora/column_group.h) hide behind those GEMMs. MPI on the
   // CPU moves data inside Wait() only.
   bool overlaps_communication = false;
+  // A MoE layer's forward and backward per routed row beyond its FLOPs
+  // (moe_overhead.h measures it at the recipe's layout; --search applies
+  // the same figure to every layout, scaled by its rows).
+  double moe_row_s = 0;
 };
 
 struct StepTime {
   double flops_per_token = 0;  // model FLOPs of training one token (recomputation included)
   double compute_s = 0;        // per rank of the slowest pipeline stage
-  std::vector<double> stage_compute_s;  // per rank of each pipeline stage
+  std::vector<double> stage_compute_s;  // per rank of each pipeline stage, MoE rows included
+  double moe_rows = 0;                  // routed rows per step on a rank of the slowest stage
+  double moe_rows_s = 0;                // their cost beyond FLOPs (part of compute_s)
   double tp_comm_s = 0;
   double ep_comm_s = 0;
   double pp_comm_s = 0;

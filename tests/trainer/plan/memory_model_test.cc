@@ -279,6 +279,39 @@ TEST(MemoryModelTest, PaddedCapacitySlotsCountEverySlot) {
               1e-9);
 }
 
+// MoE layers cost moe_row_s per routed row beyond their FLOPs: 2 micro-
+// batches x 2 MoE layers x 8 tokens x top-2 = 64 rows a step on one rank;
+// capacity slots count every slot; under pp each stage its own layers'.
+TEST(StepTimeModelTest, MoeRowsCostTheirMeasuredTimeBeyondFlops) {
+  const models::ModelConfig c = SmallMixtral();
+  recipe::Recipe r = Full();
+  Hardware hw = Node(1, 1e6);
+  const StepTime flops_only = *EstimateStepTime(c, r, hw);
+  EXPECT_DOUBLE_EQ(flops_only.moe_rows_s, 0);
+  hw.moe_row_s = 1e-3;
+  const StepTime rows = *EstimateStepTime(c, r, hw);
+  EXPECT_DOUBLE_EQ(rows.moe_rows, 64);
+  EXPECT_DOUBLE_EQ(rows.moe_rows_s, 64e-3);
+  EXPECT_NEAR(rows.compute_s - flops_only.compute_s, 64e-3, 1e-12);
+  EXPECT_NEAR(rows.step_s - flops_only.step_s, 64e-3, 1e-12);
+  r.moe.capacity_factor = 1.5;
+  r.moe.pad_to_capacity = true;
+  EXPECT_DOUBLE_EQ(EstimateStepTime(c, r, hw)->moe_rows, 96);
+  r = Full();
+  r.parallel.pp = 2;
+  hw = Node(2, 1e6);
+  hw.moe_row_s = 1e-3;
+  const StepTime pp = *EstimateStepTime(c, r, hw);
+  EXPECT_DOUBLE_EQ(pp.moe_rows, 32);  // one MoE layer a stage
+  hw.moe_row_s = 0;
+  const StepTime pp_flops = *EstimateStepTime(c, r, hw);
+  EXPECT_NEAR(pp.stage_compute_s[0] - pp_flops.stage_compute_s[0], 32e-3, 1e-12);
+  EXPECT_NEAR(pp.stage_compute_s[1] - pp_flops.stage_compute_s[1], 32e-3, 1e-12);
+  // A dense model has no MoE term.
+  hw.moe_row_s = 1e-3;
+  EXPECT_DOUBLE_EQ(EstimateStepTime(Small(), Full(), hw)->moe_rows, 0);
+}
+
 TEST(StepTimeModelTest, FlopsBubbleAndCommunication) {
   const models::ModelConfig c = Small();
   recipe::Recipe r = Full();
