@@ -111,6 +111,12 @@ TEST_F(PlanTest, MoeLayersCostTheirRoutedRowsBeyondFlops) {
                               "their FLOPs"),
             std::string::npos)
       << given.output;
+  // A bad LoRA spec is an error naming the recipe and key, not a crash.
+  const CommandResult bad =
+      RunFulcrum("plan " + dir_ + "/r.yaml" + moe + " finetune.method=lora finetune.lora.rank=0");
+  EXPECT_EQ(bad.exit_code, 1) << bad.output;
+  EXPECT_NE(bad.output.find("r.yaml: finetune.lora.rank: must be > 0, got 0"), std::string::npos)
+      << bad.output;
   // GPUs: not measured, 0 unless given.
   const CommandResult gpus = RunFulcrum("plan " + dir_ + "/r.yaml" + moe + " --gpus 1");
   ASSERT_EQ(gpus.exit_code, 0) << gpus.output;

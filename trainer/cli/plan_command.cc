@@ -46,14 +46,14 @@ constexpr char kCpuEfficiency[] = "0.8";
 // Runs `measure` with this host's cores shared by `ranks` ranks, as mpirun
 // gives each its share. Returns the measure and the threads it ran with.
 template <typename Measure>
-std::pair<double, int> MeasureWithRankThreads(int64_t ranks, Measure measure) {
+auto MeasureWithRankThreads(int64_t ranks, Measure measure) {
   const int cores = std::max(1u, std::thread::hardware_concurrency());
   const int threads = std::max<int>(1, cores / static_cast<int>(ranks));
   const int before = torch::get_num_threads();
   torch::set_num_threads(threads);
-  const double value = measure();
+  auto value = measure();
   torch::set_num_threads(before);
-  return {value, threads};
+  return std::make_pair(std::move(value), threads);
 }
 
 // A positive finite number, or an error naming the flag.
@@ -62,6 +62,16 @@ absl::StatusOr<double> PositiveNumber(const std::string& flag, const std::string
   if (!absl::SimpleAtod(text, &value) || !std::isfinite(value) || value <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("fulcrum plan: --", flag, ": expected a positive number, got '", text, "'"));
+  }
+  return value;
+}
+
+// A finite number >= 0, or an error naming the flag.
+absl::StatusOr<double> NonNegativeNumber(const std::string& flag, const std::string& text) {
+  double value = -1;
+  if (!absl::SimpleAtod(text, &value) || !std::isfinite(value) || value < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("fulcrum plan: --", flag, ": expected a number >= 0, got '", text, "'"));
   }
   return value;
 }
@@ -191,13 +201,7 @@ absl::StatusOr<PlanHardware> HardwareFrom(const ParsedFlags& flags, const recipe
   // Parsed whatever the model, so that a bad value is an error everywhere.
   std::optional<double> moe_row_us;
   if (flags.values.count("moe-row-us")) {
-    const std::string text = flags.Get("moe-row-us");
-    double us = -1;
-    if (!absl::SimpleAtod(text, &us) || !std::isfinite(us) || us < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("fulcrum plan: --moe-row-us: expected a number >= 0, got '", text, "'"));
-    }
-    moe_row_us = us;
+    FULCRUM_ASSIGN_OR_RETURN(moe_row_us, NonNegativeNumber("moe-row-us", flags.Get("moe-row-us")));
   }
   std::string moe_from;
   if (config.moe.enabled()) {
@@ -208,7 +212,11 @@ absl::StatusOr<PlanHardware> HardwareFrom(const ParsedFlags& flags, const recipe
       const double rate = hw.peak_flops * hw.efficiency;
       const auto [seconds, threads] = MeasureWithRankThreads(
           hw.ranks, [&] { return plan::MeasureMoeRowSeconds(config, recipe, rate); });
-      hw.moe_row_s = seconds;
+      if (!seconds.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(recipe.source, ": ", seconds.status().message()));
+      }
+      hw.moe_row_s = *seconds;
       moe_from = absl::StrFormat("measured, %d thread(s)", threads);
     } else {
       moe_from = "not measured on GPUs: give --moe-row-us";
@@ -278,7 +286,7 @@ void PrintPlan(const recipe::Recipe& recipe, const plan::MemoryPlan& memory,
   }
   if (time.moe_rows > 0) {
     std::printf("MoE layers: %.0f routed rows per step on a rank, %.3f s beyond their FLOPs\n",
-                time.moe_rows, time.moe_rows_s);
+                time.moe_rows, time.moe_rows * hw.moe_row_s);
   }
   std::printf(
       "step time: %.3f s (compute %.3f s, tp %.3f s, ep %.3f s, pp %.3f s, latency %.3f s for "

@@ -2,6 +2,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -99,26 +100,23 @@ absl::StatusOr<int64_t> ApplyLora(torch::nn::Module& model, const LoraOptions& o
   }
   std::set<std::string> available;
   for (const LoraLayer& l : LoraLayers(model)) available.insert(LastComponent(l.path));
-  bool all_linear = false;
-  std::set<std::string> targets;
   for (const std::string& t : options.targets) {
-    if (t == kAllLinear) {
-      all_linear = true;
-    } else if (available.count(t) == 0) {
+    if (t != kAllLinear && available.count(t) == 0) {
       return absl::InvalidArgumentError(absl::StrCat(
           "finetune.lora.targets: '", t,
           "' matches no linear layer (available: ", absl::StrJoin(available, ", "), ")"));
-    } else {
-      targets.insert(t);
     }
   }
   return ApplyLoraWhere(
       model, options.spec,
-      [&](const std::string& path) {
-        const std::string name = LastComponent(path);
-        return targets.count(name) > 0 || (all_linear && name != kLmHead && name != kRouter);
-      },
-      options.seed);
+      [&](const std::string& path) { return TargetsSelect(options.targets, path); }, options.seed);
+}
+
+bool TargetsSelect(const std::vector<std::string>& targets, const std::string& path) {
+  const std::string name = LastComponent(path);
+  return std::any_of(targets.begin(), targets.end(), [&](const std::string& t) {
+    return t == name || (t == kAllLinear && name != kLmHead && name != kRouter);
+  });
 }
 
 void MergeLora(torch::nn::Module& model) {

@@ -57,6 +57,11 @@ std::string LastComponent(const std::string& path);
 // finetune.lora.<key>.
 absl::Status ValidateLoraSpec(const LoraSpec& spec);
 
+// Whether `targets` (finetune.lora.targets) select the LoraLinear at module
+// `path`: its last component named, or "all-linear" and it is neither
+// lm_head nor a MoE router ("gate"), which are adapted only when named.
+bool TargetsSelect(const std::vector<std::string>& targets, const std::string& path);
+
 // Attaches adapters to every LoraLinear whose name's last component is in
 // targets ("all-linear": every LoraLinear except lm_head and the MoE routers,
 // "gate", which are adapted only when named), then freezes every

@@ -5,11 +5,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <set>
 #include <string>
 #include <vector>
 
 #include "core/check.h"
+#include "core/status.h"
+#include "trainer/loop/model_factory.h"
 #include "trainer/lora/apply_lora.h"
 #include "trainer/models/moe_block.h"
 
@@ -20,21 +21,6 @@ constexpr double kMaxProbeWeightBytes = 1024.0 * 1024 * 1024;
 constexpr int kWarmups = 2;
 constexpr int kRuns = 7;
 
-void AttachAdapters(models::MoeBlockImpl& block, const recipe::LoraSection& lora) {
-  const std::set<std::string> targets(lora.targets.begin(), lora.targets.end());
-  const bool all_linear = targets.count("all-linear") > 0;
-  lora::LoraSpec spec;
-  spec.rank = lora.rank;
-  spec.alpha = lora.alpha;
-  spec.rslora = lora.rslora;
-  // As ApplyLora selects: the router ("gate") only when named.
-  const auto adapted = lora::ApplyLoraWhere(block, spec, [&](const std::string& path) {
-    const std::string name = lora::LastComponent(path);
-    return targets.count(name) > 0 || (all_linear && name != "gate");
-  });
-  FULCRUM_CHECK(adapted.ok(), adapted.status().ToString());
-}
-
 struct ProbeRun {
   double seconds = 0;  // the fastest forward and backward
   double flops = 0;    // as the step model counts them
@@ -44,7 +30,8 @@ struct ProbeRun {
 // A block of `probe`'s experts routes `tokens` tokens, forward and backward:
 // the fastest of the runs, the one the host disturbed least (7-12 us a row
 // by the median on the bench MoE across runs, 6.4-6.9 by the fastest).
-ProbeRun TimeProbe(const models::ModelConfig& probe, const recipe::Recipe& recipe, int64_t tokens) {
+absl::StatusOr<ProbeRun> TimeProbe(const models::ModelConfig& probe, const recipe::Recipe& recipe,
+                                   int64_t tokens) {
   models::MoeBlock block(probe, torch::TensorOptions().dtype(torch::kFloat));
   {
     torch::NoGradGuard no_grad;
@@ -52,7 +39,14 @@ ProbeRun TimeProbe(const models::ModelConfig& probe, const recipe::Recipe& recip
     for (torch::Tensor& b : block->buffers()) b.zero_();
   }
   const bool lora = recipe.finetune.method == "lora";
-  if (lora) AttachAdapters(*block, recipe.finetune.lora);
+  if (lora) {
+    const std::vector<std::string>& targets = recipe.finetune.lora.targets;
+    FULCRUM_RETURN_IF_ERROR(
+        lora::ApplyLoraWhere(
+            *block, loop::LoraOptionsFrom(recipe.finetune.lora).spec,
+            [&](const std::string& path) { return lora::TargetsSelect(targets, path); })
+            .status());
+  }
   block->train();
 
   const torch::Tensor x = torch::randn({1, tokens, probe.hidden_size});
@@ -89,8 +83,8 @@ ProbeRun TimeProbe(const models::ModelConfig& probe, const recipe::Recipe& recip
 
 }  // namespace
 
-double MeasureMoeRowSeconds(const models::ModelConfig& config, const recipe::Recipe& recipe,
-                            double flops_per_s) {
+absl::StatusOr<double> MeasureMoeRowSeconds(const models::ModelConfig& config,
+                                            const recipe::Recipe& recipe, double flops_per_s) {
   FULCRUM_CHECK(config.moe.enabled(), "MeasureMoeRowSeconds needs a MoE config");
   FULCRUM_CHECK(flops_per_s > 0, "MeasureMoeRowSeconds needs a FLOP rate");
   const models::MoeConfig& moe = config.moe;
@@ -116,7 +110,7 @@ double MeasureMoeRowSeconds(const models::ModelConfig& config, const recipe::Rec
   probe.moe.experts_per_token = top_k;
   probe.moe.n_group = 1;  // group-limited routing needs divisible counts
   probe.moe.topk_group = 1;
-  const ProbeRun run = TimeProbe(probe, recipe, probe_tokens);
+  FULCRUM_ASSIGN_OR_RETURN(const ProbeRun run, TimeProbe(probe, recipe, probe_tokens));
   return std::max(0.0, run.seconds - run.flops / flops_per_s) / run.rows;
 }
 

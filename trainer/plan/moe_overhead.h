@@ -7,6 +7,7 @@
 // counts them per routed row, measured on this host.
 #pragma once
 
+#include "absl/status/statusor.h"
 #include "trainer/models/model_config.h"
 #include "trainer/recipe/recipe.h"
 
@@ -21,7 +22,8 @@ namespace fulcrum::plan {
 // over the rows. 0 when the FLOPs take longer. Blocks whose weights would
 // exceed 1 GiB hold fewer experts with the same rows each. One block runs
 // alone, with the caller's intra-op threads. `config` must have MoE layers.
-double MeasureMoeRowSeconds(const models::ModelConfig& config, const recipe::Recipe& recipe,
-                            double flops_per_s);
+// Errors: the recipe's LoRA spec is invalid (named by its key).
+absl::StatusOr<double> MeasureMoeRowSeconds(const models::ModelConfig& config,
+                                            const recipe::Recipe& recipe, double flops_per_s);
 
 }  // namespace fulcrum::plan

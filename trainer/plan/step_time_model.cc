@@ -125,6 +125,13 @@ metrics::FlopsModel FlopsModelOf(const models::ModelConfig& c, const recipe::Rec
   return m;
 }
 
+// The MoE layers among layers [first, first + count).
+int64_t MoeLayersIn(const models::ModelConfig& c, int64_t first, int64_t count) {
+  int64_t moe = 0;
+  for (int64_t layer = first; layer < first + count; ++layer) moe += models::IsMoeLayer(c, layer);
+  return moe;
+}
+
 // What one token costs a pipeline stage's rank (before the split over tp):
 // its layers' training FLOPs with recomputation, and the padded capacity
 // slots' extra expert FLOPs (the experts then multiply capacity_factor x N x
@@ -188,14 +195,11 @@ absl::StatusOr<StepTime> EstimateStepTime(const models::ModelConfig& c,
   double compute_sum = 0;
   for (int stage = 0; stage < static_cast<int>(par.pp); ++stage) {
     const std::vector<pipeline::StageChunk> chunks = partition.ChunksOf(stage);
-    double stage_moe_layers = 0;
+    int64_t stage_moe_layers = 0;
     for (const pipeline::StageChunk& chunk : chunks) {
-      for (int64_t layer = chunk.layers.first; layer < chunk.layers.first + chunk.layers.count;
-           ++layer) {
-        stage_moe_layers += models::IsMoeLayer(c, layer) ? 1.0 : 0.0;
-      }
+      stage_moe_layers += MoeLayersIn(c, chunk.layers.first, chunk.layers.count);
     }
-    const double rows = rows_per_moe_layer * stage_moe_layers * static_cast<double>(micro_batches);
+    const double rows = rows_per_moe_layer * static_cast<double>(stage_moe_layers * micro_batches);
     const double stage_s = StageFlopsPerToken(c, recipe, chunks) * tokens_per_step /
                                static_cast<double>(par.dp * par.tp) / rate +
                            rows * hw.moe_row_s;
@@ -203,7 +207,6 @@ absl::StatusOr<StepTime> EstimateStepTime(const models::ModelConfig& c,
     if (stage_s >= t.compute_s) {
       t.compute_s = stage_s;
       t.moe_rows = rows;
-      t.moe_rows_s = rows * hw.moe_row_s;
     }
     compute_sum += stage_s;
   }
@@ -218,8 +221,7 @@ absl::StatusOr<StepTime> EstimateStepTime(const models::ModelConfig& c,
                   TpCollectivesPerLayer(par.sequence_parallel, hw.overlaps_communication) *
                   stage_layers * micro * RingBytes(activation, par.tp) / Bandwidth(hw, par.tp);
   }
-  int64_t moe_layers = 0;
-  for (int64_t layer = 0; layer < c.num_layers; ++layer) moe_layers += models::IsMoeLayer(c, layer);
+  const int64_t moe_layers = MoeLayersIn(c, 0, c.num_layers);
   if (par.ep > 1 && c.moe.enabled()) {
     const double rows_per_choice = PaddedToCapacity(recipe) ? recipe.moe.capacity_factor : 1.0;
     const double routed = activation * static_cast<double>(c.moe.experts_per_token) *

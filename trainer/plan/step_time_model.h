@@ -70,8 +70,8 @@ struct StepTime {
   double flops_per_token = 0;  // model FLOPs of training one token (recomputation included)
   double compute_s = 0;        // per rank of the slowest pipeline stage
   std::vector<double> stage_compute_s;  // per rank of each pipeline stage, MoE rows included
-  double moe_rows = 0;                  // routed rows per step on a rank of the slowest stage
-  double moe_rows_s = 0;                // their cost beyond FLOPs (part of compute_s)
+  double moe_rows = 0;  // routed rows per step on a rank of the slowest stage (x moe_row_s in
+                        // compute_s)
   double tp_comm_s = 0;
   double ep_comm_s = 0;
   double pp_comm_s = 0;

@@ -39,15 +39,26 @@ recipe::Recipe Recipe(const std::string& method) {
 TEST(MoeOverheadTest, MeasuresTheTimeBeyondTheFlops) {
   for (const char* method : {"full", "lora"}) {
     recipe::Recipe r = Recipe(method);
-    const double per_row = MeasureMoeRowSeconds(TinyDeepSeek(), r, 1e30);
+    const double per_row = *MeasureMoeRowSeconds(TinyDeepSeek(), r, 1e30);
     EXPECT_TRUE(std::isfinite(per_row)) << method;
     EXPECT_GT(per_row, 0) << method;
     EXPECT_LT(per_row, 1e-2) << method;  // 32 rows of width 16 in well under 0.3 s
-    EXPECT_EQ(MeasureMoeRowSeconds(TinyDeepSeek(), r, 1.0), 0) << method;
+    EXPECT_EQ(*MeasureMoeRowSeconds(TinyDeepSeek(), r, 1.0), 0) << method;
     // Under ep 2 the rank's 4 experts and top-1: it still runs.
     r.parallel.ep = 2;
-    EXPECT_GT(MeasureMoeRowSeconds(TinyDeepSeek(), r, 1e30), 0) << method;
+    EXPECT_GT(*MeasureMoeRowSeconds(TinyDeepSeek(), r, 1e30), 0) << method;
   }
+}
+
+// An invalid LoRA spec is the recipe's error, named by its key.
+TEST(MoeOverheadTest, AnInvalidLoraSpecIsAnError) {
+  recipe::Recipe r = Recipe("lora");
+  r.finetune.lora.rank = 0;
+  const absl::StatusOr<double> per_row = MeasureMoeRowSeconds(TinyDeepSeek(), r, 1e30);
+  ASSERT_FALSE(per_row.ok());
+  EXPECT_NE(per_row.status().message().find("finetune.lora.rank: must be > 0, got 0"),
+            std::string::npos)
+      << per_row.status();
 }
 
 }  // namespace
