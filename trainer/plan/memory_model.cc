@@ -1,7 +1,8 @@
 #include "trainer/plan/memory_model.h"
 
 #include <algorithm>
-#include <set>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -9,6 +10,7 @@
 #include "parallel/pipeline/schedule.h"
 #include "parallel/pipeline/schedule_simulator.h"
 #include "parallel/pipeline/stage_partition.h"
+#include "trainer/lora/apply_lora.h"
 #include "trainer/metrics/parameter_count.h"
 #include "trainer/models/attention_core.h"
 #include "trainer/models/expert_capacity.h"
@@ -30,8 +32,7 @@ struct Shape {
   double n_norm = 1;  // tokens a norm sees (T/tp under sequence parallelism)
   double tp = 1;
   double lora_rank = 0;
-  bool full = true;  // full fine-tuning: every weight trains
-  bool all_linear = false;
+  bool full = true;           // full fine-tuning: every weight trains
   bool lora_dropout = false;  // adapters drop their input (down then keeps its input)
   // The projections reading a decoder layer's norms (dense attention's
   // q/k/v, a dense MLP's gate/up) compute the norm's output again in
@@ -39,15 +40,14 @@ struct Shape {
   // lora/column_group.h, which under sp gathers it again): unless an
   // adapter's dropout mask would have to be replayed.
   bool norm_recomputed = false;
-  std::set<std::string> targets;
+  std::vector<std::string> targets;   // finetune.lora.targets
   double padded_capacity_factor = 0;  // > 0: MoE rows in capacity slots (moe.pad_to_capacity)
 
   // The linear `name` keeps its input for backward: its weight trains or an
   // adapter reads it.
   bool Keeps(const std::string& name) const { return full || Adapted(name); }
   bool Adapted(const std::string& name) const {
-    if (full) return false;
-    return targets.count(name) > 0 || (all_linear && name != "lm_head" && name != "gate");
+    return !full && lora::TargetsSelect(targets, name);
   }
   // LoRA's low-rank intermediate [tokens, r], saved by B's matmul.
   double Low(const std::string& name, double tokens) const {
@@ -74,13 +74,7 @@ Shape ShapeOf(const recipe::Recipe& recipe) {
   sh.lora_rank = static_cast<double>(recipe.finetune.lora.rank);
   sh.lora_dropout = !sh.full && recipe.finetune.lora.dropout > 0.0;
   sh.norm_recomputed = !sh.lora_dropout;
-  for (const std::string& t : recipe.finetune.lora.targets) {
-    if (t == "all-linear") {
-      sh.all_linear = true;
-    } else {
-      sh.targets.insert(t);
-    }
-  }
+  sh.targets = recipe.finetune.lora.targets;
   if (recipe.moe.pad_to_capacity) sh.padded_capacity_factor = recipe.moe.capacity_factor;
   return sh;
 }

@@ -119,6 +119,21 @@ TEST(MemoryModelTest, LoraKeepsTheInputsOfAdaptedLayersOnly) {
   EXPECT_DOUBLE_EQ(ActivationBytes(c, r, "none", 0) - recomputed, 8 * 16 * 4);
 }
 
+// The plan adapts the layers ApplyLora adapts: "all-linear" leaves lm_head
+// frozen (so its loss holds no logits' gradient for an adapter) until named.
+TEST(MemoryModelTest, AllLinearAdaptsLmHeadOnlyWhenNamed) {
+  const models::ModelConfig c = Small();
+  recipe::Recipe r = Full();
+  r.finetune.method = "lora";
+  r.finetune.lora.targets = {"all-linear"};
+  const double all_linear = PlanMemory(c, r, Exact())->worst_stage().bytes.loss;
+  r.finetune.lora.targets = {"lm_head"};
+  const double head = PlanMemory(c, r, Exact())->worst_stage().bytes.loss;
+  r.finetune.lora.targets = {"all-linear", "lm_head"};
+  EXPECT_DOUBLE_EQ(PlanMemory(c, r, Exact())->worst_stage().bytes.loss, head);
+  EXPECT_NE(all_linear, head);
+}
+
 TEST(MemoryModelTest, StateAndPeakOfOneRankByHand) {
   const models::ModelConfig c = Small();
   recipe::Recipe r = Full();
