@@ -8,10 +8,14 @@
 //     state copied at the step boundary, written while training goes on);
 //   resharding: a checkpoint resumed under other layouts (tp 2 x dp 2 ->
 //     pp 2 x dp 2, dp 4 + ZeRO-1, one rank; ep 2 + ZeRO-1 -> ep 1, ep 4)
-//     continues the uninterrupted curve within 1e-5.
+//     continues the uninterrupted curve within 1e-5;
+//   LoRA with frozen weights stored column-major (lora/frozen_weight_layout.h)
+//     resumes exactly, and its tp 2 run follows the one-rank curve.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -112,6 +116,43 @@ TEST(ReshardTest, ExpertParallelCheckpointResumesUnderOtherExpertDegrees) {
   const StepLog source =
       TrainSaving(root, "source", "mixtral", "parallel.dp=2 parallel.ep=2 parallel.zero=1", 2);
   ExpectReshardsContinue(root, "mixtral", source, {{"", 1}, {"parallel.dp=4 parallel.ep=4", 4}});
+}
+
+// Hidden 1024 (the llama fixture's config otherwise) puts q/k/v, gate/up
+// and lm_head under the column-major rule: each layer's 5 and lm_head, 11
+// weights (under tp 2 each rank's shards of them).
+TEST(FrozenColumnMajorTest, LoraResumesExactlyAndFollowsOneRankUnderTensorParallel) {
+  const std::string root = ScratchDir();
+  WriteTinyData(root + "/data.jsonl", 64, 512);
+  std::ifstream in(FixturesDir() + "/llama/model/config.json");
+  nlohmann::json config = nlohmann::json::parse(in);
+  config["hidden_size"] = 1024;
+  WriteFile(root + "/config.json", config.dump(2));
+  const CommandResult init =
+      RunFulcrum("init --config " + root + "/config.json --out " + root + "/model --seed 7");
+  ASSERT_EQ(init.exit_code, 0) << init.output;
+  const auto train = [&](const std::string& name, const std::string& overrides, int ranks,
+                         const std::string& resume) {
+    const std::string dir = root + "/" + name;
+    WriteFile(dir + "/recipe.yaml",
+              LayoutRecipe(root + "/model", root + "/data.jsonl", "lora", dir));
+    std::string args = "checkpoint.dir=" + dir + "/ckpt checkpoint.every=5 " + overrides;
+    if (!resume.empty()) args += " checkpoint.resume=" + resume;
+    const CommandResult r = RunFulcrum("train " + dir + "/recipe.yaml " + args, ranks);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("LoRA: 11 frozen weights stored column-major"), std::string::npos)
+        << r.output;
+    return ReadStepLog(dir + "/metrics.jsonl");
+  };
+  const StepLog straight = train("straight", "", 1, "");
+  const StepLog resumed = train("resumed", "", 1, root + "/straight/ckpt/step-00000005");
+  ASSERT_EQ(straight.losses.size(), 10u);
+  ASSERT_EQ(resumed.losses.size(), 5u);
+  for (size_t s = 0; s < 5; ++s) {
+    EXPECT_EQ(resumed.losses[s], straight.losses[s + 5]) << "step " << s + 6;
+    EXPECT_EQ(resumed.grad_norms[s], straight.grad_norms[s + 5]) << "step " << s + 6;
+  }
+  ExpectSameCurve(train("tp2", "parallel.tp=2", 2, ""), straight, "tp 2");
 }
 
 }  // namespace

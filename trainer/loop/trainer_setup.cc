@@ -17,6 +17,7 @@
 #include "trainer/loop/memory_check.h"
 #include "trainer/loop/trainer.h"
 #include "trainer/lora/apply_lora.h"
+#include "trainer/lora/frozen_weight_layout.h"
 #include "trainer/models/recompute.h"
 #include "trainer/optim/grouped_optimizer.h"
 #include "trainer/optim/sharded_adamw.h"
@@ -148,6 +149,12 @@ absl::Status Trainer::BuildModelAndOptimizer() {
         lora::ApplyLora(*built_.model,
                         LoraOptionsFrom(recipe_.finetune.lora).WithSeed(recipe_.seed)));
     logger_.Info("LoRA: ", adapted, " adapted linear layers, rank ", recipe_.finetune.lora.rank);
+    const int64_t column_major = lora::StoreAliasedFrozenWeightsColumnMajor(*built_.model);
+    if (column_major > 0) {
+      logger_.Info("LoRA: ", column_major,
+                   " frozen weights stored column-major (their rows, 4 KiB apart, alias in the "
+                   "cache)");
+    }
   }
   FULCRUM_ASSIGN_OR_RETURN(const models::Recompute recompute,
                            models::ParseRecompute(recipe_.train.recompute));

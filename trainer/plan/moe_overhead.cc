@@ -12,6 +12,7 @@
 #include "core/status.h"
 #include "trainer/loop/model_factory.h"
 #include "trainer/lora/apply_lora.h"
+#include "trainer/lora/frozen_weight_layout.h"
 #include "trainer/models/moe_block.h"
 
 namespace fulcrum::plan {
@@ -46,6 +47,8 @@ absl::StatusOr<ProbeRun> TimeProbe(const models::ModelConfig& probe, const recip
             *block, loop::LoraOptionsFrom(recipe.finetune.lora).spec,
             [&](const std::string& path) { return lora::TargetsSelect(targets, path); })
             .status());
+    // As training stores them (trainer_setup.cc).
+    lora::StoreAliasedFrozenWeightsColumnMajor(*block);
   }
   block->train();
 
